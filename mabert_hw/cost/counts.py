@@ -1,0 +1,176 @@
+"""Op -> cost counts. The conventions, stated once:
+
+- A GEMM of (M, K) x (K, N) is M*N*K MACs = 2*M*N*K GEMM FLOPs. Kind `linear` is activation x
+  weight (bias add counted apart as elementwise `add`); kind `matmul` is activation x activation
+  (QK^T and PV), batched over every leading axis.
+- Elementwise primitives are counted by name (add, mul, div, exp, sqrt, rsqrt, erf, tanh, max, cmp)
+  so a hardware model can price exp differently from add. A subtraction counts as `add`. A row
+  reduction over n values is n - 1 primitives (`max` for the softmax maximum, `add` for sums).
+- `flops` = 2 * MACs + the number of elementwise primitives (every primitive counts as one FLOP);
+  `gemm_flops` = 2 * MACs alone, the figure torch's FlopCounterMode reports.
+- Params: elements of the parameter operands; an embedding table counts whole.
+- Bytes at `bytes_per_element`: activation bytes = inputs read + output written; weight bytes =
+  parameter elements read (an embedding reads only the gathered rows, B*T*C).
+- An op kind without a rule is returned in `unknown`, never counted as zero.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+
+from ..backends.base import Op
+from ..backends.trace import Shaped, TraceBackend
+from ..model import forward
+from ..spec import ModelSpec
+from ..weights import expected_shapes
+
+GEMM_KINDS = ("linear", "matmul")
+
+
+@dataclass
+class OpCount:
+    op: Op
+    macs: int = 0
+    elementwise: Counter = field(default_factory=Counter)
+    params: int = 0
+    weight_bytes: int = 0
+    activation_bytes: int = 0
+
+    @property
+    def gemm_flops(self) -> int:
+        return 2 * self.macs
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs + sum(self.elementwise.values())
+
+
+def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(number of rows, row length) when reducing over the last axis."""
+    return prod(shape[:-1]), shape[-1]
+
+
+def _linear(op: Op) -> tuple[int, Counter]:
+    (x,), (w, *bias) = op.inputs, op.weights
+    rows, k = _rows(x)
+    n = w[0]
+    return rows * n * k, Counter(add=rows * n if bias else 0)
+
+
+def _matmul(op: Op) -> tuple[int, Counter]:
+    a, _ = op.inputs
+    k = a[-1]
+    return prod(op.output) * k, Counter()
+
+
+def _softmax(op: Op) -> tuple[int, Counter]:
+    # y = exp(x - max) / sum(exp(x - max)), per row of n.
+    rows, n = _rows(op.output)
+    return 0, Counter(max=rows * (n - 1), add=rows * (n + n - 1), exp=rows * n, div=rows * n)
+
+
+def _layernorm(op: Op) -> tuple[int, Counter]:
+    # mean = sum(x) / n; var = sum((x - mean)^2) / n; y = (x - mean) * rsqrt(var + eps) * g + b
+    rows, n = _rows(op.output)
+    adds = (n - 1) + n + (n - 1) + 1 + n  # sum x, x - mean, sum sq, + eps, + b
+    muls = 1 + n + 1 + n + n  # * 1/n, square, * 1/n, * rsqrt, * g
+    return 0, Counter(add=rows * adds, mul=rows * muls, rsqrt=rows)
+
+
+def _gelu(op: Op) -> tuple[int, Counter]:
+    # 0.5 * x * (1 + erf(x * 1/sqrt(2)))
+    n = prod(op.output)
+    return 0, Counter(mul=3 * n, add=n, erf=n)
+
+
+def _elementwise(primitive: str) -> Callable[[Op], tuple[int, Counter]]:
+    def rule(op: Op) -> tuple[int, Counter]:
+        return 0, Counter({primitive: prod(op.output)})
+
+    return rule
+
+
+def _free(op: Op) -> tuple[int, Counter]:
+    return 0, Counter()
+
+
+def _mask(op: Op) -> tuple[int, Counter]:
+    return 0, Counter({"add" if op.attr("mode") == "additive" else "mul": prod(op.output)})
+
+
+RULES: dict[str, Callable[[Op], tuple[int, Counter]]] = {
+    "linear": _linear,
+    "matmul": _matmul,
+    "softmax": _softmax,
+    "layernorm": _layernorm,
+    "gelu": _gelu,
+    "relu": _elementwise("max"),
+    "tanh": _elementwise("tanh"),
+    "add": _elementwise("add"),
+    "scale": _elementwise("mul"),
+    "mask": _mask,
+    "embedding": _free,  # a gather: memory traffic only
+    "slice": _free,
+}
+
+
+def count_op(op: Op, bytes_per_element: float = 4) -> OpCount:
+    macs, elementwise = RULES[op.kind](op)
+    params = sum(prod(w) for w in op.weights)
+    if op.kind == "embedding":  # reads the gathered rows; the integer ids are not counted
+        weight_elements, activation_elements = prod(op.output), prod(op.output)
+    else:
+        weight_elements = params
+        activation_elements = sum(prod(s) for s in op.inputs) + prod(op.output)
+    return OpCount(
+        op=op,
+        macs=int(macs),
+        elementwise=Counter({k: int(v) for k, v in elementwise.items() if v}),
+        params=int(params),
+        weight_bytes=int(weight_elements * bytes_per_element),
+        activation_bytes=int(activation_elements * bytes_per_element),
+    )
+
+
+@dataclass
+class Profile:
+    counts: list[OpCount]
+    unknown: list[Op]
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(c, attribute) for c in self.counts)
+
+    def elementwise(self) -> Counter:
+        total: Counter = Counter()
+        for c in self.counts:
+            total.update(c.elementwise)
+        return total
+
+    def group(self, key: Callable[[OpCount], object]) -> dict[object, list[OpCount]]:
+        groups: dict[object, list[OpCount]] = defaultdict(list)
+        for c in self.counts:
+            groups[key(c)].append(c)
+        return dict(groups)
+
+
+def count_ops(ops: Iterable[Op], bytes_per_element: float = 4) -> Profile:
+    counts, unknown = [], []
+    for op in ops:
+        if op.kind in RULES:
+            counts.append(count_op(op, bytes_per_element))
+        else:
+            unknown.append(op)
+    return Profile(counts, unknown)
+
+
+def trace(spec: ModelSpec, batch: int, seq_len: int) -> list[Op]:
+    """The ops of one forward pass at (batch, seq_len), from shapes alone."""
+    weights = {key: Shaped(shape) for key, shape in expected_shapes(spec).items()}
+    backend = TraceBackend()
+    forward(spec, weights, np.zeros((batch, seq_len), np.int64), backend)
+    return backend.ops

@@ -1,0 +1,87 @@
+"""Model inputs: tokenised text (HF `tokenizers`) or seeded random ids, as (B, T) int64 arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .spec import ModelSpec
+
+SAMPLE_TEXTS = (
+    "A man is playing a guitar on the stage.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Matrix arithmetic only: no softmax, no GELU, no LayerNorm at inference.",
+    "Short one.",
+)
+
+
+@dataclass
+class Batch:
+    input_ids: np.ndarray  # (B, T) int64
+    attention_mask: np.ndarray  # (B, T) int64, 1 = real token, 0 = padding
+    token_type_ids: np.ndarray  # (B, T) int64
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.input_ids.shape
+
+
+def load_tokenizer(directory: Path):
+    from tokenizers import Tokenizer
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    if (directory / "tokenizer.json").exists():
+        return Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)
+
+
+def tokenize(directory: Path, texts: list[str] | tuple[str, ...], seq_len: int | None = None,
+             pairs: list[str] | None = None) -> Batch:
+    """Tokenise with [CLS]/[SEP]; pad to the longest text, or pad/truncate to seq_len."""
+    if not texts:
+        raise UserError("no texts to tokenise")
+    tokenizer = load_tokenizer(directory)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    if seq_len:
+        tokenizer.enable_truncation(max_length=seq_len)
+        tokenizer.enable_padding(length=seq_len)
+    else:
+        tokenizer.enable_padding()
+    encodings = (tokenizer.encode_batch(list(zip(texts, pairs))) if pairs
+                 else tokenizer.encode_batch(list(texts)))
+    return Batch(
+        np.array([e.ids for e in encodings], np.int64),
+        np.array([e.attention_mask for e in encodings], np.int64),
+        np.array([e.type_ids for e in encodings], np.int64),
+    )
+
+
+def read_texts(path: str | Path) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read texts from {path}: {error}") from None
+    texts = [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise UserError(f"{path} holds no text (one text per line expected)")
+    return texts
+
+
+def random_batch(spec: ModelSpec, batch: int, seq_len: int, seed: int = 0, padded: bool = True) -> Batch:
+    """Random ids; with `padded`, every row but the first ends in padding of random length."""
+    if batch < 1 or seq_len < 1:
+        raise UserError(f"batch and seq-len must be positive, got {batch} x {seq_len}")
+    if seq_len > spec.max_positions:
+        raise UserError(f"seq-len {seq_len} exceeds the model's {spec.max_positions} positions")
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, spec.vocab_size, (batch, seq_len), dtype=np.int64)
+    types = rng.integers(0, spec.type_vocab_size, (batch, seq_len), dtype=np.int64)
+    lengths = np.full(batch, seq_len)
+    if padded and seq_len > 1:
+        lengths[1:] = rng.integers(1, seq_len + 1, batch - 1)
+    mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int64)
+    return Batch(ids * mask, mask, types * mask)

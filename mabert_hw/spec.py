@@ -1,0 +1,123 @@
+"""ModelSpec (the dimensions) and Variant (which arithmetic each block uses), plus presets.
+
+Dimension letters used across the package: B batch, T tokens, C hidden, H heads, D = C / H head dim,
+F FFN width, L layers, T_l tokens kept after layer l (PoWER-BERT), depth of an FFF tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from .errors import UserError
+
+SoftmaxKind = Literal["exact", "mlp"]
+Activation = Literal["gelu", "relu"]
+NormKind = Literal["layernorm", "powernorm"]
+FfnKind = Literal["dense", "fff"]
+MaskKind = Literal["additive", "multiplicative"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How each block computes. The default is the baseline BERT of Devlin et al.
+
+    softmax: "exact" or "mlp" (MA-BERT: Linear(n->h) -> ReLU -> Linear(h->n) on score rows).
+    mask: "additive" (HF: finfo.min added to padded keys) or "multiplicative" (MA-BERT: 0/1 product
+        with the scaled scores before the approximator).
+    retention: PoWER-BERT tokens kept after each layer (non-increasing, one per layer) or None.
+    ffn: "dense" or "fff" (UltraFastBERT fast feed-forward: fff_depth, fff_trees parallel trees).
+    """
+
+    softmax: SoftmaxKind = "exact"
+    ffn_activation: Activation = "gelu"
+    norm: NormKind = "layernorm"
+    ffn: FfnKind = "dense"
+    retention: tuple[int, ...] | None = None
+    mask: MaskKind = "additive"
+    softmax_input: int = 128  # n: MA-BERT pads every score row to this length
+    softmax_hidden: int = 128  # h: approximator hidden width
+    share_softmax: bool = False  # one approximator for all layers
+    fff_depth: int = 0
+    fff_trees: int = 1
+
+    @property
+    def is_baseline(self) -> bool:
+        return self == Variant()
+
+    def describe(self) -> str:
+        """Short human label, e.g. 'baseline' or 'softmax=mlp,ffn_activation=relu'."""
+        base = Variant()
+        changed = [
+            f"{name}={getattr(self, name)}"
+            for name in self.__dataclass_fields__
+            if getattr(self, name) != getattr(base, name)
+        ]
+        return ",".join(changed) or "baseline"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture of a BERT encoder (field names follow HF BertConfig where one exists)."""
+
+    name: str
+    vocab_size: int
+    hidden: int  # C
+    layers: int  # L
+    heads: int  # H
+    intermediate: int  # F
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    eps: float = 1e-12
+    has_pooler: bool = True
+    num_labels: int = 0  # > 0: BertForSequenceClassification head on the pooled output
+    variant: Variant = field(default_factory=Variant)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_positions"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise UserError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
+        if self.num_labels and not self.has_pooler:
+            raise UserError("a classification head needs the pooler")
+        retention = self.variant.retention
+        if retention is not None:
+            if len(retention) != self.layers:
+                raise UserError(f"retention has {len(retention)} entries for {self.layers} layers")
+            if any(b > a for a, b in zip(retention, retention[1:])) or min(retention) < 1:
+                raise UserError(f"retention must be non-increasing and >= 1, got {retention}")
+
+    @property
+    def head_dim(self) -> int:  # D
+        return self.hidden // self.heads
+
+    def with_variant(self, **changes) -> ModelSpec:
+        return replace(self, variant=replace(self.variant, **changes))
+
+
+# Architectures only (no weights), from the models' published config.json files.
+PRESETS: dict[str, ModelSpec] = {
+    # Devlin et al. 2019, google-research/bert uncased_L-12_H-768_A-12/bert_config.json
+    "bert-base-uncased": ModelSpec("bert-base-uncased", 30522, 768, 12, 12, 3072),
+    # uncased_L-24_H-1024_A-16/bert_config.json
+    "bert-large-uncased": ModelSpec("bert-large-uncased", 30522, 1024, 24, 16, 4096),
+    # nreimers/MiniLM-L6-H384-uncased config.json (the base of all-MiniLM-L6-v2)
+    "minilm-l6": ModelSpec("minilm-l6", 30522, 384, 6, 12, 1536),
+}
+
+# Variants by the names the CLI and the studies use.
+VARIANTS: dict[str, Variant] = {
+    "bert": Variant(),
+    # MA-BERT (W6WM9M/MA-BERT): approximator n = h = 128, ReLU FFN, PowerNorm, 0/1 mask.
+    "ma": Variant(softmax="mlp", ffn_activation="relu", norm="powernorm", mask="multiplicative"),
+    # UltraFastBERT-1x11 (pbelcak/UltraFastBERT): one tree of depth 11 per layer.
+    "fff": Variant(ffn="fff", fff_depth=11, fff_trees=1),
+}
+
+
+def preset(name: str) -> ModelSpec:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UserError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None

@@ -1,0 +1,69 @@
+"""Weights: a flat dict of NumPy arrays keyed by the HF BertModel state-dict names.
+
+Keeping the checkpoint's own names means loading is a prefix strip plus shape checks, and model.py
+reads `w["encoder.layer.3.attention.self.query.weight"]` exactly as the checkpoint spells it.
+Linear weights keep torch's (out_features, in_features) layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import ModelSpec
+
+Weights = dict[str, np.ndarray]
+
+
+def layer_prefix(layer: int) -> str:
+    return f"encoder.layer.{layer}."
+
+
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every parameter the baseline forward reads, with its shape."""
+    C, F = spec.hidden, spec.intermediate
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.word_embeddings.weight": (spec.vocab_size, C),
+        "embeddings.position_embeddings.weight": (spec.max_positions, C),
+        "embeddings.token_type_embeddings.weight": (spec.type_vocab_size, C),
+        "embeddings.LayerNorm.weight": (C,),
+        "embeddings.LayerNorm.bias": (C,),
+    }
+    for layer in range(spec.layers):
+        p = layer_prefix(layer)
+        for proj in ("query", "key", "value"):
+            shapes[f"{p}attention.self.{proj}.weight"] = (C, C)
+            shapes[f"{p}attention.self.{proj}.bias"] = (C,)
+        shapes[f"{p}attention.output.dense.weight"] = (C, C)
+        shapes[f"{p}attention.output.dense.bias"] = (C,)
+        shapes[f"{p}attention.output.LayerNorm.weight"] = (C,)
+        shapes[f"{p}attention.output.LayerNorm.bias"] = (C,)
+        shapes[f"{p}intermediate.dense.weight"] = (F, C)
+        shapes[f"{p}intermediate.dense.bias"] = (F,)
+        shapes[f"{p}output.dense.weight"] = (C, F)
+        shapes[f"{p}output.dense.bias"] = (C,)
+        shapes[f"{p}output.LayerNorm.weight"] = (C,)
+        shapes[f"{p}output.LayerNorm.bias"] = (C,)
+    if spec.has_pooler:
+        shapes["pooler.dense.weight"] = (C, C)
+        shapes["pooler.dense.bias"] = (C,)
+    if spec.num_labels:
+        shapes["classifier.weight"] = (spec.num_labels, C)
+        shapes["classifier.bias"] = (spec.num_labels,)
+    return shapes
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    return sum(int(np.prod(shape)) for shape in expected_shapes(spec).values())
+
+
+def random_weights(spec: ModelSpec, seed: int = 0, std: float = 0.02) -> Weights:
+    """BERT's initialiser: normal(0, initializer_range=0.02), float32, norm gains around 1.
+
+    Biases are random rather than BERT's zeros so that tests exercise every bias path.
+    """
+    rng = np.random.default_rng(seed)
+    weights: Weights = {}
+    for key, shape in expected_shapes(spec).items():
+        offset = 1.0 if key.endswith("LayerNorm.weight") else 0.0
+        weights[key] = (offset + rng.normal(0.0, std, shape)).astype(np.float32)
+    return weights

