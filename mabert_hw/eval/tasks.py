@@ -1,0 +1,123 @@
+"""Evaluation tasks on files from the GLUE / WikiText distributions (loaders take a path).
+
+STS-B: sentence pairs scored 0..5; metric Spearman x 100 of cosine(mean-pooled vectors) vs gold.
+SST-2: `sentence<TAB>label`; metric accuracy x 100 of a classifier's argmax.
+The TSVs are read with quoting OFF (stray quotes in STS-B dev break default CSV parsing).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import Backend
+from ..checkpoint import Checkpoint
+from ..errors import UserError
+from ..inputs import tokenize
+from ..model import forward
+
+TASK_FILES = {"stsb": "glue/STS-B/dev.tsv", "sst2": "glue/SST-2/dev.tsv"}
+
+
+@dataclass
+class PairTask:
+    first: list[str]
+    second: list[str]
+    scores: np.ndarray  # (N,) gold similarity 0..5
+
+
+@dataclass
+class ClassificationTask:
+    sentences: list[str]
+    labels: np.ndarray  # (N,) int
+
+
+def resolve(path: str | Path, task: str) -> Path:
+    """A task file, or a data root holding it at the standard GLUE place."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TASK_FILES[task]
+    if not path.is_file():
+        raise UserError(f"no {task} data at {path}")
+    return path
+
+
+def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header, *rows = list(reader)
+    return header, rows
+
+
+def load_stsb(path: str | Path, limit: int | None = None) -> PairTask:
+    header, rows = _rows(resolve(path, "stsb"))
+    try:
+        i1, i2, js = header.index("sentence1"), header.index("sentence2"), header.index("score")
+    except ValueError:
+        raise UserError(f"{path}: not an STS-B file (header {header[:4]}...)") from None
+    rows = rows[:limit]
+    return PairTask([r[i1] for r in rows], [r[i2] for r in rows], np.array([float(r[js]) for r in rows]))
+
+
+def load_sst2(path: str | Path, limit: int | None = None) -> ClassificationTask:
+    header, rows = _rows(resolve(path, "sst2"))
+    if header[:2] != ["sentence", "label"]:
+        raise UserError(f"{path}: not an SST-2 file (header {header})")
+    rows = rows[:limit]
+    return ClassificationTask([r[0].strip() for r in rows], np.array([int(r[1]) for r in rows]))
+
+
+def run_batches(ck: Checkpoint, texts: Sequence[str], backend: Backend,
+                batch_size: int = 32, max_len: int = 128,
+                progress: Callable | None = None) -> list:
+    """Forward every text in batches of similar length; results back in input order.
+
+    Returns, per text, (last hidden state (T_i, C) of its real tokens, logits or None).
+    """
+    weights = ck.require_weights("evaluation")
+    if ck.tokenizer_dir is None:
+        raise UserError(f"{ck.source} has no tokenizer")
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    results: list = [None] * len(texts)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in progress(batches) if progress else batches:
+        batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx])
+        if batch.shape[1] > max_len:
+            batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx], max_len)
+        out = forward(ck.spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
+        for row, i in enumerate(idx):
+            n = int(batch.attention_mask[row].sum())
+            logits = None if out.logits is None else np.asarray(out.logits[row])
+            results[i] = (np.asarray(out.last_hidden_state[row, :n]), logits)
+    return results
+
+
+def mean_pooled(results: list) -> np.ndarray:
+    return np.stack([hidden.mean(axis=0) for hidden, _ in results])  # (N, C)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+def stsb_spearman(ck: Checkpoint, task: PairTask, backend: Backend, **options) -> float:
+    """Spearman x 100 between cosine(mean pooling) and the gold scores."""
+    from scipy.stats import spearmanr
+
+    vectors = mean_pooled(run_batches(ck, task.first + task.second, backend, **options))
+    n = len(task.first)
+    return 100.0 * float(spearmanr(cosine(vectors[:n], vectors[n:]), task.scores).statistic)
+
+
+def sst2_accuracy(ck: Checkpoint, task: ClassificationTask, backend: Backend, **options) -> float:
+    if not ck.spec.num_labels:
+        raise UserError(f"{ck.source} has no classification head: SST-2 accuracy needs a classifier")
+    results = run_batches(ck, task.sentences, backend, **options)
+    predictions = np.array([int(np.argmax(logits)) for _, logits in results])
+    return 100.0 * float((predictions == task.labels).mean())
