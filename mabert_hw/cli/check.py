@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--texts", metavar="FILE", help="one text per line (default: built-in sentences)")
     parser.add_argument("--batch", type=positive_int, default=4, help="number of sequences (default 4)")
     parser.add_argument("--seq-len", type=positive_int,
-                        help="pad/truncate to T tokens (default: longest text, or 64 for random ids)")
+                        help="pad/truncate to T tokens (default: longest text, or 64 (at most the model positions) for random ids)")
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"tolerance (default {DEFAULT_ATOL:g})")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights and ids (default 0)")
     parser.set_defaults(run=run)
@@ -48,7 +48,7 @@ def run(args) -> int:
     else:
         if args.texts:
             raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt): cannot use --texts")
-        batch = random_batch(ck.spec, args.batch, args.seq_len or 64, args.seed)
+        batch = random_batch(ck.spec, args.batch, args.seq_len or min(64, ck.spec.max_positions), args.seed)
         print(f"inputs: random ids {batch.shape[0]} x {batch.shape[1]} with padding (seed {args.seed})")
     diffs = compare_with_hf(ck.spec, weights, batch)
     print(text_table([{"output": label, "max_abs_diff": f"{d:.3e}", "ok": d <= args.atol} for label, d in diffs]))

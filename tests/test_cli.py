@@ -1,0 +1,123 @@
+"""The CLI: each command, each output format, and bad input (exit 2, one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import BertModel
+
+from mabert_hw.cli import main
+from mabert_hw.cost.counts import count_ops, trace
+from mabert_hw.spec import PRESETS
+from mabert_hw.torch_ref.hf import hf_config
+
+from .conftest import TINY_SPECS
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_profile_json_schema_and_totals(capsys):
+    code, out, _ = run_cli(capsys, "profile", "bert-base-uncased", "--format", "json", "--seq-len", "64")
+    assert code == 0
+    doc = json.loads(out)
+    assert {"model", "batch", "seq_len", "variant", "ops", "totals"} <= doc.keys()
+    assert (doc["model"], doc["batch"], doc["seq_len"], doc["variant"]) == ("bert-base-uncased", 1, 64, "baseline")
+    op = doc["ops"][0]
+    assert {"name", "layer", "kind", "macs", "flops", "elementwise", "params"} <= op.keys()
+    totals = doc["totals"]
+    assert totals["macs"] == sum(o["macs"] for o in doc["ops"])
+    assert totals["flops"] == sum(o["flops"] for o in doc["ops"])
+    assert totals["params"] == 109_482_240  # bert-base-uncased, as HF reports it (test_counts checks HF)
+    assert set(totals["by_kind"]) >= {"linear", "matmul", "softmax", "layernorm", "gelu"}
+    assert totals["by_kind"]["linear"]["macs"] + totals["by_kind"]["matmul"]["macs"] == totals["macs"]
+
+
+@pytest.mark.parametrize("by", ["op", "layer", "kind"])
+@pytest.mark.parametrize("fmt", ["table", "csv", "md"])
+def test_profile_groupings_and_formats(capsys, by, fmt):
+    code, out, _ = run_cli(capsys, "profile", "minilm-l6", "--by", by, "--format", fmt)
+    assert code == 0
+    profile = count_ops(trace(PRESETS["minilm-l6"], 1, 128))
+    if fmt == "csv":
+        lines = out.strip().splitlines()
+        expected_rows = {"op": len(profile.counts), "layer": 6 + 2, "kind": len({c.op.kind for c in profile.counts})}
+        assert len(lines) == 1 + expected_rows[by]
+        assert lines[0].split(",")[0] == ("name" if by == "op" else by)
+
+
+def test_profile_output_file(tmp_path, capsys):
+    target = tmp_path / "p.csv"
+    code, _, err = run_cli(capsys, "profile", "minilm-l6", "--format", "csv", "--output", str(target))
+    assert code == 0 and target.read_text().startswith("kind,") and "wrote" in err
+
+
+def test_check_passes_on_config_and_fails_beyond_tolerance(tmp_path, capsys):
+    hf_config(TINY_SPECS[0]).save_pretrained(tmp_path)
+    code, out, _ = run_cli(capsys, "check", str(tmp_path), "--batch", "3", "--seq-len", "12")
+    assert code == 0 and "OK" in out and "layer 1" in out
+    code, out, _ = run_cli(capsys, "check", str(tmp_path), "--atol", "0")
+    assert code == 1 and "FAIL" in out
+
+
+def test_check_minilm_with_texts_file(minilm, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("A man plays the guitar.\n\nA dog runs across the grassy field quickly.\n")
+    code, out, _ = run_cli(capsys, "check", "minilm", "--texts", str(texts))
+    assert code == 0 and "2 tokenised texts" in out
+
+
+def test_infer_minilm_mean_and_cls(minilm, capsys):
+    code, out, _ = run_cli(capsys, "infer", "minilm", "--text", "hello world", "--text", "a cat", "--format", "json")
+    assert code == 0
+    records = json.loads(out)
+    assert [r["dim"] for r in records] == [384, 384]
+    code, out2, _ = run_cli(capsys, "infer", "minilm", "--text", "hello world", "--pooling", "cls", "--format", "json")
+    assert json.loads(out2)[0]["first_values"] != records[0]["first_values"]
+
+
+def test_infer_classifier_prints_probabilities(tmp_path, capsys):
+    from tokenizers.implementations import BertWordPieceTokenizer  # noqa: F401  (vocab file format)
+    from transformers import BertForSequenceClassification
+
+    BertForSequenceClassification(hf_config(TINY_SPECS[0])).save_pretrained(tmp_path)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    code, out, _ = run_cli(capsys, "infer", str(tmp_path), "--text", "good movie", "--format", "json")
+    record = json.loads(out)[0]
+    assert code == 0 and abs(sum(record["probabilities"]) - 1.0) < 1e-5
+
+
+BAD_INPUTS = [
+    (["profile", "no-such-model"], "no such file or directory"),
+    (["profile", "bert-base-uncased", "--seq-len", "600"], "exceeds the model's 512 positions"),
+    (["infer", "bert-base-uncased", "--text", "x"], "has no weights"),
+    (["check", "bert-base-uncased", "--texts", "/nonexistent/texts.txt"], "cannot use --texts"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_INPUTS, ids=lambda v: v if isinstance(v, str) else v[0])
+def test_bad_input_is_one_line_exit_2(capsys, argv, message):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_checkpoint_in_a_real_process(tmp_path):
+    BertModel(hf_config(TINY_SPECS[0])).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    result = subprocess.run([sys.executable, "-m", "mabert_hw.cli", "check", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "corrupted safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["profile", "minilm-l6", "--batch", "0"])
+    assert info.value.code == 2 and "positive integer" in capsys.readouterr().err

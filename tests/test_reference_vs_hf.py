@@ -1,0 +1,82 @@
+"""The NumPy reference backend against HF transformers, hidden state by hidden state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mabert_hw.backends import make_backend
+from mabert_hw.eval.tasks import load_stsb
+from mabert_hw.inputs import random_batch, tokenize
+from mabert_hw.model import forward
+from mabert_hw.torch_ref.hf import hf_forward, hf_model
+from mabert_hw.weights import random_weights
+
+from .conftest import TINY_SPECS
+from .tolerances import REFERENCE_F64_VS_TORCH_F64_ATOL, REFERENCE_VS_TORCH_ATOL
+
+
+def max_diffs(ours, theirs) -> list[float]:
+    return [float(np.abs(a - b).max()) for a, b in zip(ours.hidden_states, theirs["hidden_states"], strict=True)]
+
+
+@pytest.mark.parametrize("spec", TINY_SPECS, ids=lambda s: s.name)
+def test_every_hidden_state_matches_hf_with_padding(spec):
+    weights = random_weights(spec, seed=1)
+    batch = random_batch(spec, batch=4, seq_len=spec.max_positions - 3, seed=2)
+    assert batch.attention_mask.min() == 0, "the batch must contain padding"
+    ours = forward(spec, weights, batch.input_ids, make_backend("reference"), batch.attention_mask,
+                   batch.token_type_ids)
+    theirs = hf_forward(hf_model(spec, weights), batch)
+    diffs = max_diffs(ours, theirs)
+    assert max(diffs) <= REFERENCE_VS_TORCH_ATOL, f"max |diff| per hidden state: {diffs}"
+    assert np.abs(ours.pooled - theirs["pooled"]).max() <= REFERENCE_VS_TORCH_ATOL
+
+
+@pytest.mark.parametrize("spec", TINY_SPECS[:2], ids=lambda s: s.name)
+def test_classifier_logits_match_hf(spec):
+    spec = dataclasses.replace(spec, num_labels=3)
+    weights = random_weights(spec, seed=3)
+    batch = random_batch(spec, batch=3, seq_len=11, seed=4)
+    ours = forward(spec, weights, batch.input_ids, make_backend("reference"), batch.attention_mask,
+                   batch.token_type_ids)
+    theirs = hf_forward(hf_model(spec, weights), batch)
+    assert np.abs(ours.logits - theirs["logits"]).max() <= REFERENCE_VS_TORCH_ATOL
+
+
+def test_float64_option_matches_torch_float64():
+    spec = TINY_SPECS[0]
+    weights = random_weights(spec, seed=5)
+    batch = random_batch(spec, batch=3, seq_len=17, seed=6)
+    ours = forward(spec, weights, batch.input_ids, make_backend("reference", dtype=np.float64),
+                   batch.attention_mask, batch.token_type_ids)
+    assert ours.last_hidden_state.dtype == np.float64
+    theirs = hf_forward(hf_model(spec, weights).double(), batch)
+    diffs = max_diffs(ours, theirs)
+    assert max(diffs) <= REFERENCE_F64_VS_TORCH_F64_ATOL, diffs
+
+
+def test_relu_activation_config_matches_hf():
+    spec = TINY_SPECS[1].with_variant(ffn_activation="relu")
+    weights = random_weights(spec, seed=7)
+    batch = random_batch(spec, batch=2, seq_len=9, seed=8)
+    ours = forward(spec, weights, batch.input_ids, make_backend("reference"), batch.attention_mask,
+                   batch.token_type_ids)
+    theirs = hf_forward(hf_model(spec, weights), batch)
+    assert max(max_diffs(ours, theirs)) <= REFERENCE_VS_TORCH_ATOL
+
+
+def test_minilm_real_sentences_match_hf(minilm, data_dir):
+    task = load_stsb(data_dir, limit=16)
+    batch = tokenize(minilm.tokenizer_dir, task.first)
+    assert batch.attention_mask.min() == 0, "sentences of different lengths give padding"
+    ours = forward(minilm.spec, minilm.weights, batch.input_ids, make_backend("reference"),
+                   batch.attention_mask, batch.token_type_ids)
+    with torch.no_grad():
+        theirs = hf_forward(hf_model(minilm.spec, minilm.weights), batch)
+    diffs = max_diffs(ours, theirs)
+    assert len(diffs) == minilm.spec.layers + 1
+    assert max(diffs) <= REFERENCE_VS_TORCH_ATOL, f"max |diff| per hidden state: {diffs}"
