@@ -1,0 +1,165 @@
+"""`mabert-hw compare`: BERT vs MA-BERT vs PoWER-BERT vs UltraFastBERT on one accelerator description.
+
+Variants come from mabert_hw.spec.VARIANTS plus "power" (PoWER-BERT with the retention schedule of
+`power_retention`, or --retention). MA-BERT's approximator input n is raised to T when T exceeds it
+(a model trained for T-token rows; its hidden width h stays as published). A variant whose trace
+fails with a UserError is listed as skipped with the reason, not dropped silently.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .. import checkpoint
+from ..errors import UserError
+from ..report.tables import FORMATS, render
+from ..spec import VARIANTS, ModelSpec, Variant
+from .common import add_checkpoint, emit, positive_int
+from .profile import add_hardware_arguments, load_hardware
+
+DEFAULT_VARIANTS = "bert,ma,power,fff"
+POWER_LAST_LAYER_FRACTION = 0.1
+
+
+def power_retention(seq_len: int, layers: int) -> tuple[int, ...]:
+    """Linear decay: layer j of L keeps round(T * (1 - (1 - f) * j / L)) tokens, f = 0.1 (so the
+    last layer keeps 10% of T, and on average about 55% of the tokens pass each layer)."""
+    drop = 1 - POWER_LAST_LAYER_FRACTION
+    return tuple(max(1, round(seq_len * (1 - drop * j / layers))) for j in range(1, layers + 1))
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="cycles, time and energy of BERT variants side by side on one accelerator",
+        description="Trace each variant (shapes only), price every op on the accelerator and print the "
+        f"side-by-side table; optionally write plots. Variants: {', '.join(VARIANTS)}, power. PoWER-BERT "
+        "retention default: layer j of L keeps round(T*(1 - 0.9*j/L)) tokens.",
+    )
+    add_checkpoint(parser)
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated (default {DEFAULT_VARIANTS})")
+    parser.add_argument("--batch", type=positive_int, default=1, help="batch size B (default 1)")
+    parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence T (default 128)")
+    parser.add_argument("--retention", metavar="L1,L2,...", help="PoWER-BERT tokens kept per layer")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    parser.add_argument("--plots", metavar="DIR", help="write cycles_by_kind.png and roofline.png to DIR")
+    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    add_hardware_arguments(parser)
+    parser.set_defaults(run=run, hw="edge-32x32-int8")
+
+
+def variant_spec(spec: ModelSpec, name: str, seq_len: int, retention: str | None = None) -> ModelSpec:
+    if name == "power":
+        if retention:
+            from ..power import parse_retention
+
+            kept = parse_retention(retention, spec.layers)
+        else:
+            kept = power_retention(seq_len, spec.layers)
+        return replace(spec, variant=replace(spec.variant, retention=kept))
+    if name not in VARIANTS:
+        raise UserError(f"unknown variant {name!r}; variants: {', '.join(VARIANTS)}, power")
+    variant: Variant = VARIANTS[name]
+    if variant.softmax == "mlp" and seq_len > variant.softmax_input:
+        variant = replace(variant, softmax_input=seq_len)
+    return replace(spec, variant=variant)
+
+
+@dataclass
+class Outcome:
+    name: str
+    spec: ModelSpec
+    estimate: object | None  # cost.cycles.Estimate, or None when skipped
+    skipped: str | None = None
+
+
+def evaluate(spec: ModelSpec, names: list[str], batch: int, seq_len: int, hw, retention: str | None = None):
+    """One Outcome per variant name; a variant whose trace raises UserError is skipped with the reason."""
+    from ..cost.counts import trace
+    from ..cost.cycles import estimate
+
+    outcomes = []
+    for name in names:
+        try:
+            vspec = variant_spec(spec, name, seq_len, retention)
+            outcomes.append(Outcome(name, vspec, estimate(trace(vspec, batch, seq_len), hw)))
+        except UserError as error:
+            outcomes.append(Outcome(name, spec, None, str(error)))
+    return outcomes
+
+
+def comparison_rows(outcomes: list[Outcome]) -> list[dict]:
+    from ..cost.hw_summary import shares
+
+    base = next((o.estimate for o in outcomes if o.name == "bert" and o.estimate), None)
+    rows = []
+    for o in outcomes:
+        if o.estimate is None:
+            rows.append({"variant": o.name, "status": f"skipped: {o.skipped}"})
+            continue
+        e = o.estimate
+        cycles, energy = e.total("cycles"), e.total("energy")
+        memory_bound = sum(c.cycles for c in e.costs if c.bound == "memory")
+        rows.append({
+            "variant": o.name,
+            "status": "ok" if not e.unknown else f"{len(e.unknown)} ops unpriced",
+            "gmacs": sum(c.count.macs for c in e.costs) / 1e9,
+            "cycles": cycles,
+            "time_ms": e.seconds * 1e3,
+            "energy_uj": energy / 1e6,
+            "speedup": base.total("cycles") / cycles if base and cycles else None,
+            "energy_saved_%": 100.0 * (1 - energy / base.total("energy")) if base else None,
+            "memory_bound_%": 100.0 * memory_bound / cycles if cycles else 0.0,
+            **shares(e),
+        })
+    return rows
+
+
+def run(args) -> int:
+    spec = checkpoint.load(args.ckpt).spec
+    if args.seq_len > spec.max_positions:
+        raise UserError(f"--seq-len {args.seq_len} exceeds the model's {spec.max_positions} positions")
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    if not names:
+        raise UserError("--variants is empty")
+    unknown = [n for n in names if n not in VARIANTS and n != "power"]
+    if unknown:
+        raise UserError(f"unknown variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}, power")
+    hw = load_hardware(args)
+    outcomes = evaluate(spec, names, args.batch, args.seq_len, hw, args.retention)
+    text = render(comparison_rows(outcomes), args.format)
+    if args.format == "table":
+        notes = [f"  {o.name}: {o.spec.variant.describe()}" for o in outcomes if o.estimate is not None]
+        unpriced = [f"  {o.name}: {op.name} ({why})" for o in outcomes if o.estimate for op, why in o.estimate.unknown]
+        text = (f"{spec.name}  B={args.batch} T={args.seq_len}  on {hw.name} ({hw.rows}x{hw.cols} {hw.dataflow} "
+                f"{hw.array_precision}, {hw.clock_ghz:g} GHz, overlap {'on' if hw.overlap else 'off'})\n{text}\n"
+                "variants:\n" + "\n".join(notes))
+        if unpriced:
+            text += "\nops without a cycle rule (not priced):\n" + "\n".join(unpriced)
+    emit(text, args.output)
+    if args.plots:
+        write_plots(outcomes, hw, Path(args.plots), f"{spec.name} B={args.batch} T={args.seq_len}")
+    return 0
+
+
+def write_plots(outcomes: list[Outcome], hw, folder: Path, title: str) -> list[Path]:
+    from ..cost.hw_summary import category
+    from ..report import plots
+
+    done = [o for o in outcomes if o.estimate is not None]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {folder}: {error.strerror}") from None
+    by_kind = {o.name: {} for o in done}
+    for o in done:
+        for cost in o.estimate.costs:
+            by_kind[o.name][category(cost)] = by_kind[o.name].get(category(cost), 0) + cost.cycles
+    paths = [plots.stacked_cycles(by_kind, folder / "cycles_by_kind.png", f"{title} on {hw.name}"),
+             plots.roofline({o.name: o.estimate for o in done}, hw, folder / "roofline.png", f"{title} on {hw.name}")]
+    for path in paths:
+        print(f"wrote {path}", file=sys.stderr)
+    return paths
+

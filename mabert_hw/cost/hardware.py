@@ -1,0 +1,234 @@
+"""Accelerators as data: a systolic array, a vector unit with priced special functions, SRAM, DRAM.
+
+A hardware description is a TOML file (presets in mabert_hw/cost/hw/, schema in edge-32x32-int8.toml):
+    clock_ghz, energy (a table name in hw/, e.g. "horowitz45")
+    [array]  rows, cols, dataflow (os | ws | is), precision (int8 | int16 | fp16 | bf16 | fp32)
+    [vector] lanes, precision, [vector.functions] exp/div/rsqrt/sqrt/erf/tanh -> implementation name
+    [memory] ifmap_sram_kib, filter_sram_kib, ofmap_sram_kib, dram_gb_per_s, overlap
+Special-function implementations (software, lut, pwl, cordic, newton) live in hw/functions.toml as
+cycles per element per lane and the basic operations (add, mul, cmp, lut read) they perform; their
+energy is those operations priced at the vector precision. Energy tables cite their sources inline.
+
+Derived prices, stated once:
+- MAC energy = multiply at the array precision + add at the accumulator precision (int8 -> int32,
+  16-bit floats -> fp32, fp32 -> fp32). bf16 is priced as fp16, int16 multiply as int32.
+- cmp and max are priced as an add at the same precision.
+- A LUT read is one (slope, intercept) pair = 2 elements at the vector precision read from an
+  8 KiB SRAM, at that SRAM's energy per byte.
+- SRAM energy per byte = the table's 64-bit read energy / 8 for the smallest listed capacity at least
+  as large as the buffer (the 1 MiB figure above 1 MiB). DRAM energy per byte = 64-bit access / 8.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import UserError
+
+HW_DIR = Path(__file__).resolve().parent / "hw"
+DATAFLOWS = ("os", "ws", "is")
+PRECISION_BYTES = {"int8": 1, "int16": 2, "int32": 4, "fp16": 2, "bf16": 2, "fp32": 4}
+ACCUMULATOR = {"int8": "int32", "int16": "int32", "int32": "int32", "fp16": "fp32", "bf16": "fp32", "fp32": "fp32"}
+NATIVE_PRIMITIVES = ("add", "mul", "max", "cmp")  # 1 cycle on a vector lane
+SPECIAL_FUNCTIONS = ("exp", "div", "rsqrt", "sqrt", "erf", "tanh")
+BASIC_OPERATIONS = ("add", "mul", "cmp", "lut")
+LUT_SRAM_KIB = 8
+NOT_HARDWARE_FILES = ("functions", "energy-")
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """How one special function is computed per element on one lane."""
+
+    name: str
+    cycles: int
+    operations: dict[str, int]  # basic operation -> count per element
+
+
+@dataclass(frozen=True)
+class EnergyTable:
+    name: str
+    add_pj: dict[str, float]
+    mul_pj: dict[str, float]
+    sram_pj_per_64bit: dict[int, float]  # capacity KiB -> pJ per 64-bit read
+    dram_pj_per_64bit: float
+
+    def _price(self, table: dict[str, float], what: str, precision: str) -> float:
+        key = {"bf16": "fp16"}.get(precision, precision)
+        if what == "mul" and key == "int16":
+            key = "int32"
+        if key not in table:
+            raise UserError(f"energy table {self.name} has no {what} energy for {precision}")
+        return table[key]
+
+    def add(self, precision: str) -> float:
+        return self._price(self.add_pj, "add", precision)
+
+    def mul(self, precision: str) -> float:
+        return self._price(self.mul_pj, "mul", precision)
+
+    def sram_pj_per_byte(self, capacity_kib: float) -> float:
+        fitting = [kib for kib in sorted(self.sram_pj_per_64bit) if kib >= capacity_kib]
+        kib = fitting[0] if fitting else max(self.sram_pj_per_64bit)
+        return self.sram_pj_per_64bit[kib] / 8
+
+    @property
+    def dram_pj_per_byte(self) -> float:
+        return self.dram_pj_per_64bit / 8
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    description: str
+    clock_ghz: float
+    rows: int
+    cols: int
+    dataflow: str
+    array_precision: str
+    lanes: int
+    vector_precision: str
+    functions: dict[str, Implementation]  # special function -> its implementation
+    ifmap_sram_kib: float
+    filter_sram_kib: float
+    ofmap_sram_kib: float
+    dram_gb_per_s: float
+    overlap: bool
+    energy: EnergyTable = field(repr=False)
+
+    @property
+    def array_bytes(self) -> int:
+        return PRECISION_BYTES[self.array_precision]
+
+    @property
+    def vector_bytes(self) -> int:
+        return PRECISION_BYTES[self.vector_precision]
+
+    @property
+    def dram_bytes_per_cycle(self) -> float:
+        return self.dram_gb_per_s / self.clock_ghz  # (1e9 B/s) / (1e9 cycles/s)
+
+    @property
+    def activation_sram_bytes(self) -> float:
+        return (self.ifmap_sram_kib + self.ofmap_sram_kib) * 1024
+
+    @property
+    def mac_pj(self) -> float:
+        return self.energy.mul(self.array_precision) + self.energy.add(ACCUMULATOR[self.array_precision])
+
+    def primitive_cycles(self, primitive: str) -> int | None:
+        """Issue cycles per element on one lane; None for a primitive this hardware cannot price."""
+        if primitive in NATIVE_PRIMITIVES:
+            return 1
+        implementation = self.functions.get(primitive)
+        return implementation.cycles if implementation else None
+
+    def primitive_pj(self, primitive: str) -> float:
+        if primitive in NATIVE_PRIMITIVES:
+            return self.operation_pj("mul" if primitive == "mul" else "add")
+        return sum(n * self.operation_pj(op) for op, n in self.functions[primitive].operations.items())
+
+    def operation_pj(self, operation: str) -> float:
+        precision = self.vector_precision
+        if operation == "mul":
+            return self.energy.mul(precision)
+        if operation == "lut":
+            return 2 * self.vector_bytes * self.energy.sram_pj_per_byte(LUT_SRAM_KIB)
+        return self.energy.add(precision)  # add, cmp
+
+    def with_overlap(self, overlap: bool) -> Hardware:
+        return replace(self, overlap=overlap)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in HW_DIR.glob("*.toml") if not p.stem.startswith(NOT_HARDWARE_FILES))
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: invalid TOML: {error}") from None
+
+
+@lru_cache(maxsize=None)
+def implementations() -> dict[tuple[str, str], Implementation]:
+    """(function, implementation name) -> Implementation, from hw/functions.toml."""
+    table = _read_toml(HW_DIR / "functions.toml")
+    out = {}
+    for function, variants in table.items():
+        for name, entry in variants.items():
+            ops = {op: int(entry.get(op, 0)) for op in BASIC_OPERATIONS if entry.get(op, 0)}
+            out[function, name] = Implementation(name, int(entry["cycles"]), ops)
+    return out
+
+
+@lru_cache(maxsize=None)
+def energy_table(name: str) -> EnergyTable:
+    path = HW_DIR / f"energy-{name}.toml"
+    if not path.exists():
+        raise UserError(f"unknown energy table {name!r} (no {path.name} in {HW_DIR})")
+    t = _read_toml(path)
+    return EnergyTable(t["name"], dict(t["add"]), dict(t["mul"]),
+                       {int(k): float(v) for k, v in t["sram_pj_per_64bit"].items()},
+                       float(t["dram"]["pj_per_64bit"]))
+
+
+def load(source: str | Path) -> Hardware:
+    """A preset name (see preset_names()) or the path of a TOML file with the schema above."""
+    path = Path(source)
+    if not str(source).endswith(".toml"):
+        if str(source) not in preset_names():
+            raise UserError(f"unknown hardware {source!r}; presets: {', '.join(preset_names())}, or a FILE.toml")
+        path = HW_DIR / f"{source}.toml"
+    elif not path.exists():
+        raise UserError(f"no such hardware file: {source}")
+    try:
+        return _from_table(_read_toml(path), path.stem)
+    except KeyError as error:
+        raise UserError(f"{path}: missing key {error.args[0]!r}") from None
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{path}: {error}") from None
+
+
+def _from_table(t: dict, default_name: str) -> Hardware:
+    array, vector, memory = t["array"], t["vector"], t["memory"]
+    if array["dataflow"] not in DATAFLOWS:
+        raise ValueError(f"dataflow must be one of {', '.join(DATAFLOWS)}, got {array['dataflow']!r}")
+    for precision in (array["precision"], vector["precision"]):
+        if precision not in PRECISION_BYTES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_BYTES)}, got {precision!r}")
+    functions = {}
+    for function, implementation in vector.get("functions", {}).items():
+        if (function, implementation) not in implementations():
+            known = sorted(n for f, n in implementations() if f == function)
+            raise ValueError(f"no implementation {implementation!r} of {function!r} (known: {', '.join(known)})")
+        functions[function] = implementations()[function, implementation]
+    hw = Hardware(
+        name=t.get("name", default_name),
+        description=t.get("description", ""),
+        clock_ghz=float(t["clock_ghz"]),
+        rows=int(array["rows"]),
+        cols=int(array["cols"]),
+        dataflow=array["dataflow"],
+        array_precision=array["precision"],
+        lanes=int(vector["lanes"]),
+        vector_precision=vector["precision"],
+        functions=functions,
+        ifmap_sram_kib=float(memory["ifmap_sram_kib"]),
+        filter_sram_kib=float(memory["filter_sram_kib"]),
+        ofmap_sram_kib=float(memory["ofmap_sram_kib"]),
+        dram_gb_per_s=float(memory["dram_gb_per_s"]),
+        overlap=bool(memory.get("overlap", True)),
+        energy=energy_table(t.get("energy", "horowitz45")),
+    )
+    for name in ("clock_ghz", "rows", "cols", "lanes", "dram_gb_per_s"):
+        if getattr(hw, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(hw, name)}")
+    return hw

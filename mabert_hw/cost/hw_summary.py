@@ -1,0 +1,126 @@
+"""Hardware estimates as table columns and JSON (what `profile --hw` and `compare` print)."""
+
+from __future__ import annotations
+
+from .counts import OpCount, Profile
+from .cycles import ENERGY_PARTS, Estimate, OpCost
+from .hardware import Hardware
+from .summary import layer_label
+
+HW_COLUMNS = ("cycles", "time_us", "energy_uj", "bound", "util_%")
+
+
+def hw_columns(costs: list[OpCost], hw: Hardware) -> dict:
+    """Cycle, time, energy, bound and utilisation of a group of op costs."""
+    cycles = sum(c.cycles for c in costs)
+    compute = sum(c.compute_cycles for c in costs)
+    memory = sum(c.memory_cycles for c in costs)
+    busy = sum(c.utilisation * c.cycles for c in costs)  # peak-weighted useful cycles
+    return {
+        "cycles": cycles,
+        "time_us": cycles / (hw.clock_ghz * 1e3),
+        "energy_uj": sum(c.energy for c in costs) / 1e6,
+        "bound": "memory" if memory > compute else "compute",
+        "util_%": 100.0 * busy / cycles if cycles else 0.0,
+    }
+
+
+def _key(by: str):
+    if by == "layer":
+        return layer_label
+    if by == "kind":
+        return lambda count: count.op.kind
+    return lambda count: id(count.op)
+
+
+def add_hw_columns(rows: list[dict], profile: Profile, estimate: Estimate, by: str) -> list[dict]:
+    """rows = cost.summary.rows(profile, by), each extended with HW_COLUMNS (None where unpriced)."""
+    key = _key(by)
+    groups: dict[object, list[OpCost]] = {}
+    for cost in estimate.costs:
+        groups.setdefault(key(cost.count), []).append(cost)
+    unpriced = {key(OpCount(op)) for op, _ in estimate.unknown}
+    labels = [key(c) for c in profile.counts] if by == "op" else [row[by] for row in rows]
+    out = []
+    for row, label in zip(rows, labels):
+        extra = hw_columns(groups.get(label, []), estimate.hardware)
+        if label in unpriced:
+            extra["bound"] = "no cycle rule"
+        out.append({**row, **extra})
+    return out
+
+
+def hardware_record(hw: Hardware) -> dict:
+    return {
+        "name": hw.name,
+        "description": hw.description,
+        "clock_ghz": hw.clock_ghz,
+        "array": {"rows": hw.rows, "cols": hw.cols, "dataflow": hw.dataflow, "precision": hw.array_precision},
+        "vector": {"lanes": hw.lanes, "precision": hw.vector_precision,
+                   "functions": {f: i.name for f, i in hw.functions.items()}},
+        "memory": {"ifmap_sram_kib": hw.ifmap_sram_kib, "filter_sram_kib": hw.filter_sram_kib,
+                   "ofmap_sram_kib": hw.ofmap_sram_kib, "dram_gb_per_s": hw.dram_gb_per_s, "overlap": hw.overlap},
+        "energy_table": hw.energy.name,
+    }
+
+
+def cost_record(cost: OpCost) -> dict:
+    return {
+        "unit": cost.unit,
+        "compute_cycles": cost.compute_cycles,
+        "memory_cycles": cost.memory_cycles,
+        "cycles": cost.cycles,
+        "bound": cost.bound,
+        "utilisation": cost.utilisation,
+        "dram_bytes": cost.dram_bytes,
+        "sram_bytes": cost.sram_bytes,
+        "energy_pj": dict(cost.energy_pj),
+    }
+
+
+def _totals(costs: list[OpCost], hw: Hardware) -> dict:
+    columns = hw_columns(costs, hw)
+    return {"cycles": columns["cycles"], "time_us": columns["time_us"], "energy_uj": columns["energy_uj"],
+            "bound": columns["bound"]}
+
+
+def hw_document(estimate: Estimate) -> dict:
+    """The `hardware` and `hw_totals` parts of the profile JSON; per-op records via `cost_record`."""
+    hw = estimate.hardware
+    parts = estimate.energy_parts()
+    by_kind = {k: _totals(v, hw) for k, v in estimate.group(lambda c: c.op.kind).items()}
+    by_layer = {str(k): _totals(v, hw) for k, v in estimate.group(lambda c: layer_label(c.count)).items()}
+    return {
+        "hardware": hardware_record(hw),
+        "hw_totals": {
+            "cycles": estimate.total("cycles"),
+            "seconds": estimate.seconds,
+            "energy_pj": {**parts, "total": sum(parts[p] for p in ENERGY_PARTS)},
+            "by_kind": by_kind,
+            "by_layer": by_layer,
+            "unpriced_ops": [{"name": op.name, "kind": op.kind, "reason": why} for op, why in estimate.unknown],
+        },
+    }
+
+
+# The non-linear functions MA-BERT removes, and the ops of its softmax approximator (by name).
+NONLINEAR_KINDS = ("softmax", "layernorm", "gelu", "tanh")
+APPROXIMATOR_MARK = "softmax.linear_relu_stack"  # MA-BERT's key names, per layer or shared
+
+
+def category(cost: OpCost) -> str:
+    """The op kind, with MA-BERT's approximator ops (Linear -> ReLU -> Linear) grouped as softmax_mlp."""
+    return "softmax_mlp" if APPROXIMATOR_MARK in cost.op.name else cost.op.kind
+
+
+def shares(estimate: Estimate) -> dict[str, float]:
+    """Per cent of cycles and energy in the non-linear functions and in MA-BERT's approximator."""
+    cycles, energy = estimate.total("cycles"), estimate.total("energy")
+    nonlinear = [c for c in estimate.costs if c.op.kind in NONLINEAR_KINDS]
+    approximator = [c for c in estimate.costs if category(c) == "softmax_mlp"]
+    return {
+        "nonlinear_cycles_%": 100.0 * sum(c.cycles for c in nonlinear) / cycles if cycles else 0.0,
+        "nonlinear_energy_%": 100.0 * sum(c.energy for c in nonlinear) / energy if energy else 0.0,
+        "approximator_cycles_%": 100.0 * sum(c.cycles for c in approximator) / cycles if cycles else 0.0,
+        "approximator_energy_%": 100.0 * sum(c.energy for c in approximator) / energy if energy else 0.0,
+    }

@@ -1,0 +1,161 @@
+"""Cycle model: GEMM cycles equal SCALE-Sim 3.0.0 exactly; vector, memory and energy rules equal
+their closed forms; every op of a trace is priced or reported."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from collections import Counter
+from math import ceil
+from pathlib import Path
+
+import pytest
+from .conftest import TINY_SPECS
+
+from mabert_hw.backends.base import Op
+from mabert_hw.cost import counts, hardware
+from mabert_hw.cost.counts import count_op, trace
+from mabert_hw.cost.cycles import estimate, gemm_cycles, gemm_dims, op_cost
+from mabert_hw.spec import PRESETS
+
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_CSV = GOLDEN / "scalesim_gemm_cycles.csv"
+
+
+def golden_cases() -> list[dict]:
+    lines = [line for line in GOLDEN_CSV.read_text().splitlines() if not line.startswith("#")]
+    return [{k: (v if k == "dataflow" else int(v)) for k, v in row.items()} for row in csv.DictReader(lines)]
+
+
+def test_golden_data_covers_the_brief():
+    cases = golden_cases()
+    assert len(cases) >= 12
+    assert {c["dataflow"] for c in cases} == {"os", "ws", "is"}
+    assert any(c["m"] % c["rows"] or c["n"] % c["cols"] or c["k"] % c["rows"] for c in cases)
+    assert any(c["rows"] != c["cols"] for c in cases)
+    assert GOLDEN_CSV.read_text().startswith("# scalesim 3.0.0")
+
+
+@pytest.mark.parametrize("case", golden_cases(), ids=lambda c: "{m}x{k}x{n}-{rows}x{cols}-{dataflow}".format(**c))
+def test_gemm_cycles_equal_scalesim(case):
+    ours = gemm_cycles(case["m"], case["k"], case["n"], case["rows"], case["cols"], case["dataflow"])
+    assert ours == case["compute_cycles"]
+
+
+def _scalesim_python() -> str | None:
+    if importlib.util.find_spec("scalesim") is not None:
+        return sys.executable
+    return os.environ.get("SCALESIM_PYTHON")  # e.g. /tmp/scalesim-venv/bin/python
+
+
+@pytest.mark.skipif(_scalesim_python() is None, reason="scalesim not importable and SCALESIM_PYTHON not set")
+@pytest.mark.parametrize("m, k, n, rows, cols, dataflow", [(37, 129, 65, 16, 8, "ws"), (100, 50, 7, 8, 8, "is"),
+                                                            (5, 300, 33, 32, 32, "os")])
+def test_scalesim_rerun(m, k, n, rows, cols, dataflow):
+    out = subprocess.run([_scalesim_python(), str(GOLDEN / "scalesim_gemm.py"), *map(str, (m, k, n, rows, cols)),
+                          dataflow], capture_output=True, text=True, check=True, timeout=300)
+    assert int(out.stdout.strip().splitlines()[-1]) == gemm_cycles(m, k, n, rows, cols, dataflow)
+
+
+@pytest.mark.parametrize("spec", TINY_SPECS[:2], ids=lambda s: s.name)
+def test_gemm_dims_cover_the_counted_macs(spec):
+    ops = [op for op in trace(spec, 2, 7) if op.kind in counts.GEMM_KINDS]
+    assert {op.kind for op in ops} == {"linear", "matmul"}
+    for op in ops:
+        groups, m, k, n = gemm_dims(op)
+        assert groups * m * k * n == count_op(op).macs, op.name
+        if op.kind == "matmul":
+            assert groups == 2 * spec.heads  # one GEMM per (batch, head)
+
+
+def test_matmul_is_one_gemm_per_batch_and_head():
+    hw = hardware.load("edge-32x32-int8")
+    op = Op("encoder.layer.0.attention.self.scores", "matmul", ((3, 4, 50, 16), (3, 4, 50, 16)), (), (3, 4, 50, 50),
+            (("transpose_b", True),))
+    cost = op_cost(op, hw)
+    assert cost.compute_cycles == 3 * 4 * (ceil(16 / 32) * ceil(50 / 32) * (50 + 2 * 32 + 32 - 2) - 1)
+
+
+def test_softmax_vector_cycles_and_energy_closed_form():
+    hw = hardware.load("ma-motivation")
+    rows, n = 2 * 3 * 40, 40
+    op = Op("encoder.layer.0.attention.self.softmax", "softmax", ((2, 3, 40, 40),), (), (2, 3, 40, 40))
+    cost = op_cost(op, hw)
+    # max over n-1, sum + subtract (2n-1 adds), n exp, n div per row
+    work = rows * ((n - 1) + (2 * n - 1) + n * hw.primitive_cycles("exp") + n * hw.primitive_cycles("div"))
+    assert cost.unit == "vector" and cost.compute_cycles == ceil(work / hw.lanes)
+    pj = rows * ((n - 1) * hw.primitive_pj("max") + (2 * n - 1) * hw.primitive_pj("add")
+                 + n * hw.primitive_pj("exp") + n * hw.primitive_pj("div"))
+    assert cost.energy_pj["vector"] == pytest.approx(pj)
+
+
+def test_memory_bound_overlap_and_energy_of_a_linear():
+    hw = hardware.load("tpu-256x256-int8")  # 34 GB/s: a batch-1 linear is weight-bandwidth bound
+    op = Op("encoder.layer.0.output.dense", "linear", ((1, 8, 3072),), ((768, 3072), (768,)), (1, 8, 768))
+    on, off = op_cost(op, hw), op_cost(op, hw.with_overlap(False))
+    weight_bytes = (768 * 3072 + 768) * hw.array_bytes
+    assert on.dram_bytes == weight_bytes  # activations (8 tokens) fit on chip
+    assert on.memory_cycles == ceil(weight_bytes / (hw.dram_gb_per_s / hw.clock_ghz))
+    assert on.bound == "memory" and on.cycles == on.memory_cycles
+    assert off.cycles == off.compute_cycles + off.memory_cycles
+    macs = 8 * 3072 * 768
+    table = hardware.energy_table("horowitz45")
+    assert on.energy_pj["mac"] == pytest.approx(macs * (table.mul("int8") + table.add("int32")))
+    assert on.energy_pj["dram"] == pytest.approx(weight_bytes * table.dram_pj_per_64bit / 8)
+    assert on.utilisation == pytest.approx(macs / (256 * 256 * on.cycles))
+
+
+def test_activations_spill_to_dram_when_they_do_not_fit():
+    hw = hardware.load("edge-32x32-int8")  # 384 KiB activation SRAM, fp16 vector
+    small = Op("x.scale", "scale", ((1, 1, 8, 8),), (), (1, 1, 8, 8))
+    big = Op("x.scale", "scale", ((1, 12, 512, 512),), (), (1, 12, 512, 512))
+    assert op_cost(small, hw).dram_bytes == 0
+    assert op_cost(big, hw).dram_bytes == 2 * 12 * 512 * 512 * hw.vector_bytes
+
+
+def test_unpriced_ops_are_reported(tmp_path, monkeypatch):
+    no_exp = tmp_path / "no-exp.toml"
+    no_exp.write_text((hardware.HW_DIR / "edge-32x32-int8.toml").read_text().replace('exp = "lut"\n', ""))
+    hw = hardware.load(str(no_exp))
+    softmax = Op("s", "softmax", ((1, 1, 4, 4),), (), (1, 1, 4, 4))
+    mystery = Op("m", "mystery", ((4,),), (), (4,))
+    monkeypatch.setitem(counts.RULES, "conv", lambda op: (10, Counter()))
+    conv = Op("c", "conv", ((4,),), (), (4,))
+    result = estimate([softmax, mystery, conv], hw)
+    assert result.costs == []
+    reasons = dict((op.name, why) for op, why in result.unknown)
+    assert "no implementation of 'exp'" in reasons["s"]
+    assert "no counting rule" in reasons["m"]
+    assert "no systolic-array mapping" in reasons["c"]
+
+
+@pytest.mark.parametrize("name", hardware.preset_names())
+def test_bert_base_is_fully_priced_and_totals_add_up(name):
+    hw = hardware.load(name)
+    ops = trace(PRESETS["bert-base-uncased"], 1, 128)
+    result = estimate(ops, hw)
+    assert result.unknown == [] and len(result.costs) == len(ops)
+    total = result.total("cycles")
+    assert sum(sum(c.cycles for c in g) for g in result.group(lambda c: c.op.kind).values()) == total
+    assert sum(sum(c.cycles for c in g) for g in result.group(lambda c: c.op.layer).values()) == total
+    assert all(0 <= c.utilisation <= 1 for c in result.costs)
+    gemm_macs = sum(c.count.macs for c in result.costs)
+    assert gemm_macs == sum(count_op(op).macs for op in ops)
+    assert all(c.cycles >= max(c.compute_cycles, c.memory_cycles) for c in result.costs)
+
+
+def test_fff_runs_on_the_vector_unit_and_gathers_are_memory_only():
+    hw = hardware.load("edge-32x32-int8")
+    spec = PRESETS["bert-base-uncased"].with_variant(ffn="fff", fff_depth=11, fff_trees=1)
+    ops = {op.kind: op for op in trace(spec, 1, 16)}
+    fff = op_cost(ops["fff"], hw)
+    macs = count_op(ops["fff"]).macs
+    primitives = count_op(ops["fff"]).elementwise + Counter(mul=macs, add=macs)  # one mul + one add per MAC
+    work = sum(n * hw.primitive_cycles(p) for p, n in primitives.items())
+    assert fff.unit == "vector" and fff.compute_cycles == ceil(work / hw.lanes)
+    gather = Op("encoder.layer.0.power.select", "gather", ((1, 16, 768), (1, 8)), (), (1, 8, 768))
+    cost = op_cost(gather, hw)
+    assert cost.unit == "memory" and cost.compute_cycles == 0

@@ -1,0 +1,116 @@
+"""Hardware descriptions: presets load, prices derive from the cited tables, bad files are UserErrors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mabert_hw.cost import hardware
+from mabert_hw.cost.hardware import HW_DIR, SPECIAL_FUNCTIONS, implementations
+from mabert_hw.errors import UserError
+
+# Horowitz, ISSCC 2014, "Computing's energy problem", 45 nm operation-energy table, in pJ: the
+# source the energy TOML cites, typed in again here so a wrong edit of the data file is caught.
+HOROWITZ_ADD = {"int8": 0.03, "int16": 0.05, "int32": 0.1, "fp16": 0.4, "fp32": 0.9}
+HOROWITZ_MUL = {"int8": 0.2, "int32": 3.1, "fp16": 1.1, "fp32": 3.7}
+HOROWITZ_SRAM_64BIT = {8: 10.0, 32: 20.0, 1024: 100.0}
+HOROWITZ_DRAM_64BIT_LOW = 1300.0
+
+EDGE_TOML = (HW_DIR / "edge-32x32-int8.toml").read_text()
+
+
+def test_every_preset_loads_and_prices_every_special_function():
+    assert len(hardware.preset_names()) >= 4
+    for name in hardware.preset_names():
+        hw = hardware.load(name)
+        assert hw.name == name
+        for function in SPECIAL_FUNCTIONS:
+            assert hw.primitive_cycles(function) >= 1, (name, function)
+            assert hw.primitive_pj(function) > 0, (name, function)
+
+
+def test_energy_table_is_horowitz_2014():
+    table = hardware.energy_table("horowitz45")
+    assert table.add_pj == HOROWITZ_ADD
+    assert table.mul_pj == HOROWITZ_MUL
+    assert table.sram_pj_per_64bit == HOROWITZ_SRAM_64BIT
+    assert table.dram_pj_per_byte == HOROWITZ_DRAM_64BIT_LOW / 8
+
+
+def test_derived_prices():
+    edge = hardware.load("edge-32x32-int8")  # int8 array, fp16 vector
+    assert edge.mac_pj == HOROWITZ_MUL["int8"] + HOROWITZ_ADD["int32"]  # int32 accumulator
+    tpu2 = hardware.load("tpu-128x128-bf16")  # bf16 priced as fp16, fp32 accumulator
+    assert tpu2.mac_pj == HOROWITZ_MUL["fp16"] + HOROWITZ_ADD["fp32"]
+    assert edge.primitive_pj("cmp") == edge.primitive_pj("max") == HOROWITZ_ADD["fp16"]
+    # exp.lut = 1 LUT read (2 fp16 entries from an 8 KiB SRAM) + 1 mul + 1 add at fp16
+    lut_pj = 2 * 2 * HOROWITZ_SRAM_64BIT[8] / 8
+    assert edge.primitive_pj("exp") == pytest.approx(lut_pj + HOROWITZ_MUL["fp16"] + HOROWITZ_ADD["fp16"])
+    # SRAM: smallest listed capacity >= the buffer; beyond 1 MiB the 1 MiB figure
+    table = edge.energy
+    assert table.sram_pj_per_byte(8) == HOROWITZ_SRAM_64BIT[8] / 8
+    assert table.sram_pj_per_byte(9) == HOROWITZ_SRAM_64BIT[32] / 8
+    assert table.sram_pj_per_byte(24576) == HOROWITZ_SRAM_64BIT[1024] / 8
+    assert edge.dram_bytes_per_cycle == edge.dram_gb_per_s / edge.clock_ghz
+
+
+def test_software_recipes_are_one_instruction_per_cycle_and_compose():
+    software = {f: implementations()[f, "software"] for f in SPECIAL_FUNCTIONS}
+    for function, impl in software.items():
+        assert impl.cycles == sum(impl.operations.values()), function
+        assert "lut" not in impl.operations, function
+
+    def ops(f):
+        return {k: software[f].operations.get(k, 0) for k in ("add", "mul", "cmp")}
+
+    exp, div, rsqrt = ops("exp"), ops("div"), ops("rsqrt")
+    # sqrt = x * rsqrt(x)
+    assert ops("sqrt") == {**rsqrt, "mul": rsqrt["mul"] + 1}
+    # tanh = 1 - 2 / (exp(2x) + 1): 2x, exp, +1, div, 1 - .
+    assert ops("tanh") == {"add": exp["add"] + 1 + div["add"] + 1, "mul": 1 + exp["mul"] + div["mul"],
+                           "cmp": exp["cmp"]}
+    # erf (A&S 7.1.26): |x|, p|x|, 1+, reciprocal (div - final mul), Horner deg 5, -x^2, exp, poly*exp, 1-, sign
+    assert ops("erf") == {"add": 1 + div["add"] + 4 + exp["add"] + 1,
+                          "mul": 1 + (div["mul"] - 1) + 5 + 1 + exp["mul"] + 1,
+                          "cmp": 1 + exp["cmp"] + 1}
+
+
+def test_ma_motivation_differs_from_edge_only_by_the_special_function_unit():
+    edge, ma = hardware.load("edge-32x32-int8"), hardware.load("ma-motivation")
+    assert all(impl.name == "software" for impl in ma.functions.values())
+    assert all(impl.name != "software" for impl in edge.functions.values())
+    same = ("clock_ghz", "rows", "cols", "dataflow", "array_precision", "lanes", "vector_precision",
+            "ifmap_sram_kib", "filter_sram_kib", "ofmap_sram_kib", "dram_gb_per_s", "overlap")
+    assert {k: getattr(edge, k) for k in same} == {k: getattr(ma, k) for k in same}
+
+
+def test_a_user_file_loads(tmp_path: Path):
+    path = tmp_path / "mine.toml"
+    path.write_text(EDGE_TOML.replace('dataflow = "ws"', 'dataflow = "os"').replace("rows = 32", "rows = 16"))
+    hw = hardware.load(str(path))
+    assert (hw.rows, hw.cols, hw.dataflow) == (16, 32, "os")
+    assert tomllib.loads(path.read_text())["name"] == hw.name
+
+
+@pytest.mark.parametrize("edit, message", [
+    (('dataflow = "ws"', 'dataflow = "rs"'), "dataflow"),
+    (('exp = "lut"', 'exp = "magic"'), "no implementation 'magic'"),
+    (("rows = 32\n", ""), "missing key 'rows'"),
+    (("lanes = 32", "lanes = 0"), "lanes must be positive"),
+    (('precision = "int8"', 'precision = "int4"'), "precision"),
+    (("[memory]", "[memory"), "invalid TOML"),
+])
+def test_bad_files_are_user_errors(tmp_path: Path, edit, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(EDGE_TOML.replace(*edit))
+    with pytest.raises(UserError, match=message):
+        hardware.load(str(path))
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(UserError, match="presets: edge-32x32-int8"):
+        hardware.load("tpu-v9")
+    with pytest.raises(UserError, match="no such hardware file"):
+        hardware.load("/nonexistent/hw.toml")

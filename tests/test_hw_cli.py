@@ -1,0 +1,130 @@
+"""`profile --hw` and `compare`: columns, JSON totals, skipped variants, plots, bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from mabert_hw.cli import compare as compare_cli
+from mabert_hw.cli import main
+from mabert_hw.cost import hardware
+from mabert_hw.cost.counts import trace
+from mabert_hw.cost.cycles import estimate
+from mabert_hw.errors import UserError
+from mabert_hw.spec import PRESETS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_profile_hw_json_has_per_op_cycles_and_totals(capsys):
+    code, out, _ = run_cli(capsys, "profile", "bert-base-uncased", "--seq-len", "64", "--hw", "edge-32x32-int8",
+                           "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["hardware"]["name"] == "edge-32x32-int8"
+    per_op = [op["hw"] for op in doc["ops"]]
+    assert all("cycles" in record for record in per_op)
+    totals = doc["hw_totals"]
+    assert totals["cycles"] == sum(r["cycles"] for r in per_op)
+    assert totals["cycles"] == sum(k["cycles"] for k in totals["by_kind"].values())
+    assert totals["cycles"] == sum(k["cycles"] for k in totals["by_layer"].values())
+    assert totals["energy_pj"]["total"] == pytest.approx(sum(sum(r["energy_pj"].values()) for r in per_op))
+    assert totals["unpriced_ops"] == []
+    direct = estimate(trace(PRESETS["bert-base-uncased"], 1, 64), hardware.load("edge-32x32-int8"))
+    assert totals["cycles"] == direct.total("cycles")
+
+
+@pytest.mark.parametrize("by", ["op", "layer", "kind"])
+def test_profile_hw_csv_columns_sum_to_the_total(capsys, by):
+    argv = ["profile", "bert-base-uncased", "--seq-len", "32", "--hw", "tpu-128x128-bf16"]
+    _, out, _ = run_cli(capsys, *argv, "--by", by, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {"cycles", "time_us", "energy_uj", "bound", "util_%"} <= rows[0].keys()
+    _, doc, _ = run_cli(capsys, *argv, "--format", "json")
+    assert sum(int(r["cycles"]) for r in rows) == json.loads(doc)["hw_totals"]["cycles"]
+
+
+def test_profile_overlap_off_costs_at_least_as_much(capsys):
+    argv = ["profile", "bert-base-uncased", "--seq-len", "32", "--hw", "tpu-256x256-int8", "--format", "json"]
+    _, on, _ = run_cli(capsys, *argv, "--overlap", "on")
+    _, off, _ = run_cli(capsys, *argv, "--overlap", "off")
+    on_ops, off_ops = json.loads(on)["ops"], json.loads(off)["ops"]
+    for a, b in zip(on_ops, off_ops):
+        assert a["hw"]["cycles"] == max(a["hw"]["compute_cycles"], a["hw"]["memory_cycles"])
+        assert b["hw"]["cycles"] == b["hw"]["compute_cycles"] + b["hw"]["memory_cycles"]
+
+
+def test_profile_table_with_a_user_hardware_file(capsys, tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text((hardware.HW_DIR / "edge-32x32-int8.toml").read_text().replace("rows = 32", "rows = 8"))
+    code, out, _ = run_cli(capsys, "profile", "bert-base-uncased", "--seq-len", "16", "--hw", str(path))
+    assert code == 0 and "cycles" in out and "(8x32 ws int8" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["profile", "bert-base-uncased", "--hw", "nope"], "unknown hardware 'nope'"),
+    (["profile", "bert-base-uncased", "--hw", "missing.toml"], "no such hardware file"),
+    (["compare", "bert-base-uncased", "--variants", "bert,nope"], "unknown variant 'nope'"),
+])
+def test_bad_input_exits_2(capsys, argv, message):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_compare_table_csv_and_plots(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "compare", "bert-base-uncased", "--seq-len", "32", "--hw", "ma-motivation",
+                           "--format", "csv", "--plots", str(tmp_path))
+    assert code == 0
+    rows = {r["variant"]: r for r in csv.DictReader(io.StringIO(out))}
+    assert set(rows) == {"bert", "ma", "power", "fff"}
+    assert float(rows["bert"]["speedup"]) == 1.0
+    for name in ("cycles_by_kind.png", "roofline.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_compare_lists_a_failing_variant_as_skipped(capsys, monkeypatch):
+    real = compare_cli.variant_spec
+
+    def failing(spec, name, seq_len, retention=None):
+        if name == "fff":
+            raise UserError("variant ffn=fff is not executable yet")
+        return real(spec, name, seq_len, retention)
+
+    monkeypatch.setattr(compare_cli, "variant_spec", failing)
+    code, out, _ = run_cli(capsys, "compare", "bert-base-uncased", "--seq-len", "32", "--variants", "bert,fff")
+    assert code == 0
+    assert "skipped: variant ffn=fff is not executable yet" in out
+
+
+def test_power_retention_schedule():
+    kept = compare_cli.power_retention(128, 12)
+    assert len(kept) == 12 and list(kept) == sorted(kept, reverse=True)
+    assert kept[-1] == round(128 * compare_cli.POWER_LAST_LAYER_FRACTION)
+    spec = compare_cli.variant_spec(PRESETS["bert-base-uncased"], "power", 128, "100,90,80,70,60,50,40,30,20,10,5,1")
+    assert spec.variant.retention[-1] == 1
+
+
+def test_ma_approximator_input_grows_to_the_sequence_length():
+    spec = compare_cli.variant_spec(PRESETS["bert-base-uncased"], "ma", 512)
+    assert spec.variant.softmax_input == 512
+    assert compare_cli.variant_spec(PRESETS["bert-base-uncased"], "ma", 64).variant.softmax_input == 128
+
+
+def test_profile_with_hardware_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys; from mabert_hw.cli import main; "
+            "main(['profile', 'bert-base-uncased', '--hw', 'edge-32x32-int8', '--output', '/dev/null']); "
+            "print(sorted(m for m in ('matplotlib', 'pandas', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
