@@ -1,0 +1,181 @@
+"""FFF MiniLM: replace each FFN of all-MiniLM-L6-v2 by a fast feed-forward tree trained by
+layer-wise distillation on real hidden states; STS-B dev Spearman and whole-model speed vs depth.
+
+Distillation data: the input to every layer's FFN (the post-attention LayerNorm output) and the
+dense FFN's output (before the residual add), both from the real model (HF torch, eager) on the
+real tokens of STS-B *train* sentences and WikiText-2 valid lines; STS-B dev is only evaluated.
+Each layer's FFF (depth d, K trees, no output bias, the official layer) is trained on its own with
+MSE to the dense FFN output, hard path (FFF.forward_gather: gradients reach the visited nodes only,
+as in the official training). Evaluation: the FFF model in our engine (fast backend with the Numba
+FFF kernel, or the reference backend), mean pooling, cosine, Spearman x 100 (eval.tasks).
+
+    python analysis/fff_minilm.py --depths 1,3,5,7 --minutes 25     # -> reports/fff/
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mabert_hw import checkpoint
+from mabert_hw.backends import make_backend
+from mabert_hw.checkpoint import Checkpoint
+from mabert_hw.eval.tasks import load_stsb, stsb_spearman
+from mabert_hw.fff import FFF_PREFIX
+from mabert_hw.inputs import random_batch, tokenize
+from mabert_hw.model import forward
+from mabert_hw.torch_ref.fff import FFF
+from mabert_hw.torch_ref.hf import hf_model
+from mabert_hw.weights import layer_prefix
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+OUT = Path(__file__).resolve().parents[1] / "reports" / "fff"
+
+
+def training_texts(data: Path, limit: int) -> list[str]:
+    train = load_stsb(data / "glue" / "STS-B" / "train.tsv")
+    wiki = [line.strip() for line in (data / "wikitext-2" / "wiki.valid.raw").read_text().splitlines()
+            if len(line.strip()) > 40 and not line.strip().startswith("=")]
+    texts = [t for pair in zip(train.first, train.second) for t in pair] + wiki
+    return sorted((t for t in texts[:limit] if len(t) < 600), key=len)  # batches of similar length
+
+
+@torch.no_grad()
+def ffn_pairs(ck: Checkpoint, texts: list[str], batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, (FFN input, dense FFN output) rows of every real token: (tokens, C) each."""
+    model = hf_model(ck.spec, ck.weights)
+    inputs: list[list[torch.Tensor]] = [[] for _ in range(ck.spec.layers)]
+    outputs: list[list[torch.Tensor]] = [[] for _ in range(ck.spec.layers)]
+    keep = {}
+    for layer, module in enumerate(model.encoder.layer):
+        module.intermediate.register_forward_hook(
+            lambda m, args, out, layer=layer: inputs[layer].append(args[0][keep["mask"]]))
+        module.output.dense.register_forward_hook(
+            lambda m, args, out, layer=layer: outputs[layer].append(out[keep["mask"]]))
+    for start in tqdm(range(0, len(texts), batch_size), desc="hidden states"):
+        batch = tokenize(ck.tokenizer_dir, texts[start:start + batch_size])  # < 600 chars: < 512 tokens
+        keep["mask"] = torch.from_numpy(batch.attention_mask.astype(bool))
+        model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask),
+              token_type_ids=torch.from_numpy(batch.token_type_ids))
+    return [(torch.cat(i), torch.cat(o)) for i, o in zip(inputs, outputs)]
+
+
+def distill(x: torch.Tensor, y: torch.Tensor, depth: int, trees: int, seconds: float,
+            seed: int) -> tuple[FFF, float, int]:
+    """Train one FFF on (x, y) for `seconds`; returns it, held-out relative MSE, and its steps."""
+    torch.manual_seed(seed)
+    held = max(len(x) // 10, 1)
+    xt, yt, xv, yv = x[held:], y[held:], x[:held], y[:held]
+    module = FFF(x.shape[1], depth, trees)
+    optimiser = torch.optim.Adam(module.parameters(), lr=3e-3)
+    start, steps = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        idx = torch.randint(0, len(xt), (512,))
+        loss = torch.nn.functional.mse_loss(module.forward_gather(xt[idx]), yt[idx])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        steps += 1
+    with torch.no_grad():
+        rel = float(((module.forward_gather(xv) - yv) ** 2).mean() / (yv ** 2).mean())
+    return module, rel, steps
+
+
+def fff_checkpoint(ck: Checkpoint, modules: list[FFF], depth: int, trees: int) -> Checkpoint:
+    spec = ck.spec.with_variant(ffn="fff", fff_depth=depth, fff_trees=trees)
+    dense_keys = (".intermediate.dense.", ".output.dense.")
+    weights = {k: v for k, v in ck.weights.items() if not any(s in k for s in dense_keys)}
+    for layer, module in enumerate(modules):
+        for key, value in module.state_dict().items():
+            weights[layer_prefix(layer) + FFF_PREFIX + key] = value.detach().numpy().astype(np.float32)
+    return Checkpoint(spec, weights, f"{ck.source}+fff{trees}x{depth}", ck.tokenizer_dir)
+
+
+def engine():
+    """The fast backend with the Numba FFF kernel when both exist, else the reference backend."""
+    try:
+        from mabert_hw.backends.fast import FastBackend, ready
+        from mabert_hw.kernels.fff import fff_forward
+    except ImportError:
+        return "reference", make_backend("reference")
+
+    class FastFFF(FastBackend):
+        def _fff(self, x, w_in, b_in, w_out, depth, trees):
+            return fff_forward(ready(x), w_in, b_in, w_out, depth, trees)
+
+    return "fast+fff-kernel", FastFFF()
+
+
+def whole_model_ms(cks: dict[str, Checkpoint], backend, rounds: int = 5) -> dict[str, float]:
+    """Median ms of one forward at batch 8 x 128 tokens, models interleaved round by round."""
+    batch = random_batch(next(iter(cks.values())).spec, 8, 128, seed=0, padded=False)
+    times: dict[str, list[float]] = {name: [] for name in cks}
+    for r in range(rounds + 1):
+        for name, ck in cks.items():
+            start = time.perf_counter()
+            out = forward(ck.spec, ck.weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
+            np.asarray(out.last_hidden_state)
+            if r:  # round 0 compiles and warms
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depths", default="1,3,5,7", help="comma-separated tree depths")
+    parser.add_argument("--trees", type=int, default=1, help="parallel trees K per layer")
+    parser.add_argument("--texts", type=int, default=3000, help="training texts (STS-B train, then WikiText)")
+    parser.add_argument("--minutes", type=float, default=25.0, help="training budget over all depths and layers")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    depths = [int(d) for d in args.depths.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+
+    ck = checkpoint.load("minilm")
+    pairs = ffn_pairs(ck, training_texts(DATA, args.texts))
+    print(f"{len(pairs[0][0])} real tokens per layer", file=sys.stderr, flush=True)
+    dev = load_stsb(DATA)
+    backend_name, backend = engine()
+    baseline = stsb_spearman(ck, dev, backend)
+    rows = [{"model": "dense (all-MiniLM-L6-v2)", "depth": None, "trees": None, "stsb_spearman": baseline,
+             "mean_rel_mse": 0.0, "train_steps_per_layer": 0}]
+    models = {"dense": ck}
+    seconds = 60 * args.minutes / (len(depths) * ck.spec.layers)
+    for depth in depths:
+        trained = [distill(x, y, depth, args.trees, seconds, seed=layer)
+                   for layer, (x, y) in enumerate(tqdm(pairs, desc=f"distil depth {depth}"))]
+        fck = fff_checkpoint(ck, [m for m, _, _ in trained], depth, args.trees)
+        models[f"fff {args.trees}x{depth}"] = fck
+        rows.append({"model": f"fff {args.trees}x{depth}", "depth": depth, "trees": args.trees,
+                     "stsb_spearman": stsb_spearman(fck, dev, backend),
+                     "mean_rel_mse": float(np.mean([rel for _, rel, _ in trained])),
+                     "train_steps_per_layer": int(np.mean([s for _, _, s in trained]))})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        (args.out / "results.json").write_text(json.dumps({"backend": backend_name, "rows": rows}, indent=2))
+    speed = whole_model_ms(models, backend)
+    for row, name in zip(rows, models):
+        row["forward_ms_8x128"] = speed[name]
+        row["speedup_vs_dense"] = speed["dense"] / speed[name]
+    (args.out / "results.json").write_text(json.dumps({"backend": backend_name, "rows": rows}, indent=2))
+    with open(args.out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
+        writer.writeheader()
+        writer.writerows(rows)
+    from mabert_hw.report.fff_plots import spearman_vs_depth
+
+    spearman_vs_depth(rows, args.out / "stsb_vs_depth.png")
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

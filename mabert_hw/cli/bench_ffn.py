@@ -1,0 +1,81 @@
+"""`mabert-hw bench-ffn`: one FFN layer, FFF Numba walk vs dense FF vs NumPy and torch forms."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..errors import UserError
+from ..report.tables import FORMATS, render
+from .common import emit, positive_int
+
+MAX_DEPTH = 20  # 2^21 - 1 nodes of C floats each: beyond this the weights alone outgrow memory
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench-ffn",
+        help="time one FFN layer: FFF conditional matmul vs dense FF (medians, interleaved rounds)",
+        description="Times the FFF hard-path walk (Numba), a dense FF (BLAS GEMM + GELU + GEMM), a "
+        "batched-gather NumPy FFF and torch dense / FFF-BMM on the same random tokens, interleaved "
+        "round by round, and prints medians beside the theoretical MAC ratio. Load on a shared CPU "
+        "moves every figure: the load average is printed with the result.",
+    )
+    parser.add_argument("--hidden", type=positive_int, default=768, help="C (default 768)")
+    parser.add_argument("--depth", type=int, default=11, help="FFF tree depth d (default 11: 4095 nodes)")
+    parser.add_argument("--trees", type=positive_int, default=1, help="parallel trees K (default 1)")
+    parser.add_argument("--tokens", type=positive_int, default=16384, help="tokens M (default 16384)")
+    parser.add_argument("--dense-width", type=positive_int, default=3072, help="dense FF width F (default 3072)")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (default 5)")
+    parser.add_argument("--threads", type=positive_int, help="Numba and BLAS threads (default: one per core)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch implementations")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    parser.set_defaults(run=run)
+
+
+def _load() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..fff_bench import Problem, check_agreement, implementations, summarize, time_interleaved
+    from ..kernels.threads import set_threads
+
+    if not 0 <= args.depth <= MAX_DEPTH:
+        raise UserError(f"--depth must be 0..{MAX_DEPTH}, got {args.depth}")
+    threads = set_threads(args.threads)
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            raise UserError("torch is not installed: pass --no-torch") from None
+        torch.set_num_threads(threads["numba_threads"])
+    problem = Problem(args.hidden, args.depth, args.trees, args.tokens, args.dense_width)
+    impls = implementations(problem, with_torch=not args.no_torch)
+    load_before = _load()
+    maxdiff = check_agreement(impls)
+    seconds = time_interleaved(impls, args.rounds, progress=lambda it: tqdm(it, desc="rounds", leave=False))
+    rows = summarize(problem, seconds)
+    facts = {"problem": problem.__dict__, "threads": threads, "rounds": args.rounds,
+             "load_avg_before": load_before, "load_avg_after": _load(),
+             "mac_ratio": problem.mac_ratio(), "walk": problem.walk(),
+             "fff_numba_vs_numpy_maxdiff": maxdiff}
+    if args.format == "json":
+        text = json.dumps({**facts, "rows": rows, "seconds": seconds}, indent=2)
+    else:
+        text = render(rows, args.format)
+        if args.format == "table":
+            p = problem
+            text = (f"FFN layer: C={p.hidden} d={p.depth} K={p.trees} M={p.tokens} tokens vs dense F={p.dense_width}; "
+                    f"{args.rounds} interleaved rounds, threads {threads}\n{text}\n"
+                    f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.1f}x; "
+                    f"fff-numba vs fff-numpy-gather maxdiff {maxdiff:.2g}\n"
+                    f"load average (1, 5, 15 min) before {load_before}, after {facts['load_avg_after']}")
+    emit(text, args.output)
+    return 0

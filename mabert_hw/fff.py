@@ -1,0 +1,110 @@
+"""Fast feed-forward (UltraFastBERT) trees: the hard-path equations, a vectorised NumPy walk, the
+weight layout the Numba walk reads, and the crammed-bert-fff checkpoint key names.
+
+One FFF block of depth d and K parallel trees (pbelcak/UltraFastBERT training/cramming/architectures/
+fff.py) holds N = 2^(d+1) - 1 single-neuron nodes per tree, stored as torch Linear layers:
+    linear_in.weight  (K*N, C)   linear_in.bias (K*N,)   linear_out.weight (C_out, K*N), no bias;
+node n of tree k is row / column k*N + n. Per token x and tree k, the hard path is
+    n_0 = 0;   a_i = GELU(x . w_in[n_i] + b[n_i]);   y += a_i * w_out[:, n_i];
+    n_{i+1} = 2 n_i + 1 + (x . w_in[n_i] + b[n_i] > 0),   i = 0 .. d      (d + 1 nodes visited)
+and the K trees' outputs are summed. GELU is the erf form, as the reference backend's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .numerics import gelu
+
+FFF_PREFIX = "ffn."  # our keys: encoder.layer.{l}.ffn.linear_in.weight, ... (the official module names)
+FFF_PARAMS = ("linear_in.weight", "linear_in.bias", "linear_out.weight")
+# crammed-bert-fff (ScriptableLMForPreTraining) spells a layer's FFF `encoder.layers.{l}.ffn.<param>`.
+_CRAMMED_FFF_KEY = re.compile(r"^encoder\.layers\.(\d+)\.ffn\.(linear_in\.weight|linear_in\.bias|linear_out\.weight)$")
+
+
+def n_nodes(depth: int) -> int:
+    """Nodes of one tree of depth d: a complete binary tree with d + 1 levels, 2^(d+1) - 1."""
+    return 2 ** (depth + 1) - 1
+
+
+def fff_shapes(hidden: int, depth: int, trees: int, out_width: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of one FFF block, keyed by the official module names."""
+    width = trees * n_nodes(depth)
+    return {
+        "linear_in.weight": (width, hidden),
+        "linear_in.bias": (width,),
+        "linear_out.weight": (out_width or hidden, width),
+    }
+
+
+def crammed_fff_key(key: str) -> str | None:
+    """Our key for a crammed-bert-fff FFF parameter key, or None when `key` is not one."""
+    match = _CRAMMED_FFF_KEY.match(key)
+    return f"encoder.layer.{match.group(1)}.{FFF_PREFIX}{match.group(2)}" if match else None
+
+
+
+def fff_gather(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out_rows: np.ndarray,
+               depth: int, trees: int) -> np.ndarray:
+    """The hard-path walk, vectorised over tokens: one gather of each token's node row per level.
+
+    x (M, C); w_in (K*N, C); b_in (K*N,); w_out_rows (K*N, C_out), i.e. linear_out.weight.T
+    (a transposed view is fine; a contiguous copy is faster). Returns y (M, C_out).
+    """
+    M = x.shape[0]
+    N = n_nodes(depth)
+    y = np.zeros((M, w_out_rows.shape[1]), dtype=x.dtype)  # (M, C_out)
+    for k in range(trees):
+        node = np.zeros(M, dtype=np.int64)  # (M,) current node of every token
+        for _ in range(depth + 1):
+            row = k * N + node  # (M,)
+            logit = np.einsum("mc,mc->m", x, w_in[row]) + b_in[row]  # (M,)
+            y += gelu(logit)[:, None] * w_out_rows[row]  # (M, C_out)
+            node = 2 * node + 1 + (logit > 0)
+    return y
+
+
+def fff_reference(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray,
+                  depth: int, trees: int) -> np.ndarray:
+    """(..., C) -> (..., C_out) with the official torch weight layout (the reference backend's FFF)."""
+    flat = x.reshape(-1, x.shape[-1])  # (M, C)
+    y = fff_gather(flat, w_in, b_in, w_out.T, depth, trees)
+    return y.reshape(x.shape[:-1] + (w_out.shape[0],))
+
+
+@dataclass(frozen=True)
+class WalkLayout:
+    """Weights laid out for the walk: node n of tree k is one contiguous row [w_in row | w_out column].
+
+    packed (K, N, C + C_out) float32: a visited node costs one sequential read of 4 (C + C_out) bytes;
+    bias (K, N) float32.
+    """
+
+    packed: np.ndarray
+    bias: np.ndarray
+    depth: int
+    hidden: int  # C
+
+    @property
+    def trees(self) -> int:
+        return self.packed.shape[0]
+
+    @property
+    def out_width(self) -> int:  # C_out
+        return self.packed.shape[2] - self.hidden
+
+
+def walk_layout(w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray, depth: int, trees: int) -> WalkLayout:
+    """Torch layout (linear_in.weight, linear_in.bias, linear_out.weight) -> WalkLayout (a copy)."""
+    N = n_nodes(depth)
+    C, C_out = w_in.shape[1], w_out.shape[0]
+    if w_in.shape[0] != trees * N or w_out.shape[1] != trees * N or b_in.shape != (trees * N,):
+        raise ValueError(f"FFF weights {w_in.shape}, {b_in.shape}, {w_out.shape} do not fit depth {depth}, "
+                         f"{trees} trees ({trees * N} nodes)")
+    packed = np.empty((trees, N, C + C_out), dtype=np.float32)
+    packed[:, :, :C] = w_in.reshape(trees, N, C)
+    packed[:, :, C:] = w_out.T.reshape(trees, N, C_out)
+    return WalkLayout(packed, np.ascontiguousarray(b_in.reshape(trees, N), dtype=np.float32), depth, C)

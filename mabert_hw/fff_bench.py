@@ -1,0 +1,151 @@
+"""One FFN layer timed several ways in one interleaved run: the FFF Numba walk against a dense FF.
+
+Implementations (all float32, all on the same random x (M, C)):
+- dense-numpy:       h = x W_1^T (BLAS GEMM); h = GELU(h + b_1) (parallel Numba row kernel); y = h W_2^T + b_2
+- dense-numpy-gemms: the two GEMMs alone (a lower bound for any dense FF on this CPU)
+- fff-numba:         kernels.fff.fff_walk on the walk layout (packing excluded: done once at load)
+- fff-numpy-gather:  mabert_hw.fff.fff_gather, one gathered row per token and level
+- torch-dense / torch-fff-bmm: torch linear + gelu + linear, and FFF.forward_gather (gather + bmm)
+Rounds are interleaved (every implementation once per round, in turn) so that load from other
+processes on a shared CPU falls on all of them alike; medians over rounds are reported.
+The theoretical ratio is the MAC count of the dense FF over the FFF walk's (cost.counts rules).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import Op
+from .cost.counts import count_op, fff_walk_counts
+from .fff import fff_gather, n_nodes, walk_layout
+
+
+@dataclass(frozen=True)
+class Problem:
+    hidden: int  # C
+    depth: int
+    trees: int  # K
+    tokens: int  # M
+    dense_width: int  # F
+
+    def ops(self) -> dict[str, list[Op]]:
+        """The trace ops of each layer form, for the counting rules."""
+        M, C, F = self.tokens, self.hidden, self.dense_width
+        nodes = self.trees * n_nodes(self.depth)
+        dense = [Op("in", "linear", ((M, C),), ((F, C), (F,)), (M, F)),
+                 Op("act", "gelu", ((M, F),), (), (M, F)),
+                 Op("out", "linear", ((M, F),), ((C, F), (C,)), (M, C))]
+        fff = [Op("fff", "fff", ((M, C),), ((nodes, C), (nodes,), (C, nodes)), (M, C),
+                  (("depth", self.depth), ("trees", self.trees)))]
+        return {"dense": dense, "fff": fff}
+
+    def mac_ratio(self) -> float:
+        macs = {form: sum(count_op(op).macs for op in ops) for form, ops in self.ops().items()}
+        return macs["dense"] / macs["fff"]
+
+    def walk(self) -> dict[str, int]:
+        return fff_walk_counts(self.ops()["fff"][0])
+
+
+def _gelu_numba():
+    from .kernels.rows import ACTIVATIONS, bias_activation_
+
+    return lambda h, b: bias_activation_(h, b, ACTIVATIONS["gelu"])
+
+
+def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) -> dict[str, Callable[[], object]]:
+    """name -> zero-argument callable computing the layer on shared random data."""
+    from .kernels.fff import fff_apply
+
+    rng = np.random.default_rng(seed)
+    C, F, M = problem.hidden, problem.dense_width, problem.tokens
+    nodes = problem.trees * n_nodes(problem.depth)
+    bound = np.float32(1.0 / np.sqrt(C))  # the official FFF initialisation, uniform(+-sqrt(1/C))
+    x = rng.normal(size=(M, C)).astype(np.float32)  # (M, C)
+    w_in = rng.uniform(-bound, bound, (nodes, C)).astype(np.float32)
+    b_in = rng.uniform(-bound, bound, nodes).astype(np.float32)
+    w_out = rng.uniform(-1, 1, (C, nodes)).astype(np.float32) / np.float32(np.sqrt((problem.depth + 1) * problem.trees))
+    layout = walk_layout(w_in, b_in, w_out, problem.depth, problem.trees)
+    w_out_rows = np.ascontiguousarray(w_out.T)  # (K*N, C)
+    w1 = (0.02 * rng.normal(size=(F, C))).astype(np.float32)
+    b1 = (0.02 * rng.normal(size=F)).astype(np.float32)
+    w2 = (0.02 * rng.normal(size=(C, F))).astype(np.float32)
+    b2 = (0.02 * rng.normal(size=C)).astype(np.float32)
+    bias_gelu_ = _gelu_numba()
+
+    def dense_numpy():
+        h = x @ w1.T  # (M, F)
+        bias_gelu_(h, b1)
+        return h @ w2.T + b2  # (M, C)
+
+    impls: dict[str, Callable[[], object]] = {
+        "dense-numpy": dense_numpy,
+        "dense-numpy-gemms": lambda: (x @ w1.T) @ w2.T,
+        "fff-numba": lambda: fff_apply(x, layout),
+        "fff-numpy-gather": lambda: fff_gather(x, w_in, b_in, w_out_rows, problem.depth, problem.trees),
+    }
+    if with_torch:
+        impls.update(_torch_implementations(problem, x, w_in, b_in, w_out, (w1, b1, w2, b2)))
+    return impls
+
+
+def _torch_implementations(problem: Problem, x, w_in, b_in, w_out, dense) -> dict[str, Callable[[], object]]:
+    import torch
+
+    from .torch_ref.fff import FFF
+
+    tx = torch.from_numpy(x)
+    w1, b1, w2, b2 = (torch.from_numpy(a) for a in dense)
+    module = FFF(problem.hidden, problem.depth, problem.trees).eval()
+    module.load_state_dict({"linear_in.weight": torch.from_numpy(w_in), "linear_in.bias": torch.from_numpy(b_in),
+                            "linear_out.weight": torch.from_numpy(w_out)})
+    F = torch.nn.functional
+
+    def torch_dense():
+        with torch.no_grad():
+            return F.linear(F.gelu(F.linear(tx, w1, b1)), w2, b2)
+
+    def torch_fff():
+        with torch.no_grad():
+            return module.forward_gather(tx)
+
+    return {"torch-dense": torch_dense, "torch-fff-bmm": torch_fff}
+
+
+def check_agreement(impls: dict[str, Callable[[], object]]) -> float:
+    """Max |fff-numba - fff-numpy-gather| over all outputs (both walk the same weights)."""
+    a = np.asarray(impls["fff-numba"]())
+    b = np.asarray(impls["fff-numpy-gather"]())
+    return float(np.abs(a - b).max())
+
+
+def time_interleaved(impls: dict[str, Callable[[], object]], rounds: int,
+                     progress: Callable | None = None) -> dict[str, list[float]]:
+    """Seconds per call, `rounds` rounds, each implementation once per round (after one warm-up)."""
+    for fn in impls.values():
+        fn()  # compile / first-touch / thread-pool start
+    seconds: dict[str, list[float]] = {name: [] for name in impls}
+    for _ in progress(range(rounds)) if progress else range(rounds):
+        for name, fn in impls.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def summarize(problem: Problem, seconds: dict[str, list[float]]) -> list[dict]:
+    """One row per implementation: median and min ms, speed-up of the dense FFs over it."""
+    median = {name: float(np.median(s)) for name, s in seconds.items()}
+    dense, gemms = median["dense-numpy"], median["dense-numpy-gemms"]
+    theory = problem.mac_ratio()
+    return [{"impl": name,
+             "median_ms": 1e3 * median[name],
+             "min_ms": 1e3 * min(seconds[name]),
+             "speedup_vs_dense": dense / median[name],
+             "speedup_vs_gemms": gemms / median[name],
+             "mac_ratio": theory if name.startswith(("fff", "torch-fff")) else None}
+            for name in seconds]

@@ -1,0 +1,64 @@
+"""FFF counting rule vs closed forms and vs torch's FlopCounterMode; the bench-ffn command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mabert_hw.cli import main
+from mabert_hw.cost.counts import count_ops, fff_walk_counts, trace
+from mabert_hw.fff_bench import Problem
+from mabert_hw.spec import preset
+from tests.tolerances import FFF_LAYER_VS_TORCH_ATOL
+
+
+def test_fff_trace_counts_dots_axpys_and_rows_in_closed_form():
+    B, T, depth, K = 2, 16, 11, 2
+    spec = preset("bert-base-uncased").with_variant(ffn="fff", fff_depth=depth, fff_trees=K)
+    fff = [c for c in count_ops(trace(spec, B, T)).counts if c.op.kind == "fff"]
+    assert len(fff) == spec.layers
+    C = spec.hidden
+    visits = B * T * K * (depth + 1)
+    c = fff[0]
+    assert c.macs == visits * (C + C)  # one dot of C and one axpy of C per visited node
+    assert c.elementwise == {"add": 2 * visits, "mul": 3 * visits, "erf": visits, "cmp": B * T * K * depth}
+    assert c.weight_bytes == 4 * visits * (C + 1 + C)
+    assert c.params == K * (2 ** (depth + 1) - 1) * (2 * C + 1)
+
+
+def test_fff_dot_macs_match_flop_counter_of_the_torch_gather_form():
+    """FlopCounterMode sees the bmm dot products of FFF.forward_gather (not the axpy, an elementwise
+    multiply-add in torch): its GEMM FLOPs must be 2 * dot_macs."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mabert_hw.torch_ref.fff import FFF
+
+    M, C, depth, K = 10, 24, 5, 3
+    module = FFF(C, depth, K).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module.forward_gather(torch.zeros(M, C))
+    problem = Problem(hidden=C, depth=depth, trees=K, tokens=M, dense_width=4 * C)
+    assert counter.get_total_flops() == 2 * problem.walk()["dot_macs"]
+
+
+def test_mac_ratio_of_ultrafastbert_1x11_against_bert_base_ff():
+    problem = Problem(hidden=768, depth=11, trees=1, tokens=1, dense_width=3072)
+    walk = problem.walk()
+    assert walk["node_dots"] == 12 and walk["comparisons"] == 11
+    assert problem.mac_ratio() == (2 * 768 * 3072) / (12 * 2 * 768)  # = 3072 / 12 = 256
+    # the paper's 341x is neurons: 4095 of a dense layer as wide as the tree vs 12 visited
+    assert Problem(768, 11, 1, 1, 4095).mac_ratio() == pytest.approx(4095 / 12)
+
+
+def test_bench_ffn_runs_small_and_reports_json(capsys):
+    pytest.importorskip("numba")
+    assert main(["bench-ffn", "--hidden", "16", "--depth", "3", "--tokens", "64", "--dense-width", "32",
+                 "--rounds", "1", "--no-torch", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    names = {row["impl"] for row in report["rows"]}
+    assert names == {"dense-numpy", "dense-numpy-gemms", "fff-numba", "fff-numpy-gather"}
+    assert report["fff_numba_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
+    assert main(["bench-ffn", "--depth", "40"]) == 2
