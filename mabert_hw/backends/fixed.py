@@ -1,0 +1,275 @@
+"""Fixed-point / integer simulation backend: the reference forward with every op quantized per a
+QuantConfig, the GEMMs and requantizations bit-exact with real engines (mabert_hw.quant).
+
+Data between ops are float32 arrays holding dequantized codes, scale * (q - zero_point), which the
+next op re-quantizes exactly when it uses the same format (|q| < 2^22 survives the float32 round
+trip). Each op quantizes its activation operands with the ranges calibrated for "<op>:in0|in1" and
+writes its result in the format calibrated for "<op>:out" (an op boundary is a requantization to the
+consumer's format, the identity when the formats agree). A tensor never calibrated is quantized with
+its own current range (dynamic quantization).
+
+  linear / matmul   int GEMM (exact, or AVX2 u8s8 pair saturation), accumulator width with overflow
+                    counting, requantization per `requant` mode; per-group weights combine the exact
+                    per-group accumulators in float64 (no engine has one requant for them).
+  embedding         quantized table rows, gathered.
+  nonlinear=float   softmax, GELU, LayerNorm, tanh, add, scale in float on dequantized values, result
+                    quantized ("fake quant" at the op boundary).
+  nonlinear=integer I-BERT i-softmax, i-GELU, i-LayerNorm (quant/intops.py), integer add and scale
+                    with dyadic rescaling; ReLU is max(q, zero_point) in both modes. The pooler's tanh
+                    stays float (not on the sentence-embedding path).
+MA-BERT runs all in integers with nonlinear=integer: approximator linears and ReLU, the 0/1 mask (a
+select on codes) and the folded PowerNorm affine (one per-channel dyadic requantization).
+Ops this backend does not quantize (PoWER selection, FFF walk) run as the reference and are listed in
+`float_ops`; `overflows` counts accumulator / variance overflows per op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..quant.calibrate import MASKED, Calibration
+from ..quant.config import OpSettings, QuantConfig
+from ..quant.formats import IntFormat, QParams, choose_qparams, dequantize, quantize, weight_qparams
+from ..quant.intgemm import int_matmul, int_matmul_u8s8_avx2, limit_accumulator
+from ..quant.intops import int_add, int_gelu, int_layernorm, int_rescale, int_softmax
+from ..quant.requant import requantize
+from .reference import ReferenceBackend
+
+FLOAT_ENGINE_MODES = ("ort", "fbgemm", "qnnpack")  # engines that quantize activations in float32
+
+
+@dataclass
+class FixedBackend(ReferenceBackend):
+    config: QuantConfig = field(default_factory=QuantConfig)
+    calibration: Calibration = field(default_factory=Calibration)
+    overflows: dict = field(default_factory=dict)
+    float_ops: set = field(default_factory=set)
+    name = "fixed"
+
+    def __post_init__(self):
+        self._op = ("", "")
+        self._qparams: dict = {}
+        self._weights: dict = {}
+        self._rng = np.random.default_rng(self.config.defaults.seed)
+
+    # --- op names reach the implementations through _op ----------------------------------------
+    def _enter(self, name, kind):
+        self._op = (name, kind)
+        return self.config.settings(name, kind)
+
+    def embedding(self, name, table, ids):
+        self._enter(name, "embedding")
+        return super().embedding(name, table, ids)
+
+    def add(self, name, a, b):
+        self._enter(name, "add")
+        return super().add(name, a, b)
+
+    def linear(self, name, x, weight, bias=None):
+        self._enter(name, "linear")
+        return super().linear(name, x, weight, bias)
+
+    def matmul(self, name, a, b, transpose_b=False):
+        self._enter(name, "matmul")
+        return super().matmul(name, a, b, transpose_b)
+
+    def scale(self, name, x, factor):
+        self._enter(name, "scale")
+        return super().scale(name, x, factor)
+
+    def softmax(self, name, x):
+        self._enter(name, "softmax")
+        return super().softmax(name, x)
+
+    def layernorm(self, name, x, gain, bias, eps):
+        self._enter(name, "layernorm")
+        return super().layernorm(name, x, gain, bias, eps)
+
+    def activation(self, name, x, kind):
+        self._enter(name, kind)
+        return super().activation(name, x, kind)
+
+    def affine(self, name, x, scale, shift):
+        self._enter(name, "affine")
+        return super().affine(name, x, scale, shift)
+
+    def _settings(self) -> OpSettings:
+        return self.config.settings(*self._op)
+
+    def _count(self, what: int) -> None:
+        if what:
+            self.overflows[self._op[0]] = self.overflows.get(self._op[0], 0) + what
+
+    # --- formats -----------------------------------------------------------------------------------
+    def _act_qparams(self, slot: str, s: OpSettings, x=None, nonneg: bool = False) -> QParams:
+        key = (self._op[0], slot, s.act_bits, s.act_symmetric, s.calibrator, s.percentile, s.pow2)
+        if key in self._qparams:
+            return self._qparams[key]
+        signed_probe = IntFormat(s.act_bits, signed=True)
+        span = self.calibration.range(f"{self._op[0]}:{slot}", s.calibrator, signed_probe, s.act_symmetric,
+                                      s.percentile)
+        dynamic = span is None
+        if dynamic:
+            data = np.asarray(x)[np.asarray(x) > MASKED]
+            span = (float(data.min(initial=0.0)), float(data.max(initial=0.0)))
+        lo, hi = (0.0, span[1]) if nonneg else span
+        fmt = IntFormat(s.act_bits, signed=s.act_symmetric and lo < 0)
+        qp = choose_qparams(lo, hi, fmt, s.act_symmetric, s.pow2)
+        if not dynamic:
+            self._qparams[key] = qp
+        return qp
+
+    def _quantize_act(self, x, slot: str, s: OpSettings, nonneg: bool = False):
+        qp = self._act_qparams(slot, s, x, nonneg)
+        float32 = s.requant in FLOAT_ENGINE_MODES
+        return quantize(x, qp, s.rounding, self._rng, float32=float32), qp
+
+    def _weight(self, w, s: OpSettings):
+        key = (self._op[0], s.weight_bits, s.weight_granularity, s.group_size, s.weight_symmetric, s.pow2)
+        if key not in self._weights:
+            qp = weight_qparams(w, IntFormat(s.weight_bits), s.weight_granularity, s.weight_symmetric, s.pow2,
+                                s.group_size)
+            self._weights[key] = (quantize(w, qp, s.rounding, self._rng), qp)
+        return self._weights[key]
+
+    def _output(self, y, s: OpSettings, nonneg: bool = False):
+        """Write a float result in the op's output format (quantize, then dequantize)."""
+        q, qp = self._quantize_act(y, "out", s, nonneg)
+        return dequantize(q, qp).astype(self.dtype)
+
+    # --- GEMMs ---------------------------------------------------------------------------------------
+    def _accumulate(self, acc, s: OpSettings):
+        acc, overflowed = limit_accumulator(acc, s.acc_bits, s.overflow)
+        self._count(overflowed)
+        return acc
+
+    def _linear(self, x, weight, bias):
+        s = self._settings()
+        if not s.quantize:
+            return super()._linear(x, weight, bias)
+        xq, xqp = self._quantize_act(x, "in0", s)
+        wq, wqp = self._weight(weight, s)
+        lead, K = xq.shape[:-1], xq.shape[-1]
+        xq = xq.reshape(-1, K)  # (M, K)
+        if s.weight_granularity == "group":
+            return self._group_linear(xq, xqp, wq, wqp, bias, s).reshape(*lead, -1)
+        w_zp = wqp.zero_point.reshape(-1)
+        if s.accumulate == "avx2_u8s8" and not xqp.fmt.signed and xqp.fmt.bits == 8 and wqp.fmt.bits == 8:
+            acc = int_matmul_u8s8_avx2(xq, wq.T, int(xqp.zero_point), w_zp)
+        else:
+            acc = int_matmul(xq, wq.T, xqp.zero_point, w_zp)  # (M, N)
+        acc = self._accumulate(acc, s)
+        yqp = self._act_qparams("out", s)
+        yq = requantize(acc, s.requant, float(xqp.scale), wqp.scale.reshape(-1), float(yqp.scale),
+                        int(yqp.zero_point), yqp.fmt, bias)
+        return dequantize(yq, yqp).astype(self.dtype).reshape(*lead, -1)
+
+    def _group_linear(self, xq, xqp, wq, wqp, bias, s):
+        g = s.group_size
+        y = np.zeros((xq.shape[0], wq.shape[0]))
+        for j in range(wq.shape[1] // g):
+            acc = self._accumulate(int_matmul(xq[:, j * g:(j + 1) * g], wq[:, j * g:(j + 1) * g].T, xqp.zero_point,
+                                              wqp.zero_point[:, j, 0]), s)
+            y += acc * wqp.scale[:, j, 0]
+        y = y * float(xqp.scale) + (0.0 if bias is None else bias)
+        return self._output(y, s)
+
+    def _matmul(self, a, b, transpose_b):
+        s = self._settings()
+        if not s.quantize:
+            return super()._matmul(a, b, transpose_b)
+        aq, aqp = self._quantize_act(a, "in0", s)
+        bq, bqp = self._quantize_act(b, "in1", s)
+        if transpose_b:
+            bq = np.swapaxes(bq, -1, -2)
+        acc = self._accumulate(int_matmul(aq, bq, aqp.zero_point, bqp.zero_point), s)
+        yqp = self._act_qparams("out", s)
+        yq = requantize(acc, s.requant, float(aqp.scale), float(bqp.scale), float(yqp.scale),
+                        int(yqp.zero_point), yqp.fmt)
+        return dequantize(yq, yqp).astype(self.dtype)
+
+    def _embedding(self, table, ids):
+        s = self._settings()
+        if not s.quantize:
+            return super()._embedding(table, ids)
+        tq, tqp = self._weight(table, replace(s, weight_granularity="channel"))  # one scale per row
+        return (tqp.scale[ids] * (tq[ids] - tqp.zero_point[ids])).astype(self.dtype)  # (B, T, C)
+
+    # --- element-wise and non-linear ops --------------------------------------------------------------
+    def _integer(self, s: OpSettings) -> bool:
+        return s.quantize and s.nonlinear == "integer"
+
+    def _add(self, a, b):
+        s = self._settings()
+        if not s.quantize:
+            return super()._add(a, b)
+        if not self._integer(s):
+            return self._output(a + b, s)
+        (qa, pa), (qb, pb) = self._quantize_act(a, "in0", s), self._quantize_act(np.broadcast_to(b, a.shape), "in1", s)
+        po = self._act_qparams("out", s)
+        out = int_add(qa, int(pa.zero_point), float(pa.scale), qb, int(pb.zero_point), float(pb.scale),
+                      float(po.scale), int(po.zero_point), po.fmt)
+        return dequantize(out, po).astype(self.dtype)
+
+    def _scale(self, x, factor):
+        s = self._settings()
+        if not self._integer(s):
+            return self._output(x * self.dtype(factor), s) if s.quantize else super()._scale(x, factor)
+        q, qp = self._quantize_act(x, "in0", s)
+        po = self._act_qparams("out", s)
+        out = int_rescale(q, int(qp.zero_point), float(qp.scale), factor, float(po.scale), int(po.zero_point), po.fmt)
+        return dequantize(out, po).astype(self.dtype)
+
+    def _softmax(self, x):
+        s = self._settings()
+        if not self._integer(s):
+            return self._output(super()._softmax(x), s, nonneg=True) if s.quantize else super()._softmax(x)
+        valid = x > MASKED
+        q, qp = self._quantize_act(np.where(valid, x, 0.0), "in0", s)
+        codes = int_softmax(q - qp.zero_point, float(qp.scale), s.act_bits, valid)
+        return (codes * 2.0 ** -s.act_bits).astype(self.dtype)
+
+    def _layernorm(self, x, gain, bias, eps):
+        s = self._settings()
+        if not self._integer(s):
+            out = super()._layernorm(x, gain, bias, eps)
+            return self._output(out, s) if s.quantize else out
+        q, qp = self._quantize_act(x, "in0", s)
+        po = self._act_qparams("out", s)
+        out, overflowed = int_layernorm(q, int(qp.zero_point), float(qp.scale), gain, bias, eps,
+                                        float(po.scale), int(po.zero_point), po.fmt)
+        self._count(overflowed)
+        return dequantize(out, po).astype(self.dtype)
+
+    def _activation(self, x, kind):
+        s = self._settings()
+        if not s.quantize:
+            return super()._activation(x, kind)
+        if kind == "relu":
+            q, qp = self._quantize_act(x, "in0", s)
+            return dequantize(np.maximum(q, qp.zero_point), qp).astype(self.dtype)
+        if kind == "gelu" and self._integer(s):
+            q, qp = self._quantize_act(x, "in0", s)
+            codes, code_scale = int_gelu(q - qp.zero_point, float(qp.scale))
+            po = self._act_qparams("out", s)
+            out = requantize(codes, "dyadic", code_scale, 1.0, float(po.scale), int(po.zero_point), po.fmt)
+            return dequantize(out, po).astype(self.dtype)
+        return self._output(super()._activation(x, kind), s)
+
+    def _affine(self, x, scale, shift):
+        s = self._settings()
+        if not s.quantize:
+            return super()._affine(x, scale, shift)
+        if not self._integer(s):
+            return self._output(super()._affine(x, scale, shift), s)
+        q, qp = self._quantize_act(x, "in0", s)  # per channel y = scale * x + shift, one dyadic requant
+        po = self._act_qparams("out", s)
+        out = requantize(q - qp.zero_point, "dyadic", float(qp.scale), np.asarray(scale, np.float64), float(po.scale),
+                         int(po.zero_point), po.fmt, bias=np.asarray(shift, np.float64))
+        return dequantize(out, po).astype(self.dtype)
+
+    def _fff(self, x, w_in, b_in, w_out, depth, trees):
+        self.float_ops.add("fff")
+        return super()._fff(x, w_in, b_in, w_out, depth, trees)

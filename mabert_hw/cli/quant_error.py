@@ -1,0 +1,73 @@
+"""`mabert-hw quant-error`: per-tensor error of a quantization config, and the sensitivity ranking."""
+
+from __future__ import annotations
+
+from .. import checkpoint
+from ..errors import UserError
+from ..inputs import read_texts, tokenize
+from ..model import forward
+from ..report.tables import FORMATS, csv_table, markdown_table, text_table
+from .common import add_checkpoint, emit, positive_int
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "quant-error",
+        help="per-tensor SQNR / cosine / max error of a quantization config vs float, and sensitivity",
+        description="Calibrate on the texts, run the fixed backend with the config and the float reference "
+        "on one batch of them, and report per tensor the SQNR (dB), cosine, max abs error and accumulator "
+        "overflows; then quantize each op alone and rank ops by the final-layer SQNR they leave.",
+    )
+    add_checkpoint(parser)
+    parser.add_argument("--config", help="QuantConfig TOML (default: W8A8, per-channel weights, float non-linears)")
+    parser.add_argument("--data", required=True, help="text file, one sentence per line")
+    parser.add_argument("--limit", type=positive_int, default=16, help="sentences in the batch (default 16)")
+    parser.add_argument("--top", type=positive_int, default=10, help="sensitivity rows shown (default 10)")
+    parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking")
+    parser.add_argument("--plot", help="write a PNG bar chart of per-tensor SQNR here")
+    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--output", help="write the report to this file instead of stdout")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..quant import config as qconfig
+    from ..quant.calibrate import calibrate
+    from ..quant.error import QUANTIZED_KINDS, sensitivity, tensor_errors
+
+    ck = checkpoint.load(args.ckpt)
+    weights = ck.require_weights("quant-error")
+    if ck.tokenizer_dir is None:
+        raise UserError(f"{ck.source} has no tokenizer")
+    config = qconfig.load(args.config) if args.config else qconfig.QuantConfig()
+    texts = read_texts(args.data)[: args.limit]
+    batch = tokenize(ck.tokenizer_dir, texts)
+    if batch.shape[1] > ck.spec.max_positions:
+        batch = tokenize(ck.tokenizer_dir, texts, ck.spec.max_positions)
+
+    def run_forward(backend):
+        out = forward(ck.spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
+        return out.last_hidden_state
+
+    calibration = calibrate(run_forward)
+    rows = tensor_errors(run_forward, config, calibration)
+    sections = [("per tensor", rows)]
+    if not args.no_sensitivity:
+        ops = [(r["tensor"], r["kind"]) for r in rows if r["kind"] in QUANTIZED_KINDS]
+        ranked = sensitivity(run_forward, config, calibration, ops, progress=lambda it: tqdm(it, desc="sensitivity"))
+        sections.append((f"sensitivity (final hidden state SQNR, op quantized alone; worst {args.top})",
+                         ranked[: args.top]))
+    if args.plot:
+        from ..report.quant_plots import plot_tensor_errors
+
+        plot_tensor_errors(rows, args.plot)
+    render = {"table": text_table, "md": markdown_table, "csv": csv_table}.get(args.format)
+    if render is None:
+        import json
+
+        emit(json.dumps({title: part for title, part in sections}, indent=2), args.output)
+    else:
+        emit("\n\n".join(f"{title}\n{render(part)}" for title, part in sections), args.output)
+    return 0

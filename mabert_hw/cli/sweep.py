@@ -1,0 +1,56 @@
+"""`mabert-hw sweep`: task accuracy over the cartesian product of QuantConfig fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import checkpoint
+from .common import add_checkpoint, positive_int
+
+CACHE = Path.home() / ".cache" / "mabert-hw"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="accuracy of the fixed backend over a grid of quantization configs (local pool or dask)",
+        description="GRID is a TOML file mapping QuantConfig fields to lists of values (e.g. act_bits = "
+        "[4, 6, 8]); every combination is evaluated and appended to OUT as soon as it finishes.",
+    )
+    add_checkpoint(parser)
+    parser.add_argument("--task", choices=("stsb", "sst2"), required=True)
+    parser.add_argument("--data", required=True, help="task TSV, or a data root holding glue/<TASK>/dev.tsv")
+    parser.add_argument("--grid", required=True, help="TOML grid of QuantConfig fields")
+    parser.add_argument("--out", required=True, help="results CSV (appended, one row per config)")
+    parser.add_argument("--resume", action="store_true", help="skip configurations already in OUT")
+    parser.add_argument("--workers", type=positive_int, default=1, help="local processes (default 1)")
+    parser.add_argument("--scheduler", help="dask.distributed scheduler address (runs there instead)")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N examples")
+    parser.add_argument("--plot", help="write metric-vs-bits PNG here when done")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..errors import UserError
+    from ..eval.sweep import Job, config_key, done_keys, load_grid, prepare_calibration, run_sweep
+    from ..eval.tasks import resolve
+
+    points = load_grid(args.grid)
+    out = Path(args.out)
+    if out.exists() and out.stat().st_size and not args.resume:
+        raise UserError(f"{out} exists: pass --resume to continue it, or choose another --out")
+    done = done_keys(out) if args.resume else set()
+    todo = [p for p in points if config_key(p) not in done]
+    print(f"{len(points)} configurations, {len(points) - len(todo)} already done", flush=True)
+    data = str(resolve(args.data, args.task))
+    ck = checkpoint.load(args.ckpt)
+    calibration = str(prepare_calibration(ck, args.task, data, CACHE))
+    jobs = [Job(args.ckpt, args.task, data, args.limit, p, calibration) for p in todo]
+    run_sweep(jobs, out, args.workers, args.scheduler, progress=lambda it: tqdm(it, total=len(jobs), desc="sweep"))
+    if args.plot:
+        from ..report.quant_plots import plot_metric_vs_bits
+
+        plot_metric_vs_bits(out, args.plot, "Spearman x 100" if args.task == "stsb" else "accuracy %")
+    return 0

@@ -1,0 +1,139 @@
+"""Accuracy sweeps over QuantConfig grids: runner and an append-only CSV result store.
+
+A grid (TOML) maps QuantConfig fields to lists of values (a scalar is a one-value list); the sweep is
+their cartesian product. Each finished configuration is appended to the CSV and flushed at once, so a
+killed sweep loses at most the configurations in flight; `done_keys` lets --resume skip the rest.
+Configurations run in a local process pool, or on a dask.distributed cluster given its address
+(or a dask Client). Calibration runs once, before the pool, and travels with each job.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..quant import config as qconfig
+from ..quant.calibrate import Calibration, calibrate
+from .tasks import load_sst2, load_stsb, run_batches, sst2_accuracy, stsb_spearman
+
+CALIBRATION_SENTENCES = 128
+COLUMNS = ("key", "metric", "seconds", "overflows")
+
+
+@dataclass(frozen=True)
+class Job:
+    ckpt: str
+    task: str
+    data: str
+    limit: int | None
+    config: dict
+    calibration_path: str
+    batch_size: int = 32
+
+
+def load_grid(path: str | Path) -> list[dict]:
+    try:
+        with open(path, "rb") as f:
+            grid = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise UserError(f"cannot read grid {path}: {error}") from None
+    base_rules = grid.pop("rule", [])
+    axes = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
+    points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    for point in points:
+        qconfig.from_dict({**point, "rule": base_rules}, str(path))  # validate every point up front
+        if base_rules:
+            point["rule"] = base_rules
+    return points
+
+
+def config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def done_keys(out: str | Path) -> set[str]:
+    path = Path(out)
+    if not path.exists():
+        return set()
+    with open(path, newline="") as f:
+        return {row["key"] for row in csv.DictReader(f)}
+
+
+def append_result(out: str | Path, row: dict, fields: list[str]) -> None:
+    path = Path(out)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def calibration_texts(task: str, data: str | Path, n: int = CALIBRATION_SENTENCES) -> list[str]:
+    """Calibration sentences: the task's train split when present (not the evaluated dev set)."""
+    data = Path(data)
+    train = data.parent / "train.tsv" if data.is_file() else None
+    source = train if train and train.exists() else data
+    if task == "stsb":
+        pairs = load_stsb(source, limit=n // 2)
+        return pairs.first + pairs.second
+    return load_sst2(source, limit=n).sentences
+
+
+def prepare_calibration(ck, task: str, data: str | Path, cache: Path, seed: int = 0) -> Path:
+    texts = calibration_texts(task, data)
+    path = cache / f"calibration-{ck.spec.name}-{task}-{len(texts)}-{seed}.npz"
+    if not path.exists():
+        calibrate(lambda b: run_batches(ck, texts, b, batch_size=16), seed).save(path)
+    return path
+
+
+def evaluate(job: Job) -> dict:
+    """Run one configuration; returns a result row (runs in a worker process)."""
+    from .. import checkpoint
+    from ..backends.fixed import FixedBackend
+
+    ck = checkpoint.load(job.ckpt)
+    backend = FixedBackend(config=qconfig.from_dict(job.config), calibration=Calibration.load(job.calibration_path))
+    start = time.perf_counter()
+    if job.task == "stsb":
+        metric = stsb_spearman(ck, load_stsb(job.data, job.limit), backend, batch_size=job.batch_size)
+    else:
+        metric = sst2_accuracy(ck, load_sst2(job.data, job.limit), backend, batch_size=job.batch_size)
+    row = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in job.config.items()}
+    row.update(key=config_key(job.config), metric=round(metric, 4), seconds=round(time.perf_counter() - start, 2),
+               overflows=sum(backend.overflows.values()))
+    return row
+
+
+def run_sweep(jobs: list[Job], out: str | Path, workers: int = 1, scheduler=None,
+              progress: Callable[[Iterable], Iterable] | None = None) -> list[dict]:
+    """Evaluate jobs (those already in `out` should be filtered by the caller), appending each row."""
+    fields = list(COLUMNS) + sorted({k for j in jobs for k in j.config})
+    rows = []
+    if scheduler is not None:
+        from dask.distributed import Client, as_completed
+
+        client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        finished = (f.result() for f in as_completed(client.map(evaluate, jobs, pure=False)))
+    elif workers > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        pool = ProcessPoolExecutor(workers)
+        finished = (f.result() for f in as_completed([pool.submit(evaluate, j) for j in jobs]))
+    else:
+        finished = map(evaluate, jobs)
+    for row in progress(finished) if progress else finished:
+        append_result(out, row, fields)
+        rows.append(row)
+    return rows

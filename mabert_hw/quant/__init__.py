@@ -1,0 +1,1 @@
+"""Integer / fixed-point quantization: formats, calibration, exact GEMM, engine requantization, integer ops."""

@@ -1,0 +1,127 @@
+"""QuantConfig: how each op of the forward is quantized, as defaults plus ordered rules.
+
+A TOML file holds the defaults at top level and `[[rule]]` tables that override fields for the ops
+they match, by `kind` (linear, matmul, softmax, layernorm, gelu, add, embedding, ...) or `name`
+(a glob on the op name, e.g. "encoder.layer.*.output.dense"); later rules win. `quantize = false`
+leaves an op in float. Example:
+
+    weight_bits = 8
+    act_bits = 8
+    weight_granularity = "channel"
+    calibrator = "percentile"
+    nonlinear = "integer"
+    [[rule]]
+    kind = "softmax"
+    act_bits = 16
+
+`residual_bits` (default: act_bits) sets the activation bits of the residual stream: the `add`,
+`layernorm` and `embedding` outputs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from ..errors import UserError
+from .formats import GRANULARITIES, ROUNDING_MODES
+from .requant import REQUANT_MODES
+
+CALIBRATORS = ("minmax", "percentile", "mse", "entropy")
+RESIDUAL_KINDS = ("add", "layernorm", "embedding")
+CHOICES = {
+    "weight_granularity": GRANULARITIES, "calibrator": CALIBRATORS, "rounding": ROUNDING_MODES,
+    "requant": REQUANT_MODES, "overflow": ("saturate", "wrap"), "nonlinear": ("float", "integer"),
+    "accumulate": ("exact", "avx2_u8s8"),
+}
+
+
+@dataclass(frozen=True)
+class OpSettings:
+    """Every choice for one op (the fields a rule may set)."""
+
+    quantize: bool = True
+    weight_bits: int = 8
+    act_bits: int = 8
+    weight_granularity: str = "channel"
+    group_size: int = 64
+    weight_symmetric: bool = True
+    act_symmetric: bool = False
+    calibrator: str = "minmax"
+    percentile: float = 99.99
+    rounding: str = "half_even"  # of weights and activations (requant rounding belongs to `requant`)
+    requant: str = "ort"
+    acc_bits: int = 32
+    overflow: str = "saturate"
+    accumulate: str = "exact"  # or "avx2_u8s8": vpmaddubsw pair saturation (intgemm.py)
+    nonlinear: str = "float"
+    pow2: bool = False
+    seed: int = 0
+
+
+SETTING_NAMES = tuple(f.name for f in fields(OpSettings))
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    defaults: OpSettings = field(default_factory=OpSettings)
+    residual_bits: int | None = None
+    rules: tuple[dict, ...] = ()
+
+    def settings(self, name: str, kind: str) -> OpSettings:
+        s = self.defaults
+        if self.residual_bits and kind in RESIDUAL_KINDS:
+            s = replace(s, act_bits=self.residual_bits)
+        for rule in self.rules:
+            if rule.get("kind", kind) == kind and fnmatch.fnmatchcase(name, rule.get("name", "*")):
+                s = replace(s, **{k: v for k, v in rule.items() if k not in ("kind", "name")})
+        return s
+
+    def with_fields(self, **values) -> QuantConfig:
+        """A copy with top-level fields changed (what a sweep grid varies)."""
+        return from_dict({**self.to_dict(), **values})
+
+    def to_dict(self) -> dict:
+        d = asdict(self.defaults)
+        if self.residual_bits:
+            d["residual_bits"] = self.residual_bits
+        if self.rules:
+            d["rule"] = [dict(r) for r in self.rules]
+        return d
+
+
+def _check(values: dict, where: str) -> None:
+    for key, value in values.items():
+        if key in ("kind", "name", "residual_bits", "rule"):
+            continue
+        if key not in SETTING_NAMES:
+            raise UserError(f"{where}: unknown field {key!r}; fields: {', '.join(SETTING_NAMES)}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise UserError(f"{where}: {key} = {value!r}; choose from {', '.join(CHOICES[key])}")
+        if key in ("weight_bits", "act_bits") and not 2 <= int(value) <= 16:
+            raise UserError(f"{where}: {key} = {value}; bits must be 2..16")
+        if key == "acc_bits" and not 8 <= int(value) <= 64:
+            raise UserError(f"{where}: acc_bits = {value}; must be 8..64")
+
+
+def from_dict(values: dict, where: str = "config") -> QuantConfig:
+    values = dict(values)
+    rules = tuple(dict(r) for r in values.pop("rule", ()))
+    residual_bits = values.pop("residual_bits", None)
+    _check(values, where)
+    for i, rule in enumerate(rules):
+        _check(rule, f"{where} rule {i + 1}")
+    if residual_bits is not None and not 2 <= int(residual_bits) <= 32:
+        raise UserError(f"{where}: residual_bits = {residual_bits}; must be 2..32")
+    return QuantConfig(OpSettings(**values), residual_bits, rules)
+
+
+def load(path: str | Path) -> QuantConfig:
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise UserError(f"cannot read quantization config {path}: {error}") from None
+    return from_dict(values, str(path))

@@ -1,0 +1,141 @@
+"""Number formats: integers of 2..16 bits, fixed point Qm.n, scales, rounding, saturation.
+
+Conventions (stated once, used everywhere in mabert_hw.quant):
+  (1) real = scale * (q - zero_point)                       (gemmlowp doc/quantization.md, eq. 3)
+  (2) q = clip(round(x / scale) + zero_point, qmin, qmax)   with the rounding mode always explicit
+  (3) Qm.n is a signed integer of 1 + m + n bits with scale 2^-n (m integer bits excluding sign).
+Scale granularity: "tensor" (one scale), "channel" (one per output row, axis 0 of a (N, K) weight),
+"group" (one per run of `group_size` consecutive entries along the last axis of each row).
+Symmetric formats have zero_point 0 and the range [-max|x|, max|x|]; asymmetric ones map [min, max]
+(widened to include 0, so 0.0 is exactly representable) onto [qmin, qmax].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ROUNDING_MODES = ("half_even", "half_away", "floor", "stochastic")
+GRANULARITIES = ("tensor", "channel", "group")
+
+
+@dataclass(frozen=True)
+class IntFormat:
+    bits: int
+    signed: bool = True
+
+    def __post_init__(self):
+        if not 2 <= self.bits <= 32:
+            raise ValueError(f"integer formats have 2..32 bits, got {self.bits}")
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+
+def fixed_point(m: int, n: int) -> tuple[IntFormat, float]:
+    """Qm.n: (signed format of 1 + m + n bits, scale 2^-n), convention (3)."""
+    return IntFormat(1 + m + n, signed=True), 2.0 ** -n
+
+
+@dataclass(frozen=True)
+class QParams:
+    """scale and zero_point broadcast against the tensor they quantize (per-channel: shape (N, 1))."""
+
+    scale: np.ndarray  # float64
+    zero_point: np.ndarray  # int64
+    fmt: IntFormat
+    group_size: int = 0  # > 0: scales are per group of this many entries along the last axis
+
+
+def round_values(x: np.ndarray, mode: str, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Round float64 values to integers (returned as float64) with an explicit mode."""
+    if mode == "half_even":
+        return np.rint(x)
+    if mode == "half_away":
+        return np.sign(x) * np.floor(np.abs(x) + 0.5)
+    if mode == "floor":
+        return np.floor(x)
+    if mode == "stochastic":
+        if rng is None:
+            raise ValueError("stochastic rounding needs a seeded numpy Generator")
+        return np.floor(x + rng.random(np.shape(x)))
+    raise ValueError(f"unknown rounding {mode!r}; modes: {', '.join(ROUNDING_MODES)}")
+
+
+def choose_qparams(lo, hi, fmt: IntFormat, symmetric: bool, pow2: bool = False,
+                   group_size: int = 0) -> QParams:
+    """Scale and zero point mapping the range [lo, hi] (arrays for per-channel/group) onto fmt.
+
+    Symmetric: scale = max(|lo|, |hi|) / qmax, zero_point 0 (an unsigned format then covers [0, hi]).
+    Asymmetric: scale = (hi - lo) / (qmax - qmin), zero_point = qmin - round_half_even(lo / scale).
+    pow2 rounds the scale up to the next power of two (a shift in hardware). A zero range gets scale 1.
+    """
+    lo = np.minimum(np.asarray(lo, np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, np.float64), 0.0)
+    if symmetric:
+        scale = np.maximum(-lo, hi) / fmt.qmax if fmt.signed else hi / fmt.qmax
+    else:
+        scale = (hi - lo) / (fmt.qmax - fmt.qmin)
+    scale = np.where(scale > 0, scale, 1.0)
+    if pow2:
+        scale = 2.0 ** np.ceil(np.log2(scale))
+    if symmetric:
+        zero_point = np.zeros(np.shape(scale), np.int64)
+    else:
+        zero_point = np.clip(fmt.qmin - np.rint(lo / scale), fmt.qmin, fmt.qmax).astype(np.int64)
+    return QParams(scale, zero_point, fmt, group_size)
+
+
+def _grouped(x: np.ndarray, group_size: int) -> np.ndarray:
+    if x.shape[-1] % group_size:
+        raise ValueError(f"last axis {x.shape[-1]} is not a multiple of group size {group_size}")
+    return x.reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
+
+
+def quantize(x: np.ndarray, qp: QParams, rounding: str = "half_even",
+             rng: np.random.Generator | None = None, float32: bool = False) -> np.ndarray:
+    """Equation (2): float -> int64 codes, saturated to the format's range.
+
+    float32=True divides in float32 as onnxruntime QuantizeLinear does (rint(f32(x / f32(scale)))).
+    """
+    shape = np.shape(x)
+    x = np.asarray(x, np.float32 if float32 else np.float64)
+    if qp.group_size:
+        x = _grouped(x, qp.group_size)
+    x = x / qp.scale.astype(x.dtype)
+    q = round_values(x.astype(np.float64), rounding, rng) + qp.zero_point
+    return np.clip(q, qp.fmt.qmin, qp.fmt.qmax).astype(np.int64).reshape(shape)
+
+
+def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
+    """Equation (1), in float64."""
+    shape = q.shape
+    if qp.group_size:
+        q = _grouped(q, qp.group_size)
+    return (qp.scale * (q - qp.zero_point)).reshape(shape)
+
+
+def tensor_range(x: np.ndarray, granularity: str, group_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of a weight at a granularity, shaped to broadcast like QParams.scale."""
+    x = np.asarray(x, np.float64)
+    if granularity == "tensor":
+        return np.array(x.min()), np.array(x.max())
+    if granularity == "channel":
+        axes = tuple(range(1, x.ndim))
+        return x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
+    if granularity == "group":
+        g = _grouped(x, group_size)
+        return g.min(axis=-1, keepdims=True), g.max(axis=-1, keepdims=True)
+    raise ValueError(f"unknown granularity {granularity!r}; granularities: {', '.join(GRANULARITIES)}")
+
+
+def weight_qparams(w: np.ndarray, fmt: IntFormat, granularity: str, symmetric: bool = True,
+                   pow2: bool = False, group_size: int = 0) -> QParams:
+    lo, hi = tensor_range(w, granularity, group_size)
+    return choose_qparams(lo, hi, fmt, symmetric, pow2, group_size if granularity == "group" else 0)

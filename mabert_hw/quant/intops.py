@@ -1,0 +1,130 @@
+"""Integer-only non-linear ops (I-BERT, Kim et al. 2021), exact in int64 NumPy.
+
+Inputs are integer codes q with a float scale s (real = s * q after the zero point is removed).
+Per-scale constants (b_int, c_int, dyadic multipliers) are derived once with IEEE float64 division,
+multiplication and sqrt, which are correctly rounded, so the same bits come out on every machine;
+everything per element is int64 arithmetic (I-BERT's PyTorch code runs these in float32, which is
+not exact above 2^24).
+
+  i-exp      x = -ln2 * z + r, r in (-ln2, 0]: exp(r) ~ 0.35815147 r^2 + 0.96963238 r + 1, then >> z
+  i-softmax  exp codes of 16 bits, factor = floor(2^32 / sum), out = round((e * factor) / 2^(32 - out_bits))
+  i-GELU     erf(u) ~ sign(u) [a (min(|u|, -b) + b)^2 + 1], a = -0.2888, b = -1.769, u = x / sqrt(2)
+  i-LN       mean and variance in integers, std = integer Newton sqrt, y * 2^16 // std, then a per-channel
+             dyadic requantization folds gamma, beta and sqrt(C).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .formats import IntFormat
+from .requant import requantize
+
+LN2 = math.log(2.0)
+EXP_COEF = (0.35815147, 0.96963238, 1.0)  # I-BERT's second-order fit of exp on [-ln2, 0]
+EXP_RANGE = 30  # exp(x) for x < -30 ln2 is below 2^-30: clamped there
+EXP_BITS = 16  # exp codes are cut to 16 bits before the row sum (I-BERT QuantAct(16))
+LN2_FRACTION_BITS = 16  # at most this many extra fractional bits for the exact ln2 split...
+EXP_FINEST = math.sqrt(EXP_COEF[2] / EXP_COEF[0]) / 2.0 ** 20  # ...and units no finer: c_int <= 2^40
+SOFTMAX_NUMERATOR_BITS = 32  # factor = floor(2^32 / sum)
+GELU_A, GELU_B = -0.2888, -1.769  # I-BERT's erf fit
+LN_FRACTION_BITS = 16  # normalised values carry 16 fractional bits before the output requantization
+
+
+def isqrt(n_in: np.ndarray) -> np.ndarray:
+    """floor(sqrt(n)) for int64 n >= 0 by Newton's iteration x <- (x + n // x) // 2 from above."""
+    n = np.maximum(np.asarray(n_in, np.int64), 1)
+    _, exponent = np.frexp(n.astype(np.float64))
+    x = np.left_shift(np.int64(1), (exponent.astype(np.int64) + 1) // 2 + 1)  # x0 > sqrt(n)
+    while True:
+        y = (x + n // x) // 2
+        done = y >= x
+        if done.all():
+            return np.where(np.asarray(n_in) > 0, x, 0)
+        x = np.where(done, x, y)
+
+
+def _bit_length(v: int) -> int:
+    return int(v).bit_length()
+
+
+def int_exp(x: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    """exp(scale * x) for int64 x <= 0: (codes of at most EXP_BITS + 1 bits, their scale).
+
+    x * scale = -ln2 * z + r is split exactly in fixed point with LN2_FRACTION_BITS extra bits
+    (I-BERT rounds -ln2 to a multiple of the input scale, which is 4% off at 8-bit scales), then
+    exp(r) is the polynomial and 2^-z a right shift folded with the cut to EXP_BITS bits.
+    """
+    extra = max(0, min(LN2_FRACTION_BITS, math.frexp(scale / EXP_FINEST)[1] - 1))  # exact log2 floor
+    fine = scale / 2.0 ** extra  # units of r
+    ln2_int = round(LN2 / fine)
+    x = np.maximum(np.asarray(x, np.int64) << extra, -EXP_RANGE * ln2_int)
+    z = (-x) // ln2_int  # >= 0
+    r = x + z * ln2_int  # in (-ln2, 0]
+    b_int = math.floor(EXP_COEF[1] / EXP_COEF[0] / fine)
+    c_int = math.floor(EXP_COEF[2] / EXP_COEF[0] / fine ** 2)
+    poly = r * (r + b_int) + c_int
+    cut = max(_bit_length(c_int) - EXP_BITS, 0)
+    return poly >> (z + cut), EXP_COEF[0] * fine ** 2 * 2.0 ** cut
+
+
+def int_softmax(q: np.ndarray, scale: float, out_bits: int, valid: np.ndarray | None = None) -> np.ndarray:
+    """Softmax over the last axis of codes q (scale `scale`); unsigned codes with scale 2^-out_bits."""
+    q = np.asarray(q, np.int64)
+    if valid is None:
+        valid = np.ones(q.shape, bool)
+    low = np.iinfo(np.int64).min // 4
+    top = np.where(valid, q, low).max(axis=-1, keepdims=True)
+    e, _ = int_exp(np.where(valid, q - top, 0), scale)
+    e = np.where(valid, e, 0)
+    total = np.maximum(e.sum(axis=-1, keepdims=True), 1)
+    factor = (np.int64(1) << SOFTMAX_NUMERATOR_BITS) // total
+    shift = SOFTMAX_NUMERATOR_BITS - out_bits
+    out = (e * factor + (np.int64(1) << (shift - 1))) >> shift
+    return np.clip(out, 0, (1 << out_bits) - 1)
+
+
+def int_gelu(q: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    """GELU(scale * q) = x/2 (1 + erf(x / sqrt 2)) for int64 codes q: (codes, their scale)."""
+    q = np.asarray(q, np.int64)
+    s_erf = scale / math.sqrt(2.0)
+    b_int = math.floor(GELU_B / s_erf)  # negative
+    c_int = math.floor(1.0 / (GELU_A * s_erf ** 2))  # negative: 1 in units of a * s_erf^2
+    clipped = np.minimum(np.abs(q), -b_int)
+    erf_int = np.sign(q) * ((clipped + b_int) ** 2 + c_int)  # erf ~ a s_erf^2 * erf_int
+    return -q * (erf_int + c_int), -scale * GELU_A * s_erf ** 2 / 2.0
+
+
+def int_layernorm(q: np.ndarray, zero_point: int, scale: float, gain: np.ndarray, bias: np.ndarray,
+                  eps: float, out_scale: float, out_zp: int, fmt: IntFormat) -> tuple[np.ndarray, int]:
+    """LayerNorm over the last axis of codes q -> output codes; also the rows whose variance sum
+    overflows a 32-bit accumulator (a known int8 trouble spot)."""
+    x = np.asarray(q, np.int64) - zero_point
+    C = x.shape[-1]
+    mean = (x.sum(axis=-1, keepdims=True) + C // 2) // C
+    y = x - mean
+    var = (y * y).sum(axis=-1, keepdims=True)
+    overflow = int(np.count_nonzero(var >= (1 << 31)))
+    var = var + round(C * eps / scale ** 2)
+    std = np.maximum(isqrt(var), 1)
+    normalised = (y << LN_FRACTION_BITS) // std  # (y / std) * 2^16; the real value is that * sqrt(C)
+    gain = np.asarray(gain, np.float64)
+    gain = np.where(gain == 0.0, np.finfo(np.float64).tiny, gain)
+    unit = math.sqrt(C) / 2.0 ** LN_FRACTION_BITS
+    return requantize(normalised, "dyadic", unit, gain, out_scale, out_zp, fmt, bias=np.asarray(bias, np.float64)), overflow
+
+
+def int_rescale(q: np.ndarray, zero_point: int, scale: float, factor: float, out_scale: float,
+                out_zp: int, fmt: IntFormat) -> np.ndarray:
+    """Codes (scale, zero_point) times a real factor -> codes (out_scale, out_zp), dyadic."""
+    return requantize(np.asarray(q, np.int64) - zero_point, "dyadic", scale, factor, out_scale, out_zp, fmt)
+
+
+def int_add(qa, za, sa, qb, zb, sb, out_scale: float, out_zp: int, fmt: IntFormat) -> np.ndarray:
+    """Residual add in integers: both operands rescaled to the output scale (dyadic), then summed."""
+    wide = IntFormat(32, True)
+    a = int_rescale(qa, za, sa, 1.0, out_scale, 0, wide)
+    b = int_rescale(qb, zb, sb, 1.0, out_scale, 0, wide)
+    return np.clip(a + b + out_zp, fmt.qmin, fmt.qmax)

@@ -1,0 +1,128 @@
+"""Requantization: exact int accumulator (+ bias) -> output codes, as real engines do it, bit for bit.
+
+acc[..., n] is the exact sum over k of (x_q - x_zp)(w_q - w_zp[n]); x_s, w_s[n], y_s, y_zp are the
+input, weight and output quantization parameters (equation (1) of formats.py); the real multiplier
+is M[n] = x_s * w_s[n] / y_s. f32(.) below is a float32 rounding, rint rounds half to even.
+
+  ort            onnxruntime QLinearMatMul: m = f32(f32(x_s * w_s) / y_s),
+                 y = clip(rint(f32(f32(acc) * m)) + y_zp). A bias is added to acc as
+                 rint(b / f32(x_s * w_s)) (onnxruntime's static quantizer stores int32 biases so).
+  fbgemm         torch.ops.quantized.linear, fbgemm engine: s = f32(f32(x_s) * f32(w_s)),
+                 m = f32(s / f32(y_s)), y = clip(rint(f32(f32(f32(acc) + f32(b / s)) * m)) + y_zp).
+  qnnpack        the qnnpack engine quantizes the bias first: bq = rint(f32(b / s)),
+                 y = clip(rint(f32(f32(acc + bq) * m)) + y_zp).
+  tflite         TFLite / gemmlowp double rounding: (q31, shift) = QuantizeMultiplier(M) (frexp,
+                 mantissa rounded half away from zero to 31 bits), bias round-half-away(b / (x_s w_s)),
+                 y = RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc << left, q31), right).
+  tflite_single  TFLITE_SINGLE_ROUNDING: y = (acc * q31 + 2^(30 - shift)) >> (31 - shift).
+  dyadic         I-BERT: M = m / 2^e with m = round-half-up(frexp mantissa * 2^31), e = 31 - exponent,
+                 bias rint(b / (x_s w_s)), y = round_half_even((acc + bias) * m / 2^e), all int64
+                 (m loses low bits when |acc| would push acc * m past 2^62).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .formats import IntFormat
+
+REQUANT_MODES = ("ort", "fbgemm", "qnnpack", "tflite", "tflite_single", "dyadic")
+F32 = np.float32
+
+
+def quantize_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite QuantizeMultiplier: M = q31 * 2^(shift - 31), q31 in [2^30, 2^31), half away from zero."""
+    mantissa, shift = np.frexp(np.asarray(M, np.float64))
+    q = (np.floor(mantissa * 2.0 ** 31 + 0.5)).astype(np.int64)  # mantissa >= 0: half away == half up
+    carry = q == (1 << 31)
+    q = np.where(carry, q // 2, q)
+    shift = np.where(carry, shift + 1, shift).astype(np.int64)
+    return q, shift
+
+
+def _trunc_div_pow2(v: np.ndarray, bits: int) -> np.ndarray:
+    """C integer division by 2^bits (rounds toward zero)."""
+    return np.sign(v) * (np.abs(v) >> bits)
+
+
+def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held in int64."""
+    ab = a * b
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    out = _trunc_div_pow2(ab + nudge, 31)
+    overflow = (a == b) & (a == -(1 << 31))
+    return np.where(overflow, (1 << 31) - 1, out)
+
+
+def rounding_divide_by_pot(x: np.ndarray, exponent) -> np.ndarray:
+    """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded half away from zero."""
+    exponent = np.asarray(exponent, np.int64)
+    mask = (np.int64(1) << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + (remainder > threshold)
+
+
+def multiply_by_quantized_multiplier(x, q31, shift, single_rounding: bool = False) -> np.ndarray:
+    x = np.asarray(x, np.int64)
+    if single_rounding:
+        total = 31 - shift
+        return (x * q31 + (np.int64(1) << (total - 1))) >> total
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left, q31), right)
+
+
+def dyadic_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
+    """I-BERT batch_frexp: M ~ m / 2^e, m = round-half-up(mantissa * 2^31), e = 31 - exponent."""
+    mantissa, exponent = np.frexp(np.asarray(M, np.float64))
+    m = np.floor(mantissa * 2.0 ** 31 + 0.5).astype(np.int64)
+    return m, (31 - exponent).astype(np.int64)
+
+
+def shift_round_half_even(v: np.ndarray, e) -> np.ndarray:
+    """round_half_even(v / 2^e) for int64 v and e >= 1, exactly."""
+    e = np.asarray(e, np.int64)
+    floor = v >> e
+    rem = v - (floor << e)
+    half = np.int64(1) << (e - 1)
+    return floor + ((rem > half) | ((rem == half) & (floor & 1 == 1)))
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def requantize(acc: np.ndarray, mode: str, x_scale, w_scale, y_scale, y_zp, fmt: IntFormat,
+               bias: np.ndarray | None = None) -> np.ndarray:
+    """Exact accumulator (..., N) -> output codes (..., N) in fmt, per the engine `mode` (see above)."""
+    acc = np.asarray(acc, np.int64)
+    w_scale = np.asarray(w_scale, np.float64).reshape(-1)
+    if mode in ("ort", "fbgemm", "qnnpack"):
+        s = F32(x_scale) * w_scale.astype(F32)  # (N,) float32
+        m = s / F32(y_scale)
+        if mode == "fbgemm":
+            value = acc.astype(F32)
+            if bias is not None:
+                value = value + (np.asarray(bias, F32) / s)
+        else:
+            if bias is not None:
+                acc = acc + np.rint(np.asarray(bias, F32) / s).astype(np.int64)
+            value = acc.astype(F32)
+        y = np.rint(value * m).astype(np.int64)
+    elif mode in ("tflite", "tflite_single"):
+        if bias is not None:
+            acc = acc + round_half_away(np.asarray(bias, np.float64) / (x_scale * w_scale)).astype(np.int64)
+        q31, shift = quantize_multiplier(x_scale * w_scale / y_scale)
+        y = multiply_by_quantized_multiplier(acc, q31, shift, single_rounding=mode == "tflite_single")
+    elif mode == "dyadic":
+        if bias is not None:
+            acc = acc + np.rint(np.asarray(bias, np.float64) / (x_scale * w_scale)).astype(np.int64)
+        m, e = dyadic_multiplier(x_scale * w_scale / y_scale)
+        drop = max(int(np.abs(acc).max(initial=0)).bit_length() + 31 - 62, 0)  # keep acc * m < 2^62
+        if drop:
+            drop = np.minimum(drop, e - 1)
+            m, e = (m + (np.int64(1) << (drop - 1))) >> drop, e - drop
+        y = shift_round_half_even(acc * m, e)
+    else:
+        raise ValueError(f"unknown requant mode {mode!r}; modes: {', '.join(REQUANT_MODES)}")
+    return np.clip(y + np.asarray(y_zp, np.int64), fmt.qmin, fmt.qmax)

@@ -1,0 +1,59 @@
+"""Quantization plots: task metric vs bits per scheme (sweeps), per-tensor SQNR (quant-error)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+BIT_FIELDS = ("weight_bits", "act_bits")
+
+
+def _rows(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_metric_vs_bits(results_csv: str | Path, png: str | Path, metric_label: str = "metric") -> None:
+    """One line per (varied bit field, other fields): the metric against that field's bits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows(results_csv)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for field in BIT_FIELDS:
+        series: dict[str, list[tuple[int, float]]] = {}
+        for row in rows:
+            if not row.get(field):
+                continue
+            others = ", ".join(f"{k}={v}" for k, v in sorted(row.items())
+                               if k not in (field, "key", "metric", "seconds", "overflows") and v)
+            series.setdefault(others, []).append((int(row[field]), float(row["metric"])))
+        for others, points in series.items():
+            if len(points) > 1:
+                points.sort()
+                ax.plot(*zip(*points), marker="o", label=f"{field} ({others})" if others else field)
+    ax.set_xlabel("bits")
+    ax.set_ylabel(metric_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def plot_tensor_errors(rows: list[dict], png: str | Path) -> None:
+    """Bar chart of SQNR (dB) per tensor, in forward order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.12), 4))
+    ax.bar(range(len(rows)), [r["sqnr_db"] for r in rows])
+    ax.set_xticks(range(len(rows)), [r["tensor"] for r in rows], rotation=90, fontsize=5)
+    ax.set_ylabel("SQNR (dB)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)

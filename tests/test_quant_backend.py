@@ -1,0 +1,191 @@
+"""Fixed backend, integer non-linearities, calibration, configs and sweeps (issue 5).
+
+Integer ops are checked against closed forms (math.isqrt, erf GELU, float softmax / LayerNorm) in
+quantization steps; the fixed backend against the reference at high precision, where quantization
+error must vanish, and at W8A8, where it must stay small.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from mabert_hw.backends import make_backend
+from mabert_hw.inputs import random_batch
+from mabert_hw.model import forward
+from mabert_hw.quant import config as qconfig
+from mabert_hw.quant.calibrate import calibrate, entropy_threshold, mse_range
+from mabert_hw.quant.formats import IntFormat
+from mabert_hw.quant.intops import int_gelu, int_layernorm, int_softmax, isqrt
+from mabert_hw.weights import random_weights
+
+from .conftest import TINY_SPECS
+from .tolerances import (FIXED16_VS_REFERENCE_ATOL, FIXED8_MIN_COSINE, INT_GELU_MAX_ERR, INT_LAYERNORM_STEPS,
+                         INT_SOFTMAX_MAX_ERR)
+
+
+def test_isqrt_matches_math_isqrt():
+    rng = np.random.default_rng(0)
+    n = np.concatenate([np.arange(0, 2000), rng.integers(0, 1 << 62, 5000), [(1 << 62) - 1, (1 << 40) ** 1]])
+    assert isqrt(n).tolist() == [math.isqrt(int(v)) for v in n]
+
+
+def test_int_softmax_close_to_float_and_masks():
+    rng = np.random.default_rng(1)
+    scale = 0.04
+    q = rng.integers(-127, 128, (64, 50))
+    valid = rng.random((64, 50)) > 0.2
+    valid[:, 0] = True
+    codes = int_softmax(q, scale, 8, valid)
+    x = np.where(valid, q * scale, -np.inf)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    assert np.abs(codes / 256 - p).max() <= INT_SOFTMAX_MAX_ERR
+    assert (codes[~valid] == 0).all()
+
+
+def test_int_gelu_close_to_erf_gelu():
+    scale = 6 / 127
+    q = np.arange(-127, 128)
+    codes, code_scale = int_gelu(q, scale)
+    x = q * scale
+    assert np.abs(codes * code_scale - 0.5 * x * (1 + erf(x / math.sqrt(2)))).max() <= INT_GELU_MAX_ERR
+
+
+def test_int_layernorm_close_to_float():
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 3, (10, 48))
+    x[:, 5] *= 8  # an outlier channel, as in BERT residuals
+    scale = np.abs(x).max() / 32767
+    q = np.rint(x / scale).astype(np.int64)
+    gain, bias = rng.uniform(0.5, 1.5, 48), rng.normal(0, 0.1, 48)
+    out_scale, fmt = 8 / 127, IntFormat(8)
+    codes, _ = int_layernorm(q, 0, scale, gain, bias, 1e-12, out_scale, 0, fmt)
+    xq = q * scale
+    ref = (xq - xq.mean(-1, keepdims=True)) / xq.std(-1, keepdims=True) * gain + bias
+    assert np.abs(codes - np.clip(ref / out_scale, fmt.qmin, fmt.qmax)).max() <= INT_LAYERNORM_STEPS
+
+
+def _tiny_run(spec, seed=0):
+    weights = random_weights(spec, seed)
+    batch = random_batch(spec, 3, 12, seed=seed)
+
+    def run(backend):
+        return forward(spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids).last_hidden_state
+
+    return run
+
+
+@pytest.mark.parametrize("nonlinear", ["float", "integer"])
+def test_fixed_backend_converges_to_reference_at_16_bits(nonlinear):
+    spec = TINY_SPECS[0]
+    run = _tiny_run(spec)
+    calibration = calibrate(run)
+    ref = run(make_backend("reference"))
+    cfg = qconfig.from_dict({"weight_bits": 16, "act_bits": 16, "nonlinear": nonlinear, "acc_bits": 64})
+    got = run(make_backend("fixed", config=cfg, calibration=calibration))
+    assert np.abs(got - ref).max() <= FIXED16_VS_REFERENCE_ATOL
+    w8 = run(make_backend("fixed", config=qconfig.from_dict({"nonlinear": nonlinear}), calibration=calibration))
+    cos = (w8 * ref).sum(-1) / np.linalg.norm(w8, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert cos.min() >= FIXED8_MIN_COSINE
+    assert not np.array_equal(w8, ref)
+
+
+def test_integer_mode_is_deterministic_and_accumulator_overflow_counted():
+    spec = TINY_SPECS[2]
+    run = _tiny_run(spec, seed=3)
+    calibration = calibrate(run)
+    cfg = qconfig.from_dict({"nonlinear": "integer"})
+    a, b = (run(make_backend("fixed", config=cfg, calibration=calibration)) for _ in range(2))
+    assert np.array_equal(a, b)
+    narrow = make_backend("fixed", config=qconfig.from_dict({"acc_bits": 12}), calibration=calibration)
+    run(narrow)
+    assert sum(narrow.overflows.values()) > 0
+
+
+def test_config_rules_and_validation(tmp_path):
+    path = tmp_path / "q.toml"
+    path.write_text('act_bits = 8\nresidual_bits = 16\n[[rule]]\nkind = "softmax"\nact_bits = 12\n'
+                    '[[rule]]\nname = "encoder.layer.1.*"\nquantize = false\n')
+    cfg = qconfig.load(path)
+    assert cfg.settings("encoder.layer.0.attention.self.softmax", "softmax").act_bits == 12
+    assert cfg.settings("encoder.layer.0.output.residual", "add").act_bits == 16
+    assert cfg.settings("encoder.layer.0.output.dense", "linear").act_bits == 8
+    assert not cfg.settings("encoder.layer.1.output.dense", "linear").quantize
+    from mabert_hw.errors import UserError
+
+    with pytest.raises(UserError):
+        qconfig.from_dict({"requant": "nope"})
+
+
+def test_calibrators_clip_outliers():
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(0, 1, 20000), [40.0, -35.0]])
+    fmt = IntFormat(8)
+    lo, hi = mse_range(x, x.min(), x.max(), fmt, True)
+    assert hi < 40.0 and lo > -35.0
+    assert 2.0 < entropy_threshold(np.abs(x), fmt) < 40.0
+
+
+def test_sweep_local_and_dask(tmp_path, minilm, data_dir):
+    pytest.importorskip("dask.distributed")
+    from dask.distributed import Client, LocalCluster
+
+    from mabert_hw.eval.sweep import Job, done_keys, load_grid, run_sweep
+    from mabert_hw.eval.tasks import load_stsb, run_batches
+
+    pairs = load_stsb(data_dir, limit=3)
+    cal_path = tmp_path / "cal.npz"
+    calibrate(lambda b: run_batches(minilm, pairs.first, b)).save(cal_path)
+    grid = tmp_path / "grid.toml"
+    grid.write_text("act_bits = [8, 16]\n")
+    points = load_grid(grid)
+    assert points == [{"act_bits": 8}, {"act_bits": 16}]
+    data = str(data_dir / "glue/STS-B/dev.tsv")
+    jobs = [Job("minilm", "stsb", data, 3, p, str(cal_path)) for p in points]
+    out = tmp_path / "local.csv"
+    run_sweep(jobs[:1], out)
+    assert len(done_keys(out)) == 1
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1) as cluster, Client(cluster) as client:
+        rows = run_sweep(jobs, tmp_path / "dask.csv", scheduler=client)
+    assert {r["act_bits"] for r in rows} == {8, 16}
+    assert done_keys(tmp_path / "dask.csv") == {r["key"] for r in rows}
+
+
+def test_cli_quant_error_and_sweep_guard(tmp_path, minilm, capsys):
+    from mabert_hw.cli import main
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("A plane is taking off.\nA man is playing a flute.\n")
+    cfg = tmp_path / "q.toml"
+    cfg.write_text('nonlinear = "integer"\n')
+    assert main(["quant-error", "minilm", "--config", str(cfg), "--data", str(texts), "--no-sensitivity",
+                 "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("tensor,kind,sqnr_db") and any("output.LayerNorm" in line for line in lines)
+    out = tmp_path / "done.csv"
+    out.write_text("key,metric\n")
+    grid = tmp_path / "grid.toml"
+    grid.write_text("act_bits = [8]\n")
+    assert main(["sweep", "minilm", "--task", "stsb", "--data", str(texts), "--grid", str(grid),
+                 "--out", str(out)]) == 2
+
+
+def test_ma_encoder_runs_all_integer():
+    import dataclasses
+
+    from mabert_hw.spec import Variant
+
+    spec = dataclasses.replace(TINY_SPECS[0], variant=Variant(softmax="mlp", ffn_activation="relu", norm="powernorm",
+                                                              mask="multiplicative", softmax_input=16, softmax_hidden=16))
+    run = _tiny_run(spec)
+    calibration = calibrate(run)
+    ref = run(make_backend("reference"))
+    fixed = make_backend("fixed", config=qconfig.from_dict({"weight_bits": 16, "act_bits": 16, "nonlinear": "integer"}),
+                         calibration=calibration)
+    got = run(fixed)
+    assert not fixed.float_ops
+    assert np.abs(got - ref).max() <= FIXED16_VS_REFERENCE_ATOL
