@@ -1,0 +1,5 @@
+"""Engine benchmark: the fast and reference backends, torch eager and onnxruntime, timed interleaved.
+
+engines.py prepares each engine on one input batch (or says why it cannot run), onnx_export.py
+writes the HF model as ONNX for onnxruntime, timing.py runs the engines in turns and summarises.
+"""

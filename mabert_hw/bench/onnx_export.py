@@ -1,0 +1,69 @@
+"""Export the HF (eager) model built from our spec and weights to ONNX fp32, cached by model and shape.
+
+Cache: ~/.cache/mabert-hw/onnx/<model>-b<B>-t<T>-<weights digest>.onnx. The graph has static shapes
+(the benchmark runs one shape per session) and outputs the last hidden state and, when the model
+has one, the pooled output. Export uses torch.onnx's TorchScript exporter (dynamo=False): the dynamo
+exporter needs onnxscript, which the project does not install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..spec import ModelSpec
+from ..weights import Weights
+
+CACHE_DIR = Path.home() / ".cache" / "mabert-hw" / "onnx"
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OPSET = 17  # LayerNormalization is a standard op from opset 17
+
+
+def weights_digest(weights: Weights) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for key in sorted(weights):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(weights[key]).view(np.uint8))
+    return digest.hexdigest()
+
+
+def onnx_path(spec: ModelSpec, weights: Weights, batch: int, seq_len: int) -> Path:
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)
+    return CACHE_DIR / f"{name}-b{batch}-t{seq_len}-{weights_digest(weights)}.onnx"
+
+
+def export_onnx(spec: ModelSpec, weights: Weights, batch: int, seq_len: int) -> Path:
+    """The cached ONNX file for this model and (batch, seq_len); exported on first use."""
+    path = onnx_path(spec, weights, batch, seq_len)
+    if path.exists():
+        return path
+    import torch
+
+    from ..torch_ref.hf import hf_model
+
+    class Outputs(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            pooled = getattr(out, "pooler_output", None)
+            return (out.last_hidden_state,) if pooled is None else (out.last_hidden_state, pooled)
+
+    model = Outputs(hf_model(spec, weights))
+    ids = torch.ones((batch, seq_len), dtype=torch.int64)
+    mask = torch.ones((batch, seq_len), dtype=torch.int64)
+    mask[:, seq_len // 2 + 1:] = 0  # padded: a trace of an all-ones mask may drop the masking
+    example = (ids, mask, torch.zeros_like(ids))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
+        torch.onnx.export(model, example, str(tmp), dynamo=False, input_names=list(INPUT_NAMES),
+                          opset_version=OPSET)
+    tmp.replace(path)
+    return path

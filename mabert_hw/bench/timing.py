@@ -1,0 +1,107 @@
+"""Interleaved timing: every engine runs on the same batch, in turns, after a warm-up call each.
+
+Round r runs the engines in an order rotated by r, so no engine always follows the same neighbour
+(caches, turbo state and other processes' load then fall on all of them alike). Achieved GFLOP/s
+divides the counted FLOPs of the forward (cost.counts: GEMM MACs x 2 plus every elementwise
+primitive) by the median time; ratio_vs_torch is the engine's median over torch eager's.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+from ..cost.summary import profile_model
+from ..errors import UserError
+from ..inputs import random_batch
+from ..spec import ModelSpec
+from ..weights import Weights
+from .engines import ENGINES, EngineUnavailable, prepare
+
+BASELINE = "torch"
+
+
+def machine_threads() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def time_calls(calls: dict[str, Callable[[], object]], repeat: int, warmup: int = 1,
+               progress: bool = False) -> dict[str, list[float]]:
+    """Seconds per call of each engine: `repeat` interleaved rounds after `warmup` calls each."""
+    from tqdm import tqdm
+
+    names = list(calls)
+    bar = tqdm(total=len(names) * (warmup + repeat), desc="bench", unit="call", disable=not progress, leave=False)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+            bar.update()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeat):
+        shift = round_ % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            calls[name]()
+            samples[name].append(time.perf_counter() - start)
+            bar.update()
+    bar.close()
+    return samples
+
+
+def summarise(samples: dict[str, list[float]], flops: int, tokens: int) -> dict[str, dict]:
+    baseline = statistics.median(samples[BASELINE]) if BASELINE in samples else None
+    out = {}
+    for name, seconds in samples.items():
+        median = statistics.median(seconds)
+        out[name] = {
+            "median_ms": 1e3 * median,
+            "min_ms": 1e3 * min(seconds),
+            "max_ms": 1e3 * max(seconds),
+            "tokens_per_s": tokens / median,
+            "gflops_per_s": flops / median / 1e9,
+            "ratio_vs_torch": median / baseline if baseline else None,
+        }
+    return out
+
+
+def parse_engines(text: str) -> list[str]:
+    engines = [e.strip() for e in text.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        raise UserError(f"unknown engine(s) {', '.join(unknown) or '(none given)'}; engines: {', '.join(ENGINES)}")
+    return list(dict.fromkeys(engines))
+
+
+def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: list[str], repeat: int,
+          threads: int | None = None, warmup: int = 1, progress: bool = False) -> dict:
+    """The `mabert-hw bench` JSON document: per engine timings, or {"skipped": reason}."""
+    threads = threads or machine_threads()
+    inputs = random_batch(spec, batch, seq_len, seed=0)
+    calls, skipped = {}, {}
+    for engine in engines:
+        try:
+            calls[engine] = prepare(engine, spec, weights, inputs, threads)
+        except EngineUnavailable as reason:
+            skipped[engine] = {"skipped": str(reason)}
+    samples = time_calls(calls, repeat, warmup, progress)
+    timings = summarise(samples, profile_model(spec, batch, seq_len).total("flops"), batch * seq_len)
+    return {
+        "engines": {engine: timings.get(engine) or skipped[engine] for engine in engines},
+        "batch": batch,
+        "seq_len": seq_len,
+        "threads": threads,
+        "model": spec.name,
+    }
+
+
+def table_rows(document: dict) -> list[dict]:
+    rows = []
+    for engine, result in document["engines"].items():
+        if "skipped" in result:
+            rows.append({"engine": engine, "median_ms": None, "note": "skipped: " + result["skipped"]})
+            continue
+        rows.append({"engine": engine, **{k: result[k] for k in ("median_ms", "min_ms", "max_ms", "tokens_per_s",
+                                                                  "gflops_per_s", "ratio_vs_torch")}, "note": ""})
+    return rows

@@ -1,0 +1,49 @@
+"""`mabert-hw bench`: time the engines (fast, reference, torch eager, onnxruntime) on one shape."""
+
+from __future__ import annotations
+
+import json
+
+from .. import checkpoint
+from ..bench.engines import ENGINES
+from ..bench.timing import bench, parse_engines, table_rows
+from ..report.tables import text_table
+from ..weights import random_weights
+from .common import add_checkpoint, emit, positive_int
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time the fast/reference backends against torch eager and onnxruntime",
+        description="Run the engines interleaved in one process on the same random batch after a "
+        "warm-up call each; report median, min and max ms, tokens/s, achieved GFLOP/s (counted "
+        "FLOPs / median time) and the ratio to torch eager. A checkpoint without weights (a preset) "
+        "runs with random weights. Engines that cannot run here are reported as skipped.",
+    )
+    add_checkpoint(parser)
+    parser.add_argument("--batch", type=positive_int, default=8, help="batch size B (default 8)")
+    parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence T (default 128)")
+    parser.add_argument("--engines", default=",".join(ENGINES),
+                        help=f"comma-separated engines (default {','.join(ENGINES)})")
+    parser.add_argument("--repeat", type=positive_int, default=10, help="timed calls per engine (default 10)")
+    parser.add_argument("--threads", type=positive_int, help="threads for every engine (default: one per core)")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    engines = parse_engines(args.engines)
+    ck = checkpoint.load(args.ckpt)
+    weights = ck.weights if ck.weights is not None else random_weights(ck.spec)
+    document = bench(ck.spec, weights, args.batch, args.seq_len, engines, args.repeat, args.threads,
+                     progress=True)
+    if args.format == "json":
+        text = json.dumps(document, indent=2)
+    else:
+        title = (f"{document['model']}  B={document['batch']}  T={document['seq_len']}  "
+                 f"threads={document['threads']}  (ratio: median / torch eager median)\n")
+        text = title + text_table(table_rows(document))
+    emit(text, args.output)
+    return 0

@@ -1,0 +1,118 @@
+"""Row-wise kernels over (N, C) float32 arrays, parallel over rows (prange).
+
+Fusions (each saves full passes over the activation):
+- bias_activation_:   y = act(y + b) in place, right after the GEMM that produced y;
+- add_layernorm:      out = LN(a + (y + b)), the residual add of a GEMM output plus its bias;
+- layernorm, softmax_rows, activation: the same formulas unfused, for inputs that arrive whole.
+GELU is the erf form 0.5 * x * (1 + erf(x / sqrt(2))) of the reference backend; erf and exp are
+the vectorisable float32 approximations of approx.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .approx import erf32, exp32_parts
+
+GELU, RELU, TANH = 0, 1, 2
+ACTIVATIONS = {"gelu": GELU, "relu": RELU, "tanh": TANH}
+SQRT2 = np.float32(math.sqrt(2.0))  # GELU divides by sqrt(2) in float32, as the reference does
+HALF, ONE, ZERO = np.float32(0.5), np.float32(1.0), np.float32(0.0)
+
+
+@njit(inline="always", cache=True)
+def _activate(x, kind):
+    if kind == GELU:
+        return HALF * x * (ONE + erf32(x / SQRT2))
+    if kind == RELU:
+        return max(x, ZERO)
+    return np.tanh(x)
+
+
+@njit(parallel=True, cache=True)
+def bias_activation_(y, bias, kind):
+    """y (N, F) <- act(y + bias (F,)), in place."""
+    for i in prange(y.shape[0]):
+        for j in range(y.shape[1]):
+            y[i, j] = _activate(y[i, j] + bias[j], kind)
+
+
+@njit(parallel=True, cache=True)
+def activation(x, kind, out):
+    """out (N, F) <- act(x (N, F))."""
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = _activate(x[i, j], kind)
+
+
+@njit(parallel=True, cache=True)
+def add_bias_(y, bias):
+    """y (N, F) <- y + bias (F,), in place."""
+    for i in prange(y.shape[0]):
+        for j in range(y.shape[1]):
+            y[i, j] = y[i, j] + bias[j]
+
+
+@njit(inline="always", cache=True)
+def _normalize_row(s, gain, beta, eps, out_row):
+    """out_row <- (s - mean) / sqrt(var + eps) * gain + beta; biased variance, as torch."""
+    C = s.shape[0]
+    total = 0.0
+    for j in range(C):
+        total += s[j]
+    mean = np.float32(total / C)
+    squares = 0.0
+    for j in range(C):
+        d = s[j] - mean
+        squares += d * d
+    std = np.sqrt(np.float32(squares / C) + eps)
+    for j in range(C):
+        out_row[j] = (s[j] - mean) / std * gain[j] + beta[j]
+
+
+@njit(parallel=True, cache=True)
+def layernorm(x, gain, beta, eps, out):
+    """out (N, C) <- LN(x (N, C)) over C."""
+    for i in prange(x.shape[0]):
+        _normalize_row(x[i], gain, beta, eps, out[i])
+
+
+@njit(parallel=True, cache=True)
+def add_layernorm(a, y, bias, gain, beta, eps, out):
+    """out (N, C) <- LN(a + (y + bias)): residual a plus a GEMM output y whose bias is still due."""
+    C = a.shape[1]
+    for i in prange(a.shape[0]):
+        s = np.empty(C, np.float32)
+        for j in range(C):
+            s[j] = a[i, j] + (y[i, j] + bias[j])
+        _normalize_row(s, gain, beta, eps, out[i])
+
+
+@njit(inline="always", cache=True)
+def softmax_row_(row, exponent_bits):
+    """row <- exp(row - max) / sum(exp(row - max)), in place. exponent_bits: int32 scratch, len(row)."""
+    m = row[0]
+    for j in range(1, row.shape[0]):
+        m = max(m, row[j])
+    for j in range(row.shape[0]):
+        row[j], n = exp32_parts(row[j] - m)
+        exponent_bits[j] = (n + np.int32(127)) << np.int32(23)  # the float32 2^n
+    powers_of_two = exponent_bits.view(np.float32)
+    total = 0.0
+    for j in range(row.shape[0]):
+        row[j] = row[j] * powers_of_two[j]
+        total += row[j]
+    denominator = np.float32(total)
+    for j in range(row.shape[0]):
+        row[j] = row[j] / denominator
+
+
+@njit(parallel=True, cache=True)
+def softmax_rows(x, out):
+    """out (N, K) <- softmax of each row of x (N, K)."""
+    for i in prange(x.shape[0]):
+        out[i] = x[i]
+        softmax_row_(out[i], np.empty(x.shape[1], np.int32))

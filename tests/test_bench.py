@@ -1,0 +1,115 @@
+"""`mabert-hw bench`: engines prepared on one batch, interleaved timing, the JSON document, skips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+torch = pytest.importorskip("torch")
+
+from mabert_hw.bench import engines as engines_module  # noqa: E402
+from mabert_hw.bench import onnx_export  # noqa: E402
+from mabert_hw.bench.engines import EngineUnavailable  # noqa: E402
+from mabert_hw.bench.timing import bench, time_calls  # noqa: E402
+from mabert_hw.cli import main  # noqa: E402
+from mabert_hw.inputs import random_batch  # noqa: E402
+from mabert_hw.torch_ref.hf import hf_config, hf_forward, hf_model  # noqa: E402
+from mabert_hw.weights import random_weights  # noqa: E402
+
+from .conftest import TINY_SPECS  # noqa: E402
+from .tolerances import REFERENCE_VS_TORCH_ATOL  # noqa: E402
+
+ENGINE_KEYS = {"median_ms", "min_ms", "max_ms", "tokens_per_s", "gflops_per_s", "ratio_vs_torch"}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """ONNX files in a temporary cache; thread settings the tests change are restored after."""
+    from mabert_hw.kernels.threads import set_threads
+
+    monkeypatch.setattr(onnx_export, "CACHE_DIR", tmp_path / "onnx")
+    torch_threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(torch_threads)
+    set_threads(None)
+
+
+def exported_or_skip(spec, weights, batch):
+    try:
+        return onnx_export.export_onnx(spec, weights, *batch.shape)
+    except Exception as error:  # the exporter's failure types vary by torch version
+        pytest.skip(f"ONNX export impossible here: {type(error).__name__}: {error}")
+
+
+def test_onnx_export_matches_hf_torch_on_padded_inputs():
+    ort = pytest.importorskip("onnxruntime")
+    spec = TINY_SPECS[0]
+    weights = random_weights(spec, seed=1, std=0.2)
+    batch = random_batch(spec, batch=3, seq_len=11, seed=2)
+    assert batch.attention_mask.min() == 0
+    path = exported_or_skip(spec, weights, batch)
+    assert onnx_export.export_onnx(spec, weights, *batch.shape) == path  # cached, keyed by model and shape
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    hidden, pooled = session.run(None, {name: getattr(batch, name) for name in onnx_export.INPUT_NAMES})
+    theirs = hf_forward(hf_model(spec, weights), batch)
+    np.testing.assert_allclose(hidden, theirs["hidden_states"][-1], atol=REFERENCE_VS_TORCH_ATOL, rtol=0)
+    np.testing.assert_allclose(pooled, theirs["pooled"], atol=REFERENCE_VS_TORCH_ATOL, rtol=0)
+
+
+def test_bench_document_has_every_engine_in_the_issue_schema():
+    spec = TINY_SPECS[1]
+    weights = random_weights(spec, seed=3)
+    document = bench(spec, weights, batch=2, seq_len=8, engines=["fast", "reference", "torch", "ort"],
+                     repeat=2, threads=1)
+    assert {k: document[k] for k in ("batch", "seq_len", "threads", "model")} == {
+        "batch": 2, "seq_len": 8, "threads": 1, "model": spec.name}
+    assert list(document["engines"]) == ["fast", "reference", "torch", "ort"]
+    for name, result in document["engines"].items():
+        if name == "ort" and "skipped" in result:
+            continue
+        assert set(result) == ENGINE_KEYS, name
+        assert 0 < result["min_ms"] <= result["median_ms"] <= result["max_ms"]
+        assert result["tokens_per_s"] * result["median_ms"] / 1e3 == pytest.approx(2 * 8)
+    torch_result = document["engines"]["torch"]
+    assert torch_result["ratio_vs_torch"] == 1.0
+    fast = document["engines"]["fast"]
+    assert fast["ratio_vs_torch"] == pytest.approx(fast["median_ms"] / torch_result["median_ms"])
+
+
+def test_unavailable_engine_is_skipped_with_its_reason(monkeypatch):
+    def unavailable(*args):
+        raise EngineUnavailable("no accelerator here")
+
+    real_prepare = engines_module.prepare
+    monkeypatch.setattr("mabert_hw.bench.timing.prepare",
+                        lambda engine, *args: unavailable() if engine == "ort" else real_prepare(engine, *args))
+    spec = TINY_SPECS[0]
+    document = bench(spec, random_weights(spec), batch=1, seq_len=4, engines=["reference", "ort"], repeat=2)
+    assert document["engines"]["ort"] == {"skipped": "no accelerator here"}
+    assert document["engines"]["reference"]["ratio_vs_torch"] is None  # torch not run: no ratio
+
+
+def test_engines_run_interleaved_after_warmup():
+    calls = []
+    samples = time_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rounds in rotated order
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
+
+
+def test_cli_bench_json_on_a_weightless_config(tmp_path, capsys):
+    hf_config(TINY_SPECS[2]).save_pretrained(tmp_path)  # config.json only: random weights
+    code = main(["bench", str(tmp_path / "config.json"), "--batch", "2", "--seq-len", "6", "--repeat", "2",
+                 "--engines", "fast,reference", "--threads", "1", "--format", "json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert set(document) == {"engines", "batch", "seq_len", "threads", "model"}
+    assert set(document["engines"]) == {"fast", "reference"}
+    assert all(set(r) == ENGINE_KEYS for r in document["engines"].values())
+
+
+def test_cli_bench_unknown_engine_is_a_user_error(capsys):
+    assert main(["bench", "minilm-l6", "--engines", "fast,tpu"]) == 2
+    assert "unknown engine(s) tpu" in capsys.readouterr().err

@@ -1,0 +1,119 @@
+"""Fast (Numba) backend == reference backend, layer by layer, and fusion leaves the recorded ops alone."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from mabert_hw.backends import make_backend  # noqa: E402
+from mabert_hw.cost.counts import trace  # noqa: E402
+from mabert_hw.inputs import SAMPLE_TEXTS, random_batch, tokenize  # noqa: E402
+from mabert_hw.model import forward  # noqa: E402
+from mabert_hw.spec import VARIANTS  # noqa: E402
+from mabert_hw.weights import random_weights  # noqa: E402
+
+from .conftest import TINY_SPECS  # noqa: E402
+from .tolerances import FAST_VS_REFERENCE_ATOL, FAST_VS_REFERENCE_DEEP_ATOL, FAST_VS_REFERENCE_RTOL  # noqa: E402
+
+
+def run_both(spec, weights, batch, **fast_options):
+    fast = make_backend("fast", record=True, **fast_options)
+    reference = make_backend("reference", record=True)
+    args = (batch.input_ids,)
+    kwargs = {"attention_mask": batch.attention_mask, "token_type_ids": batch.token_type_ids}
+    return (forward(spec, weights, *args, fast, **kwargs), fast.ops,
+            forward(spec, weights, *args, reference, **kwargs), reference.ops)
+
+
+def assert_close(label, ours, theirs, atol=FAST_VS_REFERENCE_ATOL, rtol=FAST_VS_REFERENCE_RTOL):
+    diff = np.abs(ours - theirs)
+    bound = atol + rtol * np.abs(theirs)
+    if not (diff <= bound).all():
+        worst = np.unravel_index(np.argmax(diff - bound), diff.shape)
+        pytest.fail(f"{label}: maxdiff {diff.max():.3g}; first worst at {worst}: "
+                    f"fast {ours[worst]!r} vs reference {theirs[worst]!r}")
+
+
+def assert_outputs_close(ours, theirs, **tolerance):
+    assert len(ours.hidden_states) == len(theirs.hidden_states)
+    for layer, (a, b) in enumerate(zip(ours.hidden_states, theirs.hidden_states)):
+        assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == b.shape
+        assert_close(f"hidden state {layer}", a, b, **tolerance)
+    for label in ("pooled", "logits"):
+        a, b = getattr(ours, label), getattr(theirs, label)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert isinstance(a, np.ndarray)
+            assert_close(label, a, b, **tolerance)
+
+
+@pytest.mark.parametrize("spec", TINY_SPECS, ids=lambda s: s.name)
+def test_fast_equals_reference_on_padded_random_batches(spec):
+    # std 0.2 (10x BERT's init): peaked attention and large activations, yet float32 rounding noise
+    # (reference f32 vs f64) stays ~1e-6; at std 0.5 it reaches 1.2e-5, past the tolerance for both.
+    weights = random_weights(spec, seed=3, std=0.2)
+    batch = random_batch(spec, batch=4, seq_len=spec.max_positions - 3, seed=5)
+    assert batch.attention_mask.min() == 0  # padding is exercised
+    ours, fast_ops, theirs, reference_ops = run_both(spec, weights, batch)
+    assert_outputs_close(ours, theirs)
+    assert fast_ops == reference_ops == trace(spec, *batch.shape)
+
+
+def test_fast_equals_reference_with_a_classifier_head_and_one_thread():
+    spec = replace(TINY_SPECS[0], name="tiny-cls", num_labels=3)
+    weights = random_weights(spec, seed=4)
+    batch = random_batch(spec, batch=3, seq_len=9, seed=6)
+    ours, fast_ops, theirs, reference_ops = run_both(spec, weights, batch, threads=1)
+    assert_outputs_close(ours, theirs)
+    assert fast_ops == reference_ops
+
+
+@pytest.mark.parametrize("variant", sorted(set(VARIANTS) - {"bert"}))
+def test_fast_runs_other_variants_through_the_reference_ops(variant):
+    spec = TINY_SPECS[0].with_variant(**VARIANTS[variant].__dict__)
+    weights = random_weights(spec, seed=7)
+    batch = random_batch(spec, batch=3, seq_len=12, seed=8)
+    ours, fast_ops, theirs, reference_ops = run_both(spec, weights, batch)
+    assert_outputs_close(ours, theirs)
+    assert fast_ops == reference_ops
+
+
+def test_fast_equals_reference_on_minilm_with_real_sentences(minilm):
+    batch = tokenize(minilm.tokenizer_dir, SAMPLE_TEXTS)
+    assert batch.attention_mask.min() == 0  # sentences of different lengths: padded
+    ours, fast_ops, theirs, reference_ops = run_both(minilm.spec, minilm.weights, batch)
+    assert_close("embeddings", ours.hidden_states[0], theirs.hidden_states[0])
+    assert_outputs_close(ours, theirs, atol=FAST_VS_REFERENCE_DEEP_ATOL, rtol=0.0)
+    assert fast_ops == reference_ops
+
+
+def test_fast_rejects_float64():
+    with pytest.raises(ValueError, match="float32"):
+        make_backend("fast", dtype=np.float64)
+
+
+def test_vectorisable_erf_and_exp_against_scipy_and_numpy_float64():
+    from numba import njit
+    from scipy.special import erf
+
+    from mabert_hw.kernels.approx import erf32, exp32_parts
+
+    from .tolerances import FAST_ERF_ATOL, FAST_EXP_RTOL
+
+    @njit
+    def evaluate(x, erf_out, exp_out):
+        for i in range(x.shape[0]):
+            erf_out[i] = erf32(x[i])
+            part, n = exp32_parts(x[i])
+            exp_out[i] = part * np.float32(2.0) ** n
+
+    x = np.linspace(-12.0, 12.0, 200_001, dtype=np.float32)  # past the erf clamp at |x| = 4
+    erf_out, exp_out = np.empty_like(x), np.empty_like(x)
+    evaluate(x, erf_out, exp_out)
+    exact = x.astype(np.float64)
+    assert np.abs(erf_out - erf(exact)).max() <= FAST_ERF_ATOL
+    assert (np.abs(exp_out / np.exp(exact) - 1.0)).max() <= FAST_EXP_RTOL
