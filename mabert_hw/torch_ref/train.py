@@ -1,0 +1,202 @@
+"""Baseline BERT -> MA-BERT: approximator pre-fit, then knowledge transfer from the frozen teacher.
+
+Stage 1 (cheap): each layer's approximator alone is fitted to that layer's real attention rows:
+input = the teacher's scaled scores times the 0/1 mask, zero-padded to n; target = the teacher's
+softmax row (0 at padded keys); loss = MSE over the T real columns (the extra outputs are dropped).
+Stage 2: knowledge transfer (MA-BERT paper), student = teacher weights with the MA variant:
+    L = a CE(z_s / t, softmax(z_t / t)) + (1 - a) L_task + b [sum_i MSE(H_s^i, H_t^i) + g sum_i MSE(A_s^i, A_t^i)]
+with t = 15, a = 0.9, b = 1, g = 100; H^i: embeddings + every layer's output, over real tokens;
+A^i: attention probabilities vs approximator outputs over real query rows. Text corpora carry no
+labels, so L_task is absent; the logit term exists only when the model has a classifier.
+AdamW with linear warm-up and linear decay.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..inputs import Batch, tokenize
+from ..spec import ModelSpec, Variant
+from ..weights import Weights
+from .ma_bert import MABertModel, PowerNorm, load_official
+
+TEMPERATURE, ALPHA, BETA, GAMMA = 15.0, 0.9, 1.0, 100.0  # MA-BERT paper's knowledge-transfer loss
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch: int = 16
+    max_len: int = 64
+    lr: float = 1e-4
+    warmup: float = 0.1  # fraction of steps
+    weight_decay: float = 0.01
+    prefit_steps: int = 300
+    prefit_batches: int = 8
+    checkpoint_every: int = 200
+    seed: int = 0
+    max_minutes: float | None = None  # wall-clock budget for the knowledge transfer: stop and save
+
+
+def teacher_module(spec: ModelSpec, weights: Weights) -> MABertModel:
+    """The baseline as our torch module (same names as HF BertModel; checked against HF in tests)."""
+    return load_official(spec, weights)
+
+
+def student_module(teacher_spec: ModelSpec, weights: Weights, variant: Variant, seed: int) -> MABertModel:
+    """Teacher weights in the MA architecture: norms keep weight/bias, approximators start random."""
+    torch.manual_seed(seed)
+    spec = replace(teacher_spec, variant=variant)
+    student = MABertModel(spec)
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    expected_new = ("running_phi", "ema_gz", "iters", "accumulated_var", "linear_relu_stack")
+    bad = [k for k in missing if not any(s in k for s in expected_new)]
+    if bad or unexpected:
+        raise ValueError(f"teacher and student differ: missing {bad}, unexpected {unexpected}")
+    return student
+
+
+def batches(tokenizer_dir: Path, texts: list[str], size: int, max_len: int, seed: int) -> Iterator[Batch]:
+    """Endless random batches of texts, each padded to its longest text (at most max_len tokens)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        chosen = [texts[i] for i in rng.integers(0, len(texts), size)]
+        batch = tokenize(tokenizer_dir, chosen)
+        yield tokenize(tokenizer_dir, chosen, max_len) if batch.shape[1] > max_len else batch
+
+
+def as_torch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
+
+
+@torch.no_grad()
+def attention_rows(teacher: MABertModel, batch: Batch, layer: int, n: int):
+    """(scores * mask zero-padded to n, teacher probs padded to n, column mask) for real query rows."""
+    ids, mask, types = as_torch(batch)
+    out = teacher(ids, mask, types, keep_scores=True)
+    scores, probs = out["scores"][layer], out["attentions"][layer]  # (B, H, T, T)
+    B, H, T, _ = scores.shape
+    rows = mask.bool()[:, None, :, None].expand(B, H, T, 1).reshape(-1)  # real queries
+    m = mask[:, None, None, :].to(scores.dtype)
+    x = F.pad(scores * m, (0, n - T)).reshape(-1, n)[rows]
+    y = F.pad(probs, (0, n - T)).reshape(-1, n)[rows]
+    cols = torch.zeros(n, dtype=scores.dtype)
+    cols[:T] = 1
+    return x, y, cols.expand_as(x)
+
+
+def prefit_approximators(student: MABertModel, teacher: MABertModel, stream: Iterator[Batch],
+                         cfg: TrainConfig, progress=None) -> list[float]:
+    """Stage 1: fit each approximator to real rows. Returns the final masked MSE per approximator."""
+    v = student.spec.variant
+    data = [next(stream) for _ in range(cfg.prefit_batches)]
+    layers = list(range(student.spec.layers))
+    groups = [layers] if v.share_softmax else [[i] for i in layers]
+    losses = []
+    for group in groups:
+        parts = [attention_rows(teacher, b, i, v.softmax_input) for b in data for i in group]
+        x, y, cols = (torch.cat([p[j] for p in parts]) for j in range(3))
+        approximator = student.encoder.layer[group[0]].attention.self.softmax.linear_relu_stack
+        optimizer = torch.optim.Adam(approximator.parameters(), lr=1e-3)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        loss = torch.tensor(float("nan"))
+        for _ in progress(range(cfg.prefit_steps)) if progress else range(cfg.prefit_steps):
+            pick = torch.randint(0, x.shape[0], (min(4096, x.shape[0]),), generator=generator)
+            loss = (((approximator(x[pick]) - y[pick]) ** 2) * cols[pick]).sum() / cols[pick].sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def calibrate_powernorm(student: MABertModel, stream: Iterator[Batch], steps: int = 20) -> None:
+    """Run training-mode forwards so every running_phi tracks real batch statistics."""
+    if not any(isinstance(m, PowerNorm) for m in student.modules()):
+        return
+    student.train()
+    for _ in range(steps):
+        student(*as_torch(next(stream)))
+
+
+def kd_loss(student_out: dict, teacher_out: dict, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    m = mask[..., None].to(torch.float32)  # (B, T, 1)
+    tokens = m.sum()
+    hidden = sum(((hs - ht) ** 2 * m).sum() / (tokens * hs.shape[-1])
+                 for hs, ht in zip(student_out["hidden_states"], teacher_out["hidden_states"]))
+    rows = mask[:, None, :, None].to(torch.float32)  # (B, 1, T, 1): real query rows
+    attention = sum(((a_s - a_t) ** 2 * rows).sum() / (rows.sum() * a_s.shape[1] * a_s.shape[-1])
+                    for a_s, a_t in zip(student_out["attentions"], teacher_out["attentions"]))
+    loss = BETA * (hidden + GAMMA * attention)
+    parts = {"hidden": float(hidden), "attention": float(attention)}
+    if student_out["logits"] is not None:
+        soft = F.softmax(teacher_out["logits"] / TEMPERATURE, dim=-1)
+        ce = -(soft * F.log_softmax(student_out["logits"] / TEMPERATURE, dim=-1)).sum(-1).mean()
+        loss = loss + ALPHA * ce
+        parts["soft_ce"] = float(ce)
+    return loss, parts
+
+
+def make_optimizer(student: MABertModel, cfg: TrainConfig):
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup * cfg.steps))
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
+        return (step + 1) / warm if step < warm else max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def knowledge_transfer(student: MABertModel, teacher: MABertModel, stream: Iterator[Batch], cfg: TrainConfig,
+                       state_path: Path, resume: bool, progress=None, log=print) -> list[dict]:
+    """Stage 2, with a resumable state file written every cfg.checkpoint_every steps."""
+    optimizer, scheduler = make_optimizer(student, cfg)
+    start, history = 0, []
+    if resume and state_path.exists():
+        saved = torch.load(state_path, weights_only=False)
+        student.load_state_dict(saved["student"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start, history = saved["step"], saved["history"]
+        for _ in range(start):  # the data stream is seeded: skip what was consumed
+            next(stream)
+        log(f"resumed at step {start}")
+    teacher.eval()
+    started = time.monotonic()
+    steps = range(start, cfg.steps)
+    for step in progress(steps, initial=start, total=cfg.steps) if progress else steps:
+        batch = next(stream)
+        ids, mask, types = as_torch(batch)
+        with torch.no_grad():
+            teacher_out = teacher(ids, mask, types)
+        student.train()
+        loss, parts = kd_loss(student(ids, mask, types), teacher_out, mask)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        history.append({"step": step + 1, "loss": float(loss), **parts})
+        if not math.isfinite(float(loss)):
+            raise FloatingPointError(f"loss is {float(loss)} at step {step + 1}")
+        out_of_time = cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
+            torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "step": step + 1, "history": history},
+                       state_path.with_suffix(".tmp"))
+            state_path.with_suffix(".tmp").replace(state_path)
+            log(f"step {step + 1}: loss {float(loss):.4f} {parts}")
+        if out_of_time:
+            log(f"stopped after {cfg.max_minutes} minutes at step {step + 1} of {cfg.steps}")
+            break
+    return history
