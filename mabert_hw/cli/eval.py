@@ -1,0 +1,89 @@
+"""`mabert-hw eval`: a checkpoint's SST-2 accuracy or STS-B Spearman on any engine, optionally with a
+PoWER-BERT retention configuration."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import checkpoint
+from ..backends import BACKENDS, make_backend
+from ..errors import UserError
+from ..eval import tasks
+from ..power import parse_retention
+from ..power_search import encode, predict
+from ..report.tables import FORMATS, render
+from .common import add_checkpoint, emit, positive_int
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="SST-2 accuracy or STS-B Spearman of a checkpoint on an engine",
+        description="Evaluate a checkpoint on a GLUE dev file (or a data root holding glue/SST-2/dev.tsv, "
+        "glue/STS-B/dev.tsv). SST-2 needs a classifier (BertForSequenceClassification); STS-B scores "
+        "cosine similarity of mean-pooled vectors. --retention applies PoWER-BERT elimination.",
+    )
+    add_checkpoint(parser)
+    parser.add_argument("--task", choices=("sst2", "stsb"), required=True)
+    parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
+    parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference")
+    add_retention_argument(parser)
+    parser.add_argument("--seq-len", type=positive_int,
+                        help="pad/truncate every text to this many tokens (default: pad each batch to its longest)")
+    parser.add_argument("--limit", type=positive_int, help="only the first N examples")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    parser.set_defaults(run=run)
+
+
+def add_retention_argument(parser) -> None:
+    parser.add_argument("--retention", metavar="L1,..,LL|CONFIG.json",
+                        help="PoWER-BERT tokens kept after each layer, or a `power-search --out` file")
+
+
+def read_retention(text: str | None, layers: int) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    path = Path(text)
+    if path.suffix == ".json":
+        try:
+            retention = json.loads(path.read_text())["retention"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise UserError(f"{text}: not a power-search config ({error})") from None
+        text = ",".join(str(n) for n in retention)
+    return parse_retention(text, layers)
+
+
+def run(args) -> int:
+    ck = checkpoint.load(args.ckpt)
+    ck.require_weights("eval")
+    retention = read_retention(args.retention, ck.spec.layers)
+    if retention is not None and args.task == "stsb":
+        raise UserError("--retention needs --task sst2: STS-B mean-pools every token, PoWER-BERT keeps only some")
+    backend = make_backend(args.engine)
+    started = time.perf_counter()
+    if args.task == "sst2":
+        task = tasks.load_sst2(args.data, args.limit)
+        if not ck.spec.num_labels:
+            raise UserError(f"{ck.source} has no classification head: SST-2 accuracy needs a classifier")
+        batches = encode(ck, task.sentences, args.seq_len, args.batch_size)
+        predictions = predict(ck, retention, tqdm(batches, desc="sst2", leave=False), backend)
+        metric, value, n = "accuracy", 100.0 * float((predictions == task.labels).mean()), len(task.labels)
+    else:
+        if args.seq_len:
+            raise UserError("--seq-len applies to --task sst2 (STS-B pads each batch to its longest)")
+        task = tasks.load_stsb(args.data, args.limit)
+        value = tasks.stsb_spearman(ck, task, backend, batch_size=args.batch_size,
+                                    progress=lambda b: tqdm(b, desc="stsb", leave=False))
+        metric, n = "spearman", len(task.scores)
+    seconds = time.perf_counter() - started
+    row = {"checkpoint": ck.source, "task": args.task, "engine": args.engine, "examples": n,
+           "retention": "none" if retention is None else ",".join(map(str, retention)),
+           "seq_len": args.seq_len or "dynamic", metric: round(value, 2), "seconds": round(seconds, 2)}
+    emit(render([row], args.format), args.output)
+    return 0

@@ -1,0 +1,74 @@
+"""`mabert-hw power-search`: find a PoWER-BERT retention configuration for an accuracy budget,
+training-free, on a dev subset; print the accuracy/FLOPs frontier and write the chosen config."""
+
+from __future__ import annotations
+
+import json
+
+from tqdm import tqdm
+
+from .. import checkpoint
+from ..backends import BACKENDS, make_backend
+from ..errors import UserError
+from ..eval import tasks
+from ..power_search import Scorer, as_record, choose, encode, frontier, geometric_search, greedy_search
+from ..report.tables import FORMATS, render
+from .common import add_checkpoint, emit, positive_int
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "power-search",
+        help="search PoWER-BERT retention configurations within an accuracy budget (training-free)",
+        description="Score geometric and greedy per-layer retention schedules on the first --limit "
+        "examples of the dev file (fixed --seq-len padding, as the paper's N), print the frontier "
+        "(accuracy vs FLOPs of the subset) and write the cheapest schedule within --budget-loss.",
+    )
+    add_checkpoint(parser)
+    parser.add_argument("--task", choices=("sst2",), required=True)
+    parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
+    parser.add_argument("--budget-loss", type=float, default=1.0, help="accuracy points allowed to lose (default 1.0)")
+    parser.add_argument("--out", metavar="CONFIG.json", help="write the chosen configuration and frontier here")
+    parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both")
+    parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference")
+    parser.add_argument("--seq-len", type=positive_int, default=64,
+                        help="padded length N (default 64, the paper's SST-2 N)")
+    parser.add_argument("--limit", type=positive_int, default=400, help="dev examples scored (default 400)")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if args.budget_loss < 0:
+        raise UserError(f"--budget-loss must be >= 0, got {args.budget_loss}")
+    ck = checkpoint.load(args.ckpt)
+    ck.require_weights("power-search")
+    if not ck.spec.num_labels:
+        raise UserError(f"{ck.source} has no classification head: power-search needs a classifier")
+    task = tasks.load_sst2(args.data, args.limit)
+    batches = encode(ck, task.sentences, args.seq_len, args.batch_size)
+    bar = tqdm(desc="schedules scored", unit="schedule")
+    scorer = Scorer(ck, task.labels, batches, make_backend(args.engine), progress=lambda s: bar.update(1))
+    baseline = scorer(None, "baseline")
+    if args.method in ("geometric", "both"):
+        geometric_search(scorer, args.seq_len)
+    if args.method in ("greedy", "both"):
+        greedy_search(scorer, args.seq_len, args.budget_loss)
+    bar.close()
+    scored = list(scorer.scored.values())
+    chosen = choose(scored, baseline, args.budget_loss)
+    front = frontier(scored)
+    rows = [{"family": s.family, "retention": "none" if s.retention is None else ",".join(map(str, s.retention)),
+             "accuracy": round(s.accuracy, 2), "loss": round(baseline.accuracy - s.accuracy, 2),
+             "flops_ratio": round(baseline.flops / s.flops, 3), "chosen": s is chosen} for s in front]
+    emit(render(rows, args.format), None)
+    if args.out:
+        document = {"checkpoint": ck.source, "task": args.task, "seq_len": args.seq_len, "examples": len(task.labels),
+                    "engine": args.engine, "budget_loss": args.budget_loss,
+                    "retention": None if chosen.retention is None else list(chosen.retention),
+                    "accuracy": chosen.accuracy, "baseline_accuracy": baseline.accuracy,
+                    "flops": chosen.flops, "baseline_flops": baseline.flops,
+                    "frontier": [as_record(s) for s in front], "scored": [as_record(s) for s in scored]}
+        emit(json.dumps(document, indent=2), args.out)
+    return 0

