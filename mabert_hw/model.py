@@ -7,11 +7,27 @@ Each block reads as its equation (HF BertModel semantics, post-LN):
     x_l+1 = LN(x' + act(x' W_1^T + b_1) W_2^T + b_2)
     pooled = tanh(x_L[:, 0] W_p^T + b_p);  logits = pooled W_c^T + b_c
 Op names are the weight-key prefixes, so an op, its weights and its layer are found by name.
+
+MA-BERT blocks (W6WM9M/MA-BERT):
+- softmax="mlp": probs = W_2 relu(W_1 s + b_1) + b_2 on each score row s, Linear(n->h), Linear(h->n).
+  A row of T < n scores is read as zero-padded to n and the n - T extra outputs are dropped, which is
+  exactly the first T columns of W_1 and the first T rows of W_2, b_2 (so that is what runs). The
+  official code has no such rule: it pads every input to n = 128 tokens, whose extra key positions
+  then also receive (nonzero) weights on the [PAD] tokens' values; at T = n both agree. T > n: error.
+- mask="multiplicative": scores * m with m in {0, 1} (padded keys -> score 0) before the approximator.
+- norm="powernorm": the weights are FOLDED (fold.py): no norm op anywhere, 1/sqrt(D) lives in W_q,
+  each layer's output is in the basis x = A * u + c, and one `encoder.readout` affine reads the last
+  hidden state out (hidden_states[1..L-1] stay in their basis: fold.read_hidden_states maps them).
+
+PoWER-BERT (retention=(l_1..l_L), mabert_hw/power.py): after layer j's attention block, before its
+feed-forward, only CLS and the l_j - 1 tokens that receive the most attention go on, in original
+order, with their padding mask. hidden_states[j + 1] then has T_j = min(l_j, T_{j-1}) tokens.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +35,16 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import UserError
+from .fff import FFF_PREFIX
+from .power import Eliminator
 from .spec import ModelSpec
 from .weights import Weights, layer_prefix
 
 
 @dataclass
 class ForwardResult:
-    hidden_states: list[Any]  # L + 1 entries, each (B, T, C): embeddings output, then each layer
+    hidden_states: list[Any]  # L + 1 entries, each (B, T_l, C): embeddings output, then each layer
+    # (T_l = T throughout, except under PoWER-BERT retention, where layer l keeps T_l tokens)
     pooled: Any | None  # (B, C) pooler output, when the model has a pooler
     logits: Any | None  # (B, num_labels), when the model has a classification head
 
@@ -37,15 +56,9 @@ class ForwardResult:
 def executable_problem(spec: ModelSpec) -> str | None:
     """Why this variant cannot run yet, or None. Each variant's issue fills in its blocks."""
     v = spec.variant
-    unsupported = [
-        (v.softmax != "exact", f"softmax={v.softmax}"),
-        (v.norm != "layernorm", f"norm={v.norm}"),
-        (v.ffn != "dense", f"ffn={v.ffn}"),
-        (v.retention is not None, "retention (PoWER-BERT)"),
-        (v.mask != "additive", f"mask={v.mask}"),
-    ]
-    missing = [label for bad, label in unsupported if bad]
-    return f"variant {', '.join(missing)} is not executable yet" if missing else None
+    if v.softmax == "mlp" and v.mask != "multiplicative":
+        return "softmax=mlp needs mask=multiplicative (an additive -inf mask cannot enter a linear layer)"
+    return None
 
 
 def forward(
@@ -66,6 +79,9 @@ def forward(
     B, T = input_ids.shape
     if T > spec.max_positions:
         raise UserError(f"{T} tokens exceed the model's {spec.max_positions} positions")
+    if spec.variant.softmax == "mlp" and T > spec.variant.softmax_input:
+        raise UserError(f"{T} tokens exceed the softmax approximator's input size "
+                        f"{spec.variant.softmax_input}: truncate inputs to {spec.variant.softmax_input} tokens")
     if attention_mask is None:
         attention_mask = np.ones((B, T), np.int64)
     if token_type_ids is None:
@@ -77,9 +93,17 @@ def forward(
     x = embeddings(backend, spec, w, input_ids, token_type_ids)
     hidden_states = [x]
     mask = backend.mask_bias(backend.asarray(attention_mask), spec.variant.mask)  # (B, 1, 1, T)
+    eliminator = None
+    if spec.variant.retention is not None:
+        eliminator = Eliminator(backend, spec.variant.retention, backend.asarray(attention_mask), spec.variant.mask)
     for layer in range(spec.layers):
-        x = encoder_layer(backend, spec, w, layer_prefix(layer), x, mask)
+        eliminate = None if eliminator is None else partial(eliminator, layer)
+        x = encoder_layer(backend, spec, w, layer_prefix(layer), x, mask, eliminate)
+        mask = mask if eliminator is None else eliminator.mask  # (B, 1, 1, T_l)
         hidden_states.append(x)
+    if spec.variant.norm == "powernorm":  # undo the folded basis where the output is read
+        x = backend.affine("encoder.readout", x, w("encoder.readout.scale"), w("encoder.readout.shift"))
+        hidden_states[-1] = x
 
     pooled = logits = None
     if spec.has_pooler:
@@ -88,7 +112,8 @@ def forward(
         pooled = backend.activation("pooler.activation", dense, "tanh")
     if spec.num_labels:
         logits = backend.linear("classifier", pooled, w("classifier.weight"), w("classifier.bias"))
-    return ForwardResult(hidden_states, pooled, logits)
+    done = backend.finished  # backends that defer work (fast) complete what leaves forward
+    return ForwardResult([done(h) for h in hidden_states], done(pooled), done(logits))
 
 
 def embeddings(bk: Backend, spec: ModelSpec, w, input_ids, token_type_ids):
@@ -105,11 +130,13 @@ def embeddings(bk: Backend, spec: ModelSpec, w, input_ids, token_type_ids):
     return norm(bk, spec, w, p + "LayerNorm", x)
 
 
-def encoder_layer(bk: Backend, spec: ModelSpec, w, p: str, x, mask):
-    attn = self_attention(bk, spec, w, p + "attention.self.", x, mask)  # (B, T, C)
+def encoder_layer(bk: Backend, spec: ModelSpec, w, p: str, x, mask, eliminate=None):
+    attn, probs = self_attention(bk, spec, w, p + "attention.self.", x, mask)  # (B, T, C), (B, H, T, T)
     attn = bk.linear(p + "attention.output.dense", attn, w(p + "attention.output.dense.weight"),
                      w(p + "attention.output.dense.bias"))
     x = norm(bk, spec, w, p + "attention.output.LayerNorm", bk.add(p + "attention.output.residual", x, attn))
+    if eliminate is not None:  # PoWER-BERT: (B, T, C) -> (B, l_j, C)
+        x = eliminate(p, x, probs)
     ffn = feed_forward(bk, spec, w, p, x)
     return norm(bk, spec, w, p + "output.LayerNorm", bk.add(p + "output.residual", x, ffn))
 
@@ -121,18 +148,39 @@ def self_attention(bk: Backend, spec: ModelSpec, w, p: str, x, mask):
 
     q, k, v = project("query"), project("key"), project("value")
     scores = bk.matmul(p + "scores", q, k, transpose_b=True)  # (B, H, T, T)
-    scores = bk.scale(p + "scale", scores, 1.0 / math.sqrt(spec.head_dim))
+    if spec.variant.norm != "powernorm":  # folded into W_q otherwise
+        scores = bk.scale(p + "scale", scores, 1.0 / math.sqrt(spec.head_dim))
     scores = bk.mask_scores(p + "mask", scores, mask, spec.variant.mask)
-    probs = bk.softmax(p + "softmax", scores)  # (B, H, T, T)
+    if spec.variant.softmax == "mlp":
+        probs = softmax_approximator(bk, spec, w, p, scores)  # (B, H, T, T)
+    else:
+        probs = bk.softmax(p + "softmax", scores)  # (B, H, T, T)
     context = bk.matmul(p + "context", probs, v)  # (B, H, T, D)
-    return bk.merge_heads(context)  # (B, T, C)
+    return bk.merge_heads(context), probs  # (B, T, C), (B, H, T, T)
+
+
+def softmax_approximator(bk: Backend, spec: ModelSpec, w, p: str, scores):
+    T = scores.shape[-1]
+    stack = ("" if spec.variant.share_softmax else p) + "softmax.linear_relu_stack."  # weights.approximator_prefix
+    w1 = bk.truncate(w(stack + "0.weight"), T, axis=1)  # (h, T)
+    hidden = bk.linear(p + "softmax.linear_relu_stack.0", scores, w1, w(stack + "0.bias"))  # (B, H, T, h)
+    hidden = bk.activation(p + "softmax.linear_relu_stack.1", hidden, "relu")
+    w2, b2 = bk.truncate(w(stack + "2.weight"), T, axis=0), bk.truncate(w(stack + "2.bias"), T, axis=0)
+    return bk.linear(p + "softmax.linear_relu_stack.2", hidden, w2, b2)  # (B, H, T, T)
 
 
 def feed_forward(bk: Backend, spec: ModelSpec, w, p: str, x):
+    v = spec.variant
+    if v.ffn == "fff":  # y = sum over trees of the hard-path walk (mabert_hw/fff.py), no output bias
+        f = p + FFF_PREFIX
+        return bk.fff(f.rstrip("."), x, w(f + "linear_in.weight"), w(f + "linear_in.bias"),
+                      w(f + "linear_out.weight"), v.fff_depth, v.fff_trees)  # (B, T, C)
     h = bk.linear(p + "intermediate.dense", x, w(p + "intermediate.dense.weight"), w(p + "intermediate.dense.bias"))
     h = bk.activation(p + "intermediate.activation", h, spec.variant.ffn_activation)  # (B, T, F)
     return bk.linear(p + "output.dense", h, w(p + "output.dense.weight"), w(p + "output.dense.bias"))
 
 
 def norm(bk: Backend, spec: ModelSpec, w, name: str, x):
+    if spec.variant.norm == "powernorm":  # folded into the adjacent linear layers (fold.py)
+        return x
     return bk.layernorm(name, x, w(name + ".weight"), w(name + ".bias"), spec.eps)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fff import FFF_PREFIX, fff_shapes
 from .spec import ModelSpec
 
 Weights = dict[str, np.ndarray]
@@ -37,10 +38,15 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         shapes[f"{p}attention.output.dense.bias"] = (C,)
         shapes[f"{p}attention.output.LayerNorm.weight"] = (C,)
         shapes[f"{p}attention.output.LayerNorm.bias"] = (C,)
-        shapes[f"{p}intermediate.dense.weight"] = (F, C)
-        shapes[f"{p}intermediate.dense.bias"] = (F,)
-        shapes[f"{p}output.dense.weight"] = (C, F)
-        shapes[f"{p}output.dense.bias"] = (C,)
+        if spec.variant.ffn == "fff":  # UltraFastBERT: linear_in with bias, linear_out without
+            v = spec.variant
+            for key, shape in fff_shapes(C, v.fff_depth, v.fff_trees).items():
+                shapes[f"{p}{FFF_PREFIX}{key}"] = shape
+        else:
+            shapes[f"{p}intermediate.dense.weight"] = (F, C)
+            shapes[f"{p}intermediate.dense.bias"] = (F,)
+            shapes[f"{p}output.dense.weight"] = (C, F)
+            shapes[f"{p}output.dense.bias"] = (C,)
         shapes[f"{p}output.LayerNorm.weight"] = (C,)
         shapes[f"{p}output.LayerNorm.bias"] = (C,)
     if spec.has_pooler:
@@ -49,6 +55,25 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     if spec.num_labels:
         shapes["classifier.weight"] = (spec.num_labels, C)
         shapes["classifier.bias"] = (spec.num_labels,)
+    return _ma_shapes(spec, shapes)
+
+
+def approximator_prefix(spec: ModelSpec, layer: int) -> str:
+    """Where layer `layer` reads its MA-BERT softmax approximator (shared: one for all layers)."""
+    owner = "" if spec.variant.share_softmax else layer_prefix(layer) + "attention.self."
+    return owner + "softmax.linear_relu_stack."
+
+
+def _ma_shapes(spec: ModelSpec, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """MA-BERT: approximator Linear(n->h), Linear(h->n); PowerNorm stored folded (see fold.py)."""
+    v = spec.variant
+    if v.norm == "powernorm":
+        shapes = {k: s for k, s in shapes.items() if ".LayerNorm." not in k}
+        shapes["encoder.readout.scale"] = shapes["encoder.readout.shift"] = (spec.hidden,)
+    if v.softmax == "mlp":
+        n, h = v.softmax_input, v.softmax_hidden
+        for p in dict.fromkeys(approximator_prefix(spec, layer) for layer in range(spec.layers)):
+            shapes.update({p + "0.weight": (h, n), p + "0.bias": (h,), p + "2.weight": (n, h), p + "2.bias": (n,)})
     return shapes
 
 
@@ -64,6 +89,6 @@ def random_weights(spec: ModelSpec, seed: int = 0, std: float = 0.02) -> Weights
     rng = np.random.default_rng(seed)
     weights: Weights = {}
     for key, shape in expected_shapes(spec).items():
-        offset = 1.0 if key.endswith("LayerNorm.weight") else 0.0
+        offset = 1.0 if key.endswith(("LayerNorm.weight", "readout.scale")) else 0.0
         weights[key] = (offset + rng.normal(0.0, std, shape)).astype(np.float32)
     return weights

@@ -11,6 +11,8 @@ from .base import Backend, Op
 BACKENDS = {
     "reference": "mabert_hw.backends.reference:ReferenceBackend",
     "trace": "mabert_hw.backends.trace:TraceBackend",
+    "fixed": "mabert_hw.backends.fixed:FixedBackend",
+    "fast": "mabert_hw.backends.fast:FastBackend",
 }
 
 

@@ -78,6 +78,10 @@ class Backend:
         """Bring a weight or input into this backend's representation."""
         raise NotImplementedError
 
+    def finished(self, value):
+        """A value that leaves forward (hidden state, pooled, logits), or None, in final form."""
+        return value
+
     # --- operations of the math ----------------------------------------------------------------
     def embedding(self, name: str, table, ids):  # (V, C)[(B, T)] -> (B, T, C)
         out = self._embedding(table, ids)
@@ -125,9 +129,43 @@ class Backend:
         self._log(kind, name, [x], [], out)
         return out
 
+    def affine(self, name: str, x, scale, shift):  # per channel: x * scale + shift, (C,) params
+        out = self._affine(x, scale, shift)
+        self._log("affine", name, [x], [scale, shift], out)
+        return out
+
+    def fff(self, name: str, x, w_in, b_in, w_out, depth: int, trees: int):
+        """UltraFastBERT fast feed-forward, hard path (mabert_hw/fff.py): (..., C) -> (..., C_out).
+
+        w_in (K*N, C), b_in (K*N,), w_out (C_out, K*N): linear_in / linear_out in torch layout.
+        """
+        out = self._fff(x, w_in, b_in, w_out, depth, trees)
+        self._log("fff", name, [x], [w_in, b_in, w_out], out, depth=depth, trees=trees)
+        return out
+
     def first_token(self, name: str, x):  # (B, T, C) -> (B, C): the CLS row for the pooler
         out = self._first_token(x)
         self._log("slice", name, [x], [], out)
+        return out
+
+    # --- PoWER-BERT word-vector elimination (mabert_hw/power.py) -----------------------------------
+    def significance(self, name: str, probs, token_mask):
+        """(B, H, T, T) attention probs, (B, T) 0/1 mask -> (B, T) attention each token receives:
+        s[k] = (1/H) sum_h sum_{real q != k} A[h, q, k]; padded tokens get -inf (never kept first)."""
+        out = self._significance(probs, token_mask)
+        self._log("significance", name, [probs, token_mask], [], out)
+        return out
+
+    def top_tokens(self, name: str, significance, keep: int):
+        """(B, T) significance -> (B, keep) int64 indices: CLS (0) and the `keep - 1` most significant
+        others (ties: lower index first), in original order."""
+        out = self._top_tokens(significance, keep)
+        self._log("top_tokens", name, [significance], [], out, keep=keep)
+        return out
+
+    def select_tokens(self, name: str, x, index):  # (B, T, ...)[(B, K)] -> (B, K, ...): a gather
+        out = self._select_tokens(x, index)
+        self._log("gather", name, [x, index], [], out)
         return out
 
     # --- layout (views, not ops) ---------------------------------------------------------------
@@ -135,6 +173,11 @@ class Backend:
         raise NotImplementedError
 
     def merge_heads(self, x):  # (B, H, T, D) -> (B, T, C)
+        raise NotImplementedError
+
+    def truncate(self, x, length: int, axis: int):
+        """The first `length` entries of x along `axis` (a view, e.g. the approximator weights that
+        meet the T real score columns of a row zero-padded to n)."""
         raise NotImplementedError
 
     def mask_bias(self, attention_mask, mode: str):

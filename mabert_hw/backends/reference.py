@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import erf
 
+from ..fff import fff_reference
+from ..numerics import gelu
 from .base import Backend, additive_mask_bias
 
 
@@ -53,15 +54,41 @@ class ReferenceBackend(Backend):
 
     def _activation(self, x, kind):
         if kind == "gelu":
-            return self.dtype(0.5) * x * (self.dtype(1.0) + erf(x / self.dtype(np.sqrt(2.0))))
+            return gelu(x)
         if kind == "relu":
             return np.maximum(x, self.dtype(0.0))
         if kind == "tanh":
             return np.tanh(x)
         raise ValueError(f"unknown activation {kind!r}")
 
+    def _affine(self, x, scale, shift):
+        return x * scale + shift
+
+    def _fff(self, x, w_in, b_in, w_out, depth, trees):
+        return fff_reference(x, w_in, b_in, w_out, depth, trees)
+
     def _first_token(self, x):
         return x[:, 0]
+
+    def _significance(self, probs, token_mask):
+        real = token_mask.astype(self.dtype)  # (B, T)
+        received = np.einsum("bhqk,bq->bk", probs, real)  # summed over heads and real queries
+        self_attention = np.einsum("bhkk->bk", probs) * real  # the diagonal q == k, real q only
+        significance = (received - self_attention) / self.dtype(probs.shape[1])  # (B, T)
+        return np.where(token_mask > 0, significance, -np.inf).astype(self.dtype)
+
+    def _top_tokens(self, significance, keep):
+        order = np.argsort(-significance[:, 1:], axis=1, kind="stable")[:, :keep - 1] + 1  # (B, keep-1)
+        cls = np.zeros((significance.shape[0], 1), np.int64)
+        return np.sort(np.concatenate([cls, order], axis=1), axis=1)  # (B, keep)
+
+    def _select_tokens(self, x, index):
+        return np.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+    def truncate(self, x, length, axis):
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(0, length)
+        return x[tuple(index)]
 
     def split_heads(self, x, heads):
         B, T, C = x.shape

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..fff import n_nodes
 from .base import Backend, Shape
 
 
@@ -66,8 +67,39 @@ class TraceBackend(Backend):
     def _activation(self, x, kind):
         return x
 
+    def _affine(self, x, scale, shift):
+        return Shaped(np.broadcast_shapes(x.shape, scale.shape, shift.shape))
+
+    def _fff(self, x, w_in, b_in, w_out, depth, trees):
+        nodes = trees * n_nodes(depth)
+        if x.shape[-1] != w_in.shape[1] or w_out.shape[1] != nodes or w_in.shape[0] != nodes or b_in.shape != (nodes,):
+            raise ValueError(f"fff: input {x.shape} does not fit weights {w_in.shape}, {b_in.shape}, {w_out.shape}")
+        return Shaped(x.shape[:-1] + (w_out.shape[0],))
+
     def _first_token(self, x):
         return Shaped(x.shape[:1] + x.shape[2:])
+
+    def _significance(self, probs, token_mask):
+        B, H, T, _ = probs.shape
+        if token_mask.shape != (B, T):
+            raise ValueError(f"significance: mask {token_mask.shape} does not fit probs {probs.shape}")
+        return Shaped((B, T))
+
+    def _top_tokens(self, significance, keep):
+        B, T = significance.shape
+        if not 1 <= keep <= T:
+            raise ValueError(f"top_tokens: cannot keep {keep} of {T} tokens")
+        return Shaped((B, keep), "int64")
+
+    def _select_tokens(self, x, index):
+        if index.shape[0] != x.shape[0]:
+            raise ValueError(f"select_tokens: index {index.shape} does not fit {x.shape}")
+        return Shaped(index.shape + x.shape[2:], x.dtype)
+
+    def truncate(self, x, length, axis):
+        shape = list(x.shape)
+        shape[axis] = min(shape[axis], length)
+        return Shaped(tuple(shape))
 
     def split_heads(self, x, heads):
         B, T, C = x.shape

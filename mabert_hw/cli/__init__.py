@@ -9,7 +9,8 @@ from importlib import import_module
 from ..errors import UserError
 
 # Each module defines register(subparsers), which adds its parser and sets `run`.
-COMMANDS = ("profile", "check", "infer")
+COMMANDS = ("profile", "check", "infer", "bench", "bench_ffn", "convert", "softmax_error", "compare", "eval", "power_search",
+            "quant_error", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,8 @@
   `gemm_flops` = 2 * MACs alone, the figure torch's FlopCounterMode reports.
 - Params: elements of the parameter operands; an embedding table counts whole.
 - Bytes at `bytes_per_element`: activation bytes = inputs read + output written; weight bytes =
-  parameter elements read (an embedding reads only the gathered rows, B*T*C).
+  parameter elements read (an embedding reads only the gathered rows, B*T*C; an FFF only the
+  visited nodes' rows, see fff_walk_counts).
 - An op kind without a rule is returned in `unknown`, never counted as zero.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from math import prod
+from math import ceil, log2, prod
 
 import numpy as np
 
@@ -88,6 +89,35 @@ def _gelu(op: Op) -> tuple[int, Counter]:
     return 0, Counter(mul=3 * n, add=n, erf=n)
 
 
+def fff_walk_counts(op: Op) -> dict[str, int]:
+    """What the FFF hard-path walk does (mabert_hw/fff.py), for M tokens, K trees, depth d:
+    M*K*(d+1) visited nodes, each one dot product of C (x . w_in[n]) and one axpy of C_out
+    (y += a * w_out[:, n]: the output accumulation is counted, not dropped); M*K*d comparisons
+    (the last level's logit chooses nothing); each visit gathers one w_in row, one bias and one
+    w_out column, 4 * (C + 1 + C_out) bytes at fp32 with no cache reuse assumed."""
+    (x,) = op.inputs
+    rows, C = _rows(x)
+    C_out = op.output[-1]
+    depth, trees = op.attr("depth"), op.attr("trees")
+    visits = rows * trees * (depth + 1)
+    return {
+        "node_dots": visits,
+        "dot_macs": visits * C,
+        "axpy_macs": visits * C_out,
+        "comparisons": rows * trees * depth,
+        "gathered_rows": visits,
+        "gathered_elements": visits * (C + 1 + C_out),
+    }
+
+
+def _fff(op: Op) -> tuple[int, Counter]:
+    # per visited node: logit = dot + b (add), a = GELU(logit) (3 mul, add, erf), y += a * w_out (MACs)
+    walk = fff_walk_counts(op)
+    visits = walk["node_dots"]
+    return walk["dot_macs"] + walk["axpy_macs"], Counter(
+        add=2 * visits, mul=3 * visits, erf=visits, cmp=walk["comparisons"])
+
+
 def _elementwise(primitive: str) -> Callable[[Op], tuple[int, Counter]]:
     def rule(op: Op) -> tuple[int, Counter]:
         return 0, Counter({primitive: prod(op.output)})
@@ -103,6 +133,28 @@ def _mask(op: Op) -> tuple[int, Counter]:
     return 0, Counter({"add" if op.attr("mode") == "additive" else "mul": prod(op.output)})
 
 
+def _affine(op: Op) -> tuple[int, Counter]:
+    # x * scale + shift, per channel (the read-out of a folded PowerNorm basis)
+    n = prod(op.output)
+    return 0, Counter(mul=n, add=n)
+
+
+def _significance(op: Op) -> tuple[int, Counter]:
+    # PoWER-BERT: per key k, sum the H*T probabilities it receives, subtract the H diagonal ones
+    # (H*T - 1 + H adds), times 1/H (one mul); masking the padded queries and keys is a select.
+    B, H, T, _ = op.inputs[0]
+    return 0, Counter(add=B * T * (H * T - 1 + H), mul=B * T)
+
+
+def _top_tokens(op: Op) -> tuple[int, Counter]:
+    # Convention: a selection of the keep - 1 largest of T - 1 values by a bounded heap costs
+    # (T - 1) * ceil(log2(keep)) comparisons (at least one each); sorting the kept indices back into
+    # original order costs keep * ceil(log2(keep)) more.
+    (B, T), keep = op.inputs[0], op.attr("keep")
+    depth = max(1, ceil(log2(max(keep, 2))))
+    return 0, Counter(cmp=B * ((T - 1) + keep) * depth)
+
+
 RULES: dict[str, Callable[[Op], tuple[int, Counter]]] = {
     "linear": _linear,
     "matmul": _matmul,
@@ -114,8 +166,13 @@ RULES: dict[str, Callable[[Op], tuple[int, Counter]]] = {
     "add": _elementwise("add"),
     "scale": _elementwise("mul"),
     "mask": _mask,
+    "affine": _affine,
+    "fff": _fff,
     "embedding": _free,  # a gather: memory traffic only
     "slice": _free,
+    "significance": _significance,
+    "top_tokens": _top_tokens,
+    "gather": _free,  # PoWER-BERT token selection: memory traffic only
 }
 
 
@@ -124,6 +181,11 @@ def count_op(op: Op, bytes_per_element: float = 4) -> OpCount:
     params = sum(prod(w) for w in op.weights)
     if op.kind == "embedding":  # reads the gathered rows; the integer ids are not counted
         weight_elements, activation_elements = prod(op.output), prod(op.output)
+    elif op.kind == "slice":  # reads only the rows it keeps, then writes them
+        weight_elements, activation_elements = 0, 2 * prod(op.output)
+    elif op.kind == "fff":  # reads only the visited nodes' rows
+        weight_elements = fff_walk_counts(op)["gathered_elements"]
+        activation_elements = sum(prod(s) for s in op.inputs) + prod(op.output)
     else:
         weight_elements = params
         activation_elements = sum(prod(s) for s in op.inputs) + prod(op.output)
