@@ -147,6 +147,15 @@ before the engine runs, {record['gemm_gflops_after']:.1f} GFLOP/s after.
 
 ![ratio to torch eager](engines.png)
 
+## Reading these numbers
+
+The load average above counts runnable processes on 2 cores. Under such load a 2-thread engine
+waits at each parallel region until its second thread is scheduled. The fast engine has about 12
+such regions per layer (6 BLAS GEMMs, 6 Numba kernels); the profile below shows it under load: the
+Q/K/V bias adds (`split_heads`), which do almost no work, take a visible share of the time. torch
+eager falls apart the same way; onnxruntime suffers much less (not investigated). So under load the
+2-thread rows mostly measure the scheduler; the 1-thread rows compare the engines themselves.
+
 ## Where the fast engine's time goes (B=8, T=128, mean ms per forward)
 
 Deferred work lands on the call that consumes it: `linear` = BLAS GEMM only, `activation` = bias +
