@@ -1,0 +1,49 @@
+"""Re-time PoWER-BERT schedules against the same model without elimination, in one run (interleaved
+rounds, medians), on the first --sentences SST-2 dev sentences padded to N = 64 -> a JSON record.
+
+    python analysis/power_sst2_timing.py 48,27,20,15,11,1 42,27,18,11,7,5 --sentences 256 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from power_sst2 import ROOT, speedups
+
+from mabert_hw import checkpoint
+from mabert_hw.backends import make_backend
+from mabert_hw.eval.tasks import load_sst2
+from mabert_hw.power import parse_retention
+from mabert_hw.power_search import encode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("schedules", nargs="+", help="retention configurations, L1,..,LL")
+    parser.add_argument("--ckpt", default=str(Path.home() / ".cache/mabert-hw/minilm-sst2"))
+    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--engine", default="fast")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--sentences", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert" / "timing_recheck.json")
+    args = parser.parse_args()
+    ck = checkpoint.load(args.ckpt)
+    options = {"threads": args.threads} if args.engine == "fast" else {}
+    backend = make_backend(args.engine, **options)
+    batches = encode(ck, load_sst2(args.data, args.sentences).sentences, args.seq_len)
+    schedules = {text: parse_retention(text, ck.spec.layers) for text in args.schedules}
+    result = speedups(ck, schedules, batches, backend, args.repeats)
+    record = {"engine": args.engine, "threads": args.threads, "seq_len": args.seq_len, "sentences": args.sentences,
+              "repeats": args.repeats, "load_average_1min_at_end": os.getloadavg()[0],
+              "median_seconds": {k: v[0] for k, v in result.items()}, "speedup": {k: v[1] for k, v in result.items()}}
+    args.out.write_text(json.dumps(record, indent=2))
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
