@@ -1,9 +1,12 @@
 """Fixed-point / integer simulation backend: the reference forward with every op quantized per a
 QuantConfig, the GEMMs and requantizations bit-exact with real engines (mabert_hw.quant).
 
-Data between ops are float32 arrays holding dequantized codes, scale * (q - zero_point), which the
-next op re-quantizes exactly when it uses the same format (|q| < 2^22 survives the float32 round
-trip). Each op quantizes its activation operands with the ranges calibrated for "<op>:in0|in1" and
+Data between ops are float32 arrays holding dequantized codes, f32(scale) * f32(q - zero_point), which
+the next op re-quantizes exactly when it uses the same format (|q| < 2^22 survives the float32 round
+trip). Inside an op codes stay in float arrays of exact integers (float32 on the onnxruntime / torch
+paths): quantize_codes, exact_matmul on centred codes against weights quantized once per op and
+cached, requantize_codes; int64 only where the integer engines (tflite, dyadic, integer-only
+non-linearities) need it. Each op quantizes its activation operands with the ranges calibrated for "<op>:in0|in1" and
 writes its result in the format calibrated for "<op>:out" (an op boundary is a requantization to the
 consumer's format, the identity when the formats agree). A tensor never calibrated is quantized with
 its own current range (dynamic quantization).
@@ -31,10 +34,10 @@ import numpy as np
 
 from ..quant.calibrate import MASKED, Calibration
 from ..quant.config import OpSettings, QuantConfig
-from ..quant.formats import IntFormat, QParams, choose_qparams, dequantize, quantize, weight_qparams
-from ..quant.intgemm import int_matmul, int_matmul_u8s8_avx2, limit_accumulator
+from ..quant.formats import IntFormat, QParams, choose_qparams, dequantize, quantize, quantize_codes, weight_qparams
+from ..quant.intgemm import exact_matmul, int_matmul, int_matmul_u8s8_avx2, limit_accumulator
 from ..quant.intops import int_add, int_gelu, int_layernorm, int_rescale, int_softmax
-from ..quant.requant import requantize
+from ..quant.requant import requantize, requantize_codes
 from .reference import ReferenceBackend
 
 FLOAT_ENGINE_MODES = ("ort", "fbgemm", "qnnpack")  # engines that quantize activations in float32
@@ -104,10 +107,11 @@ class FixedBackend(ReferenceBackend):
 
     # --- formats -----------------------------------------------------------------------------------
     def _act_qparams(self, slot: str, s: OpSettings, x=None, nonneg: bool = False) -> QParams:
-        key = (self._op[0], slot, s.act_bits, s.act_symmetric, s.calibrator, s.percentile, s.pow2)
+        bits = s.out_bits if slot == "out" and s.out_bits else s.act_bits
+        key = (self._op[0], slot, bits, s.act_symmetric, s.calibrator, s.percentile, s.pow2)
         if key in self._qparams:
             return self._qparams[key]
-        signed_probe = IntFormat(s.act_bits, signed=True)
+        signed_probe = IntFormat(bits, signed=True)
         span = self.calibration.range(f"{self._op[0]}:{slot}", s.calibrator, signed_probe, s.act_symmetric,
                                       s.percentile)
         dynamic = span is None
@@ -115,29 +119,56 @@ class FixedBackend(ReferenceBackend):
             data = np.asarray(x)[np.asarray(x) > MASKED]
             span = (float(data.min(initial=0.0)), float(data.max(initial=0.0)))
         lo, hi = (0.0, span[1]) if nonneg else span
-        fmt = IntFormat(s.act_bits, signed=s.act_symmetric and lo < 0)
+        fmt = IntFormat(bits, signed=s.act_symmetric and lo < 0)
         qp = choose_qparams(lo, hi, fmt, s.act_symmetric, s.pow2)
         if not dynamic:
             self._qparams[key] = qp
         return qp
 
     def _quantize_act(self, x, slot: str, s: OpSettings, nonneg: bool = False):
+        """(codes as a float array of exact integers, their QParams)."""
         qp = self._act_qparams(slot, s, x, nonneg)
         float32 = s.requant in FLOAT_ENGINE_MODES
-        return quantize(x, qp, s.rounding, self._rng, float32=float32), qp
+        return quantize_codes(x, qp, s.rounding, self._rng, float32=float32), qp
 
-    def _weight(self, w, s: OpSettings):
-        key = (self._op[0], s.weight_bits, s.weight_granularity, s.group_size, s.weight_symmetric, s.pow2)
+    def _quantize_int(self, x, slot: str, s: OpSettings):
+        """(int64 codes, QParams): the operands of the integer-only ops."""
+        q, qp = self._quantize_act(x, slot, s)
+        return q.astype(np.int64), qp
+
+    def _weight(self, w, s: OpSettings, kind: str = "codes"):
+        """Quantized weights, cached per op and format (quantized once, not on every call):
+        kind "codes": (int64 codes, QParams); "gemm": (centred codes (K, N) as float32 for
+        exact_matmul, max |centred code|); "values": the dequantized float32 array."""
+        key = (self._op[0], kind, w.shape, s.weight_bits, s.weight_granularity, s.group_size,
+               s.weight_symmetric, s.pow2, s.rounding)
         if key not in self._weights:
-            qp = weight_qparams(w, IntFormat(s.weight_bits), s.weight_granularity, s.weight_symmetric, s.pow2,
-                                s.group_size)
-            self._weights[key] = (quantize(w, qp, s.rounding, self._rng), qp)
+            if kind == "codes":
+                qp = weight_qparams(w, IntFormat(s.weight_bits), s.weight_granularity, s.weight_symmetric,
+                                    s.pow2, s.group_size)
+                self._weights[key] = (quantize(w, qp, s.rounding, self._rng), qp)
+            else:
+                q, qp = self._weight(w, s)
+                if kind == "values":
+                    self._weights[key] = dequantize(q, qp).astype(self.dtype)
+                else:
+                    centred = q - qp.zero_point  # (N, K)
+                    self._weights[key] = (np.ascontiguousarray(centred.T, np.float32), int(np.abs(centred).max()))
         return self._weights[key]
+
+    def _values(self, q, qp: QParams):
+        """Codes -> the float32 data passed between ops, f32(scale) * f32(q - zero_point). The next op
+        re-quantizes them exactly: x / scale is within 2^-23 relative of q, so rint returns q while
+        |q| < 2^22 (every format here has <= 16 bits)."""
+        if qp.group_size or np.ndim(qp.scale):
+            return dequantize(q, qp).astype(self.dtype)
+        zero_point, scale = self.dtype(qp.zero_point), self.dtype(qp.scale)
+        return (np.asarray(q, self.dtype) - zero_point) * scale
 
     def _output(self, y, s: OpSettings, nonneg: bool = False):
         """Write a float result in the op's output format (quantize, then dequantize)."""
         q, qp = self._quantize_act(y, "out", s, nonneg)
-        return dequantize(q, qp).astype(self.dtype)
+        return self._values(q, qp)
 
     # --- GEMMs ---------------------------------------------------------------------------------------
     def _accumulate(self, acc, s: OpSettings):
@@ -154,17 +185,18 @@ class FixedBackend(ReferenceBackend):
         lead, K = xq.shape[:-1], xq.shape[-1]
         xq = xq.reshape(-1, K)  # (M, K)
         if s.weight_granularity == "group":
-            return self._group_linear(xq, xqp, wq, wqp, bias, s).reshape(*lead, -1)
-        w_zp = wqp.zero_point.reshape(-1)
+            return self._group_linear(xq.astype(np.int64), xqp, wq, wqp, bias, s).reshape(*lead, -1)
         if s.accumulate == "avx2_u8s8" and not xqp.fmt.signed and xqp.fmt.bits == 8 and wqp.fmt.bits == 8:
-            acc = int_matmul_u8s8_avx2(xq, wq.T, int(xqp.zero_point), w_zp)
+            acc = int_matmul_u8s8_avx2(xq, wq.T, int(xqp.zero_point), wqp.zero_point.reshape(-1))
         else:
-            acc = int_matmul(xq, wq.T, xqp.zero_point, w_zp)  # (M, N)
+            w_centred, w_bound = self._weight(weight, s, "gemm")  # (K, N)
+            xc = xq - xq.dtype.type(xqp.zero_point)  # (M, K) centred codes, exact
+            acc = exact_matmul(xc, w_centred, _centred_bound(xqp) * w_bound)  # (M, N)
         acc = self._accumulate(acc, s)
         yqp = self._act_qparams("out", s)
-        yq = requantize(acc, s.requant, float(xqp.scale), wqp.scale.reshape(-1), float(yqp.scale),
-                        int(yqp.zero_point), yqp.fmt, bias)
-        return dequantize(yq, yqp).astype(self.dtype).reshape(*lead, -1)
+        yq = requantize_codes(acc, s.requant, float(xqp.scale), wqp.scale.reshape(-1), float(yqp.scale),
+                              int(yqp.zero_point), yqp.fmt, bias)
+        return self._values(yq, yqp).reshape(*lead, -1)
 
     def _group_linear(self, xq, xqp, wq, wqp, bias, s):
         g = s.group_size
@@ -184,18 +216,19 @@ class FixedBackend(ReferenceBackend):
         bq, bqp = self._quantize_act(b, "in1", s)
         if transpose_b:
             bq = np.swapaxes(bq, -1, -2)
-        acc = self._accumulate(int_matmul(aq, bq, aqp.zero_point, bqp.zero_point), s)
+        ac, bc = aq - aq.dtype.type(aqp.zero_point), bq - bq.dtype.type(bqp.zero_point)  # centred, exact
+        acc = self._accumulate(exact_matmul(ac, bc, _centred_bound(aqp) * _centred_bound(bqp)), s)
         yqp = self._act_qparams("out", s)
-        yq = requantize(acc, s.requant, float(aqp.scale), float(bqp.scale), float(yqp.scale),
-                        int(yqp.zero_point), yqp.fmt)
-        return dequantize(yq, yqp).astype(self.dtype)
+        yq = requantize_codes(acc, s.requant, float(aqp.scale), float(bqp.scale), float(yqp.scale),
+                              int(yqp.zero_point), yqp.fmt)
+        return self._values(yq, yqp)
 
     def _embedding(self, table, ids):
         s = self._settings()
         if not s.quantize:
             return super()._embedding(table, ids)
-        tq, tqp = self._weight(table, replace(s, weight_granularity="channel"))  # one scale per row
-        return (tqp.scale[ids] * (tq[ids] - tqp.zero_point[ids])).astype(self.dtype)  # (B, T, C)
+        table = self._weight(table, replace(s, weight_granularity="channel"), "values")  # one scale per row
+        return table[ids]  # (B, T, C)
 
     # --- element-wise and non-linear ops --------------------------------------------------------------
     def _integer(self, s: OpSettings) -> bool:
@@ -207,41 +240,42 @@ class FixedBackend(ReferenceBackend):
             return super()._add(a, b)
         if not self._integer(s):
             return self._output(a + b, s)
-        (qa, pa), (qb, pb) = self._quantize_act(a, "in0", s), self._quantize_act(np.broadcast_to(b, a.shape), "in1", s)
+        (qa, pa), (qb, pb) = self._quantize_int(a, "in0", s), self._quantize_int(np.broadcast_to(b, a.shape), "in1", s)
         po = self._act_qparams("out", s)
         out = int_add(qa, int(pa.zero_point), float(pa.scale), qb, int(pb.zero_point), float(pb.scale),
                       float(po.scale), int(po.zero_point), po.fmt)
-        return dequantize(out, po).astype(self.dtype)
+        return self._values(out, po)
 
     def _scale(self, x, factor):
         s = self._settings()
         if not self._integer(s):
             return self._output(x * self.dtype(factor), s) if s.quantize else super()._scale(x, factor)
-        q, qp = self._quantize_act(x, "in0", s)
+        q, qp = self._quantize_int(x, "in0", s)
         po = self._act_qparams("out", s)
         out = int_rescale(q, int(qp.zero_point), float(qp.scale), factor, float(po.scale), int(po.zero_point), po.fmt)
-        return dequantize(out, po).astype(self.dtype)
+        return self._values(out, po)
 
     def _softmax(self, x):
         s = self._settings()
         if not self._integer(s):
             return self._output(super()._softmax(x), s, nonneg=True) if s.quantize else super()._softmax(x)
         valid = x > MASKED
-        q, qp = self._quantize_act(np.where(valid, x, 0.0), "in0", s)
-        codes = int_softmax(q - qp.zero_point, float(qp.scale), s.act_bits, valid)
-        return (codes * 2.0 ** -s.act_bits).astype(self.dtype)
+        q, qp = self._quantize_int(np.where(valid, x, 0.0), "in0", s)
+        out_bits = s.out_bits or s.act_bits
+        codes = int_softmax(q - qp.zero_point, float(qp.scale), out_bits, valid)
+        return (codes * 2.0 ** -out_bits).astype(self.dtype)
 
     def _layernorm(self, x, gain, bias, eps):
         s = self._settings()
         if not self._integer(s):
             out = super()._layernorm(x, gain, bias, eps)
             return self._output(out, s) if s.quantize else out
-        q, qp = self._quantize_act(x, "in0", s)
+        q, qp = self._quantize_int(x, "in0", s)
         po = self._act_qparams("out", s)
         out, overflowed = int_layernorm(q, int(qp.zero_point), float(qp.scale), gain, bias, eps,
                                         float(po.scale), int(po.zero_point), po.fmt)
         self._count(overflowed)
-        return dequantize(out, po).astype(self.dtype)
+        return self._values(out, po)
 
     def _activation(self, x, kind):
         s = self._settings()
@@ -249,13 +283,13 @@ class FixedBackend(ReferenceBackend):
             return super()._activation(x, kind)
         if kind == "relu":
             q, qp = self._quantize_act(x, "in0", s)
-            return dequantize(np.maximum(q, qp.zero_point), qp).astype(self.dtype)
+            return self._values(np.maximum(q, q.dtype.type(qp.zero_point)), qp)
         if kind == "gelu" and self._integer(s):
-            q, qp = self._quantize_act(x, "in0", s)
+            q, qp = self._quantize_int(x, "in0", s)
             codes, code_scale = int_gelu(q - qp.zero_point, float(qp.scale))
             po = self._act_qparams("out", s)
             out = requantize(codes, "dyadic", code_scale, 1.0, float(po.scale), int(po.zero_point), po.fmt)
-            return dequantize(out, po).astype(self.dtype)
+            return self._values(out, po)
         return self._output(super()._activation(x, kind), s)
 
     def _affine(self, x, scale, shift):
@@ -264,12 +298,18 @@ class FixedBackend(ReferenceBackend):
             return super()._affine(x, scale, shift)
         if not self._integer(s):
             return self._output(super()._affine(x, scale, shift), s)
-        q, qp = self._quantize_act(x, "in0", s)  # per channel y = scale * x + shift, one dyadic requant
+        q, qp = self._quantize_int(x, "in0", s)  # per channel y = scale * x + shift, one dyadic requant
         po = self._act_qparams("out", s)
         out = requantize(q - qp.zero_point, "dyadic", float(qp.scale), np.asarray(scale, np.float64), float(po.scale),
                          int(po.zero_point), po.fmt, bias=np.asarray(shift, np.float64))
-        return dequantize(out, po).astype(self.dtype)
+        return self._values(out, po)
 
     def _fff(self, x, w_in, b_in, w_out, depth, trees):
         self.float_ops.add("fff")
         return super()._fff(x, w_in, b_in, w_out, depth, trees)
+
+
+def _centred_bound(qp: QParams) -> int:
+    """max |q - zero_point| over the format: the operand bound exact_matmul's exactness needs."""
+    zero_point = int(np.max(qp.zero_point))
+    return max(zero_point - qp.fmt.qmin, qp.fmt.qmax - zero_point)

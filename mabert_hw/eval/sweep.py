@@ -68,11 +68,26 @@ def done_keys(out: str | Path) -> set[str]:
 
 
 def append_result(out: str | Path, row: dict, fields: list[str]) -> None:
+    """Append one row (flushed). The file's own header rules: a row with fields it lacks (a resumed
+    sweep over a grid with other fields) rewrites the file once with the widened header."""
     path = Path(out)
-    new = not path.exists() or path.stat().st_size == 0
+    header = []
+    if path.exists() and path.stat().st_size:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+    wanted = [k for k in fields if k in row or k in COLUMNS]
+    if header and not set(wanted) <= set(header):
+        with open(path, newline="") as f:
+            old_rows = list(csv.DictReader(f))
+        header = header + [k for k in wanted if k not in header]
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=header).writeheader()
+            csv.DictWriter(f, fieldnames=header).writerows(old_rows)
+        os.replace(tmp, path)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
+        writer = csv.DictWriter(f, fieldnames=header or wanted, extrasaction="ignore")
+        if not header:
             writer.writeheader()
         writer.writerow(row)
         f.flush()

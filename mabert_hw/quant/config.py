@@ -15,7 +15,12 @@ leaves an op in float. Example:
     act_bits = 16
 
 `residual_bits` (default: act_bits) sets the activation bits of the residual stream: the `add`,
-`layernorm` and `embedding` outputs.
+`layernorm` and `embedding` outputs. `out_bits` (default 0: act_bits) sets the bits of an op's result
+only, e.g. a W8A8 GEMM that writes 16-bit codes into the residual adder:
+
+    [[rule]]
+    name = "encoder.layer.*.output.dense"
+    out_bits = 16
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class OpSettings:
     quantize: bool = True
     weight_bits: int = 8
     act_bits: int = 8
+    out_bits: int = 0  # bits of the op's result; 0: act_bits (e.g. 16-bit outputs of the GEMMs feeding the residual)
     weight_granularity: str = "channel"
     group_size: int = 64
     weight_symmetric: bool = True
@@ -102,6 +108,8 @@ def _check(values: dict, where: str) -> None:
             raise UserError(f"{where}: {key} = {value!r}; choose from {', '.join(CHOICES[key])}")
         if key in ("weight_bits", "act_bits") and not 2 <= int(value) <= 16:
             raise UserError(f"{where}: {key} = {value}; bits must be 2..16")
+        if key == "out_bits" and not (int(value) == 0 or 2 <= int(value) <= 16):
+            raise UserError(f"{where}: out_bits = {value}; must be 0 (= act_bits) or 2..16")
         if key == "acc_bits" and not 8 <= int(value) <= 64:
             raise UserError(f"{where}: acc_bits = {value}; must be 8..64")
 

@@ -69,5 +69,6 @@ def sensitivity(run: Callable[[Backend], np.ndarray], config: QuantConfig, calib
         alone = config.with_fields(rule=[*map(dict, config.rules), {"name": "*", "quantize": False},
                                          {"name": name, "quantize": True}])
         got = run(FixedBackend(config=alone, calibration=calibration))
-        rows.append({"tensor": name, "kind": kind, **compare(np.asarray(reference, np.float64), np.asarray(got, np.float64))})
+        error = compare(np.asarray(reference, np.float64), np.asarray(got, np.float64))
+        rows.append({"tensor": name, "kind": kind, **error})
     return sorted(rows, key=lambda r: r["sqnr_db"])

@@ -98,19 +98,30 @@ def _grouped(x: np.ndarray, group_size: int) -> np.ndarray:
     return x.reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
 
 
-def quantize(x: np.ndarray, qp: QParams, rounding: str = "half_even",
-             rng: np.random.Generator | None = None, float32: bool = False) -> np.ndarray:
-    """Equation (2): float -> int64 codes, saturated to the format's range.
+def quantize_codes(x: np.ndarray, qp: QParams, rounding: str = "half_even",
+                   rng: np.random.Generator | None = None, float32: bool = False) -> np.ndarray:
+    """Equation (2) with the codes held in a float array of exact integers; `quantize` is this as int64.
 
     float32=True divides in float32 as onnxruntime QuantizeLinear does (rint(f32(x / f32(scale)))).
+    With half-even rounding the codes then stay float32: rint of a float32 is a float32, and adding
+    the zero point and clipping are exact there while |code| < 2^24 (formats of <= 24 bits). Other
+    paths round in float64.
     """
     shape = np.shape(x)
+    stay_float32 = float32 and rounding == "half_even" and qp.fmt.bits <= 24
+    dtype = np.float32 if stay_float32 else np.float64
     x = np.asarray(x, np.float32 if float32 else np.float64)
     if qp.group_size:
         x = _grouped(x, qp.group_size)
-    x = x / qp.scale.astype(x.dtype)
-    q = round_values(x.astype(np.float64), rounding, rng) + qp.zero_point
-    return np.clip(q, qp.fmt.qmin, qp.fmt.qmax).astype(np.int64).reshape(shape)
+    q = round_values((x / qp.scale.astype(x.dtype)).astype(dtype, copy=False), rounding, rng)
+    q += qp.zero_point.astype(dtype)
+    return np.clip(q, qp.fmt.qmin, qp.fmt.qmax, out=q).reshape(shape)
+
+
+def quantize(x: np.ndarray, qp: QParams, rounding: str = "half_even",
+             rng: np.random.Generator | None = None, float32: bool = False) -> np.ndarray:
+    """Equation (2): float -> int64 codes, saturated to the format's range (see quantize_codes)."""
+    return quantize_codes(x, qp, rounding, rng, float32).astype(np.int64)
 
 
 def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:

@@ -8,8 +8,8 @@ Exactness of floating-point BLAS on integers (why `int_matmul` may use it):
   every intermediate value BLAS can form (any summation order, blocking, vectorisation or fused
   multiply-add) is an integer of magnitude <= 2^t, each operation's exact result is representable and
   IEEE round-to-nearest returns it unchanged: the block sum is exact. Blocks are then converted to
-  int64 and added exactly. When even kc = 1 fails in float64 (p > 2^53), int64 matmul is used.
-  float32 is tried first: for uint8 x int8 (p <= 255 * 128) blocks of 2^24 // 32640 = 514 columns pass.
+  float64 and added exactly while K * p <= 2^53 (else int64 matmul is used). float32 is tried first:
+  for uint8 x int8 (p <= 255 * 128) blocks of 2^24 // 32640 = 514 columns pass.
 
 Accumulator width: a real engine accumulates in `acc_bits` bits. Wrapping (two's complement) is
 modular, so wrapping the exact sum equals wrapping after every addition, in any order. Saturation is
@@ -36,22 +36,36 @@ def _widest_block(p: int, limit: int) -> int:
     return limit // p if p else 1 << 62
 
 
+def exact_matmul(a: np.ndarray, b: np.ndarray, p: int | None = None) -> np.ndarray:
+    """a @ b (batched like @) for float arrays holding integers, exactly, by the bound above.
+
+    p: max|a| * max|b| (computed when None). Returns float32 when one float32 pass is exact (every
+    sum <= 2^24), else float64 holding the exact sums (float32 blocks summed in float64, or one
+    float64 pass). Callers keep integer operands as float arrays so no int64 pass is needed.
+    """
+    if p is None:
+        p = int(np.abs(a).max(initial=0)) * int(np.abs(b).max(initial=0))
+    K = a.shape[-1]
+    block = min(K, _widest_block(p, FLOAT32_EXACT))
+    if block == K:
+        return np.asarray(a, np.float32) @ np.asarray(b, np.float32)
+    if K * p > FLOAT64_EXACT:
+        return np.asarray(a, np.int64) @ np.asarray(b, np.int64)
+    if block < MIN_FLOAT32_BLOCK:
+        return np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+    af, bf = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    acc = (af[..., :block] @ bf[..., :block, :]).astype(np.float64)
+    for k0 in range(block, K, block):
+        acc += af[..., k0:k0 + block] @ bf[..., k0:k0 + block, :]  # partial sums <= K * p <= 2^53: exact
+    return acc
+
+
 def int_matmul(a: np.ndarray, b: np.ndarray, a_zp=0, b_zp=0) -> np.ndarray:
     """sum_k (a[..., m, k] - a_zp) * (b[..., k, n] - b_zp[n]) exactly, as int64 (batched like @)."""
     a = np.asarray(a, np.int64) - np.asarray(a_zp, np.int64)
     b = np.asarray(b, np.int64) - np.asarray(b_zp, np.int64)
-    K = a.shape[-1]
     p = int(np.abs(a).max(initial=0)) * int(np.abs(b).max(initial=0))
-    for dtype, limit, min_block in ((np.float32, FLOAT32_EXACT, MIN_FLOAT32_BLOCK), (np.float64, FLOAT64_EXACT, 1)):
-        block = min(K, _widest_block(p, limit))
-        if block >= min(min_block, K):
-            af, bf = a.astype(dtype), b.astype(dtype)
-            acc = None
-            for k0 in range(0, K, block):
-                part = (af[..., k0:k0 + block] @ bf[..., k0:k0 + block, :]).astype(np.int64)
-                acc = part if acc is None else acc + part
-            return acc
-    return a @ b
+    return exact_matmul(a, b, p).astype(np.int64)
 
 
 def accumulator_range(bits: int) -> tuple[int, int]:
@@ -59,17 +73,19 @@ def accumulator_range(bits: int) -> tuple[int, int]:
 
 
 def limit_accumulator(acc: np.ndarray, bits: int, overflow: str = "saturate") -> tuple[np.ndarray, int]:
-    """Model a `bits`-wide accumulator on the exact sums: (stored values, number that overflowed)."""
+    """Model a `bits`-wide accumulator on the exact sums (int64, or floats holding integers, as
+    exact_matmul returns): (stored values in acc's dtype, number that overflowed)."""
     if bits >= 64:
         return acc, 0
     lo, hi = accumulator_range(bits)
-    outside = int(np.count_nonzero((acc < lo) | (acc > hi)))
-    if not outside:
+    if acc.size == 0 or (acc.min() >= lo and acc.max() <= hi):
         return acc, 0
+    outside = int(np.count_nonzero((acc < lo) | (acc > hi)))
     if overflow == "saturate":
         return np.clip(acc, lo, hi), outside
     if overflow == "wrap":
-        return ((acc - lo) & ((1 << bits) - 1)) + lo, outside
+        wrapped = ((np.asarray(acc, np.int64) - lo) & ((1 << bits) - 1)) + lo
+        return wrapped.astype(acc.dtype, copy=False), outside
     raise ValueError(f"unknown overflow mode {overflow!r} (saturate | wrap)")
 
 

@@ -113,7 +113,8 @@ def int_layernorm(q: np.ndarray, zero_point: int, scale: float, gain: np.ndarray
     gain = np.asarray(gain, np.float64)
     gain = np.where(gain == 0.0, np.finfo(np.float64).tiny, gain)
     unit = math.sqrt(C) / 2.0 ** LN_FRACTION_BITS
-    return requantize(normalised, "dyadic", unit, gain, out_scale, out_zp, fmt, bias=np.asarray(bias, np.float64)), overflow
+    out = requantize(normalised, "dyadic", unit, gain, out_scale, out_zp, fmt, bias=np.asarray(bias, np.float64))
+    return out, overflow
 
 
 def int_rescale(q: np.ndarray, zero_point: int, scale: float, factor: float, out_scale: float,

@@ -28,6 +28,7 @@ from .formats import IntFormat
 
 REQUANT_MODES = ("ort", "fbgemm", "qnnpack", "tflite", "tflite_single", "dyadic")
 F32 = np.float32
+FLOAT64_EXACT = 2 ** 53  # integers up to this are exact in float64
 
 
 def quantize_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
@@ -80,12 +81,16 @@ def dyadic_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
 
 
 def shift_round_half_even(v: np.ndarray, e) -> np.ndarray:
-    """round_half_even(v / 2^e) for int64 v and e >= 1, exactly."""
+    """round_half_even(v / 2^e) for int64 v (|v| < 2^62) and e >= 1, exactly.
+
+    With v = f 2^e + r (0 <= r < 2^e) and h = 2^(e-1): (v + h - 1 + (f & 1)) >> e = f + [r >= h + 1 - (f & 1)],
+    i.e. up when r > h, and at the tie r = h only when f is odd (to even); r + h < 2^(e+1) carries at most 1.
+    """
     e = np.asarray(e, np.int64)
-    floor = v >> e
-    rem = v - (floor << e)
-    half = np.int64(1) << (e - 1)
-    return floor + ((rem > half) | ((rem == half) & (floor & 1 == 1)))
+    odd = (v >> e) & 1
+    odd += (np.int64(1) << (e - 1)) - 1
+    odd += v
+    return odd >> e
 
 
 def round_half_away(x: np.ndarray) -> np.ndarray:
@@ -94,27 +99,60 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
 
 def requantize(acc: np.ndarray, mode: str, x_scale, w_scale, y_scale, y_zp, fmt: IntFormat,
                bias: np.ndarray | None = None) -> np.ndarray:
-    """Exact accumulator (..., N) -> output codes (..., N) in fmt, per the engine `mode` (see above)."""
-    acc = np.asarray(acc, np.int64)
+    """Exact accumulator (..., N) -> output codes (..., N) in fmt, as int64, per the engine `mode`."""
+    return np.asarray(requantize_codes(acc, mode, x_scale, w_scale, y_scale, y_zp, fmt, bias), np.int64)
+
+
+def requantize_codes(acc: np.ndarray, mode: str, x_scale, w_scale, y_scale, y_zp, fmt: IntFormat,
+                     bias: np.ndarray | None = None) -> np.ndarray:
+    """As `requantize`; acc may be int64 or a float array of exact integers (intgemm.exact_matmul).
+
+    The float-engine modes return float32 codes when fmt has <= 24 bits: f32(acc) is the same
+    rounding from an exact float64 as from int64, and rint, + y_zp and the clip are exact in
+    float32 for the codes that survive the clip. The integer modes return int64.
+    """
     w_scale = np.asarray(w_scale, np.float64).reshape(-1)
     if mode in ("ort", "fbgemm", "qnnpack"):
-        s = F32(x_scale) * w_scale.astype(F32)  # (N,) float32
-        m = s / F32(y_scale)
-        if mode == "fbgemm":
-            value = acc.astype(F32)
-            if bias is not None:
-                value = value + (np.asarray(bias, F32) / s)
-        else:
-            if bias is not None:
-                acc = acc + np.rint(np.asarray(bias, F32) / s).astype(np.int64)
-            value = acc.astype(F32)
-        y = np.rint(value * m).astype(np.int64)
-    elif mode in ("tflite", "tflite_single"):
+        y = _float_engine(np.asarray(acc), mode, x_scale, w_scale, y_scale, bias)
+        if fmt.bits <= 24:
+            y += F32(y_zp)
+            return np.clip(y, fmt.qmin, fmt.qmax, out=y)
+        y = y.astype(np.int64)
+    else:
+        y = _integer_engine(np.asarray(acc, np.int64), mode, x_scale, w_scale, y_scale, bias)
+    return np.clip(y + np.asarray(y_zp, np.int64), fmt.qmin, fmt.qmax)
+
+
+def _exact_sum(acc: np.ndarray, bias_codes: np.ndarray) -> np.ndarray:
+    """acc + bias codes, exactly: in float64 while every value stays below 2^53, else in int64."""
+    if acc.dtype.kind == "f":
+        top = max(float(-acc.min(initial=0)), float(acc.max(initial=0))) + float(np.abs(bias_codes).max(initial=0))
+        if top <= FLOAT64_EXACT:
+            return acc.astype(np.float64) + bias_codes
+    return acc.astype(np.int64) + bias_codes.astype(np.int64)
+
+
+def _float_engine(acc, mode, x_scale, w_scale, y_scale, bias) -> np.ndarray:
+    s = F32(x_scale) * w_scale.astype(F32)  # (N,) float32
+    m = s / F32(y_scale)
+    if mode == "fbgemm":
+        value = acc.astype(F32)
+        if bias is not None:
+            value = value + (np.asarray(bias, F32) / s)
+    else:
+        if bias is not None:
+            acc = _exact_sum(acc, np.rint(np.asarray(bias, F32) / s).astype(np.float64))
+        value = acc.astype(F32)
+    return np.rint(value * m)
+
+
+def _integer_engine(acc, mode, x_scale, w_scale, y_scale, bias) -> np.ndarray:
+    if mode in ("tflite", "tflite_single"):
         if bias is not None:
             acc = acc + round_half_away(np.asarray(bias, np.float64) / (x_scale * w_scale)).astype(np.int64)
         q31, shift = quantize_multiplier(x_scale * w_scale / y_scale)
-        y = multiply_by_quantized_multiplier(acc, q31, shift, single_rounding=mode == "tflite_single")
-    elif mode == "dyadic":
+        return multiply_by_quantized_multiplier(acc, q31, shift, single_rounding=mode == "tflite_single")
+    if mode == "dyadic":
         if bias is not None:
             acc = acc + np.rint(np.asarray(bias, np.float64) / (x_scale * w_scale)).astype(np.int64)
         m, e = dyadic_multiplier(x_scale * w_scale / y_scale)
@@ -122,7 +160,5 @@ def requantize(acc: np.ndarray, mode: str, x_scale, w_scale, y_scale, y_zp, fmt:
         if drop:
             drop = np.minimum(drop, e - 1)
             m, e = (m + (np.int64(1) << (drop - 1))) >> drop, e - drop
-        y = shift_round_half_even(acc * m, e)
-    else:
-        raise ValueError(f"unknown requant mode {mode!r}; modes: {', '.join(REQUANT_MODES)}")
-    return np.clip(y + np.asarray(y_zp, np.int64), fmt.qmin, fmt.qmax)
+        return shift_round_half_even(acc * m, e)
+    raise ValueError(f"unknown requant mode {mode!r}; modes: {', '.join(REQUANT_MODES)}")
