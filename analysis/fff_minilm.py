@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -91,8 +92,8 @@ def distill(x: torch.Tensor, y: torch.Tensor, depth: int, trees: int, seconds: f
 
 def fff_checkpoint(ck: Checkpoint, modules: list[FFF], depth: int, trees: int) -> Checkpoint:
     spec = ck.spec.with_variant(ffn="fff", fff_depth=depth, fff_trees=trees)
-    dense_keys = (".intermediate.dense.", ".output.dense.")
-    weights = {k: v for k, v in ck.weights.items() if not any(s in k for s in dense_keys)}
+    dense_ffn = re.compile(r"encoder\.layer\.\d+\.(intermediate|output)\.dense\.")  # not attention.output
+    weights = {k: v for k, v in ck.weights.items() if not dense_ffn.match(k)}
     for layer, module in enumerate(modules):
         for key, value in module.state_dict().items():
             weights[layer_prefix(layer) + FFF_PREFIX + key] = value.detach().numpy().astype(np.float32)
