@@ -117,3 +117,29 @@ def test_vectorisable_erf_and_exp_against_scipy_and_numpy_float64():
     exact = x.astype(np.float64)
     assert np.abs(erf_out - erf(exact)).max() <= FAST_ERF_ATOL
     assert (np.abs(exp_out / np.exp(exact) - 1.0)).max() <= FAST_EXP_RTOL
+
+
+def test_written_out_erf_coefficients_are_what_the_fit_returns():
+    from mabert_hw.kernels.approx import ERF_P, ERF_Q, fit_erf
+
+    from .tolerances import FAST_ERF_COEFFICIENT_RTOL
+
+    p, q = fit_erf()
+    np.testing.assert_allclose(ERF_P, p, rtol=FAST_ERF_COEFFICIENT_RTOL)
+    np.testing.assert_allclose(ERF_Q, q, rtol=FAST_ERF_COEFFICIENT_RTOL)
+
+
+def test_attention_of_head_arrays_that_no_linear_made_equals_reference():
+    # q, k, v that are not the heads of three pending linears of one input take the unfused path
+    rng = np.random.default_rng(9)
+    q, k, v = (rng.standard_normal((2, 3, 5, 4), dtype=np.float32) for _ in range(3))  # (B, H, T, D)
+    attention_mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    outputs = []
+    for name in ("fast", "reference"):
+        bk = make_backend(name)
+        scores = bk.matmul("scores", q, k, transpose_b=True)  # (B, H, T, T)
+        scores = bk.mask_scores("mask", bk.scale("scale", scores, 0.5), bk.mask_bias(attention_mask, "additive"),
+                                "additive")
+        context = bk.matmul("context", bk.softmax("softmax", scores), v)  # (B, H, T, D)
+        outputs.append(bk.finished(bk.merge_heads(context)))  # (B, T, C)
+    assert_close("context", *outputs)

@@ -1,10 +1,13 @@
 """Fast backend: the reference backend's float32 math with Numba kernels and BLAS GEMMs.
 
-GEMMs are single BLAS calls on (B*T, K) x (K, N) (the reference makes one per batch row).
+GEMMs are BLAS calls on (B*T, K) x (K, N), one per chunk of rows and core (kernels/linear.py).
 Fusion across protocol calls is deferred, so model.py and the recorded ops stay exactly those of
 the reference (counts are of the math, not of the kernels):
-- `linear` returns a `Biased` product whose bias is added by the consumer: fused with the
-  activation (bias + GELU), with the residual add and LayerNorm (bias + add + LN), or alone;
+- `linear` returns a `Linear` whose GEMM runs in its consumer's kernel: with the activation
+  (GEMM + bias + GELU), with the residual add and LayerNorm (GEMM + bias + add + LN), or alone;
+- `split_heads` of a `Linear` returns `Heads`; when the query, key and value are the heads of three
+  linears of one input, the attention runs them as one GEMM with the three weights concatenated
+  (cached per weight triple) and adds their biases inside the attention kernel;
 - `add` returns a `Sum`, which LayerNorm reads in the same pass as it normalises;
 - `matmul(q, k, transpose_b=True)` returns `Scores`; `scale`, `mask_scores` and `softmax` only
   annotate it, and `matmul(scores, v)` runs kernels.attention: one fused task per (batch, head).
@@ -16,14 +19,16 @@ so every variant the reference executes also runs here, unfused where no kernel 
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass
 from functools import wraps
 
 import numpy as np
 
-from ..kernels.threads import set_threads, single_threaded_blas
 from ..kernels.attention import attention
-from ..kernels.rows import ACTIVATIONS, activation, add_bias_, add_layernorm, bias_activation_, layernorm, softmax_rows
+from ..kernels.linear import linear_add_layernorm, linear_bias, linear_bias_act
+from ..kernels.rows import ACTIVATIONS, activation, add_layernorm, layernorm, softmax_rows
+from ..kernels.threads import kernel_blas, rows_per_task, set_threads
 from .reference import ReferenceBackend
 
 
@@ -31,33 +36,61 @@ class Deferred:
     """A value whose computation waits for its consumer; `ready()` computes it once, unfused."""
 
     _value: np.ndarray | None = None
-    spent: bool = False  # a fused consumer overwrote the operands in place
 
     def ready(self) -> np.ndarray:
-        if self.spent:
-            raise RuntimeError(f"{type(self).__name__} was consumed in place by a fused kernel")
         if self._value is None:
             self._value = self.compute()
         return self._value
+
+    @property
+    def pending(self) -> bool:
+        return self._value is None
 
     def compute(self) -> np.ndarray:
         raise NotImplementedError
 
 
 @dataclass(eq=False)
-class Biased(Deferred):
-    """product + bias, with the bias not yet added. product: (..., N) float32, C-contiguous."""
+class Linear(Deferred):
+    """x W^T + bias, not yet multiplied. x: (..., K) float32 C-contiguous; weight (N, K)."""
 
-    product: np.ndarray
-    bias: np.ndarray
+    x: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray | None
 
     @property
     def shape(self):
-        return self.product.shape
+        return self.x.shape[:-1] + self.weight.shape[:1]
+
+    def bias_or_zeros(self) -> np.ndarray:
+        return np.zeros(self.weight.shape[0], np.float32) if self.bias is None else self.bias
+
+    def rows(self) -> np.ndarray:
+        return _rows(self.x)
 
     def compute(self) -> np.ndarray:
-        add_bias_(_rows(self.product), self.bias)
-        return self.product
+        x = self.rows()
+        out = np.empty((x.shape[0], self.weight.shape[0]), np.float32)  # (M, N)
+        with kernel_blas():
+            linear_bias(x, self.weight, self.bias_or_zeros(), rows_per_task(x.shape[0]), out)
+        return out.reshape(self.shape)
+
+
+@dataclass(eq=False)
+class Heads(Deferred):
+    """split_heads of a pending Linear: (B, T, C) -> (B, H, T, D)."""
+
+    linear: Linear
+    heads: int
+
+    @property
+    def shape(self):
+        B, T, C = self.linear.shape
+        return (B, self.heads, T, C // self.heads)
+
+    def compute(self) -> np.ndarray:
+        B, T, C = self.linear.shape
+        return self.linear.ready().reshape(B, T, self.heads, C // self.heads).transpose(0, 2, 1, 3)
 
 
 @dataclass(eq=False)
@@ -79,8 +112,8 @@ class Sum(Deferred):
 class Scores(Deferred):
     """softmax?((q k^T) * scale + mask) over keys, not yet computed. q (B, H, T, D), k (B, H, Tk, D)."""
 
-    q: np.ndarray
-    k: np.ndarray
+    q: np.ndarray | Heads
+    k: np.ndarray | Heads
     scale: np.float32 | None = None
     mask: np.ndarray | None = None  # (B, 1, 1, Tk) additive
     softmaxed: bool = False
@@ -90,7 +123,7 @@ class Scores(Deferred):
         return self.q.shape[:-1] + self.k.shape[-2:-1]
 
     def compute(self) -> np.ndarray:
-        scores = self.q @ np.swapaxes(self.k, -1, -2)  # (B, H, T, Tk)
+        scores = ready(self.q) @ np.swapaxes(ready(self.k), -1, -2)  # (B, H, T, Tk)
         if self.scale is not None:
             scores = scores * self.scale
         if self.mask is not None:
@@ -108,6 +141,42 @@ def ready(value):
 def _rows(x: np.ndarray) -> np.ndarray:
     """(..., C) contiguous -> (N, C) view."""
     return x.reshape(-1, x.shape[-1])
+
+
+def _head_rows(x) -> np.ndarray:
+    """(B, H, T, D) heads -> (B*T, H*D) token rows."""
+    x = ready(x)
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B * T, H * D)
+
+
+_fused_qkv: dict[tuple[int, ...], tuple[tuple[weakref.ref, ...], np.ndarray, np.ndarray]] = {}
+
+
+def fused_qkv_weights(linears: tuple[Linear, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(3C, K) concatenated weights and (3C,) biases of the query, key and value linears (all with a
+    bias), remembered while the same arrays live (a forward reads the same arrays every call).
+    Arrays changed in place are not noticed: edit copies of the weights."""
+    arrays = tuple(a for linear in linears for a in (linear.weight, linear.bias))
+    key = tuple(id(a) for a in arrays)
+    hit = _fused_qkv.get(key)
+    if hit is not None and all(ref() is a for ref, a in zip(hit[0], arrays)):
+        return hit[1], hit[2]
+    weight = np.concatenate([linear.weight for linear in linears])  # (3C, K)
+    bias = np.concatenate([linear.bias for linear in linears])  # (3C,)
+    refs = tuple(weakref.ref(a, lambda _, key=key: _fused_qkv.pop(key, None)) for a in arrays)
+    _fused_qkv[key] = (refs, weight, bias)
+    return weight, bias
+
+
+def _fusable_qkv(q, k, v) -> tuple[Linear, Linear, Linear] | None:
+    """The three pending linears behind q, k, v when they share one input and all have biases."""
+    if not all(isinstance(h, Heads) and h.linear.pending and h.linear.bias is not None for h in (q, k, v)):
+        return None
+    linears = (q.linear, k.linear, v.linear)
+    same_input = linears[0].x is linears[1].x is linears[2].x
+    same_width = len({linear.weight.shape for linear in linears}) == 1 and q.heads == k.heads == v.heads
+    return linears if same_input and same_width else None
 
 
 def _computing_deferred(method):
@@ -144,26 +213,41 @@ class FastBackend(ReferenceBackend):
 
     # --- GEMMs -----------------------------------------------------------------------------------
     def _linear(self, x, weight, bias):
-        x = np.ascontiguousarray(ready(x))
-        product = np.dot(_rows(x), weight.T).reshape(x.shape[:-1] + weight.shape[:1])  # (..., N)
-        return product if bias is None else Biased(product, bias)
+        if not (weight.flags.c_contiguous or weight.flags.f_contiguous):  # a view (truncated approximator)
+            weight = np.ascontiguousarray(weight)
+        return Linear(np.ascontiguousarray(ready(x)), weight, bias)
+
+    def split_heads(self, x, heads):
+        if isinstance(x, Linear) and x.pending and len(x.shape) == 3:
+            return Heads(x, heads)
+        return super().split_heads(ready(x), heads)
 
     def _matmul(self, a, b, transpose_b):
-        b = ready(b)
-        if transpose_b and not isinstance(a, Deferred) and a.ndim == 4:
+        if transpose_b and _is_heads(a) and _is_heads(b):
             return Scores(a, b)
-        if isinstance(a, Scores) and a.softmaxed and b.ndim == 4 and a.mask is not None:
+        if isinstance(a, Scores) and a.softmaxed and a.mask is not None and _is_heads(b) \
+                and a.q.shape == a.k.shape == b.shape:  # self-attention: one T for queries and keys
             return self._attention(a, b)
-        return super()._matmul(ready(a), b, transpose_b)
+        return super()._matmul(ready(a), ready(b), transpose_b)
 
     def _attention(self, scores: Scores, v):
         B, H, T, D = scores.q.shape
-        mask = np.ascontiguousarray(np.broadcast_to(scores.mask, (B, 1, 1, scores.k.shape[2]))[:, 0, 0, :])
+        fusable = _fusable_qkv(scores.q, scores.k, v)
+        if fusable is not None:
+            weight, bias = fused_qkv_weights(fusable)
+            x = fusable[0].rows()
+            qkv = np.empty((x.shape[0], weight.shape[0]), np.float32)  # (B*T, 3C)
+            with kernel_blas():
+                linear_bias(x, weight, np.zeros_like(bias), rows_per_task(x.shape[0]), qkv)
+        else:  # heads of anything else: computed whole, biases included
+            qkv = np.concatenate([_head_rows(h) for h in (scores.q, scores.k, v)], axis=1)  # (B*T, 3C)
+            bias = np.zeros(qkv.shape[1], np.float32)
+        mask = np.ascontiguousarray(np.broadcast_to(scores.mask, (B, 1, 1, T))[:, 0, 0, :])  # (B, T)
         scale = np.float32(1.0 if scores.scale is None else scores.scale)
-        context = np.empty((B, T, H, D), np.float32)
-        with single_threaded_blas():
-            attention(scores.q, scores.k, v, mask, scale, context)
-        return context.transpose(0, 2, 1, 3)  # (B, H, T, D) view; merge_heads makes it (B, T, C) freely
+        context = np.empty((B * T, H * D), np.float32)
+        with kernel_blas():
+            attention(qkv, bias, mask, scale, H, context)
+        return context.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D) view: merge_heads is free
 
     # --- the score chain -------------------------------------------------------------------------
     def _scale(self, x, factor):
@@ -194,10 +278,12 @@ class FastBackend(ReferenceBackend):
         code = ACTIVATIONS.get(kind)
         if code is None:
             return super()._activation(ready(x), kind)
-        if isinstance(x, Biased) and x._value is None:
-            bias_activation_(_rows(x.product), x.bias, code)
-            x.spent = True
-            return x.product
+        if isinstance(x, Linear) and x.pending:
+            rows = x.rows()
+            out = np.empty((rows.shape[0], x.weight.shape[0]), np.float32)  # (M, N)
+            with kernel_blas():
+                linear_bias_act(rows, x.weight, x.bias_or_zeros(), code, rows_per_task(rows.shape[0]), out)
+            return out.reshape(x.shape)
         x = np.ascontiguousarray(ready(x))
         out = np.empty_like(x)
         activation(_rows(x), code, _rows(out))
@@ -205,14 +291,23 @@ class FastBackend(ReferenceBackend):
 
     def _layernorm(self, x, gain, bias, eps):
         eps = self.dtype(eps)
+        if isinstance(x, Sum) and isinstance(x.b, Linear) and x.b.pending:
+            a, y = _rows(np.ascontiguousarray(x.a)), x.b
+            out = np.empty_like(a)  # (M, C)
+            with kernel_blas():
+                linear_add_layernorm(y.rows(), y.weight, y.bias_or_zeros(), a, gain, bias, eps,
+                                     rows_per_task(a.shape[0]), out)
+            return out.reshape(x.shape)
         if isinstance(x, Sum):
-            a = np.ascontiguousarray(x.a)
-            fuse_bias = isinstance(x.b, Biased) and x.b._value is None
-            y, y_bias = (x.b.product, x.b.bias) if fuse_bias else (ready(x.b), np.zeros_like(bias))
+            a, y = np.ascontiguousarray(x.a), np.ascontiguousarray(ready(x.b))
             out = np.empty_like(a)
-            add_layernorm(_rows(a), _rows(np.ascontiguousarray(y)), y_bias, gain, bias, eps, _rows(out))
+            add_layernorm(_rows(a), _rows(y), np.zeros_like(bias), gain, bias, eps, _rows(out))
             return out
         x = np.ascontiguousarray(ready(x))
         out = np.empty_like(x)
         layernorm(_rows(x), gain, bias, eps, _rows(out))
         return out
+
+
+def _is_heads(x) -> bool:
+    return isinstance(x, Heads) or (isinstance(x, np.ndarray) and x.ndim == 4)

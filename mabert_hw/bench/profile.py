@@ -1,9 +1,8 @@
 """Where an engine's time goes: wall time per protocol call kind, and the machine's GEMM rate.
 
 `time_by_call` wraps a backend instance's protocol methods with timers. With the fast backend the
-deferred work lands on the call that consumes it: `linear` is the BLAS GEMM alone, `activation`
-the bias + GELU, `layernorm` the bias + residual + LayerNorm, `split_heads` the Q/K/V bias adds,
-`matmul` the whole fused attention (the scores matmul, scale, mask and softmax only annotate).
+deferred work lands on the call that consumes it (FAST_CALL_MEANING): GEMMs run inside the kernel of
+the op that consumes their output.
 """
 
 from __future__ import annotations
@@ -21,20 +20,30 @@ from ..weights import Weights
 
 TIMED_CALLS = ("embedding", "add", "linear", "matmul", "scale", "mask_scores", "softmax", "layernorm",
                "activation", "first_token", "split_heads", "merge_heads", "finished")
+FAST_CALL_MEANING = {
+    "matmul": "fused Q/K/V GEMM + attention (bias, scores, scale, mask, softmax, context)",
+    "activation": "FFN-in GEMM + bias + GELU (pooler: GEMM + bias + tanh)",
+    "layernorm": "GEMM + bias + residual + LayerNorm (attention output, FFN-out); embeddings LN",
+    "linear": "nothing: the GEMM is deferred to its consumer",
+    "finished": "GEMMs whose output leaves the forward (classifier)",
+}
 
 
 def time_by_call(backend_name: str, spec: ModelSpec, weights: Weights, batch: Batch, repeat: int,
-                 **options) -> list[dict]:
-    """Rows {call, ms (mean per forward), share_%}, plus 'other' (model.py and Python overhead)."""
+                 clock=time.perf_counter, **options) -> list[dict]:
+    """Rows {call, ms (mean per forward), share_%}, plus 'other' (model.py and Python overhead).
+
+    clock: time.perf_counter (wall) or time.process_time (CPU time of the process: on one thread,
+    the work done whatever else runs on the machine)."""
     backend = make_backend(backend_name, **options)
     spent: Counter = Counter()
     for name in TIMED_CALLS:
         method = getattr(backend, name)
 
         def timed(*args, _method=method, _name=name, **kwargs):
-            start = time.perf_counter()
+            start = clock()
             out = _method(*args, **kwargs)
-            spent[_name] += time.perf_counter() - start
+            spent[_name] += clock() - start
             return out
 
         setattr(backend, name, timed)
@@ -44,10 +53,10 @@ def time_by_call(backend_name: str, spec: ModelSpec, weights: Weights, batch: Ba
 
     run()
     spent.clear()
-    start = time.perf_counter()
+    start = clock()
     for _ in range(repeat):
         run()
-    total = (time.perf_counter() - start) / repeat
+    total = (clock() - start) / repeat
     rows = [{"call": name, "ms": 1e3 * seconds / repeat} for name, seconds in spent.most_common()]
     rows.append({"call": "other", "ms": 1e3 * total - sum(r["ms"] for r in rows)})
     for row in rows:

@@ -79,6 +79,8 @@ def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: 
     """The `mabert-hw bench` JSON document: per engine timings, or {"skipped": reason}."""
     threads = threads or machine_threads()
     inputs = random_batch(spec, batch, seq_len, seed=0)
+    if "fast" in engines:  # start Numba's OpenMP runtime first, whatever the engine order
+        _start_kernel_threads(threads)
     calls, skipped = {}, {}
     for engine in engines:
         try:
@@ -94,6 +96,18 @@ def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: 
         "threads": threads,
         "model": spec.name,
     }
+
+
+def _start_kernel_threads(threads: int) -> None:
+    """GNU OpenMP is one library per process (torch's copy and the system's share a soname): the first
+    engine to load it fixes its wait policy for both. kernels.threads starts it with OMP_WAIT_POLICY
+    PASSIVE (idle threads sleep; spinning ones starve a loaded machine), so starting it here, before
+    torch loads, gives torch eager and the fast engine the same policy in every engine order."""
+    try:
+        from ..kernels.threads import set_threads
+    except ImportError:  # no numba: the fast engine is reported as skipped
+        return
+    set_threads(threads)
 
 
 def table_rows(document: dict) -> list[dict]:

@@ -1,10 +1,13 @@
 """Thread settings for the Numba kernels and for BLAS (set through threadpoolctl when installed).
 
-Two levels of parallelism must not nest: the fused attention kernel runs one (batch, head) task per
-Numba thread and calls BLAS (np.dot) inside each task, so BLAS must be single-threaded there, or
-each task's small GEMM spawns its own BLAS threads and the cores thrash (measured: 2.4 s instead
-of 25 ms for one MiniLM layer's attention at B=8, T=128 on this 2-core machine). The big GEMMs
-outside the kernels use every BLAS thread.
+Two levels of parallelism must not nest: the kernels run one chunk of rows (linear.py) or one
+(batch, head) pair (attention.py) per Numba thread and call BLAS (np.dot) inside each task, so that
+BLAS must be single-threaded, or each task's GEMM spawns its own BLAS threads and the cores thrash
+(measured: 2.4 s instead of 25 ms for one MiniLM layer's attention at B=8, T=128 on a 2-core
+machine). Numba's np.dot calls the BLAS behind scipy.linalg.cython_blas; where that library is not
+numpy's own (pip wheels bundle one each) it is held at one thread (checked at each kernel call), and
+numpy's BLAS keeps its threads for other engines in the same process; where they are one library
+(or threadpoolctl is missing) `kernel_blas` limits it around each kernel call (~50 us each).
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ from __future__ import annotations
 import contextlib
 import os
 from functools import cache
+
+WAIT_POLICY = "PASSIVE"  # OpenMP threads sleep at once when idle (see _launching_threads)
+TASKS_PER_THREAD = 1  # chunks of rows per thread in linear.py: one single-threaded GEMM per core
+MIN_ROWS_PER_TASK = 16  # below this a GEMM chunk is mostly BLAS call overhead
 
 
 @cache
@@ -25,6 +32,52 @@ def _controller():
     return ThreadpoolController()
 
 
+@cache
+def _kernel_blas_only():
+    """Controller of the BLAS that only Numba's np.dot calls (scipy's bundled one), or None when it is
+    also numpy's (or unknown)."""
+    controller = _controller()
+    if controller is None:
+        return None
+    blas = controller.select(user_api="blas")
+    scipy_only = [lib.filepath for lib in blas.lib_controllers
+                  if "scipy" in os.path.basename(os.path.dirname(lib.filepath))]  # e.g. site-packages/scipy.libs
+    if not scipy_only or len(scipy_only) == len(blas.lib_controllers):
+        return None
+    return controller.select(filepath=scipy_only)
+
+
+def _pin_kernel_blas() -> bool:
+    """Hold the kernels' own BLAS at one thread; False when it is shared with numpy. Checked at every
+    kernel call (~1 us): anything may have re-limited all BLAS libraries since (threadpool_limits,
+    another engine's set-up in the same process), and a kernel calling a multi-threaded BLAS inside
+    its prange thrashes (the 2.4 s above; 20 s for a MiniLM forward measured here)."""
+    kernel = _kernel_blas_only()
+    if kernel is None:
+        return False
+    if any(lib.num_threads != 1 for lib in kernel.lib_controllers):
+        kernel.limit(limits=1)
+    return True
+
+
+@contextlib.contextmanager
+def _launching_threads():
+    """OMP_WAIT_POLICY=PASSIVE while Numba's OpenMP runtime starts (if it starts now), unless the user
+    set a policy. By default GNU OpenMP threads spin for a while at each barrier's end; on a loaded
+    machine a spinning thread takes the core its partner needs, and every parallel region waits
+    for a time slice (measured here at load 5: MiniLM B=1, T=128 on 2 threads took 412 ms with
+    spinning, 124 ms passive). A sleeping thread costs a futex wake, microseconds per region. The
+    variable is restored at once, so libraries loaded later (torch's own OpenMP) keep their default."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        yield
+        return
+    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    try:
+        yield
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
 def set_threads(threads: int | None = None) -> dict:
     """Run Numba kernels and BLAS on `threads` threads (None: one per core). Returns what holds.
 
@@ -35,16 +88,27 @@ def set_threads(threads: int | None = None) -> dict:
 
     cores = numba.config.NUMBA_NUM_THREADS  # the machine's cores unless NUMBA_NUM_THREADS says less
     wanted = min(threads or cores, cores)
-    numba.set_num_threads(wanted)
+    with _launching_threads():
+        numba.set_num_threads(wanted)  # starts Numba's threads on first use
     controller = _controller()
     if controller is None:
         blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
         return {"numba_threads": wanted, "blas_threads": blas}
     controller.limit(limits=wanted, user_api="blas")
-    return {"numba_threads": wanted, "blas_threads": wanted}
+    return {"numba_threads": wanted, "blas_threads": wanted, "kernel_blas_pinned": _pin_kernel_blas()}
 
 
-def single_threaded_blas():
-    """Context in which BLAS calls run on one thread (inside a prange task); no-op without threadpoolctl."""
+def kernel_blas():
+    """Context in which the BLAS that kernels call runs on one thread (a no-op once it is pinned)."""
+    if _pin_kernel_blas():
+        return contextlib.nullcontext()
     controller = _controller()
     return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+def rows_per_task(rows: int) -> int:
+    """Chunk height for linear.py's kernels: TASKS_PER_THREAD chunks per Numba thread."""
+    import numba
+
+    tasks = TASKS_PER_THREAD * numba.get_num_threads()
+    return max(MIN_ROWS_PER_TASK, -(-rows // tasks))
