@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from .figures import plt, save_figure
 
 
 def ratio_bars(rows: list[dict], path: Path, target: float | None = None) -> Path:
@@ -32,7 +29,5 @@ def ratio_bars(rows: list[dict], path: Path, target: float | None = None) -> Pat
         ax.set_ylabel("median time / torch eager median")
         ax.set_title(model, fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

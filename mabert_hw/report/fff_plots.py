@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .figures import plt, save_figure
+
 
 def spearman_vs_depth(rows: list[dict], path: Path) -> Path:
     """STS-B dev Spearman of each FFF depth, with the dense model as a horizontal line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     dense = [r for r in rows if r["depth"] is None]
     fff = sorted((r for r in rows if r["depth"] is not None), key=lambda r: r["depth"])
@@ -22,7 +20,5 @@ def spearman_vs_depth(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("STS-B dev Spearman x 100")
     ax.set_title("MiniLM-L6 with FFF feed-forwards")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 from ..torch_ref.softmax_error import summary_rows  # noqa: E402
+from .figures import plt, save_figure
 from .tables import csv_table  # noqa: E402
 
 
@@ -30,9 +26,7 @@ def write_softmax_error(out: Path, errors: dict, padding: list[dict]) -> list[Pa
     ax.set_ylabel("layer")
     ax.set_title("mean |softmax - approximator|")
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(out / "softmax_error_heatmap.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "softmax_error_heatmap.png")
     by_length = summary_rows(errors, "length")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot([r["length"] for r in by_length], [r["mean_abs"] for r in by_length], marker="o")
@@ -43,9 +37,7 @@ def write_softmax_error(out: Path, errors: dict, padding: list[dict]) -> list[Pa
     right.set_xlabel("batch padded to T tokens")
     right.set_ylabel("mean |p - q|, same sentences")
     right.set_title("error vs padding")
-    fig.tight_layout()
-    fig.savefig(out / "softmax_error_length.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "softmax_error_length.png")
     return written + [out / "softmax_error_heatmap.png", out / "softmax_error_length.png"]
 
 
@@ -59,7 +51,5 @@ def plot_history(history: list[dict], path: Path) -> Path:
     ax.set_xlabel("step")
     ax.set_title("knowledge transfer")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

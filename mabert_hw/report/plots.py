@@ -1,4 +1,4 @@
-"""Plots of hardware estimates (the package's only matplotlib importer; Agg backend, PNG files).
+"""Plots of hardware estimates (PNG files; the matplotlib set-up is in figures.py).
 
 - stacked_cycles: one bar per variant, cycles stacked by op kind (MA-BERT's approximator apart).
 - roofline: every op placed at (FLOPs per DRAM byte, achieved FLOP/s) under the array's and the vector
@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from .figures import plt, save_figure
 
 MARKERS = {"array": "o", "vector": "s", "memory": "^"}
 
@@ -33,9 +30,7 @@ def stacked_cycles(cycles_by_kind: dict[str, dict[str, float]], path: Path, titl
     ax.set_ylabel("cycles (millions)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -77,9 +72,7 @@ def roofline(estimates: dict, hw, path: Path, title: str) -> Path:
     ax.set_title(f"{title}\n{hw.rows}x{hw.cols} {hw.dataflow} {hw.array_precision}, {hw.lanes} lanes, "
                  f"{hw.dram_gb_per_s:g} GB/s", fontsize=9)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -96,7 +89,5 @@ def lines(series: dict[str, list[tuple[float, float]]], path: Path, title: str, 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

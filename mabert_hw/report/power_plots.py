@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from .figures import plt, save_figure
 
 MARKERS = {"geometric": "o", "greedy": "s", "soft-extract, no retraining": "^", "soft-extract + hard retraining": "D"}
 
@@ -34,6 +31,4 @@ def plot_frontier(results: dict, path: Path) -> None:
     axes[0].set_ylabel(f"SST-2 dev accuracy loss (points, baseline {results['baseline_dev_accuracy']:.2f})")
     axes[0].legend(fontsize=8)
     fig.suptitle("PoWER-BERT on fine-tuned MiniLM-L6 (SST-2 dev)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from .figures import plt, save_figure
+
 BIT_FIELDS = ("weight_bits", "act_bits")
 
 
@@ -15,10 +17,6 @@ def _rows(path: str | Path) -> list[dict]:
 
 def plot_metric_vs_bits(results_csv: str | Path, png: str | Path, metric_label: str = "metric") -> None:
     """One line per (varied bit field, other fields): the metric against that field's bits."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     rows = _rows(results_csv)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -38,22 +36,14 @@ def plot_metric_vs_bits(results_csv: str | Path, png: str | Path, metric_label: 
     ax.set_ylabel(metric_label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def plot_tensor_errors(rows: list[dict], png: str | Path) -> None:
     """Bar chart of SQNR (dB) per tensor, in forward order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.12), 4))
     ax.bar(range(len(rows)), [r["sqnr_db"] for r in rows])
     ax.set_xticks(range(len(rows)), [r["tensor"] for r in rows], rotation=90, fontsize=5)
     ax.set_ylabel("SQNR (dB)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, png)
