@@ -82,6 +82,25 @@ def test_fast_runs_other_variants_through_the_reference_ops(variant):
     assert fast_ops == reference_ops
 
 
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("seq_len", [16, 11])  # T = the approximator's n, and T < n (truncated)
+def test_ma_attention_runs_reassociated_and_equals_reference(monkeypatch, share, seq_len):
+    import mabert_hw.backends.fast as fast_module
+
+    spec = TINY_SPECS[0].with_variant(**{**VARIANTS["ma"].__dict__, "softmax_input": 16, "softmax_hidden": 12,
+                                         "share_softmax": share})
+    weights = random_weights(spec, seed=9)
+    batch = random_batch(spec, batch=3, seq_len=seq_len, seed=10)
+    assert batch.attention_mask.min() == 0
+    calls = []
+    kernel = fast_module.ma_attention
+    monkeypatch.setattr(fast_module, "ma_attention", lambda *args: calls.append(1) or kernel(*args))
+    ours, fast_ops, theirs, reference_ops = run_both(spec, weights, batch)
+    assert len(calls) == spec.layers  # every layer's attention took the fused kernel
+    assert_outputs_close(ours, theirs)
+    assert fast_ops == reference_ops
+
+
 def test_fast_equals_reference_on_minilm_with_real_sentences(minilm):
     batch = tokenize(minilm.tokenizer_dir, SAMPLE_TEXTS)
     assert batch.attention_mask.min() == 0  # sentences of different lengths: padded

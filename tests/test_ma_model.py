@@ -94,7 +94,8 @@ def save_official(tmp_path, spec, state):
     return path
 
 
-@pytest.mark.parametrize("share,backend", [(False, "reference"), (True, "reference"), (True, "fast")])
+@pytest.mark.parametrize("share,backend", [(False, "reference"), (True, "reference"), (False, "fast"),
+                                           (True, "fast")])
 def test_official_file_loads_and_engines_match_torch(tmp_path, share, backend):
     spec = tiny_ma(share)
     state = random_official_state(spec)

@@ -8,9 +8,13 @@ the reference (counts are of the math, not of the kernels):
 - `split_heads` of a `Linear` returns `Heads`; when the query, key and value are the heads of three
   linears of one input, the attention runs them as one GEMM with the three weights concatenated
   (cached per weight triple) and adds their biases inside the attention kernel;
-- `add` returns a `Sum`, which LayerNorm reads in the same pass as it normalises;
+- `add` returns a `Sum`, which LayerNorm reads in the same pass as it normalises; a Sum of a
+  pending Linear that anything else reads runs as GEMM + bias + residual add (MA-BERT's folded blocks);
 - `matmul(q, k, transpose_b=True)` returns `Scores`; `scale`, `mask_scores` and `softmax` only
   annotate it, and `matmul(scores, v)` runs kernels.attention: one fused task per (batch, head).
+- MA-BERT: `linear`, the ReLU and `linear` of the softmax approximator over multiplicatively masked
+  `Scores` return an `Approximated`, and `matmul(approximated, v)` runs kernels.ma_attention, which
+  reassociates the linear chain so the (T, T) scores are never formed.
 A deferred value that reaches anything else (an op another variant adds, a layout method, an op
 out of the expected order) is first computed whole by `ready`, with the reference's formulas,
 so every variant the reference executes also runs here, unfused where no kernel exists yet.
@@ -25,8 +29,8 @@ from functools import wraps
 
 import numpy as np
 
-from ..kernels.attention import attention
-from ..kernels.linear import linear_add_layernorm, linear_bias, linear_bias_act
+from ..kernels.attention import attention, ma_attention
+from ..kernels.linear import linear_add_layernorm, linear_bias, linear_bias_act, linear_bias_add
 from ..kernels.rows import ACTIVATIONS, activation, add_layernorm, layernorm, softmax_rows
 from ..kernels.threads import kernel_blas, rows_per_task, set_threads
 from .reference import ReferenceBackend
@@ -105,7 +109,14 @@ class Sum(Deferred):
         return self.a.shape
 
     def compute(self) -> np.ndarray:
-        return self.a + ready(self.b)
+        if not (isinstance(self.b, Linear) and self.b.pending and self.a.flags.c_contiguous):
+            return self.a + ready(self.b)
+        y = self.b
+        x = y.rows()
+        out = np.empty((x.shape[0], y.weight.shape[0]), np.float32)  # (M, N)
+        with kernel_blas():
+            linear_bias_add(x, y.weight, y.bias_or_zeros(), _rows(self.a), rows_per_task(x.shape[0]), out)
+        return out.reshape(self.shape)
 
 
 @dataclass(eq=False)
@@ -115,8 +126,9 @@ class Scores(Deferred):
     q: np.ndarray | Heads
     k: np.ndarray | Heads
     scale: np.float32 | None = None
-    mask: np.ndarray | None = None  # (B, 1, 1, Tk) additive
+    mask: np.ndarray | None = None  # (B, 1, 1, Tk), added or multiplied as mask_mode says
     softmaxed: bool = False
+    mask_mode: str = "additive"
 
     @property
     def shape(self):
@@ -127,10 +139,36 @@ class Scores(Deferred):
         if self.scale is not None:
             scores = scores * self.scale
         if self.mask is not None:
-            scores = scores + self.mask
+            scores = scores + self.mask if self.mask_mode == "additive" else scores * self.mask
         if self.softmaxed:
             softmax_rows(_rows(scores), _rows(scores))
         return scores
+
+
+@dataclass(eq=False)
+class Approximated(Deferred):
+    """The MA softmax approximator over masked `Scores`, built up as its three calls arrive:
+    relu?(scores W1^T + b1), then (.. ) W2^T + b2 once `second` is given. Weights (h, T) and (T, h)."""
+
+    scores: Scores
+    first: tuple[np.ndarray, np.ndarray]  # W1 (h, T), b1 (h,)
+    relu: bool = False
+    second: tuple[np.ndarray, np.ndarray] | None = None  # W2 (T, h), b2 (T,)
+
+    @property
+    def shape(self):
+        weight = self.first[0] if self.second is None else self.second[0]
+        return self.scores.shape[:-1] + weight.shape[:1]
+
+    @property
+    def complete(self) -> bool:
+        return self.relu and self.second is not None
+
+    def compute(self) -> np.ndarray:
+        y = Linear(np.ascontiguousarray(self.scores.ready()), *self.first).ready()
+        if self.relu:
+            y = np.maximum(y, np.float32(0.0))
+        return y if self.second is None else Linear(np.ascontiguousarray(y), *self.second).ready()
 
 
 def ready(value):
@@ -213,8 +251,12 @@ class FastBackend(ReferenceBackend):
 
     # --- GEMMs -----------------------------------------------------------------------------------
     def _linear(self, x, weight, bias):
-        if not (weight.flags.c_contiguous or weight.flags.f_contiguous):  # a view (truncated approximator)
-            weight = np.ascontiguousarray(weight)
+        weight = np.ascontiguousarray(weight)  # a view where the approximator is truncated to T < n
+        bias = bias if bias is None else np.ascontiguousarray(bias)
+        if bias is not None and isinstance(x, Scores) and x.mask_mode == "multiplicative" and x.pending:
+            return Approximated(x, (weight, bias))
+        if bias is not None and isinstance(x, Approximated) and x.pending and x.relu and x.second is None:
+            return Approximated(x.scores, x.first, True, (weight, bias))
         return Linear(np.ascontiguousarray(ready(x)), weight, bias)
 
     def split_heads(self, x, heads):
@@ -228,9 +270,12 @@ class FastBackend(ReferenceBackend):
         if isinstance(a, Scores) and a.softmaxed and a.mask is not None and _is_heads(b) \
                 and a.q.shape == a.k.shape == b.shape:  # self-attention: one T for queries and keys
             return self._attention(a, b)
+        if isinstance(a, Approximated) and a.complete and _is_heads(b) \
+                and a.scores.q.shape == a.scores.k.shape == b.shape:
+            return self._attention(a.scores, b, approximator=a)
         return super()._matmul(ready(a), ready(b), transpose_b)
 
-    def _attention(self, scores: Scores, v):
+    def _attention(self, scores: Scores, v, approximator: Approximated | None = None):
         B, H, T, D = scores.q.shape
         fusable = _fusable_qkv(scores.q, scores.k, v)
         if fusable is not None:
@@ -246,7 +291,10 @@ class FastBackend(ReferenceBackend):
         scale = np.float32(1.0 if scores.scale is None else scores.scale)
         context = np.empty((B * T, H * D), np.float32)
         with kernel_blas():
-            attention(qkv, bias, mask, scale, H, context)
+            if approximator is None:
+                attention(qkv, bias, mask, scale, H, context)
+            else:
+                ma_attention(qkv, bias, mask, scale, *approximator.first, *approximator.second, H, context)
         return context.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D) view: merge_heads is free
 
     # --- the score chain -------------------------------------------------------------------------
@@ -256,12 +304,12 @@ class FastBackend(ReferenceBackend):
         return super()._scale(ready(x), factor)
 
     def _mask_scores(self, scores, mask, mode):
-        if isinstance(scores, Scores) and mode == "additive" and scores.mask is None and not scores.softmaxed:
-            return Scores(scores.q, scores.k, scores.scale, mask)
+        if isinstance(scores, Scores) and scores.mask is None and not scores.softmaxed:
+            return Scores(scores.q, scores.k, scores.scale, mask, mask_mode=mode)
         return super()._mask_scores(ready(scores), mask, mode)
 
     def _softmax(self, x):
-        if isinstance(x, Scores) and x.mask is not None and not x.softmaxed:
+        if isinstance(x, Scores) and x.mask is not None and x.mask_mode == "additive" and not x.softmaxed:
             return Scores(x.q, x.k, x.scale, x.mask, softmaxed=True)
         x = np.ascontiguousarray(ready(x))
         out = np.empty_like(x)
@@ -275,6 +323,8 @@ class FastBackend(ReferenceBackend):
         return super()._add(ready(a), ready(b))
 
     def _activation(self, x, kind):
+        if kind == "relu" and isinstance(x, Approximated) and x.pending and not x.relu and x.second is None:
+            return Approximated(x.scores, x.first, relu=True)
         code = ACTIVATIONS.get(kind)
         if code is None:
             return super()._activation(ready(x), kind)

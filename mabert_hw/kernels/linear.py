@@ -5,7 +5,8 @@ the single-threaded BLAS of threads.py) and then applies the epilogue to those r
 still in cache:
 - linear_bias:          out = x W^T + b
 - linear_bias_act:      out = act(x W^T + b)
-- linear_add_layernorm: out = LN(a + (x W^T + b)), the post-LN residual block.
+- linear_add_layernorm: out = LN(a + (x W^T + b)), the post-LN residual block;
+- linear_bias_add:      out = a + (x W^T + b), the residual block without a norm (MA-BERT, folded).
 Splitting the tokens between cores runs one single-threaded GEMM per core, each at the full
 per-core rate, and removes the separate passes (and synchronisations) of the unfused epilogues.
 x (M, K) C-contiguous rows; weight (N, K) in the checkpoint's layout (np.dot reads its transpose
@@ -59,3 +60,16 @@ def linear_add_layernorm(x, weight, bias, residual, gain, beta, eps, rows_per_ta
             for j in range(N):
                 s[j] = residual[i, j] + (out[i, j] + bias[j])
             _normalize_row(s, gain, beta, eps, out[i])
+
+
+@njit(parallel=True, cache=True)
+def linear_bias_add(x, weight, bias, residual, rows_per_task, out):
+    """out (M, N) <- residual (M, N) + (x weight^T + bias), in the reference's order of additions."""
+    M, N = out.shape
+    for task in prange((M + rows_per_task - 1) // rows_per_task):
+        lo = task * rows_per_task
+        hi = min(M, lo + rows_per_task)
+        np.dot(x[lo:hi], weight.T, out[lo:hi])
+        for i in range(lo, hi):
+            for j in range(N):
+                out[i, j] = residual[i, j] + (out[i, j] + bias[j])
