@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import statistics
 import time
 from dataclasses import replace
@@ -60,6 +61,17 @@ def latency(ck_base, ck_ma, texts: list[str], reps: int, backend_name: str) -> d
     return {name: statistics.median(times[1:]) for name, times in runs.items()} | {"reps": reps}
 
 
+def latencies(ck_base, ck_ma, texts: list[str], reps: int, backends: str) -> dict:
+    """{backend: {baseline, ma, ma_over_baseline, reps, load_average}} for each comma-separated backend."""
+    out = {}
+    for backend_name in backends.split(","):
+        load = os.getloadavg()[0]
+        times = latency(ck_base, ck_ma, texts, reps, backend_name)
+        out[backend_name] = times | {"ma_over_baseline": times["ma"] / times["baseline"], "load_average": load}
+        print(f"latency, {backend_name} engine: {out[backend_name]}")
+    return out
+
+
 def op_counts(spec_base, spec_ma) -> list[dict]:
     rows = []
     for name, spec in (("baseline", spec_base), ("ma", spec_ma)):
@@ -77,6 +89,8 @@ def main() -> None:
     parser.add_argument("--softmax-rows", type=int, default=4000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--backend", default="fast")
+    parser.add_argument("--latency-backends", default="fast,reference",
+                        help="engines to time MA vs baseline in (comma-separated; default fast,reference)")
     parser.add_argument("--latency-only", action="store_true", help="re-measure only the latency")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -84,8 +98,7 @@ def main() -> None:
     task = load_stsb(args.data, args.limit)
     if args.latency_only:
         base, ma = checkpoint.load("minilm"), checkpoint.load(args.ckpt)
-        results["latency_ms"] = latency(base, ma, task.first, args.reps, args.backend) | {"backend": args.backend}
-        print(f"latency: {results['latency_ms']}")
+        results["latency_ms"] = latencies(base, ma, task.first, args.reps, args.latency_backends)
         (OUT / "results.json").write_text(json.dumps(results, indent=2))
         return
     scores = results.setdefault("stsb_spearman", {})
@@ -110,8 +123,7 @@ def main() -> None:
     print(captured.getvalue())
     base, ma = checkpoint.load("minilm"), checkpoint.load(args.ckpt)
     (OUT / "op_counts.csv").write_text(csv_table(op_counts(base.spec, ma.spec)))
-    results["latency_ms"] = latency(base, ma, task.first, args.reps, args.backend) | {"backend": args.backend}
-    print(f"latency: {results['latency_ms']}")
+    results["latency_ms"] = latencies(base, ma, task.first, args.reps, args.latency_backends)
     history_path = Path(args.ckpt) / "history.json"
     if history_path.exists():
         history = json.loads(history_path.read_text())

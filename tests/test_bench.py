@@ -99,6 +99,14 @@ def test_engines_run_interleaved_after_warmup():
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
 
 
+def test_settle_calls_run_untimed_before_each_timed_call():
+    calls = []
+    samples = time_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=2, warmup=0,
+                         settle=1)
+    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"]  # each turn: one untimed, then one timed call
+    assert {k: len(v) for k, v in samples.items()} == {"a": 2, "b": 2}
+
+
 def test_cli_bench_json_on_a_weightless_config(tmp_path, capsys):
     hf_config(TINY_SPECS[2]).save_pretrained(tmp_path)  # config.json only: random weights
     code = main(["bench", str(tmp_path / "config.json"), "--batch", "2", "--seq-len", "6", "--repeat", "2",

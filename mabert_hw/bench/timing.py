@@ -1,7 +1,12 @@
 """Interleaved timing: every engine runs on the same batch, in turns, after a warm-up call each.
 
 Round r runs the engines in an order rotated by r, so no engine always follows the same neighbour
-(caches, turbo state and other processes' load then fall on all of them alike). Achieved GFLOP/s
+(caches, turbo state and other processes' load then fall on all of them alike). In each turn an
+engine first makes `settle` untimed calls: the previous engine's thread pool may still be spinning
+(onnxruntime's and OpenMP's workers spin after a run before they sleep) and would take the cores
+from the first call after it, and the engine's own pool may have gone to sleep during the others'
+turns; the timed call then runs as in a process that uses one engine (measured on MiniLM B=1 before
+this: the fast engine 66 ms right after onnxruntime, 56 ms after a pause). Achieved GFLOP/s
 divides the counted FLOPs of the forward (cost.counts: GEMM MACs x 2 plus every elementwise
 primitive) by the median time; ratio_vs_torch is the engine's median over torch eager's.
 """
@@ -27,13 +32,15 @@ def machine_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def time_calls(calls: dict[str, Callable[[], object]], repeat: int, warmup: int = 1,
+def time_calls(calls: dict[str, Callable[[], object]], repeat: int, warmup: int = 1, settle: int = 0,
                progress: bool = False) -> dict[str, list[float]]:
-    """Seconds per call of each engine: `repeat` interleaved rounds after `warmup` calls each."""
+    """Seconds per call of each engine: `repeat` interleaved rounds after `warmup` calls each; in a
+    round each engine's timed call follows `settle` untimed ones."""
     from tqdm import tqdm
 
     names = list(calls)
-    bar = tqdm(total=len(names) * (warmup + repeat), desc="bench", unit="call", disable=not progress, leave=False)
+    bar = tqdm(total=len(names) * (warmup + repeat * (1 + settle)), desc="bench", unit="call",
+               disable=not progress, leave=False)
     for name in names:
         for _ in range(warmup):
             calls[name]()
@@ -42,6 +49,9 @@ def time_calls(calls: dict[str, Callable[[], object]], repeat: int, warmup: int 
     for round_ in range(repeat):
         shift = round_ % len(names) if names else 0
         for name in names[shift:] + names[:shift]:
+            for _ in range(settle):
+                calls[name]()
+                bar.update()
             start = time.perf_counter()
             calls[name]()
             samples[name].append(time.perf_counter() - start)
@@ -75,7 +85,7 @@ def parse_engines(text: str) -> list[str]:
 
 
 def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: list[str], repeat: int,
-          threads: int | None = None, warmup: int = 1, progress: bool = False) -> dict:
+          threads: int | None = None, warmup: int = 1, settle: int = 1, progress: bool = False) -> dict:
     """The `mabert-hw bench` JSON document: per engine timings, or {"skipped": reason}."""
     threads = threads or machine_threads()
     inputs = random_batch(spec, batch, seq_len, seed=0)
@@ -87,7 +97,7 @@ def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: 
             calls[engine] = prepare(engine, spec, weights, inputs, threads)
         except EngineUnavailable as reason:
             skipped[engine] = {"skipped": str(reason)}
-    samples = time_calls(calls, repeat, warmup, progress)
+    samples = time_calls(calls, repeat, warmup, settle, progress)
     timings = summarise(samples, profile_model(spec, batch, seq_len).total("flops"), batch * seq_len)
     return {
         "engines": {engine: timings.get(engine) or skipped[engine] for engine in engines},

@@ -9,7 +9,7 @@ from ..bench.engines import ENGINES
 from ..bench.timing import bench, parse_engines, table_rows
 from ..report.tables import text_table
 from ..weights import random_weights
-from .common import add_checkpoint, emit, positive_int
+from .common import add_checkpoint, emit, non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -28,6 +28,9 @@ def register(subparsers) -> None:
                         help=f"comma-separated engines (default {','.join(ENGINES)})")
     parser.add_argument("--repeat", type=positive_int, default=10, help="timed calls per engine (default 10)")
     parser.add_argument("--threads", type=positive_int, help="threads for every engine (default: one per core)")
+    parser.add_argument("--settle", type=non_negative_int, default=1,
+                        help="untimed calls an engine makes in its turn before the timed one, so the previous "
+                             "engine's spinning threads have gone quiet (default 1)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
     parser.set_defaults(run=run)
@@ -38,7 +41,7 @@ def run(args) -> int:
     ck = checkpoint.load(args.ckpt)
     weights = ck.weights if ck.weights is not None else random_weights(ck.spec)
     document = bench(ck.spec, weights, args.batch, args.seq_len, engines, args.repeat, args.threads,
-                     progress=True)
+                     settle=args.settle, progress=True)
     if args.format == "json":
         text = json.dumps(document, indent=2)
     else:
