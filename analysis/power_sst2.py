@@ -97,24 +97,25 @@ def speedups(ck, schedules: dict, batches, backend, repeats: int) -> dict:
     return {name: (statistics.median(t), base / statistics.median(t)) for name, t in times.items()}
 
 
+def training_stream(data: Path, ck, seq_len: int, batch: int, seed: int = 1):
+    """Endless labelled SST-2 training batches (torch tensors) of sentence-like texts (>= 12 words, as
+    dev's are) that the fine-tuning did not see, padded to seq_len."""
+    trainset = load_sst2(data / "glue/SST-2/train.tsv")
+    unseen = np.random.default_rng(FINETUNE_SEED).permutation(len(trainset.sentences))[FINETUNE_PHRASES:]
+    long = [i for i in unseen if len(trainset.sentences[i].split()) >= 12]
+    rng = np.random.default_rng(seed)
+    while True:
+        idx = rng.choice(long, batch, replace=False)
+        (_, b), = encode(ck, [trainset.sentences[i] for i in idx], seq_len, batch)
+        yield {"input_ids": torch.from_numpy(b.input_ids), "attention_mask": torch.from_numpy(b.attention_mask),
+               "token_type_ids": torch.from_numpy(b.token_type_ids), "labels": torch.from_numpy(trainset.labels[idx])}
+
+
 def soft_extract(args, ck, seq_len: int) -> tuple[tuple[int, ...], dict, list[float], list[float]]:
     """Soft-extract then hard retraining in torch; -> (retention, weights, soft losses, hard losses)."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    trainset = load_sst2(args.data / "glue/SST-2/train.tsv")
-    unseen = np.random.default_rng(FINETUNE_SEED).permutation(len(trainset.sentences))[FINETUNE_PHRASES:]
-    long = [i for i in unseen if len(trainset.sentences[i].split()) >= 12]  # sentence-like, as dev is
-
-    def stream():
-        rng = np.random.default_rng(1)
-        while True:
-            idx = rng.choice(long, args.soft_batch, replace=False)
-            (_, b), = encode(ck, [trainset.sentences[i] for i in idx], seq_len, args.soft_batch)
-            yield {"input_ids": torch.from_numpy(b.input_ids), "attention_mask": torch.from_numpy(b.attention_mask),
-                   "token_type_ids": torch.from_numpy(b.token_type_ids),
-                   "labels": torch.from_numpy(trainset.labels[idx])}
-
-    batches = stream()
+    batches = training_stream(args.data, ck, seq_len, args.soft_batch)
     soft = PowerBert(hf_model(ck.spec, ck.weights), mode="soft", max_len=seq_len)
     soft_losses = train(soft, batches, args.soft_steps, lr=2e-5, soft_lr=args.soft_lr, lam=args.lam,
                         progress=lambda r: tqdm(r, desc="soft extract"))

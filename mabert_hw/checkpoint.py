@@ -36,6 +36,7 @@ class Checkpoint:
     weights: Weights | None  # None: architecture only (preset or bare config)
     source: str
     tokenizer_dir: Path | None = None
+    unfolded: Weights | None = None  # an MA checkpoint's weights as stored (before PowerNorm folding)
 
     def require_weights(self, command: str) -> Weights:
         if self.weights is None:
@@ -62,8 +63,8 @@ def load(source: str | Path) -> Checkpoint:
         raise UserError(f"no such file or directory: {source} (presets: {', '.join(PRESETS)}, {MINILM_ALIAS})")
     if path.is_file():
         if path.suffix in OFFICIAL_MA_SUFFIXES:
-            spec, weights = ma_checkpoint.load_official_file(path, _read_torch_bin)
-            return Checkpoint(spec, weights, source, _tokenizer_dir(path.parent))
+            spec, unfolded, weights = ma_checkpoint.load_official_file(path, _read_torch_bin)
+            return Checkpoint(spec, weights, source, _tokenizer_dir(path.parent), unfolded)
         if path.suffix != ".json":
             raise UserError(f"{source}: expected a checkpoint directory or a config.json, got a {path.suffix or 'plain'} file")
         return Checkpoint(spec_from_config(read_config(path), path.parent.name), None, source)
@@ -76,8 +77,8 @@ def load(source: str | Path) -> Checkpoint:
     if ma_checkpoint.is_ma_config(config):
         state = None if raw is None else ma_checkpoint.to_bert_keys(raw)
         spec = ma_checkpoint.spec_from_ma(config, state, name)
-        weights = None if state is None else ma_checkpoint.ma_weights(spec, state)
-        return Checkpoint(spec, weights, source, _tokenizer_dir(path))
+        unfolded, weights = (None, None) if state is None else ma_checkpoint.ma_weights(spec, state)
+        return Checkpoint(spec, weights, source, _tokenizer_dir(path), unfolded)
     if raw is None:
         return Checkpoint(spec_from_config(config, name), None, source, _tokenizer_dir(path))
     state = strip_prefixes(raw)

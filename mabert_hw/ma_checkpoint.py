@@ -125,8 +125,9 @@ def raw_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def ma_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> Weights:
-    """Check the unfolded official weights, then fold PowerNorm (fold.py) when the model has it."""
+def ma_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> tuple[Weights, Weights]:
+    """Check the unfolded official weights -> (them, as float32; the weights the engines run: PowerNorm
+    folded (fold.py) when the model has it)."""
     from .fold import fold_powernorm
 
     raw = {}
@@ -137,12 +138,13 @@ def ma_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> Weights:
             raise UserError(f"shape of key {key} is {tuple(state[key].shape)} expected {shape}")
         raw[key] = np.asarray(state[key], np.float32)
     if spec.variant.norm != "powernorm":
-        return raw
-    return fold_powernorm(spec, raw)[0]
+        return raw, raw
+    return raw, fold_powernorm(spec, raw)[0]
 
 
-def load_official_file(path: Path, read_torch) -> tuple[ModelSpec, Weights]:
-    """A bare official .pt state dict; heads from a config.json beside it if there is one."""
+def load_official_file(path: Path, read_torch) -> tuple[ModelSpec, Weights, Weights]:
+    """A bare official .pt state dict -> (spec, unfolded weights, engine weights); heads from a
+    config.json beside it if there is one."""
     state = to_bert_keys(read_torch(path))
     config_path = path.parent / "config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
@@ -152,4 +154,4 @@ def load_official_file(path: Path, read_torch) -> tuple[ModelSpec, Weights]:
     if not (is_ma_config(config) or has_ma_keys):
         raise UserError(f"{path}: no MA-BERT keys (running_phi, softmax.*); for a plain BERT pass its directory")
     spec = spec_from_ma(config, state, path.stem)
-    return spec, ma_weights(spec, state)
+    return spec, *ma_weights(spec, state)

@@ -114,6 +114,18 @@ def test_official_file_loads_and_engines_match_torch(tmp_path, share, backend):
         assert np.abs(np.asarray(ours.pooled) - theirs["pooled"].numpy()).max() <= REFERENCE_VS_TORCH_ATOL
 
 
+@pytest.mark.parametrize("share", [False, True])
+def test_check_command_compares_ma_checkpoints_with_the_torch_ma_model(tmp_path, capsys, share):
+    from mabert_hw.cli import main
+
+    spec = tiny_ma(share)
+    path = save_official(tmp_path, spec, random_official_state(spec))
+    assert main(["check", str(path), "--batch", "3", "--seq-len", str(spec.variant.softmax_input)]) == 0
+    out = capsys.readouterr().out
+    assert "torch_ref.ma_bert" in out and "OK" in out
+    assert out.count("layer ") == spec.layers
+
+
 def raw_ma_state(spec, seed=3):
     state = to_bert_keys({k: v.numpy() for k, v in random_official_state(spec, seed=seed).items()})
     return {k: v.astype(np.float32) for k, v in state.items() if k in raw_shapes(spec)}

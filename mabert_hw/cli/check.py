@@ -1,4 +1,5 @@
-"""`mabert-hw check`: the reference backend against HF transformers (torch) on the same inputs."""
+"""`mabert-hw check`: the reference backend against torch (HF transformers, or torch_ref's MA-BERT for MA
+checkpoints) on the same inputs."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ DEFAULT_ATOL = 1e-4  # float32 reference vs torch float32: summation order only 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "check",
-        help="compare the NumPy reference with the HF torch model, layer by layer",
-        description="Run the reference backend and HF transformers (eager attention) on the same inputs: "
+        help="compare the NumPy reference with the torch model, layer by layer",
+        description="Run the reference backend and HF transformers (eager attention) on the same inputs "
+        "(for an MA-BERT checkpoint: torch_ref's MA-BERT on the weights as stored, before PowerNorm folding): "
         "real tokenised text when the checkpoint has a tokenizer, seeded random ids with padding otherwise. "
         "A checkpoint without weights (preset, config.json) gets seeded random weights. "
         "Exit status 1 when any max |diff| exceeds --atol.",
@@ -33,7 +35,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     try:
-        from ..torch_ref.check import compare_with_hf
+        from ..torch_ref.check import compare_with_hf, compare_with_ma_torch
     except ImportError as error:
         raise UserError(f"`check` needs torch and transformers ({error.name} is not installed)") from None
     ck = checkpoint.load(args.ckpt)
@@ -50,7 +52,11 @@ def run(args) -> int:
             raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt): cannot use --texts")
         batch = random_batch(ck.spec, args.batch, args.seq_len or min(64, ck.spec.max_positions), args.seed)
         print(f"inputs: random ids {batch.shape[0]} x {batch.shape[1]} with padding (seed {args.seed})")
-    diffs = compare_with_hf(ck.spec, weights, batch)
+    if ck.unfolded is not None:
+        print("MA-BERT checkpoint: comparing with torch_ref.ma_bert on the stored (unfolded) weights")
+        diffs = compare_with_ma_torch(ck.spec, ck.unfolded, batch)
+    else:
+        diffs = compare_with_hf(ck.spec, weights, batch)
     print(text_table([{"output": label, "max_abs_diff": f"{d:.3e}", "ok": d <= args.atol} for label, d in diffs]))
     worst = max(d for _, d in diffs)
     verdict = "OK" if worst <= args.atol else "FAIL"

@@ -1,4 +1,8 @@
-"""Reference backend vs HF transformers on the same inputs: max |diff| per layer."""
+"""Reference backend vs an independent torch model on the same inputs: max |diff| per layer.
+
+BERT checkpoints are compared with HF transformers; MA-BERT ones with torch_ref.ma_bert run on the
+weights as stored (unfolded PowerNorm, the approximator as a torch MLP), the reference's folded hidden
+states read back into that basis (fold.read_hidden_states)."""
 
 from __future__ import annotations
 
@@ -16,10 +20,32 @@ def compare_with_hf(spec: ModelSpec, weights: Weights, batch: Batch) -> list[tup
     """[(label, max |reference - HF|)] for embeddings, each layer, pooler and logits."""
     ours = forward(spec, weights, batch.input_ids, make_backend("reference"),
                    batch.attention_mask, batch.token_type_ids)
-    theirs = hf_forward(hf_model(spec, weights), batch)
+    return _diffs(spec, ours.hidden_states, ours, hf_forward(hf_model(spec, weights), batch))
+
+
+def compare_with_ma_torch(spec: ModelSpec, unfolded: Weights, batch: Batch) -> list[tuple[str, float]]:
+    """[(label, max |reference - torch_ref MA-BERT|)]; the reference runs the folded weights."""
+    import torch
+
+    from ..fold import fold_powernorm, read_hidden_states
+    from .ma_bert import load_official
+
+    folded, bases = fold_powernorm(spec, unfolded) if spec.variant.norm == "powernorm" else (unfolded, None)
+    ours = forward(spec, folded, batch.input_ids, make_backend("reference"), batch.attention_mask,
+                   batch.token_type_ids)
+    hidden = ours.hidden_states if bases is None else read_hidden_states(bases, ours.hidden_states)
+    with torch.no_grad():
+        out = load_official(spec, unfolded)(*(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask,
+                                                                           batch.token_type_ids)))
+    theirs = {k: [h.numpy() for h in v] if k == "hidden_states" else (None if v is None else v.numpy())
+              for k, v in out.items() if k in ("hidden_states", "pooled", "logits")}
+    return _diffs(spec, hidden, ours, theirs)
+
+
+def _diffs(spec: ModelSpec, hidden_states, ours, theirs: dict) -> list[tuple[str, float]]:
     labels = ["embeddings"] + [f"layer {i}" for i in range(spec.layers)]
-    diffs = [(label, float(np.abs(a - b).max()))
-             for label, a, b in zip(labels, ours.hidden_states, theirs["hidden_states"])]
+    diffs = [(label, float(np.abs(np.asarray(a) - b).max()))
+             for label, a, b in zip(labels, hidden_states, theirs["hidden_states"])]
     if theirs["pooled"] is not None:
         diffs.append(("pooler", float(np.abs(ours.pooled - theirs["pooled"]).max())))
     if theirs["logits"] is not None:
