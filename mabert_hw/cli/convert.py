@@ -103,6 +103,9 @@ def run(args) -> int:
     side = train.batches(ck.tokenizer_dir, texts, cfg.batch, cfg.max_len, args.seed + 1)
     report = {"teacher": args.ckpt, "texts": len(texts), "variant": variant.describe(), "config": cfg.__dict__}
     state_path = out / "train_state.pt"
+    if args.resume and state_path.exists() and (out / "config.json").exists():  # keep the first stage's record
+        earlier = json.loads((out / "config.json").read_text()).get("conversion", {})
+        report.update({k: earlier[k] for k in ("prefit_mse",) if k in earlier})
     if not (args.resume and state_path.exists()):
         if variant.softmax == "mlp" and cfg.prefit_steps:
             losses = train.prefit_approximators(student, teacher, side, cfg, lambda r: tqdm(r, desc="pre-fit"))
