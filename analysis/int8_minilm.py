@@ -7,7 +7,9 @@
 Headline configurations run on the full dev set (1500 pairs); the scheme comparisons (granularity,
 calibrators, non-linearities, residual bits, accumulator widths, bits 4..16) on the first --subset
 pairs to fit the shared 2-core machine. Calibration: 128 sentences of STS-B train. Results are
-appended as each configuration finishes, so a rerun resumes.
+appended as each configuration finishes, so a rerun resumes. residual_sqnr.csv: the per-tensor SQNR of
+the residual stream (adds, LayerNorms) with per-tensor vs per-channel 8-bit scales (quant/error.py,
+real tokens of the first SQNR_SENTENCES dev sentences), as `mabert-hw quant-error --baseline` reports it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,28 @@ from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 OUT = Path(__file__).resolve().parents[1] / "reports" / "int8"
 CACHE = Path.home() / ".cache" / "mabert-hw"
 RES16 = {"residual_bits": 16}
+CHANNEL = {"residual_granularity": "channel"}  # 8-bit residual stream, one scale per hidden unit
+RESIDUAL_GEMMS = "encoder.layer.*.output.dense"  # the GEMMs feeding the residual adders: attention.output.dense too
+# ...and those GEMMs write per-channel codes: their per-column requantization multipliers take per-channel scales
+CHANNEL_GEMM_OUT = {**CHANNEL, "rule": [{"name": RESIDUAL_GEMMS, "act_granularity": "channel"}]}
+SQNR_SENTENCES = 32  # one batch of dev sentences for the per-tensor SQNR table
+SQNR_TITLE = "residual stream SQNR at 8 bits, per-tensor vs per-channel scales (first {} dev sentences, real tokens)"
+FINAL_TITLE = "final hidden state SQNR (first {} dev sentences, real tokens)"
+FINAL_SQNR_CONFIGS = {  # where the error left by per-channel residual scales sits (final hidden state SQNR)
+    "all 8 bits, per tensor": {},
+    "residual per channel": CHANNEL,
+    "+ residual GEMMs' outputs per channel": CHANNEL_GEMM_OUT,
+    "+ residual GEMMs' inputs at 16 bits": {**CHANNEL, "rule": [{"name": RESIDUAL_GEMMS, "act_bits": 16, "out_bits": 8}]},
+    "+ every GEMM input at 16 bits": {**CHANNEL, "rule": [{"kind": "linear", "act_bits": 16, "out_bits": 8}]},
+    "residual 16 bits, per tensor": RES16,
+}
+
+
+def residual_rules(**fields) -> list[dict]:
+    """Rules giving the residual adds and LayerNorms `fields` (e.g. their own calibrator)."""
+    return [{"kind": kind, **fields} for kind in ("add", "layernorm")]
+
+
 BEST = {"calibrator": "percentile"}  # the best 8-bit calibrator on the subset (study.csv, calibrator rows)
 HEADLINE = [
     {"weight_granularity": "channel"},
@@ -39,6 +63,20 @@ HEADLINE = [
     {"calibrator": "mse", "nonlinear": "integer", **RES16},
     {"calibrator": "mse", "residual_bits": 12},
     {"calibrator": "mse", "residual_bits": 10},
+    # all 8 bits with per-channel residual scales (config.py act_granularity); which tensor needs them
+    CHANNEL,
+    {"rule": [{"kind": "add", "act_granularity": "channel"}]},
+    {"rule": [{"kind": "layernorm", "act_granularity": "channel"}]},
+    # per-channel calibrators for the residual tensors only, mse everywhere, power-of-two (shift) scales
+    {**CHANNEL, "rule": residual_rules(calibrator="percentile")},
+    {**CHANNEL, "rule": residual_rules(calibrator="mse")},
+    {"calibrator": "mse", **CHANNEL},
+    {**CHANNEL, "rule": residual_rules(pow2=True)},
+    # the GEMMs that feed the residual adders write per-channel codes too; integer-only non-linearities
+    CHANNEL_GEMM_OUT,
+    {**CHANNEL, "nonlinear": "integer"},
+    {"nonlinear": "integer", "rule": [{"kind": "add", "act_granularity": "channel"}]},
+    {**CHANNEL_GEMM_OUT, "nonlinear": "integer"},
 ]
 # Cut to fit ~40 min of the shared 2-core CPU: bits 4, 6, 8, 12, 16 (not 10, 14); accumulator widths
 # with one scheme; integer non-linearities with two calibrators.
@@ -81,8 +119,46 @@ def main() -> None:
         out = OUT / name
         done = done_keys(out)
         jobs = [Job("minilm", "stsb", dev, limit, c, calibration) for c in configs if config_key(c) not in done]
-        run_sweep(jobs, out, progress=lambda it, n=len(jobs), d=name: tqdm(it, total=n, desc=d))
+        n_jobs = len(jobs)
+        run_sweep(jobs, out, progress=lambda it, n=n_jobs, d=name: tqdm(it, total=n, desc=d))
+    if not (OUT / "final_sqnr.csv").exists():
+        residual_sqnr(ck, dev, calibration)
     write_report(args.subset)
+
+
+def residual_sqnr(ck, dev: str, calibration_path: str) -> None:
+    """Per-tensor SQNR of the residual stream's tensors, all 8 bits, per-tensor vs per-channel scales
+    (residual_sqnr.csv), and the final hidden state's under FINAL_SQNR_CONFIGS (final_sqnr.csv)."""
+    from mabert_hw.inputs import tokenize
+    from mabert_hw.model import forward
+    from mabert_hw.quant import config as qconfig
+    from mabert_hw.quant.calibrate import Calibration
+    from mabert_hw.quant.error import tensor_errors, with_baseline
+    from mabert_hw.report.tables import csv_table
+
+    batch = tokenize(ck.tokenizer_dir, load_stsb(dev, SQNR_SENTENCES).first)
+    weights = ck.require_weights("int8 study")
+
+    def run(backend):
+        return forward(ck.spec, weights, batch.input_ids, backend, batch.attention_mask,
+                       batch.token_type_ids).last_hidden_state
+
+    calibration = Calibration.load(calibration_path)
+
+    def errors(config: dict) -> list[dict]:
+        return tensor_errors(run, qconfig.from_dict(config), calibration, batch.attention_mask)
+
+    rows = with_baseline(errors(CHANNEL), errors({}))
+    gemm_out = {r["tensor"]: r["sqnr_db"] for r in errors(CHANNEL_GEMM_OUT)}
+    keep = [{"tensor": r["tensor"], "kind": r["kind"], "per_tensor_db": r["baseline_sqnr_db"],
+             "per_channel_db": r["sqnr_db"], "delta_db": r["delta_db"],
+             "per_channel_gemm_out_db": gemm_out[r["tensor"]]} for r in rows if r["kind"] in ("add", "layernorm")]
+    (OUT / "residual_sqnr.csv").write_text(csv_table(keep))
+    final = []
+    for label, config in FINAL_SQNR_CONFIGS.items():
+        last = [r for r in errors(config) if r["kind"] == "layernorm"][-1]  # the last hidden state (the pooler follows)
+        final.append({"config": label, **{k: last[k] for k in ("tensor", "sqnr_db", "cosine")}})
+    (OUT / "final_sqnr.csv").write_text(csv_table(final))
 
 
 ORT_DYNAMIC_INT8 = 86.37  # target: onnxruntime dynamic int8 on this CPU (DESIGN.md anchors, issue 5)
@@ -128,26 +204,32 @@ def write_report(subset: int) -> None:
     from mabert_hw.report.quant_plots import plot_metric_vs_bits
     from mabert_hw.report.tables import markdown_table
 
-    plot_metric_vs_bits(OUT / "study.csv", OUT / "bits.png", "STS-B dev Spearman x 100 (first %d pairs)" % subset)
+    plot_metric_vs_bits(OUT / "study.csv", OUT / "bits.png", f"STS-B dev Spearman x 100 (first {subset} pairs)")
     fp32 = {int(r["pairs"]): float(r["metric"]) for r in _read("fp32.csv")}
     parts = ["# int8 / fixed point: MiniLM-L6 on STS-B dev\n",
-             "Made by `OPENBLAS_NUM_THREADS=1 python analysis/int8_minilm.py` (then `--report-only`). A "
-             "24-configuration sweep (`sweep24.toml`) runs by `OPENBLAS_NUM_THREADS=1 mabert-hw sweep minilm --task "
-             "stsb --data /work/shared/data --grid reports/int8/sweep24.toml --out reports/int8/sweep24.csv "
-             "--workers 2`; its rows appear below when present.\n",
-             "Defaults: W8A8, per-channel symmetric int8 weights, asymmetric uint8 activations, min-max "
-             "calibration on 128 STS-B train sentences, onnxruntime (`ort`) requantization, 32-bit accumulators, "
-             "float non-linearities; each row changes the listed fields. `residual_bits` sets the bits of the "
-             "residual stream only (the residual adds, the LayerNorms and the embeddings); every GEMM stays W8A8. "
-             "metric = Spearman x 100; vs_fp32 = metric - fp32 on the same pairs.\n",
-             "Cut to fit ~40 min of the shared 2-core CPU: bits 4, 6, 8, 12, 16 only; accumulator widths and the "
-             "bit sweeps with one scheme (percentile, 16-bit residual); integer non-linearities with two "
-             "calibrators; the scheme study on the first %d dev pairs, the headline rows on all 1500.\n" % subset]
+             ("Made by `OPENBLAS_NUM_THREADS=1 python analysis/int8_minilm.py` (then `--report-only`). A "
+              "24-configuration sweep (`sweep24.toml`) runs by `OPENBLAS_NUM_THREADS=1 mabert-hw sweep minilm --task "
+              "stsb --data /work/shared/data --grid reports/int8/sweep24.toml --out reports/int8/sweep24.csv "
+              "--workers 2`; its rows appear below when present.\n"),
+             ("Defaults: W8A8, per-channel symmetric int8 weights, asymmetric uint8 activations, min-max "
+              "calibration on 128 STS-B train sentences, onnxruntime (`ort`) requantization, 32-bit accumulators, "
+              "float non-linearities; each row changes the listed fields. `residual_bits` sets the bits of the "
+              "residual stream only (the residual adds, the LayerNorms and the embeddings); every GEMM stays W8A8. "
+              "`residual_granularity = \"channel\"` keeps that stream at 8 bits with one scale and zero point per "
+              "hidden unit; `rule` rows set fields for the ops a rule matches (by `kind` or `name`), e.g. the "
+              "residual tensors' own calibrator, or per-channel output scales for the GEMMs feeding the residual "
+              "adders (`encoder.layer.*.output.dense`). metric = Spearman x 100; vs_fp32 = metric - fp32 on the "
+              "same pairs.\n"),
+             ("Cut to fit ~40 min of the shared 2-core CPU: bits 4, 6, 8, 12, 16 only; accumulator widths and the "
+              "bit sweeps with one scheme (percentile, 16-bit residual); integer non-linearities with two "
+              f"calibrators; the scheme study on the first {subset} dev pairs, the headline rows on all 1500.\n")]
     headline = _read("headline.csv")
     if headline and 1500 in fp32:
         parts += _targets(headline, fp32[1500])
     for name, title, pairs in (("fp32.csv", "float32 reference", None),
                                ("headline.csv", "full dev set (1500 pairs)", 1500),
+                               ("residual_sqnr.csv", SQNR_TITLE.format(SQNR_SENTENCES), None),
+                               ("final_sqnr.csv", FINAL_TITLE.format(SQNR_SENTENCES), None),
                                ("study.csv", f"scheme study (first {subset} pairs)", subset),
                                ("sweep24.csv", "24-configuration sweep (full dev, `--workers 2`)", 1500)):
         rows = _read(name)

@@ -9,7 +9,9 @@ cached, requantize_codes; int64 only where the integer engines (tflite, dyadic, 
 non-linearities) need it. Each op quantizes its activation operands with the ranges calibrated for "<op>:in0|in1" and
 writes its result in the format calibrated for "<op>:out" (an op boundary is a requantization to the
 consumer's format, the identity when the formats agree). A tensor never calibrated is quantized with
-its own current range (dynamic quantization).
+its own current range (dynamic quantization). With act_granularity "channel" (config.py) those formats
+have one scale and zero point per channel (hidden unit): the residual stream's adds and LayerNorms, and
+a linear's output, whose per-column requantization multiplier takes the per-channel output scale.
 
   linear / matmul   int GEMM (exact, or AVX2 u8s8 pair saturation), accumulator width with overflow
                     counting, requantization per `requant` mode; per-group weights combine the exact
@@ -33,8 +35,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..quant.calibrate import MASKED, Calibration
-from ..quant.config import OpSettings, QuantConfig
-from ..quant.formats import IntFormat, QParams, choose_qparams, dequantize, quantize, quantize_codes, weight_qparams
+from ..quant.config import GEMM_KINDS, OpSettings, QuantConfig
+from ..quant.formats import (
+    IntFormat,
+    QParams,
+    channel_range,
+    choose_qparams,
+    dequantize,
+    quantize,
+    quantize_codes,
+    weight_qparams,
+)
 from ..quant.intgemm import exact_matmul, int_matmul, int_matmul_u8s8_avx2, limit_accumulator
 from ..quant.intops import int_add, int_gelu, int_layernorm, int_rescale, int_softmax
 from ..quant.requant import requantize, requantize_codes
@@ -108,18 +119,22 @@ class FixedBackend(ReferenceBackend):
     # --- formats -----------------------------------------------------------------------------------
     def _act_qparams(self, slot: str, s: OpSettings, x=None, nonneg: bool = False) -> QParams:
         bits = s.out_bits if slot == "out" and s.out_bits else s.act_bits
-        key = (self._op[0], slot, bits, s.act_symmetric, s.calibrator, s.percentile, s.pow2)
+        # a GEMM's inputs keep one scale (config.py); per channel = per entry of the last axis
+        per_channel = s.act_granularity == "channel" and (slot == "out" or self._op[1] not in GEMM_KINDS)
+        key = (self._op[0], slot, bits, s.act_symmetric, s.calibrator, s.percentile, s.pow2, per_channel)
         if key in self._qparams:
             return self._qparams[key]
         signed_probe = IntFormat(bits, signed=True)
-        span = self.calibration.range(f"{self._op[0]}:{slot}", s.calibrator, signed_probe, s.act_symmetric,
-                                      s.percentile)
+        estimate = self.calibration.channel_range if per_channel else self.calibration.range
+        span = estimate(f"{self._op[0]}:{slot}", s.calibrator, signed_probe, s.act_symmetric, s.percentile)
         dynamic = span is None
-        if dynamic:
+        if dynamic and per_channel:
+            span = channel_range(x)
+        elif dynamic:
             data = np.asarray(x)[np.asarray(x) > MASKED]
             span = (float(data.min(initial=0.0)), float(data.max(initial=0.0)))
         lo, hi = (0.0, span[1]) if nonneg else span
-        fmt = IntFormat(bits, signed=s.act_symmetric and lo < 0)
+        fmt = IntFormat(bits, signed=s.act_symmetric and bool(np.any(np.asarray(lo) < 0)))
         qp = choose_qparams(lo, hi, fmt, s.act_symmetric, s.pow2)
         if not dynamic:
             self._qparams[key] = qp
@@ -194,8 +209,8 @@ class FixedBackend(ReferenceBackend):
             acc = exact_matmul(xc, w_centred, _centred_bound(xqp) * w_bound)  # (M, N)
         acc = self._accumulate(acc, s)
         yqp = self._act_qparams("out", s)
-        yq = requantize_codes(acc, s.requant, float(xqp.scale), wqp.scale.reshape(-1), float(yqp.scale),
-                              int(yqp.zero_point), yqp.fmt, bias)
+        yq = requantize_codes(acc, s.requant, float(xqp.scale), wqp.scale.reshape(-1), *_scale_zp(yqp), yqp.fmt,
+                              bias)
         return self._values(yq, yqp).reshape(*lead, -1)
 
     def _group_linear(self, xq, xqp, wq, wqp, bias, s):
@@ -242,8 +257,7 @@ class FixedBackend(ReferenceBackend):
             return self._output(a + b, s)
         (qa, pa), (qb, pb) = self._quantize_int(a, "in0", s), self._quantize_int(np.broadcast_to(b, a.shape), "in1", s)
         po = self._act_qparams("out", s)
-        out = int_add(qa, int(pa.zero_point), float(pa.scale), qb, int(pb.zero_point), float(pb.scale),
-                      float(po.scale), int(po.zero_point), po.fmt)
+        out = int_add(qa, *_zp_scale(pa), qb, *_zp_scale(pb), *_scale_zp(po), po.fmt)
         return self._values(out, po)
 
     def _scale(self, x, factor):
@@ -272,8 +286,7 @@ class FixedBackend(ReferenceBackend):
             return self._output(out, s) if s.quantize else out
         q, qp = self._quantize_int(x, "in0", s)
         po = self._act_qparams("out", s)
-        out, overflowed = int_layernorm(q, int(qp.zero_point), float(qp.scale), gain, bias, eps,
-                                        float(po.scale), int(po.zero_point), po.fmt)
+        out, overflowed = int_layernorm(q, *_zp_scale(qp), gain, bias, eps, *_scale_zp(po), po.fmt)
         self._count(overflowed)
         return self._values(out, po)
 
@@ -307,6 +320,18 @@ class FixedBackend(ReferenceBackend):
     def _fff(self, x, w_in, b_in, w_out, depth, trees):
         self.float_ops.add("fff")
         return super()._fff(x, w_in, b_in, w_out, depth, trees)
+
+
+def _scale_zp(qp: QParams) -> tuple:
+    """(scale, zero_point) for the kernels: a float and an int, or per-channel arrays (C,)."""
+    if np.ndim(qp.scale):
+        return qp.scale, qp.zero_point
+    return float(qp.scale), int(qp.zero_point)
+
+
+def _zp_scale(qp: QParams) -> tuple:
+    """(zero_point, scale): the operand order of int_add and int_layernorm."""
+    return _scale_zp(qp)[::-1]
 
 
 def _centred_bound(qp: QParams) -> int:

@@ -15,11 +15,14 @@ def register(subparsers) -> None:
         "quant-error",
         help="per-tensor SQNR / cosine / max error of a quantization config vs float, and sensitivity",
         description="Calibrate on the texts, run the fixed backend with the config and the float reference "
-        "on one batch of them, and report per tensor the SQNR (dB), cosine, max abs error and accumulator "
+        "on one batch of them, and report per tensor (real tokens only, padding left out) the SQNR (dB), cosine, "
+        "max abs error and accumulator "
         "overflows; then quantize each op alone and rank ops by the final-layer SQNR they leave.",
     )
     add_checkpoint(parser)
     parser.add_argument("--config", help="QuantConfig TOML (default: W8A8, per-channel weights, float non-linears)")
+    parser.add_argument("--baseline", help="a second QuantConfig TOML ('default': the built-in W8A8 one) whose "
+                        "per-tensor SQNR is shown beside the config's, with the change (delta_db)")
     parser.add_argument("--data", required=True, help="text file, one sentence per line")
     parser.add_argument("--limit", type=positive_int, default=16, help="sentences in the batch (default 16)")
     parser.add_argument("--top", type=positive_int, default=10, help="sensitivity rows shown (default 10)")
@@ -35,13 +38,16 @@ def run(args) -> int:
 
     from ..quant import config as qconfig
     from ..quant.calibrate import calibrate
-    from ..quant.error import QUANTIZED_KINDS, sensitivity, tensor_errors
+    from ..quant.error import QUANTIZED_KINDS, sensitivity, tensor_errors, with_baseline
 
     ck = checkpoint.load(args.ckpt)
     weights = ck.require_weights("quant-error")
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer")
     config = qconfig.load(args.config) if args.config else qconfig.QuantConfig()
+    baseline = None
+    if args.baseline:
+        baseline = qconfig.QuantConfig() if args.baseline == "default" else qconfig.load(args.baseline)
     texts = read_texts(args.data)[: args.limit]
     batch = tokenize(ck.tokenizer_dir, texts)
     if batch.shape[1] > ck.spec.max_positions:
@@ -52,11 +58,14 @@ def run(args) -> int:
         return out.last_hidden_state
 
     calibration = calibrate(run_forward)
-    rows = tensor_errors(run_forward, config, calibration)
-    sections = [("per tensor", rows)]
+    mask = batch.attention_mask  # padding positions are left out of every comparison
+    rows = tensor_errors(run_forward, config, calibration, mask)
+    table = rows if baseline is None else with_baseline(rows, tensor_errors(run_forward, baseline, calibration, mask))
+    sections = [("per tensor" if baseline is None else f"per tensor (baseline: {args.baseline})", table)]
     if not args.no_sensitivity:
         ops = [(r["tensor"], r["kind"]) for r in rows if r["kind"] in QUANTIZED_KINDS]
-        ranked = sensitivity(run_forward, config, calibration, ops, progress=lambda it: tqdm(it, desc="sensitivity"))
+        ranked = sensitivity(run_forward, config, calibration, ops, progress=lambda it: tqdm(it, desc="sensitivity"),
+                             token_mask=mask)
         sections.append((f"sensitivity (final hidden state SQNR, op quantized alone; worst {args.top})",
                          ranked[: args.top]))
     if args.plot:

@@ -25,6 +25,7 @@ from ..quant.calibrate import Calibration, calibrate
 from .tasks import load_sst2, load_stsb, run_batches, sst2_accuracy, stsb_spearman
 
 CALIBRATION_SENTENCES = 128
+CALIBRATION_VERSION = 2  # 2: per-channel statistics (calibrate.py); in the cache file name so older files are not reused
 COLUMNS = ("key", "metric", "seconds", "overflows")
 
 
@@ -107,7 +108,7 @@ def calibration_texts(task: str, data: str | Path, n: int = CALIBRATION_SENTENCE
 
 def prepare_calibration(ck, task: str, data: str | Path, cache: Path, seed: int = 0) -> Path:
     texts = calibration_texts(task, data)
-    path = cache / f"calibration-{ck.spec.name}-{task}-{len(texts)}-{seed}.npz"
+    path = cache / f"calibration-{ck.spec.name}-{task}-{len(texts)}-{seed}-v{CALIBRATION_VERSION}.npz"
     if not path.exists():
         calibrate(lambda b: run_batches(ck, texts, b, batch_size=16), seed).save(path)
     return path

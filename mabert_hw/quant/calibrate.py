@@ -9,7 +9,21 @@ range estimators work:
   entropy     TensorRT's KL method on a 2048-bin histogram of |x|: the threshold whose quantized
               distribution Q has the least KL(P || Q) to the clipped reference P
 Additive-mask entries (finfo.min) are not data and are dropped before observation.
-Saved as one .npz (min, max, sample per tensor); ranges are recomputed from it on load.
+
+Per channel (one range per entry of the last axis, formats.py): every tensor whose last axis keeps
+its length from call to call also keeps its exact per-channel min / max, and the residual stream's
+tensors (config.RESIDUAL_KINDS: add, layernorm, embedding) a seeded sample of whole rows (token
+vectors), at most CHANNEL_ROW_CAP of them, from which the per-channel estimators work (GEMM outputs,
+which may be per channel too, keep no rows: minmax only, to keep the file small):
+  minmax      the exact per-channel [min, max]
+  percentile  [P(100 - p), P(p)] of each channel's column of the row sample (with a few hundred rows
+              P(99.99) falls just inside that column's sample extremes)
+  mse         alpha_c * [min_c, max_c], alpha_c on the same grid, minimising each channel's MSE
+  entropy     per tensor only (a 2048-bin histogram per channel needs far more rows than are kept)
+The row sample draws from its own generator, so the per-tensor samples (and results) are those of a
+calibration without it.
+Saved as one .npz (min, max, sample, per-channel min / max, rows per tensor); ranges are recomputed
+from it on load.
 """
 
 from __future__ import annotations
@@ -21,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.reference import ReferenceBackend
+from ..errors import UserError
+from .config import RESIDUAL_KINDS
 from .formats import IntFormat, choose_qparams, dequantize, quantize
 
 MASKED = -1e30  # additive mask entries are finfo(float32).min ~ -3.4e38
@@ -28,6 +44,8 @@ SAMPLE_PER_CALL = 8192
 SAMPLE_CAP = 65536
 HIST_BINS = 2048  # TensorRT's calibration histogram
 MSE_GRID = np.linspace(0.2, 1.0, 41)
+CHANNEL_ROWS_PER_CALL = 32  # token rows sampled per call (a calibration batch) for per-channel estimators
+CHANNEL_ROW_CAP = 256  # rows kept per tensor: ~100k values at C = 384, about the per-tensor SAMPLE_CAP
 
 
 @dataclass
@@ -35,6 +53,40 @@ class TensorStats:
     lo: float = np.inf
     hi: float = -np.inf
     samples: list = field(default_factory=list)
+    channel_lo: np.ndarray | None = None  # (C,) exact per-channel min / max over the last axis
+    channel_hi: np.ndarray | None = None
+    ragged: bool = False  # the last axis changed length between calls: no per-channel statistics
+    rows: list = field(default_factory=list)  # sampled token rows, (n, C) each
+
+    def observe_channels(self, x: np.ndarray, rng: np.random.Generator | None) -> None:
+        """Per-channel min / max and, with an rng, a sample of whole rows (rows holding a mask entry dropped)."""
+        x = np.asarray(x, np.float32)
+        if self.ragged or x.ndim == 0:
+            return
+        C = x.shape[-1]
+        if self.channel_lo is not None and self.channel_lo.shape != (C,):
+            self.ragged, self.channel_lo, self.channel_hi, self.rows = True, None, None, []
+            return
+        rows = x.reshape(-1, C)  # (B*T, C)
+        rows = rows[(rows > MASKED).all(axis=1)]
+        if not rows.size:
+            return
+        lo, hi = rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64)
+        first = self.channel_lo is None
+        self.channel_lo = lo if first else np.minimum(self.channel_lo, lo)
+        self.channel_hi = hi if first else np.maximum(self.channel_hi, hi)
+        if rng is not None:
+            keep = rng.choice(len(rows), min(len(rows), CHANNEL_ROWS_PER_CALL), replace=False)
+            self.rows.append(rows[np.sort(keep)])
+
+    def row_sample(self, rng: np.random.Generator) -> np.ndarray | None:
+        if not self.rows:
+            return None
+        r = np.concatenate(self.rows)
+        if len(r) > CHANNEL_ROW_CAP:
+            r = r[np.sort(rng.choice(len(r), CHANNEL_ROW_CAP, replace=False))]
+        self.rows = [r]
+        return r
 
     def observe(self, x: np.ndarray, rng: np.random.Generator) -> None:
         x = np.asarray(x, np.float32).reshape(-1)
@@ -81,12 +133,46 @@ class Calibration:
             return max(st.lo, -t), min(st.hi, t)
         raise ValueError(f"unknown calibrator {calibrator!r}")
 
+    def channel_range(self, key: str, calibrator: str, fmt: IntFormat, symmetric: bool, percentile: float = 99.99):
+        """(lo, hi), arrays (C,), for tensor `key` per channel; None when it was never observed."""
+        st = self.stats.get(key)
+        if st is None:
+            return None
+        if st.channel_lo is None:
+            raise UserError(f"{key}: no per-channel calibration (its last axis changes length between calls, or "
+                            "the calibration predates per-channel statistics: recalibrate)")
+        cache_key = (key, "channel", calibrator, fmt, symmetric, percentile)
+        if cache_key not in self._cache:
+            self._cache[cache_key] = self._estimate_channels(key, st, calibrator, fmt, symmetric, percentile)
+        return self._cache[cache_key]
+
+    def _estimate_channels(self, key, st: TensorStats, calibrator, fmt, symmetric, percentile):
+        if calibrator == "minmax":
+            return st.channel_lo, st.channel_hi
+        if calibrator == "entropy":
+            raise UserError(f"{key}: entropy calibration is per tensor only; per channel use minmax, percentile or mse")
+        rows = st.row_sample(np.random.default_rng([self.seed, 1]))
+        if rows is None:
+            raise UserError(f"{key}: per-channel {calibrator} needs sampled rows, kept only for the tensors of "
+                            f"{', '.join(RESIDUAL_KINDS)} ops; use minmax")
+        rows = rows.astype(np.float64)
+        if calibrator == "percentile":
+            return np.percentile(rows, 100 - percentile, axis=0), np.percentile(rows, percentile, axis=0)
+        if calibrator == "mse":
+            return channel_mse_range(rows, st.channel_lo, st.channel_hi, fmt, symmetric)
+        raise ValueError(f"unknown calibrator {calibrator!r}")
+
     def save(self, path: str | Path) -> None:
-        rng = np.random.default_rng(self.seed)
+        rng, row_rng = np.random.default_rng(self.seed), np.random.default_rng([self.seed, 1])
         arrays = {}
         for key, st in self.stats.items():
             arrays[key + "|range"] = np.array([st.lo, st.hi])
             arrays[key + "|sample"] = st.sample(rng)
+            if st.channel_lo is not None:
+                arrays[key + "|channel_range"] = np.stack([st.channel_lo, st.channel_hi])
+            rows = st.row_sample(row_rng)
+            if rows is not None:
+                arrays[key + "|rows"] = rows
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **arrays)
 
@@ -99,6 +185,10 @@ class Calibration:
             st = stats.setdefault(key, TensorStats())
             if part == "range":
                 st.lo, st.hi = (float(v) for v in data[name])
+            elif part == "channel_range":
+                st.channel_lo, st.channel_hi = data[name]
+            elif part == "rows":
+                st.rows = [data[name]]
             else:
                 st.samples = [data[name]]
         return cls(stats)
@@ -112,6 +202,19 @@ def mse_range(x: np.ndarray, lo: float, hi: float, fmt: IntFormat, symmetric: bo
         if err < best_err:
             best, best_err = (alpha * lo, alpha * hi), err
     return best
+
+
+def channel_mse_range(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, fmt: IntFormat, symmetric: bool):
+    """mse_range for every channel (column of rows (n, C)) at once: per channel the alpha * [lo, hi]
+    whose quantization MSE over that column is least (the first alpha of the grid on ties, as mse_range)."""
+    best_lo, best_hi, best_err = lo.copy(), hi.copy(), np.full(lo.shape, np.inf)
+    for alpha in MSE_GRID:
+        qp = choose_qparams(alpha * lo, alpha * hi, fmt, symmetric)
+        err = np.mean((dequantize(quantize(rows, qp), qp) - rows) ** 2, axis=0)  # (C,)
+        better = err < best_err
+        best_lo, best_hi = np.where(better, alpha * lo, best_lo), np.where(better, alpha * hi, best_hi)
+        best_err = np.where(better, err, best_err)
+    return best_lo, best_hi
 
 
 def entropy_threshold(abs_x: np.ndarray, fmt: IntFormat) -> float:
@@ -149,14 +252,21 @@ class ObservingBackend(ReferenceBackend):
 
     def __post_init__(self):
         self._rng = np.random.default_rng(self.calibration.seed)
+        self._row_rng = np.random.default_rng([self.calibration.seed, 1])  # separate: per-tensor samples unchanged
+
+    def _observe(self, key: str, x, keep_rows: bool) -> None:
+        st = self.calibration.stats.setdefault(key, TensorStats())
+        st.observe(x, self._rng)
+        st.observe_channels(x, self._row_rng if keep_rows else None)
 
     def _log(self, kind, name, inputs, weights, output, **attrs):
         super()._log(kind, name, inputs, weights, output, **attrs)
+        rows = kind in RESIDUAL_KINDS
         for i, x in enumerate(inputs):
             if np.asarray(x).dtype.kind == "f":
-                self.calibration.stats.setdefault(f"{name}:in{i}", TensorStats()).observe(x, self._rng)
+                self._observe(f"{name}:in{i}", x, rows)
         if np.asarray(output).dtype.kind == "f":
-            self.calibration.stats.setdefault(f"{name}:out", TensorStats()).observe(output, self._rng)
+            self._observe(f"{name}:out", output, rows)
 
 
 def calibrate(run: Callable[[ReferenceBackend], object], seed: int = 0) -> Calibration:

@@ -21,6 +21,24 @@ only, e.g. a W8A8 GEMM that writes 16-bit codes into the residual adder:
     [[rule]]
     name = "encoder.layer.*.output.dense"
     out_bits = 16
+
+`act_granularity = "channel"` gives an op's activation tensors one scale and zero point per channel
+(per hidden unit, the last axis; formats.py), for the ops of CHANNEL_ACT_KINDS only: the residual
+stream's add, layernorm and embedding tensors, and a linear's OUTPUT (its requantization multiplier
+x_s * w_s[n] / y_s[n] is per output column already). A GEMM's inputs keep one scale: a scale that varies
+along K cannot be taken out of the integer sum (SmoothQuant's reason to fold it into the weights). What
+an integer engine does with it: the residual adder rescales each operand per channel to the output's
+scale (a vector of C dyadic multipliers, or shifts with pow2 scales) and writes per-channel codes; the
+LayerNorm unit brings its per-channel input codes to one common scale (the finest; ~7 more bits on
+MiniLM) before the mean and variance, in its wide internal registers (intops.to_common_scale); a GEMM
+fed by a per-channel tensor quantizes it per tensor at its input, as it does any input.
+`residual_granularity` (default "tensor") sets it for every residual-stream op at once, as
+`residual_bits` does the bits:
+
+    residual_granularity = "channel"
+    [[rule]]
+    kind = "add"
+    calibrator = "mse"
 """
 
 from __future__ import annotations
@@ -31,15 +49,17 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import UserError
-from .formats import GRANULARITIES, ROUNDING_MODES
+from .formats import ACT_GRANULARITIES, GRANULARITIES, ROUNDING_MODES
 from .requant import REQUANT_MODES
 
 CALIBRATORS = ("minmax", "percentile", "mse", "entropy")
 RESIDUAL_KINDS = ("add", "layernorm", "embedding")
+GEMM_KINDS = ("linear",)  # per-channel: the output only
+CHANNEL_ACT_KINDS = RESIDUAL_KINDS + GEMM_KINDS  # ops whose activations may have per-channel scales
 CHOICES = {
-    "weight_granularity": GRANULARITIES, "calibrator": CALIBRATORS, "rounding": ROUNDING_MODES,
-    "requant": REQUANT_MODES, "overflow": ("saturate", "wrap"), "nonlinear": ("float", "integer"),
-    "accumulate": ("exact", "avx2_u8s8"),
+    "weight_granularity": GRANULARITIES, "act_granularity": ACT_GRANULARITIES, "calibrator": CALIBRATORS,
+    "rounding": ROUNDING_MODES, "requant": REQUANT_MODES, "overflow": ("saturate", "wrap"),
+    "nonlinear": ("float", "integer"), "accumulate": ("exact", "avx2_u8s8"),
 }
 
 
@@ -52,6 +72,7 @@ class OpSettings:
     act_bits: int = 8
     out_bits: int = 0  # bits of the op's result; 0: act_bits (e.g. 16-bit outputs of the GEMMs feeding the residual)
     weight_granularity: str = "channel"
+    act_granularity: str = "tensor"  # or "channel": per hidden unit, for CHANNEL_ACT_KINDS (module docstring)
     group_size: int = 64
     weight_symmetric: bool = True
     act_symmetric: bool = False
@@ -75,14 +96,20 @@ class QuantConfig:
     defaults: OpSettings = field(default_factory=OpSettings)
     residual_bits: int | None = None
     rules: tuple[dict, ...] = ()
+    residual_granularity: str = "tensor"
 
     def settings(self, name: str, kind: str) -> OpSettings:
         s = self.defaults
         if self.residual_bits and kind in RESIDUAL_KINDS:
             s = replace(s, act_bits=self.residual_bits)
+        if self.residual_granularity != "tensor" and kind in RESIDUAL_KINDS:
+            s = replace(s, act_granularity=self.residual_granularity)
         for rule in self.rules:
             if rule.get("kind", kind) == kind and fnmatch.fnmatchcase(name, rule.get("name", "*")):
                 s = replace(s, **{k: v for k, v in rule.items() if k not in ("kind", "name")})
+        if s.quantize and s.act_granularity == "channel" and kind not in CHANNEL_ACT_KINDS:
+            raise UserError(f"{name} ({kind}): act_granularity = 'channel' is for {', '.join(CHANNEL_ACT_KINDS)} "
+                            "ops only (set it by rule or residual_granularity)")
         return s
 
     def with_fields(self, **values) -> QuantConfig:
@@ -93,6 +120,8 @@ class QuantConfig:
         d = asdict(self.defaults)
         if self.residual_bits:
             d["residual_bits"] = self.residual_bits
+        if self.residual_granularity != "tensor":
+            d["residual_granularity"] = self.residual_granularity
         if self.rules:
             d["rule"] = [dict(r) for r in self.rules]
         return d
@@ -100,7 +129,7 @@ class QuantConfig:
 
 def _check(values: dict, where: str) -> None:
     for key, value in values.items():
-        if key in ("kind", "name", "residual_bits", "rule"):
+        if key in ("kind", "name", "residual_bits", "residual_granularity", "rule"):
             continue
         if key not in SETTING_NAMES:
             raise UserError(f"{where}: unknown field {key!r}; fields: {', '.join(SETTING_NAMES)}")
@@ -112,18 +141,25 @@ def _check(values: dict, where: str) -> None:
             raise UserError(f"{where}: out_bits = {value}; must be 0 (= act_bits) or 2..16")
         if key == "acc_bits" and not 8 <= int(value) <= 64:
             raise UserError(f"{where}: acc_bits = {value}; must be 8..64")
+    kind = values.get("kind")
+    if values.get("act_granularity") == "channel" and kind is not None and kind not in CHANNEL_ACT_KINDS:
+        raise UserError(f"{where}: act_granularity = 'channel' is for {', '.join(CHANNEL_ACT_KINDS)} ops only")
 
 
 def from_dict(values: dict, where: str = "config") -> QuantConfig:
     values = dict(values)
     rules = tuple(dict(r) for r in values.pop("rule", ()))
     residual_bits = values.pop("residual_bits", None)
+    residual_granularity = values.pop("residual_granularity", "tensor")
     _check(values, where)
     for i, rule in enumerate(rules):
         _check(rule, f"{where} rule {i + 1}")
     if residual_bits is not None and not 2 <= int(residual_bits) <= 32:
         raise UserError(f"{where}: residual_bits = {residual_bits}; must be 2..32")
-    return QuantConfig(OpSettings(**values), residual_bits, rules)
+    if residual_granularity not in ACT_GRANULARITIES:
+        raise UserError(f"{where}: residual_granularity = {residual_granularity!r}; choose from "
+                        f"{', '.join(ACT_GRANULARITIES)}")
+    return QuantConfig(OpSettings(**values), residual_bits, rules, residual_granularity)
 
 
 def load(path: str | Path) -> QuantConfig:

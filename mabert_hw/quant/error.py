@@ -4,7 +4,10 @@ For one batch, every op's output is captured from both backends (the fixed one c
 accumulated up to that op). Per tensor: SQNR = 10 log10(sum ref^2 / sum (ref - fixed)^2) dB, cosine
 similarity, max |ref - fixed|, accumulator overflows. Sensitivity: each quantizable op is quantized
 alone (all others float) and ranked by the SQNR of the final hidden state it leaves (lowest first).
-Additive-mask entries (finfo.min) are excluded from the comparison.
+Additive-mask entries (finfo.min) are excluded from the comparison, and, given the batch's attention
+mask, so are padding positions (their hidden states reach no pooled output; left in, their error swamps
+the real tokens': e.g. 3 dB instead of 17 dB on a MiniLM residual sum). `with_baseline` sets the rows of
+one config beside another's (e.g. per-channel vs per-tensor residual scales): the SQNR change per tensor.
 """
 
 from __future__ import annotations
@@ -36,8 +39,24 @@ def capture(backend: Backend) -> dict[str, np.ndarray]:
     return store
 
 
-def compare(ref: np.ndarray, got: np.ndarray) -> dict:
-    keep = ref > MASKED
+def real_positions(shape: tuple, token_mask: np.ndarray | None) -> np.ndarray | bool:
+    """Entries of an op output of `shape` that belong to real tokens: (B, T, ...) rows of tokens, and
+    (B, H, T, T) scores / (B, H, T, D) per-head rows with padding queries (and keys) dropped; True (all)
+    for other shapes or without a mask. token_mask: (B, T), 1 for real tokens."""
+    if token_mask is None:
+        return True
+    real = np.asarray(token_mask) > 0  # (B, T)
+    B, T = real.shape
+    if len(shape) >= 2 and tuple(shape[:2]) == (B, T):
+        return real.reshape(B, T, *([1] * (len(shape) - 2)))
+    if len(shape) == 4 and shape[0] == B and shape[2] == T:
+        rows = real[:, None, :, None]  # (B, 1, T, 1)
+        return rows & real[:, None, None, :] if shape[3] == T else rows
+    return True
+
+
+def compare(ref: np.ndarray, got: np.ndarray, token_mask: np.ndarray | None = None) -> dict:
+    keep = (ref > MASKED) & real_positions(ref.shape, token_mask)
     r, g = ref[keep], got[keep]
     noise = float(np.sum((r - g) ** 2))
     signal = float(np.sum(r ** 2))
@@ -47,8 +66,10 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict:
             "max_abs_err": float(np.abs(r - g).max(initial=0.0))}
 
 
-def tensor_errors(run: Callable[[Backend], object], config: QuantConfig, calibration: Calibration) -> list[dict]:
-    """Rows in forward order: tensor, kind, sqnr_db, cosine, max_abs_err, overflows."""
+def tensor_errors(run: Callable[[Backend], object], config: QuantConfig, calibration: Calibration,
+                  token_mask: np.ndarray | None = None) -> list[dict]:
+    """Rows in forward order: tensor, kind, sqnr_db, cosine, max_abs_err, overflows (real tokens only
+    when the batch's token_mask is given)."""
     reference = ReferenceBackend()
     ref_out = capture(reference)
     run(reference)
@@ -56,12 +77,19 @@ def tensor_errors(run: Callable[[Backend], object], config: QuantConfig, calibra
     fixed_out = capture(fixed)
     run(fixed)
     kinds = {op.name: op.kind for op in reference.ops}
-    return [{"tensor": name, "kind": kinds[name], **compare(ref_out[name], fixed_out[name]),
+    return [{"tensor": name, "kind": kinds[name], **compare(ref_out[name], fixed_out[name], token_mask),
              "overflows": fixed.overflows.get(name, 0)} for name in ref_out]
 
 
+def with_baseline(rows: list[dict], baseline: list[dict]) -> list[dict]:
+    """rows (tensor_errors) with the baseline config's SQNR of the same tensor and the change, in dB."""
+    base = {r["tensor"]: r["sqnr_db"] for r in baseline}
+    return [{**r, "baseline_sqnr_db": base[r["tensor"]], "delta_db": round(r["sqnr_db"] - base[r["tensor"]], 2)}
+            for r in rows]
+
+
 def sensitivity(run: Callable[[Backend], np.ndarray], config: QuantConfig, calibration: Calibration,
-                ops: list[tuple[str, str]], progress=None) -> list[dict]:
+                ops: list[tuple[str, str]], progress=None, token_mask: np.ndarray | None = None) -> list[dict]:
     """Quantize one op at a time; `run` returns the final hidden state. Most damaging first."""
     reference = run(ReferenceBackend())
     rows = []
@@ -69,6 +97,6 @@ def sensitivity(run: Callable[[Backend], np.ndarray], config: QuantConfig, calib
         alone = config.with_fields(rule=[*map(dict, config.rules), {"name": "*", "quantize": False},
                                          {"name": name, "quantize": True}])
         got = run(FixedBackend(config=alone, calibration=calibration))
-        error = compare(np.asarray(reference, np.float64), np.asarray(got, np.float64))
+        error = compare(np.asarray(reference, np.float64), np.asarray(got, np.float64), token_mask)
         rows.append({"tensor": name, "kind": kind, **error})
     return sorted(rows, key=lambda r: r["sqnr_db"])

@@ -6,6 +6,8 @@ Conventions (stated once, used everywhere in mabert_hw.quant):
   (3) Qm.n is a signed integer of 1 + m + n bits with scale 2^-n (m integer bits excluding sign).
 Scale granularity: "tensor" (one scale), "channel" (one per output row, axis 0 of a (N, K) weight),
 "group" (one per run of `group_size` consecutive entries along the last axis of each row).
+Activations (..., C) are "tensor" or "channel": one scale (and zero point) per entry of the last
+axis, the hidden unit, shaped (C,) so they broadcast along it (`channel_range`).
 Symmetric formats have zero_point 0 and the range [-max|x|, max|x|]; asymmetric ones map [min, max]
 (widened to include 0, so 0.0 is exactly representable) onto [qmin, qmax].
 """
@@ -18,6 +20,7 @@ import numpy as np
 
 ROUNDING_MODES = ("half_even", "half_away", "floor", "stochastic")
 GRANULARITIES = ("tensor", "channel", "group")
+ACT_GRANULARITIES = ("tensor", "channel")
 
 
 @dataclass(frozen=True)
@@ -150,3 +153,10 @@ def weight_qparams(w: np.ndarray, fmt: IntFormat, granularity: str, symmetric: b
                    pow2: bool = False, group_size: int = 0) -> QParams:
     lo, hi = tensor_range(w, granularity, group_size)
     return choose_qparams(lo, hi, fmt, symmetric, pow2, group_size if granularity == "group" else 0)
+
+
+def channel_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of activations (..., C) per channel (over every axis but the last), shape (C,),
+    widened to include 0 (as choose_qparams does anyway)."""
+    rows = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
+    return rows.min(axis=0, initial=0.0), rows.max(axis=0, initial=0.0)

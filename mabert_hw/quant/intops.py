@@ -10,7 +10,10 @@ not exact above 2^24).
   i-softmax  exp codes of 16 bits, factor = floor(2^32 / sum), out = round((e * factor) / 2^(32 - out_bits))
   i-GELU     erf(u) ~ sign(u) [a (min(|u|, -b) + b)^2 + 1], a = -0.2888, b = -1.769, u = x / sqrt(2)
   i-LN       mean and variance in integers, std = integer Newton sqrt, y * 2^16 // std, then a per-channel
-             dyadic requantization folds gamma, beta and sqrt(C).
+             dyadic requantization folds gamma, beta and sqrt(C). Per-channel input codes are first
+             brought to one scale (to_common_scale).
+Residual add, LayerNorm and rescale take scales and zero points as scalars or per-channel arrays (C,)
+broadcasting along the last axis (formats.py); the others take one scale.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ EXP_FINEST = math.sqrt(EXP_COEF[2] / EXP_COEF[0]) / 2.0 ** 20  # ...and units no
 SOFTMAX_NUMERATOR_BITS = 32  # factor = floor(2^32 / sum)
 GELU_A, GELU_B = -0.2888, -1.769  # I-BERT's erf fit
 LN_FRACTION_BITS = 16  # normalised values carry 16 fractional bits before the output requantization
+COMMON_SCALE_BITS = 16  # per-channel codes grow by at most this many bits on the way to one scale
 
 
 def isqrt(n_in: np.ndarray) -> np.ndarray:
@@ -97,10 +101,27 @@ def int_gelu(q: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
     return -q * (erf_int + c_int), -scale * GELU_A * s_erf ** 2 / 2.0
 
 
-def int_layernorm(q: np.ndarray, zero_point: int, scale: float, gain: np.ndarray, bias: np.ndarray,
-                  eps: float, out_scale: float, out_zp: int, fmt: IntFormat) -> tuple[np.ndarray, int]:
+def to_common_scale(q: np.ndarray, zero_point, scale) -> tuple[np.ndarray, float]:
+    """Per-channel codes (scale[c], zero_point[c]) -> (int64 codes of one scale, that scale).
+
+    The common scale is the finest channel's, so each channel is multiplied by scale[c] / common >= 1
+    (a dyadic multiplier, rounded half to even; an exact shift when the scales are powers of two) and
+    no channel loses resolution; the codes grow by log2(max scale / min scale) bits (~7 on MiniLM's
+    residual sums). A near-constant channel (a tiny scale) must not widen every code: the common scale
+    is no finer than max scale / 2^COMMON_SCALE_BITS, and channels finer than that are rounded to it.
+    """
+    common = max(float(np.min(scale)), float(np.max(scale)) / 2.0 ** COMMON_SCALE_BITS)
+    wide = IntFormat(32)
+    return requantize(np.asarray(q, np.int64) - zero_point, "dyadic", scale, 1.0, common, 0, wide), common
+
+
+def int_layernorm(q: np.ndarray, zero_point, scale, gain: np.ndarray, bias: np.ndarray,
+                  eps: float, out_scale, out_zp, fmt: IntFormat) -> tuple[np.ndarray, int]:
     """LayerNorm over the last axis of codes q -> output codes; also the rows whose variance sum
     overflows a 32-bit accumulator (a known int8 trouble spot)."""
+    if np.ndim(scale):  # per-channel input: to one scale in the LayerNorm unit's wide registers
+        q, scale = to_common_scale(q, zero_point, scale)
+        zero_point = 0
     x = np.asarray(q, np.int64) - zero_point
     C = x.shape[-1]
     mean = (x.sum(axis=-1, keepdims=True) + C // 2) // C
@@ -117,14 +138,14 @@ def int_layernorm(q: np.ndarray, zero_point: int, scale: float, gain: np.ndarray
     return out, overflow
 
 
-def int_rescale(q: np.ndarray, zero_point: int, scale: float, factor: float, out_scale: float,
-                out_zp: int, fmt: IntFormat) -> np.ndarray:
+def int_rescale(q: np.ndarray, zero_point, scale, factor: float, out_scale, out_zp, fmt: IntFormat) -> np.ndarray:
     """Codes (scale, zero_point) times a real factor -> codes (out_scale, out_zp), dyadic."""
     return requantize(np.asarray(q, np.int64) - zero_point, "dyadic", scale, factor, out_scale, out_zp, fmt)
 
 
-def int_add(qa, za, sa, qb, zb, sb, out_scale: float, out_zp: int, fmt: IntFormat) -> np.ndarray:
-    """Residual add in integers: both operands rescaled to the output scale (dyadic), then summed."""
+def int_add(qa, za, sa, qb, zb, sb, out_scale, out_zp, fmt: IntFormat) -> np.ndarray:
+    """Residual add in integers: both operands rescaled to the output scale (dyadic, one multiplier per
+    channel when the scales are per channel), then summed."""
     wide = IntFormat(32, True)
     a = int_rescale(qa, za, sa, 1.0, out_scale, 0, wide)
     b = int_rescale(qb, zb, sb, 1.0, out_scale, 0, wide)
