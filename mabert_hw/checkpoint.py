@@ -7,6 +7,8 @@ Accepted sources:
 - a bare config.json (or a directory holding only one): architecture only;
 - MA-BERT (ma_checkpoint.py): an official `.pt` state dict, or a directory whose config.json has the
   MA config keys (as `mabert-hw convert` writes); PowerNorm is folded at load time (fold.py).
+- crammed BERT / UltraFastBERT (crammed_checkpoint.py): a directory with a crammedBERT config.json, or
+  cramming's model_config.json + model.pth; pre-LN, fused QKV and sinusoidal positions are mapped.
 Key prefixes of BertModel (none), BertForSequenceClassification and BertForMaskedLM (`bert.`)
 are stripped; heads other than the classifier (`cls.*`) and buffers are ignored.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ma_checkpoint
+from . import crammed_checkpoint, ma_checkpoint
 from .errors import UserError
 from .spec import PRESETS, ModelSpec, Variant
 from .weights import Weights, expected_shapes
@@ -37,6 +39,7 @@ class Checkpoint:
     source: str
     tokenizer_dir: Path | None = None
     unfolded: Weights | None = None  # an MA checkpoint's weights as stored (before PowerNorm folding)
+    crammed: crammed_checkpoint.CrammedSource | None = None  # a crammed checkpoint's arch and state as stored
 
     def require_weights(self, command: str) -> Weights:
         if self.weights is None:
@@ -69,6 +72,8 @@ def load(source: str | Path) -> Checkpoint:
             raise UserError(f"{source}: expected a checkpoint directory or a config.json, got a {path.suffix or 'plain'} file")
         return Checkpoint(spec_from_config(read_config(path), path.parent.name), None, source)
     config_path = path / "config.json"
+    if not config_path.exists() and (path / crammed_checkpoint.CRAMMING_CONFIG).exists():
+        config_path = path / crammed_checkpoint.CRAMMING_CONFIG
     if not config_path.exists():
         raise UserError(f"{source}: missing config.json")
     config = read_config(config_path)
@@ -79,6 +84,9 @@ def load(source: str | Path) -> Checkpoint:
         spec = ma_checkpoint.spec_from_ma(config, state, name)
         unfolded, weights = (None, None) if state is None else ma_checkpoint.ma_weights(spec, state)
         return Checkpoint(spec, weights, source, _tokenizer_dir(path), unfolded)
+    if crammed_checkpoint.is_crammed(config, raw):
+        spec, weights, crammed = crammed_checkpoint.load(config, raw, name)
+        return Checkpoint(spec, weights, source, _tokenizer_dir(path), crammed=crammed)
     if raw is None:
         return Checkpoint(spec_from_config(config, name), None, source, _tokenizer_dir(path))
     state = strip_prefixes(raw)
@@ -138,6 +146,8 @@ def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_label
 
 def read_state_dict(path: Path) -> dict[str, np.ndarray] | None:
     safetensors_path, bin_path = path / "model.safetensors", path / "pytorch_model.bin"
+    if not bin_path.exists() and (path / "model.pth").exists():  # cramming's save_final_model
+        bin_path = path / "model.pth"
     if safetensors_path.exists():
         from safetensors import SafetensorError
         from safetensors.numpy import load_file

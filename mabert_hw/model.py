@@ -19,6 +19,12 @@ MA-BERT blocks (W6WM9M/MA-BERT):
   each layer's output is in the basis x = A * u + c, and one `encoder.readout` affine reads the last
   hidden state out (hidden_states[1..L-1] stay in their basis: fold.read_hidden_states maps them).
 
+Pre-LN (norm_position="pre": crammed BERT, UltraFastBERT; crammed_checkpoint.py): the same weights
+and ops, only the LayerNorms move, and one more closes the encoder (weights.FINAL_NORM):
+    x'    = x + a(LN_1(x)) W_o^T + b_o        LN_1 = attention.output.LayerNorm (crammed norm1)
+    x_l+1 = x' + ffn(LN_2(x'))                LN_2 = output.LayerNorm (crammed norm2)
+    hidden_states[L] = LN_f(x_L)              hidden_states[1..L-1] are the un-normalised x_l.
+
 PoWER-BERT (retention=(l_1..l_L), mabert_hw/power.py): after layer j's attention block, before its
 feed-forward, only CLS and the l_j - 1 tokens that receive the most attention go on, in original
 order, with their padding mask. hidden_states[j + 1] then has T_j = min(l_j, T_{j-1}) tokens.
@@ -27,8 +33,8 @@ order, with their padding mask. hidden_states[j + 1] then has T_j = min(l_j, T_{
 from __future__ import annotations
 
 import math
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,7 +44,7 @@ from .errors import UserError
 from .fff import FFF_PREFIX
 from .power import Eliminator
 from .spec import ModelSpec
-from .weights import Weights, layer_prefix
+from .weights import FINAL_NORM, Weights, layer_prefix
 
 
 @dataclass
@@ -47,6 +53,7 @@ class ForwardResult:
     # (T_l = T throughout, except under PoWER-BERT retention, where layer l keeps T_l tokens)
     pooled: Any | None  # (B, C) pooler output, when the model has a pooler
     logits: Any | None  # (B, num_labels), when the model has a classification head
+    token_mask: Any | None = None  # (B, T_L) 0/1: which rows of last_hidden_state are real tokens
 
     @property
     def last_hidden_state(self):
@@ -58,6 +65,8 @@ def executable_problem(spec: ModelSpec) -> str | None:
     v = spec.variant
     if v.softmax == "mlp" and v.mask != "multiplicative":
         return "softmax=mlp needs mask=multiplicative (an additive -inf mask cannot enter a linear layer)"
+    if v.norm_position == "pre" and v.norm == "powernorm":
+        return "norm_position=pre needs norm=layernorm (PowerNorm folding assumes post-LN blocks)"
     return None
 
 
@@ -101,6 +110,9 @@ def forward(
         x = encoder_layer(backend, spec, w, layer_prefix(layer), x, mask, eliminate)
         mask = mask if eliminator is None else eliminator.mask  # (B, 1, 1, T_l)
         hidden_states.append(x)
+    if spec.variant.norm_position == "pre":
+        x = norm(backend, spec, w, FINAL_NORM, x)
+        hidden_states[-1] = x
     if spec.variant.norm == "powernorm":  # undo the folded basis where the output is read
         x = backend.affine("encoder.readout", x, w("encoder.readout.scale"), w("encoder.readout.shift"))
         hidden_states[-1] = x
@@ -113,7 +125,8 @@ def forward(
     if spec.num_labels:
         logits = backend.linear("classifier", pooled, w("classifier.weight"), w("classifier.bias"))
     done = backend.finished  # backends that defer work (fast) complete what leaves forward
-    return ForwardResult([done(h) for h in hidden_states], done(pooled), done(logits))
+    token_mask = attention_mask if eliminator is None else eliminator.token_mask  # (B, T_L)
+    return ForwardResult([done(h) for h in hidden_states], done(pooled), done(logits), done(token_mask))
 
 
 def embeddings(bk: Backend, spec: ModelSpec, w, input_ids, token_type_ids):
@@ -131,6 +144,8 @@ def embeddings(bk: Backend, spec: ModelSpec, w, input_ids, token_type_ids):
 
 
 def encoder_layer(bk: Backend, spec: ModelSpec, w, p: str, x, mask, eliminate=None):
+    if spec.variant.norm_position == "pre":
+        return pre_ln_encoder_layer(bk, spec, w, p, x, mask, eliminate)
     attn, probs = self_attention(bk, spec, w, p + "attention.self.", x, mask)  # (B, T, C), (B, H, T, T)
     attn = bk.linear(p + "attention.output.dense", attn, w(p + "attention.output.dense.weight"),
                      w(p + "attention.output.dense.bias"))
@@ -139,6 +154,19 @@ def encoder_layer(bk: Backend, spec: ModelSpec, w, p: str, x, mask, eliminate=No
         x = eliminate(p, x, probs)
     ffn = feed_forward(bk, spec, w, p, x)
     return norm(bk, spec, w, p + "output.LayerNorm", bk.add(p + "output.residual", x, ffn))
+
+
+def pre_ln_encoder_layer(bk: Backend, spec: ModelSpec, w, p: str, x, mask, eliminate=None):
+    h = norm(bk, spec, w, p + "attention.output.LayerNorm", x)
+    attn, probs = self_attention(bk, spec, w, p + "attention.self.", h, mask)  # (B, T, C), (B, H, T, T)
+    attn = bk.linear(p + "attention.output.dense", attn, w(p + "attention.output.dense.weight"),
+                     w(p + "attention.output.dense.bias"))
+    # Each residual sum is read twice (its norm, then the next residual add): `finished` forms it once.
+    x = bk.finished(bk.add(p + "attention.output.residual", x, attn))
+    if eliminate is not None:  # PoWER-BERT: (B, T, C) -> (B, l_j, C)
+        x = eliminate(p, x, probs)
+    ffn = feed_forward(bk, spec, w, p, norm(bk, spec, w, p + "output.LayerNorm", x))
+    return bk.finished(bk.add(p + "output.residual", x, ffn))
 
 
 def self_attention(bk: Backend, spec: ModelSpec, w, p: str, x, mask):

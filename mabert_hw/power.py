@@ -19,11 +19,29 @@ Where this follows the official code and where it departs (model/model.py, Hard_
 - it truncates the mask to its first l_j entries; gathering it gives the same mask there (padding
   sits at the end and loses every comparison), and stays right for any padding layout.
 When l_j >= the tokens present, layer j keeps them all and records no elimination ops.
+
+With MA-BERT (softmax="mlp") there are no attention probabilities: A in (1) is the softmax
+approximator's output q = W_2 relu(W_1 s + b_1) + b_2 on each (masked) score row, the very weights the
+layer mixes the value vectors with (context = q V). Chosen over the alternatives because:
+- it keeps the MA layer matrix-arithmetic only: (1) is adds, the ranking compares (a softmax of the
+  raw scores would bring back the exp and div MA removes);
+- it is what the layer computes anyway; q is not a distribution (entries can be negative, rows do
+  not sum to 1: reports/ma_bert), and a negative weight counts against a token, as it takes that
+  token's value out of the others' outputs.
+Padded keys still get -inf and padded query rows are still left out, as in (1). After elimination
+the T_l kept tokens are compacted to positions 0..T_l-1 of the next layer's score rows, so the
+approximator reads them as a T_l-token sentence zero-padded to n (model.py: its first T_l columns
+of W_1 and rows of W_2, b_2), the way it reads any shorter input and the way it was trained (real
+tokens first, zeros after). Keeping each token at its original column instead would need the
+approximator's weights gathered per sentence (one weight matrix per row of the batch, not one GEMM)
+and would put zeros in the middle of rows, which training never showed it; measured on MA-MiniLM
+STS-B dev it is also no better (0.2-3.5 points worse: reports/power_bert/power_ma_columns.csv).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 from .backends.base import Backend
 from .errors import UserError
@@ -55,16 +73,28 @@ class Eliminator:
         return bk.select_tokens(p + "select", x, index)  # (B, l_j, C)
 
 
-def parse_retention(text: str, layers: int) -> tuple[int, ...]:
-    """'64,48,32,...' (one count per layer) -> a validated tuple."""
+def parse_retention(text: str, layers: int, seq_len: int | None = None) -> tuple[int, ...]:
+    """'64,48,32,...' (one count per layer) -> a validated tuple (see check_retention)."""
     try:
         retention = tuple(int(part) for part in text.replace(" ", "").split(","))
     except ValueError:
         raise UserError(f"retention must be comma-separated integers, got {text!r}") from None
+    return check_retention(retention, layers, seq_len)
+
+
+def check_retention(retention: Sequence[int], layers: int, seq_len: int | None = None) -> tuple[int, ...]:
+    """One count per layer, each >= 1, non-increasing and, when seq_len is given, <= seq_len."""
+    retention = tuple(retention)
+    shown = ",".join(map(str, retention))
     if len(retention) != layers:
-        raise UserError(f"retention has {len(retention)} entries for {layers} layers")
-    if min(retention) < 1 or any(b > a for a, b in zip(retention, retention[1:])):
-        raise UserError(f"retention must be non-increasing and >= 1, got {text}")
+        raise UserError(f"retention {shown} has {len(retention)} entries for {layers} layers")
+    if min(retention) < 1:
+        raise UserError(f"retention {shown}: every layer must keep >= 1 token (CLS)")
+    for j, (before, after) in enumerate(pairwise(retention), start=2):
+        if after > before:
+            raise UserError(f"retention {shown} must be non-increasing: layer {j} keeps {after} > {before}")
+    if seq_len is not None and retention[0] > seq_len:
+        raise UserError(f"retention {shown}: layer 1 keeps {retention[0]} > the {seq_len} input tokens")
     return retention
 
 

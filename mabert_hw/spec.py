@@ -14,6 +14,7 @@ from .errors import UserError
 SoftmaxKind = Literal["exact", "mlp"]
 Activation = Literal["gelu", "relu"]
 NormKind = Literal["layernorm", "powernorm"]
+NormPosition = Literal["post", "pre"]
 FfnKind = Literal["dense", "fff"]
 MaskKind = Literal["additive", "multiplicative"]
 
@@ -27,6 +28,8 @@ class Variant:
         with the scaled scores before the approximator).
     retention: PoWER-BERT tokens kept after each layer (non-increasing, one per layer) or None.
     ffn: "dense" or "fff" (UltraFastBERT fast feed-forward: fff_depth, fff_trees parallel trees).
+    norm_position: "post" (HF BERT: LN(x + block(x))) or "pre" (crammed BERT / UltraFastBERT:
+        x + block(LN(x)), and one more LayerNorm on the last layer's output).
     """
 
     softmax: SoftmaxKind = "exact"
@@ -40,6 +43,7 @@ class Variant:
     share_softmax: bool = False  # one approximator for all layers
     fff_depth: int = 0
     fff_trees: int = 1
+    norm_position: NormPosition = "post"
 
     @property
     def is_baseline(self) -> bool:

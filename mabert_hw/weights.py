@@ -13,6 +13,8 @@ from .fff import FFF_PREFIX, fff_shapes
 from .spec import ModelSpec
 
 Weights = dict[str, np.ndarray]
+# Pre-LN models (Variant.norm_position = "pre") end with one more LayerNorm on the last layer's output.
+FINAL_NORM = "encoder.LayerNorm"
 
 
 def layer_prefix(layer: int) -> str:
@@ -49,6 +51,8 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             shapes[f"{p}output.dense.bias"] = (C,)
         shapes[f"{p}output.LayerNorm.weight"] = (C,)
         shapes[f"{p}output.LayerNorm.bias"] = (C,)
+    if spec.variant.norm_position == "pre":
+        shapes[f"{FINAL_NORM}.weight"] = shapes[f"{FINAL_NORM}.bias"] = (C,)
     if spec.has_pooler:
         shapes["pooler.dense.weight"] = (C, C)
         shapes["pooler.dense.bias"] = (C,)

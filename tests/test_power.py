@@ -1,9 +1,11 @@
-"""PoWER-BERT elimination: every backend against the torch PoWER model on HF modules, and the trace's
-shrinking T_l against closed-form counts."""
+"""PoWER-BERT elimination: every backend against the torch PoWER model on HF modules (and, on MA-BERT,
+against the torch MA module with the same extraction), and the trace's shrinking T_l against
+closed-form counts."""
 
 from __future__ import annotations
 
 import dataclasses
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -12,15 +14,25 @@ import torch
 from mabert_hw.backends import make_backend
 from mabert_hw.backends.reference import ReferenceBackend
 from mabert_hw.cost.counts import count_ops, trace
+from mabert_hw.fold import fold_powernorm, read_hidden_states
 from mabert_hw.inputs import random_batch
 from mabert_hw.model import forward
 from mabert_hw.power import geometric_retention, kept_tokens, parse_retention
+from mabert_hw.torch_ref import power_bert
 from mabert_hw.torch_ref.hf import hf_forward, hf_model
+from mabert_hw.torch_ref.ma_bert import load_official
 from mabert_hw.torch_ref.power_bert import PowerBert, train
 from mabert_hw.weights import random_weights
 
 from .conftest import TINY_SPECS
-from .tolerances import REFERENCE_VS_TORCH_ATOL
+from .test_ma_model import raw_ma_state, tiny_ma
+from .tolerances import (
+    FAST_VS_REFERENCE_ATOL,
+    FAST_VS_REFERENCE_RTOL,
+    FOLDED_VS_UNFOLDED_ATOL,
+    REFERENCE_VS_TORCH_ATOL,
+    SIGNIFICANCE_CUT_MARGIN,
+)
 
 # Peaked attention (weights std 0.3, not BERT's 0.02) so no two tokens tie in significance to within
 # float32 rounding, where numpy and torch could legitimately keep different tokens.
@@ -28,16 +40,28 @@ PEAKED_STD = 0.3
 SEQ_LEN = 14
 
 
-@dataclasses.dataclass
-class IndexSpy(ReferenceBackend):
-    """The reference backend, remembering the indices each top_tokens call returned."""
+def index_spy(backend_class):
+    """`backend_class` remembering the significance and indices of each elimination."""
 
-    picked: list = dataclasses.field(default_factory=list)
+    @dataclasses.dataclass
+    class Spy(backend_class):
+        picked: list = dataclasses.field(default_factory=list)
+        significances: list = dataclasses.field(default_factory=list)
 
-    def _top_tokens(self, significance, keep):
-        index = super()._top_tokens(significance, keep)
-        self.picked.append(index)
-        return index
+        def _significance(self, probs, token_mask):
+            significance = super()._significance(probs, token_mask)
+            self.significances.append(np.asarray(significance))
+            return significance
+
+        def _top_tokens(self, significance, keep):
+            index = super()._top_tokens(significance, keep)
+            self.picked.append(np.asarray(index))
+            return index
+
+    return Spy
+
+
+IndexSpy = index_spy(ReferenceBackend)
 
 
 def retention_for(spec) -> tuple[int, ...]:
@@ -120,10 +144,8 @@ def test_no_retention_torch_wrapper_is_hf_itself():
 
 
 def test_fast_backend_eliminates_like_reference():
-    try:
-        fast = make_backend("fast")
-    except Exception as error:  # the fast engine is another issue; absent or unbuilt -> skip
-        pytest.skip(f"fast backend unavailable: {error}")
+    pytest.importorskip("numba")
+    fast = make_backend("fast")
     spec = TINY_SPECS[2]
     retention = retention_for(spec)
     weights = random_weights(spec, seed=18, std=PEAKED_STD)
@@ -161,7 +183,7 @@ def test_retention_helpers():
     assert parse_retention("8, 8,5", 3) == (8, 8, 5)
     assert kept_tokens(6, (8, 5, 5, 2)) == [6, 5, 5, 2]
     schedule = geometric_retention(64, 6, 0.7)
-    assert schedule[0] == round(64 * 0.7) and all(b <= a for a, b in zip(schedule, schedule[1:]))
+    assert schedule[0] == round(64 * 0.7) and all(b <= a for a, b in pairwise(schedule))
 
 
 def test_soft_extract_with_full_masks_is_the_plain_model_and_penalty_is_closed_form():
@@ -210,3 +232,93 @@ def test_hardware_cycles_price_every_elimination_op_and_each_layer_gemm_at_its_k
     assert not power.unknown and power.total("cycles") < full.total("cycles")
     ffn_in = {c.op.layer: c.op.inputs[0] for c in power.costs if c.op.name.endswith("intermediate.dense")}
     assert {layer: shape[1] for layer, shape in ffn_in.items()} == dict(enumerate(retention))
+
+
+# --- PoWER-BERT on MA-BERT: significance from the softmax approximator's output rows (power.py) -----
+
+MA_RETENTION = (9, 4)  # tiny_ma has 2 layers; the batch below has sentences of 2 to 14 real tokens
+
+
+def ma_model(share: bool):
+    """(spec with retention, unfolded raw weights, folded weights, fold bases) of a random MA-BERT."""
+    spec = tiny_ma(share).with_variant(retention=MA_RETENTION)
+    raw = raw_ma_state(spec)  # HF key names: PowerNorm running_phi, approximator linear_relu_stack
+    folded, bases = fold_powernorm(spec, raw)
+    return spec, raw, folded, bases
+
+
+def assert_cuts_are_clear(spy):
+    """At every cut the last kept token's significance clears the first dropped one's."""
+    for significance, index in zip(spy.significances, spy.picked, strict=True):
+        keep = index.shape[1]
+        for row in significance:
+            others = np.sort(row[1:][np.isfinite(row[1:])])[::-1]  # real non-CLS tokens, most significant first
+            if keep >= 2 and len(others) >= keep:
+                assert others[keep - 2] - others[keep - 1] > SIGNIFICANCE_CUT_MARGIN, (keep, others)
+
+
+def torch_ma_power(model, batch, retention):
+    """The torch MA-BERT module's layers with hard extraction between the attention block and the
+    FFN, ranked by torch_ref.power_bert.significance of the approximator's outputs: hidden states
+    (L + 1) and each layer's kept ORIGINAL positions."""
+    ids, mask, types = (torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
+    with torch.no_grad():
+        x = model.embeddings(ids, types, mask)  # (B, T, C)
+        positions = torch.arange(x.shape[1]).expand(x.shape[0], -1)  # (B, T)
+        hidden_states, kept = [x.numpy()], []
+        for keep, layer in zip(retention, model.encoder.layer, strict=True):
+            context, approximated, _ = layer.attention.self(x, mask)  # (B, T, C), (B, H, T, T)
+            out = layer.attention.output
+            x = out.LayerNorm(x + out.dense(context), mask)
+            if keep < x.shape[1]:
+                index = power_bert.kept_index(power_bert.significance(approximated, mask), keep)  # (B, l_j)
+                x = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                mask, positions = torch.gather(mask, 1, index), torch.gather(positions, 1, index)
+            x = layer.output.LayerNorm(x + layer.output.dense(layer.activation(layer.intermediate.dense(x))), mask)
+            hidden_states.append(x.numpy())
+            kept.append(positions.numpy())
+    return hidden_states, kept
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["per-layer", "shared"])
+def test_ma_reference_keeps_the_same_tokens_as_the_torch_ma_model(share):
+    spec, raw, folded, bases = ma_model(share)
+    batch = random_batch(spec, batch=4, seq_len=SEQ_LEN, seed=12)
+    assert batch.attention_mask.min() == 0 and SEQ_LEN <= spec.variant.softmax_input
+    spy = IndexSpy()
+    ours = forward(spec, folded, batch.input_ids, spy, batch.attention_mask, batch.token_type_ids)
+    assert_cuts_are_clear(spy)
+    theirs, kept = torch_ma_power(load_official(spec, raw), batch, MA_RETENTION)
+
+    positions, picks = np.broadcast_to(np.arange(SEQ_LEN), batch.shape), iter(spy.picked)
+    for j, keep in enumerate(MA_RETENTION):
+        if keep < positions.shape[1]:
+            positions = np.take_along_axis(positions, next(picks), axis=1)
+        np.testing.assert_array_equal(positions, kept[j], err_msg=f"layer {j}")
+    diffs = [float(np.abs(a - b).max()) for a, b in zip(read_hidden_states(bases, ours.hidden_states), theirs,
+                                                       strict=True)]
+    assert max(diffs) <= FOLDED_VS_UNFOLDED_ATOL, f"max |diff| per hidden state: {diffs}"
+    real_kept = ours.token_mask.sum(1)
+    assert list(real_kept) == [min(MA_RETENTION[-1], n) for n in batch.attention_mask.sum(1)]
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["per-layer", "shared"])
+def test_ma_fast_keeps_the_same_tokens_as_reference_within_tolerance(share):
+    pytest.importorskip("numba")
+    from mabert_hw.backends.fast import FastBackend
+
+    from .test_fast import assert_outputs_close
+
+    spec, _, folded, _ = ma_model(share)
+    batch = random_batch(spec, batch=4, seq_len=SEQ_LEN, seed=13)
+    args = (spec, folded, batch.input_ids)
+    reference, fast = IndexSpy(record=True), index_spy(FastBackend)(record=True)
+    theirs = forward(*args, reference, batch.attention_mask, batch.token_type_ids)
+    ours = forward(*args, fast, batch.attention_mask, batch.token_type_ids)
+    assert_cuts_are_clear(reference)
+    assert len(fast.picked) == len(reference.picked) > 0
+    for layer, (a, b) in enumerate(zip(fast.picked, reference.picked, strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=f"elimination {layer}")
+    np.testing.assert_array_equal(ours.token_mask, theirs.token_mask)
+    assert_outputs_close(ours, theirs, atol=FAST_VS_REFERENCE_ATOL, rtol=FAST_VS_REFERENCE_RTOL)
+    assert fast.ops == reference.ops == trace(spec, *batch.shape)

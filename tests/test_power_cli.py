@@ -90,3 +90,33 @@ def test_bad_retention_is_a_one_line_error(tiny_classifier, capsys):
                  "--retention", "3,5"])
     assert code == 2
     assert "non-increasing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("retention", [None, (9, 4)])
+def test_stsb_with_retention_mean_pools_the_kept_tokens_as_torch(tiny_classifier, capsys, retention):
+    from scipy.stats import spearmanr
+
+    root, spec, weights, _ = tiny_classifier
+    first, second = SENTENCES[0::2], SENTENCES[1::2]
+    gold = np.random.default_rng(32).uniform(0, 5, len(first))
+    (root / "stsb.tsv").write_text("sentence1\tsentence2\tscore\n" + "".join(
+        f"{a}\t{b}\t{s}\n" for a, b, s in zip(first, second, gold)))
+    argv = ["eval", str(root / "ckpt"), "--task", "stsb", "--data", str(root / "stsb.tsv"), "--format", "json",
+            "--batch-size", "3"]  # batches of 3 length-sorted texts: padding differs from the torch batch below
+    if retention:
+        argv += ["--retention", ",".join(map(str, retention))]
+    assert main(argv) == 0
+    ours = json.loads(capsys.readouterr().out)[0]["spearman"]
+
+    batch = tokenize(root / "ckpt", first + second)  # one batch padded to the longest text
+    model = PowerBert(hf_model(spec, weights), retention).eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask),
+                    torch.from_numpy(batch.token_type_ids), output_kept=True)
+    hidden = out["hidden_states"][-1].numpy()  # (N, T_L, C)
+    real = np.take_along_axis(batch.attention_mask, out["kept"][-1].numpy(), axis=1)[..., None]  # (N, T_L, 1)
+    vectors = (hidden * real).sum(1) / real.sum(1)  # mean over the real tokens the last layer kept
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    n = len(first)
+    theirs = 100.0 * spearmanr((vectors[:n] * vectors[n:]).sum(1), gold).statistic
+    assert ours == round(theirs, 2)

@@ -51,6 +51,9 @@ INT_LAYERNORM_STEPS = 1
 FIXED16_VS_REFERENCE_ATOL = 0.05
 # At W8A8 each token vector must still point the same way: cosine >= 0.98 on tiny random models.
 FIXED8_MIN_COSINE = 0.98
+# Per-channel activations travel between ops as float32(scale[c] * (q - zero_point[c])) computed in
+# float64: one float32 rounding, at most half an ulp, 2^-24 relative.
+FLOAT32_DEQUANT_RTOL = 2.0 ** -24
 
 # The fast kernels' vectorisable float32 erf (rational fit, kernels/approx.py) vs scipy's float64
 # erf: the fit's own error is 3.3e-7 (float64 evaluation), float32 evaluation adds a few ulp of 1.
@@ -63,3 +66,12 @@ FAST_EXP_RTOL = 3e-7
 # whose last bits depend on the LAPACK build) must give the same float32 values to 1e-5 relative
 # (a float32 ulp is 6e-8 relative; the approximation's error, checked by FAST_ERF_ATOL, is 3.4e-7).
 FAST_ERF_COEFFICIENT_RTOL = 1e-5
+
+# PoWER-BERT on random weights: at each layer's cut, the significance of the last kept token must
+# exceed the first dropped one's by this much, or float32 engines that round differently (~1e-6 on
+# the tiny test models) could legitimately keep different tokens; the tests check it of their inputs.
+SIGNIFICANCE_CUT_MARGIN = 1e-4
+
+# crammed BERT's sinusoidal position table, NumPy float32 vs torch float32 from the same float32 angles
+# (up to 40 rad in the tests): sin/cos implementations differ by a few ulp of values <= 1 (ulp 6e-8).
+SINUSOID_TABLE_ATOL = 1e-6

@@ -79,7 +79,8 @@ class Backend:
         raise NotImplementedError
 
     def finished(self, value):
-        """A value that leaves forward (hidden state, pooled, logits), or None, in final form."""
+        """A value that leaves forward (hidden state, pooled, logits), or one forward reads twice (the
+        pre-LN residual stream), or None, in final form: a backend that defers work computes it once here."""
         return value
 
     # --- operations of the math ----------------------------------------------------------------

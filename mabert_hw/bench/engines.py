@@ -58,7 +58,10 @@ def _torch(spec, weights, batch, threads):
     except ImportError as error:
         raise EngineUnavailable(f"needs {error.name} (pip install mabert-hw[torch])") from None
     torch.set_num_threads(threads)
-    model = hf_model(spec, weights)
+    try:
+        model = hf_model(spec, weights)
+    except ValueError:  # weights HF BertModel has no place for (FFF, pre-LN, MA approximator)
+        raise EngineUnavailable(f"HF BertModel cannot run this variant ({spec.variant.describe()})") from None
     inputs = {k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "attention_mask", "token_type_ids")}
 
     def run():

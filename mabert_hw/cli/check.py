@@ -1,5 +1,5 @@
-"""`mabert-hw check`: the reference backend against torch (HF transformers, or torch_ref's MA-BERT for MA
-checkpoints) on the same inputs."""
+"""`mabert-hw check`: the reference backend against torch (HF transformers, torch_ref's MA-BERT for MA
+checkpoints, torch_ref's crammed model for crammed BERT / UltraFastBERT ones) on the same inputs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         "check",
         help="compare the NumPy reference with the torch model, layer by layer",
         description="Run the reference backend and HF transformers (eager attention) on the same inputs "
-        "(for an MA-BERT checkpoint: torch_ref's MA-BERT on the weights as stored, before PowerNorm folding): "
+        "(for an MA-BERT checkpoint: torch_ref's MA-BERT on the weights as stored, before PowerNorm folding; "
+        "for a crammed BERT / UltraFastBERT one: torch_ref's crammed model on its state dict as stored): "
         "real tokenised text when the checkpoint has a tokenizer, seeded random ids with padding otherwise. "
         "A checkpoint without weights (preset, config.json) gets seeded random weights. "
         "Exit status 1 when any max |diff| exceeds --atol.",
@@ -35,7 +36,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     try:
-        from ..torch_ref.check import compare_with_hf, compare_with_ma_torch
+        from ..torch_ref.check import compare_with_crammed_torch, compare_with_hf, compare_with_ma_torch
     except ImportError as error:
         raise UserError(f"`check` needs torch and transformers ({error.name} is not installed)") from None
     ck = checkpoint.load(args.ckpt)
@@ -55,6 +56,9 @@ def run(args) -> int:
     if ck.unfolded is not None:
         print("MA-BERT checkpoint: comparing with torch_ref.ma_bert on the stored (unfolded) weights")
         diffs = compare_with_ma_torch(ck.spec, ck.unfolded, batch)
+    elif ck.crammed is not None:
+        print("crammed BERT checkpoint: comparing with torch_ref.crammed on the state dict as stored")
+        diffs = compare_with_crammed_torch(ck.spec, ck.crammed, batch, args.seed)
     else:
         diffs = compare_with_hf(ck.spec, weights, batch)
     print(text_table([{"output": label, "max_abs_diff": f"{d:.3e}", "ok": d <= args.atol} for label, d in diffs]))

@@ -64,7 +64,8 @@ def variant_spec(spec: ModelSpec, name: str, seq_len: int, retention: str | None
     variant: Variant = VARIANTS[name]
     if variant.softmax == "mlp" and seq_len > variant.softmax_input:
         variant = replace(variant, softmax_input=seq_len)
-    return replace(spec, variant=variant)
+    # where the norms sit is the checkpoint's architecture (crammed BERT: pre-LN), not a variant's
+    return replace(spec, variant=replace(variant, norm_position=spec.variant.norm_position))
 
 
 @dataclass

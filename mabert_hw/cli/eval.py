@@ -3,9 +3,8 @@ PoWER-BERT retention configuration."""
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
+from dataclasses import replace
 
 from tqdm import tqdm
 
@@ -13,10 +12,10 @@ from .. import checkpoint
 from ..backends import BACKENDS, make_backend
 from ..errors import UserError
 from ..eval import tasks
-from ..power import parse_retention
 from ..power_search import encode, predict
 from ..report.tables import FORMATS, render
 from .common import add_checkpoint, emit, positive_int
+from .retention import add_retention_argument, read_retention
 
 
 def register(subparsers) -> None:
@@ -25,7 +24,8 @@ def register(subparsers) -> None:
         help="SST-2 accuracy or STS-B Spearman of a checkpoint on an engine",
         description="Evaluate a checkpoint on a GLUE dev file (or a data root holding glue/SST-2/dev.tsv, "
         "glue/STS-B/dev.tsv). SST-2 needs a classifier (BertForSequenceClassification); STS-B scores "
-        "cosine similarity of mean-pooled vectors. --retention applies PoWER-BERT elimination.",
+        "cosine similarity of mean-pooled vectors. --retention applies PoWER-BERT elimination (STS-B "
+        "then pools the tokens the last layer kept).",
     )
     add_checkpoint(parser)
     parser.add_argument("--task", choices=("sst2", "stsb"), required=True)
@@ -41,30 +41,10 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def add_retention_argument(parser) -> None:
-    parser.add_argument("--retention", metavar="L1,..,LL|CONFIG.json",
-                        help="PoWER-BERT tokens kept after each layer, or a `power-search --out` file")
-
-
-def read_retention(text: str | None, layers: int) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    path = Path(text)
-    if path.suffix == ".json":
-        try:
-            retention = json.loads(path.read_text())["retention"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-            raise UserError(f"{text}: not a power-search config ({error})") from None
-        text = ",".join(str(n) for n in retention)
-    return parse_retention(text, layers)
-
-
 def run(args) -> int:
     ck = checkpoint.load(args.ckpt)
     ck.require_weights("eval")
-    retention = read_retention(args.retention, ck.spec.layers)
-    if retention is not None and args.task == "stsb":
-        raise UserError("--retention needs --task sst2: STS-B mean-pools every token, PoWER-BERT keeps only some")
+    retention = read_retention(args.retention, ck.spec.layers, args.seq_len)
     backend = make_backend(args.engine)
     started = time.perf_counter()
     if args.task == "sst2":
@@ -78,6 +58,7 @@ def run(args) -> int:
         if args.seq_len:
             raise UserError("--seq-len applies to --task sst2 (STS-B pads each batch to its longest)")
         task = tasks.load_stsb(args.data, args.limit)
+        ck = replace(ck, spec=ck.spec.with_variant(retention=retention))  # mean pools the kept tokens
         value = tasks.stsb_spearman(ck, task, backend, batch_size=args.batch_size,
                                     progress=lambda b: tqdm(b, desc="stsb", leave=False))
         metric, n = "spearman", len(task.scores)

@@ -1,17 +1,22 @@
 """`mabert-hw profile`: per-op MACs, FLOPs, elementwise primitives, parameters and bytes; with
-`--hw`, cycles, time, energy and the compute/memory bound on an accelerator description."""
+`--hw`, cycles, time, energy and the compute/memory bound on an accelerator description. With
+`--retention`, PoWER-BERT elimination is applied (each layer's ops at its kept tokens T_l) and the
+savings against the same model without elimination are printed (FLOPs, MACs and, with --hw, cycles)."""
 
 from __future__ import annotations
 
 import json
 
 from .. import checkpoint
+from ..cost.summary import GROUPINGS, document, layer_label, profile_model, rows
 from ..errors import UserError
-from ..cost.summary import GROUPINGS, document, profile_model, rows
+from ..power import kept_tokens
 from ..report.tables import FORMATS, render
 from .common import add_checkpoint, emit, positive_int
+from .retention import add_retention_argument, read_retention, searched_seq_len
 
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+DEFAULT_SEQ_LEN = 128
 
 
 def register(subparsers) -> None:
@@ -23,12 +28,16 @@ def register(subparsers) -> None:
     )
     add_checkpoint(parser)
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size B (default 1)")
-    parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence T (default 128)")
+    parser.add_argument("--seq-len", type=positive_int,
+                        help=f"tokens per sequence T (default {DEFAULT_SEQ_LEN}, or the N a --retention "
+                        "config file was searched at)")
     parser.add_argument("--by", choices=GROUPINGS, default="kind", help="row grouping (default kind)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("--precision", choices=PRECISION_BYTES, default="fp32",
                         help="element size for the byte counts (default fp32)")
     parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    add_retention_argument(parser, "; each layer is counted at the tokens it keeps, with the savings vs none "
+                           "(--by layer adds a tokens_out column)")
     add_hardware_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -51,19 +60,25 @@ def load_hardware(args):
 
 def run(args) -> int:
     spec = checkpoint.load(args.ckpt).spec
-    if args.seq_len > spec.max_positions:
-        raise UserError(f"--seq-len {args.seq_len} exceeds the model's {spec.max_positions} positions")
+    seq_len = args.seq_len or searched_seq_len(args.retention) or DEFAULT_SEQ_LEN
+    if seq_len > spec.max_positions:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's {spec.max_positions} positions")
+    retention = read_retention(args.retention, spec.layers, seq_len)
+    if retention is not None:
+        spec = spec.with_variant(retention=retention)
     bytes_per_element = PRECISION_BYTES[args.precision]
-    profile = profile_model(spec, args.batch, args.seq_len, bytes_per_element)
-    estimate = None
-    if args.hw:
-        from ..cost.cycles import estimate as estimate_cycles
-
-        estimate = estimate_cycles([c.op for c in profile.counts] + profile.unknown, load_hardware(args))
+    profile = profile_model(spec, args.batch, seq_len, bytes_per_element)
+    hw = load_hardware(args) if args.hw else None
+    estimate = None if hw is None else estimate_cycles(profile, hw)
+    savings = None
+    if retention is not None:
+        savings = elimination_savings(spec, args.batch, seq_len, bytes_per_element, profile, hw, estimate)
     if args.format == "json":
-        doc = document(spec, args.batch, args.seq_len, profile, bytes_per_element)
+        doc = document(spec, args.batch, seq_len, profile, bytes_per_element)
         if estimate is not None:
             add_hw_to_document(doc, profile, estimate)
+        if savings is not None:
+            doc["power"] = savings
         text = json.dumps(doc, indent=2)
     else:
         table = rows(profile, args.by)
@@ -71,18 +86,66 @@ def run(args) -> int:
             from ..cost.hw_summary import add_hw_columns
 
             table = add_hw_columns(table, profile, estimate, args.by)
+        if retention is not None and args.by == "layer":
+            table = with_tokens_out(table, profile)
         text = render(table, args.format)
         if args.format == "table":
             total = profile.total("flops")
-            text = (f"{spec.name}  B={args.batch} T={args.seq_len}  variant={spec.variant.describe()}\n"
+            text = (f"{spec.name}  B={args.batch} T={seq_len}  variant={spec.variant.describe()}\n"
                     f"{text}\ntotal: {profile.total('macs'):,} MACs, {total / 1e9:.3f} GFLOPs, "
                     f"{profile.total('params'):,} params")
             if profile.unknown:
                 text += f"\nunknown ops (not counted): {', '.join(op.name for op in profile.unknown)}"
             if estimate is not None:
                 text += "\n" + hardware_summary(estimate)
+            if savings is not None:
+                text += "\n" + savings_summary(savings)
     emit(text, args.output)
     return 0
+
+
+def estimate_cycles(profile, hw):
+    from ..cost.cycles import estimate
+
+    return estimate([c.op for c in profile.counts] + profile.unknown, hw)
+
+
+def elimination_savings(spec, batch: int, seq_len: int, bytes_per_element: float, profile, hw, estimate) -> dict:
+    """What the retention schedule saves against the same model without elimination; ratios are
+    without / with (2.0: half the work), the convention of `power-search`."""
+    full = profile_model(spec.with_variant(retention=None), batch, seq_len, bytes_per_element)
+    savings = {"retention": list(spec.variant.retention), "tokens_in": seq_len,
+               "kept_tokens": kept_tokens(seq_len, spec.variant.retention)}
+    for total in ("macs", "flops"):
+        savings[total] = profile.total(total)
+        savings[f"{total}_without_elimination"] = full.total(total)
+        savings[f"{total}_ratio"] = full.total(total) / profile.total(total)
+    if estimate is not None:
+        savings["cycles"] = estimate.total("cycles")
+        savings["cycles_without_elimination"] = estimate_cycles(full, hw).total("cycles")
+        savings["cycles_ratio"] = savings["cycles_without_elimination"] / savings["cycles"]
+    return savings
+
+
+def savings_summary(savings: dict) -> str:
+    tokens = " -> ".join(map(str, [savings["tokens_in"], *savings["kept_tokens"]]))
+    text = (f"PoWER-BERT retention {','.join(map(str, savings['retention']))}: tokens per layer {tokens}; "
+            f"{savings['flops'] / 1e9:.3f} vs {savings['flops_without_elimination'] / 1e9:.3f} GFLOPs without "
+            f"elimination: {savings['flops_ratio']:.3f}x fewer FLOPs ({savings['macs_ratio']:.3f}x fewer MACs)")
+    if "cycles" in savings:
+        text += (f"; {savings['cycles']:,} vs {savings['cycles_without_elimination']:,} cycles: "
+                 f"{savings['cycles_ratio']:.3f}x fewer")
+    return text
+
+
+def with_tokens_out(table: list[dict], profile) -> list[dict]:
+    """--by layer rows with the tokens each layer passes on (T_l), read from its last (B, T, C) output."""
+    tokens = {}
+    for count in profile.counts:
+        label = layer_label(count)
+        if label != "head" and len(count.op.output) == 3:
+            tokens[label] = count.op.output[1]
+    return [{"layer": row["layer"], "tokens_out": tokens.get(row["layer"]), **row} for row in table]
 
 
 def hardware_summary(estimate) -> str:

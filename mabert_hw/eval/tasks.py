@@ -17,7 +17,7 @@ import numpy as np
 from ..backends import Backend
 from ..checkpoint import Checkpoint
 from ..errors import UserError
-from ..inputs import tokenize
+from ..inputs import Batch, tokenize
 from ..model import forward
 
 TASK_FILES = {"stsb": "glue/STS-B/dev.tsv", "sst2": "glue/SST-2/dev.tsv"}
@@ -71,28 +71,40 @@ def load_sst2(path: str | Path, limit: int | None = None) -> ClassificationTask:
     return ClassificationTask([r[0].strip() for r in rows], np.array([int(r[1]) for r in rows]))
 
 
+def length_batches(ck: Checkpoint, texts: Sequence[str], batch_size: int = 32,
+                   max_len: int = 128) -> list[tuple[np.ndarray, Batch]]:
+    """[(text indices, Batch)]: texts sorted by length in batches of batch_size, each padded to its
+    longest text (truncated to max_len tokens): the batches `run_batches` runs."""
+    if ck.tokenizer_dir is None:
+        raise UserError(f"{ck.source} has no tokenizer")
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx])
+        if batch.shape[1] > max_len:
+            batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx], max_len)
+        batches.append((idx, batch))
+    return batches
+
+
 def run_batches(ck: Checkpoint, texts: Sequence[str], backend: Backend,
                 batch_size: int = 32, max_len: int = 128,
                 progress: Callable | None = None) -> list:
     """Forward every text in batches of similar length; results back in input order.
 
-    Returns, per text, (last hidden state (T_i, C) of its real tokens, logits or None).
+    Returns, per text, (last hidden state (T_i, C) of its real tokens, logits or None); under PoWER-BERT
+    retention the real tokens the last layer kept.
     """
     weights = ck.require_weights("evaluation")
-    if ck.tokenizer_dir is None:
-        raise UserError(f"{ck.source} has no tokenizer")
-    order = np.argsort([len(t) for t in texts], kind="stable")
+    batches = length_batches(ck, texts, batch_size, max_len)
     results: list = [None] * len(texts)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for idx in progress(batches) if progress else batches:
-        batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx])
-        if batch.shape[1] > max_len:
-            batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx], max_len)
+    for idx, batch in progress(batches) if progress else batches:
         out = forward(ck.spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
+        real = np.asarray(out.token_mask) > 0  # (B, T_L)
         for row, i in enumerate(idx):
-            n = int(batch.attention_mask[row].sum())
             logits = None if out.logits is None else np.asarray(out.logits[row])
-            results[i] = (np.asarray(out.last_hidden_state[row, :n]), logits)
+            results[i] = (np.asarray(out.last_hidden_state[row])[real[row]], logits)
     return results
 
 

@@ -2,13 +2,15 @@
 
 BERT checkpoints are compared with HF transformers; MA-BERT ones with torch_ref.ma_bert run on the
 weights as stored (unfolded PowerNorm, the approximator as a torch MLP), the reference's folded hidden
-states read back into that basis (fold.read_hidden_states)."""
+states read back into that basis (fold.read_hidden_states); crammed BERT / UltraFastBERT ones with
+torch_ref.crammed on the state dict as stored."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..backends import make_backend
+from ..crammed_checkpoint import CrammedSource
 from ..inputs import Batch
 from ..model import forward
 from ..spec import ModelSpec
@@ -40,6 +42,22 @@ def compare_with_ma_torch(spec: ModelSpec, unfolded: Weights, batch: Batch) -> l
     theirs = {k: [h.numpy() for h in v] if k == "hidden_states" else (None if v is None else v.numpy())
               for k, v in out.items() if k in ("hidden_states", "pooled", "logits")}
     return _diffs(spec, hidden, ours, theirs)
+
+
+def compare_with_crammed_torch(spec: ModelSpec, source: CrammedSource, batch: Batch,
+                               seed: int = 0) -> list[tuple[str, float]]:
+    """[(label, max |reference - torch_ref crammed|)]; a config-only checkpoint gets the torch module's
+    seeded initialisation, mapped by crammed_checkpoint as a stored state dict is."""
+    from ..crammed_checkpoint import encoder_keys, to_weights
+    from .crammed import crammed_hidden_states, initial_state, load_official
+
+    state = source.state
+    if state is None:
+        state = encoder_keys(initial_state(source.arch, spec.vocab_size, seed))
+    ours = forward(spec, to_weights(source.arch, state), batch.input_ids, make_backend("reference"),
+                   batch.attention_mask, batch.token_type_ids)
+    hidden = crammed_hidden_states(load_official(source.arch, state), batch.input_ids, batch.attention_mask)
+    return _diffs(spec, ours.hidden_states, ours, {"hidden_states": hidden, "pooled": None, "logits": None})
 
 
 def _diffs(spec: ModelSpec, hidden_states, ours, theirs: dict) -> list[tuple[str, float]]:

@@ -1,0 +1,135 @@
+"""PoWER-BERT on MA-MiniLM and on MiniLM: STS-B dev Spearman and FLOPs -> reports/power_bert/power_ma_stsb.csv.
+
+    export OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1
+    python analysis/power_ma_stsb.py --model MiniLM=minilm
+    python analysis/power_ma_stsb.py --model "MA-MiniLM=$HOME/.cache/mabert-hw/ma-minilm"
+
+One --model LABEL=CKPT per run keeps each run near 5-8 min on 1 thread; a run replaces the rows of
+its labels in the CSV and keeps the others.
+
+STS-B as `mabert-hw eval --task stsb` scores it: length-sorted batches of 32 texts, each padded to its
+longest (dynamic padding), cosine of the mean of the last layer's real tokens (under elimination, the
+ones it kept) against the gold scores, Spearman x 100. A retention count l_j is a count of tokens
+(STS-B dev texts: median 14, 90th percentile 27, longest 53), so a text shorter than l_j loses only
+padding at layer j. On MA-MiniLM, significance is the attention its softmax approximator's output rows
+give each token (mabert_hw/power.py). FLOPs: the trace of the very batches evaluated, summed
+(cost.counts); flops_ratio is the same model without elimination over the schedule, flops_vs_minilm
+the baseline MiniLM without elimination over the row.
+Control (selection "random"): the same schedules with each layer's kept tokens drawn at random (CLS
+still kept, padding still dropped first): what the significance ranking is worth at equal FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from mabert_hw import checkpoint
+from mabert_hw.backends import make_backend
+from mabert_hw.cost.counts import count_ops, trace
+from mabert_hw.eval.tasks import length_batches, load_stsb, stsb_spearman
+from mabert_hw.power import geometric_retention, parse_retention
+from mabert_hw.report.tables import csv_table
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path.home() / ".cache" / "mabert-hw"
+BATCH_SIZE, MAX_LEN = 32, 128  # as `mabert-hw eval` and analysis/ma_minilm.py (MA's approximator n = 128)
+LAYERS = 6  # MiniLM-L6
+DEFAULT_MODELS = ("MiniLM=minilm", f"MA-MiniLM={CACHE / 'ma-minilm'}")
+# Fixed before any was scored. Geometric l_j = round(32 * r^j): 32 tokens hold 96 % of STS-B dev texts
+# whole; r = 0.85 mild, r = 0.7 aggressive. "cap 16": the 16 most significant tokens at every layer
+# (60 % of the texts have no more).
+SCHEDULES = {
+    "geometric N=32 r=0.85": geometric_retention(32, LAYERS, 0.85),
+    "geometric N=32 r=0.7": geometric_retention(32, LAYERS, 0.7),
+    "cap 16": (16,) * LAYERS,
+}
+
+
+def dataset_flops(ck, texts: list[str]) -> int:
+    """FLOPs of one pass over texts in the batches stsb_spearman runs, from the trace."""
+    shapes = [batch.shape for _, batch in length_batches(ck, texts, BATCH_SIZE, MAX_LEN)]
+    per_shape = {shape: count_ops(trace(ck.spec, *shape)).total("flops") for shape in set(shapes)}
+    return sum(per_shape[shape] for shape in shapes)
+
+
+def pooled_tokens(real: np.ndarray, retention) -> float:
+    """Mean number of real tokens the last layer keeps (padding always loses): min(l_L, n_i)."""
+    return float(real.mean() if retention is None else np.minimum(real, retention[-1]).mean())
+
+
+def random_selection(engine: str, options: dict, seed: int):
+    """The engine with significance replaced by seeded random scores for the real tokens."""
+    rng = np.random.default_rng(seed)
+
+    class RandomSignificance(type(make_backend(engine, **options))):
+        def _significance(self, probs, token_mask):
+            scores = rng.random(token_mask.shape).astype(np.float32)  # (B, T)
+            return np.where(np.asarray(token_mask) > 0, scores, np.float32(-np.inf))
+
+    return RandomSignificance(**options)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", metavar="LABEL=CKPT",
+                        help=f"a model to score, repeatable (default: {' '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--baseline-ckpt", default="minilm", help="the MiniLM of flops_vs_minilm")
+    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--limit", type=int, help="only the first N dev pairs (default: all 1500)")
+    parser.add_argument("--engine", default="fast")
+    parser.add_argument("--schedules", nargs="*", help="retention configurations L1,..,L6 (default: "
+                        + "; ".join(f"{name} = {','.join(map(str, r))}" for name, r in SCHEDULES.items()) + ")")
+    parser.add_argument("--seed", type=int, default=0, help="random-selection control's seed")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert" / "power_ma_stsb.csv")
+    args = parser.parse_args()
+
+    task = load_stsb(args.data, args.limit)
+    texts = task.first + task.second
+    schedules = SCHEDULES if args.schedules is None else {s: parse_retention(s, LAYERS) for s in args.schedules}
+    options = {"threads": 1} if args.engine == "fast" else {}
+    models = dict(text.split("=", 1) for text in args.model or DEFAULT_MODELS)
+    baseline = checkpoint.load(args.baseline_ckpt)
+    real = np.concatenate([b.attention_mask.sum(1) for _, b in length_batches(baseline, texts)])  # (N,) tokens
+    minilm_flops = dataset_flops(baseline, texts)
+
+    rows = []
+    for model, source in models.items():
+        ck = checkpoint.load(source)
+        plain_flops = dataset_flops(ck, texts)
+        runs = [("none", None, "significance")] + [(name, retention, selection) for name, retention in schedules.items()
+                                                    for selection in ("significance", "random")]
+        for name, retention, selection in runs:
+            eliminating = replace(ck, spec=ck.spec.with_variant(retention=retention))
+            backend = (make_backend(args.engine, **options) if selection == "significance"
+                       else random_selection(args.engine, options, args.seed))
+            started = time.perf_counter()
+            spearman = stsb_spearman(eliminating, task, backend, batch_size=BATCH_SIZE, max_len=MAX_LEN)
+            seconds = time.perf_counter() - started
+            flops = dataset_flops(eliminating, texts)
+            row = {"model": model, "checkpoint": source, "schedule": name,
+                   "retention": "none" if retention is None else ",".join(map(str, retention)),
+                   "selection": selection if retention else "", "pairs": len(task.scores),
+                   "spearman": round(spearman, 2), "flops": flops, "flops_ratio": round(plain_flops / flops, 3),
+                   "flops_vs_minilm": round(minilm_flops / flops, 3),
+                   "tokens_in_mean": round(float(real.mean()), 2),
+                   "tokens_pooled_mean": round(pooled_tokens(real, retention), 2), "engine": args.engine}
+            rows.append(row)
+            print(row, f"({seconds:.1f} s, 1 thread)", flush=True)  # one run under shared load: not a speed figure
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if args.out.exists():
+        with open(args.out, newline="") as f:
+            kept = [row for row in csv.DictReader(f) if row["model"] not in models]
+    args.out.write_text(csv_table(kept + rows))
+    print(f"wrote {args.out}; load average (1, 5, 15 min) at the end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

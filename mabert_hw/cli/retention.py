@@ -1,0 +1,52 @@
+"""The --retention argument shared by `eval` and `profile`: a PoWER-BERT schedule given inline
+(`48,27,20,15,11,1`, one count per layer) or as the file `power-search --out` writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from ..power import parse_retention
+
+
+def add_retention_argument(parser, extra_help: str = "") -> None:
+    parser.add_argument("--retention", metavar="L1,..,LL|CONFIG.json",
+                        help="PoWER-BERT tokens kept after each layer (non-increasing, one per layer), "
+                        f"or a `power-search --out` file{extra_help}")
+
+
+def _config(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(f"cannot read the retention config {path}: {error.strerror}") from None
+    try:
+        config = json.loads(text)
+        config["retention"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise UserError(f"{path}: not a power-search config ({type(error).__name__}: {error})") from None
+    return config
+
+
+def read_retention(text: str | None, layers: int, seq_len: int | None = None) -> tuple[int, ...] | None:
+    """The validated schedule (None without --retention); seq_len: also check l_1 <= seq_len."""
+    if text is None:
+        return None
+    if Path(text).suffix == ".json":
+        retention = _config(Path(text))["retention"]
+        if retention is None:
+            raise UserError(f"{text}: the search kept no elimination (retention null): nothing to apply")
+        try:
+            text = ",".join(str(int(n)) for n in retention)
+        except (TypeError, ValueError):
+            raise UserError(f"{text}: retention must be a list of integers, got {retention!r}") from None
+    return parse_retention(text, layers, seq_len)
+
+
+def searched_seq_len(text: str | None) -> int | None:
+    """The padded length N a `power-search --out` config was searched at (None for inline schedules)."""
+    if text is None or Path(text).suffix != ".json":
+        return None
+    value = _config(Path(text)).get("seq_len")
+    return value if isinstance(value, int) and value > 0 else None
