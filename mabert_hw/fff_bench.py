@@ -3,11 +3,17 @@
 Implementations (all float32, all on the same random x (M, C)):
 - dense-numpy:       h = x W_1^T (BLAS GEMM); h = GELU(h + b_1) (parallel Numba row kernel); y = h W_2^T + b_2
 - dense-numpy-gemms: the two GEMMs alone (a lower bound for any dense FF on this CPU)
-- fff-numba:         kernels.fff.fff_walk on the walk layout (packing excluded: done once at load)
+- fff-numba:         kernels.fff.fff_apply on the walk layout (packing excluded: done once at load):
+                     top levels for all tokens, then the tokens grouped by the subtree they enter
+- fff-numba-one-pass: the same kernel with the split at the leaves (levels = d + 1): the plain
+                     token-major walk, each token through all its levels in turn (the same bits)
 - fff-numpy-gather:  mabert_hw.fff.fff_gather, one gathered row per token and level
 - torch-dense / torch-fff-bmm: torch linear + gelu + linear, and FFF.forward_gather (gather + bmm)
 Rounds are interleaved (every implementation once per round, in turn) so that load from other
-processes on a shared CPU falls on all of them alike; medians over rounds are reported.
+processes on a shared CPU falls on all of them alike; medians over rounds are reported. Each call
+starts after THREADS_IDLE_S of sleep: OpenBLAS worker threads spin after a GEMM before they sleep,
+and the call timed next (the FFF walk, after the dense GEMMs) shared the cores with them (measured at
+load ~7: 130-150 ms instead of ~90-110 ms for whichever walk came next).
 The theoretical ratio is the MAC count of the dense FF over the FFF walk's (cost.counts rules).
 """
 
@@ -22,6 +28,9 @@ import numpy as np
 from .backends.base import Op
 from .cost.counts import count_op, fff_walk_counts
 from .fff import fff_gather, n_nodes, walk_layout
+
+THREADS_IDLE_S = 0.15  # OpenBLAS blas_server.c: idle workers spin 2^THREAD_TIMEOUT = 2^28 TSC ticks
+# before they sleep, 0.11 s at this CPU's 2.45 GHz TSC
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) ->
         "dense-numpy": dense_numpy,
         "dense-numpy-gemms": lambda: (x @ w1.T) @ w2.T,
         "fff-numba": lambda: fff_apply(x, layout),
+        "fff-numba-one-pass": lambda: fff_apply(x, layout, levels=problem.depth + 1),
         "fff-numpy-gather": lambda: fff_gather(x, w_in, b_in, w_out_rows, problem.depth, problem.trees),
     }
     if with_torch:
@@ -123,23 +133,31 @@ def check_agreement(impls: dict[str, Callable[[], object]]) -> float:
     return float(np.abs(a - b).max())
 
 
-def time_interleaved(impls: dict[str, Callable[[], object]], rounds: int,
-                     progress: Callable | None = None) -> dict[str, list[float]]:
-    """Seconds per call, `rounds` rounds, each implementation once per round (after one warm-up)."""
+def time_interleaved(impls: dict[str, Callable[[], object]], rounds: int, progress: Callable | None = None
+                     ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds per call, `rounds` rounds, each implementation once per round (after one
+    warm-up). CPU seconds are the process's, all threads summed: on a machine shared with other
+    processes they leave out the time spent waiting for a core, the wall seconds do not."""
     for fn in impls.values():
         fn()  # compile / first-touch / thread-pool start
-    seconds: dict[str, list[float]] = {name: [] for name in impls}
+    wall: dict[str, list[float]] = {name: [] for name in impls}
+    cpu: dict[str, list[float]] = {name: [] for name in impls}
     for _ in progress(range(rounds)) if progress else range(rounds):
         for name, fn in impls.items():
-            start = time.perf_counter()
+            time.sleep(THREADS_IDLE_S)
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
-def summarize(problem: Problem, seconds: dict[str, list[float]]) -> list[dict]:
-    """One row per implementation: median and min ms, speed-up of the dense FFs over it."""
+def summarize(problem: Problem, seconds: dict[str, list[float]], cpu_seconds: dict[str, list[float]]) -> list[dict]:
+    """One row per implementation: median and min wall ms, median CPU ms, speed-ups of the dense FFs
+    over it (wall; and CPU, the figure that load from other processes moves least when one thread
+    runs each implementation)."""
     median = {name: float(np.median(s)) for name, s in seconds.items()}
+    median_cpu = {name: float(np.median(s)) for name, s in cpu_seconds.items()}
     dense, gemms = median["dense-numpy"], median["dense-numpy-gemms"]
     theory = problem.mac_ratio()
     return [{"impl": name,
@@ -147,5 +165,7 @@ def summarize(problem: Problem, seconds: dict[str, list[float]]) -> list[dict]:
              "min_ms": 1e3 * min(seconds[name]),
              "speedup_vs_dense": dense / median[name],
              "speedup_vs_gemms": gemms / median[name],
+             "median_cpu_ms": 1e3 * median_cpu[name],
+             "cpu_speedup_vs_dense": median_cpu["dense-numpy"] / median_cpu[name],
              "mac_ratio": theory if name.startswith(("fff", "torch-fff")) else None}
             for name in seconds]

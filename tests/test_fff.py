@@ -8,17 +8,32 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mabert_hw.backends import make_backend  # noqa: E402
-from mabert_hw.backends.trace import Shaped  # noqa: E402
-from mabert_hw.fff import FFF_PARAMS, FFF_PREFIX, crammed_fff_key, fff_shapes, n_nodes  # noqa: E402
-from mabert_hw.inputs import random_batch  # noqa: E402
-from mabert_hw.kernels.fff import fff_forward  # noqa: E402
-from mabert_hw.model import forward  # noqa: E402
-from mabert_hw.torch_ref.fff import FFF, hf_fff_model  # noqa: E402
-from mabert_hw.torch_ref.hf import hf_forward  # noqa: E402
-from mabert_hw.weights import expected_shapes, random_weights  # noqa: E402
-from tests.conftest import TINY_SPECS  # noqa: E402
-from tests.tolerances import (  # noqa: E402
+from mabert_hw.backends import make_backend
+from mabert_hw.backends.trace import Shaped
+from mabert_hw.fff import (
+    FFF_PARAMS,
+    FFF_PREFIX,
+    crammed_fff_key,
+    fff_reference,
+    fff_shapes,
+    n_nodes,
+    walk_layout,
+)
+from mabert_hw.inputs import random_batch
+from mabert_hw.kernels.fff import (
+    L2_BYTES,
+    TASK_TOKENS,
+    fff_apply,
+    fff_forward,
+    group_tasks,
+    subtree_levels,
+)
+from mabert_hw.model import forward
+from mabert_hw.torch_ref.fff import FFF, hf_fff_model
+from mabert_hw.torch_ref.hf import hf_forward
+from mabert_hw.weights import expected_shapes, random_weights
+from tests.conftest import TINY_SPECS
+from tests.tolerances import (
     FAST_VS_REFERENCE_ATOL,
     FAST_VS_REFERENCE_RTOL,
     FFF_BRANCH_MARGIN,
@@ -76,7 +91,7 @@ def test_backends_match_torch_hard_path(trees):
 def test_walk_visits_one_root_to_leaf_path_per_tree(depth, trees):
     """With linear_out = identity each output shows which nodes a token visited; the set must be
     the float64 walk: d + 1 nodes per tree, node i+1 the child of node i chosen by the logit sign."""
-    module, (w_in, b_in, _), x = _layer(depth, trees, seed=7)
+    _, (w_in, b_in, _), x = _layer(depth, trees, seed=7)
     width = trees * n_nodes(depth)
     y = fff_forward(x, w_in, b_in, np.eye(width, dtype=np.float32), depth, trees)  # (M, K*N)
     logits = x.astype(np.float64) @ w_in.T.astype(np.float64) + b_in  # (M, K*N)
@@ -88,6 +103,54 @@ def test_walk_visits_one_root_to_leaf_path_per_tree(depth, trees):
                 expected.append(k * n_nodes(depth) + node)
                 node = 2 * node + (2 if logits[t, k * n_nodes(depth) + node] > 0 else 1)
         assert sorted(np.flatnonzero(y[t])) == sorted(expected)
+
+
+@pytest.mark.parametrize("out_width", [OUT, HIDDEN, HIDDEN + 4])
+def test_walk_gives_the_same_bits_at_every_split_level(out_width):
+    """The two-pass kernel (top levels for all tokens, then the tokens grouped by subtree) keeps every
+    output's FMAs and their order, so moving the split changes no bit; levels = depth + 1 is one
+    pass, the plain token-major walk. Every split also matches the NumPy reference."""
+    rng = np.random.default_rng(11)
+    for depth, trees in [(0, 1), (3, 2), (6, 1), (9, 3)]:
+        width = trees * n_nodes(depth)
+        w_in = rng.normal(size=(width, HIDDEN)).astype(np.float32)
+        b_in = rng.normal(size=width).astype(np.float32)
+        w_out = rng.normal(size=(out_width, width)).astype(np.float32)
+        x = rng.normal(size=(3 * TASK_TOKENS + 5, HIDDEN)).astype(np.float32)  # several tasks per group
+        layout = walk_layout(w_in, b_in, w_out, depth, trees)
+        one_pass = fff_apply(x, layout, levels=depth + 1)
+        ref = fff_reference(x, w_in, b_in, w_out, depth, trees)
+        assert np.allclose(one_pass, ref, rtol=FAST_VS_REFERENCE_RTOL, atol=FAST_VS_REFERENCE_ATOL), \
+            _report(one_pass, ref, FAST_VS_REFERENCE_ATOL, FAST_VS_REFERENCE_RTOL)
+        for levels in range(1, depth + 1):
+            split = fff_apply(x, layout, levels=levels)
+            assert np.array_equal(split, one_pass), f"depth {depth} levels {levels}: {_report(split, one_pass, 0)}"
+
+
+def test_subtree_levels_fit_the_cache():
+    for row_bytes in (4 * (768 + 768), 4 * (384 + 384), 4 * (16 + 12)):
+        levels = subtree_levels(row_bytes)
+        assert (2 ** levels - 1) * row_bytes <= L2_BYTES < (2 ** (levels + 1) - 1) * row_bytes
+    assert subtree_levels(L2_BYTES + 1) == 1  # a row larger than the cache still walks
+
+
+def test_group_tasks_sort_tokens_by_node_into_bounded_tasks():
+    rng = np.random.default_rng(0)
+    first, width = 7, 8  # the nodes of level 3
+    nodes = rng.integers(first, first + width, size=5 * TASK_TOKENS)
+    nodes[nodes == first + 2] = first + 3  # one empty node
+    order, starts, ends, roots = group_tasks(nodes, first, width, TASK_TOKENS)
+    assert np.array_equal(order, np.argsort(nodes, kind="stable"))
+    assert starts[0] == 0 and ends[-1] == len(nodes) and np.array_equal(starts[1:], ends[:-1])
+    assert np.all(ends - starts <= TASK_TOKENS) and np.all(ends > starts)
+    for start, end, root in zip(starts, ends, roots):
+        assert np.all(nodes[order[start:end]] == root)
+
+
+def test_walk_rows_are_cache_line_aligned():
+    layout = walk_layout(np.ones((7, 16), np.float32), np.ones(7, np.float32), np.ones((16, 7), np.float32), 2, 1)
+    y = fff_apply(np.ones((5, 16), np.float32), layout)
+    assert layout.packed.ctypes.data % 64 == 0 and y.ctypes.data % 64 == 0
 
 
 @pytest.mark.parametrize("spec", TINY_SPECS[:2], ids=lambda s: s.name)

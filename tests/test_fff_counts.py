@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mabert_hw.cli import main
-from mabert_hw.cost.counts import count_ops, fff_walk_counts, trace
+from mabert_hw.cost.counts import count_ops, trace
 from mabert_hw.fff_bench import Problem
 from mabert_hw.spec import preset
 from tests.tolerances import FFF_LAYER_VS_TORCH_ATOL
@@ -59,6 +59,7 @@ def test_bench_ffn_runs_small_and_reports_json(capsys):
                  "--rounds", "1", "--no-torch", "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     names = {row["impl"] for row in report["rows"]}
-    assert names == {"dense-numpy", "dense-numpy-gemms", "fff-numba", "fff-numpy-gather"}
+    assert names == {"dense-numpy", "dense-numpy-gemms", "fff-numba", "fff-numba-one-pass", "fff-numpy-gather"}
+    assert set(report["cpu_seconds"]) == names and all(len(s) == 1 for s in report["cpu_seconds"].values())
     assert report["fff_numba_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
     assert main(["bench-ffn", "--depth", "40"]) == 2

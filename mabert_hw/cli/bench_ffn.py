@@ -19,7 +19,8 @@ def register(subparsers) -> None:
         description="Times the FFF hard-path walk (Numba), a dense FF (BLAS GEMM + GELU + GEMM), a "
         "batched-gather NumPy FFF and torch dense / FFF-BMM on the same random tokens, interleaved "
         "round by round, and prints medians beside the theoretical MAC ratio. Load on a shared CPU "
-        "moves every figure: the load average is printed with the result.",
+        "moves every figure: the load average is printed with the result, and CPU time beside wall "
+        "time (with --threads 1 the CPU-time ratio is the figure load moves least).",
     )
     parser.add_argument("--hidden", type=positive_int, default=768, help="C (default 768)")
     parser.add_argument("--depth", type=int, default=11, help="FFF tree depth d (default 11: 4095 nodes)")
@@ -60,14 +61,15 @@ def run(args) -> int:
     impls = implementations(problem, with_torch=not args.no_torch)
     load_before = _load()
     maxdiff = check_agreement(impls)
-    seconds = time_interleaved(impls, args.rounds, progress=lambda it: tqdm(it, desc="rounds", leave=False))
-    rows = summarize(problem, seconds)
+    seconds, cpu_seconds = time_interleaved(impls, args.rounds,
+                                            progress=lambda it: tqdm(it, desc="rounds", leave=False))
+    rows = summarize(problem, seconds, cpu_seconds)
     facts = {"problem": problem.__dict__, "threads": threads, "rounds": args.rounds,
              "load_avg_before": load_before, "load_avg_after": _load(),
              "mac_ratio": problem.mac_ratio(), "walk": problem.walk(),
              "fff_numba_vs_numpy_maxdiff": maxdiff}
     if args.format == "json":
-        text = json.dumps({**facts, "rows": rows, "seconds": seconds}, indent=2)
+        text = json.dumps({**facts, "rows": rows, "seconds": seconds, "cpu_seconds": cpu_seconds}, indent=2)
     else:
         text = render(rows, args.format)
         if args.format == "table":
