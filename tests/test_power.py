@@ -322,3 +322,39 @@ def test_ma_fast_keeps_the_same_tokens_as_reference_within_tolerance(share):
     np.testing.assert_array_equal(ours.token_mask, theirs.token_mask)
     assert_outputs_close(ours, theirs, atol=FAST_VS_REFERENCE_ATOL, rtol=FAST_VS_REFERENCE_RTOL)
     assert fast.ops == reference.ops == trace(spec, *batch.shape)
+
+
+@pytest.mark.parametrize("variant", ["bert", "ma"])
+def test_fast_significance_comes_from_the_attention_kernel_and_equals_the_reference(monkeypatch, variant):
+    """The fast engine must not recompute probabilities to rank tokens: its significance is the
+    per-head attention received that its attention kernels write, equal to the reference's formula."""
+    pytest.importorskip("numba")
+    from mabert_hw.backends.fast import FastBackend
+
+    if variant == "ma":
+        spec, _, weights, _ = ma_model(False)
+        retention = MA_RETENTION
+    else:
+        spec = TINY_SPECS[2]
+        weights = random_weights(spec, seed=18, std=PEAKED_STD)
+        retention = retention_for(spec)
+    spec = spec.with_variant(retention=retention)
+    batch = random_batch(spec, batch=3, seq_len=SEQ_LEN, seed=21)
+    formula, recomputed = ReferenceBackend._significance, []
+    monkeypatch.setattr(ReferenceBackend, "_significance",
+                        lambda self, probs, mask: recomputed.append(1) or formula(self, probs, mask))
+    seen = []
+
+    class Recording(FastBackend):
+        def significance(self, name, probs, token_mask):
+            out = super().significance(name, probs, token_mask)
+            seen.append((out, probs, token_mask))
+            return out
+
+    forward(spec, weights, batch.input_ids, Recording(), batch.attention_mask, batch.token_type_ids)
+    assert recomputed == [] and seen
+    for ours, probs, token_mask in seen:
+        theirs = formula(ReferenceBackend(), probs.ready(), token_mask)  # the probabilities, formed only here
+        real = np.isfinite(theirs)
+        np.testing.assert_array_equal(np.isfinite(ours), real)
+        np.testing.assert_allclose(ours[real], theirs[real], rtol=FAST_VS_REFERENCE_RTOL, atol=FAST_VS_REFERENCE_ATOL)

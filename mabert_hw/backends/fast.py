@@ -15,6 +15,9 @@ the reference (counts are of the math, not of the kernels):
 - MA-BERT: `linear`, the ReLU and `linear` of the softmax approximator over multiplicatively masked
   `Scores` return an `Approximated`, and `matmul(approximated, v)` runs kernels.ma_attention, which
   reassociates the linear chain so the (T, T) scores are never formed.
+- UltraFastBERT's `fff` runs kernels.fff's tree walk (tokens in parallel).
+- PoWER-BERT's `significance` of probabilities that an attention kernel consumed reads the per-head
+  attention received that the kernel wrote beside the context, instead of recomputing the probabilities.
 A deferred value that reaches anything else (an op another variant adds, a layout method, an op
 out of the expected order) is first computed whole by `ready`, with the reference's formulas,
 so every variant the reference executes also runs here, unfused where no kernel exists yet.
@@ -30,6 +33,7 @@ from functools import wraps
 import numpy as np
 
 from ..kernels.attention import attention, ma_attention
+from ..kernels.fff import fff_forward
 from ..kernels.linear import linear_add_layernorm, linear_bias, linear_bias_act, linear_bias_add
 from ..kernels.rows import ACTIVATIONS, activation, add_layernorm, layernorm, softmax_rows
 from ..kernels.threads import kernel_blas, rows_per_task, set_threads
@@ -290,11 +294,13 @@ class FastBackend(ReferenceBackend):
         mask = np.ascontiguousarray(np.broadcast_to(scores.mask, (B, 1, 1, T))[:, 0, 0, :])  # (B, T)
         scale = np.float32(1.0 if scores.scale is None else scores.scale)
         context = np.empty((B * T, H * D), np.float32)
+        received = np.empty((B, H, T), np.float32)  # for PoWER-BERT's significance, should it be asked
         with kernel_blas():
             if approximator is None:
-                attention(qkv, bias, mask, scale, H, context)
+                attention(qkv, bias, mask, scale, H, context, received)
             else:
-                ma_attention(qkv, bias, mask, scale, *approximator.first, *approximator.second, H, context)
+                ma_attention(qkv, bias, mask, scale, *approximator.first, *approximator.second, H, context, received)
+        (scores if approximator is None else approximator).received = received
         return context.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D) view: merge_heads is free
 
     # --- the score chain -------------------------------------------------------------------------
@@ -315,6 +321,18 @@ class FastBackend(ReferenceBackend):
         out = np.empty_like(x)
         softmax_rows(_rows(x), _rows(out))
         return out
+
+    # --- UltraFastBERT ----------------------------------------------------------------------------
+    def _fff(self, x, w_in, b_in, w_out, depth, trees):
+        return fff_forward(ready(x), w_in, b_in, w_out, depth, trees)  # (B, T, C): the tree walk
+
+    # --- PoWER-BERT ------------------------------------------------------------------------------
+    def _significance(self, probs, token_mask):
+        received = getattr(probs, "received", None)  # left by the attention kernel that consumed probs
+        if received is None:
+            return super()._significance(ready(probs), token_mask)
+        significance = received.sum(axis=1, dtype=np.float64) / received.shape[1]  # (B, T): head mean
+        return np.where(token_mask > 0, significance, -np.inf).astype(np.float32)
 
     # --- elementwise -----------------------------------------------------------------------------
     def _add(self, a, b):

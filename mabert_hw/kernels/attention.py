@@ -11,6 +11,11 @@ of one head lives only inside its task (T = Tk = 128: 64 KiB, in L2), so the (B,
 probabilities are never written to memory. The two products go through BLAS (np.dot); the scale,
 the additive mask and the softmax run over the block's rows in between, in the reference backend's
 operation order.
+
+Both kernels also write `received` (B, H, T): the attention each token receives in each head from
+the other real queries, sum_{real q != k} A[q, k] (float64 sums), which is what PoWER-BERT's
+significance (power.py) averages over heads. A kernel that kept no score block would otherwise make
+the eliminating layer recompute Q K^T and the softmax (or the approximator) just to rank tokens.
 """
 
 from __future__ import annotations
@@ -32,10 +37,24 @@ def _head_block(qkv, bias, first_row, count, column, width):
     return block
 
 
+@njit(inline="always", cache=True)
+def _received_(probs, is_real, received):
+    """received (Tk,) <- sum over the rows q of probs (T, Tk) with is_real[q], without the diagonal."""
+    total = np.zeros(probs.shape[1], np.float64)
+    for i in range(probs.shape[0]):
+        if is_real[i]:
+            for k in range(probs.shape[1]):
+                total[k] += probs[i, k]
+            total[i] -= probs[i, i]
+    for k in range(probs.shape[1]):
+        received[k] = total[k]
+
+
 @njit(parallel=True, cache=True)
-def attention(qkv, bias, mask, scale, heads, out):
-    """qkv (B*T, 3C) C-contiguous rows [q | k | v] without their bias (3C,); mask (B, T) additive;
-    scale float32. out (B*T, C) <- the context with heads merged back into rows."""
+def attention(qkv, bias, mask, scale, heads, out, received):
+    """qkv (B*T, 3C) C-contiguous rows [q | k | v] without their bias (3C,); mask (B, T) additive
+    (0 on real tokens); scale float32. out (B*T, C) <- the context with heads merged back into rows;
+    received (B, H, T) <- the attention each token receives from the other real queries."""
     B, T = mask.shape
     C = qkv.shape[1] // 3
     D = C // heads
@@ -51,6 +70,7 @@ def attention(qkv, bias, mask, scale, heads, out):
             for j in range(T):
                 row[j] = row[j] * scale + mask[b, j]
             softmax_row_(row, exponent_bits)
+        _received_(scores, mask[b] == 0, received[b, h])
         out[b * T:(b + 1) * T, h * D:(h + 1) * D] = np.dot(scores, vh)  # (T, D)
 
 
@@ -67,7 +87,7 @@ def _rows_block(qkv, bias, first_row, count, column, width, row_factor):
 
 
 @njit(parallel=True, cache=True)
-def ma_attention(qkv, bias, key_mask, scale, w1, b1, w2, b2, heads, out):
+def ma_attention(qkv, bias, key_mask, scale, w1, b1, w2, b2, heads, out, received):
     """MA-BERT attention, reassociated, in two parallel passes.
 
     The reference computes, per head, s = (Q K^T) * scale * m (m the (T,) 0/1 key mask, applied to
@@ -84,7 +104,9 @@ def ma_attention(qkv, bias, key_mask, scale, w1, b1, w2, b2, heads, out):
     (sums over D and h instead of T).
     qkv (B*T, 3C) rows [q | k | v] without their bias (3C,); key_mask (B, T) 0/1; scale float32 (1
     where the scale is folded into W_q); w1 (h, T), b1 (h,), w2 (T, h), b2 (T,).
-    out (B*T, C) <- the context with heads merged back into rows."""
+    out (B*T, C) <- the context with heads merged back into rows. received (B, H, T) <- per token
+    k, sum_{real q != k} P[q, k], without forming P either: with r_sum = sum_{real q} R[q],
+    sum_{real q} P[q, k] = r_sum . W2[k] + n_real b2[k], less P[k, k] = R[k] . W2[k] + b2[k]."""
     B, T = key_mask.shape
     C = qkv.shape[1] // 3
     D = C // heads
@@ -106,7 +128,27 @@ def ma_attention(qkv, bias, key_mask, scale, w1, b1, w2, b2, heads, out):
         for i in range(T):
             for j in range(hidden):
                 r[i, j] = max(r[i, j] + b1[j], np.float32(0.0))
+        _approximator_received_(r, key_mask[b], w2, b2, received[b, h])
         context = np.dot(r, value_weights[b, h * D:(h + 1) * D].T)  # (T, D)
         for i in range(T):
             for d in range(D):
                 out[b * T + i, h * D + d] = context[i, d] + value_offsets[b, h * D + d]
+
+
+@njit(inline="always", cache=True)
+def _approximator_received_(r, is_real, w2, b2, received):
+    """received (T,) <- sum_{real q != k} (r W2^T + b2)[q, k] from r (T, h) (see ma_attention)."""
+    T, hidden = r.shape
+    r_sum = np.zeros(hidden, np.float64)
+    real = 0
+    for i in range(T):
+        if is_real[i] != 0:
+            real += 1
+            for j in range(hidden):
+                r_sum[j] += r[i, j]
+    for k in range(T):
+        column, diagonal = real * np.float64(b2[k]), np.float64(b2[k])
+        for j in range(hidden):
+            column += r_sum[j] * w2[k, j]
+            diagonal += np.float64(r[k, j]) * w2[k, j]
+        received[k] = column - diagonal if is_real[k] != 0 else column
