@@ -21,7 +21,10 @@ a linear's output, whose per-column requantization multiplier takes the per-chan
                     quantized ("fake quant" at the op boundary).
   nonlinear=integer I-BERT i-softmax, i-GELU, i-LayerNorm (quant/intops.py), integer add and scale
                     with dyadic rescaling; ReLU is max(q, zero_point) in both modes. The pooler's tanh
-                    stays float (not on the sentence-embedding path).
+                    stays float (not on the sentence-embedding path). These five ops run as fused
+                    Numba kernels (quant/fused.py: quantize, op, dequantize in one pass, the same
+                    codes); the NumPy code below each is the reference, and runs where a kernel
+                    declines (stochastic rounding, float64 data, bounds it cannot prove).
 MA-BERT runs all in integers with nonlinear=integer: approximator linears and ReLU, the 0/1 mask (a
 select on codes) and the folded PowerNorm affine (one per-channel dyadic requantization).
 Ops this backend does not quantize (PoWER selection, FFF walk) run as the reference and are listed in
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..quant import fused
 from ..quant.calibrate import MASKED, Calibration
 from ..quant.config import GEMM_KINDS, OpSettings, QuantConfig
 from ..quant.formats import (
@@ -249,12 +253,26 @@ class FixedBackend(ReferenceBackend):
     def _integer(self, s: OpSettings) -> bool:
         return s.quantize and s.nonlinear == "integer"
 
+    def _kernel_mode(self, s: OpSettings) -> tuple | None:
+        """(divide32, rounding) for the fused integer kernels (quant/fused.py), or None where they do not
+        apply; they may still decline a call (None), and the NumPy reference below them runs."""
+        if not fused.fusable(self.dtype, s.rounding):
+            return None
+        return s.requant in FLOAT_ENGINE_MODES, s.rounding
+
     def _add(self, a, b):
         s = self._settings()
         if not s.quantize:
             return super()._add(a, b)
         if not self._integer(s):
             return self._output(a + b, s)
+        mode = self._kernel_mode(s)
+        if mode:
+            b_full = np.broadcast_to(b, a.shape)
+            out = fused.add(a, b_full, self._act_qparams("in0", s, a), self._act_qparams("in1", s, b_full),
+                            self._act_qparams("out", s), *mode)
+            if out is not None:
+                return out
         (qa, pa), (qb, pb) = self._quantize_int(a, "in0", s), self._quantize_int(np.broadcast_to(b, a.shape), "in1", s)
         po = self._act_qparams("out", s)
         out = int_add(qa, *_zp_scale(pa), qb, *_zp_scale(pb), *_scale_zp(po), po.fmt)
@@ -264,6 +282,11 @@ class FixedBackend(ReferenceBackend):
         s = self._settings()
         if not self._integer(s):
             return self._output(x * self.dtype(factor), s) if s.quantize else super()._scale(x, factor)
+        mode = self._kernel_mode(s)
+        if mode:
+            out = fused.rescale(x, self._act_qparams("in0", s, x), factor, self._act_qparams("out", s), *mode)
+            if out is not None:
+                return out
         q, qp = self._quantize_int(x, "in0", s)
         po = self._act_qparams("out", s)
         out = int_rescale(q, int(qp.zero_point), float(qp.scale), factor, float(po.scale), int(po.zero_point), po.fmt)
@@ -273,9 +296,14 @@ class FixedBackend(ReferenceBackend):
         s = self._settings()
         if not self._integer(s):
             return self._output(super()._softmax(x), s, nonneg=True) if s.quantize else super()._softmax(x)
+        out_bits = s.out_bits or s.act_bits
+        mode = self._kernel_mode(s)
+        if mode:
+            out = fused.softmax(x, self._act_qparams("in0", s, x), out_bits, *mode)  # masked keys: the same range
+            if out is not None:
+                return out
         valid = x > MASKED
         q, qp = self._quantize_int(np.where(valid, x, 0.0), "in0", s)
-        out_bits = s.out_bits or s.act_bits
         codes = int_softmax(q - qp.zero_point, float(qp.scale), out_bits, valid)
         return (codes * 2.0 ** -out_bits).astype(self.dtype)
 
@@ -284,6 +312,12 @@ class FixedBackend(ReferenceBackend):
         if not self._integer(s):
             out = super()._layernorm(x, gain, bias, eps)
             return self._output(out, s) if s.quantize else out
+        mode = self._kernel_mode(s)
+        if mode:
+            done = fused.layernorm(x, self._act_qparams("in0", s, x), gain, bias, eps, self._act_qparams("out", s), *mode)
+            if done is not None:
+                self._count(done[1])
+                return done[0]
         q, qp = self._quantize_int(x, "in0", s)
         po = self._act_qparams("out", s)
         out, overflowed = int_layernorm(q, *_zp_scale(qp), gain, bias, eps, *_scale_zp(po), po.fmt)
@@ -298,6 +332,11 @@ class FixedBackend(ReferenceBackend):
             q, qp = self._quantize_act(x, "in0", s)
             return self._values(np.maximum(q, q.dtype.type(qp.zero_point)), qp)
         if kind == "gelu" and self._integer(s):
+            mode = self._kernel_mode(s)
+            if mode:
+                out = fused.gelu(x, self._act_qparams("in0", s, x), self._act_qparams("out", s), *mode)
+                if out is not None:
+                    return out
             q, qp = self._quantize_int(x, "in0", s)
             codes, code_scale = int_gelu(q - qp.zero_point, float(qp.scale))
             po = self._act_qparams("out", s)

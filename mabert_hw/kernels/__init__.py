@@ -1,4 +1,5 @@
-"""Numba kernels used by the backends (fast: linear.py, rows.py, attention.py, approx.py; threads.py
+"""Numba kernels used by the backends (fast: linear.py, rows.py, attention.py, approx.py; fixed:
+introws.py, the integer-only ops, exact and with conventions of their own (its docstring); threads.py
 sets the thread counts of Numba and BLAS).
 
 Conventions of the fast backend's kernels: float32 in and out; row kernels take (N, C) C-contiguous

@@ -98,6 +98,16 @@ def set_threads(threads: int | None = None) -> dict:
     return {"numba_threads": wanted, "blas_threads": wanted, "kernel_blas_pinned": _pin_kernel_blas()}
 
 
+@cache
+def launch_threads() -> int:
+    """Start Numba's threads (once) with the passive wait policy, leaving the thread counts and BLAS as
+    they are: for backends that call parallel kernels between NumPy / BLAS ops (the fixed backend)."""
+    import numba
+
+    with _launching_threads():
+        return numba.get_num_threads()  # starts the threading layer on first use
+
+
 def kernel_blas():
     """Context in which the BLAS that kernels call runs on one thread (a no-op once it is pinned)."""
     if _pin_kernel_blas():

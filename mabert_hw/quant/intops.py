@@ -35,6 +35,8 @@ SOFTMAX_NUMERATOR_BITS = 32  # factor = floor(2^32 / sum)
 GELU_A, GELU_B = -0.2888, -1.769  # I-BERT's erf fit
 LN_FRACTION_BITS = 16  # normalised values carry 16 fractional bits before the output requantization
 COMMON_SCALE_BITS = 16  # per-channel codes grow by at most this many bits on the way to one scale
+WIDE = IntFormat(32)  # the registers of the residual adder and the LayerNorm unit
+VARIANCE_LIMIT = 1 << 31  # a LayerNorm variance sum from here on overflows a 32-bit accumulator
 
 
 def isqrt(n_in: np.ndarray) -> np.ndarray:
@@ -54,6 +56,18 @@ def _bit_length(v: int) -> int:
     return int(v).bit_length()
 
 
+def exp_constants(scale: float) -> tuple[int, int, int, int, int, float]:
+    """int_exp's per-scale constants for inputs of scale `scale`: (extra fractional bits, ln2, b and c in
+    units of r, the right shift `cut` that leaves EXP_BITS bits, the scale of the exp codes)."""
+    extra = max(0, min(LN2_FRACTION_BITS, math.frexp(scale / EXP_FINEST)[1] - 1))  # exact log2 floor
+    fine = scale / 2.0 ** extra  # units of r
+    ln2_int = round(LN2 / fine)
+    b_int = math.floor(EXP_COEF[1] / EXP_COEF[0] / fine)
+    c_int = math.floor(EXP_COEF[2] / EXP_COEF[0] / fine ** 2)
+    cut = max(_bit_length(c_int) - EXP_BITS, 0)
+    return extra, ln2_int, b_int, c_int, cut, EXP_COEF[0] * fine ** 2 * 2.0 ** cut
+
+
 def int_exp(x: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
     """exp(scale * x) for int64 x <= 0: (codes of at most EXP_BITS + 1 bits, their scale).
 
@@ -61,17 +75,12 @@ def int_exp(x: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
     (I-BERT rounds -ln2 to a multiple of the input scale, which is 4% off at 8-bit scales), then
     exp(r) is the polynomial and 2^-z a right shift folded with the cut to EXP_BITS bits.
     """
-    extra = max(0, min(LN2_FRACTION_BITS, math.frexp(scale / EXP_FINEST)[1] - 1))  # exact log2 floor
-    fine = scale / 2.0 ** extra  # units of r
-    ln2_int = round(LN2 / fine)
+    extra, ln2_int, b_int, c_int, cut, code_scale = exp_constants(scale)
     x = np.maximum(np.asarray(x, np.int64) << extra, -EXP_RANGE * ln2_int)
     z = (-x) // ln2_int  # >= 0
     r = x + z * ln2_int  # in (-ln2, 0]
-    b_int = math.floor(EXP_COEF[1] / EXP_COEF[0] / fine)
-    c_int = math.floor(EXP_COEF[2] / EXP_COEF[0] / fine ** 2)
     poly = r * (r + b_int) + c_int
-    cut = max(_bit_length(c_int) - EXP_BITS, 0)
-    return poly >> (z + cut), EXP_COEF[0] * fine ** 2 * 2.0 ** cut
+    return poly >> (z + cut), code_scale
 
 
 def int_softmax(q: np.ndarray, scale: float, out_bits: int, valid: np.ndarray | None = None) -> np.ndarray:
@@ -90,15 +99,26 @@ def int_softmax(q: np.ndarray, scale: float, out_bits: int, valid: np.ndarray | 
     return np.clip(out, 0, (1 << out_bits) - 1)
 
 
-def int_gelu(q: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
-    """GELU(scale * q) = x/2 (1 + erf(x / sqrt 2)) for int64 codes q: (codes, their scale)."""
-    q = np.asarray(q, np.int64)
+def gelu_constants(scale: float) -> tuple[int, int, float]:
+    """int_gelu's per-scale constants: (b, c in units of a * s_erf^2, the scale of the GELU codes)."""
     s_erf = scale / math.sqrt(2.0)
     b_int = math.floor(GELU_B / s_erf)  # negative
     c_int = math.floor(1.0 / (GELU_A * s_erf ** 2))  # negative: 1 in units of a * s_erf^2
+    return b_int, c_int, -scale * GELU_A * s_erf ** 2 / 2.0
+
+
+def int_gelu(q: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    """GELU(scale * q) = x/2 (1 + erf(x / sqrt 2)) for int64 codes q: (codes, their scale)."""
+    q = np.asarray(q, np.int64)
+    b_int, c_int, code_scale = gelu_constants(scale)
     clipped = np.minimum(np.abs(q), -b_int)
     erf_int = np.sign(q) * ((clipped + b_int) ** 2 + c_int)  # erf ~ a s_erf^2 * erf_int
-    return -q * (erf_int + c_int), -scale * GELU_A * s_erf ** 2 / 2.0
+    return -q * (erf_int + c_int), code_scale
+
+
+def common_scale(scale) -> float:
+    """The one scale per-channel codes are brought to (to_common_scale)."""
+    return max(float(np.min(scale)), float(np.max(scale)) / 2.0 ** COMMON_SCALE_BITS)
 
 
 def to_common_scale(q: np.ndarray, zero_point, scale) -> tuple[np.ndarray, float]:
@@ -110,9 +130,16 @@ def to_common_scale(q: np.ndarray, zero_point, scale) -> tuple[np.ndarray, float
     residual sums). A near-constant channel (a tiny scale) must not widen every code: the common scale
     is no finer than max scale / 2^COMMON_SCALE_BITS, and channels finer than that are rounded to it.
     """
-    common = max(float(np.min(scale)), float(np.max(scale)) / 2.0 ** COMMON_SCALE_BITS)
-    wide = IntFormat(32)
-    return requantize(np.asarray(q, np.int64) - zero_point, "dyadic", scale, 1.0, common, 0, wide), common
+    common = common_scale(scale)
+    return requantize(np.asarray(q, np.int64) - zero_point, "dyadic", scale, 1.0, common, 0, WIDE), common
+
+
+def layernorm_constants(C: int, eps: float, scale: float, gain: np.ndarray) -> tuple[int, float, np.ndarray]:
+    """int_layernorm's per-scale constants: (eps in units of the squared input codes, the unit of the
+    normalised codes, the gain with zeros made the tiniest float64 so that its dyadic multiplier exists)."""
+    gain = np.asarray(gain, np.float64)
+    gain = np.where(gain == 0.0, np.finfo(np.float64).tiny, gain)
+    return round(C * eps / scale ** 2), math.sqrt(C) / 2.0 ** LN_FRACTION_BITS, gain
 
 
 def int_layernorm(q: np.ndarray, zero_point, scale, gain: np.ndarray, bias: np.ndarray,
@@ -124,16 +151,14 @@ def int_layernorm(q: np.ndarray, zero_point, scale, gain: np.ndarray, bias: np.n
         zero_point = 0
     x = np.asarray(q, np.int64) - zero_point
     C = x.shape[-1]
+    eps_codes, unit, gain = layernorm_constants(C, eps, scale, gain)
     mean = (x.sum(axis=-1, keepdims=True) + C // 2) // C
     y = x - mean
     var = (y * y).sum(axis=-1, keepdims=True)
-    overflow = int(np.count_nonzero(var >= (1 << 31)))
-    var = var + round(C * eps / scale ** 2)
+    overflow = int(np.count_nonzero(var >= VARIANCE_LIMIT))
+    var = var + eps_codes
     std = np.maximum(isqrt(var), 1)
     normalised = (y << LN_FRACTION_BITS) // std  # (y / std) * 2^16; the real value is that * sqrt(C)
-    gain = np.asarray(gain, np.float64)
-    gain = np.where(gain == 0.0, np.finfo(np.float64).tiny, gain)
-    unit = math.sqrt(C) / 2.0 ** LN_FRACTION_BITS
     out = requantize(normalised, "dyadic", unit, gain, out_scale, out_zp, fmt, bias=np.asarray(bias, np.float64))
     return out, overflow
 
@@ -146,7 +171,6 @@ def int_rescale(q: np.ndarray, zero_point, scale, factor: float, out_scale, out_
 def int_add(qa, za, sa, qb, zb, sb, out_scale, out_zp, fmt: IntFormat) -> np.ndarray:
     """Residual add in integers: both operands rescaled to the output scale (dyadic, one multiplier per
     channel when the scales are per channel), then summed."""
-    wide = IntFormat(32, True)
-    a = int_rescale(qa, za, sa, 1.0, out_scale, 0, wide)
-    b = int_rescale(qb, zb, sb, 1.0, out_scale, 0, wide)
+    a = int_rescale(qa, za, sa, 1.0, out_scale, 0, WIDE)
+    b = int_rescale(qb, zb, sb, 1.0, out_scale, 0, WIDE)
     return np.clip(a + b + out_zp, fmt.qmin, fmt.qmax)

@@ -29,6 +29,7 @@ from .formats import IntFormat
 REQUANT_MODES = ("ort", "fbgemm", "qnnpack", "tflite", "tflite_single", "dyadic")
 F32 = np.float32
 FLOAT64_EXACT = 2 ** 53  # integers up to this are exact in float64
+DYADIC_PRODUCT_BITS = 62  # dyadic products acc * m stay below 2^62 (shift_round_half_even's bound)
 
 
 def quantize_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +79,30 @@ def dyadic_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
     mantissa, exponent = np.frexp(np.asarray(M, np.float64))
     m = np.floor(mantissa * 2.0 ** 31 + 0.5).astype(np.int64)
     return m, (31 - exponent).astype(np.int64)
+
+
+def dyadic_terms(x_scale, w_scale, y_scale, bias=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The dyadic mode's real multiplier M = x_s * w_s / y_s and bias codes rint(b / (x_s * w_s)) (None
+    without a bias), w_scale flattened as requantize_codes does."""
+    w_scale = np.asarray(w_scale, np.float64).reshape(-1)
+    bias_codes = None if bias is None else np.rint(np.asarray(bias, np.float64) / (x_scale * w_scale)).astype(np.int64)
+    return x_scale * w_scale / y_scale, bias_codes
+
+
+def dyadic_drop(peak: int) -> int:
+    """Low bits the dyadic mantissa m (< 2^31) loses so that |acc * m| < 2^DYADIC_PRODUCT_BITS for
+    |acc| <= peak (0 while peak < 2^31)."""
+    return max(int(peak).bit_length() + 31 - DYADIC_PRODUCT_BITS, 0)
+
+
+def dyadic_fit(M, peak: int) -> tuple[np.ndarray, np.ndarray]:
+    """dyadic_multiplier(M) for accumulators up to |peak|, with dyadic_drop(peak) low bits of m rounded off."""
+    m, e = dyadic_multiplier(M)
+    drop = dyadic_drop(peak)
+    if drop:
+        drop = np.minimum(drop, e - 1)
+        m, e = (m + (np.int64(1) << (drop - 1))) >> drop, e - drop
+    return m, e
 
 
 def shift_round_half_even(v: np.ndarray, e) -> np.ndarray:
@@ -153,12 +178,9 @@ def _integer_engine(acc, mode, x_scale, w_scale, y_scale, bias) -> np.ndarray:
         q31, shift = quantize_multiplier(x_scale * w_scale / y_scale)
         return multiply_by_quantized_multiplier(acc, q31, shift, single_rounding=mode == "tflite_single")
     if mode == "dyadic":
+        multiplier, bias_codes = dyadic_terms(x_scale, w_scale, y_scale, bias)
         if bias is not None:
-            acc = acc + np.rint(np.asarray(bias, np.float64) / (x_scale * w_scale)).astype(np.int64)
-        m, e = dyadic_multiplier(x_scale * w_scale / y_scale)
-        drop = max(int(np.abs(acc).max(initial=0)).bit_length() + 31 - 62, 0)  # keep acc * m < 2^62
-        if drop:
-            drop = np.minimum(drop, e - 1)
-            m, e = (m + (np.int64(1) << (drop - 1))) >> drop, e - drop
+            acc = acc + bias_codes
+        m, e = dyadic_fit(multiplier, int(np.abs(acc).max(initial=0)))
         return shift_round_half_even(acc * m, e)
     raise ValueError(f"unknown requant mode {mode!r}; modes: {', '.join(REQUANT_MODES)}")
