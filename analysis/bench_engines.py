@@ -12,6 +12,11 @@ and the first forward in a fresh process (numba's cached compilation), split int
 load average is recorded: the machine may be shared.
 
     python analysis/bench_engines.py    # -> reports/engines/ (~4 min on 2 idle cores, ~15 min under load 6)
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python analysis/bench_engines.py
+
+This machine's environment sets OPENBLAS_CORETYPE=Haswell (a guard for old OpenBLAS builds), which
+makes numpy's and scipy's OpenBLAS run its AVX2 kernels on an AVX-512 CPU; the second form lets it
+pick its own (SkylakeX on AVX-512), as on a user's machine. The README names the kernels that ran.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from threadpoolctl import threadpool_limits
 
 from mabert_hw import checkpoint
 from mabert_hw.bench.profile import FAST_CALL_MEANING, numpy_gemm_gflops, time_by_call
-from mabert_hw.bench.timing import bench, machine_threads
+from mabert_hw.bench.timing import bench, blas_kernels, machine_threads
 from mabert_hw.inputs import random_batch
 from mabert_hw.report import engine_plots
 from mabert_hw.report.tables import csv_table, markdown_table
@@ -84,6 +89,7 @@ def first_call() -> dict:
 def run(repeat: int, base_repeat: int, shapes) -> dict:
     record = {"load_before": os.getloadavg(), "threads": machine_threads(), "rows": [], "profiles": {},
               "cpu_profiles": {}}
+    record["cpu"] = cpu_model()
     record["gemm_gflops_before"] = numpy_gemm_gflops()
     record["first_call"] = first_call()
     for spec, weights, engines, thread_counts in models():
@@ -108,7 +114,21 @@ def run(repeat: int, base_repeat: int, shapes) -> dict:
     with threadpool_limits(limits=1, user_api="blas"):
         record["gemm_gflops_1_thread"] = numpy_gemm_gflops()
     record["load_after"] = os.getloadavg()
+    record["blas"] = blas_kernels()
     return record
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), or the platform's word for it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 def targets(record: dict) -> list[dict]:
@@ -165,9 +185,13 @@ def write(record: dict, out: Path, command: str) -> None:
     engine_plots.ratio_bars(plotted, out / "engines.png", TARGET_RATIO)
     shown = [{k: r.get(k) for k in COLUMNS if k != "skipped"} for r in record["rows"]]
     load = lambda values: ", ".join(f"{v:.2f}" for v in values)  # noqa: E731
+    kernels = "; ".join(f"{b['file']}: {b['architecture']}, {b['threads']} threads"
+                        + "".join(f", {k}={b[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in b)
+                        for b in record["blas"]) or "none found"
     readme = f"""# Engine benchmark: fast (Numba) vs reference vs torch eager vs onnxruntime fp32
 
-Made by `{command}` (one run, {time.strftime('%Y-%m-%d %H:%M')}), {record['threads']} threads per engine.
+Made by `{command}` (one run, {time.strftime('%Y-%m-%d %H:%M')}), {record['threads']} threads per engine,
+on {record['cpu']}. BLAS kernels in the process (threadpoolctl): {kernels}.
 Load average (1, 5, 15 min) before: {load(record['load_before'])}; after: {load(record['load_after'])}
 (the 2-core machine was shared with other jobs: absolute times are noisy, ratios from one
 interleaved run are the figures to read). GFLOP/s = counted FLOPs (cost.counts) / median time.

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends.base import Op
+from .bench.timing import THREADS_IDLE_S
 from .cost.counts import count_op, fff_walk_counts
 from .fff import fff_gather, n_nodes, walk_layout
 
-THREADS_IDLE_S = 0.15  # OpenBLAS blas_server.c: idle workers spin 2^THREAD_TIMEOUT = 2^28 TSC ticks
-# before they sleep, 0.11 s at this CPU's 2.45 GHz TSC
 
 
 @dataclass(frozen=True)

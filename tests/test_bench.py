@@ -77,6 +77,8 @@ def test_bench_document_has_every_engine_in_the_issue_schema():
     assert torch_result["ratio_vs_torch"] == 1.0
     fast = document["engines"]["fast"]
     assert fast["ratio_vs_torch"] == pytest.approx(fast["median_ms"] / torch_result["median_ms"])
+    # numpy's OpenBLAS (what the fast engine's GEMMs call) is named with the kernel it runs
+    assert any(b["library"] == "openblas" and b["architecture"] for b in document["blas"]), document["blas"]
 
 
 def test_unavailable_engine_is_skipped_with_its_reason(monkeypatch):
@@ -113,7 +115,7 @@ def test_cli_bench_json_on_a_weightless_config(tmp_path, capsys):
                  "--engines", "fast,reference", "--threads", "1", "--format", "json"])
     assert code == 0
     document = json.loads(capsys.readouterr().out)
-    assert set(document) == {"engines", "batch", "seq_len", "threads", "model"}
+    assert set(document) == {"engines", "batch", "seq_len", "threads", "model", "blas"}
     assert set(document["engines"]) == {"fast", "reference"}
     assert all(set(r) == ENGINE_KEYS for r in document["engines"].values())
 

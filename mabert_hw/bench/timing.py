@@ -1,8 +1,10 @@
 """Interleaved timing: every engine runs on the same batch, in turns, after a warm-up call each.
 
 Round r runs the engines in an order rotated by r, so no engine always follows the same neighbour
-(caches, turbo state and other processes' load then fall on all of them alike). In each turn an
-engine first makes `settle` untimed calls: the previous engine's thread pool may still be spinning
+(caches, turbo state and other processes' load then fall on all of them alike). Each turn starts
+with a pause (THREADS_IDLE_S of sleep: on MiniLM B=1, 2 threads, the fast engine took 16.3 ms alone and
+22.7 ms interleaved with onnxruntime without it, on a quiet machine), then the engine
+makes `settle` untimed calls: the previous engine's thread pool may still be spinning
 (onnxruntime's and OpenMP's workers spin after a run before they sleep) and would take the cores
 from the first call after it, and the engine's own pool may have gone to sleep during the others'
 turns; the timed call then runs as in a process that uses one engine (measured on MiniLM B=1 before
@@ -26,16 +28,34 @@ from ..weights import Weights
 from .engines import ENGINES, EngineUnavailable, prepare
 
 BASELINE = "torch"
+THREADS_IDLE_S = 0.15  # OpenBLAS blas_server.c: idle workers spin 2^THREAD_TIMEOUT = 2^28 TSC ticks before
+# they sleep (0.10-0.11 s at the 2.45-2.6 GHz TSCs of the machines used here); onnxruntime's pool spins less
 
 
 def machine_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def blas_kernels() -> list[dict]:
+    """The BLAS libraries loaded in this process and the kernel each runs (threadpoolctl's
+    `architecture`, e.g. Haswell = AVX2, SkylakeX = AVX-512), with the environment variables that
+    force an OpenBLAS kernel: OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU halves the fast engine's
+    GEMM rate, so every timing record says which kernel ran."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    forced = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    return [{"library": info.get("internal_api"), "architecture": info.get("architecture"),
+             "threads": info.get("num_threads"), "file": os.path.basename(info.get("filepath", "")), **forced}
+            for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
 def time_calls(calls: dict[str, Callable[[], object]], repeat: int, warmup: int = 1, settle: int = 0,
-               progress: bool = False) -> dict[str, list[float]]:
+               progress: bool = False, pause: float = 0.0) -> dict[str, list[float]]:
     """Seconds per call of each engine: `repeat` interleaved rounds after `warmup` calls each; in a
-    round each engine's timed call follows `settle` untimed ones."""
+    round each engine's turn starts with `pause` seconds of sleep (the previous engine's spinning
+    threads go to sleep), then `settle` untimed calls, then the timed one."""
     from tqdm import tqdm
 
     names = list(calls)
@@ -49,6 +69,7 @@ def time_calls(calls: dict[str, Callable[[], object]], repeat: int, warmup: int 
     for round_ in range(repeat):
         shift = round_ % len(names) if names else 0
         for name in names[shift:] + names[:shift]:
+            time.sleep(pause)
             for _ in range(settle):
                 calls[name]()
                 bar.update()
@@ -85,7 +106,8 @@ def parse_engines(text: str) -> list[str]:
 
 
 def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: list[str], repeat: int,
-          threads: int | None = None, warmup: int = 1, settle: int = 1, progress: bool = False) -> dict:
+          threads: int | None = None, warmup: int = 1, settle: int = 1, progress: bool = False,
+          pause: float = THREADS_IDLE_S) -> dict:
     """The `mabert-hw bench` JSON document: per engine timings, or {"skipped": reason}."""
     threads = threads or machine_threads()
     inputs = random_batch(spec, batch, seq_len, seed=0)
@@ -97,7 +119,7 @@ def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: 
             calls[engine] = prepare(engine, spec, weights, inputs, threads)
         except EngineUnavailable as reason:
             skipped[engine] = {"skipped": str(reason)}
-    samples = time_calls(calls, repeat, warmup, settle, progress)
+    samples = time_calls(calls, repeat, warmup, settle, progress, pause)
     timings = summarise(samples, profile_model(spec, batch, seq_len).total("flops"), batch * seq_len)
     return {
         "engines": {engine: timings.get(engine) or skipped[engine] for engine in engines},
@@ -105,6 +127,7 @@ def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: 
         "seq_len": seq_len,
         "threads": threads,
         "model": spec.name,
+        "blas": blas_kernels(),
     }
 
 

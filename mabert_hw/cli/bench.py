@@ -6,10 +6,10 @@ import json
 
 from .. import checkpoint
 from ..bench.engines import ENGINES
-from ..bench.timing import bench, parse_engines, table_rows
+from ..bench.timing import THREADS_IDLE_S, bench, parse_engines, table_rows
 from ..report.tables import text_table
 from ..weights import random_weights
-from .common import add_checkpoint, emit, non_negative_int, positive_int
+from .common import add_checkpoint, emit, non_negative_float, non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     parser.add_argument("--settle", type=non_negative_int, default=1,
                         help="untimed calls an engine makes in its turn before the timed one, so the previous "
                              "engine's spinning threads have gone quiet (default 1)")
+    parser.add_argument("--pause", type=non_negative_float, default=THREADS_IDLE_S,
+                        help="seconds of sleep before each engine's turn, so that the previous engine's "
+                             f"spinning BLAS / onnxruntime threads go to sleep (default {THREADS_IDLE_S})")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
     parser.set_defaults(run=run)
@@ -41,12 +44,13 @@ def run(args) -> int:
     ck = checkpoint.load(args.ckpt)
     weights = ck.weights if ck.weights is not None else random_weights(ck.spec)
     document = bench(ck.spec, weights, args.batch, args.seq_len, engines, args.repeat, args.threads,
-                     settle=args.settle, progress=True)
+                     settle=args.settle, progress=True, pause=args.pause)
     if args.format == "json":
         text = json.dumps(document, indent=2)
     else:
         title = (f"{document['model']}  B={document['batch']}  T={document['seq_len']}  "
                  f"threads={document['threads']}  (ratio: median / torch eager median)\n")
-        text = title + text_table(table_rows(document))
+        kernels = ", ".join(sorted({f"{b['library']} {b['architecture']}" for b in document["blas"]})) or "unknown"
+        text = title + text_table(table_rows(document)) + f"\nBLAS kernels: {kernels}\n"
     emit(text, args.output)
     return 0

@@ -27,6 +27,16 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not value >= 0.0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ckpt", metavar="CKPT", help="preset name, 'minilm', HF checkpoint directory or config.json")
 

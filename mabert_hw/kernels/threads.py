@@ -16,7 +16,8 @@ import contextlib
 import os
 from functools import cache
 
-WAIT_POLICY = "PASSIVE"  # OpenMP threads sleep at once when idle (see _launching_threads)
+WAIT_POLICY = "PASSIVE"  # OpenMP threads sleep when idle (see _launching_threads)
+SPIN_COUNT = "10000"  # ... after this many spins (GNU OpenMP: ~1e5 spins per ms, so ~0.1 ms)
 TASKS_PER_THREAD = 1  # chunks of rows per thread in linear.py: one single-threaded GEMM per core
 MIN_ROWS_PER_TASK = 16  # below this a GEMM chunk is mostly BLAS call overhead
 
@@ -62,20 +63,28 @@ def _pin_kernel_blas() -> bool:
 
 @contextlib.contextmanager
 def _launching_threads():
-    """OMP_WAIT_POLICY=PASSIVE while Numba's OpenMP runtime starts (if it starts now), unless the user
-    set a policy. By default GNU OpenMP threads spin for a while at each barrier's end; on a loaded
-    machine a spinning thread takes the core its partner needs, and every parallel region waits
-    for a time slice (measured here at load 5: MiniLM B=1, T=128 on 2 threads took 412 ms with
-    spinning, 124 ms passive). A sleeping thread costs a futex wake, microseconds per region. The
-    variable is restored at once, so libraries loaded later (torch's own OpenMP) keep their default."""
-    if "OMP_WAIT_POLICY" in os.environ:
-        yield
-        return
-    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    """OMP_WAIT_POLICY=PASSIVE and GOMP_SPINCOUNT=SPIN_COUNT while Numba's OpenMP runtime starts (if it
+    starts now), unless the user set them. By default GNU OpenMP threads spin for ~3 ms at each
+    barrier's end; on a loaded machine a spinning thread takes the core its partner needs, and every
+    parallel region waits for a time slice (measured here at load 5: MiniLM B=1, T=128 on 2 threads
+    took 412 ms with spinning, 124 ms passive). Passive with no spin at all costs a sleep and a wake
+    per parallel region, and on a virtual machine whose idle CPUs halt (KVM shrinks its halt polling
+    after idle time) a wake can take tens of microseconds: MiniLM B=1 on 2 threads, quiet machine,
+    second call after 0.15 s idle, 28-31 ms with no spin, 16 ms with 10,000 spins, 15-16 ms in steady
+    state either way. ~0.1 ms of spinning bridges the gaps between a forward's regions and is
+    nothing on a loaded machine. The variables are restored at once, so libraries loaded later
+    (torch's own OpenMP) keep their defaults."""
+    chosen = {"OMP_WAIT_POLICY": WAIT_POLICY, "GOMP_SPINCOUNT": SPIN_COUNT}
+    added = [name for name in chosen if name not in os.environ]
+    if "OMP_WAIT_POLICY" in os.environ:  # the user's policy, with GNU OpenMP's spin count for it
+        added = []
+    for name in added:
+        os.environ[name] = chosen[name]
     try:
         yield
     finally:
-        del os.environ["OMP_WAIT_POLICY"]
+        for name in added:
+            del os.environ[name]
 
 
 def set_threads(threads: int | None = None) -> dict:
