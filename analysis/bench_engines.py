@@ -225,10 +225,13 @@ waits at each parallel region until its second thread is scheduled. The fast eng
 regions per layer (Q/K/V GEMM, attention, output GEMM + LN, FFN-in GEMM + GELU, FFN-out GEMM + LN);
 torch eager has one per op and falls apart under load; onnxruntime suffers much less. So under load
 the 2-thread rows mostly measure the scheduler; the 1-thread rows compare the engines themselves,
-and the CPU-time profile (1 thread) shows the work the fast engine does. Idle OpenMP threads sleep
-(OMP_WAIT_POLICY=PASSIVE, set by kernels/threads.py when Numba's threads start; torch eager shares
-that one GNU OpenMP runtime, so both engines run under the same policy): spinning idle threads took
-the cores their partners needed and made every 2-thread engine several times slower under load.
+and the CPU-time profile (1 thread) shows the work the fast engine does. Idle OpenMP threads spin
+for ~0.1 ms, then sleep (OMP_WAIT_POLICY=PASSIVE with GOMP_SPINCOUNT=10000, set by kernels/threads.py
+when Numba's threads start; torch eager shares that one GNU OpenMP runtime, so both engines run under
+the same policy): spinning idle threads took the cores their partners needed and made every 2-thread
+engine several times slower under load, and threads that slept at once paid a slow wake-up at each
+parallel region after idle time on this virtual machine. Each engine's turn starts after 0.15 s of
+sleep (bench.timing.THREADS_IDLE_S), so the previous engine's spinning threads are asleep.
 
 ## Where the fast engine's time goes (B=8, T=128, mean ms per forward)
 

@@ -238,8 +238,45 @@ def write_report(subset: int) -> None:
             note = OUT / name.replace(".csv", ".md")
             if note.exists():
                 parts += [note.read_text(), ""]
+    parts += _speed()
     parts.append("![metric vs bits](bits.png)")
     (OUT / "README.md").write_text("\n".join(parts) + "\n")
+
+
+SPEED_RECORDS = {"CPU time": "speed_cpu.json", "wall time": "speed.json"}  # analysis/int8_speed.py's outputs
+
+
+def _speed() -> list[str]:
+    """The Speed section: analysis/int8_speed.py's records (CPU and wall clock), when present."""
+    import json
+
+    from mabert_hw.report.tables import markdown_table
+
+    records = {clock: json.loads((OUT / name).read_text()) for clock, name in SPEED_RECORDS.items()
+               if (OUT / name).exists()}
+    if not records:
+        return []
+    lines = ["## Speed\n",
+             ("The fixed backend against the fast fp32 engine on one batch (the first 8 STS-B dev sentences, "
+              "padded to 128 tokens): medians of interleaved calls in one process, after a warm-up call each; the "
+              "issue's target is <= 3x the fast engine. CPU time, one thread each for Numba and BLAS (the work "
+              "done, which the shared machine's load moves least): `env -u OPENBLAS_CORETYPE -u "
+              "OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python analysis/int8_speed.py "
+              "--clock cpu`. Wall time, default threads (2): `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+              "python analysis/int8_speed.py` (numpy's OpenBLAS on its AVX-512 kernels, as in "
+              "reports/engines/).\n")]
+    rows = []
+    for name in next(iter(records.values()))["median_ms"]:
+        row = {"configuration": name}
+        for clock, record in records.items():
+            row[f"{clock} ms"] = f"{record['median_ms'][name]:.0f}"
+            row[f"{clock} x fast"] = f"{record['ratio_vs_fast'][name]:.2f}"
+        rows.append(row)
+    lines += [markdown_table(rows), ""]
+    lines += [f"- {clock}: {r['rounds']} rounds, {r.get('numba_threads', '?')} Numba thread(s), load average "
+              f"{r['load_average_before']:.1f} before, {r['load_average_after']:.1f} after." for clock, r in records.items()]
+    note = OUT / "speed.md"
+    return lines + ["", note.read_text(), ""] if note.exists() else lines + [""]
 
 
 if __name__ == "__main__":
