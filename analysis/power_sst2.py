@@ -2,7 +2,8 @@
 
 1. Training-free search (geometric + greedy per layer) on the first --search-limit dev sentences,
    every input padded to N = --seq-len (64: the official task_config.json's SST-2 seq_len); the
-   frontier is re-scored on the full dev set (which contains the search subset).
+   frontier is re-scored on the full dev set (which contains the search subset) and on the held-out
+   rest of dev (the sentences after the subset, which no choice saw).
 2. Soft-extract (torch): trainable r_j with the model, loss CE + lambda * sum_j j * sum_t r_j[t], on
    training sentences the fine-tuning did not see; l_j = floor(sum r_j); retrain with hard extract;
    evaluated with the same engine.
@@ -40,7 +41,8 @@ from mabert_hw.torch_ref.power_bert import PowerBert, train
 ROOT = Path(__file__).resolve().parents[1]
 # Goyal et al. 2020, Table 2 (GLUE test, K80 GPU): BERT-base SST-2 93.0, PoWER-BERT 92.1, 2.4x faster.
 PAPER_SST2 = {"baseline": 93.0, "power": 92.1, "speedup": 2.4}
-FINETUNE_SEED, FINETUNE_PHRASES = 0, 16000  # analysis/finetune_sst2.py defaults: its training subset
+TRAIN_PHRASES = 67349  # SST-2 train.tsv (GLUE): labelled phrases
+FINETUNE_SEED = 0  # analysis/finetune_sst2.py's default seed: its training phrases are a prefix of this permutation
 SOFT_CACHE = Path.home() / ".cache" / "mabert-hw" / "power-soft"
 
 
@@ -97,12 +99,24 @@ def speedups(ck, schedules: dict, batches, backend, repeats: int) -> dict:
     return {name: (statistics.median(t), base / statistics.median(t)) for name, t in times.items()}
 
 
+def training_pool(ckpt: str, phrases: int) -> tuple[np.ndarray, str]:
+    """Indices of the SST-2 training phrases for soft extract, and which they are: those the fine-tuning
+    (analysis/finetune_sst2.py, its metrics.json) did not see, or all of them when it saw every one
+    (as in the paper, which trains its soft masks on the fine-tuning's own training set)."""
+    order = np.random.default_rng(FINETUNE_SEED).permutation(phrases)
+    metrics = Path(ckpt) / "metrics.json"
+    seen = json.loads(metrics.read_text())["train_phrases_seen"] if metrics.exists() else 0
+    if seen >= phrases:
+        return order, "all training phrases (the fine-tuning saw every one)"
+    return order[seen:], f"the {phrases - seen} training phrases the fine-tuning did not see"
+
+
 def training_stream(data: Path, ck, seq_len: int, batch: int, seed: int = 1):
     """Endless labelled SST-2 training batches (torch tensors) of sentence-like texts (>= 12 words, as
-    dev's are) that the fine-tuning did not see, padded to seq_len."""
+    dev's are) from training_pool, padded to seq_len."""
     trainset = load_sst2(data / "glue/SST-2/train.tsv")
-    unseen = np.random.default_rng(FINETUNE_SEED).permutation(len(trainset.sentences))[FINETUNE_PHRASES:]
-    long = [i for i in unseen if len(trainset.sentences[i].split()) >= 12]
+    pool, _ = training_pool(ck.source, len(trainset.sentences))  # len == TRAIN_PHRASES
+    long = [i for i in pool if len(trainset.sentences[i].split()) >= 12]
     rng = np.random.default_rng(seed)
     while True:
         idx = rng.choice(long, batch, replace=False)
@@ -142,7 +156,8 @@ def cached_soft_extract(args, ck) -> tuple[tuple[int, ...], dict, list[float], l
         run_file.write_text(json.dumps({"retention": list(retention), "soft_losses": soft_losses,
                                         "hard_losses": hard_losses, "lambda": args.lam, "soft_lr": args.soft_lr,
                                         "soft_steps": args.soft_steps, "retrain_steps": args.retrain_steps,
-                                        "batch": args.soft_batch}))
+                                        "batch": args.soft_batch,
+                                        "training_texts": training_pool(ck.source, TRAIN_PHRASES)[1]}))
         running.unlink()
     run = json.loads(run_file.read_text())
     with np.load(weights_file) as stored:
@@ -161,9 +176,10 @@ def main() -> None:
     dev = load_sst2(args.data, args.dev_limit)
     full = encode(ck, dev.sentences, args.seq_len)
 
-    def accuracy(model_ck, retention) -> float:
-        return 100.0 * float((predict(model_ck, retention, tqdm(full, desc="dev", leave=False), backend)
-                              == dev.labels).mean())
+    def accuracies(model_ck, retention) -> tuple[float, float]:
+        """(accuracy on all of dev, on the dev sentences the search never saw: those after its subset)."""
+        correct = predict(model_ck, retention, tqdm(full, desc="dev", leave=False), backend) == dev.labels
+        return 100.0 * float(correct.mean()), 100.0 * float(correct[args.search_limit:].mean())
 
     # 1. training-free search on a dev subset, frontier re-scored on all of dev
     subset = encode(ck, dev.sentences[:args.search_limit], args.seq_len)
@@ -178,23 +194,21 @@ def main() -> None:
     picks = np.unique(np.linspace(0, len(near) - 1, min(args.max_rows, len(near))).round().astype(int))
     front = [near[i] for i in picks]
     front += [chosen] if chosen.retention is not None and chosen not in front else []
-    baseline_acc, baseline_flops = accuracy(ck, None), subset_flops(ck, None, full)
-    rows = []
-    for s in tqdm(front, desc="frontier on full dev"):
-        rows.append({"method": s.family, "retention": list(s.retention), "subset_accuracy": s.accuracy,
-                     "dev_accuracy": accuracy(ck, s.retention),
-                     "flops_ratio": baseline_flops / subset_flops(ck, s.retention, full),
-                     "chosen_on_subset": s is chosen})
+    (baseline_acc, baseline_heldout), baseline_flops = accuracies(ck, None), subset_flops(ck, None, full)
+
+    def scored_row(method: str, model_ck, retention, **extra) -> dict:
+        dev_acc, heldout = accuracies(model_ck, retention)
+        return {"method": method, "retention": list(retention), **extra, "dev_accuracy": dev_acc,
+                "heldout_accuracy": heldout, "flops_ratio": baseline_flops / subset_flops(ck, retention, full)}
+
+    rows = [scored_row(s.family, ck, s.retention, subset_accuracy=s.accuracy, chosen_on_subset=s is chosen)
+            for s in tqdm(front, desc="frontier on full dev")]
 
     # 2. soft-extract (torch) -> retention, retrained weights; the learned schedule also without retraining
     soft_retention, soft_weights, soft_run = cached_soft_extract(args, ck)
     soft_ck = checkpoint.Checkpoint(ck.spec, soft_weights, ck.source + " (soft-extract retrained)", ck.tokenizer_dir)
-    rows.append({"method": "soft-extract, no retraining", "retention": list(soft_retention),
-                 "dev_accuracy": accuracy(ck, soft_retention),
-                 "flops_ratio": baseline_flops / subset_flops(ck, soft_retention, full)})
-    rows.append({"method": "soft-extract + hard retraining", "retention": list(soft_retention),
-                 "dev_accuracy": accuracy(soft_ck, soft_retention),
-                 "flops_ratio": baseline_flops / subset_flops(ck, soft_retention, full)})
+    rows.append(scored_row("soft-extract, no retraining", ck, soft_retention))
+    rows.append(scored_row("soft-extract + hard retraining", soft_ck, soft_retention))
 
     # 3. measured speed-up, one run, interleaved with the baseline, fixed N and dynamic padding
     timing_fixed = full[: args.timing_sentences // 32]
@@ -205,18 +219,20 @@ def main() -> None:
     for i, row in enumerate(rows):
         row["speedup_fixed_n"], row["speedup_dynamic_padding"] = fixed[str(i)][1], dynamic[str(i)][1]
         row["loss"] = baseline_acc - row["dev_accuracy"]
+        row["heldout_loss"] = baseline_heldout - row["heldout_accuracy"]
 
     results = {"checkpoint": ck.source, "engine": engine_name, "threads": args.threads, "seq_len": args.seq_len,
                "dev_examples": len(dev.labels), "search_examples": args.search_limit,
-               "baseline_dev_accuracy": baseline_acc, "baseline_seconds_fixed_n": fixed["baseline"][0],
+               "baseline_dev_accuracy": baseline_acc, "baseline_heldout_accuracy": baseline_heldout,
+               "heldout_examples": len(dev.labels) - args.search_limit, "baseline_seconds_fixed_n": fixed["baseline"][0],
                "baseline_seconds_dynamic": dynamic["baseline"][0], "timing_sentences": args.timing_sentences,
                "repeats": args.repeats, "paper_sst2": PAPER_SST2, "rows": rows,
                "soft_extract": soft_run,
                "scored_on_subset": [as_record(s) for s in scored]}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     plot_frontier(results, args.out / "sst2_frontier.png")
-    columns = ["method", "retention", "dev_accuracy", "loss", "flops_ratio", "speedup_fixed_n",
-               "speedup_dynamic_padding"]
+    columns = ["method", "retention", "dev_accuracy", "loss", "heldout_accuracy", "heldout_loss", "flops_ratio",
+               "speedup_fixed_n", "speedup_dynamic_padding"]
     table = [{**r, "retention": ",".join(map(str, r["retention"]))} for r in rows]
     (args.out / "frontier.csv").write_text(render(table, "csv", columns))
     (args.out / "frontier.md").write_text(render(table, "md", columns) + "\n")
