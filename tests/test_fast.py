@@ -162,3 +162,23 @@ def test_attention_of_head_arrays_that_no_linear_made_equals_reference():
         context = bk.matmul("context", bk.softmax("softmax", scores), v)  # (B, H, T, D)
         outputs.append(bk.finished(bk.merge_heads(context)))  # (B, T, C)
     assert_close("context", *outputs)
+
+
+def test_openmp_start_settings_are_set_only_while_launching_and_never_over_the_users(monkeypatch):
+    import os
+
+    from mabert_hw.kernels import threads
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    with threads._launching_threads():
+        assert (os.environ["OMP_WAIT_POLICY"], os.environ["GOMP_SPINCOUNT"]) == (threads.WAIT_POLICY, threads.SPIN_COUNT)
+    assert "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ  # torch's OpenMP keeps its defaults
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's policy stands, with GNU OpenMP's spin count for it
+    with threads._launching_threads():
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "500")  # the user's spin count stands
+    with threads._launching_threads():
+        assert (os.environ["OMP_WAIT_POLICY"], os.environ["GOMP_SPINCOUNT"]) == (threads.WAIT_POLICY, "500")
+    assert os.environ["GOMP_SPINCOUNT"] == "500" and "OMP_WAIT_POLICY" not in os.environ
