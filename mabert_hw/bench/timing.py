@@ -2,9 +2,10 @@
 
 Round r runs the engines in an order rotated by r, so no engine always follows the same neighbour
 (caches, turbo state and other processes' load then fall on all of them alike). Each turn starts
-with a pause (THREADS_IDLE_S of sleep: on MiniLM B=1, 2 threads, the fast engine took 16.3 ms alone and
-22.7 ms interleaved with onnxruntime without it, on a quiet machine), then the engine
-makes `settle` untimed calls: the previous engine's thread pool may still be spinning
+with a pause (THREADS_IDLE_S of sleep) so that the previous engine's spinning workers are asleep (on
+MiniLM B=1, 2 threads, quiet machine: the fast engine took 16.3 ms alone, 22.7 ms interleaved with
+onnxruntime and no pause; with the pause and the fast kernels' short spin before sleeping, see
+kernels.threads, 15.9 ms interleaved), then the engine makes `settle` untimed calls: the previous engine's thread pool may still be spinning
 (onnxruntime's and OpenMP's workers spin after a run before they sleep) and would take the cores
 from the first call after it, and the engine's own pool may have gone to sleep during the others'
 turns; the timed call then runs as in a process that uses one engine (measured on MiniLM B=1 before
@@ -29,7 +30,7 @@ from .engines import ENGINES, EngineUnavailable, prepare
 
 BASELINE = "torch"
 THREADS_IDLE_S = 0.15  # OpenBLAS blas_server.c: idle workers spin 2^THREAD_TIMEOUT = 2^28 TSC ticks before
-# they sleep (0.10-0.11 s at the 2.45-2.6 GHz TSCs of the machines used here); onnxruntime's pool spins less
+# they sleep (0.10-0.11 s at the 2.45-2.6 GHz TSCs of the machines used here)
 
 
 def machine_threads() -> int:
