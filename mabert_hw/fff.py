@@ -90,24 +90,29 @@ def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
 
 @dataclass(frozen=True)
 class WalkLayout:
-    """Weights laid out for the walk: node n of tree k is one contiguous row [w_in row | w_out column].
+    """Weights laid out for the walk: node n of tree k is row [k, n] of two row-major arrays.
 
-    packed (K, N, C + C_out) float32, cache-line aligned: a visited node costs one sequential read of
-    4 (C + C_out) bytes; bias (K, N) float32.
+    rows_in (K, N, C) and rows_out (K, N, C_out) float32, cache-line aligned: a visited node costs
+    one sequential read of its w_in row (the dot) and one of its w_out column (the axpy), each a
+    contiguous 1-D array to Numba, which LLVM vectorises without stride checks; bias (K, N) float32.
     """
 
-    packed: np.ndarray
+    rows_in: np.ndarray
+    rows_out: np.ndarray
     bias: np.ndarray
     depth: int
-    hidden: int  # C
 
     @property
     def trees(self) -> int:
-        return self.packed.shape[0]
+        return self.rows_in.shape[0]
+
+    @property
+    def hidden(self) -> int:  # C
+        return self.rows_in.shape[2]
 
     @property
     def out_width(self) -> int:  # C_out
-        return self.packed.shape[2] - self.hidden
+        return self.rows_out.shape[2]
 
 
 def walk_layout(w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray, depth: int, trees: int) -> WalkLayout:
@@ -117,7 +122,8 @@ def walk_layout(w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray, depth: in
     if w_in.shape[0] != trees * N or w_out.shape[1] != trees * N or b_in.shape != (trees * N,):
         raise ValueError(f"FFF weights {w_in.shape}, {b_in.shape}, {w_out.shape} do not fit depth {depth}, "
                          f"{trees} trees ({trees * N} nodes)")
-    packed = aligned_empty((trees, N, C + C_out))
-    packed[:, :, :C] = w_in.reshape(trees, N, C)
-    packed[:, :, C:] = w_out.T.reshape(trees, N, C_out)
-    return WalkLayout(packed, np.ascontiguousarray(b_in.reshape(trees, N), dtype=np.float32), depth, C)
+    rows_in = aligned_empty((trees, N, C))
+    rows_in[:] = w_in.reshape(trees, N, C)
+    rows_out = aligned_empty((trees, N, C_out))
+    rows_out[:] = w_out.T.reshape(trees, N, C_out)
+    return WalkLayout(rows_in, rows_out, np.ascontiguousarray(b_in.reshape(trees, N), dtype=np.float32), depth)

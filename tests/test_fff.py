@@ -22,10 +22,12 @@ from mabert_hw.fff import (
 from mabert_hw.inputs import random_batch
 from mabert_hw.kernels.fff import (
     L2_BYTES,
+    SUBTREE_BYTES,
     TASK_TOKENS,
     fff_apply,
     fff_forward,
     group_tasks,
+    l2_cache_bytes,
     subtree_levels,
 )
 from mabert_hw.model import forward
@@ -128,10 +130,24 @@ def test_walk_gives_the_same_bits_at_every_split_level(out_width):
 
 
 def test_subtree_levels_fit_the_cache():
+    assert 0 < SUBTREE_BYTES < L2_BYTES
     for row_bytes in (4 * (768 + 768), 4 * (384 + 384), 4 * (16 + 12)):
         levels = subtree_levels(row_bytes)
-        assert (2 ** levels - 1) * row_bytes <= L2_BYTES < (2 ** (levels + 1) - 1) * row_bytes
-    assert subtree_levels(L2_BYTES + 1) == 1  # a row larger than the cache still walks
+        assert (2 ** levels - 1) * row_bytes <= SUBTREE_BYTES < (2 ** (levels + 1) - 1) * row_bytes
+    assert subtree_levels(SUBTREE_BYTES + 1) == 1  # a row larger than the budget still walks
+
+
+def test_l2_size_agrees_with_the_c_library():
+    """sysfs (what the kernel reads) against glibc's `getconf LEVEL2_CACHE_SIZE`, where it answers."""
+    import shutil
+    import subprocess
+
+    getconf = shutil.which("getconf")
+    answer = subprocess.run([getconf, "LEVEL2_CACHE_SIZE"], capture_output=True, text=True).stdout.strip() \
+        if getconf else ""
+    if not answer.isdigit() or int(answer) <= 0:
+        pytest.skip("the C library does not report the L2 size here")
+    assert l2_cache_bytes() == int(answer)
 
 
 def test_group_tasks_sort_tokens_by_node_into_bounded_tasks():
@@ -150,7 +166,8 @@ def test_group_tasks_sort_tokens_by_node_into_bounded_tasks():
 def test_walk_rows_are_cache_line_aligned():
     layout = walk_layout(np.ones((7, 16), np.float32), np.ones(7, np.float32), np.ones((16, 7), np.float32), 2, 1)
     y = fff_apply(np.ones((5, 16), np.float32), layout)
-    assert layout.packed.ctypes.data % 64 == 0 and y.ctypes.data % 64 == 0
+    assert layout.rows_in.ctypes.data % 64 == 0 and layout.rows_out.ctypes.data % 64 == 0
+    assert y.ctypes.data % 64 == 0
 
 
 @pytest.mark.parametrize("spec", TINY_SPECS[:2], ids=lambda s: s.name)

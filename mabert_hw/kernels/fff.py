@@ -50,23 +50,50 @@ from __future__ import annotations
 
 import math
 import weakref
+from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
 
 from ..fff import WalkLayout, aligned_empty, walk_layout
+from .prefetch import READ, WRITE, prefetch_row_to_l2
+from .rows import GELU, _activate
 
-SQRT2 = np.float32(math.sqrt(2.0))
-HALF, ONE, ZERO = np.float32(0.5), np.float32(1.0), np.float32(0.0)
+ZERO = np.float32(0.0)
 FASTMATH = {"reassoc", "contract"}
-L2_BYTES = 512 * 1024  # per core: lscpu "L2 cache: 1 MiB (2 instances)"
+L2_FALLBACK_BYTES = 512 * 1024  # where sysfs does not say (the smallest L2 of the CPUs measured here)
+SUBTREE_L2_SHARE = 0.5  # the subtree's rows may fill half of L2: the other half holds the tokens' x and
+# y rows in flight and the rows prefetched for the next groups
 TASK_TOKENS = 64  # tokens per parallel task of pass 2: 64 * (d + 1) visits dwarf a task's start,
 # and a group as large as all tokens (top = 0) still splits evenly over the threads
+GROUP = 4  # tokens walked in lockstep: their dot products are independent, so the core overlaps one
+# token's dot with the next one's instead of waiting for each logit before it can load the next row
+PREFETCH_GROUPS_AHEAD = 2  # x and y rows asked for two groups (~1 us) before they are used: more
+# than a DRAM latency, and few enough lines (2 * 4 * 2 rows of 48) for the L2's miss queue
+ROWS_PER_PASS = 4  # w_out rows summed into y per pass over y (see _accumulate)
 
 
-def subtree_levels(row_bytes: int, cache_bytes: int = L2_BYTES) -> int:
-    """Levels L of the deepest subtree whose 2^L - 1 node rows fit in `cache_bytes` (at least 1).
-    768 + 768 floats (6 KiB rows): 6 levels, 63 rows, 378 KiB of the 512 KiB L2."""
+def l2_cache_bytes() -> int:
+    """One core's L2 (Linux sysfs: cpu0's level-2 data or unified cache), else L2_FALLBACK_BYTES."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if level == "2" and kind in ("Data", "Unified") and size[:-1].isdigit():
+            return int(size[:-1]) * {"K": 1024, "M": 1024 ** 2}.get(size[-1], 1)
+    return L2_FALLBACK_BYTES
+
+
+L2_BYTES = l2_cache_bytes()
+SUBTREE_BYTES = int(SUBTREE_L2_SHARE * L2_BYTES)
+
+
+def subtree_levels(row_bytes: int, cache_bytes: int = SUBTREE_BYTES) -> int:
+    """Levels L of the deepest subtree whose 2^L - 1 nodes (row_bytes each, w_in + w_out) fit in
+    `cache_bytes` (at least 1). 768 + 768 floats (6 KiB) in half of a 1 MiB L2: 6 levels, 378 KiB."""
     return max(1, int(math.log2(cache_bytes // row_bytes + 1)))
 
 
@@ -78,48 +105,73 @@ def _dot(x, w):
     return s
 
 
-@njit(inline="always", fastmath=FASTMATH)
-def _axpy(a, v, y):
-    for j in range(y.shape[0]):
-        y[j] += a * v[j]
-
-
-@njit(inline="always", fastmath=FASTMATH)
-def _dot_and_axpy(x, w, a, v, y):
-    """x . w, while y += a * v: one loop when C == C_out (every FFN), else one after the other."""
-    if x.shape[0] != y.shape[0]:
-        _axpy(a, v, y)
-        return _dot(x, w)
-    s = ZERO
-    for c in range(x.shape[0]):
-        s += x[c] * w[c]
-        y[c] += a * v[c]
-    return s
-
-
-@njit(inline="always", fastmath=FASTMATH)
-def _gelu(v):
-    return HALF * v * (ONE + math.erf(v / SQRT2))
-
-
 @njit(inline="always")
 def _child(node, logit):
     return 2 * node + (2 if logit > ZERO else 1)
 
 
+@njit(inline="always", fastmath=FASTMATH)
+def _gelu_(values):
+    for i in range(values.shape[0]):
+        values[i] = _activate(values[i], GELU)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _sum_rows(y, first, a0, v0, a1, v1, a2, v2, a3, v3):
+    """y (=, when first, else +=) a0 v0 + a1 v1 + a2 v2 + a3 v3: one pass over y for 4 rows."""
+    if first:
+        for c in range(y.shape[0]):
+            y[c] = a0 * v0[c] + a1 * v1[c] + a2 * v2[c] + a3 * v3[c]
+    else:
+        for c in range(y.shape[0]):
+            y[c] += a0 * v0[c] + a1 * v1[c] + a2 * v2[c] + a3 * v3[c]
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _sum_row(y, first, a, v):
+    if first:
+        for c in range(y.shape[0]):
+            y[c] = a * v[c]
+    else:
+        for c in range(y.shape[0]):
+            y[c] += a * v[c]
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _accumulate(rows_out, path, acts, y, first):
+    """y (=|+=) sum over levels of acts[l] * rows_out[path[l]], ROWS_PER_PASS rows per pass over y:
+    y is loaded and stored once per 4 rows instead of once per row (a row costs one load per FMA
+    instead of two loads and a store)."""
+    n = path.shape[0]
+    level = 0
+    while level + ROWS_PER_PASS <= n:
+        _sum_rows(y, first, acts[level], rows_out[path[level]], acts[level + 1], rows_out[path[level + 1]],
+                  acts[level + 2], rows_out[path[level + 2]], acts[level + 3], rows_out[path[level + 3]])
+        first = False
+        level += ROWS_PER_PASS
+    while level < n:
+        _sum_row(y, first, acts[level], rows_out[path[level]])
+        first = False
+        level += 1
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def top_walk(x, packed, bias, k, top, nodes, acts):
+def top_walk(x, rows_in, bias, k, top, nodes, acts):
     """Pass 1, tree k: nodes (M,) <- each token's node at level `top`; acts (M, top) <- its GELU
-    activations at levels 0..top-1 (dots only: the axpys wait for pass 2)."""
-    M, C = x.shape
-    for t in prange(M):
-        x_t = x[t]
-        node = 0
+    activations at levels 0..top-1 (dots only: the axpys wait for pass 2). GROUP tokens in lockstep."""
+    M = x.shape[0]
+    for block in prange((M + GROUP - 1) // GROUP):
+        first, last = block * GROUP, min(block * GROUP + GROUP, M)
+        for t in range(first, last):
+            nodes[t] = 0
         for level in range(top):
-            logit = _dot(x_t, packed[k, node, :C]) + bias[k, node]
-            acts[t, level] = _gelu(logit)
-            node = _child(node, logit)
-        nodes[t] = node
+            for t in range(first, last):
+                node = nodes[t]
+                logit = _dot(x[t], rows_in[k, node]) + bias[k, node]
+                acts[t, level] = logit
+                nodes[t] = _child(node, logit)
+        for t in range(first, last):
+            _gelu_(acts[t])
 
 
 @njit(cache=True)
@@ -153,49 +205,53 @@ def group_tasks(nodes, first, width, task_tokens):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def subtree_walk(x, packed, bias, depth, k, top, acts, order, starts, ends, roots, out, first_tree):
-    """Pass 2, tree k: out[t] (+)= the walk of token t through levels 0..depth, for the tokens of
-    each task: the axpys of their shared top path (activations from pass 1), then the subtree
-    below the task's root, dot of each node fused with the axpy of the node before it."""
-    C = x.shape[1]
+def subtree_walk(x, rows_in, rows_out, bias, depth, k, top, acts, order, starts, ends, roots, out, first_tree):
+    """Pass 2, tree k: out[t] (=, for the first tree, else +=) the walk of token t through levels
+    0..depth, for the tokens of each task, GROUP at a time: their dots below the task's root in
+    lockstep, then each token's sum of the w_out rows of its whole path (the top levels' activations
+    from pass 1). The x and y rows of the group PREFETCH_GROUPS_AHEAD ahead are asked for first."""
+    levels = depth + 1
     for task in prange(starts.shape[0]):
         root = roots[task]
-        path = np.empty(top, np.int64)  # the top path's nodes at levels 0..top-1, shared by the task
-        node = root
+        path = np.empty((GROUP, levels), np.int64)  # each token's node per level; the top part is shared
+        act = np.empty((GROUP, levels), np.float32)  # ... and its activation there
+        node = np.empty(GROUP, np.int64)
+        ancestor = root
         for level in range(top - 1, -1, -1):
-            node = (node - 1) // 2
-            path[level] = node
-        for j in range(starts[task], ends[task]):
-            t = order[j]
-            x_t, y_t = x[t], out[t]  # (C,), (C_out,)
-            if first_tree:
-                y_t[:] = ZERO
-            for level in range(top - 1):
-                _axpy(acts[t, level], packed[k, path[level], C:], y_t)
-            node = root
-            row = packed[k, node]  # (C + C_out,) [w_in row | w_out column]
-            if top > 0:
-                s = _dot_and_axpy(x_t, row[:C], acts[t, top - 1], packed[k, path[top - 1], C:], y_t)
-            else:
-                s = _dot(x_t, row[:C])
-            logit = s + bias[k, node]
-            for _ in range(depth - top):
-                a, prev = _gelu(logit), row
-                node = _child(node, logit)
-                row = packed[k, node]
-                logit = _dot_and_axpy(x_t, row[:C], a, prev[C:], y_t) + bias[k, node]
-            _axpy(_gelu(logit), row[C:], y_t)
+            ancestor = (ancestor - 1) // 2
+            path[:, level] = ancestor
+        start, end = starts[task], ends[task]
+        for first in range(start, end, GROUP):
+            last = min(first + GROUP, end)
+            ahead = first + PREFETCH_GROUPS_AHEAD * GROUP
+            for j in range(ahead, min(ahead + GROUP, end)):
+                prefetch_row_to_l2(x[order[j]], READ)
+                prefetch_row_to_l2(out[order[j]], WRITE)
+            for j in range(first, last):
+                node[j - first] = root
+                act[j - first, :top] = acts[order[j]]
+            for level in range(top, levels):
+                for j in range(first, last):
+                    g, n = j - first, node[j - first]
+                    logit = _dot(x[order[j]], rows_in[k, n]) + bias[k, n]
+                    path[g, level] = n
+                    act[g, level] = logit
+                    node[g] = _child(n, logit)
+            for j in range(first, last):
+                g = j - first
+                _gelu_(act[g, top:])
+                _accumulate(rows_out[k], path[g], act[g], out[order[j]], first_tree)
 
 
 def fff_walk(x: np.ndarray, layout: WalkLayout, out: np.ndarray, levels: int | None = None) -> None:
     """out (M, C_out) <- sum over trees of the hard-path walk of x (M, C) float32.
 
-    levels: subtree levels per pass-2 group (default: subtree_levels of the layout's row); any
+    levels: subtree levels per pass-2 group (default: subtree_levels of the layout's rows); any
     value gives the same bits, it only moves the split between the passes."""
     M = x.shape[0]
-    packed, bias, depth = layout.packed, layout.bias, layout.depth
+    rows_in, rows_out, bias, depth = layout.rows_in, layout.rows_out, layout.bias, layout.depth
     if levels is None:
-        levels = subtree_levels(packed.shape[2] * packed.itemsize)
+        levels = subtree_levels((layout.hidden + layout.out_width) * rows_in.itemsize)
     if levels < 1:
         raise ValueError(f"subtree levels must be >= 1, got {levels}")
     top = max(0, depth + 1 - levels)
@@ -203,15 +259,23 @@ def fff_walk(x: np.ndarray, layout: WalkLayout, out: np.ndarray, levels: int | N
     acts = np.empty((M, top), np.float32)  # (M, top)
     for k in range(layout.trees):
         if top:  # else every token starts at the root: no pass 1
-            top_walk(x, packed, bias, k, top, nodes, acts)
+            top_walk(x, rows_in, bias, k, top, nodes, acts)
         order, starts, ends, roots = group_tasks(nodes, 2 ** top - 1, 2 ** top, TASK_TOKENS)
-        subtree_walk(x, packed, bias, depth, k, top, acts, order, starts, ends, roots, out, k == 0)
+        subtree_walk(x, rows_in, rows_out, bias, depth, k, top, acts, order, starts, ends, roots, out, k == 0)
 
 
-def fff_apply(x: np.ndarray, layout: WalkLayout, levels: int | None = None) -> np.ndarray:
-    """(..., C) float32 -> (..., C_out) through the laid-out tree(s)."""
+def fff_apply(x: np.ndarray, layout: WalkLayout, levels: int | None = None, out: np.ndarray | None = None
+              ) -> np.ndarray:
+    """(..., C) float32 -> (..., C_out) through the laid-out tree(s).
+
+    out: a C-contiguous float32 (M, C_out) array to write into (M = tokens of x), for callers that
+    reuse one; a fresh output of 16384 x 768 costs the kernel zeroing 48 MiB of new pages (~3 ms)."""
     flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)  # (M, C)
-    out = aligned_empty((flat.shape[0], layout.out_width))  # (M, C_out)
+    shape = (flat.shape[0], layout.out_width)
+    if out is None:
+        out = aligned_empty(shape)  # (M, C_out)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, got {out.dtype} {out.shape}")
     fff_walk(flat, layout, out, levels)
     return out.reshape(x.shape[:-1] + (layout.out_width,))
 
