@@ -12,6 +12,7 @@ from mabert_hw.backends import make_backend
 from mabert_hw.backends.trace import Shaped
 from mabert_hw.fff import (
     FFF_PARAMS,
+    aligned_empty,
     FFF_PREFIX,
     crammed_fff_key,
     fff_reference,
@@ -168,6 +169,24 @@ def test_walk_rows_are_cache_line_aligned():
     y = fff_apply(np.ones((5, 16), np.float32), layout)
     assert layout.rows_in.ctypes.data % 64 == 0 and layout.rows_out.ctypes.data % 64 == 0
     assert y.ctypes.data % 64 == 0
+
+
+def test_walk_writes_the_same_bits_streamed_or_not():
+    """An aligned output takes non-temporal stores from a scratch row; a misaligned one (here 4 bytes
+    off the line grid) the plain stores: the same sums either way. A wrong output is refused."""
+    rng = np.random.default_rng(5)
+    depth, trees, width = 4, 2, 2 * n_nodes(4)
+    w_in = rng.normal(size=(width, HIDDEN)).astype(np.float32)
+    b_in = rng.normal(size=width).astype(np.float32)
+    w_out = rng.normal(size=(HIDDEN, width)).astype(np.float32)
+    layout = walk_layout(w_in, b_in, w_out, depth, trees)
+    x = rng.normal(size=(2 * TASK_TOKENS + 3, HIDDEN)).astype(np.float32)
+    streamed = fff_apply(x, layout)
+    plain = aligned_empty((x.size + 1,))[1:].reshape(x.shape)
+    assert fff_apply(x, layout, out=plain) is not None and plain.ctypes.data % 64 != 0
+    assert np.array_equal(plain, streamed)
+    with pytest.raises(ValueError, match="out must be"):
+        fff_apply(x, layout, out=np.empty((len(x), HIDDEN + 1), np.float32))
 
 
 @pytest.mark.parametrize("spec", TINY_SPECS[:2], ids=lambda s: s.name)

@@ -56,7 +56,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..fff import WalkLayout, aligned_empty, walk_layout
-from .prefetch import READ, WRITE, prefetch_row_to_l2
+from .cache_hints import READ, WRITE, line_aligned_row, prefetch_row_to_l2, stream_copy, streamable
 from .rows import GELU, _activate
 
 ZERO = np.float32(0.0)
@@ -205,17 +205,21 @@ def group_tasks(nodes, first, width, task_tokens):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def subtree_walk(x, rows_in, rows_out, bias, depth, k, top, acts, order, starts, ends, roots, out, first_tree):
+def subtree_walk(x, rows_in, rows_out, bias, depth, k, top, acts, order, starts, ends, roots, out, first_tree,
+                 stream):
     """Pass 2, tree k: out[t] (=, for the first tree, else +=) the walk of token t through levels
     0..depth, for the tokens of each task, GROUP at a time: their dots below the task's root in
     lockstep, then each token's sum of the w_out rows of its whole path (the top levels' activations
-    from pass 1). The x and y rows of the group PREFETCH_GROUPS_AHEAD ahead are asked for first."""
+    from pass 1). The x and y rows of the group PREFETCH_GROUPS_AHEAD ahead are asked for first.
+    stream (first tree, out's rows line-aligned): the sum is built in an L1 scratch row and copied
+    out with non-temporal stores, so out's lines are never read."""
     levels = depth + 1
     for task in prange(starts.shape[0]):
         root = roots[task]
         path = np.empty((GROUP, levels), np.int64)  # each token's node per level; the top part is shared
         act = np.empty((GROUP, levels), np.float32)  # ... and its activation there
         node = np.empty(GROUP, np.int64)
+        scratch = line_aligned_row(out.shape[1])  # (C_out,)
         ancestor = root
         for level in range(top - 1, -1, -1):
             ancestor = (ancestor - 1) // 2
@@ -226,7 +230,8 @@ def subtree_walk(x, rows_in, rows_out, bias, depth, k, top, acts, order, starts,
             ahead = first + PREFETCH_GROUPS_AHEAD * GROUP
             for j in range(ahead, min(ahead + GROUP, end)):
                 prefetch_row_to_l2(x[order[j]], READ)
-                prefetch_row_to_l2(out[order[j]], WRITE)
+                if not stream:
+                    prefetch_row_to_l2(out[order[j]], WRITE)
             for j in range(first, last):
                 node[j - first] = root
                 act[j - first, :top] = acts[order[j]]
@@ -240,7 +245,11 @@ def subtree_walk(x, rows_in, rows_out, bias, depth, k, top, acts, order, starts,
             for j in range(first, last):
                 g = j - first
                 _gelu_(act[g, top:])
-                _accumulate(rows_out[k], path[g], act[g], out[order[j]], first_tree)
+                if stream:
+                    _accumulate(rows_out[k], path[g], act[g], scratch, True)
+                    stream_copy(out[order[j]], scratch)
+                else:
+                    _accumulate(rows_out[k], path[g], act[g], out[order[j]], first_tree)
 
 
 def fff_walk(x: np.ndarray, layout: WalkLayout, out: np.ndarray, levels: int | None = None) -> None:
@@ -261,7 +270,8 @@ def fff_walk(x: np.ndarray, layout: WalkLayout, out: np.ndarray, levels: int | N
         if top:  # else every token starts at the root: no pass 1
             top_walk(x, rows_in, bias, k, top, nodes, acts)
         order, starts, ends, roots = group_tasks(nodes, 2 ** top - 1, 2 ** top, TASK_TOKENS)
-        subtree_walk(x, rows_in, rows_out, bias, depth, k, top, acts, order, starts, ends, roots, out, k == 0)
+        subtree_walk(x, rows_in, rows_out, bias, depth, k, top, acts, order, starts, ends, roots, out, k == 0,
+                     k == 0 and streamable(out))
 
 
 def fff_apply(x: np.ndarray, layout: WalkLayout, levels: int | None = None, out: np.ndarray | None = None
