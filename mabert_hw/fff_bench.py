@@ -2,6 +2,8 @@
 
 Implementations (all float32, all on the same random x (M, C)):
 - dense-numpy:       h = x W_1^T (BLAS GEMM); h = GELU(h + b_1) (parallel Numba row kernel); y = h W_2^T + b_2
+- dense-fast:        the fast engine's FFN: kernels.linear with the bias-GELU and bias epilogues (one
+                     single-threaded GEMM per core on its share of the tokens)
 - dense-numpy-gemms: the two GEMMs alone (a lower bound for any dense FF on this CPU)
 - fff-numba:         kernels.fff.fff_apply on the walk layout (packing excluded: done once at load):
                      top levels for all tokens, then the tokens grouped by the subtree they enter
@@ -9,7 +11,10 @@ Implementations (all float32, all on the same random x (M, C)):
                      token-major walk, each token through all its levels in turn (the same bits)
 - fff-numpy-gather:  mabert_hw.fff.fff_gather, one gathered row per token and level
 - torch-dense / torch-fff-bmm: torch linear + gelu + linear, and FFF.forward_gather (gather + bmm)
-Rounds are interleaved (every implementation once per round, in turn) so that load from other
+Every NumPy / Numba form writes into output (and hidden) arrays allocated once: the timings are the
+kernels', without the kernel zeroing fresh pages for 48-192 MiB of new arrays at each call (a model
+that reuses its buffers does not pay that; measured, a fresh 16384 x 768 output added ~3-6 ms to the
+walk). Rounds are interleaved (every implementation once per round, in turn) so that load from other
 processes on a shared CPU falls on all of them alike; medians over rounds are reported. Each call
 starts after THREADS_IDLE_S of sleep: OpenBLAS worker threads spin after a GEMM before they sleep,
 and the call timed next (the FFF walk, after the dense GEMMs) shared the cores with them (measured at
@@ -29,6 +34,8 @@ from .backends.base import Op
 from .bench.timing import THREADS_IDLE_S
 from .cost.counts import count_op, fff_walk_counts
 from .fff import fff_gather, n_nodes, walk_layout
+
+DENSE_FFS = ("dense-numpy", "dense-fast")  # whole dense FFs (GEMM + bias-GELU + GEMM + bias)
 
 
 
@@ -59,15 +66,24 @@ class Problem:
         return fff_walk_counts(self.ops()["fff"][0])
 
 
-def _gelu_numba():
-    from .kernels.rows import ACTIVATIONS, bias_activation_
+def _dense_fast(x, w1, b1, w2, b2, h, y):
+    """The fast backend's dense FFN (its kernels, its thread layout), into h (M, F) and y (M, C)."""
+    from .kernels.linear import linear_bias, linear_bias_act
+    from .kernels.rows import GELU
+    from .kernels.threads import kernel_blas, rows_per_task
 
-    return lambda h, b: bias_activation_(h, b, ACTIVATIONS["gelu"])
+    rows = rows_per_task(x.shape[0])
+    with kernel_blas():
+        linear_bias_act(x, w1, b1, GELU, rows, h)
+        linear_bias(h, w2, b2, rows, y)
+    return y
 
 
 def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) -> dict[str, Callable[[], object]]:
     """name -> zero-argument callable computing the layer on shared random data."""
+    from .fff import aligned_empty
     from .kernels.fff import fff_apply
+    from .kernels.rows import GELU, bias_activation_
 
     rng = np.random.default_rng(seed)
     C, F, M = problem.hidden, problem.dense_width, problem.tokens
@@ -83,18 +99,25 @@ def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) ->
     b1 = (0.02 * rng.normal(size=F)).astype(np.float32)
     w2 = (0.02 * rng.normal(size=(C, F))).astype(np.float32)
     b2 = (0.02 * rng.normal(size=C)).astype(np.float32)
-    bias_gelu_ = _gelu_numba()
+    h, y = np.empty((M, F), np.float32), np.empty((M, C), np.float32)  # the dense forms' outputs
+    y_fff = aligned_empty((M, C))  # the walk's (line-aligned: its non-temporal stores need that)
 
     def dense_numpy():
-        h = x @ w1.T  # (M, F)
-        bias_gelu_(h, b1)
-        return h @ w2.T + b2  # (M, C)
+        np.matmul(x, w1.T, out=h)  # (M, F)
+        bias_activation_(h, b1, GELU)
+        np.matmul(h, w2.T, out=y)  # (M, C)
+        return np.add(y, b2, out=y)
+
+    def gemms():
+        np.matmul(x, w1.T, out=h)
+        return np.matmul(h, w2.T, out=y)
 
     impls: dict[str, Callable[[], object]] = {
         "dense-numpy": dense_numpy,
-        "dense-numpy-gemms": lambda: (x @ w1.T) @ w2.T,
-        "fff-numba": lambda: fff_apply(x, layout),
-        "fff-numba-one-pass": lambda: fff_apply(x, layout, levels=problem.depth + 1),
+        "dense-fast": lambda: _dense_fast(x, w1, b1, w2, b2, h, y),
+        "dense-numpy-gemms": gemms,
+        "fff-numba": lambda: fff_apply(x, layout, out=y_fff),
+        "fff-numba-one-pass": lambda: fff_apply(x, layout, levels=problem.depth + 1, out=y_fff),
         "fff-numpy-gather": lambda: fff_gather(x, w_in, b_in, w_out_rows, problem.depth, problem.trees),
     }
     if with_torch:
@@ -125,10 +148,12 @@ def _torch_implementations(problem: Problem, x, w_in, b_in, w_out, dense) -> dic
     return {"torch-dense": torch_dense, "torch-fff-bmm": torch_fff}
 
 
-def check_agreement(impls: dict[str, Callable[[], object]]) -> float:
-    """Max |fff-numba - fff-numpy-gather| over all outputs (both walk the same weights)."""
-    a = np.asarray(impls["fff-numba"]())
-    b = np.asarray(impls["fff-numpy-gather"]())
+def check_agreement(impls: dict[str, Callable[[], object]], first: str = "fff-numba",
+                    second: str = "fff-numpy-gather") -> float:
+    """Max |first - second| over all outputs: two forms of the same layer on the same weights (the
+    Numba walk and the NumPy gather walk; or the two dense FFs)."""
+    a = np.array(impls[first]())  # a copy: both forms may write into buffers the next call reuses
+    b = np.asarray(impls[second]())
     return float(np.abs(a - b).max())
 
 
@@ -152,12 +177,14 @@ def time_interleaved(impls: dict[str, Callable[[], object]], rounds: int, progre
 
 
 def summarize(problem: Problem, seconds: dict[str, list[float]], cpu_seconds: dict[str, list[float]]) -> list[dict]:
-    """One row per implementation: median and min wall ms, median CPU ms, speed-ups of the dense FFs
-    over it (wall; and CPU, the figure that load from other processes moves least when one thread
-    runs each implementation)."""
+    """One row per implementation: median and min wall ms, median CPU ms, speed-ups over it of the
+    faster whole dense FF ("dense": the lower median of DENSE_FFS) and of the two GEMMs alone (wall;
+    and CPU, the figure that load from other processes moves least when one thread runs each
+    implementation)."""
     median = {name: float(np.median(s)) for name, s in seconds.items()}
     median_cpu = {name: float(np.median(s)) for name, s in cpu_seconds.items()}
-    dense, gemms = median["dense-numpy"], median["dense-numpy-gemms"]
+    best = min(DENSE_FFS, key=median.__getitem__)
+    dense, gemms = median[best], median["dense-numpy-gemms"]
     theory = problem.mac_ratio()
     return [{"impl": name,
              "median_ms": 1e3 * median[name],
@@ -165,6 +192,7 @@ def summarize(problem: Problem, seconds: dict[str, list[float]], cpu_seconds: di
              "speedup_vs_dense": dense / median[name],
              "speedup_vs_gemms": gemms / median[name],
              "median_cpu_ms": 1e3 * median_cpu[name],
-             "cpu_speedup_vs_dense": median_cpu["dense-numpy"] / median_cpu[name],
+             "cpu_speedup_vs_dense": median_cpu[best] / median_cpu[name],
+             "dense": best,
              "mac_ratio": theory if name.startswith(("fff", "torch-fff")) else None}
             for name in seconds]

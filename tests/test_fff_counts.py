@@ -59,7 +59,9 @@ def test_bench_ffn_runs_small_and_reports_json(capsys):
                  "--rounds", "1", "--no-torch", "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     names = {row["impl"] for row in report["rows"]}
-    assert names == {"dense-numpy", "dense-numpy-gemms", "fff-numba", "fff-numba-one-pass", "fff-numpy-gather"}
+    assert names == {"dense-numpy", "dense-fast", "dense-numpy-gemms", "fff-numba", "fff-numba-one-pass",
+                     "fff-numpy-gather"}
     assert set(report["cpu_seconds"]) == names and all(len(s) == 1 for s in report["cpu_seconds"].values())
     assert report["fff_numba_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
+    assert report["dense_fast_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
     assert main(["bench-ffn", "--depth", "40"]) == 2

@@ -61,13 +61,14 @@ def run(args) -> int:
     impls = implementations(problem, with_torch=not args.no_torch)
     load_before = _load()
     maxdiff = check_agreement(impls)
+    dense_maxdiff = check_agreement(impls, "dense-fast", "dense-numpy")
     seconds, cpu_seconds = time_interleaved(impls, args.rounds,
                                             progress=lambda it: tqdm(it, desc="rounds", leave=False))
     rows = summarize(problem, seconds, cpu_seconds)
     facts = {"problem": problem.__dict__, "threads": threads, "rounds": args.rounds,
              "load_avg_before": load_before, "load_avg_after": _load(),
              "mac_ratio": problem.mac_ratio(), "walk": problem.walk(),
-             "fff_numba_vs_numpy_maxdiff": maxdiff}
+             "fff_numba_vs_numpy_maxdiff": maxdiff, "dense_fast_vs_numpy_maxdiff": dense_maxdiff}
     if args.format == "json":
         text = json.dumps({**facts, "rows": rows, "seconds": seconds, "cpu_seconds": cpu_seconds}, indent=2)
     else:
@@ -77,7 +78,7 @@ def run(args) -> int:
             text = (f"FFN layer: C={p.hidden} d={p.depth} K={p.trees} M={p.tokens} tokens vs dense F={p.dense_width}; "
                     f"{args.rounds} interleaved rounds, threads {threads}\n{text}\n"
                     f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.1f}x; "
-                    f"fff-numba vs fff-numpy-gather maxdiff {maxdiff:.2g}\n"
+                    f"fff-numba vs fff-numpy-gather maxdiff {maxdiff:.2g}, dense-fast vs dense-numpy {dense_maxdiff:.2g}\n"
                     f"load average (1, 5, 15 min) before {load_before}, after {facts['load_avg_after']}")
     emit(text, args.output)
     return 0
