@@ -93,8 +93,8 @@ class WalkLayout:
     """Weights laid out for the walk: node n of tree k is row [k, n] of two row-major arrays.
 
     rows_in (K, N, C) and rows_out (K, N, C_out) float32, cache-line aligned: a visited node costs
-    one sequential read of its w_in row (the dot) and one of its w_out column (the axpy), each a
-    contiguous 1-D array to Numba, which LLVM vectorises without stride checks; bias (K, N) float32.
+    one sequential read of its w_in row (the dot, pass 1 or 2 of the walk) and one of its w_out
+    column (the sum into y, pass 2); the passes read only the array they need. bias (K, N) float32.
     """
 
     rows_in: np.ndarray

@@ -45,6 +45,7 @@ def _load() -> list[float]:
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..bench.timing import blas_kernels
     from ..fff_bench import Problem, check_agreement, implementations, summarize, time_interleaved
     from ..kernels.threads import set_threads
 
@@ -65,7 +66,7 @@ def run(args) -> int:
     seconds, cpu_seconds = time_interleaved(impls, args.rounds,
                                             progress=lambda it: tqdm(it, desc="rounds", leave=False))
     rows = summarize(problem, seconds, cpu_seconds)
-    facts = {"problem": problem.__dict__, "threads": threads, "rounds": args.rounds,
+    facts = {"problem": problem.__dict__, "threads": threads, "blas": blas_kernels(), "rounds": args.rounds,
              "load_avg_before": load_before, "load_avg_after": _load(),
              "mac_ratio": problem.mac_ratio(), "walk": problem.walk(),
              "fff_numba_vs_numpy_maxdiff": maxdiff, "dense_fast_vs_numpy_maxdiff": dense_maxdiff}
@@ -76,7 +77,7 @@ def run(args) -> int:
         if args.format == "table":
             p = problem
             text = (f"FFN layer: C={p.hidden} d={p.depth} K={p.trees} M={p.tokens} tokens vs dense F={p.dense_width}; "
-                    f"{args.rounds} interleaved rounds, threads {threads}\n{text}\n"
+                    f"{args.rounds} interleaved rounds, threads {threads}, BLAS {facts['blas']}\n{text}\n"
                     f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.1f}x; "
                     f"fff-numba vs fff-numpy-gather maxdiff {maxdiff:.2g}, dense-fast vs dense-numpy {dense_maxdiff:.2g}\n"
                     f"load average (1, 5, 15 min) before {load_before}, after {facts['load_avg_after']}")

@@ -1,47 +1,51 @@
 """Conditional matmul for FFF trees (mabert_hw/fff.py states the equations): per token and visited
-node one dot product (it picks the branch) and one axpy (the output), reading one packed node row
-[w_in row | w_out column] (WalkLayout).
+node one dot product with the node's w_in row (it picks the branch) and one axpy of its w_out
+column into the output (WalkLayout holds both as contiguous rows).
 
-The machine (lscpu; rates measured with one thread, bytes per CPU-second): AMD EPYC Zen 3, 2 cores
-at ~3.15 GHz (a chain of dependent 4-cycle FMAs), L1d 32 KiB and L2 512 KiB per core, L3 32 MiB
-shared with other tenants. Reads run at 85 GB/s from L2, 62 from 2 MiB, 43 from 8 MiB, 23 from
-16 MiB and 19 from DRAM: the effective L3 is under 16 MiB, smaller than a depth-11 tree.
+The machine (lscpu, and rates measured on it; reports/fff/README.md): AMD EPYC Zen 5, 2 cores at
+~3.7 GHz with AVX-512, L1d 48 KiB and L2 1 MiB per core, L3 32 MiB. Vectorised reads run at
+~130 GB/s per core from L2, 94 from 4 MiB, 75 from 16 MiB and ~40 from DRAM (46 GB/s for both cores).
 
-Roofline at C = C_out = 768, depth 11, 16384 tokens (196,608 visits; reports/fff/README.md):
-- arithmetic: a visit is (C + C_out) / 8 = 192 AVX2 FMAs, 96 cycles on 2 FMA pipes. Its operands
-  come from memory, 2 loads per FMA (x and w_in; w_out and y): 192 cycles at 2 loads per cycle;
-  measured, an L1-resident visit (dot fused with axpy, below) takes ~235 cycles: 14.7 ms per call
-  on one core, 7.4 on two. No walk that streams x, y and a row per visit goes below this.
-- weights: 6 KiB per visit, 1.2 GB per call. Levels 0-5 (63 rows, 378 KiB) stay in L2; a token-
-  major walk reads levels 6-11, 0.6 GB, from L3 or DRAM at 19-43 GB/s: 15-30 ms on one core.
-- tokens: x in and y out, 48 MiB each, cross DRAM: ~200 MB per call with the read of x twice (pass 2
-  below) and y's read for ownership, ~10 ms at one core's 19 GB/s.
-- the dense FF it replaces: 2 GEMMs of 16384 x 768 x 3072 = 154.6 GFLOP, ~1 s at the ~158 GFLOP/s
-  BLAS reaches on two cores, ~1.3 s with its GELU: 78x (the paper's claim) means ~16 ms per call.
-Arithmetic and token traffic overlapped perfectly would allow ~8-10 ms on two cores, so 78x is
-within reach only of a kernel that also hides every L2 row read; a kernel that reaches the BLAS rate
-would need a GEMM-like blocking (several tokens per loaded row, y kept in registers over levels)
-that a per-token walk does not have.
+Roofline at C = C_out = 768, depth 11, 16384 tokens (196,608 visits), measured piece by piece on
+one core (768-float rows, x in L1):
+- a dot costs 13 ns with its w_in row in L1 and ~25 ns with it in L2 (the row's 3 KiB at ~120 GB/s:
+  the L2 read, not the 48 AVX-512 FMAs, sets the pace); an axpy ~22 ns (L1) and ~30 ns (L2); both
+  cost 40-45 ns with the row in a 6 MiB set (L3) and 110-280 ns in a 24 MiB one. A visit whose two
+  rows come from L2 therefore costs ~55 ns: 10.8 ms per call on one core, 5.4 on two. With the top
+  levels' rows in L1 (below) the floor is ~8 ms on one core, ~4 on two.
+- tokens: x (48 MiB) read and y (48 MiB) written cross DRAM, ~100 MB per call at the least,
+  >= 2.2 ms at 46 GB/s.
+- the dense FF it replaces: 2 GEMMs of 16384 x 768 x 3072 = 154.6 GFLOP, 375 ms on two cores
+  (412 GFLOP/s), 697 ms on one. 78x (the paper's claim) means 4.8 ms on two cores, 8.9 on one:
+  at the compute floor above, with every DRAM transfer hidden behind it.
 
 What this kernel does about the bytes:
 1. Two passes split at level `top` = depth + 1 - subtree_levels(row bytes): the deepest subtree
-   whose rows fit in L2 (6 levels here). Pass 1 (top_walk) walks every token through levels
-   0..top-1 with dots only (the top tree's w_in rows stay in L2), keeping the activations and the
-   node at level `top`. A counting sort groups the tokens by that node, and pass 2 (subtree_walk)
-   takes one group at a time: the axpys of the group's shared top path, then each token's walk of
-   the subtree, whose rows come from L2 for the whole group: the deep levels leave memory once per
-   call instead of once per token. The price: x is read twice, the second time in group order.
-2. Software pipeline: the dot of the next node needs only the branch, never the axpy of the node
-   before it, so one loop over the row does both (s += x[c] * w_in[next, c] while
-   y[c] += a * w_out[prev, c]) and the dot's chain of dependent FMAs overlaps the axpy's loads and
-   stores instead of waiting for them.
-3. Rows aligned to cache lines (WalkLayout and the output here); the caller's x may be unaligned.
+   whose rows fit in half of L2 (6 levels, 378 KiB here). Pass 1 (top_walk) walks every token
+   through levels 0..top-1 with dots only (the top tree's w_in rows stay in L1 / L2), keeping the
+   activations and the node at level `top`. A counting sort groups the tokens by that node, and
+   pass 2 (subtree_walk) takes one group at a time: each token's walk of the subtree, whose rows come
+   from L2 for the whole group, then the sum of the w_out rows of its whole path (the top path's
+   rows, shared by the group, from L1). The deep levels leave memory once per call instead of once
+   per token. The price: x is read twice, the second time in group order.
+2. GROUP tokens in lockstep, so that the core overlaps independent dot products instead of waiting
+   for each logit before it can load the next node's row; the x and y rows of the tokens two groups
+   ahead are prefetched into L2 (the group order defeats the hardware prefetchers).
+3. y built in L1, four w_out rows per pass (_accumulate), and written to memory once with non-
+   temporal stores (cache_hints.stream_copy): y's lines are not read for ownership first.
+4. Rows aligned to cache lines (WalkLayout and the output here); the caller's x may be unaligned.
+Measured (one thread / two, back-to-back calls, weights warm): pass 1 5.2 / 2.6 ms, pass 2
+15.5 / 7.9 ms, of which ~7.7 ms on one thread is waiting for x and y rows (the same pass with x and y
+held in cache: 7.8 ms). The earlier kernel (one token at a time, GELU through libm's erff, y loaded
+and stored at every level, plain stores) took 29-33 ms on one thread and 21-23 ms on two in the same
+setting; of the changes, the lockstep was worth ~15 % and the non-temporal stores 7-8 %.
 
 Floating point: the node dot product is compiled with reassociation and FMA contraction (fastmath
 reassoc + contract) so that LLVM vectorises the reduction; without it the dot is a serial add chain
-and the walk runs several times slower. Passes, pipeline and grouping change neither the FMAs nor
-their order per output (level by level, tree by tree), so every split level gives the bits of the
-plain token-major walk (tests/test_fff.py). One FFF call moves by a few ulps of its output against
+and the walk runs several times slower. GELU is the fast engine's (rows._activate: approx.erf32).
+The passes, the lockstep and the grouping change neither the FMAs nor their order per output (the
+dots per node, the w_out rows in level order, tree by tree), so every split level gives the bits of
+the plain token-major walk (tests/test_fff.py). One FFF call moves by a few ulps of its output against
 NumPy, well inside FAST_VS_REFERENCE_RTOL; a token whose node logit lies within rounding of 0 can
 take the other branch in any two implementations (BLAS, torch, NumPy included).
 """
