@@ -8,8 +8,13 @@ Each layer's FFF (depth d, K trees, no output bias, the official layer) is train
 MSE to the dense FFN output, hard path (FFF.forward_gather: gradients reach the visited nodes only,
 as in the official training). Evaluation: the FFF model in our engine (fast backend with the Numba
 FFF kernel, or the reference backend), mean pooling, cosine, Spearman x 100 (eval.tasks).
+With --kd-minutes, each distilled model then gets a short end-to-end knowledge transfer: the whole
+FFF model (HF BertModel with FFF blocks, hard path) learns the dense model's hidden states
+(embeddings and every layer's output, MSE over real tokens) on the same texts, and is evaluated
+again as its own row.
 
     python analysis/fff_minilm.py --depths 1,3,5,7 --minutes 25     # -> reports/fff/
+    python analysis/fff_minilm.py --depths 5 --minutes 6 --kd-minutes 12 --out reports/fff/kd
     python analysis/fff_minilm.py --depths 5,11 --timing-only       # -> reports/fff/timing.json
 """
 
@@ -35,7 +40,7 @@ from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX
 from mabert_hw.inputs import random_batch, tokenize
 from mabert_hw.model import forward
-from mabert_hw.torch_ref.fff import FFF
+from mabert_hw.torch_ref.fff import FFF, hf_fff_model
 from mabert_hw.torch_ref.hf import hf_model
 from mabert_hw.weights import layer_prefix
 
@@ -102,6 +107,54 @@ def fff_checkpoint(ck: Checkpoint, modules: list[FFF], depth: int, trees: int) -
     return Checkpoint(spec, weights, f"{ck.source}+fff{trees}x{depth}", ck.tokenizer_dir)
 
 
+KD_BATCH = 32  # texts per knowledge-transfer step
+KD_LR = 1e-4  # AdamW, decayed linearly to 0 over the time budget
+
+
+def hidden_states(model: torch.nn.Module, batch) -> tuple[torch.Tensor, ...]:
+    """Embeddings and every layer's output, (B, T, C) each."""
+    return model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask),
+                 token_type_ids=torch.from_numpy(batch.token_type_ids), output_hidden_states=True).hidden_states
+
+
+def end_to_end_kd(ck: Checkpoint, student_ck: Checkpoint, texts: list[str], seconds: float,
+                  seed: int) -> tuple[Checkpoint, int, float]:
+    """Every weight of the FFF model trained for `seconds` to reproduce the dense model's hidden
+    states over real tokens; returns the trained checkpoint, its steps and the last loss."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    teacher = hf_model(ck.spec, ck.weights)
+    student = hf_fff_model(student_ck.spec, student_ck.weights)  # eval mode: no dropout, as the engine
+    optimiser = torch.optim.AdamW(student.parameters(), lr=KD_LR)
+    start, steps, loss = time.perf_counter(), 0, float("nan")
+    with tqdm(desc="knowledge transfer", unit="step") as bar:
+        while (elapsed := time.perf_counter() - start) < seconds:
+            for group in optimiser.param_groups:
+                group["lr"] = KD_LR * (1 - elapsed / seconds)
+            picked = [texts[i] for i in rng.choice(len(texts), KD_BATCH, replace=False)]
+            batch = tokenize(ck.tokenizer_dir, picked)
+            mask = torch.from_numpy(batch.attention_mask.astype(np.float32))[..., None]  # (B, T, 1)
+            with torch.no_grad():
+                targets = hidden_states(teacher, batch)
+            outputs = hidden_states(student, batch)
+            per_state = [((o - t) ** 2 * mask).sum() / (mask.sum() * o.shape[-1]) for o, t in zip(outputs, targets)]
+            total = torch.stack(per_state).mean()
+            optimiser.zero_grad()
+            total.backward()
+            optimiser.step()
+            steps, loss = steps + 1, float(total)
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.4f}")
+    trained = {key.replace(".intermediate.", f".{FFF_PREFIX}"): value.detach().numpy().astype(np.float32)
+               for key, value in student.state_dict().items()}
+    weights = {key: trained[key] for key in student_ck.weights if key in trained}
+    missing = set(student_ck.weights) - set(weights)
+    if missing - {k for k in student_ck.weights if "position_ids" in k or "token_type_ids" in k}:
+        raise ValueError(f"knowledge transfer lost weights: {sorted(missing)[:5]}")
+    weights.update({key: student_ck.weights[key] for key in missing})
+    return Checkpoint(student_ck.spec, weights, student_ck.source + "+kd", student_ck.tokenizer_dir), steps, loss
+
+
 def engine():
     """The fast backend (its `fff` runs the Numba tree walk) when numba is there, else the reference."""
     try:
@@ -146,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trees", type=int, default=1, help="parallel trees K per layer")
     parser.add_argument("--texts", type=int, default=3000, help="training texts (STS-B train, then WikiText)")
     parser.add_argument("--minutes", type=float, default=25.0, help="training budget over all depths and layers")
+    parser.add_argument("--kd-minutes", type=float, default=0.0,
+                        help="end-to-end knowledge transfer per depth after the layer-wise fit (default 0: none)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--timing-only", action="store_true",
                         help="only time the whole model, FFF blocks at their random initialisation (the walk's "
@@ -158,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ck = checkpoint.load("minilm")
     if args.timing_only:
         return timing_only(ck, depths, args.trees, args.out)
-    pairs = ffn_pairs(ck, training_texts(DATA, args.texts))
+    texts = training_texts(DATA, args.texts)
+    pairs = ffn_pairs(ck, texts)
     print(f"{len(pairs[0][0])} real tokens per layer", file=sys.stderr, flush=True)
     dev = load_stsb(DATA)
     backend_name, backend = engine()
@@ -166,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"model": "dense (all-MiniLM-L6-v2)", "depth": None, "trees": None, "stsb_spearman": baseline,
              "mean_rel_mse": 0.0, "train_steps_per_layer": 0}]
     models = {"dense": ck}
+    zero = [FFF(ck.spec.hidden, 0, args.trees) for _ in range(ck.spec.layers)]
+    for module in zero:  # the control: every FFN block outputs 0, each layer is LN(x + attention) alone
+        torch.nn.init.zeros_(module.linear_out.weight)
+    models["no FFN (control)"] = fff_checkpoint(ck, zero, 0, args.trees)
+    rows.append({"model": "no FFN (control)", "depth": None, "trees": None,
+                 "stsb_spearman": stsb_spearman(models["no FFN (control)"], dev, backend),
+                 "mean_rel_mse": 1.0, "train_steps_per_layer": 0})
+    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     seconds = 60 * args.minutes / (len(depths) * ck.spec.layers)
     for depth in depths:
         trained = [distill(x, y, depth, args.trees, seconds, seed=layer)
@@ -177,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
                      "mean_rel_mse": float(np.mean([rel for _, rel, _ in trained])),
                      "train_steps_per_layer": int(np.mean([s for _, _, s in trained]))})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if args.kd_minutes > 0:
+            kck, kd_steps, kd_loss = end_to_end_kd(ck, fck, texts, 60 * args.kd_minutes, seed=depth)
+            models[f"fff {args.trees}x{depth} + kd"] = kck
+            rows.append({**rows[-1], "model": f"fff {args.trees}x{depth} + kd", "stsb_spearman": stsb_spearman(kck, dev, backend),
+                         "kd_steps": kd_steps, "kd_final_loss": kd_loss})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         (args.out / "results.json").write_text(json.dumps({"backend": backend_name, "rows": rows}, indent=2))
     speed = whole_model_ms(models, backend)
     for row, name in zip(rows, models):
@@ -184,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         row["speedup_vs_dense"] = speed["dense"] / speed[name]
     (args.out / "results.json").write_text(json.dumps({"backend": backend_name, "rows": rows}, indent=2))
     with open(args.out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
     from mabert_hw.report.fff_plots import spearman_vs_depth

@@ -8,14 +8,19 @@ from .figures import plt, save_figure
 
 
 def spearman_vs_depth(rows: list[dict], path: Path) -> Path:
-    """STS-B dev Spearman of each FFF depth, with the dense model as a horizontal line."""
+    """STS-B dev Spearman of each FFF depth (layer-wise distilled; and after end-to-end knowledge
+    transfer, rows named "... + kd"), with the depth-less rows (the dense model, the no-FFN control)
+    as horizontal lines."""
 
-    dense = [r for r in rows if r["depth"] is None]
-    fff = sorted((r for r in rows if r["depth"] is not None), key=lambda r: r["depth"])
+    references = [r for r in rows if r["depth"] is None]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([r["depth"] for r in fff], [r["stsb_spearman"] for r in fff], "o-", label="FFF (layer-wise distilled)")
-    for r in dense:
-        ax.axhline(r["stsb_spearman"], color="gray", ls="--", label=r["model"])
+    for kd, label in ((False, "FFF (layer-wise distilled)"), (True, "FFF + end-to-end KD")):
+        fff = sorted((r for r in rows if r["depth"] is not None and r["model"].endswith(" + kd") == kd),
+                     key=lambda r: r["depth"])
+        if fff:
+            ax.plot([r["depth"] for r in fff], [r["stsb_spearman"] for r in fff], "o-", label=label)
+    for r, style in zip(references, ("--", ":", "-.")):
+        ax.axhline(r["stsb_spearman"], color="gray", ls=style, label=r["model"])
     ax.set_xlabel("FFF depth d (d + 1 neurons visited per tree)")
     ax.set_ylabel("STS-B dev Spearman x 100")
     ax.set_title("MiniLM-L6 with FFF feed-forwards")
