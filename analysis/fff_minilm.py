@@ -147,11 +147,10 @@ def end_to_end_kd(ck: Checkpoint, student_ck: Checkpoint, texts: list[str], seco
             bar.set_postfix(loss=f"{loss:.4f}")
     trained = {key.replace(".intermediate.", f".{FFF_PREFIX}"): value.detach().numpy().astype(np.float32)
                for key, value in student.state_dict().items()}
-    weights = {key: trained[key] for key in student_ck.weights if key in trained}
-    missing = set(student_ck.weights) - set(weights)
-    if missing - {k for k in student_ck.weights if "position_ids" in k or "token_type_ids" in k}:
+    missing = set(student_ck.weights) - set(trained)
+    if missing:
         raise ValueError(f"knowledge transfer lost weights: {sorted(missing)[:5]}")
-    weights.update({key: student_ck.weights[key] for key in missing})
+    weights = {key: trained[key] for key in student_ck.weights}
     return Checkpoint(student_ck.spec, weights, student_ck.source + "+kd", student_ck.tokenizer_dir), steps, loss
 
 
