@@ -79,6 +79,18 @@ def _dense_fast(x, w1, b1, w2, b2, h, y):
     return y
 
 
+def random_fff(problem: Problem, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Random tokens x (M, C) and FFF weights w_in (K*N, C), b_in (K*N,), w_out (C, K*N), float32."""
+    C, M = problem.hidden, problem.tokens
+    nodes = problem.trees * n_nodes(problem.depth)
+    bound = np.float32(1.0 / np.sqrt(C))  # the official FFF initialisation, uniform(+-sqrt(1/C))
+    x = rng.normal(size=(M, C)).astype(np.float32)
+    w_in = rng.uniform(-bound, bound, (nodes, C)).astype(np.float32)
+    b_in = rng.uniform(-bound, bound, nodes).astype(np.float32)
+    w_out = rng.uniform(-1, 1, (C, nodes)).astype(np.float32) / np.float32(np.sqrt((problem.depth + 1) * problem.trees))
+    return x, w_in, b_in, w_out
+
+
 def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) -> dict[str, Callable[[], object]]:
     """name -> zero-argument callable computing the layer on shared random data."""
     from .fff import aligned_empty
@@ -87,12 +99,7 @@ def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) ->
 
     rng = np.random.default_rng(seed)
     C, F, M = problem.hidden, problem.dense_width, problem.tokens
-    nodes = problem.trees * n_nodes(problem.depth)
-    bound = np.float32(1.0 / np.sqrt(C))  # the official FFF initialisation, uniform(+-sqrt(1/C))
-    x = rng.normal(size=(M, C)).astype(np.float32)  # (M, C)
-    w_in = rng.uniform(-bound, bound, (nodes, C)).astype(np.float32)
-    b_in = rng.uniform(-bound, bound, nodes).astype(np.float32)
-    w_out = rng.uniform(-1, 1, (C, nodes)).astype(np.float32) / np.float32(np.sqrt((problem.depth + 1) * problem.trees))
+    x, w_in, b_in, w_out = random_fff(problem, rng)
     layout = walk_layout(w_in, b_in, w_out, problem.depth, problem.trees)
     w_out_rows = np.ascontiguousarray(w_out.T)  # (K*N, C)
     w1 = (0.02 * rng.normal(size=(F, C))).astype(np.float32)

@@ -12,7 +12,8 @@ one core (768-float rows, x in L1):
   the L2 read, not the 48 AVX-512 FMAs, sets the pace); an axpy ~22 ns (L1) and ~30 ns (L2); both
   cost 40-45 ns with the row in a 6 MiB set (L3) and 110-280 ns in a 24 MiB one. A visit whose two
   rows come from L2 therefore costs ~55 ns: 10.8 ms per call on one core, 5.4 on two. With the top
-  levels' rows in L1 (below) the floor is ~8 ms on one core, ~4 on two.
+  levels' rows in L1 (below) the floor is ~8 ms on one core, ~4 on two. analysis/fff_floor.py
+  times these loops on their own: 8.1 ms on one core with every row in L1, 13.0 ms from L2.
 - tokens: x (48 MiB) read and y (48 MiB) written cross DRAM, ~100 MB per call at the least,
   >= 2.2 ms at 46 GB/s.
 - the dense FF it replaces: 2 GEMMs of 16384 x 768 x 3072 = 154.6 GFLOP, 375 ms on two cores
