@@ -138,12 +138,12 @@ def kd_loss(student_out: dict, teacher_out: dict, mask: torch.Tensor) -> tuple[t
     attention = sum(((a_s - a_t) ** 2 * rows).sum() / (rows.sum() * a_s.shape[1] * a_s.shape[-1])
                     for a_s, a_t in zip(student_out["attentions"], teacher_out["attentions"]))
     loss = BETA * (hidden + GAMMA * attention)
-    parts = {"hidden": float(hidden), "attention": float(attention)}
+    parts = {"hidden": hidden.item(), "attention": attention.item()}
     if student_out["logits"] is not None:
         soft = F.softmax(teacher_out["logits"] / TEMPERATURE, dim=-1)
         ce = -(soft * F.log_softmax(student_out["logits"] / TEMPERATURE, dim=-1)).sum(-1).mean()
         loss = loss + ALPHA * ce
-        parts["soft_ce"] = float(ce)
+        parts["soft_ce"] = ce.item()
     return loss, parts
 
 
@@ -186,16 +186,17 @@ def knowledge_transfer(student: MABertModel, teacher: MABertModel, stream: Itera
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        history.append({"step": step + 1, "loss": float(loss), **parts})
-        if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"loss is {float(loss)} at step {step + 1}")
+        value = loss.item()
+        history.append({"step": step + 1, "loss": value, **parts})
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {step + 1}")
         out_of_time = cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
             torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "step": step + 1, "history": history},
                        state_path.with_suffix(".tmp"))
             state_path.with_suffix(".tmp").replace(state_path)
-            log(f"step {step + 1}: loss {float(loss):.4f} {parts}")
+            log(f"step {step + 1}: loss {value:.4f} {parts}")
         if out_of_time:
             log(f"stopped after {cfg.max_minutes} minutes at step {step + 1} of {cfg.steps}")
             break
