@@ -229,7 +229,7 @@ def render_readme(rows, breakdown, sweep, pngs) -> str:
     images = "\n".join(f"![{png}]({png})" for png in pngs)
     return f"""# Accelerator cost: BERT vs MA-BERT vs PoWER-BERT vs UltraFastBERT
 
-Made by `python analysis/accelerator_cost.py` (about 30 s on 2 cores); data in results.csv (every
+Made by `python analysis/accelerator_cost.py` (a few seconds on 2 cores); data in results.csv (every
 preset x memory model x T x variant), ma_breakdown.csv (what MA-BERT removes and adds, cycles and
 energy), ma_vs_seq_len.csv (MA-BERT vs T). One preset, one variant: `mabert-hw compare {MODEL}
 --hw edge-32x32-int8 --seq-len 128 --plots DIR`.

@@ -41,7 +41,8 @@ from mabert_hw.report.tables import csv_table, markdown_table
 from mabert_hw.spec import PRESETS
 from mabert_hw.weights import random_weights
 
-OUT = Path(__file__).resolve().parents[1] / "reports" / "engines"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "reports" / "engines"
 SHAPES = ((1, 128), (8, 128), (32, 128), (8, 512))
 SMALL_TOKENS = 8 * 128  # the reference engine and the 1-thread runs only up to B*T = 1024 (time)
 TARGET_RATIO = 0.70  # issue 3: fast <= 0.70 x torch eager on MiniLM
@@ -255,7 +256,8 @@ def main() -> None:
     args = parser.parse_args()
     shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
     record = run(args.repeat, args.base_repeat, shapes)
-    write(record, args.out, "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]))
+    script = Path(__file__).resolve().relative_to(ROOT).as_posix()  # as run from the repository root
+    write(record, args.out, "python " + " ".join([script] + sys.argv[1:]))
     print(f"wrote {args.out}", file=sys.stderr)
 
 
