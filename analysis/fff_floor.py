@@ -38,9 +38,10 @@ from numba import njit, prange
 from tqdm import tqdm
 
 from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels
+from mabert_hw.cli.common import positive_int
 from mabert_hw.fff import aligned_empty, walk_layout
 from mabert_hw.fff_bench import DENSE_FFS, Problem, implementations, random_fff
-from mabert_hw.kernels.cache_hints import line_aligned_row, stream_copy
+from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_copy
 from mabert_hw.kernels.fff import FASTMATH, GROUP, L2_BYTES, ZERO, _accumulate, _child, _dot, fff_apply
 from mabert_hw.kernels.threads import set_threads
 
@@ -135,8 +136,9 @@ def huge_pages(count: int) -> np.ndarray:
 
 
 def row_sets(row_bytes: int, nodes: int) -> dict[str, int]:
-    """Row-set sizes (rows) that live in L1, in half of L2 (the kernel's subtree share), the whole tree."""
-    return {"L1": L1_ROWS, "L2": L2_BYTES // 2 // row_bytes, "tree": nodes}
+    """Row-set sizes (rows) that live in L1, in half of L2 (the kernel's subtree share), the whole tree;
+    none larger than the tree (the probes index rows[0:size])."""
+    return {"L1": min(L1_ROWS, nodes), "L2": min(L2_BYTES // 2 // row_bytes, nodes), "tree": nodes}
 
 
 def probes(problem: Problem, seed: int) -> dict[str, callable]:
@@ -201,15 +203,17 @@ def measure(problem: Problem, threads: int, rounds: int, seed: int) -> list[dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--tokens", type=positive_int, default=16384)
+    parser.add_argument("--hidden", type=positive_int, default=768)
     parser.add_argument("--depth", type=int, default=11)
-    parser.add_argument("--dense-width", type=int, default=3072)
+    parser.add_argument("--dense-width", type=positive_int, default=3072)
     parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=positive_int, default=9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    if args.hidden % LINE_FLOATS:
+        parser.error(f"--hidden must be a multiple of {LINE_FLOATS}: the stream probe writes whole cache lines")
     problem = Problem(args.hidden, args.depth, 1, args.tokens, args.dense_width)
     rows = [row for threads in map(int, args.threads.split(",")) for row in
             measure(problem, threads, args.rounds, args.seed)]

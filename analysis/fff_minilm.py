@@ -80,8 +80,9 @@ def distill(x: torch.Tensor, y: torch.Tensor, depth: int, trees: int, seconds: f
             seed: int) -> tuple[FFF, float, int]:
     """Train one FFF on (x, y) for `seconds`; returns it, held-out relative MSE, and its steps."""
     torch.manual_seed(seed)
+    shuffled = torch.randperm(len(x))  # the rows come in text-length order: a plain slice would hold out short texts
     held = max(len(x) // 10, 1)
-    xt, yt, xv, yv = x[held:], y[held:], x[:held], y[:held]
+    xt, yt, xv, yv = x[shuffled[held:]], y[shuffled[held:]], x[shuffled[:held]], y[shuffled[:held]]
     module = FFF(x.shape[1], depth, trees)
     optimiser = torch.optim.Adam(module.parameters(), lr=3e-3)
     start, steps = time.perf_counter(), 0

@@ -22,7 +22,7 @@ from .numerics import gelu
 FFF_PREFIX = "ffn."  # our keys: encoder.layer.{l}.ffn.linear_in.weight, ... (the official module names)
 FFF_PARAMS = ("linear_in.weight", "linear_in.bias", "linear_out.weight")
 # crammed-bert-fff (ScriptableLMForPreTraining) spells a layer's FFF `encoder.layers.{l}.ffn.<param>`.
-_CRAMMED_FFF_KEY = re.compile(r"^encoder\.layers\.(\d+)\.ffn\.(linear_in\.weight|linear_in\.bias|linear_out\.weight)$")
+_CRAMMED_FFF_KEY = re.compile(r"^encoder\.layers\.(\d+)\.ffn\.(" + "|".join(map(re.escape, FFF_PARAMS)) + ")$")
 
 
 def n_nodes(depth: int) -> int:
@@ -33,11 +33,7 @@ def n_nodes(depth: int) -> int:
 def fff_shapes(hidden: int, depth: int, trees: int, out_width: int | None = None) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of one FFF block, keyed by the official module names."""
     width = trees * n_nodes(depth)
-    return {
-        "linear_in.weight": (width, hidden),
-        "linear_in.bias": (width,),
-        "linear_out.weight": (out_width or hidden, width),
-    }
+    return dict(zip(FFF_PARAMS, ((width, hidden), (width,), (out_width or hidden, width))))
 
 
 def crammed_fff_key(key: str) -> str | None:

@@ -7,7 +7,7 @@ Implementations (all float32, all on the same random x (M, C)):
 - dense-numpy-gemms: the two GEMMs alone (a lower bound for any dense FF on this CPU)
 - fff-numba:         kernels.fff.fff_apply on the walk layout (packing excluded: done once at load):
                      top levels for all tokens, then the tokens grouped by the subtree they enter
-- fff-numba-one-pass: the same kernel with the split at the leaves (levels = d + 1): the plain
+- fff-numba-one-pass: the same kernel with the split at the root (levels = d + 1, no pass 1): the plain
                      token-major walk, each token through all its levels in turn (the same bits)
 - fff-numpy-gather:  mabert_hw.fff.fff_gather, one gathered row per token and level
 - torch-dense / torch-fff-bmm: torch linear + gelu + linear, and FFF.forward_gather (gather + bmm)

@@ -189,6 +189,24 @@ def test_walk_writes_the_same_bits_streamed_or_not():
         fff_apply(x, layout, out=np.empty((len(x), HIDDEN + 1), np.float32))
 
 
+def test_walk_refuses_inputs_it_would_read_out_of_bounds_or_overwrite():
+    """x wider than the trees' rows would make the dot run past w_in's rows; an out that is x itself
+    would feed tree 0's output to tree 1's dots."""
+    _, (w_in, b_in, w_out), x = _layer(3, 2, seed=8)
+    layout = walk_layout(w_in, b_in, w_out, 3, 2)
+    with pytest.raises(ValueError, match="features"):
+        fff_apply(np.ones((4, HIDDEN + 16), np.float32), layout)
+    w_square = np.random.default_rng(8).normal(size=(HIDDEN, w_in.shape[0])).astype(np.float32)  # C_out = C
+    with pytest.raises(ValueError, match="overlap"):
+        fff_apply(x, walk_layout(w_in, b_in, w_square, 3, 2), out=x)
+
+
+def test_torch_fff_takes_zero_tokens():
+    module = FFF(HIDDEN, 2, 2, OUT)
+    empty = torch.zeros(0, HIDDEN)
+    assert module(empty).shape == (0, OUT) and module.forward_gather(empty).shape == (0, OUT)
+
+
 @pytest.mark.parametrize("spec", TINY_SPECS[:2], ids=lambda s: s.name)
 def test_fff_model_matches_hf_with_torch_fff(spec):
     spec = spec.with_variant(ffn="fff", fff_depth=3, fff_trees=2)

@@ -69,3 +69,15 @@ def test_stream_copies_rows(floor):
     out = aligned_empty(x.shape)
     floor.stream(x, out)
     np.testing.assert_array_equal(out, x)
+
+
+def test_row_sets_stay_inside_small_trees(floor):
+    """A tree smaller than the L1 / L2 sets (depth 1: 3 nodes) caps them: the probes index rows[:size]."""
+    sets = floor.row_sets(768 * 4, 3)
+    assert sets == {"L1": 3, "L2": 3, "tree": 3}
+
+
+def test_hidden_off_the_cache_line_grid_is_refused(floor, capsys):
+    with pytest.raises(SystemExit):
+        floor.main(["--hidden", "100"])
+    assert "multiple of 16" in capsys.readouterr().err

@@ -285,13 +285,18 @@ def fff_apply(x: np.ndarray, layout: WalkLayout, levels: int | None = None, out:
     """(..., C) float32 -> (..., C_out) through the laid-out tree(s).
 
     out: a C-contiguous float32 (M, C_out) array to write into (M = tokens of x), for callers that
-    reuse one; a fresh output of 16384 x 768 costs the kernel zeroing 48 MiB of new pages (~3 ms)."""
+    reuse one; a fresh output of 16384 x 768 costs the kernel zeroing 48 MiB of new pages (~3 ms). It
+    must not overlap x: the trees after the first read x after the first has written out."""
+    if x.shape[-1] != layout.hidden:  # the kernels take the row length from x: a wider x reads past w_in's rows
+        raise ValueError(f"x has {x.shape[-1]} features, the FFF takes {layout.hidden}")
     flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)  # (M, C)
     shape = (flat.shape[0], layout.out_width)
     if out is None:
         out = aligned_empty(shape)  # (M, C_out)
     elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, got {out.dtype} {out.shape}")
+    elif np.may_share_memory(out, flat):
+        raise ValueError("out must not overlap x")
     fff_walk(flat, layout, out, levels)
     return out.reshape(x.shape[:-1] + (layout.out_width,))
 

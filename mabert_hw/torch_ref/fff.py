@@ -55,7 +55,7 @@ class FFF(nn.Module):
         with torch.no_grad():
             chosen = torch.zeros_like(logits).scatter_(2, self.visited(logits), 1.0)  # (M, K, N) 0/1
         y = self.linear_out((nn.functional.gelu(logits) * chosen).flatten(1))  # (M, C_out)
-        return y.view(*x.shape[:-1], -1)
+        return y.view(*x.shape[:-1], y.shape[-1])  # (..., C_out); -1 fails at 0 tokens
 
     def forward_gather(self, x: torch.Tensor) -> torch.Tensor:
         """Same output, computing only the d + 1 visited nodes per tree (batched gather + bmm)."""
@@ -70,7 +70,7 @@ class FFF(nn.Module):
                 logit = torch.bmm(w_in[row].unsqueeze(1), flat.unsqueeze(2)).view(-1) + b_in[row]  # (M,)
                 y = y + nn.functional.gelu(logit).unsqueeze(1) * w_out[row]  # (M, C_out)
                 node = 2 * node + 1 + (logit > 0).long()
-        return y.view(*x.shape[:-1], -1)
+        return y.view(*x.shape[:-1], y.shape[-1])  # (..., C_out); -1 fails at 0 tokens
 
     def load_numpy(self, weights: Weights, prefix: str) -> FFF:
         """Load `<prefix>linear_in.weight`, ... from our Weights (float32 copies)."""
