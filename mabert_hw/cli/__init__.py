@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"mabert-hw: error: {error}", file=sys.stderr)
         return 2
+    except MemoryError as error:  # e.g. a --batch or --hidden far beyond this machine
+        print(f"mabert-hw: error: not enough memory for these sizes ({error or 'MemoryError'})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mabert-hw: interrupted", file=sys.stderr)
         return 130

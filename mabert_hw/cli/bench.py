@@ -9,7 +9,7 @@ from ..bench.engines import ENGINES
 from ..bench.timing import THREADS_IDLE_S, bench, parse_engines, table_rows
 from ..report.tables import text_table
 from ..weights import random_weights
-from .common import add_checkpoint, emit, non_negative_float, non_negative_int, positive_int
+from .common import add_checkpoint, add_output, emit, non_negative_float, non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
                         help="seconds of sleep before each engine's turn, so that the previous engine's "
                              f"spinning BLAS / onnxruntime threads go to sleep (default {THREADS_IDLE_S})")
     parser.add_argument("--format", choices=("table", "json"), default="table")
-    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    add_output(parser)
     parser.set_defaults(run=run)
 
 

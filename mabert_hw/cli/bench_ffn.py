@@ -7,7 +7,7 @@ import os
 
 from ..errors import UserError
 from ..report.tables import FORMATS, render
-from .common import emit, positive_int
+from .common import add_output, emit, positive_int
 
 MAX_DEPTH = 20  # 2^21 - 1 nodes of C floats each: beyond this the weights alone outgrow memory
 
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", type=positive_int, help="Numba and BLAS threads (default: one per core)")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch implementations")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
-    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    add_output(parser)
     parser.set_defaults(run=run)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -27,14 +28,36 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
 
 
-def non_negative_float(text: str) -> float:
+def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not value >= 0.0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0.0:
         raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
     return value
+
+
+def output_file(text: str) -> str:
+    """A file path to write later: checked before the work starts, so a typo does not cost the run."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory: give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {parent}")
+    return text
+
+
+def add_output(parser: argparse.ArgumentParser, what: str = "write to FILE instead of standard output") -> None:
+    parser.add_argument("--output", metavar="FILE", type=output_file, help=what)
 
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +70,11 @@ def emit(text: str, output: str | None) -> None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     path = Path(output)
+    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text if text.endswith("\n") else text + "\n")
         tmp.replace(path)
     except OSError as error:
+        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {output}: {error}") from None
     print(f"wrote {output}", file=sys.stderr)

@@ -16,7 +16,7 @@ from .. import checkpoint
 from ..errors import UserError
 from ..report.tables import FORMATS, render
 from ..spec import VARIANTS, ModelSpec, Variant
-from .common import add_checkpoint, emit, positive_int
+from .common import add_checkpoint, add_output, emit, positive_int
 from .profile import add_hardware_arguments, load_hardware
 
 DEFAULT_VARIANTS = "bert,ma,power,fff"
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument("--retention", metavar="L1,L2,...", help="PoWER-BERT tokens kept per layer")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("--plots", metavar="DIR", help="write cycles_by_kind.png and roofline.png to DIR")
-    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    add_output(parser)
     add_hardware_arguments(parser)
     parser.set_defaults(run=run, hw="edge-32x32-int8")
 

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..eval import tasks
 from ..power_search import encode, predict
 from ..report.tables import FORMATS, render
-from .common import add_checkpoint, emit, positive_int
+from .common import add_checkpoint, add_output, emit, positive_int
 from .retention import add_retention_argument, read_retention
 
 
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=positive_int, help="only the first N examples")
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--format", choices=FORMATS, default="table")
-    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    add_output(parser)
     parser.set_defaults(run=run)
 
 

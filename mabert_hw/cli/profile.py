@@ -12,7 +12,7 @@ from ..cost.summary import GROUPINGS, document, layer_label, profile_model, rows
 from ..errors import UserError
 from ..power import kept_tokens
 from ..report.tables import FORMATS, render
-from .common import add_checkpoint, emit, positive_int
+from .common import add_checkpoint, add_output, emit, positive_int
 from .retention import add_retention_argument, read_retention, searched_seq_len
 
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("--precision", choices=PRECISION_BYTES, default="fp32",
                         help="element size for the byte counts (default fp32)")
-    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    add_output(parser)
     add_retention_argument(parser, "; each layer is counted at the tokens it keeps, with the savings vs none "
                            "(--by layer adds a tokens_out column)")
     add_hardware_arguments(parser)

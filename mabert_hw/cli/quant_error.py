@@ -7,7 +7,7 @@ from ..errors import UserError
 from ..inputs import read_texts, tokenize
 from ..model import forward
 from ..report.tables import FORMATS, csv_table, markdown_table, text_table
-from .common import add_checkpoint, emit, positive_int
+from .common import add_checkpoint, add_output, emit, positive_int
 
 
 def register(subparsers) -> None:
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking")
     parser.add_argument("--plot", help="write a PNG bar chart of per-tensor SQNR here")
     parser.add_argument("--format", choices=FORMATS, default="table")
-    parser.add_argument("--output", help="write the report to this file instead of stdout")
+    add_output(parser, "write the report to FILE instead of standard output")
     parser.set_defaults(run=run)
 
 
