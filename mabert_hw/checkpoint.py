@@ -70,25 +70,29 @@ def load(source: str | Path) -> Checkpoint:
             return Checkpoint(spec, weights, source, _tokenizer_dir(path.parent), unfolded)
         if path.suffix != ".json":
             raise UserError(f"{source}: expected a checkpoint directory or a config.json, got a {path.suffix or 'plain'} file")
-        return Checkpoint(spec_from_config(read_config(path), path.parent.name), None, source)
+        return _from_config(read_config(path), None, path.parent.name, source, None)  # shapes only
     config_path = path / "config.json"
     if not config_path.exists() and (path / crammed_checkpoint.CRAMMING_CONFIG).exists():
         config_path = path / crammed_checkpoint.CRAMMING_CONFIG
     if not config_path.exists():
         raise UserError(f"{source}: missing config.json")
-    config = read_config(config_path)
-    raw = read_state_dict(path)
     name = path.name if source != MINILM_ALIAS else "all-MiniLM-L6-v2"
+    return _from_config(read_config(config_path), read_state_dict(path), name, source, _tokenizer_dir(path))
+
+
+def _from_config(config: dict, raw: dict[str, np.ndarray] | None, name: str, source: str,
+                 tokenizer_dir: Path | None) -> Checkpoint:
+    """The checkpoint a config (MA, crammed or plain BERT) and its state dict (None: shapes only) make."""
     if ma_checkpoint.is_ma_config(config):
         state = None if raw is None else ma_checkpoint.to_bert_keys(raw)
         spec = ma_checkpoint.spec_from_ma(config, state, name)
         unfolded, weights = (None, None) if state is None else ma_checkpoint.ma_weights(spec, state)
-        return Checkpoint(spec, weights, source, _tokenizer_dir(path), unfolded)
+        return Checkpoint(spec, weights, source, tokenizer_dir, unfolded)
     if crammed_checkpoint.is_crammed(config, raw):
         spec, weights, crammed = crammed_checkpoint.load(config, raw, name)
-        return Checkpoint(spec, weights, source, _tokenizer_dir(path), crammed=crammed)
+        return Checkpoint(spec, weights, source, tokenizer_dir, crammed=crammed)
     if raw is None:
-        return Checkpoint(spec_from_config(config, name), None, source, _tokenizer_dir(path))
+        return Checkpoint(spec_from_config(config, name), None, source, tokenizer_dir)
     state = strip_prefixes(raw)
     spec = spec_from_config(
         config,
@@ -96,7 +100,7 @@ def load(source: str | Path) -> Checkpoint:
         has_pooler="pooler.dense.weight" in state,
         num_labels=state["classifier.weight"].shape[0] if "classifier.weight" in state else 0,
     )
-    return Checkpoint(spec, check_weights(spec, state), source, _tokenizer_dir(path))
+    return Checkpoint(spec, check_weights(spec, state), source, tokenizer_dir)
 
 
 def read_config(path: Path) -> dict:
@@ -107,6 +111,14 @@ def read_config(path: Path) -> dict:
     if not isinstance(config, dict):
         raise UserError(f"{path}: config must be a JSON object")
     return config
+
+
+def _whole(config: dict, key: str, default: int | None = None) -> int:
+    """config[key] as an int; a fraction (2.7 layers) or a bool is a bad config, not something to round."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{key} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_labels: int = 0) -> ModelSpec:
@@ -128,13 +140,13 @@ def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_label
     try:
         return ModelSpec(
             name=name,
-            vocab_size=int(config["vocab_size"]),
-            hidden=int(config["hidden_size"]),
-            layers=int(config["num_hidden_layers"]),
-            heads=int(config["num_attention_heads"]),
-            intermediate=int(config["intermediate_size"]),
-            max_positions=int(config.get("max_position_embeddings", 512)),
-            type_vocab_size=int(config.get("type_vocab_size", 2)),
+            vocab_size=_whole(config, "vocab_size"),
+            hidden=_whole(config, "hidden_size"),
+            layers=_whole(config, "num_hidden_layers"),
+            heads=_whole(config, "num_attention_heads"),
+            intermediate=_whole(config, "intermediate_size"),
+            max_positions=_whole(config, "max_position_embeddings", 512),
+            type_vocab_size=_whole(config, "type_vocab_size", 2),
             eps=float(config.get("layer_norm_eps", 1e-12)),
             has_pooler=has_pooler,
             num_labels=num_labels,

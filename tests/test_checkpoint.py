@@ -103,3 +103,18 @@ def test_bad_json_and_bad_dims(tmp_path):
     config = hf_config(SPEC).to_dict() | {"num_attention_heads": 5}
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert "not divisible by 5 heads" in error_of(tmp_path)
+
+
+def test_config_file_and_its_directory_give_the_same_spec(tmp_path):
+    """A bare config.json is read as its directory is: an MA config keeps its variant (softmax approximator,
+    ReLU, PowerNorm) instead of falling back to a plain BERT."""
+    config = hf_config(SPEC).to_dict() | {"ffn_hidden_act": "relu", "norm_type": "Power", "use_softmax_approx": True,
+                                          "softmax_input_size": 16, "softmax_hidden_layer_size": 8}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from_dir, from_file = checkpoint.load(tmp_path).spec, checkpoint.load(tmp_path / "config.json").spec
+    assert from_file == from_dir and from_file.variant != PRESETS["bert-base-uncased"].variant
+
+
+def test_fractional_sizes_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(SPEC).to_dict() | {"num_hidden_layers": 2.7}))
+    assert "num_hidden_layers must be a whole number" in error_of(tmp_path)
