@@ -78,3 +78,14 @@ def emit(text: str, output: str | None) -> None:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {output}: {error}") from None
     print(f"wrote {output}", file=sys.stderr)
+
+
+def warn_unmatched_rules(config, where: str, spec) -> None:
+    """Warn about rules of `config` (read from `where`) that match no op of the model: most likely a typo
+    in a name glob, which would otherwise leave the result silently equal to the config without the rule."""
+    from ..cost.counts import trace
+    from ..quant.config import unmatched_rules
+
+    ops = [(op.name, op.kind) for op in trace(spec, 1, 2)]
+    for rule in unmatched_rules(config, ops):
+        print(f"mabert-hw: warning: {where} {rule} matches no op of {spec.name}", file=sys.stderr)

@@ -7,7 +7,7 @@ from ..errors import UserError
 from ..inputs import read_texts, tokenize
 from ..model import forward
 from ..report.tables import FORMATS, csv_table, markdown_table, text_table
-from .common import add_checkpoint, add_output, emit, positive_int
+from .common import add_checkpoint, add_output, emit, output_file, positive_int, warn_unmatched_rules
 
 
 def register(subparsers) -> None:
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=positive_int, default=16, help="sentences in the batch (default 16)")
     parser.add_argument("--top", type=positive_int, default=10, help="sensitivity rows shown (default 10)")
     parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking")
-    parser.add_argument("--plot", help="write a PNG bar chart of per-tensor SQNR here")
+    parser.add_argument("--plot", type=output_file, help="write a PNG bar chart of per-tensor SQNR here")
     parser.add_argument("--format", choices=FORMATS, default="table")
     add_output(parser, "write the report to FILE instead of standard output")
     parser.set_defaults(run=run)
@@ -40,14 +40,17 @@ def run(args) -> int:
     from ..quant.calibrate import calibrate
     from ..quant.error import QUANTIZED_KINDS, sensitivity, tensor_errors, with_baseline
 
-    ck = checkpoint.load(args.ckpt)
-    weights = ck.require_weights("quant-error")
-    if ck.tokenizer_dir is None:
-        raise UserError(f"{ck.source} has no tokenizer")
     config = qconfig.load(args.config) if args.config else qconfig.QuantConfig()
     baseline = None
     if args.baseline:
         baseline = qconfig.QuantConfig() if args.baseline == "default" else qconfig.load(args.baseline)
+    ck = checkpoint.load(args.ckpt)
+    weights = ck.require_weights("quant-error")
+    if ck.tokenizer_dir is None:
+        raise UserError(f"{ck.source} has no tokenizer")
+    warn_unmatched_rules(config, args.config, ck.spec)
+    if baseline is not None:
+        warn_unmatched_rules(baseline, args.baseline, ck.spec)
     texts = read_texts(args.data)[: args.limit]
     batch = tokenize(ck.tokenizer_dir, texts)
     if batch.shape[1] > ck.spec.max_positions:
@@ -68,10 +71,6 @@ def run(args) -> int:
                              token_mask=mask)
         sections.append((f"sensitivity (final hidden state SQNR, op quantized alone; worst {args.top})",
                          ranked[: args.top]))
-    if args.plot:
-        from ..report.quant_plots import plot_tensor_errors
-
-        plot_tensor_errors(rows, args.plot)
     render = {"table": text_table, "md": markdown_table, "csv": csv_table}.get(args.format)
     if render is None:
         import json
@@ -79,4 +78,9 @@ def run(args) -> int:
         emit(json.dumps({title: part for title, part in sections}, indent=2), args.output)
     else:
         emit("\n\n".join(f"{title}\n{render(part)}" for title, part in sections), args.output)
+    if args.plot:  # after the report, which a failed plot must not cost
+        from ..report.quant_plots import plot_tensor_errors
+
+        plot_tensor_errors(rows, args.plot)
     return 0
+

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .. import checkpoint
-from .common import add_checkpoint, positive_int
+from .common import add_checkpoint, output_file, positive_int, warn_unmatched_rules
 
 CACHE = Path.home() / ".cache" / "mabert-hw"
 
@@ -21,12 +22,16 @@ def register(subparsers) -> None:
     parser.add_argument("--task", choices=("stsb", "sst2"), required=True)
     parser.add_argument("--data", required=True, help="task TSV, or a data root holding glue/<TASK>/dev.tsv")
     parser.add_argument("--grid", required=True, help="TOML grid of QuantConfig fields")
-    parser.add_argument("--out", required=True, help="results CSV (appended, one row per config)")
-    parser.add_argument("--resume", action="store_true", help="skip configurations already in OUT")
+    parser.add_argument("--out", required=True, type=output_file,
+                        help="results CSV (appended, one row per config); OUT.run.json beside it records the run")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue OUT, skipping the configurations already in it; only the same run may be "
+                        "continued: same checkpoint, task, data file (path and contents), --limit and calibration "
+                        "(as recorded in OUT.run.json); the grid may differ")
     parser.add_argument("--workers", type=positive_int, default=1, help="local processes (default 1)")
     parser.add_argument("--scheduler", help="dask.distributed scheduler address (runs there instead)")
     parser.add_argument("--limit", type=positive_int, help="evaluate only the first N examples")
-    parser.add_argument("--plot", help="write metric-vs-bits PNG here when done")
+    parser.add_argument("--plot", type=output_file, help="write metric-vs-bits PNG here when done")
     parser.set_defaults(run=run)
 
 
@@ -34,23 +39,43 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..errors import UserError
-    from ..eval.sweep import Job, config_key, done_keys, load_grid, prepare_calibration, run_sweep
+    from ..eval.sweep import Job, config_key, done_keys, load_grid, prepare_calibration, run_record, run_sweep
     from ..eval.tasks import resolve
+    from ..quant import config as qconfig
 
     points = load_grid(args.grid)
     out = Path(args.out)
     if out.exists() and out.stat().st_size and not args.resume:
         raise UserError(f"{out} exists: pass --resume to continue it, or choose another --out")
     done = done_keys(out) if args.resume else set()
-    todo = [p for p in points if config_key(p) not in done]
-    print(f"{len(points)} configurations, {len(points) - len(todo)} already done", flush=True)
     data = str(resolve(args.data, args.task))
     ck = checkpoint.load(args.ckpt)
-    calibration = str(prepare_calibration(ck, args.task, data, CACHE))
-    jobs = [Job(args.ckpt, args.task, data, args.limit, p, calibration) for p in todo]
-    run_sweep(jobs, out, args.workers, args.scheduler, progress=lambda it: tqdm(it, total=len(jobs), desc="sweep"))
+    warn_unmatched_rules(qconfig.from_dict(points[0]), args.grid, ck.spec)  # the grid's rules are every point's
+    start_record(out, run_record(args.ckpt, ck.spec.name, args.task, data, args.limit), bool(done))
+    todo = [p for p in points if config_key(p) not in done]
+    print(f"{len(points)} configurations, {len(points) - len(todo)} already done", flush=True)
+    if todo:
+        calibration = str(prepare_calibration(ck, args.task, data, CACHE))
+        jobs = [Job(args.ckpt, args.task, data, args.limit, p, calibration) for p in todo]
+        run_sweep(jobs, out, args.workers, args.scheduler, progress=lambda it: tqdm(it, total=len(jobs), desc="sweep"))
     if args.plot:
         from ..report.quant_plots import plot_metric_vs_bits
 
         plot_metric_vs_bits(out, args.plot, "Spearman x 100" if args.task == "stsb" else "accuracy %")
     return 0
+
+
+def start_record(out: Path, record: dict, resuming: bool) -> None:
+    """Write OUT's run record, after checking that the rows already in OUT (`resuming`) come from this run."""
+    from ..errors import UserError
+    from ..eval.sweep import record_path, recorded_run, run_differences, write_run_record
+
+    recorded = recorded_run(out) if resuming else None
+    if resuming and recorded is None:
+        print(f"mabert-hw: warning: {out} has no {record_path(out).name} (an older sweep): cannot check that its "
+              "rows come from the same run", file=sys.stderr)
+    differences = run_differences(recorded, record) if recorded is not None else []
+    if differences:
+        raise UserError(f"{out} holds the results of another run; choose another --out. Differences: "
+                        + "; ".join(differences))
+    write_run_record(out, record)

@@ -2,7 +2,9 @@
 
 A grid (TOML) maps QuantConfig fields to lists of values (a scalar is a one-value list); the sweep is
 their cartesian product. Each finished configuration is appended to the CSV and flushed at once, so a
-killed sweep loses at most the configurations in flight; `done_keys` lets --resume skip the rest.
+killed sweep loses at most the configurations in flight; `done_keys` lets --resume skip the rest. A row's
+key is its QuantConfig only, so the JSON record beside the CSV (`run_record`) holds what else the metric
+depends on (checkpoint, task, data, limit, calibration), and a resumed sweep must match it.
 Configurations run in a local process pool, or on a dask.distributed cluster given its address
 (or a dask Client). Calibration runs once, before the pool, and travels with each job.
 """
@@ -10,6 +12,7 @@ Configurations run in a local process pool, or on a dask.distributed cluster giv
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import os
@@ -48,6 +51,9 @@ def load_grid(path: str | Path) -> list[dict]:
         raise UserError(f"cannot read grid {path}: {error}") from None
     base_rules = grid.pop("rule", [])
     axes = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
+    empty = [k for k, values in axes.items() if not values]
+    if empty:
+        raise UserError(f"{path}: {', '.join(f'{k} = []' for k in empty)}: give each field at least one value")
     points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     for point in points:
         qconfig.from_dict({**point, "rule": base_rules}, str(path))  # validate every point up front
@@ -64,8 +70,52 @@ def done_keys(out: str | Path) -> set[str]:
     path = Path(out)
     if not path.exists():
         return set()
-    with open(path, newline="") as f:
-        return {row["key"] for row in csv.DictReader(f)}
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is not None and "key" not in reader.fieldnames:
+                raise UserError(f"{path} is not a sweep output (no 'key' column): choose another --out")
+            return {row["key"] for row in reader}
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"cannot read {path} as a sweep output: {error}") from None
+
+
+def record_path(out: str | Path) -> Path:
+    """The JSON beside a results CSV recording what its numbers depend on (`run_record`)."""
+    out = Path(out)
+    return out.with_name(out.name + ".run.json")
+
+
+def run_record(ckpt: str, model: str, task: str, data: str | Path, limit: int | None) -> dict:
+    """Everything besides the QuantConfig that a row's metric depends on: a resumed sweep must match it."""
+    data = Path(data).resolve()
+    checkpoint = str(Path(ckpt).resolve()) if Path(ckpt).exists() else ckpt  # a preset or alias stays a name
+    return {"checkpoint": checkpoint, "model": model, "task": task, "data": str(data),
+            "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(), "limit": limit,
+            "calibration": str(calibration_source(data).resolve()), "calibration_version": CALIBRATION_VERSION,
+            "calibration_sentences": CALIBRATION_SENTENCES, "batch_size": Job.batch_size}
+
+
+def recorded_run(out: str | Path) -> dict | None:
+    """The run record beside `out`; None when there is none (a results file from before records existed)."""
+    path = record_path(out)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+
+
+def run_differences(recorded: dict, record: dict) -> list[str]:
+    return [f"{k}: {recorded.get(k)!r} before, {record[k]!r} now" for k in record if recorded.get(k) != record[k]]
+
+
+def write_run_record(out: str | Path, record: dict) -> None:
+    try:
+        record_path(out).write_text(json.dumps(record, indent=2) + "\n")
+    except OSError as error:
+        raise UserError(f"cannot write {record_path(out)}: {error}") from None
 
 
 def append_result(out: str | Path, row: dict, fields: list[str]) -> None:
@@ -95,11 +145,16 @@ def append_result(out: str | Path, row: dict, fields: list[str]) -> None:
         os.fsync(f.fileno())
 
 
-def calibration_texts(task: str, data: str | Path, n: int = CALIBRATION_SENTENCES) -> list[str]:
-    """Calibration sentences: the task's train split when present (not the evaluated dev set)."""
+def calibration_source(data: str | Path) -> Path:
+    """Where calibration sentences come from: the task's train split when present (not the evaluated dev set)."""
     data = Path(data)
     train = data.parent / "train.tsv" if data.is_file() else None
-    source = train if train and train.exists() else data
+    return train if train and train.exists() else data
+
+
+def calibration_texts(task: str, data: str | Path, n: int = CALIBRATION_SENTENCES) -> list[str]:
+    """Calibration sentences, from `calibration_source`."""
+    source = calibration_source(data)
     if task == "stsb":
         pairs = load_stsb(source, limit=n // 2)
         return pairs.first + pairs.second
@@ -133,14 +188,15 @@ def evaluate(job: Job) -> dict:
 
 
 def run_sweep(jobs: list[Job], out: str | Path, workers: int = 1, scheduler=None,
-              progress: Callable[[Iterable], Iterable] | None = None) -> list[dict]:
-    """Evaluate jobs (those already in `out` should be filtered by the caller), appending each row."""
+              progress: Callable[[Iterable], Iterable] | None = None, connect_timeout: float = 30) -> list[dict]:
+    """Evaluate jobs (those already in `out` should be filtered by the caller), appending each row.
+    `scheduler`: a dask Client or a scheduler address, given `connect_timeout` seconds to answer."""
     fields = list(COLUMNS) + sorted({k for j in jobs for k in j.config})
     rows = []
     if scheduler is not None:
         from dask.distributed import Client, as_completed
 
-        client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        client = scheduler if isinstance(scheduler, Client) else _connect(scheduler, connect_timeout)
         finished = (f.result() for f in as_completed(client.map(evaluate, jobs, pure=False)))
     elif workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -153,3 +209,12 @@ def run_sweep(jobs: list[Job], out: str | Path, workers: int = 1, scheduler=None
         append_result(out, row, fields)
         rows.append(row)
     return rows
+
+
+def _connect(address: str, timeout: float):
+    from dask.distributed import Client
+
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, ValueError) as error:  # ValueError: a malformed address
+        raise UserError(f"cannot reach the dask scheduler at {address}: {error}") from None

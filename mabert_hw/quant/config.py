@@ -56,6 +56,9 @@ CALIBRATORS = ("minmax", "percentile", "mse", "entropy")
 RESIDUAL_KINDS = ("add", "layernorm", "embedding")
 GEMM_KINDS = ("linear",)  # per-channel: the output only
 CHANNEL_ACT_KINDS = RESIDUAL_KINDS + GEMM_KINDS  # ops whose activations may have per-channel scales
+# the kinds the fixed backend asks settings for (backends/fixed.py): what a rule's `kind` may name
+RULE_KINDS = ("embedding", "add", "linear", "matmul", "scale", "softmax", "layernorm", "gelu", "relu", "tanh",
+              "affine")
 CHOICES = {
     "weight_granularity": GRANULARITIES, "act_granularity": ACT_GRANULARITIES, "calibrator": CALIBRATORS,
     "rounding": ROUNDING_MODES, "requant": REQUANT_MODES, "overflow": ("saturate", "wrap"),
@@ -89,6 +92,8 @@ class OpSettings:
 
 
 SETTING_NAMES = tuple(f.name for f in fields(OpSettings))
+SETTING_TYPES = {f.name: type(f.default) for f in fields(OpSettings)}
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ class QuantConfig:
         if self.residual_granularity != "tensor" and kind in RESIDUAL_KINDS:
             s = replace(s, act_granularity=self.residual_granularity)
         for rule in self.rules:
-            if rule.get("kind", kind) == kind and fnmatch.fnmatchcase(name, rule.get("name", "*")):
+            if _matches(rule, name, kind):
                 s = replace(s, **{k: v for k, v in rule.items() if k not in ("kind", "name")})
         if s.quantize and s.act_granularity == "channel" and kind not in CHANNEL_ACT_KINDS:
             raise UserError(f"{name} ({kind}): act_granularity = 'channel' is for {', '.join(CHANNEL_ACT_KINDS)} "
@@ -127,39 +132,80 @@ class QuantConfig:
         return d
 
 
+def _matches(rule: dict, name: str, kind: str) -> bool:
+    return rule.get("kind", kind) == kind and fnmatch.fnmatchcase(name, rule.get("name", "*"))
+
+
 def _check(values: dict, where: str) -> None:
     for key, value in values.items():
-        if key in ("kind", "name", "residual_bits", "residual_granularity", "rule"):
+        if key in ("kind", "name"):
+            _check_selector(key, value, where)
             continue
         if key not in SETTING_NAMES:
             raise UserError(f"{where}: unknown field {key!r}; fields: {', '.join(SETTING_NAMES)}")
+        if not _has_type(value, SETTING_TYPES[key]):
+            raise UserError(f"{where}: {key} = {value!r}; expected {TYPE_WORDS[SETTING_TYPES[key]]}")
         if key in CHOICES and value not in CHOICES[key]:
             raise UserError(f"{where}: {key} = {value!r}; choose from {', '.join(CHOICES[key])}")
-        if key in ("weight_bits", "act_bits") and not 2 <= int(value) <= 16:
+        if key in ("weight_bits", "act_bits") and not 2 <= value <= 16:
             raise UserError(f"{where}: {key} = {value}; bits must be 2..16")
-        if key == "out_bits" and not (int(value) == 0 or 2 <= int(value) <= 16):
+        if key == "out_bits" and not (value == 0 or 2 <= value <= 16):
             raise UserError(f"{where}: out_bits = {value}; must be 0 (= act_bits) or 2..16")
-        if key == "acc_bits" and not 8 <= int(value) <= 64:
+        if key == "acc_bits" and not 8 <= value <= 64:
             raise UserError(f"{where}: acc_bits = {value}; must be 8..64")
+        if key == "group_size" and value < 1:
+            raise UserError(f"{where}: group_size = {value}; must be at least 1")
+        if key == "seed" and value < 0:
+            raise UserError(f"{where}: seed = {value}; must be at least 0")
+        if key == "percentile" and not 50 < value <= 100:  # the range is [P(100 - p), P(p)]
+            raise UserError(f"{where}: percentile = {value}; must be above 50 and at most 100")
     kind = values.get("kind")
     if values.get("act_granularity") == "channel" and kind is not None and kind not in CHANNEL_ACT_KINDS:
         raise UserError(f"{where}: act_granularity = 'channel' is for {', '.join(CHANNEL_ACT_KINDS)} ops only")
 
 
+def _has_type(value, expected: type) -> bool:
+    if isinstance(value, bool):  # TOML true is no number, and 1 is no boolean
+        return expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
+
+
+def _check_selector(key: str, value, where: str) -> None:
+    if not isinstance(value, str):
+        raise UserError(f"{where}: {key} = {value!r}; expected a string")
+    if key == "kind" and value not in RULE_KINDS:
+        raise UserError(f"{where}: kind = {value!r} is no op kind; choose from {', '.join(RULE_KINDS)}")
+
+
+def _rules(values, where: str) -> tuple[dict, ...]:
+    if not isinstance(values, list) or not all(isinstance(rule, dict) for rule in values):
+        raise UserError(f"{where}: rule = {values!r}; expected [[rule]] tables, each with a kind and / or a name "
+                        "and the fields it sets")
+    return tuple(dict(rule) for rule in values)
+
+
 def from_dict(values: dict, where: str = "config") -> QuantConfig:
     values = dict(values)
-    rules = tuple(dict(r) for r in values.pop("rule", ()))
+    rules = _rules(values.pop("rule", []), where)
     residual_bits = values.pop("residual_bits", None)
     residual_granularity = values.pop("residual_granularity", "tensor")
     _check(values, where)
     for i, rule in enumerate(rules):
         _check(rule, f"{where} rule {i + 1}")
-    if residual_bits is not None and not 2 <= int(residual_bits) <= 32:
-        raise UserError(f"{where}: residual_bits = {residual_bits}; must be 2..32")
+    if residual_bits is not None and not (_has_type(residual_bits, int) and 2 <= residual_bits <= 32):
+        raise UserError(f"{where}: residual_bits = {residual_bits!r}; expected an integer 2..32")
     if residual_granularity not in ACT_GRANULARITIES:
         raise UserError(f"{where}: residual_granularity = {residual_granularity!r}; choose from "
                         f"{', '.join(ACT_GRANULARITIES)}")
     return QuantConfig(OpSettings(**values), residual_bits, rules, residual_granularity)
+
+
+def unmatched_rules(config: QuantConfig, ops: list[tuple[str, str]]) -> list[str]:
+    """The rules (described) that match none of `ops`, (name, kind) pairs: a name glob with a typo, say."""
+    return [f"rule {i + 1} ({', '.join(f'{k} = {rule[k]!r}' for k in ('kind', 'name') if k in rule)})"
+            for i, rule in enumerate(config.rules) if not any(_matches(rule, name, kind) for name, kind in ops)]
 
 
 def load(path: str | Path) -> QuantConfig:
