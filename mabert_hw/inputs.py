@@ -18,6 +18,9 @@ SAMPLE_TEXTS = (
 )
 
 
+SPECIAL_TOKENS = 2  # [CLS] and [SEP]: every tokenised text holds them
+
+
 @dataclass
 class Batch:
     input_ids: np.ndarray  # (B, T) int64
@@ -60,6 +63,18 @@ def tokenize(directory: Path, texts: list[str] | tuple[str, ...], seq_len: int |
     )
 
 
+def check_positions(spec: ModelSpec, seq_len: int) -> None:
+    if seq_len > spec.max_positions:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's {spec.max_positions} positions")
+
+
+def check_seq_len(spec: ModelSpec, seq_len: int) -> None:
+    """A fixed length to pad/truncate tokenised text to: room for [CLS] and [SEP], within the positions."""
+    if seq_len < SPECIAL_TOKENS:
+        raise UserError(f"--seq-len {seq_len} leaves no room for [CLS] and [SEP]: give at least {SPECIAL_TOKENS}")
+    check_positions(spec, seq_len)
+
+
 def read_texts(path: str | Path) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -75,8 +90,7 @@ def random_batch(spec: ModelSpec, batch: int, seq_len: int, seed: int = 0, padde
     """Random ids; with `padded`, every row but the first ends in padding of random length."""
     if batch < 1 or seq_len < 1:
         raise UserError(f"batch and seq-len must be positive, got {batch} x {seq_len}")
-    if seq_len > spec.max_positions:
-        raise UserError(f"seq-len {seq_len} exceeds the model's {spec.max_positions} positions")
+    check_positions(spec, seq_len)
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, spec.vocab_size, (batch, seq_len), dtype=np.int64)
     types = rng.integers(0, spec.type_vocab_size, (batch, seq_len), dtype=np.int64)

@@ -21,7 +21,7 @@ from .backends import Backend
 from .checkpoint import Checkpoint
 from .cost.counts import count_ops, trace
 from .errors import UserError
-from .inputs import Batch, tokenize
+from .inputs import Batch, check_seq_len, tokenize
 from .model import forward
 from .power import geometric_retention
 
@@ -41,13 +41,15 @@ def encode(ck: Checkpoint, sentences: Sequence[str], seq_len: int | None, batch_
     """[(row indices, Batch)]: fixed seq_len padding, or length-sorted dynamic padding (seq_len None)."""
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer")
+    if seq_len is not None:
+        check_seq_len(ck.spec, seq_len)
     order = np.argsort([len(s) for s in sentences], kind="stable") if seq_len is None else np.arange(len(sentences))
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         texts = [sentences[i] for i in idx]
         batch = tokenize(ck.tokenizer_dir, texts, seq_len)
-        if batch.shape[1] > ck.spec.max_positions:
+        if batch.shape[1] > ck.spec.max_positions:  # dynamic padding: the longest text is cut to fit
             batch = tokenize(ck.tokenizer_dir, texts, ck.spec.max_positions)
         batches.append((idx, batch))
     return batches

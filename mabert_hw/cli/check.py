@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from .. import checkpoint
 from ..errors import UserError
-from ..inputs import SAMPLE_TEXTS, random_batch, read_texts, tokenize
+from ..inputs import SAMPLE_TEXTS, check_seq_len, random_batch, read_texts, tokenize
 from ..report.tables import text_table
 from ..weights import random_weights
-from .common import add_checkpoint, positive_int
+from .common import add_checkpoint, non_negative_float, non_negative_int, positive_int
 
 DEFAULT_ATOL = 1e-4  # float32 reference vs torch float32: summation order only (tests/tolerances.py)
 
@@ -29,8 +29,10 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", type=positive_int, default=4, help="number of sequences (default 4)")
     parser.add_argument("--seq-len", type=positive_int,
                         help="pad/truncate to T tokens (default: longest text, or 64 (at most the model positions) for random ids)")
-    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"tolerance (default {DEFAULT_ATOL:g})")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and ids (default 0)")
+    parser.add_argument("--atol", type=non_negative_float, default=DEFAULT_ATOL,
+                        help=f"tolerance (default {DEFAULT_ATOL:g})")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed for random weights and ids (default 0)")
     parser.set_defaults(run=run)
 
 
@@ -45,6 +47,8 @@ def run(args) -> int:
         weights = random_weights(ck.spec, args.seed)
         print(f"{ck.source} has no weights: using random weights (seed {args.seed})")
     if ck.tokenizer_dir is not None:
+        if args.seq_len:
+            check_seq_len(ck.spec, args.seq_len)
         texts = read_texts(args.texts) if args.texts else list(SAMPLE_TEXTS)
         batch = tokenize(ck.tokenizer_dir, texts[: args.batch], args.seq_len)
         print(f"inputs: {len(texts[: args.batch])} tokenised texts, {batch.shape[1]} tokens")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..errors import UserError
+from ..inputs import check_positions
 from ..report.tables import FORMATS, render
 from ..spec import VARIANTS, ModelSpec, Variant
 from .common import add_checkpoint, add_output, emit, positive_int
@@ -120,14 +121,15 @@ def comparison_rows(outcomes: list[Outcome]) -> list[dict]:
 
 def run(args) -> int:
     spec = checkpoint.load(args.ckpt).spec
-    if args.seq_len > spec.max_positions:
-        raise UserError(f"--seq-len {args.seq_len} exceeds the model's {spec.max_positions} positions")
+    check_positions(spec, args.seq_len)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     if not names:
         raise UserError("--variants is empty")
     unknown = [n for n in names if n not in VARIANTS and n != "power"]
     if unknown:
         raise UserError(f"unknown variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}, power")
+    if args.retention is not None:
+        check_retention_flag(args.retention, names, spec, args.seq_len)
     hw = load_hardware(args)
     outcomes = evaluate(spec, names, args.batch, args.seq_len, hw, args.retention)
     text = render(comparison_rows(outcomes), args.format)
@@ -143,6 +145,15 @@ def run(args) -> int:
     if args.plots:
         write_plots(outcomes, hw, Path(args.plots), f"{spec.name} B={args.batch} T={args.seq_len}")
     return 0
+
+
+def check_retention_flag(retention: str, names: list[str], spec: ModelSpec, seq_len: int) -> None:
+    """Up front, so a malformed schedule is an error, not a "skipped" power row (or a silently unused flag)."""
+    from ..power import parse_retention
+
+    if "power" not in names:
+        raise UserError(f"--retention applies to the power variant, which --variants {','.join(names)} leaves out")
+    parse_retention(retention, spec.layers, seq_len)
 
 
 def write_plots(outcomes: list[Outcome], hw, folder: Path, title: str) -> list[Path]:

@@ -35,13 +35,15 @@ def register(subparsers) -> None:
     parser.add_argument("--seq-len", type=positive_int,
                         help="pad/truncate every text to this many tokens (default: pad each batch to its longest)")
     parser.add_argument("--limit", type=positive_int, help="only the first N examples")
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default 32)")
     parser.add_argument("--format", choices=FORMATS, default="table")
     add_output(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.task == "stsb" and args.seq_len:
+        raise UserError("--seq-len applies to --task sst2 (STS-B pads each batch to its longest)")
     ck = checkpoint.load(args.ckpt)
     ck.require_weights("eval")
     retention = read_retention(args.retention, ck.spec.layers, args.seq_len)
@@ -55,8 +57,6 @@ def run(args) -> int:
         predictions = predict(ck, retention, tqdm(batches, desc="sst2", leave=False), backend)
         metric, value, n = "accuracy", 100.0 * float((predictions == task.labels).mean()), len(task.labels)
     else:
-        if args.seq_len:
-            raise UserError("--seq-len applies to --task sst2 (STS-B pads each batch to its longest)")
         task = tasks.load_stsb(args.data, args.limit)
         ck = replace(ck, spec=ck.spec.with_variant(retention=retention))  # mean pools the kept tokens
         value = tasks.stsb_spearman(ck, task, backend, batch_size=args.batch_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 
@@ -43,8 +44,12 @@ def run(args) -> int:
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt)")
     batch = tokenize(ck.tokenizer_dir, args.text)
-    if batch.shape[1] > ck.spec.max_positions:
-        batch = tokenize(ck.tokenizer_dir, args.text, ck.spec.max_positions)
+    longest = ck.spec.max_positions
+    if batch.shape[1] > longest:
+        truncated = int((batch.attention_mask.sum(axis=1) > longest).sum())
+        print(f"mabert-hw: warning: {truncated} of {len(args.text)} texts truncated to the model's {longest} tokens",
+              file=sys.stderr)
+        batch = tokenize(ck.tokenizer_dir, args.text, longest)
     out = forward(ck.spec, weights, batch.input_ids, make_backend("reference"),
                   batch.attention_mask, batch.token_type_ids)
     records = []

@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..eval import tasks
 from ..power_search import Scorer, as_record, choose, encode, frontier, geometric_search, greedy_search
 from ..report.tables import FORMATS, render
-from .common import add_checkpoint, emit, positive_int
+from .common import add_checkpoint, emit, non_negative_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -27,21 +27,20 @@ def register(subparsers) -> None:
     add_checkpoint(parser)
     parser.add_argument("--task", choices=("sst2",), required=True)
     parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
-    parser.add_argument("--budget-loss", type=float, default=1.0, help="accuracy points allowed to lose (default 1.0)")
+    parser.add_argument("--budget-loss", type=non_negative_float, default=1.0,
+                        help="accuracy points allowed to lose (default 1.0)")
     parser.add_argument("--out", metavar="CONFIG.json", help="write the chosen configuration and frontier here")
     parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both")
     parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference")
     parser.add_argument("--seq-len", type=positive_int, default=64,
                         help="padded length N (default 64, the paper's SST-2 N)")
     parser.add_argument("--limit", type=positive_int, default=400, help="dev examples scored (default 400)")
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass (default 32)")
     parser.add_argument("--format", choices=FORMATS, default="table")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    if args.budget_loss < 0:
-        raise UserError(f"--budget-loss must be >= 0, got {args.budget_loss}")
     ck = checkpoint.load(args.ckpt)
     ck.require_weights("power-search")
     if not ck.spec.num_labels:

@@ -9,7 +9,7 @@ import json
 
 from .. import checkpoint
 from ..cost.summary import GROUPINGS, document, layer_label, profile_model, rows
-from ..errors import UserError
+from ..inputs import check_positions
 from ..power import kept_tokens
 from ..report.tables import FORMATS, render
 from .common import add_checkpoint, add_output, emit, positive_int
@@ -61,8 +61,7 @@ def load_hardware(args):
 def run(args) -> int:
     spec = checkpoint.load(args.ckpt).spec
     seq_len = args.seq_len or searched_seq_len(args.retention) or DEFAULT_SEQ_LEN
-    if seq_len > spec.max_positions:
-        raise UserError(f"--seq-len {seq_len} exceeds the model's {spec.max_positions} positions")
+    check_positions(spec, seq_len)
     retention = read_retention(args.retention, spec.layers, seq_len)
     if retention is not None:
         spec = spec.with_variant(retention=retention)

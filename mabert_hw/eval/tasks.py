@@ -8,6 +8,9 @@ The TSVs are read with quoting OFF (stray quotes in STS-B dev break default CSV 
 from __future__ import annotations
 
 import csv
+import io
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,29 +49,75 @@ def resolve(path: str | Path, task: str) -> Path:
     return path
 
 
-def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header, *rows = list(reader)
-    return header, rows
+def _rows(path: Path, limit: int | None) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and up to `limit` data rows, each with its line number; blank lines are skipped."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise UserError(f"{path}, line {line}: not UTF-8 text ({error.reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None)
+    if header is None:
+        raise UserError(f"{path} is empty: expected a header line")
+    rows = ((reader.line_num, row) for row in reader if row)
+    return header, list(itertools.islice(rows, limit))
+
+
+def _require_examples(path: Path, rows: list) -> None:
+    if not rows:
+        raise UserError(f"no examples in {path}")
+
+
+def _field(path: Path, line: int, row: list[str], column: int, name: str) -> str:
+    if column >= len(row):
+        raise UserError(f"{path}, line {line}: no {name}: expected at least {column + 1} tab-separated fields, "
+                        f"got {len(row)}")
+    return row[column]
+
+
+def _score(path: Path, line: int, text: str) -> float:
+    """A finite number: 'nan' and 'inf' parse as floats but are no similarity score."""
+    try:
+        score = float(text)
+    except ValueError:
+        score = math.nan
+    if not math.isfinite(score):
+        raise UserError(f"{path}, line {line}: score {text!r} is not a number")
+    return score
+
+
+def _label(path: Path, line: int, text: str) -> int:
+    if text.strip() not in ("0", "1"):
+        raise UserError(f"{path}, line {line}: label {text!r} is not 0 or 1")
+    return int(text)
 
 
 def load_stsb(path: str | Path, limit: int | None = None) -> PairTask:
-    header, rows = _rows(resolve(path, "stsb"))
+    file = resolve(path, "stsb")
+    header, rows = _rows(file, limit)
     try:
         i1, i2, js = header.index("sentence1"), header.index("sentence2"), header.index("score")
     except ValueError:
-        raise UserError(f"{path}: not an STS-B file (header {header[:4]}...)") from None
-    rows = rows[:limit]
-    return PairTask([r[i1] for r in rows], [r[i2] for r in rows], np.array([float(r[js]) for r in rows]))
+        raise UserError(f"{file}: not an STS-B file (header {header[:4]}...)") from None
+    _require_examples(file, rows)
+    return PairTask([_field(file, n, r, i1, "sentence1") for n, r in rows],
+                    [_field(file, n, r, i2, "sentence2") for n, r in rows],
+                    np.array([_score(file, n, _field(file, n, r, js, "score")) for n, r in rows]))
 
 
 def load_sst2(path: str | Path, limit: int | None = None) -> ClassificationTask:
-    header, rows = _rows(resolve(path, "sst2"))
+    file = resolve(path, "sst2")
+    header, rows = _rows(file, limit)
     if header[:2] != ["sentence", "label"]:
-        raise UserError(f"{path}: not an SST-2 file (header {header})")
-    rows = rows[:limit]
-    return ClassificationTask([r[0].strip() for r in rows], np.array([int(r[1]) for r in rows]))
+        raise UserError(f"{file}: not an SST-2 file (header {header})")
+    _require_examples(file, rows)
+    return ClassificationTask([r[0].strip() for _, r in rows],
+                              np.array([_label(file, n, _field(file, n, r, 1, "label")) for n, r in rows]))
 
 
 def length_batches(ck: Checkpoint, texts: Sequence[str], batch_size: int = 32,
@@ -122,9 +171,20 @@ def stsb_spearman(ck: Checkpoint, task: PairTask, backend: Backend, **options) -
     """Spearman x 100 between cosine(mean pooling) and the gold scores."""
     from scipy.stats import spearmanr
 
+    _require_ranks(task.scores, "gold scores")
     vectors = mean_pooled(run_batches(ck, task.first + task.second, backend, **options))
     n = len(task.first)
-    return 100.0 * float(spearmanr(cosine(vectors[:n], vectors[n:]), task.scores).statistic)
+    similarities = cosine(vectors[:n], vectors[n:])
+    _require_ranks(similarities, "cosine similarities")
+    return 100.0 * float(spearmanr(similarities, task.scores).statistic)
+
+
+def _require_ranks(values: np.ndarray, what: str) -> None:
+    """Spearman is undefined (nan) for fewer than 2 pairs or a constant side."""
+    if len(values) < 2:
+        raise UserError(f"Spearman needs at least 2 sentence pairs, got {len(values)}")
+    if np.all(values == values[0]):
+        raise UserError(f"Spearman is undefined: all {len(values)} {what} are equal")
 
 
 def sst2_accuracy(ck: Checkpoint, task: ClassificationTask, backend: Backend, **options) -> float:

