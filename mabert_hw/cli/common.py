@@ -45,6 +45,26 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite number above zero."""
+    value = finite_float(text)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def make_output_dir(text: str) -> Path:
+    """Create the output directory before the work starts, so a bad path does not cost the run."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{text} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create directory {text}: {error.strerror}") from None
+    return path
+
+
 def output_file(text: str) -> str:
     """A file path to write later: checked before the work starts, so a typo does not cost the run."""
     path = Path(text)

@@ -4,6 +4,7 @@ approximator pre-fit and knowledge transfer from the frozen baseline (torch_ref/
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 from .. import checkpoint
 from ..errors import UserError
 from ..spec import VARIANTS
-from .common import add_checkpoint, positive_int
+from .common import add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float, positive_int
 
 CACHE = Path.home() / ".cache" / "mabert-hw"
+SHAPING_FLAGS = ("--softmax-input", "--softmax-hidden", "--share-softmax", "--only")  # a resumed run must repeat them
 
 
 def register(subparsers) -> None:
@@ -26,24 +28,66 @@ def register(subparsers) -> None:
         "Writes a checkpoint directory that `mabert-hw` and torch_ref load; --resume continues a run.",
     )
     add_checkpoint(parser)
-    parser.add_argument("--out", required=True, help="output checkpoint directory")
+    parser.add_argument("--out", required=True, help="output checkpoint directory (created if missing)")
     parser.add_argument("--data", nargs="+", required=True,
                         help="text files: one text per line (WikiText .raw/.txt) or GLUE .tsv (sentence columns)")
-    parser.add_argument("--softmax-input", type=positive_int, default=128, help="approximator n (default 128)")
-    parser.add_argument("--softmax-hidden", type=positive_int, default=128, help="approximator h (default 128)")
+    parser.add_argument("--softmax-input", type=positive_int, default=128, help="approximator n (default %(default)s)")
+    parser.add_argument("--softmax-hidden", type=positive_int, default=128,
+                        help="approximator h (default %(default)s)")
     parser.add_argument("--share-softmax", action="store_true", help="one approximator for all layers")
     parser.add_argument("--only", choices=("relu", "powernorm", "approximator"),
                         help="single-technique ablation instead of the full MA conversion")
-    parser.add_argument("--steps", type=int, default=1000, help="knowledge-transfer steps (default 1000; 0 = none)")
-    parser.add_argument("--batch", type=positive_int, default=16)
-    parser.add_argument("--max-len", type=positive_int, default=64, help="max tokens per text (default 64)")
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--prefit-steps", type=int, default=300, help="approximator pre-fit steps (0 = skip)")
-    parser.add_argument("--checkpoint-every", type=positive_int, default=200)
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    parser.add_argument("--max-minutes", type=float, help="wall-clock budget of the knowledge transfer")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=non_negative_int, default=1000,
+                        help="knowledge-transfer steps (default %(default)s; 0 = none)")
+    parser.add_argument("--batch", type=positive_int, default=16, help="texts per batch (default %(default)s)")
+    parser.add_argument("--max-len", type=positive_int, default=64, help="max tokens per text (default %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=1e-4,
+                        help="peak AdamW learning rate of the knowledge transfer (default %(default)s)")
+    parser.add_argument("--prefit-steps", type=non_negative_int, default=300,
+                        help="approximator pre-fit steps (default %(default)s; 0 = skip)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=200,
+                        help="save OUT/train_state.pt for --resume every this many knowledge-transfer steps "
+                        "(default %(default)s)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the knowledge transfer from OUT/train_state.pt: the flags that shape the model "
+                        f"({', '.join(SHAPING_FLAGS)}) must match the first run's; the pre-fit and PowerNorm "
+                        "calibration are skipped (the saved weights hold them) and the learning rate is the first "
+                        "run's (a new --lr is ignored); without that file the run starts over")
+    parser.add_argument("--max-minutes", type=non_negative_float,
+                        help="wall-clock budget of the knowledge transfer: stop and save when it is spent")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.set_defaults(run=run)
+
+
+def read_utf8(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line} is not UTF-8 text ({error.reason})") from None
+
+
+def tsv_texts(path: Path) -> list[str]:
+    """The sentence columns of a GLUE TSV (quoting off, as GLUE writes it); a row without them is an error."""
+    rows = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(rows, None)
+    if header is None:
+        raise UserError(f"{path} is empty (a TSV needs a header row)")
+    columns = [i for i, h in enumerate(header) if h in ("sentence", "sentence1", "sentence2")]
+    if not columns:
+        raise UserError(f"{path}: no sentence column in header {header[:4]}")
+    texts = []
+    for row in rows:
+        if not row:
+            continue
+        if len(row) <= columns[-1]:
+            raise UserError(f"{path}: line {rows.line_num} has {len(row)} of the header's {len(header)} columns")
+        texts += [row[i].strip() for i in columns if row[i].strip()]
+    return texts
 
 
 def read_corpus(paths: list[str]) -> list[str]:
@@ -53,18 +97,26 @@ def read_corpus(paths: list[str]) -> list[str]:
         if not path.is_file():
             raise UserError(f"no such data file: {name}")
         if path.suffix == ".tsv":
-            with open(path, encoding="utf-8", newline="") as f:
-                header, *rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-            columns = [i for i, h in enumerate(header) if h in ("sentence", "sentence1", "sentence2")]
-            if not columns:
-                raise UserError(f"{name}: no sentence column in header {header[:4]}")
-            texts += [r[i].strip() for r in rows for i in columns if i < len(r) and r[i].strip()]
-        else:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            texts += [s.strip() for s in lines if s.strip() and not s.strip().startswith("=")]
-    if not texts:
-        raise UserError("the data files hold no text")
+            found = tsv_texts(path)
+        else:  # WikiText headings (" = Title = ") are not texts
+            found = [s.strip() for s in read_utf8(path).splitlines() if s.strip() and not s.strip().startswith("=")]
+        if not found:
+            raise UserError(f"{name} holds no text")
+        texts += found
     return texts
+
+
+def shaping_flags(args) -> dict:
+    return dict(zip(SHAPING_FLAGS, (args.softmax_input, args.softmax_hidden, args.share_softmax, args.only)))
+
+
+def check_same_shape(state_path: Path, first: dict, now: dict) -> None:
+    """A resumed run must build the model the saved state was trained as."""
+    differ = [f"{flag} {first[flag] or 'not given'} (this run: {now[flag] or 'not given'})"
+              for flag in now if flag in first and first[flag] != now[flag]]
+    if differ:
+        raise UserError(f"{state_path} was written with other model-shaping flags: {', '.join(differ)}; "
+                        "repeat the first run's flags, or drop --resume / pick another --out to start over")
 
 
 def target_variant(args):
@@ -83,17 +135,23 @@ def run(args) -> int:
         from ..torch_ref.export import save_ma_dir
     except ImportError as error:
         raise UserError(f"`convert` needs torch and tqdm ({error.name} is not installed)") from None
+    if args.max_len > args.softmax_input:
+        raise UserError(f"--max-len {args.max_len} exceeds --softmax-input {args.softmax_input}")
+    out = make_output_dir(args.out)
+    state_path = out / "train_state.pt"
+    resuming = args.resume and state_path.exists()
+    record = {"flags": shaping_flags(args)}
+    if resuming:
+        saved = train.saved_record(state_path)
+        check_same_shape(state_path, saved.get("flags", {}), record["flags"])
+        record = saved | record
+    texts = read_corpus(args.data)
     ck = checkpoint.load(args.ckpt)
     weights = ck.require_weights("convert")
     if not ck.spec.variant.is_baseline:
         raise UserError(f"{ck.source} is not a baseline BERT (variant {ck.spec.variant.describe()})")
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt)")
-    if args.max_len > args.softmax_input:
-        raise UserError(f"--max-len {args.max_len} exceeds --softmax-input {args.softmax_input}")
-    texts = read_corpus(args.data)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = train.TrainConfig(steps=args.steps, batch=args.batch, max_len=args.max_len, lr=args.lr,
                             prefit_steps=args.prefit_steps, checkpoint_every=args.checkpoint_every, seed=args.seed,
                             max_minutes=args.max_minutes)
@@ -102,20 +160,24 @@ def run(args) -> int:
     student = train.student_module(ck.spec, weights, variant, args.seed)
     side = train.batches(ck.tokenizer_dir, texts, cfg.batch, cfg.max_len, args.seed + 1)
     report = {"teacher": args.ckpt, "texts": len(texts), "variant": variant.describe(), "config": cfg.__dict__}
-    state_path = out / "train_state.pt"
-    if args.resume and state_path.exists() and (out / "config.json").exists():  # keep the first stage's record
-        earlier = json.loads((out / "config.json").read_text()).get("conversion", {})
-        report.update({k: earlier[k] for k in ("prefit_mse",) if k in earlier})
-    if not (args.resume and state_path.exists()):
+    if not resuming:
         if variant.softmax == "mlp" and cfg.prefit_steps:
             losses = train.prefit_approximators(student, teacher, side, cfg, lambda r: tqdm(r, desc="pre-fit"))
-            report["prefit_mse"] = losses
+            record["prefit_mse"] = losses
             print(f"approximator pre-fit MSE per approximator: {[f'{x:.2e}' for x in losses]}")
         train.calibrate_powernorm(student, side)
-    if cfg.steps:
+    if "prefit_mse" in record:  # from this run, or kept in the state by the run this one resumes
+        report["prefit_mse"] = record["prefit_mse"]
+    if cfg.steps or resuming:  # resuming loads the saved student, even with no steps left to run
         stream = train.batches(ck.tokenizer_dir, texts, cfg.batch, cfg.max_len, args.seed)
-        history = train.knowledge_transfer(student, teacher, stream, cfg, state_path, args.resume,
-                                           lambda r, **kw: tqdm(r, desc="knowledge transfer", **kw), tqdm.write)
+        try:
+            history = train.knowledge_transfer(student, teacher, stream, cfg, state_path, resuming,
+                                               lambda r, **kw: tqdm(r, desc="knowledge transfer", **kw), tqdm.write,
+                                               record)
+        except train.Diverged as error:
+            kept = f"{state_path} keeps the last state saved before it" if state_path.exists() else "nothing was saved"
+            raise UserError(f"training diverged at step {error.step} (loss {error.loss}); {kept}. Start again with "
+                            f"a lower --lr than {args.lr:g} (a resumed run keeps the saved learning rate)") from None
         report["final_loss"] = history[-1] if history else None
         (out / "history.json").write_text(json.dumps(history))
     save_ma_dir(student.eval(), out, ck.tokenizer_dir, {"conversion": report})

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from .. import checkpoint
 from ..errors import UserError
 from ..inputs import read_texts, tokenize
 from ..report.tables import text_table
-from .common import add_checkpoint, positive_int
+from .common import add_checkpoint, make_output_dir, positive_int
 
 COLUMNS = ("rows", "max_abs", "mean_abs", "negative_%", "sum_off_%", "kl", "argmax_agree_%", "topk_overlap_%")
 
@@ -26,13 +27,33 @@ def register(subparsers) -> None:
     add_checkpoint(parser)
     parser.add_argument("--data", required=True, help="text file, one text per line")
     parser.add_argument("--teacher", help="baseline checkpoint (default: the one CKPT was converted from)")
-    parser.add_argument("--max-rows", type=positive_int, default=20000, help="stop after this many query rows")
-    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--max-rows", type=positive_int, default=20000,
+                        help="stop after this many query rows (default %(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=16, help="texts per batch (default %(default)s)")
     parser.add_argument("--pad-to", type=positive_int, nargs="*", default=[64, 128],
-                        help="also pad the first batch to these lengths (padding dependence)")
-    parser.add_argument("--by", choices=("layer", "head", "length"), default="layer")
+                        help="also pad the first batch to these lengths (padding dependence; default %(default)s); "
+                        "lengths above CKPT's approximator input n or below the batch's own length are skipped "
+                        "with a warning")
+    parser.add_argument("--by", choices=("layer", "head", "length"), default="layer",
+                        help="group the main table by this (default %(default)s)")
     parser.add_argument("--output-dir", help="write CSV/JSON tables and PNG plots here")
     parser.set_defaults(run=run)
+
+
+def approximator_batch(tokenizer_dir: Path, texts: list[str], n: int, length: int | None = None):
+    """Padded to the longest text or to `length`, never wider than the approximator's n inputs."""
+    batch = tokenize(tokenizer_dir, texts, length)
+    return tokenize(tokenizer_dir, texts, n) if batch.shape[1] > n else batch
+
+
+def padding_lengths(requested: list[int], width: int, n: int) -> list[int]:
+    """The --pad-to lengths that pad the first batch's sentences without cutting them and fit the approximator."""
+    kept = [p for p in requested if width <= p <= n]
+    for p in requested:
+        if p not in kept:
+            why = f"above the approximator's n = {n}" if p > n else f"below the first batch's length {width}"
+            print(f"mabert-hw: warning: --pad-to {p} skipped: {why}", file=sys.stderr)
+    return kept
 
 
 def run(args) -> int:
@@ -50,37 +71,39 @@ def run(args) -> int:
     if not teacher_source:
         raise UserError("no --teacher given and CKPT does not name the checkpoint it was converted from")
     teacher_ck = checkpoint.load(teacher_source)
+    if not teacher_ck.spec.variant.is_baseline:
+        raise UserError(f"teacher {teacher_ck.source} is not a baseline BERT (variant "
+                        f"{teacher_ck.spec.variant.describe()}): give the checkpoint CKPT was converted from")
+    output_dir = make_output_dir(args.output_dir) if args.output_dir else None
     teacher = load_official(teacher_ck.spec, teacher_ck.require_weights("softmax-error"))
     weights = ck.require_weights("softmax-error")
     tokenizer_dir = ck.tokenizer_dir or teacher_ck.tokenizer_dir
     if tokenizer_dir is None:
         raise UserError("neither checkpoint has a tokenizer")
     texts, n = read_texts(args.data), ck.spec.variant.softmax_input
+    first = approximator_batch(tokenizer_dir, texts[:args.batch], n)
+    padded = [first] + [approximator_batch(tokenizer_dir, texts[:args.batch], n, p)
+                        for p in padding_lengths(args.pad_to, first.shape[1], n)]
     parts, rows = [], 0
     for start in range(0, len(texts), args.batch):
-        batch = tokenize(tokenizer_dir, texts[start:start + args.batch])
-        if batch.shape[1] > n:
-            batch = tokenize(tokenizer_dir, texts[start:start + args.batch], n)
+        batch = approximator_batch(tokenizer_dir, texts[start:start + args.batch], n)
         parts.append(se.row_errors(teacher, ck.spec, weights, batch))
         rows += int(batch.attention_mask.sum())
         if rows >= args.max_rows:
             break
     errors = se.merge(parts)
     table = se.summary_rows(errors, args.by)
-    first = texts[:args.batch]
     padding = []
-    for length in [None] + [p for p in args.pad_to if p <= n]:
-        batch = tokenize(tokenizer_dir, first, length)
-        if length is None or int(batch.attention_mask.sum(1).max()) <= length:
-            e = se.row_errors(teacher, ck.spec, weights, batch)
-            padding.append({"padded_to": batch.shape[1], **se.summary_rows(e, "layer")[0],
-                            "mean_abs_all_layers": float(e["mean_abs"].mean())})
+    for batch in padded:
+        e = se.row_errors(teacher, ck.spec, weights, batch)
+        padding.append({"padded_to": batch.shape[1], **se.summary_rows(e, "layer")[0],
+                        "mean_abs_all_layers": float(e["mean_abs"].mean())})
     print(f"{rows} query rows x {ck.spec.layers} layers x {ck.spec.heads} heads; teacher {teacher_source}")
     print(text_table(table, [c for c in table[0] if c not in COLUMNS] + list(COLUMNS)))
     print("\npadding dependence (first batch, same sentences):")
     print(text_table(padding, ["padded_to", "mean_abs_all_layers", "kl", "argmax_agree_%"]))
-    if args.output_dir:
+    if output_dir:
         from ..report.ma_plots import write_softmax_error
 
-        write_softmax_error(Path(args.output_dir), errors, padding)
+        write_softmax_error(output_dir, errors, padding)
     return 0

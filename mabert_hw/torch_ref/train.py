@@ -46,6 +46,14 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget for the knowledge transfer: stop and save
 
 
+class Diverged(FloatingPointError):
+    """The knowledge-transfer loss stopped being finite; the state saved before that step is left as it was."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss is {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
 def teacher_module(spec: ModelSpec, weights: Weights) -> MABertModel:
     """The baseline as our torch module (same names as HF BertModel; checked against HF in tests)."""
     return load_official(spec, weights)
@@ -158,8 +166,10 @@ def make_optimizer(student: MABertModel, cfg: TrainConfig):
 
 
 def knowledge_transfer(student: MABertModel, teacher: MABertModel, stream: Iterator[Batch], cfg: TrainConfig,
-                       state_path: Path, resume: bool, progress=None, log=print) -> list[dict]:
-    """Stage 2, with a resumable state file written every cfg.checkpoint_every steps."""
+                       state_path: Path, resume: bool, progress=None, log=print, record: dict | None = None
+                       ) -> list[dict]:
+    """Stage 2, with a resumable state file written every cfg.checkpoint_every steps; `record` (the caller's
+    facts about the run, read back by saved_record) is kept in that file."""
     optimizer, scheduler = make_optimizer(student, cfg)
     start, history = 0, []
     if resume and state_path.exists():
@@ -189,11 +199,12 @@ def knowledge_transfer(student: MABertModel, teacher: MABertModel, stream: Itera
         value = loss.item()
         history.append({"step": step + 1, "loss": value, **parts})
         if not math.isfinite(value):
-            raise FloatingPointError(f"loss is {value} at step {step + 1}")
+            raise Diverged(step + 1, value)
         out_of_time = cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
             torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "step": step + 1, "history": history},
+                        "scheduler": scheduler.state_dict(), "step": step + 1, "history": history,
+                        "record": record or {}},
                        state_path.with_suffix(".tmp"))
             state_path.with_suffix(".tmp").replace(state_path)
             log(f"step {step + 1}: loss {value:.4f} {parts}")
@@ -201,3 +212,8 @@ def knowledge_transfer(student: MABertModel, teacher: MABertModel, stream: Itera
             log(f"stopped after {cfg.max_minutes} minutes at step {step + 1} of {cfg.steps}")
             break
     return history
+
+
+def saved_record(state_path: Path) -> dict:
+    """The `record` kept in a knowledge-transfer state file ({} for files written before records existed)."""
+    return torch.load(state_path, map_location="cpu", weights_only=False, mmap=True).get("record", {})

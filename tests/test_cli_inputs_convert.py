@@ -1,0 +1,163 @@
+"""Bad user input to `convert` and `softmax-error`: one-line errors (exit 2), checked before the work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from mabert_hw.cli import main
+from mabert_hw.inputs import SAMPLE_TEXTS
+from mabert_hw.spec import ModelSpec
+from mabert_hw.weights import random_weights
+
+TINY = ModelSpec("tiny-teacher", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=40, max_positions=64)
+SMALL = ["--softmax-input", "32", "--softmax-hidden", "8", "--max-len", "24", "--batch", "2", "--prefit-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, minilm):
+    out = tmp_path_factory.mktemp("teacher")
+    save_file(random_weights(TINY, seed=5), str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": TINY.vocab_size, "hidden_size": TINY.hidden,
+        "num_hidden_layers": TINY.layers, "num_attention_heads": TINY.heads,
+        "intermediate_size": TINY.intermediate, "max_position_embeddings": TINY.max_positions}))
+    shutil.copy(minilm.tokenizer_dir / "vocab.txt", out / "vocab.txt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "texts.txt"
+    path.write_text("\n".join(SAMPLE_TEXTS * 3) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ma16(tmp_path_factory, teacher_dir, corpus):
+    """An MA checkpoint from our own convert whose approximators take n = 16 inputs (no training)."""
+    out = tmp_path_factory.mktemp("ma16")
+    assert main(["convert", str(teacher_dir), "--out", str(out), "--data", str(corpus), "--softmax-input", "16",
+                 "--softmax-hidden", "8", "--max-len", "16", "--steps", "0", "--prefit-steps", "0"]) == 0
+    return out
+
+
+def convert(teacher_dir, out, data, *extra) -> int:
+    return main(["convert", str(teacher_dir), "--out", str(out), "--data", str(data), *SMALL, *extra])
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.tsv", b"", "is empty (a TSV needs a header row)"),
+    ("short.tsv", b"label\tsentence\n1\tfine\n0\n", "line 3 has 1 of the header's 2 columns"),
+    ("latin1.txt", b"fine\ncaf\xe9 au lait\n", "line 2 is not UTF-8 text"),
+    ("blank.txt", b"\n  \n = Heading = \n", "holds no text"),
+])
+def test_bad_data_file_is_named_in_one_line(tmp_path, capsys, teacher_dir, name, content, message):
+    data = tmp_path / name
+    data.write_bytes(content)
+    assert convert(teacher_dir, tmp_path / "out", data) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mabert-hw: error: ") and str(data) in err and message in err
+
+
+def test_out_that_cannot_be_a_directory_is_refused_before_the_work(tmp_path, capsys, teacher_dir):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    missing_data = tmp_path / "no-such.txt"  # read after --out is checked: its error would mean --out passed
+    assert convert(teacher_dir, plain, missing_data) == 2
+    assert f"{plain} exists and is not a directory" in capsys.readouterr().err
+    assert convert(teacher_dir, plain / "sub", missing_data) == 2
+    assert f"cannot create directory {plain / 'sub'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--lr", "nan", "expected a finite number"),
+    ("--lr", "0", "expected a positive number"),
+    ("--steps", "-5", "expected a non-negative integer"),
+    ("--prefit-steps", "-3", "expected a non-negative integer"),
+    ("--max-minutes", "-1", "expected a non-negative number"),
+])
+def test_bad_numbers_are_argparse_errors(tmp_path, capsys, teacher_dir, corpus, flag, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        convert(teacher_dir, tmp_path / "out", corpus, flag, value)
+    assert exit_.value.code == 2
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_diverging_loss_is_a_user_error_and_keeps_the_saved_state(tmp_path, capsys, teacher_dir, corpus):
+    out = tmp_path / "out"
+    assert convert(teacher_dir, out, corpus, "--lr", "1e30", "--steps", "3", "--checkpoint-every", "1") == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step 2 (loss nan)" in err and "lower --lr than 1e+30" in err
+    state = torch.load(out / "train_state.pt", weights_only=False)
+    assert state["step"] == 1
+    assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+    assert not (out / "config.json").exists()  # no nan model written over the output
+
+
+@pytest.mark.parametrize("changed, message", [
+    (["--softmax-input", "24"], "--softmax-input 32 (this run: 24)"),
+    (["--only", "approximator"], "--only not given (this run: approximator)"),
+])
+def test_resume_with_other_model_shaping_flags_lists_them(tmp_path, capsys, teacher_dir, corpus, changed, message):
+    out = tmp_path / "out"
+    assert convert(teacher_dir, out, corpus, "--steps", "1") == 0
+    capsys.readouterr()
+    assert convert(teacher_dir, out, corpus, "--steps", "2", "--resume", *changed) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mabert-hw: error: {out / 'train_state.pt'} was written with other model-shaping flags")
+    assert message in err
+
+
+def test_prefit_mse_survives_an_interrupted_run(tmp_path, capsys, teacher_dir, corpus):
+    out = tmp_path / "out"
+    assert convert(teacher_dir, out, corpus, "--steps", "1") == 0
+    first = json.loads((out / "config.json").read_text())["conversion"]["prefit_mse"]
+    (out / "config.json").unlink()  # as if the run had stopped after saving its state, before the final write
+    capsys.readouterr()
+    assert convert(teacher_dir, out, corpus, "--steps", "2", "--resume") == 0
+    assert "pre-fit MSE" not in capsys.readouterr().out  # the pre-fit ran once, in the first run
+    assert json.loads((out / "config.json").read_text())["conversion"]["prefit_mse"] == first
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("convert", ["texts per batch (default 16)", "(default 0.0001)", "(default 200)", "random seed (default 0)",
+                 "pre-fit steps (default 300", "must match the first run's",
+                 "pre-fit and PowerNorm calibration are skipped"]),
+    ("softmax-error", ["rows (default 20000)", "texts per batch (default 16)", "default [64, 128]"]),
+])
+def test_help_shows_defaults(capsys, command, shown):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for part in shown:
+        assert part in text
+
+
+def test_softmax_error_truncates_long_texts_to_the_approximator_width(tmp_path, capsys, ma16):
+    data = tmp_path / "long.txt"
+    data.write_text(" ".join(["the approximator sees at most sixteen columns"] * 12) + "\nShort one.\n")
+    assert main(["softmax-error", str(ma16), "--data", str(data), "--pad-to", "16", "64",
+                 "--output-dir", str(tmp_path / "err")]) == 0
+    assert "--pad-to 64 skipped: above the approximator's n = 16" in capsys.readouterr().err
+    padding = json.loads((tmp_path / "err" / "softmax_error_padding.json").read_text())
+    assert [row["padded_to"] for row in padding] == [16, 16]
+
+
+def test_softmax_error_refuses_a_non_baseline_teacher(tmp_path, capsys, ma16, corpus):
+    assert main(["softmax-error", str(ma16), "--data", str(corpus), "--teacher", str(ma16)]) == 2
+    assert "is not a baseline BERT" in capsys.readouterr().err
+
+
+def test_softmax_error_checks_output_dir_before_the_work(tmp_path, capsys, ma16, corpus):
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert main(["softmax-error", str(ma16), "--data", str(corpus), "--output-dir", str(plain / "sub")]) == 2
+    captured = capsys.readouterr()
+    assert f"cannot create directory {plain / 'sub'}" in captured.err and captured.out == ""
