@@ -75,12 +75,21 @@ def check_seq_len(spec: ModelSpec, seq_len: int) -> None:
     check_positions(spec, seq_len)
 
 
-def read_texts(path: str | Path) -> list[str]:
+def read_utf8(path: str | Path) -> str:
+    """A text file's contents; an unreadable or non-UTF-8 file is a UserError naming the file (and line)."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read texts from {path}: {error}") from None
-    texts = [line.strip() for line in lines if line.strip()]
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise UserError(f"{path}, line {line}: not UTF-8 text ({error.reason})") from None
+
+
+def read_texts(path: str | Path) -> list[str]:
+    texts = [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
     if not texts:
         raise UserError(f"{path} holds no text (one text per line expected)")
     return texts

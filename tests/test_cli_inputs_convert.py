@@ -53,7 +53,7 @@ def convert(teacher_dir, out, data, *extra) -> int:
 @pytest.mark.parametrize("name, content, message", [
     ("empty.tsv", b"", "is empty (a TSV needs a header row)"),
     ("short.tsv", b"label\tsentence\n1\tfine\n0\n", "line 3 has 1 of the header's 2 columns"),
-    ("latin1.txt", b"fine\ncaf\xe9 au lait\n", "line 2 is not UTF-8 text"),
+    ("latin1.txt", b"fine\ncaf\xe9 au lait\n", "line 2: not UTF-8 text"),
     ("blank.txt", b"\n  \n = Heading = \n", "holds no text"),
 ])
 def test_bad_data_file_is_named_in_one_line(tmp_path, capsys, teacher_dir, name, content, message):

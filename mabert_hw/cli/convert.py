@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..errors import UserError
+from ..inputs import read_utf8
 from ..spec import VARIANTS
 from .common import add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float, positive_int
 
@@ -57,18 +58,6 @@ def register(subparsers) -> None:
                         help="wall-clock budget of the knowledge transfer: stop and save when it is spent")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.set_defaults(run=run)
-
-
-def read_utf8(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line} is not UTF-8 text ({error.reason})") from None
 
 
 def tsv_texts(path: Path) -> list[str]:

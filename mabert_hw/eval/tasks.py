@@ -20,7 +20,7 @@ import numpy as np
 from ..backends import Backend
 from ..checkpoint import Checkpoint
 from ..errors import UserError
-from ..inputs import Batch, tokenize
+from ..inputs import Batch, read_utf8, tokenize
 from ..model import forward
 
 TASK_FILES = {"stsb": "glue/STS-B/dev.tsv", "sst2": "glue/SST-2/dev.tsv"}
@@ -51,16 +51,7 @@ def resolve(path: str | Path, task: str) -> Path:
 
 def _rows(path: Path, limit: int | None) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and up to `limit` data rows, each with its line number; blank lines are skipped."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise UserError(f"{path}, line {line}: not UTF-8 text ({error.reason})") from None
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     header = next(reader, None)
     if header is None:
         raise UserError(f"{path} is empty: expected a header line")
