@@ -9,6 +9,10 @@ Implementations (all float32, all on the same random x (M, C)):
                      top levels for all tokens, then the tokens grouped by the subtree they enter
 - fff-numba-one-pass: the same kernel with the split at the root (levels = d + 1, no pass 1): the plain
                      token-major walk, each token through all its levels in turn (the same bits)
+- fff-numba-one-path: the same kernel on tokens that are all one row, so that every token walks the same
+                     path and the tree's rows stay in L1: the setting of UltraFastBERT's CPU benchmark
+                     (benchmark_cpu/fff.cpp, fff_l2: every token's input pointer is the same row), not a real
+                     layer; its time against fff-numba is what that setting leaves out
 - fff-numpy-gather:  mabert_hw.fff.fff_gather, one gathered row per token and level
 - torch-dense / torch-fff-bmm: torch linear + gelu + linear, and FFF.forward_gather (gather + bmm)
 Every NumPy / Numba form writes into output (and hidden) arrays allocated once: the timings are the
@@ -100,6 +104,7 @@ def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) ->
     rng = np.random.default_rng(seed)
     C, F, M = problem.hidden, problem.dense_width, problem.tokens
     x, w_in, b_in, w_out = random_fff(problem, rng)
+    x_one_path = np.ascontiguousarray(np.broadcast_to(x[:1], x.shape))  # (M, C), every row token 0's
     layout = walk_layout(w_in, b_in, w_out, problem.depth, problem.trees)
     w_out_rows = np.ascontiguousarray(w_out.T)  # (K*N, C)
     w1 = (0.02 * rng.normal(size=(F, C))).astype(np.float32)
@@ -125,6 +130,7 @@ def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) ->
         "dense-numpy-gemms": gemms,
         "fff-numba": lambda: fff_apply(x, layout, out=y_fff),
         "fff-numba-one-pass": lambda: fff_apply(x, layout, levels=problem.depth + 1, out=y_fff),
+        "fff-numba-one-path": lambda: fff_apply(x_one_path, layout, out=y_fff),
         "fff-numpy-gather": lambda: fff_gather(x, w_in, b_in, w_out_rows, problem.depth, problem.trees),
     }
     if with_torch:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from mabert_hw.cli import main
 from mabert_hw.cost.counts import count_ops, trace
-from mabert_hw.fff_bench import Problem
+from mabert_hw.fff_bench import Problem, implementations
 from mabert_hw.spec import preset
 from tests.tolerances import FFF_LAYER_VS_TORCH_ATOL
 
@@ -60,8 +61,19 @@ def test_bench_ffn_runs_small_and_reports_json(capsys):
     report = json.loads(capsys.readouterr().out)
     names = {row["impl"] for row in report["rows"]}
     assert names == {"dense-numpy", "dense-fast", "dense-numpy-gemms", "fff-numba", "fff-numba-one-pass",
-                     "fff-numpy-gather"}
+                     "fff-numba-one-path", "fff-numpy-gather"}
     assert set(report["cpu_seconds"]) == names and all(len(s) == 1 for s in report["cpu_seconds"].values())
     assert report["fff_numba_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
     assert report["dense_fast_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
     assert main(["bench-ffn", "--depth", "40"]) == 2
+
+
+def test_one_path_form_walks_every_token_as_token_0():
+    """fff-numba-one-path (the official CPU benchmark's setting) gives every token token 0's output,
+    the one the NumPy gather walk computes for token 0."""
+    pytest.importorskip("numba")
+    impls = implementations(Problem(16, 4, 2, 40, 32), with_torch=False)
+    gathered = np.array(impls["fff-numpy-gather"]())
+    one_path = np.array(impls["fff-numba-one-path"]())
+    assert np.all(one_path == one_path[0])
+    np.testing.assert_allclose(one_path[0], gathered[0], atol=FFF_LAYER_VS_TORCH_ATOL)
