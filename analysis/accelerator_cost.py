@@ -216,6 +216,11 @@ ASSUMPTIONS = f"""\
   {POWER_LAST_LAYER_FRACTION:g} T at the last layer; an illustrative schedule, not a trained one).
 - UltraFastBERT: `fff` variant (one tree of depth 11 per layer). Every token walks its own path, so its
   gathered weight rows get no systolic reuse: it runs on the vector lanes, one mul + one add per MAC.
+  Its DRAM bytes are the rows the tokens touch, each fetched once (at most min(2^l, B*T) nodes at
+  level l), as the other variants fetch each weight once.
+- MA-BERT's attention is priced as the trace runs it (the (T, T) scores, then the approximator on
+  each row: 2*T^2*(D + h) MACs per head); the reassociated form the fast engine uses, 4*T*D*h, costs
+  less whenever T > 2*D*h / (D + h), 85 tokens at D = 64, h = 128.
 - Not modelled: fusion of elementwise ops into GEMM epilogues (beyond the on-chip bound), DRAM
   latency/row effects, multi-core parallelism, batch > 1, training."""
 

@@ -24,7 +24,10 @@ def test_fff_trace_counts_dots_axpys_and_rows_in_closed_form():
     c = fff[0]
     assert c.macs == visits * (C + C)  # one dot of C and one axpy of C per visited node
     assert c.elementwise == {"add": 2 * visits, "mul": 3 * visits, "erf": visits, "cmp": B * T * K * depth}
-    assert c.weight_bytes == 4 * visits * (C + 1 + C)
+    distinct = K * sum(min(2 ** level, B * T) for level in range(depth + 1))  # levels 0..4 whole, then 32 a level
+    assert distinct == K * (31 + 7 * 32)
+    assert c.weight_bytes == 4 * distinct * (C + 1 + C)  # each touched row once: well under the tree
+    assert c.weight_bytes < 4 * c.params
     assert c.params == K * (2 ** (depth + 1) - 1) * (2 * C + 1)
 
 

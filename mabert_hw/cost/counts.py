@@ -7,11 +7,12 @@
   so a hardware model can price exp differently from add. A subtraction counts as `add`. A row
   reduction over n values is n - 1 primitives (`max` for the softmax maximum, `add` for sums).
 - `flops` = 2 * MACs + the number of elementwise primitives (every primitive counts as one FLOP);
-  `gemm_flops` = 2 * MACs alone, the figure torch's FlopCounterMode reports.
+  `gemm_flops` = 2 * MACs of the matrix products (kinds linear and matmul) alone, the figure torch's
+  FlopCounterMode reports; an FFF walk's MACs are dots and axpys of gathered rows, not a GEMM.
 - Params: elements of the parameter operands; an embedding table counts whole.
 - Bytes at `bytes_per_element`: activation bytes = inputs read + output written; weight bytes =
   parameter elements read (an embedding reads only the gathered rows, B*T*C; an FFF only the
-  visited nodes' rows, see fff_walk_counts).
+  visited nodes' rows, each once, see fff_walk_counts).
 - An op kind without a rule is returned in `unknown`, never counted as zero.
 """
 
@@ -44,7 +45,7 @@ class OpCount:
 
     @property
     def gemm_flops(self) -> int:
-        return 2 * self.macs
+        return 2 * self.macs if self.op.kind in GEMM_KINDS else 0
 
     @property
     def flops(self) -> int:
@@ -94,12 +95,15 @@ def fff_walk_counts(op: Op) -> dict[str, int]:
     M*K*(d+1) visited nodes, each one dot product of C (x . w_in[n]) and one axpy of C_out
     (y += a * w_out[:, n]: the output accumulation is counted, not dropped); M*K*d comparisons
     (the last level's logit chooses nothing); each visit gathers one w_in row, one bias and one
-    w_out column, 4 * (C + 1 + C_out) bytes at fp32 with no cache reuse assumed."""
+    w_out column, C + 1 + C_out elements (gathered_elements: no reuse between visits). Level l has
+    2^l nodes per tree, so at most min(2^l, M) distinct ones are visited there (distinct_rows): the
+    rows a memory that keeps what it has fetched reads once, never more than the tree."""
     (x,) = op.inputs
     rows, C = _rows(x)
     C_out = op.output[-1]
     depth, trees = op.attr("depth"), op.attr("trees")
     visits = rows * trees * (depth + 1)
+    distinct = trees * sum(min(2 ** level, rows) for level in range(depth + 1))
     return {
         "node_dots": visits,
         "dot_macs": visits * C,
@@ -107,6 +111,8 @@ def fff_walk_counts(op: Op) -> dict[str, int]:
         "comparisons": rows * trees * depth,
         "gathered_rows": visits,
         "gathered_elements": visits * (C + 1 + C_out),
+        "distinct_rows": distinct,
+        "distinct_elements": distinct * (C + 1 + C_out),
     }
 
 
@@ -183,8 +189,8 @@ def count_op(op: Op, bytes_per_element: float = 4) -> OpCount:
         weight_elements, activation_elements = prod(op.output), prod(op.output)
     elif op.kind == "slice":  # reads only the rows it keeps, then writes them
         weight_elements, activation_elements = 0, 2 * prod(op.output)
-    elif op.kind == "fff":  # reads only the visited nodes' rows
-        weight_elements = fff_walk_counts(op)["gathered_elements"]
+    elif op.kind == "fff":  # reads the visited nodes' rows, each once, as a dense layer reads its weights
+        weight_elements = fff_walk_counts(op)["distinct_elements"]
         activation_elements = sum(prod(s) for s in op.inputs) + prod(op.output)
     else:
         weight_elements = params

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..spec import ModelSpec
-from .counts import GEMM_KINDS, OpCount, Profile, count_ops, trace
+from .counts import OpCount, Profile, count_ops, trace
 
 GROUPINGS = ("op", "layer", "kind")
 
@@ -91,7 +91,7 @@ def document(spec: ModelSpec, batch: int, seq_len: int, profile: Profile, bytes_
         "totals": {
             "macs": profile.total("macs"),
             "flops": profile.total("flops"),
-            "gemm_flops": sum(c.gemm_flops for c in profile.counts if c.op.kind in GEMM_KINDS),
+            "gemm_flops": profile.total("gemm_flops"),
             "params": profile.total("params"),
             "weight_bytes": profile.total("weight_bytes"),
             "activation_bytes": profile.total("activation_bytes"),
