@@ -92,4 +92,13 @@ def test_elementwise_primitives_by_name():
     assert totals["exp"] == L * B * H * T * T
     assert totals["rsqrt"] == (2 * L + 1) * B * T  # one per LayerNorm row
     assert totals["tanh"] == B * C  # pooler
-    assert np.all([v > 0 for v in totals.values()])
+    rows, heads_rows = B * T, B * H * T  # token rows; attention-score rows
+    norm_rows = (2 * L + 1) * rows  # LayerNorm: 4n - 1 adds and 3n + 2 muls a row (counts.py's formula)
+    assert totals["max"] == L * heads_rows * (T - 1)  # the softmax row maximum
+    assert totals["div"] == L * heads_rows * T
+    assert totals["mul"] == L * (heads_rows * T + 3 * rows * F) + norm_rows * (3 * C + 2)  # scale, GELU, LN
+    assert totals["add"] == (2 * rows * C  # token type and position embeddings
+                             + L * (3 * rows * C + heads_rows * T + heads_rows * (2 * T - 1)  # QKV bias, mask, softmax
+                                    + 2 * rows * C + rows * F + rows * F + 2 * rows * C)  # out bias+residual, FFN
+                             + norm_rows * (4 * C - 1) + B * C)  # LayerNorms, pooler bias
+    assert set(totals) == {"erf", "exp", "rsqrt", "tanh", "max", "div", "mul", "add"}
