@@ -43,6 +43,7 @@ def _sweep(data_dir, grid, out, *extra) -> int:
     ("percentile = 20.0\n", "percentile", "above 50"),
     ('rule = "x"\n', "rule", "expected [[rule]] tables"),
     ('residual_bits = "16"\n', "residual_bits", "expected an integer"),
+    ("residual_bits = 24\n", "residual_bits", "expected an integer 2..23"),  # float32 carries codes to 23 bits
     ("[[rule]]\nkind = 3\n", "kind", "expected a string"),
 ])
 def test_config_values_of_the_wrong_type_name_file_and_key(tmp_path, text, key, expected):

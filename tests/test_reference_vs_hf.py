@@ -80,3 +80,15 @@ def test_minilm_real_sentences_match_hf(minilm, data_dir):
     diffs = max_diffs(ours, theirs)
     assert len(diffs) == minilm.spec.layers + 1
     assert max(diffs) <= REFERENCE_VS_TORCH_ATOL, f"max |diff| per hidden state: {diffs}"
+
+
+def test_layernorm_of_a_constant_row_is_the_bias_as_in_torch():
+    """A constant row's float32 mean can miss the value by an ulp; with eps = 1e-12 that ulp would be
+    scaled up to O(0.1). The reference returns the bias, as torch does."""
+    rng = np.random.default_rng(3)
+    x = np.full((4, 384), np.float32(3.3)) * rng.choice([1, -0.2], size=(4, 1)).astype(np.float32)
+    gain, bias = rng.normal(size=384).astype(np.float32), rng.normal(size=384).astype(np.float32)
+    ours = make_backend("reference").layernorm("ln", x, gain, bias, 1e-12)
+    theirs = torch.nn.functional.layer_norm(torch.from_numpy(x), (384,), torch.from_numpy(gain),
+                                            torch.from_numpy(bias), 1e-12).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=REFERENCE_VS_TORCH_ATOL)

@@ -176,9 +176,9 @@ class FixedBackend(ReferenceBackend):
         return self._weights[key]
 
     def _values(self, q, qp: QParams):
-        """Codes -> the float32 data passed between ops, f32(scale) * f32(q - zero_point). The next op
-        re-quantizes them exactly: x / scale is within 2^-23 relative of q, so rint returns q while
-        |q| < 2^22 (every format here has <= 16 bits)."""
+        """Codes -> the float32 data passed between ops, f32(scale) * (f32(q) - f32(zero_point)). The next
+        op re-quantizes them exactly: x / scale is within 2^-23 relative of q - zero_point, so rint returns
+        it while the codes fit float32's significand (formats of <= RESIDUAL_MAX_BITS = 23 bits)."""
         if qp.group_size or np.ndim(qp.scale):
             return dequantize(q, qp).astype(self.dtype)
         zero_point, scale = self.dtype(qp.zero_point), self.dtype(qp.scale)

@@ -48,7 +48,9 @@ class ReferenceBackend(Backend):
         return e / e.sum(axis=-1, keepdims=True)
 
     def _layernorm(self, x, gain, bias, eps):
-        mean = x.mean(axis=-1, keepdims=True)
+        # the mean accumulated in float64: a float32 mean of a constant row can miss it by an ulp, which a
+        # tiny eps (1e-12) then blows up to O(0.1) where torch returns exactly the bias
+        mean = x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(x.dtype)
         var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # biased, as torch
         return (x - mean) / np.sqrt(var + self.dtype(eps)) * gain + bias
 
