@@ -121,3 +121,49 @@ def test_bad_flag_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["profile", "minilm-l6", "--batch", "0"])
     assert info.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+def test_output_into_a_pipe_writes_it_in_place(tmp_path):
+    """A device or pipe given as --output (/dev/null, a FIFO) is written, not replaced by a file."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    assert main(["profile", "bert-base-uncased", "--format", "csv", "--output", str(fifo)]) == 0
+    reader.join(10)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and received and received[0].startswith("kind,")
+
+
+def test_output_through_a_symlink_keeps_the_link(tmp_path):
+    target, link = tmp_path / "target.csv", tmp_path / "link.csv"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    assert main(["profile", "bert-base-uncased", "--format", "csv", "--output", str(link)]) == 0
+    assert link.is_symlink() and target.read_text().startswith("kind,")
+
+
+def test_unwritable_output_is_one_line(tmp_path, capsys):
+    (tmp_path / "out.csv.tmp").mkdir()  # the temporary file cannot be made
+    assert main(["profile", "bert-base-uncased", "--output", str(tmp_path / "out.csv")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["profile", "bert-base-uncased", "--output", "/nonexistent-dir/x.csv"], "no such directory"),
+    (["compare", "bert-base-uncased", "--output", "."], "is a directory"),
+    (["bench", "minilm-l6", "--pause", "inf"], "expected a finite number"),
+])
+def test_paths_and_numbers_are_checked_before_the_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_memory_error_is_one_line(capsys):
+    assert main(["profile", "bert-base-uncased", "--batch", "1000000000000"]) == 2
+    assert "not enough memory" in capsys.readouterr().err

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mabert-hw: error: {error}", file=sys.stderr)
         return 2
     except MemoryError as error:  # e.g. a --batch or --hidden far beyond this machine
-        print(f"mabert-hw: error: not enough memory for these sizes ({error or 'MemoryError'})", file=sys.stderr)
+        print(f"mabert-hw: error: not enough memory for these sizes ({str(error) or 'MemoryError'})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mabert-hw: interrupted", file=sys.stderr)

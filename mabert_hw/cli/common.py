@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -70,9 +71,8 @@ def output_file(text: str) -> str:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory: give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"no such directory: {parent}")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
     return text
 
 
@@ -89,15 +89,28 @@ def emit(text: str, output: str | None) -> None:
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
-    path = Path(output)
-    tmp = path.with_name(path.name + ".tmp")
+    text = text if text.endswith("\n") else text + "\n"
+    path = Path(output).resolve()  # through a symlink: the link stays, its target is written
     try:
-        tmp.write_text(text if text.endswith("\n") else text + "\n")
-        tmp.replace(path)
+        if path.exists() and not path.is_file():  # a device or pipe (/dev/null, a FIFO): written in place
+            path.write_text(text)
+        else:
+            _replace_whole(path, text)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {output}: {error}") from None
     print(f"wrote {output}", file=sys.stderr)
+
+
+def _replace_whole(path: Path, text: str) -> None:
+    """path <- text through a temporary file beside it: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def warn_unmatched_rules(config, where: str, spec) -> None:
