@@ -23,7 +23,7 @@ import numpy as np
 
 from . import crammed_checkpoint, ma_checkpoint
 from .errors import UserError
-from .spec import PRESETS, ModelSpec, Variant
+from .spec import PRESETS, ModelSpec, Variant, whole_number
 from .weights import Weights, expected_shapes
 
 MINILM_ALIAS = "minilm"
@@ -113,14 +113,6 @@ def read_config(path: Path) -> dict:
     return config
 
 
-def _whole(config: dict, key: str, default: int | None = None) -> int:
-    """config[key] as an int; a fraction (2.7 layers) or a bool is a bad config, not something to round."""
-    value = config.get(key, default)
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f"{key} must be a whole number, got {value!r}")
-    return int(value)
-
-
 def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_labels: int = 0) -> ModelSpec:
     model_type = config.get("model_type")
     if model_type != "bert":
@@ -140,13 +132,13 @@ def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_label
     try:
         return ModelSpec(
             name=name,
-            vocab_size=_whole(config, "vocab_size"),
-            hidden=_whole(config, "hidden_size"),
-            layers=_whole(config, "num_hidden_layers"),
-            heads=_whole(config, "num_attention_heads"),
-            intermediate=_whole(config, "intermediate_size"),
-            max_positions=_whole(config, "max_position_embeddings", 512),
-            type_vocab_size=_whole(config, "type_vocab_size", 2),
+            vocab_size=whole_number(config["vocab_size"], "vocab_size"),
+            hidden=whole_number(config["hidden_size"], "hidden_size"),
+            layers=whole_number(config["num_hidden_layers"], "num_hidden_layers"),
+            heads=whole_number(config["num_attention_heads"], "num_attention_heads"),
+            intermediate=whole_number(config["intermediate_size"], "intermediate_size"),
+            max_positions=whole_number(config.get("max_position_embeddings", 512), "max_position_embeddings"),
+            type_vocab_size=whole_number(config.get("type_vocab_size", 2), "type_vocab_size"),
             eps=float(config.get("layer_norm_eps", 1e-12)),
             has_pooler=has_pooler,
             num_labels=num_labels,

@@ -54,7 +54,7 @@ import numpy as np
 
 from .errors import UserError
 from .fff import crammed_fff_key, fff_shapes, n_nodes
-from .spec import ModelSpec, Variant
+from .spec import ModelSpec, Variant, whole_number
 from .weights import FINAL_NORM, Weights, layer_prefix
 
 MODEL_TYPE = "crammedBERT"  # crammedBertConfig.model_type
@@ -134,17 +134,20 @@ def parse_arch(config: dict) -> CrammedArch:
     nonlin = require("nonlin", ("GELU",) if ffn == "fff" else tuple(ACTIVATIONS))
     vocab = get("embedding.vocab_size", None)
     try:
-        hidden = int(get("hidden_size"))
-        if int(get("embedding.embedding_dim")) != hidden:
+        def whole(path: str) -> int:
+            return whole_number(get(path), f"arch.{path}")
+
+        hidden = whole("hidden_size")
+        if whole("embedding.embedding_dim") != hidden:
             raise UserError(f"crammed arch.embedding.embedding_dim {get('embedding.embedding_dim')} differs from "
                             f"hidden_size {hidden} (not supported)")
         return CrammedArch(
-            hidden=hidden, layers=int(get("num_transformer_layers")),
-            heads=int(get("attention.num_attention_heads")), eps=float(get("norm_eps")), ffn=ffn,
-            intermed_size=int(get("intermed_size")), depth=int(get("intermed_depth")) if ffn == "fff" else 0,
+            hidden=hidden, layers=whole("num_transformer_layers"),
+            heads=whole("attention.num_attention_heads"), eps=float(get("norm_eps")), ffn=ffn,
+            intermed_size=whole("intermed_size"), depth=whole("intermed_depth") if ffn == "fff" else 0,
             activation=ACTIVATIONS[nonlin], positions=require("embedding.pos_embedding", POSITION_KINDS),
-            max_positions=int(get("embedding.max_seq_length")), qkv_bias=bool(get("attention.qkv_bias")),
-            use_bias=bool(get("use_bias")), vocab_size=None if vocab is None else int(vocab),
+            max_positions=whole("embedding.max_seq_length"), qkv_bias=bool(get("attention.qkv_bias")),
+            use_bias=bool(get("use_bias")), vocab_size=None if vocab is None else whole_number(vocab, "arch.embedding.vocab_size"),
         )
     except (TypeError, ValueError) as error:
         raise UserError(f"crammed config has a bad value: {error}") from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +89,16 @@ def read_utf8(path: str | Path) -> str:
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise UserError(f"{path}, line {line}: not UTF-8 text ({error.reason})") from None
+
+
+def read_tsv(path: str | Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """A TSV as GLUE writes it (tabs, quoting off: stray quotes in STS-B dev break default CSV quoting):
+    its header, and its non-blank data rows, each with its line number."""
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None)
+    if header is None:
+        raise UserError(f"{path} is empty: expected a header line")
+    return header, ((reader.line_num, row) for row in reader if row)
 
 
 def read_texts(path: str | Path) -> list[str]:

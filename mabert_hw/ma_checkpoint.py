@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .spec import ModelSpec, Variant
+from .spec import ModelSpec, Variant, whole_number
 from .weights import Weights, expected_shapes, layer_prefix
 
 MA_CONFIG_KEYS = ("ffn_hidden_act", "norm_type", "use_softmax_approx", "share_softmax_nn",
@@ -93,27 +93,32 @@ def spec_from_ma(config: dict, state: dict[str, np.ndarray] | None, name: str) -
         raise UserError(f"unsupported ffn_hidden_act {c['ffn_hidden_act']!r} (supported: relu, gelu)")
     if c["norm_type"] not in ("Power", "Layer"):
         raise UserError(f"unsupported norm_type {c['norm_type']!r} (supported: Power, Layer)")
-    variant = Variant(
-        softmax="mlp" if c["use_softmax_approx"] else "exact",
-        ffn_activation=c["ffn_hidden_act"],
-        norm="powernorm" if c["norm_type"] == "Power" else "layernorm",
-        mask=c.get("mask_type", "multiplicative"),  # our extension key, for single-technique ablations
-        softmax_input=int(c["softmax_input_size"]),
-        softmax_hidden=int(c["softmax_hidden_layer_size"]),
-        share_softmax=bool(c["share_softmax_nn"]),
-    )
+    def whole(key: str, default=KeyError) -> int:
+        return whole_number(c[key] if default is KeyError else c.get(key, default), key)
+
     try:
+        variant = Variant(
+            softmax="mlp" if c["use_softmax_approx"] else "exact",
+            ffn_activation=c["ffn_hidden_act"],
+            norm="powernorm" if c["norm_type"] == "Power" else "layernorm",
+            mask=c.get("mask_type", "multiplicative"),  # our extension key, for single-technique ablations
+            softmax_input=whole("softmax_input_size"),
+            softmax_hidden=whole("softmax_hidden_layer_size"),
+            share_softmax=bool(c["share_softmax_nn"]),
+        )
         return ModelSpec(
-            name=name, vocab_size=int(c["vocab_size"]), hidden=int(c["hidden_size"]),
-            layers=int(c["num_hidden_layers"]), heads=int(c["num_attention_heads"]),
-            intermediate=int(c["intermediate_size"]), max_positions=int(c.get("max_position_embeddings", 512)),
-            type_vocab_size=int(c.get("type_vocab_size", 2)), eps=float(c["layer_norm_eps"]),
+            name=name, vocab_size=whole("vocab_size"), hidden=whole("hidden_size"),
+            layers=whole("num_hidden_layers"), heads=whole("num_attention_heads"),
+            intermediate=whole("intermediate_size"), max_positions=whole("max_position_embeddings", 512),
+            type_vocab_size=whole("type_vocab_size", 2), eps=float(c["layer_norm_eps"]),
             has_pooler=state is None or "pooler.dense.weight" in state,
             num_labels=state["classifier.weight"].shape[0] if state and "classifier.weight" in state else 0,
             variant=variant,
         )
     except KeyError as error:
         raise UserError(f"MA config is missing {error.args[0]} and there are no weights to infer it from") from None
+    except (TypeError, ValueError) as error:
+        raise UserError(f"MA config has a bad value: {error}") from None
 
 
 def raw_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:

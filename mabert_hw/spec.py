@@ -120,6 +120,14 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+def whole_number(value, key: str) -> int:
+    """A dimension read from a config: an int, or a float only when whole. 2.7 layers (or `true`) is a
+    bad config, not something to round; raises ValueError, which the loaders report as a bad value."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{key} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def preset(name: str) -> ModelSpec:
     try:
         return PRESETS[name]

@@ -115,6 +115,10 @@ def test_config_file_and_its_directory_give_the_same_spec(tmp_path):
     assert from_file == from_dir and from_file.variant != PRESETS["bert-base-uncased"].variant
 
 
-def test_fractional_sizes_are_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(hf_config(SPEC).to_dict() | {"num_hidden_layers": 2.7}))
-    assert "num_hidden_layers must be a whole number" in error_of(tmp_path)
+@pytest.mark.parametrize("changes, key", [
+    ({"num_hidden_layers": 2.7}, "num_hidden_layers"),
+    ({"use_softmax_approx": True, "softmax_hidden_layer_size": 16.5}, "softmax_hidden_layer_size"),  # an MA config
+])
+def test_fractional_sizes_are_refused(tmp_path, changes, key):
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(SPEC).to_dict() | changes))
+    assert f"{key} must be a whole number" in error_of(tmp_path)

@@ -51,8 +51,8 @@ def convert(teacher_dir, out, data, *extra) -> int:
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("empty.tsv", b"", "is empty (a TSV needs a header row)"),
-    ("short.tsv", b"label\tsentence\n1\tfine\n0\n", "line 3 has 1 of the header's 2 columns"),
+    ("empty.tsv", b"", "is empty: expected a header line"),
+    ("short.tsv", b"label\tsentence\n1\tfine\n0\n", "line 3: 1 of the header's 2 tab-separated fields"),
     ("latin1.txt", b"fine\ncaf\xe9 au lait\n", "line 2: not UTF-8 text"),
     ("blank.txt", b"\n  \n = Heading = \n", "holds no text"),
 ])
@@ -122,6 +122,21 @@ def test_prefit_mse_survives_an_interrupted_run(tmp_path, capsys, teacher_dir, c
     capsys.readouterr()
     assert convert(teacher_dir, out, corpus, "--steps", "2", "--resume") == 0
     assert "pre-fit MSE" not in capsys.readouterr().out  # the pre-fit ran once, in the first run
+    assert json.loads((out / "config.json").read_text())["conversion"]["prefit_mse"] == first
+
+
+def test_resume_of_a_state_without_a_record_warns_and_keeps_the_prefit_mse(tmp_path, capsys, teacher_dir, corpus):
+    """A state written before records existed: its flags cannot be checked (a warning), and the pre-fit
+    MSE comes from the config.json the earlier run wrote."""
+    out = tmp_path / "out"
+    assert convert(teacher_dir, out, corpus, "--steps", "1") == 0
+    first = json.loads((out / "config.json").read_text())["conversion"]["prefit_mse"]
+    state = torch.load(out / "train_state.pt", weights_only=False)
+    del state["record"]
+    torch.save(state, out / "train_state.pt")
+    capsys.readouterr()
+    assert convert(teacher_dir, out, corpus, "--steps", "2", "--resume") == 0
+    assert "records no flags (an older run)" in capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["conversion"]["prefit_mse"] == first
 
 

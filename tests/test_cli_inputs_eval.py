@@ -93,8 +93,8 @@ def test_power_search_bad_sst2_file(tiny_classifier, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("rows, message", [
-    (stsb_row("n/a"), r"dev\.tsv, line 2: score 'n/a' is not a number"),
-    (stsb_row("nan"), r"dev\.tsv, line 2: score 'nan' is not a number"),
+    (stsb_row("n/a"), r"dev\.tsv, line 2: score 'n/a' is not a finite number"),
+    (stsb_row("nan"), r"dev\.tsv, line 2: score 'nan' is not a finite number"),
     (stsb_row("2.5") + "0\tmain-captions\ta man plays\n", r"dev\.tsv, line 3: no sentence1"),
     ("", r"no examples in .*dev\.tsv"),
 ])

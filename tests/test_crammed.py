@@ -321,3 +321,10 @@ def test_crammed_keys_under_a_bert_config_are_a_user_error(tmp_path):
     (directory / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": HIDDEN}))
     with pytest.raises(UserError, match="crammed BERT layout"):
         checkpoint.load(directory)
+
+
+def test_fractional_sizes_are_refused():
+    arch = arch_config()
+    arch["intermed_depth"] = 3.5
+    with pytest.raises(UserError, match=r"arch.intermed_depth must be a whole number, got 3.5"):
+        parse_arch(arch)

@@ -3,15 +3,14 @@ approximator pre-fit and knowledge transfer from the frozen baseline (torch_ref/
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 from .. import checkpoint
 from ..errors import UserError
-from ..inputs import read_utf8
+from ..inputs import read_tsv, read_utf8
 from ..spec import VARIANTS
 from .common import add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float, positive_int
 
@@ -61,20 +60,15 @@ def register(subparsers) -> None:
 
 
 def tsv_texts(path: Path) -> list[str]:
-    """The sentence columns of a GLUE TSV (quoting off, as GLUE writes it); a row without them is an error."""
-    rows = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(rows, None)
-    if header is None:
-        raise UserError(f"{path} is empty (a TSV needs a header row)")
+    """The sentence columns of a GLUE TSV; a row without them is an error."""
+    header, rows = read_tsv(path)
     columns = [i for i, h in enumerate(header) if h in ("sentence", "sentence1", "sentence2")]
     if not columns:
         raise UserError(f"{path}: no sentence column in header {header[:4]}")
     texts = []
-    for row in rows:
-        if not row:
-            continue
+    for line, row in rows:
         if len(row) <= columns[-1]:
-            raise UserError(f"{path}: line {rows.line_num} has {len(row)} of the header's {len(header)} columns")
+            raise UserError(f"{path}, line {line}: {len(row)} of the header's {len(header)} tab-separated fields")
         texts += [row[i].strip() for i in columns if row[i].strip()]
     return texts
 
@@ -108,6 +102,24 @@ def check_same_shape(state_path: Path, first: dict, now: dict) -> None:
                         "repeat the first run's flags, or drop --resume / pick another --out to start over")
 
 
+def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
+    """The saved run's record with this run's flags, after checking they shape the same model. A state
+    from before records were kept has none: its flags cannot be checked (said on stderr), and its
+    pre-fit MSE is read from the config.json the earlier run wrote, when there is one."""
+    from ..torch_ref import train
+
+    saved = train.saved_record(state_path)
+    if "flags" in saved:
+        check_same_shape(state_path, saved["flags"], record["flags"])
+    else:
+        print(f"mabert-hw: warning: {state_path} records no flags (an older run): cannot check that "
+              f"{', '.join(SHAPING_FLAGS)} match it", file=sys.stderr)
+    if "prefit_mse" not in saved and config_path.exists():
+        earlier = json.loads(config_path.read_text()).get("conversion", {})
+        saved = saved | {k: earlier[k] for k in ("prefit_mse",) if k in earlier}
+    return saved | record
+
+
 def target_variant(args):
     ma = replace(VARIANTS["ma"], softmax_input=args.softmax_input, softmax_hidden=args.softmax_hidden,
                  share_softmax=args.share_softmax)
@@ -131,9 +143,7 @@ def run(args) -> int:
     resuming = args.resume and state_path.exists()
     record = {"flags": shaping_flags(args)}
     if resuming:
-        saved = train.saved_record(state_path)
-        check_same_shape(state_path, saved.get("flags", {}), record["flags"])
-        record = saved | record
+        record = resumed_record(state_path, out / "config.json", record)
     texts = read_corpus(args.data)
     ck = checkpoint.load(args.ckpt)
     weights = ck.require_weights("convert")

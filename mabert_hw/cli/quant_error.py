@@ -83,4 +83,3 @@ def run(args) -> int:
 
         plot_tensor_errors(rows, args.plot)
     return 0
-

@@ -2,13 +2,11 @@
 
 STS-B: sentence pairs scored 0..5; metric Spearman x 100 of cosine(mean-pooled vectors) vs gold.
 SST-2: `sentence<TAB>label`; metric accuracy x 100 of a classifier's argmax.
-The TSVs are read with quoting OFF (stray quotes in STS-B dev break default CSV parsing).
+The TSVs are read by inputs.read_tsv (quoting off: stray quotes in STS-B dev break default CSV parsing).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -20,7 +18,7 @@ import numpy as np
 from ..backends import Backend
 from ..checkpoint import Checkpoint
 from ..errors import UserError
-from ..inputs import Batch, read_utf8, tokenize
+from ..inputs import Batch, read_tsv, tokenize
 from ..model import forward
 
 TASK_FILES = {"stsb": "glue/STS-B/dev.tsv", "sst2": "glue/SST-2/dev.tsv"}
@@ -51,11 +49,7 @@ def resolve(path: str | Path, task: str) -> Path:
 
 def _rows(path: Path, limit: int | None) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and up to `limit` data rows, each with its line number; blank lines are skipped."""
-    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(reader, None)
-    if header is None:
-        raise UserError(f"{path} is empty: expected a header line")
-    rows = ((reader.line_num, row) for row in reader if row)
+    header, rows = read_tsv(path)
     return header, list(itertools.islice(rows, limit))
 
 
@@ -78,7 +72,7 @@ def _score(path: Path, line: int, text: str) -> float:
     except ValueError:
         score = math.nan
     if not math.isfinite(score):
-        raise UserError(f"{path}, line {line}: score {text!r} is not a number")
+        raise UserError(f"{path}, line {line}: score {text!r} is not a finite number")
     return score
 
 

@@ -193,6 +193,9 @@ def from_dict(values: dict, where: str = "config") -> QuantConfig:
     rules = _rules(values.pop("rule", []), where)
     residual_bits = values.pop("residual_bits", None)
     residual_granularity = values.pop("residual_granularity", "tensor")
+    selectors = [key for key in ("kind", "name") if key in values]
+    if selectors:
+        raise UserError(f"{where}: {' and '.join(selectors)} select ops inside a [[rule]] table, not at the top level")
     _check(values, where)
     for i, rule in enumerate(rules):
         _check(rule, f"{where} rule {i + 1}")
