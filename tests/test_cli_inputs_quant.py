@@ -46,6 +46,8 @@ def _sweep(data_dir, grid, out, *extra) -> int:
     ("residual_bits = 24\n", "residual_bits", "expected an integer 2..23"),  # float32 carries codes to 23 bits
     ("[[rule]]\nkind = 3\n", "kind", "expected a string"),
     ('kind = "linear"\nact_bits = 16\n', "kind", "inside a [[rule]] table"),
+    ("group_size = 0\n", "group_size", "at least 1"),
+    ("seed = -1\n", "seed", "at least 0"),
 ])
 def test_config_values_of_the_wrong_type_name_file_and_key(tmp_path, text, key, expected):
     path = tmp_path / "q.toml"
