@@ -9,7 +9,8 @@
 - `flops` = 2 * MACs + the number of elementwise primitives (every primitive counts as one FLOP);
   `gemm_flops` = 2 * MACs of the matrix products (kinds linear and matmul) alone, the figure torch's
   FlopCounterMode reports; an FFF walk's MACs are dots and axpys of gathered rows, not a GEMM.
-- Params: elements of the parameter operands; an embedding table counts whole.
+- Params: elements of the parameter operands; an embedding table counts whole. An MA softmax
+  approximator at T < n tokens uses, and counts, only the first T of its n inputs and outputs.
 - Bytes at `bytes_per_element`: activation bytes = inputs read + output written; weight bytes =
   parameter elements read (an embedding reads only the gathered rows, B*T*C; an FFF only the
   visited nodes' rows, each once, see fff_walk_counts).
