@@ -71,6 +71,20 @@ def test_gemm_dims_cover_the_counted_macs(spec):
             assert groups == 2 * spec.heads  # one GEMM per (batch, head)
 
 
+def test_gemm_dims_of_bert_layer_in_closed_form():
+    """(G, M, K, N) of each GEMM of a BERT-base layer at B = 2, T = 7 (a swapped M and N would keep the
+    product, and the MACs, but not the cycles of a rectangular array)."""
+    B, T, C, F, H, D = 2, 7, 768, 3072, 12, 64
+    dims = {op.name.removeprefix("encoder.layer.0."): gemm_dims(op)
+            for op in trace(PRESETS["bert-base-uncased"], B, T) if op.name.startswith("encoder.layer.0.")
+            and op.kind in counts.GEMM_KINDS}
+    assert dims["attention.self.query"] == (1, B * T, C, C)
+    assert dims["attention.self.scores"] == (B * H, T, D, T)  # Q (T, D) x K^T (D, T)
+    assert dims["attention.self.context"] == (B * H, T, T, D)  # P (T, T) x V (T, D)
+    assert dims["intermediate.dense"] == (1, B * T, C, F)
+    assert dims["output.dense"] == (1, B * T, F, C)
+
+
 def test_matmul_is_one_gemm_per_batch_and_head():
     hw = hardware.load("edge-32x32-int8")
     op = Op("encoder.layer.0.attention.self.scores", "matmul", ((3, 4, 50, 16), (3, 4, 50, 16)), (), (3, 4, 50, 50),
