@@ -36,3 +36,37 @@ def data_dir() -> Path:
     if not DATA_DIR.exists():
         pytest.skip(f"shared data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+TINY_TEACHER = ModelSpec("tiny-teacher", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=40,
+                         max_positions=64)  # a baseline BERT small enough to convert in seconds
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory, minilm):
+    """TINY_TEACHER with random weights and MiniLM's vocabulary, saved as a HF checkpoint directory."""
+    import json
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from mabert_hw.weights import random_weights
+
+    out = tmp_path_factory.mktemp("teacher")
+    save_file(random_weights(TINY_TEACHER, seed=5), str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": TINY_TEACHER.vocab_size, "hidden_size": TINY_TEACHER.hidden,
+        "num_hidden_layers": TINY_TEACHER.layers, "num_attention_heads": TINY_TEACHER.heads,
+        "intermediate_size": TINY_TEACHER.intermediate, "max_position_embeddings": TINY_TEACHER.max_positions}))
+    shutil.copy(minilm.tokenizer_dir / "vocab.txt", out / "vocab.txt")
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A few sample texts, one per line, and a WikiText heading (which convert skips)."""
+    from mabert_hw.inputs import SAMPLE_TEXTS
+
+    path = tmp_path_factory.mktemp("data") / "texts.txt"
+    path.write_text("\n".join(SAMPLE_TEXTS * 3) + "\n = Heading = \n")
+    return path

@@ -3,38 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-from safetensors.numpy import save_file
 
 from mabert_hw.cli import main
-from mabert_hw.inputs import SAMPLE_TEXTS
-from mabert_hw.spec import ModelSpec
-from mabert_hw.weights import random_weights
 
-TINY = ModelSpec("tiny-teacher", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=40, max_positions=64)
 SMALL = ["--softmax-input", "32", "--softmax-hidden", "8", "--max-len", "24", "--batch", "2", "--prefit-steps", "2"]
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, minilm):
-    out = tmp_path_factory.mktemp("teacher")
-    save_file(random_weights(TINY, seed=5), str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps({
-        "model_type": "bert", "vocab_size": TINY.vocab_size, "hidden_size": TINY.hidden,
-        "num_hidden_layers": TINY.layers, "num_attention_heads": TINY.heads,
-        "intermediate_size": TINY.intermediate, "max_position_embeddings": TINY.max_positions}))
-    shutil.copy(minilm.tokenizer_dir / "vocab.txt", out / "vocab.txt")
-    return out
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "texts.txt"
-    path.write_text("\n".join(SAMPLE_TEXTS * 3) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

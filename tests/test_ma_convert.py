@@ -3,49 +3,26 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
-import pytest
 import torch
-from safetensors.numpy import save_file
 
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cli import main
 from mabert_hw.inputs import SAMPLE_TEXTS, tokenize
 from mabert_hw.model import forward
-from mabert_hw.spec import ModelSpec
 from mabert_hw.torch_ref.hf import hf_forward, hf_model
 from mabert_hw.torch_ref.ma_bert import MABertModel, load_official
 from mabert_hw.weights import random_weights
 
+from .conftest import TINY_TEACHER
 from .tolerances import REFERENCE_VS_TORCH_ATOL
 
-TINY = ModelSpec("tiny-teacher", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=40, max_positions=64)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, minilm):
-    out = tmp_path_factory.mktemp("teacher")
-    save_file(random_weights(TINY, seed=5), str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps({
-        "model_type": "bert", "vocab_size": TINY.vocab_size, "hidden_size": TINY.hidden,
-        "num_hidden_layers": TINY.layers, "num_attention_heads": TINY.heads,
-        "intermediate_size": TINY.intermediate, "max_position_embeddings": TINY.max_positions}))
-    shutil.copy(minilm.tokenizer_dir / "vocab.txt", out / "vocab.txt")
-    return out
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "texts.txt"
-    path.write_text("\n".join(SAMPLE_TEXTS * 3) + "\n = Heading = \n")
-    return path
 
 
 def test_baseline_torch_module_matches_hf():
-    spec = TINY
+    spec = TINY_TEACHER
     weights = random_weights(spec, seed=1)
     batch = tokenize_random(spec)
     ours = load_official(spec, weights)
