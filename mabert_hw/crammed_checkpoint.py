@@ -147,7 +147,8 @@ def parse_arch(config: dict) -> CrammedArch:
             intermed_size=whole("intermed_size"), depth=whole("intermed_depth") if ffn == "fff" else 0,
             activation=ACTIVATIONS[nonlin], positions=require("embedding.pos_embedding", POSITION_KINDS),
             max_positions=whole("embedding.max_seq_length"), qkv_bias=bool(get("attention.qkv_bias")),
-            use_bias=bool(get("use_bias")), vocab_size=None if vocab is None else whole_number(vocab, "arch.embedding.vocab_size"),
+            use_bias=bool(get("use_bias")),
+            vocab_size=None if vocab is None else whole_number(vocab, "arch.embedding.vocab_size"),
         )
     except (TypeError, ValueError) as error:
         raise UserError(f"crammed config has a bad value: {error}") from None
