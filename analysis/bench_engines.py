@@ -36,6 +36,7 @@ from mabert_hw import checkpoint
 from mabert_hw.bench.profile import FAST_CALL_MEANING, numpy_gemm_gflops, time_by_call
 from mabert_hw.bench.timing import bench, blas_kernels, machine_threads
 from mabert_hw.inputs import random_batch
+from mabert_hw.machine import cpu_model
 from mabert_hw.report import engine_plots
 from mabert_hw.report.tables import csv_table, markdown_table
 from mabert_hw.spec import PRESETS
@@ -52,6 +53,7 @@ FIRST_CALL = textwrap.dedent("""
     t0 = time.perf_counter()
     from mabert_hw import checkpoint
     from mabert_hw.inputs import random_batch
+from mabert_hw.machine import cpu_model
     ck = checkpoint.load("minilm")
     batch = random_batch(ck.spec, 8, 128)
     t1 = time.perf_counter()
@@ -117,19 +119,6 @@ def run(repeat: int, base_repeat: int, shapes) -> dict:
     record["load_after"] = os.getloadavg()
     record["blas"] = blas_kernels()
     return record
-
-
-def cpu_model() -> str:
-    """The processor's model name (Linux /proc/cpuinfo), or the platform's word for it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def targets(record: dict) -> list[dict]:

@@ -44,6 +44,7 @@ from mabert_hw.fff_bench import DENSE_FFS, Problem, implementations, random_fff
 from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_copy
 from mabert_hw.kernels.fff import FASTMATH, GROUP, L2_BYTES, ZERO, _accumulate, _child, _dot, fff_apply
 from mabert_hw.kernels.threads import set_threads
+from mabert_hw.machine import describe
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "fff"
 PAPER_SPEEDUP = 78  # UltraFastBERT's CPU claim, the target
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
     meta = {"command": "python analysis/fff_floor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M"), "load_average": [round(v, 2) for v in os.getloadavg()],
-            "problem": vars(args) | {"out": str(args.out)}, "blas": blas_kernels(), "rows": rows}
+            "problem": vars(args) | {"out": str(args.out)}, "machine": describe(), "blas": blas_kernels(), "rows": rows}
     (args.out / "floor.json").write_text(json.dumps(meta, indent=1))
     for row in rows:
         print(f"{row['threads']} {row['piece']:36s} {row['median_ms']:8.2f} ms {row['ns_per_token_per_core']:7.0f} "

@@ -68,6 +68,7 @@ def test_bench_ffn_runs_small_and_reports_json(capsys):
     assert set(report["cpu_seconds"]) == names and all(len(s) == 1 for s in report["cpu_seconds"].values())
     assert report["fff_numba_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
     assert report["dense_fast_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]  # which CPU the record is from
     assert main(["bench-ffn", "--depth", "40"]) == 2
 
 

@@ -48,6 +48,7 @@ def run(args) -> int:
     from ..bench.timing import blas_kernels
     from ..fff_bench import Problem, check_agreement, implementations, summarize, time_interleaved
     from ..kernels.threads import set_threads
+    from ..machine import describe
 
     if not 0 <= args.depth <= MAX_DEPTH:
         raise UserError(f"--depth must be 0..{MAX_DEPTH}, got {args.depth}")
@@ -66,8 +67,8 @@ def run(args) -> int:
     seconds, cpu_seconds = time_interleaved(impls, args.rounds,
                                             progress=lambda it: tqdm(it, desc="rounds", leave=False))
     rows = summarize(problem, seconds, cpu_seconds)
-    facts = {"problem": problem.__dict__, "threads": threads, "blas": blas_kernels(), "rounds": args.rounds,
-             "load_avg_before": load_before, "load_avg_after": _load(),
+    facts = {"problem": problem.__dict__, "machine": describe(), "threads": threads, "blas": blas_kernels(),
+             "rounds": args.rounds, "load_avg_before": load_before, "load_avg_after": _load(),
              "mac_ratio": problem.mac_ratio(), "walk": problem.walk(),
              "fff_numba_vs_numpy_maxdiff": maxdiff, "dense_fast_vs_numpy_maxdiff": dense_maxdiff}
     if args.format == "json":

@@ -2,8 +2,8 @@
 node one dot product with the node's w_in row (it picks the branch) and one axpy of its w_out
 column into the output (WalkLayout holds both as contiguous rows).
 
-The machine (lscpu, and rates measured on it; reports/fff/README.md): AMD EPYC Zen 5, 2 cores at
-~3.7 GHz with AVX-512, L1d 48 KiB and L2 1 MiB per core, L3 32 MiB. Vectorised reads run at
+The rates below were measured on a 2-core AMD EPYC Zen 5 VM (reports/fff/README.md has its records
+and those of two other machines): ~3.7 GHz with AVX-512, L1d 48 KiB and L2 1 MiB per core, L3 32 MiB. Vectorised reads run at
 ~130 GB/s per core from L2, 94 from 4 MiB, 75 from 16 MiB and ~40 from DRAM (46 GB/s for both cores).
 
 Roofline at C = C_out = 768, depth 11, 16384 tokens (196,608 visits), measured piece by piece on
@@ -55,12 +55,12 @@ from __future__ import annotations
 
 import math
 import weakref
-from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
 
 from ..fff import WalkLayout, aligned_empty, walk_layout
+from ..machine import cache_bytes
 from .cache_hints import READ, WRITE, line_aligned_row, prefetch_row_to_l2, stream_copy, streamable
 from .rows import GELU, _activate
 
@@ -78,29 +78,14 @@ PREFETCH_GROUPS_AHEAD = 2  # x (and, unless streamed, y) rows asked for two grou
 # are used: more than a DRAM latency (two threads: 9.3 ms one group ahead, 9.1 two, 9.1 four)
 ROWS_PER_PASS = 4  # w_out rows summed into y per pass over y (see _accumulate)
 
-
-def l2_cache_bytes() -> int:
-    """One core's L2 (Linux sysfs: cpu0's level-2 data or unified cache), else L2_FALLBACK_BYTES."""
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            level = (index / "level").read_text().strip()
-            kind = (index / "type").read_text().strip()
-            size = (index / "size").read_text().strip()
-        except OSError:
-            continue
-        if level == "2" and kind in ("Data", "Unified") and size[:-1].isdigit():
-            return int(size[:-1]) * {"K": 1024, "M": 1024 ** 2}.get(size[-1], 1)
-    return L2_FALLBACK_BYTES
-
-
-L2_BYTES = l2_cache_bytes()
+L2_BYTES = cache_bytes(2) or L2_FALLBACK_BYTES
 SUBTREE_BYTES = int(SUBTREE_L2_SHARE * L2_BYTES)
 
 
-def subtree_levels(row_bytes: int, cache_bytes: int = SUBTREE_BYTES) -> int:
+def subtree_levels(row_bytes: int, budget_bytes: int = SUBTREE_BYTES) -> int:
     """Levels L of the deepest subtree whose 2^L - 1 nodes (row_bytes each, w_in + w_out) fit in
-    `cache_bytes` (at least 1). 768 + 768 floats (6 KiB) in half of a 1 MiB L2: 6 levels, 378 KiB."""
-    return max(1, int(math.log2(cache_bytes // row_bytes + 1)))
+    `budget_bytes` (at least 1). 768 + 768 floats (6 KiB) in half of a 1 MiB L2: 6 levels, 378 KiB."""
+    return max(1, int(math.log2(budget_bytes // row_bytes + 1)))
 
 
 @njit(inline="always", fastmath=FASTMATH)
