@@ -3,8 +3,9 @@ node one dot product with the node's w_in row (it picks the branch) and one axpy
 column into the output (WalkLayout holds both as contiguous rows).
 
 The rates below were measured on a 2-core AMD EPYC Zen 5 VM (reports/fff/README.md has its records
-and those of two other machines): ~3.7 GHz with AVX-512, L1d 48 KiB and L2 1 MiB per core, L3 32 MiB. Vectorised reads run at
-~130 GB/s per core from L2, 94 from 4 MiB, 75 from 16 MiB and ~40 from DRAM (46 GB/s for both cores).
+and those of two other machines): ~3.7 GHz with AVX-512, L1d 48 KiB and L2 1 MiB per core, L3
+32 MiB. Vectorised reads run at ~130 GB/s per core from L2, 94 from 4 MiB, 75 from 16 MiB and ~40
+from DRAM (46 GB/s for both cores).
 
 Roofline at C = C_out = 768, depth 11, 16384 tokens (196,608 visits), measured piece by piece on
 one core (768-float rows, x in L1):
