@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
+from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.eval.sweep import Job, config_key, done_keys, prepare_calibration, run_sweep
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "int8"
-CACHE = Path.home() / ".cache" / "mabert-hw"
 RES16 = {"residual_bits": 16}
 CHANNEL = {"residual_granularity": "channel"}  # 8-bit residual stream, one scale per hidden unit
 RESIDUAL_GEMMS = "encoder.layer.*.output.dense"  # the GEMMs feeding the residual adders: attention.output.dense too
@@ -104,7 +104,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     ck = checkpoint.load("minilm")
     dev = str(Path(args.data) / "glue/STS-B/dev.tsv")
-    calibration = str(prepare_calibration(ck, "stsb", dev, CACHE))
+    calibration = str(prepare_calibration(ck, "stsb", dev, CACHE_ROOT))
 
     reference_csv = OUT / "fp32.csv"
     if not reference_csv.exists():

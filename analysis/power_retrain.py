@@ -27,13 +27,14 @@ from tqdm import tqdm
 
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
+from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.power import parse_retention
 from mabert_hw.power_search import encode, predict, subset_flops
 from mabert_hw.torch_ref.hf import hf_model
 from mabert_hw.torch_ref.power_bert import PowerBert, train
 
-CACHE = Path.home() / ".cache" / "mabert-hw" / "power-retrained"
+CACHE = CACHE_ROOT / "power-retrained"
 
 
 def retrained(ck, retention, args) -> tuple[checkpoint.Checkpoint, dict]:
@@ -61,7 +62,7 @@ def retrained(ck, retention, args) -> tuple[checkpoint.Checkpoint, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("schedules", nargs="+", help="retention configurations, L1,..,LL")
-    parser.add_argument("--ckpt", default=str(Path.home() / ".cache/mabert-hw/minilm-sst2"))
+    parser.add_argument("--ckpt", default=str(CACHE_ROOT / "minilm-sst2"))
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=16)

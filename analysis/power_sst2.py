@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
+from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.model import forward
 from mabert_hw.power_search import (Scorer, as_record, choose, encode, frontier, geometric_search,
@@ -43,14 +44,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_SST2 = {"baseline": 93.0, "power": 92.1, "speedup": 2.4}
 TRAIN_PHRASES = 67349  # SST-2 train.tsv (GLUE): labelled phrases
 FINETUNE_SEED = 0  # analysis/finetune_sst2.py's default seed: its training phrases are a prefix of this permutation
-SOFT_CACHE = Path.home() / ".cache" / "mabert-hw" / "power-soft"
+SOFT_CACHE = CACHE_ROOT / "power-soft"
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=("all", "soft"), default="all")
     parser.add_argument("--soft-cache", type=Path, default=SOFT_CACHE)
-    parser.add_argument("--ckpt", default=str(Path.home() / ".cache/mabert-hw/minilm-sst2"))
+    parser.add_argument("--ckpt", default=str(CACHE_ROOT / "minilm-sst2"))
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert")
     parser.add_argument("--engine", default="fast")

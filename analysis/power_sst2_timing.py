@@ -15,6 +15,7 @@ from power_sst2 import ROOT, speedups
 
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
+from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.power import parse_retention
 from mabert_hw.power_search import encode
@@ -23,7 +24,7 @@ from mabert_hw.power_search import encode
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("schedules", nargs="+", help="retention configurations, L1,..,LL")
-    parser.add_argument("--ckpt", default=str(Path.home() / ".cache/mabert-hw/minilm-sst2"))
+    parser.add_argument("--ckpt", default=str(CACHE_ROOT / "minilm-sst2"))
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
     parser.add_argument("--engine", default="fast")
     parser.add_argument("--threads", type=int, default=1)

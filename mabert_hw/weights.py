@@ -7,6 +7,8 @@ Linear weights keep torch's (out_features, in_features) layout.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from .fff import FFF_PREFIX, fff_shapes
@@ -96,3 +98,13 @@ def random_weights(spec: ModelSpec, seed: int = 0, std: float = 0.02) -> Weights
         offset = 1.0 if key.endswith(("LayerNorm.weight", "readout.scale")) else 0.0
         weights[key] = (offset + rng.normal(0.0, std, shape)).astype(np.float32)
     return weights
+
+
+def weights_digest(weights: Weights) -> str:
+    """16 hex digits naming these arrays' names and bytes: a cache key that two checkpoints in folders
+    of the same name (runA/model, runB/model) do not share."""
+    digest = hashlib.blake2b(digest_size=8)
+    for key in sorted(weights):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(weights[key]).view(np.uint8))
+    return digest.hexdigest()

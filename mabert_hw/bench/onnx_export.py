@@ -8,31 +8,20 @@ exporter needs onnxscript, which the project does not install.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
-import numpy as np
-
+from ..cache import CACHE_ROOT, file_safe
 from ..spec import ModelSpec
-from ..weights import Weights
+from ..weights import Weights, weights_digest
 
-CACHE_DIR = Path.home() / ".cache" / "mabert-hw" / "onnx"
+CACHE_DIR = CACHE_ROOT / "onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17  # LayerNormalization is a standard op from opset 17
 
 
-def weights_digest(weights: Weights) -> str:
-    digest = hashlib.blake2b(digest_size=8)
-    for key in sorted(weights):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(weights[key]).view(np.uint8))
-    return digest.hexdigest()
-
-
 def onnx_path(spec: ModelSpec, weights: Weights, batch: int, seq_len: int) -> Path:
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)
-    return CACHE_DIR / f"{name}-b{batch}-t{seq_len}-{weights_digest(weights)}.onnx"
+    return CACHE_DIR / f"{file_safe(spec.name)}-b{batch}-t{seq_len}-{weights_digest(weights)}.onnx"
 
 
 def export_onnx(spec: ModelSpec, weights: Weights, batch: int, seq_len: int) -> Path:

@@ -14,7 +14,6 @@ from ..inputs import read_tsv, read_utf8
 from ..spec import VARIANTS
 from .common import add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float, positive_int
 
-CACHE = Path.home() / ".cache" / "mabert-hw"
 SHAPING_FLAGS = ("--softmax-input", "--softmax-hidden", "--share-softmax", "--only")  # a resumed run must repeat them
 
 

@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 from .. import checkpoint
+from ..cache import CACHE_ROOT
 from .common import add_checkpoint, output_file, positive_int, warn_unmatched_rules
-
-CACHE = Path.home() / ".cache" / "mabert-hw"
 
 
 def register(subparsers) -> None:
@@ -55,7 +54,7 @@ def run(args) -> int:
     todo = [p for p in points if config_key(p) not in done]
     print(f"{len(points)} configurations, {len(points) - len(todo)} already done", flush=True)
     if todo:
-        calibration = str(prepare_calibration(ck, args.task, data, CACHE))
+        calibration = str(prepare_calibration(ck, args.task, data, CACHE_ROOT))
         jobs = [Job(args.ckpt, args.task, data, args.limit, p, calibration) for p in todo]
         run_sweep(jobs, out, args.workers, args.scheduler, progress=lambda it: tqdm(it, total=len(jobs), desc="sweep"))
     if args.plot:

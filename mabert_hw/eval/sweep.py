@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cache import file_safe
 from ..errors import UserError
 from ..quant import config as qconfig
 from ..quant.calibrate import Calibration, calibrate
+from ..weights import weights_digest
 from .tasks import load_sst2, load_stsb, run_batches, sst2_accuracy, stsb_spearman
 
 CALIBRATION_SENTENCES = 128
@@ -162,8 +164,13 @@ def calibration_texts(task: str, data: str | Path, n: int = CALIBRATION_SENTENCE
 
 
 def prepare_calibration(ck, task: str, data: str | Path, cache: Path, seed: int = 0) -> Path:
+    """The calibration of `ck` on `task`'s calibration texts, computed once and cached under `cache`. The
+    file name holds a digest of the weights and the texts, so a model in another folder of the same
+    name, or other data, gets its own file."""
     texts = calibration_texts(task, data)
-    path = cache / f"calibration-{ck.spec.name}-{task}-{len(texts)}-{seed}-v{CALIBRATION_VERSION}.npz"
+    digest = hashlib.blake2b(weights_digest(ck.weights).encode(), digest_size=8)
+    digest.update("\n".join(texts).encode())
+    path = cache / f"calibration-{file_safe(ck.spec.name)}-{task}-{len(texts)}-{seed}-{digest.hexdigest()}-v{CALIBRATION_VERSION}.npz"
     if not path.exists():
         calibrate(lambda b: run_batches(ck, texts, b, batch_size=16), seed).save(path)
     return path

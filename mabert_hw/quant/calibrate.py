@@ -28,6 +28,9 @@ from it on load.
 
 from __future__ import annotations
 
+import os
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,24 +176,32 @@ class Calibration:
             rows = st.row_sample(row_rng)
             if rows is not None:
                 arrays[key + "|rows"] = rows
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **arrays)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")  # a killed save leaves no half file at `path`
+        with open(partial, "wb") as f:  # a file object: np.savez would append .npz to a path
+            np.savez_compressed(f, **arrays)
+        os.replace(partial, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
-        data = np.load(path)
+        try:
+            data = np.load(path)
+            arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise UserError(f"cannot read the calibration file {path} ({error}): delete it and run again") from None
         stats = {}
-        for name in data.files:
+        for name, array in arrays.items():
             key, part = name.rsplit("|", 1)
             st = stats.setdefault(key, TensorStats())
             if part == "range":
-                st.lo, st.hi = (float(v) for v in data[name])
+                st.lo, st.hi = (float(v) for v in array)
             elif part == "channel_range":
-                st.channel_lo, st.channel_hi = data[name]
+                st.channel_lo, st.channel_hi = array
             elif part == "rows":
-                st.rows = [data[name]]
+                st.rows = [array]
             else:
-                st.samples = [data[name]]
+                st.samples = [array]
         return cls(stats)
 
 
