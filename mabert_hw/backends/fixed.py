@@ -8,8 +8,9 @@ paths): quantize_codes, exact_matmul on centred codes against weights quantized 
 cached, requantize_codes; int64 only where the integer engines (tflite, dyadic, integer-only
 non-linearities) need it. Each op quantizes its activation operands with the ranges calibrated for "<op>:in0|in1" and
 writes its result in the format calibrated for "<op>:out" (an op boundary is a requantization to the
-consumer's format, the identity when the formats agree). A tensor never calibrated is quantized with
-its own current range (dynamic quantization). With act_granularity "channel" (config.py) those formats
+consumer's format, the identity when the formats agree). An operand never calibrated is quantized with
+its own current range (dynamic quantization); an output never calibrated is an error, as its format
+must be known before the integer result is produced. With act_granularity "channel" (config.py) those formats
 have one scale and zero point per channel (hidden unit): the residual stream's adds and LayerNorms, and
 a linear's output, whose per-column requantization multiplier takes the per-channel output scale.
 
@@ -132,6 +133,9 @@ class FixedBackend(ReferenceBackend):
         estimate = self.calibration.channel_range if per_channel else self.calibration.range
         span = estimate(f"{self._op[0]}:{slot}", s.calibrator, signed_probe, s.act_symmetric, s.percentile)
         dynamic = span is None
+        if dynamic and x is None:  # an op's output format must be known before its result exists
+            raise ValueError(f"{self._op[0]}:{slot} has no calibrated range: calibrate the model first "
+                             "(quant.calibrate) and pass the Calibration to the FixedBackend")
         if dynamic and per_channel:
             span = channel_range(x)
         elif dynamic:

@@ -122,3 +122,23 @@ def warn_unmatched_rules(config, where: str, spec) -> None:
     ops = [(op.name, op.kind) for op in trace(spec, 1, 2)]
     for rule in unmatched_rules(config, ops):
         print(f"mabert-hw: warning: {where} {rule} matches no op of {spec.name}", file=sys.stderr)
+
+
+def task_backend(engine: str, ck, task: str, data: str):
+    """make_backend(engine) for evaluating `ck` on `task`; the fixed engine needs every op's activation
+    ranges, so it runs the default QuantConfig calibrated on the task's calibration texts (the train
+    split beside the dev file when there is one, as `sweep` does), computed once and cached."""
+    from ..backends import make_backend
+
+    if engine != "fixed":
+        return make_backend(engine)
+    from ..cache import CACHE_ROOT
+    from ..eval.sweep import calibration_source, prepare_calibration
+    from ..eval.tasks import resolve
+    from ..quant.calibrate import Calibration
+
+    file = resolve(data, task)
+    path = prepare_calibration(ck, task, file, CACHE_ROOT)
+    print(f"fixed engine: the default quantization config, calibrated on {calibration_source(file)} "
+          f"(cached in {path})", file=sys.stderr)
+    return make_backend("fixed", calibration=Calibration.load(path))

@@ -9,12 +9,12 @@ from dataclasses import replace
 from tqdm import tqdm
 
 from .. import checkpoint
-from ..backends import BACKENDS, make_backend
+from ..backends import BACKENDS
 from ..errors import UserError
 from ..eval import tasks
 from ..power_search import encode, predict
 from ..report.tables import FORMATS, render
-from .common import add_checkpoint, add_output, emit, positive_int
+from .common import add_checkpoint, add_output, emit, positive_int, task_backend
 from .retention import add_retention_argument, read_retention
 
 
@@ -30,7 +30,9 @@ def register(subparsers) -> None:
     add_checkpoint(parser)
     parser.add_argument("--task", choices=("sst2", "stsb"), required=True)
     parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
-    parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference")
+    parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
+                        help="fixed: the default int8 quantization config, calibrated first on the task's "
+                        "train split (beside the dev file, else the data itself) and cached")
     add_retention_argument(parser)
     parser.add_argument("--seq-len", type=positive_int,
                         help="pad/truncate every text to this many tokens (default: pad each batch to its longest)")
@@ -47,7 +49,7 @@ def run(args) -> int:
     ck = checkpoint.load(args.ckpt)
     ck.require_weights("eval")
     retention = read_retention(args.retention, ck.spec.layers, args.seq_len)
-    backend = make_backend(args.engine)
+    backend = task_backend(args.engine, ck, args.task, args.data)
     started = time.perf_counter()
     if args.task == "sst2":
         task = tasks.load_sst2(args.data, args.limit)

@@ -8,12 +8,12 @@ import json
 from tqdm import tqdm
 
 from .. import checkpoint
-from ..backends import BACKENDS, make_backend
+from ..backends import BACKENDS
 from ..errors import UserError
 from ..eval import tasks
 from ..power_search import Scorer, as_record, choose, encode, frontier, geometric_search, greedy_search
 from ..report.tables import FORMATS, render
-from .common import add_checkpoint, emit, non_negative_float, positive_int
+from .common import add_checkpoint, emit, non_negative_float, positive_int, task_backend
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,9 @@ def register(subparsers) -> None:
                         help="accuracy points allowed to lose (default 1.0)")
     parser.add_argument("--out", metavar="CONFIG.json", help="write the chosen configuration and frontier here")
     parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both")
-    parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference")
+    parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
+                        help="fixed: the default int8 quantization config, calibrated first on the task's "
+                        "train split (beside the dev file, else the data itself) and cached")
     parser.add_argument("--seq-len", type=positive_int, default=64,
                         help="padded length N (default 64, the paper's SST-2 N)")
     parser.add_argument("--limit", type=positive_int, default=400, help="dev examples scored (default 400)")
@@ -48,7 +50,7 @@ def run(args) -> int:
     task = tasks.load_sst2(args.data, args.limit)
     batches = encode(ck, task.sentences, args.seq_len, args.batch_size)
     bar = tqdm(desc="schedules scored", unit="schedule")
-    scorer = Scorer(ck, task.labels, batches, make_backend(args.engine), progress=lambda s: bar.update(1))
+    scorer = Scorer(ck, task.labels, batches, task_backend(args.engine, ck, "sst2", args.data), progress=lambda s: bar.update(1))
     baseline = scorer(None, "baseline")
     if args.method in ("geometric", "both"):
         geometric_search(scorer, args.seq_len)
