@@ -8,6 +8,7 @@ import json
 import pytest
 
 from mabert_hw.cli import build_parser, main
+from mabert_hw.cost.counts import trace
 from mabert_hw.errors import UserError
 from mabert_hw.eval.sweep import (COLUMNS, append_result, config_key, load_grid, record_path, run_record, run_sweep,
                                   write_run_record)
@@ -168,3 +169,17 @@ def test_resume_help_says_what_the_same_run_is(capsys):
         build_parser().parse_args(["sweep", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "same checkpoint, task, data file (path and contents), --limit and calibration" in help_text
+
+
+def test_group_size_that_splits_no_linear_is_refused_before_the_work(tmp_path, texts, minilm, data_dir, capsys):
+    misfit = "encoder.layer.0.attention.self.query: group_size 100 does not divide its 384 inputs"
+    cfg = tmp_path / "q.toml"
+    cfg.write_text('weight_granularity = "group"\ngroup_size = 100\n')
+    assert main(["quant-error", "minilm", "--config", str(cfg), "--data", str(texts), "--no-sensitivity"]) == 2
+    assert f"error: {cfg}: {misfit} (and " in capsys.readouterr().err
+    grid = _grid(tmp_path, 'weight_granularity = ["group"]\ngroup_size = [32, 100]\n')
+    assert _sweep(data_dir, grid, tmp_path / "o.csv") == 2
+    assert f"error: {grid}: {misfit}" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()  # refused before calibration and before the run record
+    fits = qconfig.from_dict({"weight_granularity": "group", "group_size": 32})
+    assert qconfig.group_misfits(fits, trace(minilm.spec, 1, 2)) == []

@@ -113,15 +113,25 @@ def _replace_whole(path: Path, text: str) -> None:
         raise
 
 
-def warn_unmatched_rules(config, where: str, spec) -> None:
-    """Warn about rules of `config` (read from `where`) that match no op of the model: most likely a typo
-    in a name glob, which would otherwise leave the result silently equal to the config without the rule."""
+def check_configs_for_model(configs, where: str, spec) -> None:
+    """Check quantization configs (read from `where`) against the model's ops before any work: a rule
+    that matches no op gets a warning (most likely a typo in a name glob, which would otherwise leave
+    the result silently equal to the config without the rule); per-group weights whose group size does
+    not divide a linear's inputs are refused."""
     from ..cost.counts import trace
-    from ..quant.config import unmatched_rules
+    from ..quant.config import group_misfits, unmatched_rules
 
-    ops = [(op.name, op.kind) for op in trace(spec, 1, 2)]
-    for rule in unmatched_rules(config, ops):
-        print(f"mabert-hw: warning: {where} {rule} matches no op of {spec.name}", file=sys.stderr)
+    ops = trace(spec, 1, 2)
+    warned = set()
+    for config in configs:
+        for rule in unmatched_rules(config, [(op.name, op.kind) for op in ops]):
+            if rule not in warned:
+                warned.add(rule)
+                print(f"mabert-hw: warning: {where} {rule} matches no op of {spec.name}", file=sys.stderr)
+        misfits = group_misfits(config, ops)
+        if misfits:
+            more = f" (and {len(misfits) - 1} more ops)" if len(misfits) > 1 else ""
+            raise UserError(f"{where}: {misfits[0]}{more}")
 
 
 def task_backend(engine: str, ck, task: str, data: str):

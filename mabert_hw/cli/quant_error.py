@@ -7,7 +7,7 @@ from ..errors import UserError
 from ..inputs import read_texts, tokenize
 from ..model import forward
 from ..report.tables import FORMATS, csv_table, markdown_table, text_table
-from .common import add_checkpoint, add_output, emit, output_file, positive_int, warn_unmatched_rules
+from .common import add_checkpoint, add_output, emit, output_file, positive_int, check_configs_for_model
 
 
 def register(subparsers) -> None:
@@ -48,9 +48,9 @@ def run(args) -> int:
     weights = ck.require_weights("quant-error")
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer")
-    warn_unmatched_rules(config, args.config, ck.spec)
+    check_configs_for_model([config], args.config or "the default config", ck.spec)
     if baseline is not None:
-        warn_unmatched_rules(baseline, args.baseline, ck.spec)
+        check_configs_for_model([baseline], args.baseline, ck.spec)
     texts = read_texts(args.data)[: args.limit]
     batch = tokenize(ck.tokenizer_dir, texts)
     if batch.shape[1] > ck.spec.max_positions:

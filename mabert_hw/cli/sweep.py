@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..cache import CACHE_ROOT
-from .common import add_checkpoint, output_file, positive_int, warn_unmatched_rules
+from .common import add_checkpoint, output_file, positive_int, check_configs_for_model
 
 
 def register(subparsers) -> None:
@@ -49,7 +49,7 @@ def run(args) -> int:
     done = done_keys(out) if args.resume else set()
     data = str(resolve(args.data, args.task))
     ck = checkpoint.load(args.ckpt)
-    warn_unmatched_rules(qconfig.from_dict(points[0]), args.grid, ck.spec)  # the grid's rules are every point's
+    check_configs_for_model([qconfig.from_dict(p) for p in points], args.grid, ck.spec)
     start_record(out, run_record(args.ckpt, ck.spec.name, args.task, data, args.limit), bool(done))
     todo = [p for p in points if config_key(p) not in done]
     print(f"{len(points)} configurations, {len(points) - len(todo)} already done", flush=True)

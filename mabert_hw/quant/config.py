@@ -213,6 +213,20 @@ def unmatched_rules(config: QuantConfig, ops: list[tuple[str, str]]) -> list[str
             for i, rule in enumerate(config.rules) if not any(_matches(rule, name, kind) for name, kind in ops)]
 
 
+def group_misfits(config: QuantConfig, ops) -> list[str]:
+    """The linear ops (backends.base.Op, weights (N, K)) whose per-group weight quantization cannot
+    split their K inputs into groups of config's group_size, described."""
+    misfits = []
+    for op in ops:
+        if op.kind not in GEMM_KINDS or not op.weights:
+            continue
+        s = config.settings(op.name, op.kind)
+        inputs = op.weights[0][-1]
+        if s.quantize and s.weight_granularity == "group" and inputs % s.group_size:
+            misfits.append(f"{op.name}: group_size {s.group_size} does not divide its {inputs} inputs")
+    return misfits
+
+
 def load(path: str | Path) -> QuantConfig:
     try:
         with open(path, "rb") as f:
