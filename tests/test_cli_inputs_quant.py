@@ -183,3 +183,16 @@ def test_group_size_that_splits_no_linear_is_refused_before_the_work(tmp_path, t
     assert not (tmp_path / "o.csv").exists()  # refused before calibration and before the run record
     fits = qconfig.from_dict({"weight_granularity": "group", "group_size": 32})
     assert qconfig.group_misfits(fits, trace(minilm.spec, 1, 2)) == []
+
+
+@pytest.mark.parametrize("requant", ["tflite", "tflite_single"])
+def test_gemmlowp_requantization_of_wide_accumulators_is_refused(tmp_path, texts, minilm, requant, capsys):
+    """gemmlowp multiplies int32 accumulators by a Q31 multiplier; above 2^32 the int64 product wraps."""
+    config = qconfig.from_dict({"requant": requant, "acc_bits": 64})
+    with pytest.raises(UserError, match=rf"requant = '{requant}' multiplies int32 accumulators .*acc_bits = 64"):
+        config.settings("encoder.layer.0.output.dense", "linear")
+    assert qconfig.from_dict({"requant": requant, "acc_bits": 32}).settings("any", "linear").acc_bits == 32
+    cfg = tmp_path / "q.toml"
+    cfg.write_text(f'requant = "{requant}"\nacc_bits = 48\n')
+    assert main(["quant-error", "minilm", "--config", str(cfg), "--data", str(texts), "--no-sensitivity"]) == 2
+    assert "acc_bits = 48 must be at most 32" in capsys.readouterr().err

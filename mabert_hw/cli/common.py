@@ -124,6 +124,8 @@ def check_configs_for_model(configs, where: str, spec) -> None:
     ops = trace(spec, 1, 2)
     warned = set()
     for config in configs:
+        for op in ops:
+            config.settings(op.name, op.kind)  # refuses settings that no op of that kind can run with
         for rule in unmatched_rules(config, [(op.name, op.kind) for op in ops]):
             if rule not in warned:
                 warned.add(rule)

@@ -50,7 +50,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .formats import ACT_GRANULARITIES, GRANULARITIES, ROUNDING_MODES
-from .requant import REQUANT_MODES
+from .requant import INT32_REQUANT_MODES, REQUANT_MODES
 
 CALIBRATORS = ("minmax", "percentile", "mse", "entropy")
 RESIDUAL_KINDS = ("add", "layernorm", "embedding")
@@ -117,6 +117,9 @@ class QuantConfig:
         if s.quantize and s.act_granularity == "channel" and kind not in CHANNEL_ACT_KINDS:
             raise UserError(f"{name} ({kind}): act_granularity = 'channel' is for {', '.join(CHANNEL_ACT_KINDS)} "
                             "ops only (set it by rule or residual_granularity)")
+        if s.quantize and s.requant in INT32_REQUANT_MODES and s.acc_bits > 32:
+            raise UserError(f"{name} ({kind}): requant = {s.requant!r} multiplies int32 accumulators (gemmlowp): "
+                            f"acc_bits = {s.acc_bits} must be at most 32")
         return s
 
     def with_fields(self, **values) -> QuantConfig:
