@@ -40,18 +40,20 @@ def capture(backend: Backend) -> dict[str, np.ndarray]:
 
 
 def real_positions(shape: tuple, token_mask: np.ndarray | None) -> np.ndarray | bool:
-    """Entries of an op output of `shape` that belong to real tokens: (B, T, ...) rows of tokens, and
-    (B, H, T, T) scores / (B, H, T, D) per-head rows with padding queries (and keys) dropped; True (all)
-    for other shapes or without a mask. token_mask: (B, T), 1 for real tokens."""
+    """Entries of an op output of `shape` that belong to real tokens: (B, H, T, T) scores / (B, H, T, D)
+    per-head rows with padding queries (and keys) dropped, and (B, T, ...) rows of tokens; True (all)
+    for other shapes or without a mask. token_mask: (B, T), 1 for real tokens. Every 4-D op output of
+    the forward is per head (the token-major ones are (B, T, C)), so a 4-D shape is read as per head
+    first: with H == T the (B, T, ...) reading would mask heads instead of tokens."""
     if token_mask is None:
         return True
     real = np.asarray(token_mask) > 0  # (B, T)
     B, T = real.shape
-    if len(shape) >= 2 and tuple(shape[:2]) == (B, T):
-        return real.reshape(B, T, *([1] * (len(shape) - 2)))
     if len(shape) == 4 and shape[0] == B and shape[2] == T:
         rows = real[:, None, :, None]  # (B, 1, T, 1)
         return rows & real[:, None, None, :] if shape[3] == T else rows
+    if len(shape) >= 2 and tuple(shape[:2]) == (B, T):
+        return real.reshape(B, T, *([1] * (len(shape) - 2)))
     return True
 
 
