@@ -189,3 +189,29 @@ def test_ma_encoder_runs_all_integer():
     got = run(fixed)
     assert not fixed.float_ops
     assert np.abs(got - ref).max() <= FIXED16_VS_REFERENCE_ATOL
+
+
+@pytest.mark.parametrize("op", ["layernorm", "affine"])
+def test_integer_normalisation_with_a_zero_gain_channel_outputs_its_bias(op):
+    """A channel whose gain (LayerNorm) or scale (folded PowerNorm) is 0 outputs its bias; the others are
+    as accurate as without it (before: its bias codes overflowed and shrank every channel's multiplier)."""
+    from mabert_hw.backends.fixed import FixedBackend
+    from mabert_hw.backends.reference import ReferenceBackend
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (2, 4, 16)).astype(np.float32)
+    bias = np.full(16, 0.5, np.float32)
+    errors = {}
+    for dead in (False, True):
+        gain = np.ones(16, np.float32)
+        gain[3] = 0.0 if dead else 1.0
+
+        def call(backend):
+            return (backend.layernorm("ln", x, gain, bias, 1e-12) if op == "layernorm"
+                    else backend.affine("ln", x, gain, bias))
+
+        fixed = call(FixedBackend(config=qconfig.from_dict({"nonlinear": "integer"}), calibration=calibrate(call)))
+        errors[dead] = np.abs(fixed - call(ReferenceBackend())).max()
+        if dead:
+            assert np.abs(fixed[..., 3] - 0.5).max() < 0.02  # the bias, to an 8-bit output step (~0.02)
+    assert errors[True] <= errors[False] + 1e-6

@@ -146,6 +146,8 @@ def layernorm(x, qp: QParams, gain, bias, eps: float, out: QParams, divide32: bo
     eps_codes, unit, gain = layernorm_constants(C, eps, scale, gain)
     if C * (2 * peak) ** 2 + eps_codes >= 2 ** 63:  # the variance sum must not wrap
         return None
+    if np.any((gain == 0) & (np.asarray(bias) != 0)):  # channels that are their non-zero bias: the reference's
+        return None
     multiplier, bias_codes = dyadic_terms(unit, gain, _scale(out), np.asarray(bias, np.float64))
     dyadic = _dyadic(multiplier, int((1 << LN_FRACTION_BITS) + np.abs(bias_codes.astype(np.float64)).max()), C)
     if dyadic is None:

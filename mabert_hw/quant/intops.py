@@ -136,10 +136,8 @@ def to_common_scale(q: np.ndarray, zero_point, scale) -> tuple[np.ndarray, float
 
 def layernorm_constants(C: int, eps: float, scale: float, gain: np.ndarray) -> tuple[int, float, np.ndarray]:
     """int_layernorm's per-scale constants: (eps in units of the squared input codes, the unit of the
-    normalised codes, the gain with zeros made the tiniest float64 so that its dyadic multiplier exists)."""
-    gain = np.asarray(gain, np.float64)
-    gain = np.where(gain == 0.0, np.finfo(np.float64).tiny, gain)
-    return round(C * eps / scale ** 2), math.sqrt(C) / 2.0 ** LN_FRACTION_BITS, gain
+    normalised codes, the gain as float64; a zero gain's channel is its bias, see requant's dyadic mode)."""
+    return round(C * eps / scale ** 2), math.sqrt(C) / 2.0 ** LN_FRACTION_BITS, np.asarray(gain, np.float64)
 
 
 def int_layernorm(q: np.ndarray, zero_point, scale, gain: np.ndarray, bias: np.ndarray,

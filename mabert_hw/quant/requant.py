@@ -85,9 +85,14 @@ def dyadic_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
 
 def dyadic_terms(x_scale, w_scale, y_scale, bias=None) -> tuple[np.ndarray, np.ndarray | None]:
     """The dyadic mode's real multiplier M = x_s * w_s / y_s and bias codes rint(b / (x_s * w_s)) (None
-    without a bias), w_scale flattened as requantize_codes does."""
+    without a bias), w_scale flattened as requantize_codes does. A channel with w_s = 0 gets M = 0 and
+    bias code 0: its output is the bias alone, which the caller supplies (requantize does)."""
     w_scale = np.asarray(w_scale, np.float64).reshape(-1)
-    bias_codes = None if bias is None else np.rint(np.asarray(bias, np.float64) / (x_scale * w_scale)).astype(np.int64)
+    bias_codes = None
+    if bias is not None:
+        unit = x_scale * w_scale
+        bias_codes = np.rint(np.asarray(bias, np.float64) / np.where(unit == 0, 1.0, unit))
+        bias_codes = np.where(unit == 0, 0.0, bias_codes).astype(np.int64)
     return x_scale * w_scale / y_scale, bias_codes
 
 
@@ -184,5 +189,10 @@ def _integer_engine(acc, mode, x_scale, w_scale, y_scale, bias) -> np.ndarray:
         if bias is not None:
             acc = acc + bias_codes
         m, e = dyadic_fit(multiplier, int(np.abs(acc).max(initial=0)))
-        return shift_round_half_even(acc * m, e)
+        y = shift_round_half_even(acc * m, e)
+        dead = w_scale == 0  # channels whose weight (a LayerNorm gain, a PowerNorm scale) is 0: y = b
+        if bias is not None and np.any(dead):  # in output codes, a constant fixed offline
+            constant = np.rint(np.asarray(bias, np.float64) / np.asarray(y_scale, np.float64)).astype(np.int64)
+            y = np.where(dead, constant, y)
+        return y
     raise ValueError(f"unknown requant mode {mode!r}; modes: {', '.join(REQUANT_MODES)}")
