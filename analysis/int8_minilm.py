@@ -15,6 +15,7 @@ real tokens of the first SQNR_SENTENCES dev sentences), as `mabert-hw quant-erro
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
-from mabert_hw.eval.sweep import Job, config_key, done_keys, prepare_calibration, run_sweep
+from mabert_hw.eval.sweep import (Job, config_key, done_keys, prepare_calibration, recorded_run, run_differences,
+                                  run_record, run_sweep, write_run_record)
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "int8"
@@ -50,6 +52,7 @@ def residual_rules(**fields) -> list[dict]:
     return [{"kind": kind, **fields} for kind in ("add", "layernorm")]
 
 
+DEV_PAIRS = 1500  # GLUE STS-B dev
 BEST = {"calibrator": "percentile"}  # the best 8-bit calibrator on the subset (study.csv, calibrator rows)
 HEADLINE = [
     {"weight_granularity": "channel"},
@@ -107,16 +110,20 @@ def main() -> None:
     calibration = str(prepare_calibration(ck, "stsb", dev, CACHE_ROOT))
 
     reference_csv = OUT / "fp32.csv"
-    if not reference_csv.exists():
-        for limit in (None, args.subset):
-            start = time.perf_counter()
-            metric = stsb_spearman(ck, load_stsb(dev, limit), make_backend("reference"))
-            with open(reference_csv, "a") as f:
-                if f.tell() == 0:
-                    f.write("pairs,metric,seconds\n")
-                f.write(f"{limit or 1500},{metric:.4f},{time.perf_counter() - start:.1f}\n")
+    reference_pairs = {int(row["pairs"]) for row in csv.DictReader(open(reference_csv))} if reference_csv.exists() \
+        else set()
+    for limit in (None, args.subset):  # the fp32 Spearman of each subset the tables compare against
+        if (limit or DEV_PAIRS) in reference_pairs:
+            continue
+        start = time.perf_counter()
+        metric = stsb_spearman(ck, load_stsb(dev, limit), make_backend("reference"))
+        with open(reference_csv, "a") as f:
+            if f.tell() == 0:
+                f.write("pairs,metric,seconds\n")
+            f.write(f"{limit or DEV_PAIRS},{metric:.4f},{time.perf_counter() - start:.1f}\n")
     for name, configs, limit in (("study.csv", STUDY, args.subset), ("headline.csv", HEADLINE, None)):
         out = OUT / name
+        same_run(out, run_record("minilm", ck.spec.name, "stsb", dev, limit))
         done = done_keys(out)
         jobs = [Job("minilm", "stsb", dev, limit, c, calibration) for c in configs if config_key(c) not in done]
         n_jobs = len(jobs)
@@ -124,6 +131,16 @@ def main() -> None:
     if not (OUT / "final_sqnr.csv").exists():
         residual_sqnr(ck, dev, calibration)
     write_report(args.subset)
+
+
+def same_run(out: Path, record: dict) -> None:
+    """Rows already in `out` must come from this run (the same subset, data and calibration): a rerun with
+    another --subset would otherwise keep them under the new subset's title."""
+    recorded = recorded_run(out)
+    if recorded is not None and run_differences(recorded, record):
+        raise SystemExit(f"{out} holds another run's rows ({'; '.join(run_differences(recorded, record))}): "
+                         "move it away or rerun with the same flags")
+    write_run_record(out, record)
 
 
 def residual_sqnr(ck, dev: str, calibration_path: str) -> None:
@@ -222,16 +239,17 @@ def write_report(subset: int) -> None:
               "same pairs.\n"),
              ("Cut to fit ~40 min of the shared 2-core CPU: bits 4, 6, 8, 12, 16 only; accumulator widths and the "
               "bit sweeps with one scheme (percentile, 16-bit residual); integer non-linearities with two "
-              f"calibrators; the scheme study on the first {subset} dev pairs, the headline rows on all 1500.\n")]
+              f"calibrators; the scheme study on the first {subset} dev pairs, the headline rows on all "
+              f"{DEV_PAIRS}.\n")]
     headline = _read("headline.csv")
-    if headline and 1500 in fp32:
-        parts += _targets(headline, fp32[1500])
+    if headline and DEV_PAIRS in fp32:
+        parts += _targets(headline, fp32[DEV_PAIRS])
     for name, title, pairs in (("fp32.csv", "float32 reference", None),
-                               ("headline.csv", "full dev set (1500 pairs)", 1500),
+                               ("headline.csv", f"full dev set ({DEV_PAIRS} pairs)", DEV_PAIRS),
                                ("residual_sqnr.csv", SQNR_TITLE.format(SQNR_SENTENCES), None),
                                ("final_sqnr.csv", FINAL_TITLE.format(SQNR_SENTENCES), None),
                                ("study.csv", f"scheme study (first {subset} pairs)", subset),
-                               ("sweep24.csv", "24-configuration sweep (full dev, `--workers 2`)", 1500)):
+                               ("sweep24.csv", "24-configuration sweep (full dev, `--workers 2`)", DEV_PAIRS)):
         rows = _read(name)
         if rows:
             parts += [f"## {title}\n", markdown_table(_with_delta(rows, fp32.get(pairs) if pairs else None)), ""]
