@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -143,23 +144,43 @@ def soft_extract(args, ck, seq_len: int) -> tuple[tuple[int, ...], dict, list[fl
     return retention, weights, soft_losses, hard_losses
 
 
+def marker_process(running: Path) -> int | None:
+    """The pid in a `running` marker while that process lives; None for a stale marker (its process is gone,
+    e.g. killed before it could remove the marker) or an unreadable one."""
+    try:
+        pid = int(running.read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, owned by another user
+        pass
+    return pid
+
+
 def cached_soft_extract(args, ck) -> tuple[tuple[int, ...], dict, list[float], list[float]]:
     """Step 2, run once and kept in args.soft_cache (weights.npz + run.json) for the main stage."""
     run_file, weights_file = args.soft_cache / "run.json", args.soft_cache / "weights.npz"
-    running = args.soft_cache / "running"  # a `--stage soft` process is at work: wait for it
-    while running.exists() and not run_file.exists():
+    running = args.soft_cache / "running"  # holds the pid of a `--stage soft` process at work: wait for it
+    if not run_file.exists() and (pid := marker_process(running)) is not None:
+        print(f"waiting for the soft-extract process {pid} to finish ({running})")
+    while not run_file.exists() and marker_process(running) is not None:
         time.sleep(10)
     if not run_file.exists():
         args.soft_cache.mkdir(parents=True, exist_ok=True)
-        running.touch()
-        retention, weights, soft_losses, hard_losses = soft_extract(args, ck, args.seq_len)
-        np.savez(weights_file, **weights)
-        run_file.write_text(json.dumps({"retention": list(retention), "soft_losses": soft_losses,
-                                        "hard_losses": hard_losses, "lambda": args.lam, "soft_lr": args.soft_lr,
-                                        "soft_steps": args.soft_steps, "retrain_steps": args.retrain_steps,
-                                        "batch": args.soft_batch,
-                                        "training_texts": training_pool(ck.source, TRAIN_PHRASES)[1]}))
-        running.unlink()
+        running.write_text(str(os.getpid()))
+        try:
+            retention, weights, soft_losses, hard_losses = soft_extract(args, ck, args.seq_len)
+            np.savez(weights_file, **weights)
+            run_file.write_text(json.dumps({"retention": list(retention), "soft_losses": soft_losses,
+                                            "hard_losses": hard_losses, "lambda": args.lam, "soft_lr": args.soft_lr,
+                                            "soft_steps": args.soft_steps, "retrain_steps": args.retrain_steps,
+                                            "batch": args.soft_batch,
+                                            "training_texts": training_pool(ck.source, TRAIN_PHRASES)[1]}))
+        finally:  # a failed run must not leave the main stage waiting on it
+            running.unlink(missing_ok=True)
     run = json.loads(run_file.read_text())
     with np.load(weights_file) as stored:
         weights = checkpoint.check_weights(ck.spec, dict(stored))

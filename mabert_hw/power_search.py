@@ -21,6 +21,7 @@ from .backends import Backend
 from .checkpoint import Checkpoint
 from .cost.counts import count_ops, trace
 from .errors import UserError
+from .eval.tasks import token_limit
 from .inputs import Batch, check_seq_len, tokenize
 from .model import forward
 from .power import geometric_retention
@@ -38,19 +39,21 @@ class Scored:
 
 
 def encode(ck: Checkpoint, sentences: Sequence[str], seq_len: int | None, batch_size: int = 32) -> list[tuple]:
-    """[(row indices, Batch)]: fixed seq_len padding, or length-sorted dynamic padding (seq_len None)."""
+    """[(row indices, Batch)]: fixed seq_len padding, or length-sorted dynamic padding (seq_len None) with
+    each batch cut to token_limit: what the model's positions and an MA approximator take."""
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer")
     if seq_len is not None:
         check_seq_len(ck.spec, seq_len)
     order = np.argsort([len(s) for s in sentences], kind="stable") if seq_len is None else np.arange(len(sentences))
+    limit = seq_len or token_limit(ck.spec)
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         texts = [sentences[i] for i in idx]
         batch = tokenize(ck.tokenizer_dir, texts, seq_len)
-        if batch.shape[1] > ck.spec.max_positions:  # dynamic padding: the longest text is cut to fit
-            batch = tokenize(ck.tokenizer_dir, texts, ck.spec.max_positions)
+        if batch.shape[1] > limit:  # dynamic padding: the longest text is cut to fit
+            batch = tokenize(ck.tokenizer_dir, texts, limit)
         batches.append((idx, batch))
     return batches
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..errors import UserError
-from ..inputs import read_tsv, read_utf8
+from ..inputs import SPECIAL_TOKENS, read_tsv, read_utf8
 from ..spec import VARIANTS
 from .common import add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float, positive_int
 
@@ -98,7 +98,7 @@ def check_same_shape(state_path: Path, first: dict, now: dict) -> None:
               for flag in now if flag in first and first[flag] != now[flag]]
     if differ:
         raise UserError(f"{state_path} was written with other model-shaping flags: {', '.join(differ)}; "
-                        "repeat the first run's flags, or drop --resume / pick another --out to start over")
+                        "repeat the first run's flags, or pick another --out to start over")
 
 
 def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
@@ -127,6 +127,21 @@ def target_variant(args):
             "approximator": replace(base, softmax="mlp", mask="multiplicative")}[args.only]
 
 
+def check_max_len(args) -> None:
+    """--max-len must hold [CLS] and [SEP] (the tokenizer cannot cut below them) and fit the approximator."""
+    if args.max_len < SPECIAL_TOKENS:
+        raise UserError(f"--max-len {args.max_len} leaves no room for [CLS] and [SEP]: give at least {SPECIAL_TOKENS}")
+    if args.max_len > args.softmax_input:
+        raise UserError(f"--max-len {args.max_len} exceeds --softmax-input {args.softmax_input}")
+
+
+def refuse_overwriting_state(state_path: Path, resume: bool) -> None:
+    """A run without --resume would start over and save its first state over the earlier run's."""
+    if state_path.exists() and not resume:
+        raise UserError(f"{state_path} holds an earlier run's knowledge-transfer state: pass --resume to continue "
+                        "it, or choose another --out to start over")
+
+
 def run(args) -> int:
     try:
         from tqdm import tqdm
@@ -135,10 +150,10 @@ def run(args) -> int:
         from ..torch_ref.export import save_ma_dir
     except ImportError as error:
         raise UserError(f"`convert` needs torch and tqdm ({error.name} is not installed)") from None
-    if args.max_len > args.softmax_input:
-        raise UserError(f"--max-len {args.max_len} exceeds --softmax-input {args.softmax_input}")
+    check_max_len(args)
     out = make_output_dir(args.out)
     state_path = out / "train_state.pt"
+    refuse_overwriting_state(state_path, args.resume)
     resuming = args.resume and state_path.exists()
     record = {"flags": shaping_flags(args)}
     if resuming:
@@ -150,6 +165,8 @@ def run(args) -> int:
         raise UserError(f"{ck.source} is not a baseline BERT (variant {ck.spec.variant.describe()})")
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt)")
+    if args.max_len > ck.spec.max_positions:
+        raise UserError(f"--max-len {args.max_len} exceeds the teacher's {ck.spec.max_positions} positions")
     cfg = train.TrainConfig(steps=args.steps, batch=args.batch, max_len=args.max_len, lr=args.lr,
                             prefit_steps=args.prefit_steps, checkpoint_every=args.checkpoint_every, seed=args.seed,
                             max_minutes=args.max_minutes)

@@ -15,7 +15,7 @@ from ..eval import tasks
 from ..power_search import encode, predict
 from ..report.tables import FORMATS, render
 from .common import add_checkpoint, add_output, emit, positive_int, task_backend
-from .retention import add_retention_argument, read_retention
+from .retention import add_retention_argument, read_retention, searched_seq_len
 
 
 def register(subparsers) -> None:
@@ -25,7 +25,10 @@ def register(subparsers) -> None:
         description="Evaluate a checkpoint on a GLUE dev file (or a data root holding glue/SST-2/dev.tsv, "
         "glue/STS-B/dev.tsv). SST-2 needs a classifier (BertForSequenceClassification); STS-B scores "
         "cosine similarity of mean-pooled vectors. --retention applies PoWER-BERT elimination (STS-B "
-        "then pools the tokens the last layer kept).",
+        "then pools the tokens the last layer kept). MA-BERT results depend on padding: as in the official "
+        "code, its softmax approximator also sees the padded keys (score 0), so an MA score depends on "
+        "--seq-len or, with each batch padded to its longest text, on --batch-size and on which texts "
+        "share a batch (baselines do not); the output row records the batch size and the padding.",
     )
     add_checkpoint(parser)
     parser.add_argument("--task", choices=("sst2", "stsb"), required=True)
@@ -35,7 +38,9 @@ def register(subparsers) -> None:
                         "train split (beside the dev file, else the data itself) and cached")
     add_retention_argument(parser)
     parser.add_argument("--seq-len", type=positive_int,
-                        help="pad/truncate every text to this many tokens (default: pad each batch to its longest)")
+                        help="pad/truncate every text to this many tokens (default: the length a --retention "
+                        "CONFIG.json was searched at; else pad each batch to its longest text, cutting texts to "
+                        "min(128, the model's positions, an MA approximator's n) tokens)")
     parser.add_argument("--limit", type=positive_int, help="only the first N examples")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default 32)")
     parser.add_argument("--format", choices=FORMATS, default="table")
@@ -46,16 +51,17 @@ def register(subparsers) -> None:
 def run(args) -> int:
     if args.task == "stsb" and args.seq_len:
         raise UserError("--seq-len applies to --task sst2 (STS-B pads each batch to its longest)")
+    seq_len = args.seq_len or (searched_seq_len(args.retention) if args.task == "sst2" else None)
     ck = checkpoint.load(args.ckpt)
     ck.require_weights("eval")
-    retention = read_retention(args.retention, ck.spec.layers, args.seq_len)
+    retention = read_retention(args.retention, ck.spec.layers, seq_len)
     backend = task_backend(args.engine, ck, args.task, args.data)
     started = time.perf_counter()
     if args.task == "sst2":
         task = tasks.load_sst2(args.data, args.limit)
         if not ck.spec.num_labels:
             raise UserError(f"{ck.source} has no classification head: SST-2 accuracy needs a classifier")
-        batches = encode(ck, task.sentences, args.seq_len, args.batch_size)
+        batches = encode(ck, task.sentences, seq_len, args.batch_size)
         predictions = predict(ck, retention, tqdm(batches, desc="sst2", leave=False), backend)
         metric, value, n = "accuracy", 100.0 * float((predictions == task.labels).mean()), len(task.labels)
     else:
@@ -67,6 +73,12 @@ def run(args) -> int:
     seconds = time.perf_counter() - started
     row = {"checkpoint": ck.source, "task": args.task, "engine": args.engine, "examples": n,
            "retention": "none" if retention is None else ",".join(map(str, retention)),
-           "seq_len": args.seq_len or "dynamic", metric: round(value, 2), "seconds": round(seconds, 2)}
+           "seq_len": seq_len or "dynamic", "batch_size": args.batch_size, "padding": padding_rule(seq_len),
+           metric: round(value, 2), "seconds": round(seconds, 2)}
     emit(render([row], args.format), args.output)
     return 0
+
+
+def padding_rule(seq_len: int | None) -> str:
+    """How the batches were padded: part of an MA-BERT result, whose approximator sees the padded keys."""
+    return "batch-longest" if seq_len is None else f"fixed-{seq_len}"

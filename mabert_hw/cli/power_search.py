@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..eval import tasks
 from ..power_search import Scorer, as_record, choose, encode, frontier, geometric_search, greedy_search
 from ..report.tables import FORMATS, render
-from .common import add_checkpoint, emit, non_negative_float, positive_int, task_backend
+from .common import add_checkpoint, emit, non_negative_float, output_file, positive_int, task_backend
 
 
 def register(subparsers) -> None:
@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
     parser.add_argument("--budget-loss", type=non_negative_float, default=1.0,
                         help="accuracy points allowed to lose (default 1.0)")
-    parser.add_argument("--out", metavar="CONFIG.json", help="write the chosen configuration and frontier here")
+    parser.add_argument("--out", metavar="CONFIG.json", type=output_file,
+                        help="write the chosen configuration and frontier here")
     parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both")
     parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
                         help="fixed: the default int8 quantization config, calibrated first on the task's "
@@ -49,8 +50,9 @@ def run(args) -> int:
         raise UserError(f"{ck.source} has no classification head: power-search needs a classifier")
     task = tasks.load_sst2(args.data, args.limit)
     batches = encode(ck, task.sentences, args.seq_len, args.batch_size)
+    backend = task_backend(args.engine, ck, "sst2", args.data)
     bar = tqdm(desc="schedules scored", unit="schedule")
-    scorer = Scorer(ck, task.labels, batches, task_backend(args.engine, ck, "sst2", args.data), progress=lambda s: bar.update(1))
+    scorer = Scorer(ck, task.labels, batches, backend, progress=lambda s: bar.update(1))
     baseline = scorer(None, "baseline")
     if args.method in ("geometric", "both"):
         geometric_search(scorer, args.seq_len)

@@ -31,29 +31,51 @@ def register(subparsers) -> None:
                         help="stop after this many query rows (default %(default)s)")
     parser.add_argument("--batch", type=positive_int, default=16, help="texts per batch (default %(default)s)")
     parser.add_argument("--pad-to", type=positive_int, nargs="*", default=[64, 128],
-                        help="also pad the first batch to these lengths (padding dependence; default %(default)s); "
-                        "lengths above CKPT's approximator input n or below the batch's own length are skipped "
-                        "with a warning")
+                        help="also pad the first batch to these lengths (padding dependence: KL and argmax "
+                        "agreement of layer 0, mean |p - q| over all layers and all key columns of the padded batch; "
+                        "default %(default)s); lengths above CKPT's approximator input n or its positions, or below "
+                        "the batch's own length, are skipped with a warning")
     parser.add_argument("--by", choices=("layer", "head", "length"), default="layer",
                         help="group the main table by this (default %(default)s)")
     parser.add_argument("--output-dir", help="write CSV/JSON tables and PNG plots here")
     parser.set_defaults(run=run)
 
 
-def approximator_batch(tokenizer_dir: Path, texts: list[str], n: int, length: int | None = None):
-    """Padded to the longest text or to `length`, never wider than the approximator's n inputs."""
+def input_limit(ma_spec, teacher_spec) -> tuple[int, str]:
+    """The widest batch both models take (the approximator's n inputs, each model's positions), and what sets it."""
+    n, positions = ma_spec.variant.softmax_input, min(ma_spec.max_positions, teacher_spec.max_positions)
+    return (n, f"the approximator's n = {n}") if n <= positions else (positions, f"the model's {positions} positions")
+
+
+def approximator_batch(tokenizer_dir: Path, texts: list[str], widest: int, length: int | None = None):
+    """Padded to the longest text or to `length`, never wider than `widest` (input_limit)."""
     batch = tokenize(tokenizer_dir, texts, length)
-    return tokenize(tokenizer_dir, texts, n) if batch.shape[1] > n else batch
+    return tokenize(tokenizer_dir, texts, widest) if batch.shape[1] > widest else batch
 
 
-def padding_lengths(requested: list[int], width: int, n: int) -> list[int]:
-    """The --pad-to lengths that pad the first batch's sentences without cutting them and fit the approximator."""
-    kept = [p for p in requested if width <= p <= n]
+def padding_lengths(requested: list[int], width: int, widest: int, what: str) -> list[int]:
+    """The --pad-to lengths that pad the first batch's sentences without cutting them and fit input_limit."""
+    kept = [p for p in requested if width <= p <= widest]
     for p in requested:
         if p not in kept:
-            why = f"above the approximator's n = {n}" if p > n else f"below the first batch's length {width}"
+            why = f"above {what}" if p > widest else f"below the first batch's length {width}"
             print(f"mabert-hw: warning: --pad-to {p} skipped: {why}", file=sys.stderr)
     return kept
+
+
+def check_teacher_shape(ma_spec, teacher_ck) -> None:
+    """The teacher's score rows feed CKPT's approximators layer by layer and head by head."""
+    differ = [f"{name} {getattr(teacher_ck.spec, name)} (CKPT: {getattr(ma_spec, name)})"
+              for name in ("layers", "heads", "hidden") if getattr(teacher_ck.spec, name) != getattr(ma_spec, name)]
+    if differ:
+        raise UserError(f"teacher {teacher_ck.source} has another shape than CKPT: {', '.join(differ)}; "
+                        "give the checkpoint CKPT was converted from")
+
+
+def padding_table(padding: list[dict]) -> list[dict]:
+    """The printed view of the padding rows: their KL and argmax agreement are layer 0's only."""
+    return [{"padded_to": r["padded_to"], "mean_abs_all_layers": r["mean_abs_all_layers"],
+             "layer0_kl": r["kl"], "layer0_argmax_agree_%": r["argmax_agree_%"]} for r in padding]
 
 
 def run(args) -> int:
@@ -74,19 +96,20 @@ def run(args) -> int:
     if not teacher_ck.spec.variant.is_baseline:
         raise UserError(f"teacher {teacher_ck.source} is not a baseline BERT (variant "
                         f"{teacher_ck.spec.variant.describe()}): give the checkpoint CKPT was converted from")
+    check_teacher_shape(ck.spec, teacher_ck)
     output_dir = make_output_dir(args.output_dir) if args.output_dir else None
     teacher = load_official(teacher_ck.spec, teacher_ck.require_weights("softmax-error"))
     weights = ck.require_weights("softmax-error")
     tokenizer_dir = ck.tokenizer_dir or teacher_ck.tokenizer_dir
     if tokenizer_dir is None:
         raise UserError("neither checkpoint has a tokenizer")
-    texts, n = read_texts(args.data), ck.spec.variant.softmax_input
-    first = approximator_batch(tokenizer_dir, texts[:args.batch], n)
-    padded = [first] + [approximator_batch(tokenizer_dir, texts[:args.batch], n, p)
-                        for p in padding_lengths(args.pad_to, first.shape[1], n)]
+    texts, (widest, what) = read_texts(args.data), input_limit(ck.spec, teacher_ck.spec)
+    first = approximator_batch(tokenizer_dir, texts[:args.batch], widest)
+    padded = [first] + [approximator_batch(tokenizer_dir, texts[:args.batch], widest, p)
+                        for p in padding_lengths(args.pad_to, first.shape[1], widest, what)]
     parts, rows = [], 0
     for start in range(0, len(texts), args.batch):
-        batch = approximator_batch(tokenizer_dir, texts[start:start + args.batch], n)
+        batch = approximator_batch(tokenizer_dir, texts[start:start + args.batch], widest)
         parts.append(se.row_errors(teacher, ck.spec, weights, batch))
         rows += int(batch.attention_mask.sum())
         if rows >= args.max_rows:
@@ -100,8 +123,9 @@ def run(args) -> int:
                         "mean_abs_all_layers": float(e["mean_abs"].mean())})
     print(f"{rows} query rows x {ck.spec.layers} layers x {ck.spec.heads} heads; teacher {teacher_source}")
     print(text_table(table, [c for c in table[0] if c not in COLUMNS] + list(COLUMNS)))
-    print("\npadding dependence (first batch, same sentences):")
-    print(text_table(padding, ["padded_to", "mean_abs_all_layers", "kl", "argmax_agree_%"]))
+    print("\npadding dependence (first batch, same sentences; mean |p - q| over all layers and all key columns "
+          "of the padded batch, KL and argmax agreement of layer 0):")
+    print(text_table(padding_table(padding)))
     if output_dir:
         from ..report.ma_plots import write_softmax_error
 

@@ -20,8 +20,10 @@ from ..checkpoint import Checkpoint
 from ..errors import UserError
 from ..inputs import Batch, read_tsv, tokenize
 from ..model import forward
+from ..spec import ModelSpec
 
 TASK_FILES = {"stsb": "glue/STS-B/dev.tsv", "sst2": "glue/SST-2/dev.tsv"}
+MAX_TOKENS = 128  # texts are cut to at most this many tokens (the official MA-BERT n)
 
 
 @dataclass
@@ -105,25 +107,35 @@ def load_sst2(path: str | Path, limit: int | None = None) -> ClassificationTask:
                               np.array([_label(file, n, _field(file, n, r, 1, "label")) for n, r in rows]))
 
 
+def token_limit(spec: ModelSpec, max_len: int = MAX_TOKENS) -> int:
+    """The most tokens a text keeps: max_len, and no more than the model's positions or, on MA-BERT,
+    the softmax approximator's n inputs (a longer batch would be refused by the forward pass)."""
+    limits = [max_len, spec.max_positions]
+    if spec.variant.softmax == "mlp":
+        limits.append(spec.variant.softmax_input)
+    return min(limits)
+
+
 def length_batches(ck: Checkpoint, texts: Sequence[str], batch_size: int = 32,
-                   max_len: int = 128) -> list[tuple[np.ndarray, Batch]]:
+                   max_len: int = MAX_TOKENS) -> list[tuple[np.ndarray, Batch]]:
     """[(text indices, Batch)]: texts sorted by length in batches of batch_size, each padded to its
-    longest text (truncated to max_len tokens): the batches `run_batches` runs."""
+    longest text (truncated to token_limit(spec, max_len) tokens): the batches `run_batches` runs."""
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer")
+    limit = token_limit(ck.spec, max_len)
     order = np.argsort([len(t) for t in texts], kind="stable")
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx])
-        if batch.shape[1] > max_len:
-            batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx], max_len)
+        if batch.shape[1] > limit:
+            batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx], limit)
         batches.append((idx, batch))
     return batches
 
 
 def run_batches(ck: Checkpoint, texts: Sequence[str], backend: Backend,
-                batch_size: int = 32, max_len: int = 128,
+                batch_size: int = 32, max_len: int = MAX_TOKENS,
                 progress: Callable | None = None) -> list:
     """Forward every text in batches of similar length; results back in input order.
 

@@ -6,6 +6,8 @@ Per (layer, head), over real query rows and the T key columns of the padded batc
 max / mean |p - q|; how often q leaves the simplex (a negative entry; |sum q - 1| > SUM_TOLERANCE);
 KL(p || q~) with q~ = q clipped to >= CLIP_FLOOR and renormalised; argmax agreement; top-k mass
 overlap = p-mass on q's top-k keys / p-mass on p's own top-k keys.
+Mean |p - q| divides by all T columns, padded ones included (p = 0 there): padding the same rows wider
+can lower it while KL rises, so compare it only between batches of one width.
 """
 
 from __future__ import annotations
