@@ -53,7 +53,6 @@ FIRST_CALL = textwrap.dedent("""
     t0 = time.perf_counter()
     from mabert_hw import checkpoint
     from mabert_hw.inputs import random_batch
-from mabert_hw.machine import cpu_model
     ck = checkpoint.load("minilm")
     batch = random_batch(ck.spec, 8, 128)
     t1 = time.perf_counter()

@@ -123,3 +123,15 @@ def test_cli_bench_json_on_a_weightless_config(tmp_path, capsys):
 def test_cli_bench_unknown_engine_is_a_user_error(capsys):
     assert main(["bench", "minilm-l6", "--engines", "fast,tpu"]) == 2
     assert "unknown engine(s) tpu" in capsys.readouterr().err
+
+
+def test_bench_engines_first_call_snippet_is_valid_python():
+    """analysis/bench_engines.py runs FIRST_CALL in a fresh interpreter; a bad indent there stops the study."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "analysis" / "bench_engines.py"
+    spec = importlib.util.spec_from_file_location("bench_engines", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    compile(module.FIRST_CALL, "FIRST_CALL", "exec")
