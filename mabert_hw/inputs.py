@@ -41,7 +41,32 @@ def load_tokenizer(directory: Path):
 
     if (directory / "tokenizer.json").exists():
         return Tokenizer.from_file(str(directory / "tokenizer.json"))
-    return BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)
+    return BertWordPieceTokenizer(str(directory / "vocab.txt"), **word_piece_options(directory))
+
+
+# tokenizer_config.json key -> (BertWordPieceTokenizer option, BertTokenizer's default); a None default
+# (strip_accents) means "follow lowercase", so None is a value the key may also hold.
+WORD_PIECE_KEYS = {
+    "do_lower_case": ("lowercase", True),
+    "tokenize_chinese_chars": ("handle_chinese_chars", True),
+    "strip_accents": ("strip_accents", None),
+}
+
+
+def word_piece_options(directory: Path) -> dict:
+    """A vocab.txt tokenizer's normalisation, read as HF's BertTokenizer reads it: from tokenizer_config.json
+    only (transformers ignores these keys in config.json), with BertTokenizer's defaults for absent keys."""
+    from .checkpoint import read_config
+
+    path = directory / "tokenizer_config.json"
+    config = read_config(path) if path.exists() else {}
+    options = {}
+    for key, (option, default) in WORD_PIECE_KEYS.items():
+        value = config.get(key, default)
+        if not isinstance(value, bool) and not (value is None and default is None):
+            raise UserError(f"{path}: {key} must be true or false, got {value!r}")
+        options[option] = value
+    return options
 
 
 def tokenize(directory: Path, texts: list[str] | tuple[str, ...], seq_len: int | None = None,

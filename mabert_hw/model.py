@@ -95,6 +95,8 @@ def forward(
         attention_mask = np.ones((B, T), np.int64)
     if token_type_ids is None:
         token_type_ids = np.zeros((B, T), np.int64)
+    check_ids(input_ids, spec.vocab_size, "token id", "vocab_size")
+    check_ids(np.asarray(token_type_ids), spec.type_vocab_size, "token type", "type_vocab_size")
 
     def w(key: str):
         return backend.asarray(weights[key])
@@ -127,6 +129,18 @@ def forward(
     done = backend.finished  # backends that defer work (fast) complete what leaves forward
     token_mask = attention_mask if eliminator is None else eliminator.token_mask  # (B, T_L)
     return ForwardResult([done(h) for h in hidden_states], done(pooled), done(logits), done(token_mask))
+
+
+def check_ids(ids: np.ndarray, table_size: int, what: str, config_key: str) -> None:
+    """Ids index an embedding table: past its end NumPy raises IndexError, and a negative id silently
+    reads a row from the end, so both are refused here (as HF refuses them)."""
+    if ids.size == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= table_size:
+        bad = low if low < 0 else high
+        raise UserError(f"{what} {bad} is outside the model's {config_key} (ids 0..{table_size - 1}): "
+                        "do the tokenizer and the checkpoint match?")
 
 
 def embeddings(bk: Backend, spec: ModelSpec, w, input_ids, token_type_ids):

@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
+import numpy as np
 import pytest
-from transformers import BertModel
+import torch
+from transformers import AutoTokenizer, BertForSequenceClassification, BertModel, BertTokenizer
 
+from mabert_hw.checkpoint import minilm_dir
 from mabert_hw.cli import main
 from mabert_hw.cost.counts import count_ops, trace
 from mabert_hw.spec import PRESETS
 from mabert_hw.torch_ref.hf import hf_config
 
 from .conftest import TINY_SPECS
+from .tolerances import REFERENCE_VS_TORCH_ATOL
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -74,24 +79,42 @@ def test_check_minilm_with_texts_file(minilm, tmp_path, capsys):
 
 
 def test_infer_minilm_mean_and_cls(minilm, capsys):
-    code, out, _ = run_cli(capsys, "infer", "minilm", "--text", "hello world", "--text", "a cat", "--format", "json")
-    assert code == 0
-    records = json.loads(out)
-    assert [r["dim"] for r in records] == [384, 384]
-    code, out2, _ = run_cli(capsys, "infer", "minilm", "--text", "hello world", "--pooling", "cls", "--format", "json")
-    assert json.loads(out2)[0]["first_values"] != records[0]["first_values"]
+    """Both poolings against HF's own tokenizer and from_pretrained model on the same directory."""
+    texts = ["hello world", "a cat sits on the mat"]
+    encoded = AutoTokenizer.from_pretrained(minilm_dir())(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = BertModel.from_pretrained(minilm_dir(), attn_implementation="eager")(**encoded).last_hidden_state
+    mask = encoded["attention_mask"][:, :, None].float()
+    expected = {"mean": ((hidden * mask).sum(1) / mask.sum(1)).numpy(), "cls": hidden[:, 0].numpy()}
+    for pooling, vectors in expected.items():
+        code, out, _ = run_cli(capsys, "infer", "minilm", "--text", texts[0], "--text", texts[1],
+                               "--pooling", pooling, "--format", "json")
+        records = json.loads(out)
+        assert code == 0 and [r["dim"] for r in records] == [384, 384]
+        np.testing.assert_allclose([r["first_values"] for r in records], vectors[:, :4],
+                                   atol=REFERENCE_VS_TORCH_ATOL, rtol=0)
+        np.testing.assert_allclose([r["norm"] for r in records], np.linalg.norm(vectors, axis=1),
+                                   atol=REFERENCE_VS_TORCH_ATOL, rtol=0)
 
 
 def test_infer_classifier_prints_probabilities(tmp_path, capsys):
-    from tokenizers.implementations import BertWordPieceTokenizer  # noqa: F401  (vocab file format)
-    from transformers import BertForSequenceClassification
-
-    BertForSequenceClassification(hf_config(TINY_SPECS[0])).save_pretrained(tmp_path)
+    """Softmax of HF's own logits (its tokenizer on the vocab.txt, its from_pretrained model)."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(hf_config(replace(TINY_SPECS[0], num_labels=3)))
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 1.0)  # logits far enough apart that a wrong one shows
+    model.save_pretrained(tmp_path)
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie"]
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
-    code, out, _ = run_cli(capsys, "infer", str(tmp_path), "--text", "good movie", "--format", "json")
-    record = json.loads(out)[0]
-    assert code == 0 and abs(sum(record["probabilities"]) - 1.0) < 1e-5
+    texts = ["good movie", "bad bad movie"]
+    code, out, _ = run_cli(capsys, "infer", str(tmp_path), "--text", texts[0], "--text", texts[1], "--format", "json")
+    encoded = BertTokenizer.from_pretrained(tmp_path)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = BertForSequenceClassification.from_pretrained(tmp_path, attn_implementation="eager")(**encoded).logits
+    expected = torch.softmax(logits, dim=-1).numpy()
+    records = json.loads(out)
+    assert code == 0 and [r["label"] for r in records] == expected.argmax(axis=1).tolist()
+    np.testing.assert_allclose([r["probabilities"] for r in records], expected, atol=REFERENCE_VS_TORCH_ATOL, rtol=0)
 
 
 BAD_INPUTS = [

@@ -75,3 +75,6 @@ SIGNIFICANCE_CUT_MARGIN = 1e-4
 # crammed BERT's sinusoidal position table, NumPy float32 vs torch float32 from the same float32 angles
 # (up to 40 rad in the tests): sin/cos implementations differ by a few ulp of values <= 1 (ulp 6e-8).
 SINUSOID_TABLE_ATOL = 1e-6
+
+# `infer` prints 6 decimals: half a step of rounding plus float32 noise (~1e-7 on the tiny test models).
+INFER_ATOL = 2e-6

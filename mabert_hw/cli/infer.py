@@ -15,13 +15,18 @@ from ..model import forward
 from ..report.tables import text_table
 from .common import add_checkpoint
 
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")  # HF's names
+MULTI_LABEL_THRESHOLD = 0.5  # a label applies when its sigmoid probability exceeds one half
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "infer",
-        help="run the NumPy reference on texts: sentence vectors or class probabilities",
+        help="run the NumPy reference on texts: sentence vectors, class probabilities or regression scores",
         description="Tokenise the texts, run the reference backend and print, per text, the pooled "
-        "sentence vector (its norm and first values) or, for a classifier, the class probabilities.",
+        "sentence vector (its norm and first values) or, for a classifier, what its problem_type makes of "
+        "the logits as HF's loss does: softmax probabilities (single label), sigmoid per label (multi-label) or "
+        "the raw scores (regression, and any one-output head without a problem_type).",
     )
     add_checkpoint(parser)
     parser.add_argument("--text", action="append", required=True, help="a text (repeat for several)")
@@ -52,17 +57,53 @@ def run(args) -> int:
         batch = tokenize(ck.tokenizer_dir, args.text, longest)
     out = forward(ck.spec, weights, batch.input_ids, make_backend("reference"),
                   batch.attention_mask, batch.token_type_ids)
-    records = []
     if out.logits is not None:
-        z = out.logits - out.logits.max(axis=-1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
-        for text, p in zip(args.text, probs):
-            records.append({"text": text, "probabilities": [round(float(v), 6) for v in p],
-                            "label": int(p.argmax())})
+        problem = problem_type(checkpoint_config(args.ckpt), ck.spec.num_labels)
+        records = classifier_records(args.text, out.logits, problem)
     else:
-        vectors = sentence_vectors(out.last_hidden_state, batch.attention_mask, args.pooling)
-        for text, v in zip(args.text, vectors):
-            records.append({"text": text, "dim": int(v.size), "norm": round(float(np.linalg.norm(v)), 6),
-                            "first_values": [round(float(x), 5) for x in v[:4]]})
+        records = vector_records(args.text, sentence_vectors(out.last_hidden_state, batch.attention_mask,
+                                                             args.pooling))
     print(json.dumps(records, indent=2) if args.format == "json" else text_table(records))
     return 0
+
+
+def vector_records(texts: list[str], vectors: np.ndarray) -> list[dict]:
+    return [{"text": text, "dim": int(v.size), "norm": round(float(np.linalg.norm(v)), 6),
+             "first_values": [round(float(x), 5) for x in v[:4]]} for text, v in zip(texts, vectors)]
+
+
+def checkpoint_config(source: str) -> dict:
+    """The config.json of a checkpoint directory ({} for any other source): problem_type is not in the spec."""
+    directory = checkpoint.source_path(source)
+    path = directory / "config.json"
+    return checkpoint.read_config(path) if directory.is_dir() and path.is_file() else {}
+
+
+def problem_type(config: dict, num_labels: int) -> str:
+    """The rule BertForSequenceClassification's loss follows: the config's problem_type when given, else
+    regression for one output and single-label classification for several. (HF's text-classification
+    pipeline would put a sigmoid on a one-output head without problem_type; the raw score loses nothing.)"""
+    declared = config.get("problem_type")
+    if declared is None:
+        return "regression" if num_labels == 1 else "single_label_classification"
+    if declared not in PROBLEM_TYPES:
+        raise UserError(f"unknown problem_type {declared!r} in config.json (known: {', '.join(PROBLEM_TYPES)})")
+    return declared
+
+
+def classifier_records(texts: list[str], logits: np.ndarray, problem: str) -> list[dict]:
+    """Per text: raw scores (regression), sigmoid probabilities and the labels above one half (multi-label),
+    or softmax probabilities and the argmax label (single label)."""
+    if problem == "regression":
+        return [{"text": text, "scores": rounded(row)} for text, row in zip(texts, logits)]
+    if problem == "multi_label_classification":
+        probs = np.exp(-np.logaddexp(0.0, -logits))  # sigmoid without overflow for large |logit|
+        return [{"text": text, "probabilities": rounded(p),
+                 "labels": np.flatnonzero(p > MULTI_LABEL_THRESHOLD).tolist()} for text, p in zip(texts, probs)]
+    z = logits - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+    return [{"text": text, "probabilities": rounded(p), "label": int(p.argmax())} for text, p in zip(texts, probs)]
+
+
+def rounded(values: np.ndarray) -> list[float]:
+    return [round(float(v), 6) for v in values]

@@ -1,28 +1,39 @@
 """Reference backend vs an independent torch model on the same inputs: max |diff| per layer.
 
-BERT checkpoints are compared with HF transformers; MA-BERT ones with torch_ref.ma_bert run on the
+BERT checkpoints are compared with HF transformers in float64 (cli/check.py says why); MA-BERT ones with torch_ref.ma_bert run on the
 weights as stored (unfolded PowerNorm, the approximator as a torch MLP), the reference's folded hidden
 states read back into that basis (fold.read_hidden_states); crammed BERT / UltraFastBERT ones with
 torch_ref.crammed on the state dict as stored."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..backends import make_backend
+from ..checkpoint import Checkpoint
 from ..crammed_checkpoint import CrammedSource
 from ..inputs import Batch
 from ..model import forward
 from ..spec import ModelSpec
 from ..weights import Weights
-from .hf import hf_forward, hf_model
+from .hf import hf_forward, hf_model, hf_pretrained
 
 
-def compare_with_hf(spec: ModelSpec, weights: Weights, batch: Batch) -> list[tuple[str, float]]:
-    """[(label, max |reference - HF|)] for embeddings, each layer, pooler and logits."""
-    ours = forward(spec, weights, batch.input_ids, make_backend("reference"),
+def compare_with_hf(ck: Checkpoint, weights: Weights, batch: Batch, directory: Path) -> list[tuple[str, float]]:
+    """[(label, max |reference - HF|)] for embeddings, each layer, pooler and logits, both in float64. HF
+    is transformers' own from_pretrained of `directory` when the checkpoint has weights there (its config
+    and key renames, not ours), else built from our spec and `weights` (presets, bare configs)."""
+    if ck.weights is not None and directory.is_dir():
+        print(f"HF side: transformers' from_pretrained({directory}), float64")
+        model = hf_pretrained(directory, ck.spec)
+    else:
+        print("HF side: built from the parsed config, float64")
+        model = hf_model(ck.spec, weights)
+    ours = forward(ck.spec, weights, batch.input_ids, make_backend("reference", dtype=np.float64),
                    batch.attention_mask, batch.token_type_ids)
-    return _diffs(spec, ours.hidden_states, ours, hf_forward(hf_model(spec, weights), batch))
+    return _diffs(ck.spec, ours.hidden_states, ours, hf_forward(model.double(), batch))
 
 
 def compare_with_ma_torch(spec: ModelSpec, unfolded: Weights, batch: Batch) -> list[tuple[str, float]]:

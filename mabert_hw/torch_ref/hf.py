@@ -1,11 +1,17 @@
-"""The independent check: a HF transformers BERT built from a ModelSpec and loaded with our Weights."""
+"""The independent check: a HF transformers BERT built from a ModelSpec and loaded with our Weights, or
+loaded by transformers itself from a checkpoint directory."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import (AutoConfig, BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,
+                          BertModel)
+from transformers.utils import logging as hf_logging
 
+from ..errors import UserError
 from ..inputs import Batch
 from ..spec import ModelSpec
 from ..weights import Weights
@@ -44,6 +50,41 @@ def hf_model(spec: ModelSpec, weights: Weights | None = None) -> torch.nn.Module
         missing = [k for k in missing if not k.endswith("position_ids") and "token_type_ids" not in k]
         if missing or unexpected:
             raise ValueError(f"HF model keys differ: missing {missing}, unexpected {unexpected}")
+    return model.eval()
+
+
+# Checkpoints whose head we do not run: transformers loads the class the config names (so its own key
+# renames apply and no weight is left over), and the BertModel body inside is compared.
+BODY_ONLY_HEADS = {"BertForMaskedLM": BertForMaskedLM, "BertForPreTraining": BertForPreTraining}
+
+
+def hf_pretrained(directory: Path, spec: ModelSpec) -> torch.nn.Module:
+    """transformers' own from_pretrained of a checkpoint directory: its config and key renames, not ours, so
+    what checkpoint.py drops or misreads shows as a difference. A classifier (as our spec reads the weights)
+    loads as BertForSequenceClassification, a masked-LM or pre-training checkpoint (as its config names it)
+    as that class's BertModel body, anything else as BertModel; eval mode."""
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per call would clutter the CLI's report
+    options = {"attn_implementation": "eager", "output_loading_info": True}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report of missing keys: refused below in one line
+    try:
+        architectures = AutoConfig.from_pretrained(directory).architectures or []
+        if spec.num_labels:
+            model, info = BertForSequenceClassification.from_pretrained(directory, **options)
+        elif architectures and architectures[0] in BODY_ONLY_HEADS:
+            model, info = BODY_ONLY_HEADS[architectures[0]].from_pretrained(directory, **options)
+            model = model.bert
+        else:
+            model, info = BertModel.from_pretrained(directory, add_pooling_layer=spec.has_pooler, **options)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"transformers cannot load {directory}: {first_line}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # e.g. a training checkpoint's {"state_dict": ...}: HF would run random weights there
+        raise UserError(f"transformers' from_pretrained leaves {len(missing)} weights of {directory} "
+                        f"uninitialised ({missing[0]}, ...): it cannot serve as the independent side of the check")
     return model.eval()
 
 
