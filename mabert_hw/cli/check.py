@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     parser.add_argument("--texts", metavar="FILE", help="one text per line (default: built-in sentences)")
     parser.add_argument("--batch", type=positive_int, default=4, help="number of sequences (default 4)")
     parser.add_argument("--seq-len", type=positive_int,
-                        help="pad/truncate to T tokens (default: longest text, or 64 (at most the model positions) for random ids)")
+                        help="pad/truncate to T tokens (default: longest text, or 64 (at most the model "
+                        "positions) for random ids)")
     parser.add_argument("--atol", type=non_negative_float,
                         help=f"tolerance (default {FLOAT64_ATOL:g} against HF in float64, "
                         f"{FLOAT32_ATOL:g} against the float32 MA-BERT and crammed modules)")
