@@ -2,9 +2,8 @@
 
 BERT checkpoints are compared with HF transformers in float64 (cli/check.py says why); MA-BERT ones
 with torch_ref.ma_bert run on the weights as stored (unfolded PowerNorm, the approximator as a torch
-MLP), the reference's folded hidden
-states read back into that basis (fold.read_hidden_states); crammed BERT / UltraFastBERT ones with
-torch_ref.crammed on the state dict as stored."""
+MLP), the reference's folded hidden states read back into that basis (fold.read_hidden_states);
+crammed BERT / UltraFastBERT ones with torch_ref.crammed on the state dict as stored."""
 
 from __future__ import annotations
 
