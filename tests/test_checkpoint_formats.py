@@ -16,7 +16,8 @@ from transformers import BertConfig, BertForSequenceClassification, BertForToken
 
 from mabert_hw import checkpoint
 from mabert_hw.cli import main
-from mabert_hw.errors import UserError
+
+from .test_checkpoint import error_of
 
 # Written out here rather than derived from our spec, so HF's reading of the config is independent of ours.
 CONFIG = dict(vocab_size=50, hidden_size=20, num_hidden_layers=2, num_attention_heads=5, intermediate_size=36,
@@ -42,14 +43,6 @@ def assert_weights_match_hf(ck: checkpoint.Checkpoint, hf_model) -> None:
     assert not missing, sorted(missing)
     for key, value in ck.weights.items():
         np.testing.assert_array_equal(value, hf_state[key].numpy(), err_msg=key)
-
-
-def error_of(source) -> str:
-    with pytest.raises(UserError) as info:
-        checkpoint.load(source)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def test_bf16_safetensors_read_as_hf_reads_them(tmp_path):

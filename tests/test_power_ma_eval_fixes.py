@@ -24,6 +24,7 @@ from mabert_hw.spec import ModelSpec
 from mabert_hw.weights import random_weights
 
 from .conftest import TINY_TEACHER
+from .test_cli_inputs_eval import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_TEXT = " ".join(["the approximator sees only so many columns of every attention row"] * 10)  # > 64 tokens
@@ -46,14 +47,6 @@ def save_bert(root: Path, spec: ModelSpec, seed: int) -> Path:
     (root / "config.json").write_text(json.dumps(config))
     shutil.copy(minilm_dir() / "vocab.txt", root / "vocab.txt")
     return root
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
