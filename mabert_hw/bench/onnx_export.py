@@ -1,13 +1,16 @@
 """Export the HF (eager) model built from our spec and weights to ONNX fp32, cached by model and shape.
 
-Cache: ~/.cache/mabert-hw/onnx/<model>-b<B>-t<T>-<weights digest>.onnx. The graph has static shapes
-(the benchmark runs one shape per session) and outputs the last hidden state and, when the model
-has one, the pooled output. Export uses torch.onnx's TorchScript exporter (dynamo=False): the dynamo
-exporter needs onnxscript, which the project does not install.
+Cache: ~/.cache/mabert-hw/onnx/<model>-b<B>-t<T>-<spec digest>-<weights digest>.onnx. The spec digest
+covers the settings that change the graph but no weight's shape (heads, activation, eps, pooler), so
+an edited config.json is exported anew. The graph has static shapes (the benchmark runs one shape
+per session) and outputs what the torch engine's model returns: a classifier's logits, or the last
+hidden state and, when the model has one, the pooled output. Export uses torch.onnx's TorchScript
+exporter (dynamo=False): the dynamo exporter needs onnxscript, which the project does not install.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -21,7 +24,13 @@ OPSET = 17  # LayerNormalization is a standard op from opset 17
 
 
 def onnx_path(spec: ModelSpec, weights: Weights, batch: int, seq_len: int) -> Path:
-    return CACHE_DIR / f"{file_safe(spec.name)}-b{batch}-t{seq_len}-{weights_digest(weights)}.onnx"
+    return CACHE_DIR / f"{file_safe(spec.name)}-b{batch}-t{seq_len}-{spec_digest(spec)}-{weights_digest(weights)}.onnx"
+
+
+def spec_digest(spec: ModelSpec) -> str:
+    """16 hex digits naming every field of the spec (a frozen dataclass of numbers, strings and tuples,
+    so its repr is stable)."""
+    return hashlib.blake2b(repr(spec).encode(), digest_size=8).hexdigest()
 
 
 def export_onnx(spec: ModelSpec, weights: Weights, batch: int, seq_len: int) -> Path:
@@ -40,6 +49,8 @@ def export_onnx(spec: ModelSpec, weights: Weights, batch: int, seq_len: int) -> 
 
         def forward(self, input_ids, attention_mask, token_type_ids):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            if getattr(out, "logits", None) is not None:  # BertForSequenceClassification: no hidden state
+                return (out.logits,)
             pooled = getattr(out, "pooler_output", None)
             return (out.last_hidden_state,) if pooled is None else (out.last_hidden_state, pooled)
 

@@ -29,12 +29,22 @@ from ..weights import Weights
 from .engines import ENGINES, EngineUnavailable, prepare
 
 BASELINE = "torch"
+TIMING_KEYS = ("median_ms", "min_ms", "max_ms", "tokens_per_s", "gflops_per_s", "ratio_vs_torch")
 THREADS_IDLE_S = 0.15  # OpenBLAS blas_server.c: idle workers spin 2^THREAD_TIMEOUT = 2^28 TSC ticks before
 # they sleep (0.10-0.11 s at the 2.45-2.6 GHz TSCs of the machines used here)
 
 
 def machine_threads() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def check_threads(threads: int) -> None:
+    """Refuse more threads than this process may run on: the fast engine would be capped at the cores
+    while torch, onnxruntime and BLAS took the number as given, and the report names only one count."""
+    cores = machine_threads()
+    if threads > cores:
+        raise UserError(f"{threads} threads asked for, but this process may run on {cores} cores "
+                        "(every engine must run at the thread count the report names)")
 
 
 def blas_kernels() -> list[dict]:
@@ -111,6 +121,7 @@ def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: 
           pause: float = THREADS_IDLE_S) -> dict:
     """The `mabert-hw bench` JSON document: per engine timings, or {"skipped": reason}."""
     threads = threads or machine_threads()
+    check_threads(threads)
     inputs = random_batch(spec, batch, seq_len, seed=0)
     if "fast" in engines:  # start Numba's OpenMP runtime first, whatever the engine order
         _start_kernel_threads(threads)
@@ -136,20 +147,19 @@ def _start_kernel_threads(threads: int) -> None:
     """GNU OpenMP is one library per process (torch's copy and the system's share a soname): the first
     engine to load it fixes its wait policy for both. kernels.threads starts it with OMP_WAIT_POLICY
     PASSIVE (idle threads sleep; spinning ones starve a loaded machine), so starting it here, before
-    torch loads, gives torch eager and the fast engine the same policy in every engine order."""
+    torch loads, gives torch eager and the fast engine the same policy in every engine order. Numba
+    caps its threads at NUMBA_NUM_THREADS; a count above that is refused, as in check_threads."""
     try:
         from ..kernels.threads import set_threads
     except ImportError:  # no numba: the fast engine is reported as skipped
         return
-    set_threads(threads)
+    held = set_threads(threads)["numba_threads"]
+    if held != threads:
+        raise UserError(f"the fast engine can run on {held} threads here (NUMBA_NUM_THREADS), not {threads}")
 
 
 def table_rows(document: dict) -> list[dict]:
-    rows = []
-    for engine, result in document["engines"].items():
-        if "skipped" in result:
-            rows.append({"engine": engine, "median_ms": None, "note": "skipped: " + result["skipped"]})
-            continue
-        rows.append({"engine": engine, **{k: result[k] for k in ("median_ms", "min_ms", "max_ms", "tokens_per_s",
-                                                                  "gflops_per_s", "ratio_vs_torch")}, "note": ""})
-    return rows
+    """One row per engine with every column; a skipped engine's timings are None and its note says why."""
+    return [{"engine": engine, **{k: result.get(k) for k in TIMING_KEYS},
+             "note": "skipped: " + result["skipped"] if "skipped" in result else ""}
+            for engine, result in document["engines"].items()]

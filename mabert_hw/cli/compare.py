@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..inputs import check_positions
 from ..report.tables import FORMATS, render
 from ..spec import VARIANTS, ModelSpec, Variant
-from .common import add_checkpoint, add_output, emit, positive_int
+from .common import add_checkpoint, add_output, emit, make_output_dir, positive_int
 from .profile import add_hardware_arguments, load_hardware
 
 DEFAULT_VARIANTS = "bert,ma,power,fff"
@@ -131,6 +131,7 @@ def run(args) -> int:
     if args.retention is not None:
         check_retention_flag(args.retention, names, spec, args.seq_len)
     hw = load_hardware(args)
+    plots_dir = make_output_dir(args.plots) if args.plots else None
     outcomes = evaluate(spec, names, args.batch, args.seq_len, hw, args.retention)
     text = render(comparison_rows(outcomes), args.format)
     if args.format == "table":
@@ -142,8 +143,8 @@ def run(args) -> int:
         if unpriced:
             text += "\nops without a cycle rule (not priced):\n" + "\n".join(unpriced)
     emit(text, args.output)
-    if args.plots:
-        write_plots(outcomes, hw, Path(args.plots), f"{spec.name} B={args.batch} T={args.seq_len}")
+    if plots_dir:
+        write_plots(outcomes, hw, plots_dir, f"{spec.name} B={args.batch} T={args.seq_len}")
     return 0
 
 
@@ -157,20 +158,21 @@ def check_retention_flag(retention: str, names: list[str], spec: ModelSpec, seq_
 
 
 def write_plots(outcomes: list[Outcome], hw, folder: Path, title: str) -> list[Path]:
+    """cycles_by_kind.png and roofline.png in `folder`, an existing directory (make_output_dir)."""
     from ..cost.hw_summary import category
     from ..report import plots
 
     done = [o for o in outcomes if o.estimate is not None]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create {folder}: {error.strerror}") from None
     by_kind = {o.name: {} for o in done}
     for o in done:
         for cost in o.estimate.costs:
             by_kind[o.name][category(cost)] = by_kind[o.name].get(category(cost), 0) + cost.cycles
-    paths = [plots.stacked_cycles(by_kind, folder / "cycles_by_kind.png", f"{title} on {hw.name}"),
-             plots.roofline({o.name: o.estimate for o in done}, hw, folder / "roofline.png", f"{title} on {hw.name}")]
+    try:
+        paths = [plots.stacked_cycles(by_kind, folder / "cycles_by_kind.png", f"{title} on {hw.name}"),
+                 plots.roofline({o.name: o.estimate for o in done}, hw, folder / "roofline.png",
+                                f"{title} on {hw.name}")]
+    except OSError as error:  # a folder that exists but cannot be written to (read-only, /proc)
+        raise UserError(f"cannot write plots to {folder}: {error.strerror or error}") from None
     for path in paths:
         print(f"wrote {path}", file=sys.stderr)
     return paths

@@ -18,8 +18,14 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
+def _columns(rows: Sequence[dict], columns: Sequence[str] | None) -> list[str]:
+    """The given columns, else every key of every row in first-seen order: a first row with fewer keys
+    (a skipped engine or variant) must not hide the others' columns."""
+    return list(columns or dict.fromkeys(key for row in rows for key in row))
+
+
 def text_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    columns = list(columns or (rows[0].keys() if rows else []))
+    columns = _columns(rows, columns)
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     numeric = [all(_looks_numeric(r[i]) for r in cells) for i in range(len(columns))]
@@ -31,14 +37,14 @@ def text_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> st
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    columns = list(columns or (rows[0].keys() if rows else []))
+    columns = _columns(rows, columns)
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def csv_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    columns = list(columns or (rows[0].keys() if rows else []))
+    columns = _columns(rows, columns)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
