@@ -4,8 +4,12 @@
 exp32: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2 / 2, then the degree-7 Taylor
     polynomial of e^r (truncation r^8 / 8! <= 5e-10) and 2^n built in the float32 exponent bits
     ((n + 127) << 23), which the caller reinterprets: see softmax_row_ in rows.py. Inputs are
-    clamped to [-87, 88] so that 2^n stays a normal float (exp(-87) = 1.6e-38; the reference gives 0
-    there, a difference no sum of fewer than 1e30 terms can see).
+    clamped to [-87, 88] so that 2^n stays a normal float, and below -87 the e^r part is 0: e^x is
+    then 0, as the float32 reference gives below -104 (and within 1.2e-38 of it between). Returning
+    e^-87 = 1.6e-38 there instead, a masked key's probability came out as 1.6e-38 / row sum, a
+    subnormal float, and every product with it took a microcode assist on Intel cores: MiniLM's
+    attention at B = 8, T = 128 with padding took 122 ms per layer instead of 15 on an Intel Xeon VM
+    (AMD cores take subnormals at full speed, which is why it went unseen there).
 erf32: x P(x^2) / Q(x^2) with deg P = deg Q = 5, Q(0) = 1, fitted below by least squares on
     Chebyshev nodes of [0, 4] (relative error, reweighted by 1/Q); |x| >= 4 is clamped, where
     erf = +-(1 - 1.5e-8) rounds to +-1 in float32. Max |error| evaluated in float32: 3.4e-7
@@ -56,7 +60,7 @@ LN2_HI = np.float32(0.693359375)  # 355 / 512: ln 2 to 9 bits, so n * LN2_HI is 
 LN2_LO = np.float32(math.log(2.0) - 0.693359375)
 EXP_LOW, EXP_HIGH = np.float32(-87.0), np.float32(88.0)
 C2, C3, C4, C5, C6, C7 = (np.float32(1.0 / math.factorial(k)) for k in range(2, 8))
-ONE = np.float32(1.0)
+ZERO, ONE = np.float32(0.0), np.float32(1.0)
 
 
 @njit(inline="always", cache=True)
@@ -70,9 +74,11 @@ def erf32(x):
 
 @njit(inline="always", cache=True)
 def exp32_parts(x):
-    """(e^r, n) with e^x = e^r * 2^n; the caller builds 2^n from the exponent bits (n + 127) << 23."""
+    """(e^r, n) with e^x = e^r * 2^n; the caller builds 2^n from the exponent bits (n + 127) << 23.
+    Below EXP_LOW, e^r is 0 (a masked score: its probability must be 0, not subnormal)."""
+    underflow = x < EXP_LOW
     x = min(max(x, EXP_LOW), EXP_HIGH)
     n = np.floor(x * LOG2E + np.float32(0.5))  # float32 (math.floor would give int64 and float64 math)
     r = (x - n * LN2_HI) - n * LN2_LO
     p = ONE + r * (ONE + r * (C2 + r * (C3 + r * (C4 + r * (C5 + r * (C6 + r * C7))))))
-    return p, np.int32(n)
+    return (ZERO if underflow else p), np.int32(n)

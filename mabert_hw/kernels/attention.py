@@ -10,7 +10,7 @@ as the layer's attention GEMMs.) The (T, Tk) score block
 of one head lives only inside its task (T = Tk = 128: 64 KiB, in L2), so the (B, H, T, T) scores and
 probabilities are never written to memory. The two products go through BLAS (np.dot); the scale,
 the additive mask and the softmax run over the block's rows in between, in the reference backend's
-operation order.
+operation order; a masked key's probability is exactly 0 (rows.softmax_row_).
 
 Both kernels also write `received` (B, H, T): the attention each token receives in each head from
 the other real queries, sum_{real q != k} A[q, k] (float64 sums), which is what PoWER-BERT's
