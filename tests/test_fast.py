@@ -200,3 +200,31 @@ def test_masked_scores_get_exactly_zero_probability():
     reference = np.exp(scores.astype(np.float64) - scores.max(axis=1, keepdims=True))
     reference /= reference.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(probs, reference, rtol=1e-5, atol=1.2e-38)
+
+
+@pytest.mark.parametrize("user_features", [False, True])
+def test_kernels_ask_llvm_for_512_bit_vectors_on_avx512_hosts(user_features):
+    """In a fresh process (Numba reads its features once): importing the kernels adds -prefer-256-bit
+    on an AVX-512 host, and leaves features the user set through NUMBA_CPU_FEATURES alone."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import llvmlite.binding as llvm
+
+    host = llvm.get_host_cpu_features()
+    env = dict(os.environ)
+    env.pop("NUMBA_CPU_NAME", None)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    if user_features:
+        env["NUMBA_CPU_FEATURES"] = host.flatten()
+    code = "import json, mabert_hw.kernels; from numba.core import config; print(json.dumps(config.CPU_FEATURES))"
+    features = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                         check=True).stdout)
+    if user_features:
+        assert features == host.flatten()
+    elif host.get("avx512f"):
+        assert features == host.flatten() + ",-prefer-256-bit"
+    else:
+        assert features is None
