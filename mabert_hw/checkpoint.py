@@ -38,9 +38,10 @@ LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "Lay
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json", "model.pth")
 # Files that hold weights this loader would otherwise skip, leaving a "weightless" checkpoint.
-UNREAD_WEIGHT_PATTERNS = ("*.safetensors", "*.index.json", "pytorch_model*.bin")
+UNREAD_WEIGHT_PATTERNS = ("*.safetensors", "*.index.json", "pytorch_model*.bin", "tf_model*.h5", "flax_model*.msgpack")
 # safetensors dtypes that safetensors.numpy returns; the others (BF16, F8_*) are read through torch
 NUMPY_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "F32", "F64"}
+PER_TOKEN_HEADS = ("ForTokenClassification", "ForMultipleChoice")  # `classifier.*` heads not read as one
 STATE_DICT_WRAPPERS = ("state_dict", "model")  # training checkpoints: {"state_dict": sd, "epoch": 3}
 OFFICIAL_MA_SUFFIXES = (".pt", ".pth", ".bin")  # official MA-BERT ships bare torch.save state dicts
 
@@ -122,9 +123,9 @@ def sequence_classifier_labels(config: dict, state: dict[str, np.ndarray], has_p
     BertForMultipleChoice name their head `classifier.*` too, but score every token / choice."""
     if "classifier.weight" not in state:
         return 0
-    architectures = architectures_of(config)
-    if architectures and not any("ForSequenceClassification" in a for a in architectures):
-        raise UserError(f"{architectures[0]} checkpoints are not supported "
+    per_token = [a for a in architectures_of(config) if a.endswith(PER_TOKEN_HEADS)]
+    if per_token:  # a config copied from the base model (BertForMaskedLM) says nothing of the head
+        raise UserError(f"{per_token[0]} checkpoints are not supported "
                         "(the only classifier head read is BertForSequenceClassification's)")
     if not has_pooler:
         raise UserError("classifier.weight without pooler weights: a per-token head such as "

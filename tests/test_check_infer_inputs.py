@@ -240,3 +240,14 @@ def test_reference_logits_match_hf_on_tokenised_text(tmp_path):
     ours = forward(ck.spec, ck.weights, batch.input_ids, make_backend("reference"), batch.attention_mask,
                    batch.token_type_ids)
     np.testing.assert_allclose(ours.logits, hf_logits(tmp_path, TEXTS), atol=REFERENCE_VS_TORCH_ATOL, rtol=0)
+
+
+def test_check_compares_the_pooler_of_a_pretraining_checkpoint(tmp_path, capsys):
+    """bert-base-uncased's layout: pre-training weights (pooler included) under a config that names
+    BertForMaskedLM. The reference computes the pooler, so the HF side must have it too, not the
+    pooler-less body of the masked-LM class."""
+    save_model(BertForPreTraining, tmp_path, vocab=False)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["BertForMaskedLM"]}))
+    code, out, err = run_cli(capsys, "check", tmp_path, "--batch", "2", "--seq-len", "8")
+    assert code == 0 and any(line.split()[:1] == ["pooler"] for line in out.splitlines()), out + err

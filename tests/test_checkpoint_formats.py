@@ -195,3 +195,18 @@ def test_bad_config_value_exits_2_with_one_line(tmp_path, capsys):
     assert main(["profile", str(tmp_path), "--seq-len", "8"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "type_vocab_size must be positive" in err
+
+
+def test_classifier_whose_config_names_the_base_model_still_loads(tmp_path):
+    """A config copied from the base model (architectures BertForMaskedLM) says nothing of the head."""
+    tiny(BertForSequenceClassification).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["BertForMaskedLM"]}))
+    assert checkpoint.load(str(tmp_path)).spec.num_labels == 2
+
+
+@pytest.mark.parametrize("name", ["tf_model.h5", "flax_model.msgpack"])
+def test_tensorflow_and_flax_weights_are_refused_not_treated_as_weightless(tmp_path, name):
+    tiny().config.save_pretrained(tmp_path)
+    (tmp_path / name).write_bytes(b"\0" * 16)
+    assert name in error_of(tmp_path)

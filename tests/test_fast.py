@@ -193,19 +193,20 @@ def test_masked_scores_get_exactly_zero_probability():
     scores = rng.normal(0, 3, (64, 40)).astype(np.float32)
     scores[:, 25:] += np.finfo(np.float32).min  # padded keys
     scores[0, :] = np.linspace(-120, 0, 40, dtype=np.float32)  # exp underflows below -87
+    scores[0, 1] = np.float32(-87.0001)  # the largest flushed value: e^x = 1.65e-38 becomes 0
     probs = np.empty_like(scores)
     softmax_rows(scores, probs)
     assert np.all(probs[1:, 25:] == 0)  # row 0 is the unmasked ramp
     assert not np.any((probs != 0) & (np.abs(probs) < np.finfo(np.float32).tiny))  # no subnormal anywhere
     reference = np.exp(scores.astype(np.float64) - scores.max(axis=1, keepdims=True))
     reference /= reference.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(probs, reference, rtol=1e-5, atol=1.2e-38)
+    np.testing.assert_allclose(probs, reference, rtol=1e-5, atol=1.7e-38)
 
 
-@pytest.mark.parametrize("user_features", [False, True])
-def test_kernels_ask_llvm_for_512_bit_vectors_on_avx512_hosts(user_features):
+@pytest.mark.parametrize("user_setting", [None, "NUMBA_CPU_FEATURES", "NUMBA_ENABLE_AVX"])
+def test_kernels_ask_llvm_for_512_bit_vectors_on_avx512_hosts(user_setting):
     """In a fresh process (Numba reads its features once): importing the kernels adds -prefer-256-bit
-    on an AVX-512 host, and leaves features the user set through NUMBA_CPU_FEATURES alone."""
+    on an AVX-512 host, and leaves alone features the user set, or AVX the user turned off."""
     import json
     import os
     import subprocess
@@ -215,15 +216,19 @@ def test_kernels_ask_llvm_for_512_bit_vectors_on_avx512_hosts(user_features):
 
     host = llvm.get_host_cpu_features()
     env = dict(os.environ)
-    env.pop("NUMBA_CPU_NAME", None)
-    env.pop("NUMBA_CPU_FEATURES", None)
-    if user_features:
+    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_ENABLE_AVX"):
+        env.pop(name, None)
+    if user_setting == "NUMBA_CPU_FEATURES":
         env["NUMBA_CPU_FEATURES"] = host.flatten()
+    elif user_setting == "NUMBA_ENABLE_AVX":
+        env["NUMBA_ENABLE_AVX"] = "0"
     code = "import json, mabert_hw.kernels; from numba.core import config; print(json.dumps(config.CPU_FEATURES))"
     features = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                          check=True).stdout)
-    if user_features:
+    if user_setting == "NUMBA_CPU_FEATURES":
         assert features == host.flatten()
+    elif user_setting == "NUMBA_ENABLE_AVX":
+        assert features is None
     elif host.get("avx512f"):
         assert features == host.flatten() + ",-prefer-256-bit"
     else:

@@ -100,3 +100,14 @@ def test_eval_on_the_fixed_engine_calibrates_first(teacher_dir, tmp_path, monkey
     assert len(list((tmp_path / "cache").glob("calibration-*.npz"))) == 1
     assert fixed["engine"] == "fixed" and fixed["examples"] == reference["examples"] == len(SAMPLE_TEXTS)
     assert -100 <= fixed["spearman"] <= 100
+
+
+def test_another_config_beside_the_same_weights_gets_its_own_calibration(teacher_dir, tmp_path):
+    """The ranges depend on the config too (here the FFN activation), not only on the weights."""
+    data = stsb_dir(tmp_path / "data") / "glue" / "STS-B" / "dev.tsv"
+    gelu = scaled_copy(teacher_dir, tmp_path / "a" / "model", 1.0)
+    relu = scaled_copy(teacher_dir, tmp_path / "b" / "model", 1.0)
+    config = json.loads((relu / "config.json").read_text())
+    (relu / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    paths = [prepare_calibration(checkpoint.load(str(d)), "stsb", data, tmp_path / "cache") for d in (gelu, relu)]
+    assert paths[0] != paths[1]

@@ -32,6 +32,7 @@ from .tasks import load_sst2, load_stsb, run_batches, sst2_accuracy, stsb_spearm
 CALIBRATION_SENTENCES = 128
 CALIBRATION_VERSION = 2  # 2: per-channel statistics (calibrate.py); in the cache file name so older files are not reused
 COLUMNS = ("key", "metric", "seconds", "overflows")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")  # what inputs.load_tokenizer reads
 
 
 @dataclass(frozen=True)
@@ -165,10 +166,16 @@ def calibration_texts(task: str, data: str | Path, n: int = CALIBRATION_SENTENCE
 
 def prepare_calibration(ck, task: str, data: str | Path, cache: Path, seed: int = 0) -> Path:
     """The calibration of `ck` on `task`'s calibration texts, computed once and cached under `cache`. The
-    file name holds a digest of the weights and the texts, so a model in another folder of the same
-    name, or other data, gets its own file."""
+    file name holds a digest of everything the ranges depend on (the spec, the weights, the tokenizer's
+    files and the texts), so a model in another folder of the same name, another config beside the same
+    weights, or other data gets its own file."""
     texts = calibration_texts(task, data)
     digest = hashlib.blake2b(weights_digest(ck.weights).encode(), digest_size=8)
+    digest.update(repr(ck.spec).encode())
+    for name in TOKENIZER_FILES:
+        path = ck.tokenizer_dir / name if ck.tokenizer_dir else None
+        if path and path.is_file():
+            digest.update(path.read_bytes())
     digest.update("\n".join(texts).encode())
     path = cache / f"calibration-{file_safe(ck.spec.name)}-{task}-{len(texts)}-{seed}-{digest.hexdigest()}-v{CALIBRATION_VERSION}.npz"
     if not path.exists():

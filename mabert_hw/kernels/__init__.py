@@ -23,18 +23,18 @@ def prefer_512_bit_vectors() -> None:
     depth 11, 16384 tokens, in alternating fresh processes: 41.4-67.5 ms (256-bit) against 36.4-52.9 ms
     (512-bit) on one thread, 27.0 / 27.4 against 23.6 / 23.3 ms on two, same outputs.
     Numba reads its CPU features once, when it first compiles: a process that compiled Numba code
-    before importing the kernels keeps its features, and NUMBA_CPU_FEATURES / NUMBA_CPU_NAME set by the
-    user are left alone."""
+    before importing the kernels keeps its features, and NUMBA_CPU_FEATURES / NUMBA_CPU_NAME /
+    NUMBA_ENABLE_AVX=0 set by the user are left alone."""
     try:
-        import llvmlite.binding as llvm
         from numba.core import config
+        from numba.core.codegen import get_host_cpu_features
     except ImportError:  # no Numba: the fast engine is unavailable anyway
         return
-    if config.CPU_FEATURES is not None or config.CPU_NAME is not None:
+    if config.CPU_FEATURES is not None or config.CPU_NAME is not None or not config.ENABLE_AVX:
         return
-    features = llvm.get_host_cpu_features()
-    if features.get("avx512f"):
-        config.CPU_FEATURES = features.flatten() + ",-prefer-256-bit"
+    features = get_host_cpu_features()  # Numba's own reading of the host (NUMBA_ENABLE_AVX applied)
+    if "+avx512f" in features.split(","):
+        config.CPU_FEATURES = features + ",-prefer-256-bit"
 
 
 prefer_512_bit_vectors()

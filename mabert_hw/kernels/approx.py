@@ -5,8 +5,8 @@ exp32: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2 / 2, then the degree
     polynomial of e^r (truncation r^8 / 8! <= 5e-10) and 2^n built in the float32 exponent bits
     ((n + 127) << 23), which the caller reinterprets: see softmax_row_ in rows.py. Inputs are
     clamped to [-87, 88] so that 2^n stays a normal float, and below -87 the e^r part is 0: e^x is
-    then 0, as the float32 reference gives below -104 (and within 1.2e-38 of it between). Returning
-    e^-87 = 1.6e-38 there instead, a masked key's probability came out as 1.6e-38 / row sum, a
+    then 0, as the float32 reference gives below -104 (and within e^-87 = 1.65e-38 of it between).
+    Returning e^-87 there instead, a masked key's probability came out as 1.65e-38 / row sum, a
     subnormal float, and every product with it took a microcode assist on Intel cores: MiniLM's
     attention at B = 8, T = 128 with padding took 122 ms per layer instead of 15 on an Intel Xeon VM
     (AMD cores take subnormals at full speed, which is why it went unseen there).

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (AutoConfig, BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,
-                          BertModel)
+from transformers import BertConfig, BertForSequenceClassification, BertModel
 from transformers.utils import logging as hf_logging
 
 from ..errors import UserError
@@ -53,27 +52,19 @@ def hf_model(spec: ModelSpec, weights: Weights | None = None) -> torch.nn.Module
     return model.eval()
 
 
-# Checkpoints whose head we do not run: transformers loads the class the config names (so its own key
-# renames apply and no weight is left over), and the BertModel body inside is compared.
-BODY_ONLY_HEADS = {"BertForMaskedLM": BertForMaskedLM, "BertForPreTraining": BertForPreTraining}
-
-
 def hf_pretrained(directory: Path, spec: ModelSpec) -> torch.nn.Module:
     """transformers' own from_pretrained of a checkpoint directory: its config and key renames, not ours, so
     what checkpoint.py drops or misreads shows as a difference. A classifier (as our spec reads the weights)
-    loads as BertForSequenceClassification, a masked-LM or pre-training checkpoint (as its config names it)
-    as that class's BertModel body, anything else as BertModel; eval mode."""
+    loads as BertForSequenceClassification, anything else (BertModel, masked-LM and pre-training
+    checkpoints: their `bert.` body) as BertModel with a pooler exactly when the weights have one, so
+    the pooler is compared whenever the reference computes it; eval mode."""
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per call would clutter the CLI's report
     options = {"attn_implementation": "eager", "output_loading_info": True}
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its load report of missing keys: refused below in one line
+    hf_logging.set_verbosity_error()  # its load report (a head's keys unused; missing keys, refused below)
     try:
-        architectures = AutoConfig.from_pretrained(directory).architectures or []
         if spec.num_labels:
             model, info = BertForSequenceClassification.from_pretrained(directory, **options)
-        elif architectures and architectures[0] in BODY_ONLY_HEADS:
-            model, info = BODY_ONLY_HEADS[architectures[0]].from_pretrained(directory, **options)
-            model = model.bert
         else:
             model, info = BertModel.from_pretrained(directory, add_pooling_layer=spec.has_pooler, **options)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
