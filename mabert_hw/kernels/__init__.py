@@ -10,6 +10,10 @@ reassociation, which lets LLVM vectorise them (a reordered float64 sum moves its
 at most by an ulp, rarely); no elementwise formula uses fastmath (no FMA contraction): the speed
 fastmath would buy for exp and erf comes from approx.py's vectorisable forms instead.
 The differences from the reference are last-ulp effects of those forms and of summation order.
+
+Numba's on-disk cache (cache=True) is keyed by the source file of each compiled function, not by the
+files of the functions it inlines: after editing approx.py or rows.py, delete
+mabert_hw/kernels/__pycache__/*.nbi and *.nbc, or the kernels that inline them keep the old code.
 """
 
 from __future__ import annotations
