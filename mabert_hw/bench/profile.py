@@ -18,8 +18,11 @@ from ..model import forward
 from ..spec import ModelSpec
 from ..weights import Weights
 
+# Every op of the protocol (backends/base.py), the variants' included: an FFF walk or a PoWER
+# selection left out here would be timed as "other", the Python overhead.
 TIMED_CALLS = ("embedding", "add", "linear", "matmul", "scale", "mask_scores", "softmax", "layernorm",
-               "activation", "first_token", "split_heads", "merge_heads", "finished")
+               "activation", "affine", "fff", "first_token", "significance", "top_tokens", "select_tokens",
+               "split_heads", "merge_heads", "finished")
 FAST_CALL_MEANING = {
     "matmul": "fused Q/K/V GEMM + attention (bias, scores, scale, mask, softmax, context)",
     "activation": "FFN-in GEMM + bias + GELU (pooler: GEMM + bias + tanh)",

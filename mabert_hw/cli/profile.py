@@ -9,6 +9,7 @@ import json
 
 from .. import checkpoint
 from ..cost.summary import GROUPINGS, document, layer_label, profile_model, rows
+from ..errors import UserError
 from ..inputs import check_positions
 from ..power import kept_tokens
 from ..report.tables import FORMATS, render
@@ -31,22 +32,25 @@ def register(subparsers) -> None:
     parser.add_argument("--seq-len", type=positive_int,
                         help=f"tokens per sequence T (default {DEFAULT_SEQ_LEN}, or the N a --retention "
                         "config file was searched at)")
-    parser.add_argument("--by", choices=GROUPINGS, default="kind", help="row grouping (default kind)")
+    parser.add_argument("--by", choices=GROUPINGS, default="kind",
+                        help="row grouping of the table, csv and md formats (json lists every op, with "
+                        "totals by kind; default kind)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("--precision", choices=PRECISION_BYTES, default="fp32",
                         help="element size for the byte counts (default fp32)")
     add_output(parser)
     add_retention_argument(parser, "; each layer is counted at the tokens it keeps, with the savings vs none "
                            "(--by layer adds a tokens_out column)")
-    add_hardware_arguments(parser)
+    add_hardware_arguments(parser, "add cycles, time, energy and bound on this accelerator",
+                           "; the hardware's own precisions price its bytes, --precision only sets the byte columns")
     parser.set_defaults(run=run)
 
 
-def add_hardware_arguments(parser) -> None:
+def add_hardware_arguments(parser, what: str, extra_help: str = "") -> None:
+    """--hw and --overlap; `what` says what --hw does in this command (profile: adds columns)."""
     parser.add_argument("--hw", metavar="PRESET|FILE.toml",
-                        help="add cycles, time, energy and bound on this accelerator (presets: "
-                        "edge-32x32-int8, ma-motivation, tpu-128x128-bf16, tpu-256x256-int8); the "
-                        "hardware's own precisions price its bytes, --precision only sets the byte columns")
+                        help=f"{what} (presets: edge-32x32-int8, ma-motivation, tpu-128x128-bf16, "
+                        f"tpu-256x256-int8){extra_help}")
     parser.add_argument("--overlap", choices=("on", "off"),
                         help="DRAM transfers overlap compute (default: the hardware file's setting)")
 
@@ -59,6 +63,8 @@ def load_hardware(args):
 
 
 def run(args) -> int:
+    if args.overlap is not None and args.hw is None:  # it sets the hardware's overlap: without one, nothing
+        raise UserError("--overlap applies to the --hw accelerator, and no --hw is given")
     spec = checkpoint.load(args.ckpt).spec
     seq_len = args.seq_len or searched_seq_len(args.retention) or DEFAULT_SEQ_LEN
     check_positions(spec, seq_len)

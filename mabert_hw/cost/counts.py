@@ -10,7 +10,10 @@
   `gemm_flops` = 2 * MACs of the matrix products (kinds linear and matmul) alone, the figure torch's
   FlopCounterMode reports; an FFF walk's MACs are dots and axpys of gathered rows, not a GEMM.
 - Params: elements of the parameter operands; an embedding table counts whole. An MA softmax
-  approximator at T < n tokens uses, and counts, only the first T of its n inputs and outputs.
+  approximator at T < n tokens uses, and counts, only the first T of its n inputs and outputs. A
+  shared approximator (one for all layers) counts once, at layer 0's ops, which read the most of it
+  (later layers see T_l <= T tokens); the other layers' reads keep their weight bytes, at 0 params
+  (cost.summary.profile_model).
 - Bytes at `bytes_per_element`: activation bytes = inputs read + output written; weight bytes =
   parameter elements read (an embedding reads only the gathered rows, B*T*C; an FFF only the
   visited nodes' rows, each once, see fff_walk_counts).
@@ -33,6 +36,7 @@ from ..spec import ModelSpec
 from ..weights import expected_shapes
 
 GEMM_KINDS = ("linear", "matmul")
+APPROXIMATOR_MARK = "softmax.linear_relu_stack"  # in the op names of MA-BERT's softmax approximator
 
 
 @dataclass

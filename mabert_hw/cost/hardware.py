@@ -5,6 +5,8 @@ A hardware description is a TOML file (presets in mabert_hw/cost/hw/, schema in 
     [array]  rows, cols, dataflow (os | ws | is), precision (int8 | int16 | fp16 | bf16 | fp32)
     [vector] lanes, precision, [vector.functions] exp/div/rsqrt/sqrt/erf/tanh -> implementation name
     [memory] ifmap_sram_kib, filter_sram_kib, ofmap_sram_kib, dram_gb_per_s, overlap
+Sizes, rates and the clock are finite positive numbers (rows, cols, lanes whole ones), overlap a TOML
+boolean (default true); anything else is refused with its key, never coerced.
 Special-function implementations (software, lut, pwl, cordic, newton) live in hw/functions.toml as
 cycles per element per lane and the basic operations (add, mul, cmp, lut read) they perform; their
 energy is those operations priced at the vector precision. Energy tables cite their sources inline.
@@ -21,6 +23,7 @@ Derived prices, stated once:
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -197,38 +200,68 @@ def load(source: str | Path) -> Hardware:
         raise UserError(f"{path}: {error}") from None
 
 
+def _table(t: dict, key: str, where: str = "") -> dict:
+    """A TOML table: `functions = "lut"` where [vector.functions] belongs is refused, not iterated."""
+    value = t[key]
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}{key} must be a table, got {value!r}")
+    return value
+
+
+def _positive(t: dict, key: str) -> float:
+    """A finite number > 0. TOML has inf and nan (a clock of inf leaves 0 DRAM bytes per cycle to
+    divide by; nan passes every `<= 0` check), and Python takes `true` for 1: all are refused."""
+    value = t[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"{key} must be positive and finite, got {value!r}")
+    return float(value)
+
+
+def _whole(t: dict, key: str) -> int:
+    """A count of array rows, columns or lanes: 32.7 rows is a typo, not 32."""
+    count = _positive(t, key)
+    if not count.is_integer():
+        raise ValueError(f"{key} must be a whole number, got {t[key]!r}")
+    return int(count)
+
+
+def _flag(t: dict, key: str, default: bool) -> bool:
+    """A TOML boolean: `overlap = "false"` is a non-empty string, which bool() reads as true."""
+    value = t.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def _from_table(t: dict, default_name: str) -> Hardware:
-    array, vector, memory = t["array"], t["vector"], t["memory"]
+    array, vector, memory = _table(t, "array"), _table(t, "vector"), _table(t, "memory")
     if array["dataflow"] not in DATAFLOWS:
         raise ValueError(f"dataflow must be one of {', '.join(DATAFLOWS)}, got {array['dataflow']!r}")
     for precision in (array["precision"], vector["precision"]):
         if precision not in PRECISION_BYTES:
             raise ValueError(f"precision must be one of {', '.join(PRECISION_BYTES)}, got {precision!r}")
     functions = {}
-    for function, implementation in vector.get("functions", {}).items():
+    named = _table(vector, "functions", "vector.") if "functions" in vector else {}
+    for function, implementation in named.items():
         if (function, implementation) not in implementations():
             known = sorted(n for f, n in implementations() if f == function)
             raise ValueError(f"no implementation {implementation!r} of {function!r} (known: {', '.join(known)})")
         functions[function] = implementations()[function, implementation]
-    hw = Hardware(
+    return Hardware(
         name=t.get("name", default_name),
         description=t.get("description", ""),
-        clock_ghz=float(t["clock_ghz"]),
-        rows=int(array["rows"]),
-        cols=int(array["cols"]),
+        clock_ghz=_positive(t, "clock_ghz"),
+        rows=_whole(array, "rows"),
+        cols=_whole(array, "cols"),
         dataflow=array["dataflow"],
         array_precision=array["precision"],
-        lanes=int(vector["lanes"]),
+        lanes=_whole(vector, "lanes"),
         vector_precision=vector["precision"],
         functions=functions,
-        ifmap_sram_kib=float(memory["ifmap_sram_kib"]),
-        filter_sram_kib=float(memory["filter_sram_kib"]),
-        ofmap_sram_kib=float(memory["ofmap_sram_kib"]),
-        dram_gb_per_s=float(memory["dram_gb_per_s"]),
-        overlap=bool(memory.get("overlap", True)),
+        ifmap_sram_kib=_positive(memory, "ifmap_sram_kib"),
+        filter_sram_kib=_positive(memory, "filter_sram_kib"),
+        ofmap_sram_kib=_positive(memory, "ofmap_sram_kib"),
+        dram_gb_per_s=_positive(memory, "dram_gb_per_s"),
+        overlap=_flag(memory, "overlap", True),
         energy=energy_table(t.get("energy", "horowitz45")),
     )
-    for name in ("clock_ghz", "rows", "cols", "lanes", "dram_gb_per_s"):
-        if getattr(hw, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(hw, name)}")
-    return hw

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .counts import OpCount, Profile
+from .counts import APPROXIMATOR_MARK, OpCount, Profile
 from .cycles import ENERGY_PARTS, Estimate, OpCost
 from .hardware import Hardware
 from .summary import layer_label
@@ -34,7 +34,8 @@ def _key(by: str):
 
 
 def add_hw_columns(rows: list[dict], profile: Profile, estimate: Estimate, by: str) -> list[dict]:
-    """rows = cost.summary.rows(profile, by), each extended with HW_COLUMNS (None where unpriced)."""
+    """rows = cost.summary.rows(profile, by), each extended with HW_COLUMNS: None where no op of the row
+    is priced, bound "no cycle rule" where any op is not (the other columns then sum the priced ones)."""
     key = _key(by)
     groups: dict[object, list[OpCost]] = {}
     for cost in estimate.costs:
@@ -43,7 +44,8 @@ def add_hw_columns(rows: list[dict], profile: Profile, estimate: Estimate, by: s
     labels = [key(c) for c in profile.counts] if by == "op" else [row[by] for row in rows]
     out = []
     for row, label in zip(rows, labels):
-        extra = hw_columns(groups.get(label, []), estimate.hardware)
+        priced = groups.get(label)  # none: every op of the row is unpriced, which is no cycles, not 0
+        extra = hw_columns(priced, estimate.hardware) if priced else dict.fromkeys(HW_COLUMNS)
         if label in unpriced:
             extra["bound"] = "no cycle rule"
         out.append({**row, **extra})
@@ -103,9 +105,8 @@ def hw_document(estimate: Estimate) -> dict:
     }
 
 
-# The non-linear functions MA-BERT removes, and the ops of its softmax approximator (by name).
+# The non-linear functions MA-BERT removes (its softmax approximator's ops: counts.APPROXIMATOR_MARK).
 NONLINEAR_KINDS = ("softmax", "layernorm", "gelu", "tanh")
-APPROXIMATOR_MARK = "softmax.linear_relu_stack"  # MA-BERT's key names, per layer or shared
 
 
 def category(cost: OpCost) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..spec import ModelSpec
-from .counts import OpCount, Profile, count_ops, trace
+from .counts import APPROXIMATOR_MARK, OpCount, Profile, count_ops, trace
 
 GROUPINGS = ("op", "layer", "kind")
 
@@ -72,7 +72,18 @@ def rows(profile: Profile, by: str) -> list[dict]:
 
 
 def profile_model(spec: ModelSpec, batch: int, seq_len: int, bytes_per_element: float = 4) -> Profile:
-    return count_ops(trace(spec, batch, seq_len), bytes_per_element)
+    profile = count_ops(trace(spec, batch, seq_len), bytes_per_element)
+    if spec.variant.share_softmax:
+        _count_shared_approximator_once(profile)
+    return profile
+
+
+def _count_shared_approximator_once(profile: Profile) -> None:
+    """Every layer's approximator ops read the one shared tensor set: its params stay on layer 0's
+    ops (the convention in cost.counts), so the totals and the by-layer rows count it once."""
+    for count in profile.counts:
+        if APPROXIMATOR_MARK in count.op.name and count.op.layer != 0:
+            count.params = 0
 
 
 def document(spec: ModelSpec, batch: int, seq_len: int, profile: Profile, bytes_per_element: float) -> dict:
