@@ -10,6 +10,7 @@ import numpy as np
 from .. import checkpoint
 from ..backends import make_backend
 from ..errors import UserError
+from ..eval.tasks import token_limit
 from ..inputs import tokenize
 from ..model import forward
 from ..report.tables import text_table
@@ -49,7 +50,7 @@ def run(args) -> int:
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt)")
     batch = tokenize(ck.tokenizer_dir, args.text)
-    longest = ck.spec.max_positions
+    longest = token_limit(ck.spec, ck.spec.max_positions)  # MA-BERT: also the approximator's n inputs
     if batch.shape[1] > longest:
         truncated = int((batch.attention_mask.sum(axis=1) > longest).sum())
         print(f"mabert-hw: warning: {truncated} of {len(args.text)} texts truncated to the model's {longest} tokens",

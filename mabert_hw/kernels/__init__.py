@@ -12,11 +12,36 @@ fastmath would buy for exp and erf comes from approx.py's vectorisable forms ins
 The differences from the reference are last-ulp effects of those forms and of summation order.
 
 Numba's on-disk cache (cache=True) is keyed by the source file of each compiled function, not by the
-files of the functions it inlines: after editing approx.py or rows.py, delete
-mabert_hw/kernels/__pycache__/*.nbi and *.nbc, or the kernels that inline them keep the old code.
+files of the functions it inlines: an edit of approx.py alone left rows.py's GELU kernels running the
+old erf. kernel_cache_dir() therefore puts the cache in a folder named by a digest of every kernel
+source, so that any edit (or a pull that changes one) compiles afresh.
 """
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..cache import CACHE_ROOT
+
+KERNEL_SOURCES = Path(__file__).parent
+
+
+def kernel_cache_dir(sources: Path = KERNEL_SOURCES) -> None:
+    """Numba's cache folder <CACHE_ROOT>/numba/<digest of kernels/*.py>, unless the user set
+    NUMBA_CACHE_DIR. Numba reads config.CACHE_DIR when a cache=True function is defined, i.e. when the
+    kernel modules are imported, which is after this package's __init__ ran. Folders of older sources
+    stay until deleted (a few MB each)."""
+    try:
+        from numba.core import config
+    except ImportError:  # no Numba: nothing is compiled
+        return
+    if config.CACHE_DIR:
+        return
+    digest = hashlib.sha256()
+    for source in sorted(sources.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    config.CACHE_DIR = str(CACHE_ROOT / "numba" / digest.hexdigest()[:16])
 
 
 def prefer_512_bit_vectors() -> None:
@@ -41,4 +66,5 @@ def prefer_512_bit_vectors() -> None:
         config.CPU_FEATURES = features + ",-prefer-256-bit"
 
 
+kernel_cache_dir()
 prefer_512_bit_vectors()

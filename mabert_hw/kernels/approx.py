@@ -12,7 +12,9 @@ exp32: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2 / 2, then the degree
     (AMD cores take subnormals at full speed, which is why it went unseen there).
 erf32: x P(x^2) / Q(x^2) with deg P = deg Q = 5, Q(0) = 1, fitted below by least squares on
     Chebyshev nodes of [0, 4] (relative error, reweighted by 1/Q); |x| >= 4 is clamped, where
-    erf = +-(1 - 1.5e-8) rounds to +-1 in float32. Max |error| evaluated in float32: 3.4e-7
+    erf = +-(1 - 1.5e-8) rounds to +-1 in float32. The fit itself reaches 1 + 2^-23 from x = 3.62 on,
+    so the result is clamped to [-1, 1] too: GELU's 1 + erf would otherwise be -1.2e-7, not 0, far
+    out, and GELU(-1e4) +6e-4 instead of 0. Max |error| evaluated in float32: 3.4e-7
     (test_fast.py recomputes it against scipy.special.erf). The coefficients are written out below
     as `fit_erf()` returns them (test_fast.py refits and compares): fitting at import cost ~1 s of
     the first call in a fresh process (scipy.special's import and 6 least-squares solves).
@@ -69,7 +71,7 @@ def erf32(x):
     t = x * x
     p = P0 + t * (P1 + t * (P2 + t * (P3 + t * (P4 + t * P5))))
     q = ONE + t * (Q1 + t * (Q2 + t * (Q3 + t * (Q4 + t * Q5))))
-    return x * p / q
+    return min(max(x * p / q, -ONE), ONE)
 
 
 @njit(inline="always", cache=True)

@@ -1,0 +1,33 @@
+"""Numba's kernel cache folder follows every kernel source (Numba's own key misses inlined functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+config = pytest.importorskip("numba.core.config")
+
+from mabert_hw.cache import CACHE_ROOT  # noqa: E402
+from mabert_hw.kernels import kernel_cache_dir  # noqa: E402
+
+
+def folder_for(sources, monkeypatch) -> str:
+    monkeypatch.setattr(config, "CACHE_DIR", "")
+    kernel_cache_dir(sources)
+    return config.CACHE_DIR
+
+
+def test_an_edit_of_an_inlined_helper_moves_the_cache(tmp_path, monkeypatch):
+    """Editing approx.py alone (not the rows.py kernels that inline it) must give a new folder."""
+    (tmp_path / "approx.py").write_text("def erf32(x):\n    return x\n")
+    (tmp_path / "rows.py").write_text("from .approx import erf32\n")
+    before = folder_for(tmp_path, monkeypatch)
+    assert before.startswith(str(CACHE_ROOT / "numba"))
+    assert folder_for(tmp_path, monkeypatch) == before  # same sources, same folder
+    (tmp_path / "approx.py").write_text("def erf32(x):\n    return min(max(x, -1.0), 1.0)\n")
+    assert folder_for(tmp_path, monkeypatch) != before
+
+
+def test_a_cache_folder_the_user_set_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "mine"))
+    kernel_cache_dir(tmp_path)
+    assert config.CACHE_DIR == str(tmp_path / "mine")
