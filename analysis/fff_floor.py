@@ -38,7 +38,7 @@ from numba import njit, prange
 from tqdm import tqdm
 
 from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels
-from mabert_hw.cli.common import positive_int
+from mabert_hw.cli.common import non_negative_int, positive_int
 from mabert_hw.fff import aligned_empty, walk_layout
 from mabert_hw.fff_bench import DENSE_FFS, Problem, implementations, random_fff
 from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_copy
@@ -184,7 +184,7 @@ def time_rounds(calls: dict[str, callable], rounds: int, desc: str) -> dict[str,
 
 
 def measure(problem: Problem, threads: int, rounds: int, seed: int) -> list[dict]:
-    set_threads(threads)
+    threads = set_threads(threads)["numba_threads"]  # what runs: set_threads caps it at the cores Numba sees
     dense = {name: call for name, call in implementations(problem, seed, with_torch=False).items()
              if name in DENSE_FFS}
     calls = probes(problem, seed) | dense
@@ -202,13 +202,18 @@ def measure(problem: Problem, threads: int, rounds: int, seed: int) -> list[dict
     return rows
 
 
+def thread_counts(text: str) -> list[int]:
+    return [positive_int(t) for t in text.split(",")]  # 0 would mean "one per core" to set_threads
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=positive_int, default=16384)
     parser.add_argument("--hidden", type=positive_int, default=768)
-    parser.add_argument("--depth", type=int, default=11)
+    parser.add_argument("--depth", type=non_negative_int, default=11)
     parser.add_argument("--dense-width", type=positive_int, default=3072)
-    parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
+    parser.add_argument("--threads", type=thread_counts, default="1,2",
+                        help="thread counts, comma-separated (default 1,2; each at most the cores Numba sees)")
     parser.add_argument("--rounds", type=positive_int, default=9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.hidden % LINE_FLOATS:
         parser.error(f"--hidden must be a multiple of {LINE_FLOATS}: the stream probe writes whole cache lines")
     problem = Problem(args.hidden, args.depth, 1, args.tokens, args.dense_width)
-    rows = [row for threads in map(int, args.threads.split(",")) for row in
+    rows = [row for threads in args.threads for row in
             measure(problem, threads, args.rounds, args.seed)]
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "floor.csv", "w", newline="") as f:

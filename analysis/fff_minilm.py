@@ -36,6 +36,7 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.checkpoint import Checkpoint
+from mabert_hw.cli.common import non_negative_float, non_negative_int, positive_float, positive_int
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX
 from mabert_hw.inputs import random_batch, tokenize
@@ -127,12 +128,13 @@ def end_to_end_kd(ck: Checkpoint, student_ck: Checkpoint, texts: list[str], seco
     teacher = hf_model(ck.spec, ck.weights)
     student = hf_fff_model(student_ck.spec, student_ck.weights)  # eval mode: no dropout, as the engine
     optimiser = torch.optim.AdamW(student.parameters(), lr=KD_LR)
+    batch_size = min(KD_BATCH, len(texts))  # a small --texts: every text in each step
     start, steps, loss = time.perf_counter(), 0, float("nan")
     with tqdm(desc="knowledge transfer", unit="step") as bar:
         while (elapsed := time.perf_counter() - start) < seconds:
             for group in optimiser.param_groups:
                 group["lr"] = KD_LR * (1 - elapsed / seconds)
-            picked = [texts[i] for i in rng.choice(len(texts), KD_BATCH, replace=False)]
+            picked = [texts[i] for i in rng.choice(len(texts), batch_size, replace=False)]
             batch = tokenize(ck.tokenizer_dir, picked)
             mask = torch.from_numpy(batch.attention_mask.astype(np.float32))[..., None]  # (B, T, 1)
             with torch.no_grad():
@@ -193,26 +195,36 @@ def timing_only(ck: Checkpoint, depths: list[int], trees: int, out: Path) -> int
     return 0
 
 
+def depth_list(text: str) -> list[int]:
+    """--depths: distinct tree depths >= 0 (a repeated one would overwrite its model, and its row
+    would get another model's timing)."""
+    depths = [non_negative_int(d) for d in text.split(",")]
+    if len(set(depths)) != len(depths):
+        raise argparse.ArgumentTypeError(f"repeated depth in {text!r}")
+    return depths
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", default="1,3,5,7", help="comma-separated tree depths")
-    parser.add_argument("--trees", type=int, default=1, help="parallel trees K per layer")
-    parser.add_argument("--texts", type=int, default=3000, help="training texts (STS-B train, then WikiText)")
-    parser.add_argument("--minutes", type=float, default=25.0, help="training budget over all depths and layers")
-    parser.add_argument("--kd-minutes", type=float, default=0.0,
+    parser.add_argument("--depths", type=depth_list, default="1,3,5,7", help="comma-separated tree depths")
+    parser.add_argument("--trees", type=positive_int, default=1, help="parallel trees K per layer")
+    parser.add_argument("--texts", type=positive_int, default=3000,
+                        help="training texts (STS-B train, then WikiText)")
+    parser.add_argument("--minutes", type=positive_float, default=25.0,
+                        help="training budget over all depths and layers")
+    parser.add_argument("--kd-minutes", type=non_negative_float, default=0.0,
                         help="end-to-end knowledge transfer per depth after the layer-wise fit (default 0: none)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--timing-only", action="store_true",
                         help="only time the whole model, FFF blocks at their random initialisation (the walk's "
                              "cost does not depend on trained weights): timing.json")
     args = parser.parse_args(argv)
-    depths = [int(d) for d in args.depths.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
 
     ck = checkpoint.load("minilm")
     if args.timing_only:
-        return timing_only(ck, depths, args.trees, args.out)
+        return timing_only(ck, args.depths, args.trees, args.out)
     texts = training_texts(DATA, args.texts)
     pairs = ffn_pairs(ck, texts)
     print(f"{len(pairs[0][0])} real tokens per layer", file=sys.stderr, flush=True)
@@ -230,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                  "stsb_spearman": stsb_spearman(models["no FFN (control)"], dev, backend),
                  "mean_rel_mse": 1.0, "train_steps_per_layer": 0})
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    seconds = 60 * args.minutes / (len(depths) * ck.spec.layers)
-    for depth in depths:
+    seconds = 60 * args.minutes / (len(args.depths) * ck.spec.layers)
+    for depth in args.depths:
         trained = [distill(x, y, depth, args.trees, seconds, seed=layer)
                    for layer, (x, y) in enumerate(tqdm(pairs, desc=f"distil depth {depth}"))]
         fck = fff_checkpoint(ck, [m for m, _, _ in trained], depth, args.trees)

@@ -65,6 +65,10 @@ TOKEN_TYPES = 2  # rows of the zero token-type table: any 0/1 segment ids a BERT
 IGNORED_PREFIXES = ("decoder.", "prediction_head.")  # the MLM head
 IGNORED_BUFFERS = ("encoder.embedding.pos_embedding.pe", "encoder.embedding.pos_embedding.position_ids")
 HEAD_PREFIXES = ("pooler.", "head.")  # ScriptableLMForSequenceClassification
+# A model saved while wrapped has its keys prefixed: `module.` under DistributedDataParallel,
+# `_orig_mod.` for a torch.compile'd module's own state_dict(); both are stripped, as loaders of
+# training checkpoints commonly do.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 SINUSOID_BASE = 10000.0  # embeddings.py SinusoidalPositional: wavelengths up to 2 pi * 10000
 
 
@@ -140,14 +144,21 @@ def parse_arch(config: dict) -> CrammedArch:
             return whole_number(get(path), f"arch.{path}")
 
         hidden = whole("hidden_size")
+        depth = whole("intermed_depth") if ffn == "fff" else 0
+        if depth < 0:  # else n_nodes is 0 or fractional, and the spec blames a width the config never names
+            raise UserError(f"crammed arch.intermed_depth must be >= 0, got {depth}")
         if whole("embedding.embedding_dim") != hidden:
             raise UserError(f"crammed arch.embedding.embedding_dim {get('embedding.embedding_dim')} differs from "
                             f"hidden_size {hidden} (not supported)")
+        positions = require("embedding.pos_embedding", POSITION_KINDS)
+        if positions != "learned" and hidden % 2:  # the official table fills sin and cos columns in pairs
+            raise UserError(f"crammed arch.embedding.pos_embedding {positions!r} needs an even hidden_size, "
+                            f"got {hidden}")
         return CrammedArch(
             hidden=hidden, layers=whole("num_transformer_layers"),
             heads=whole("attention.num_attention_heads"), eps=float(get("norm_eps")), ffn=ffn,
-            intermed_size=whole("intermed_size"), depth=whole("intermed_depth") if ffn == "fff" else 0,
-            activation=ACTIVATIONS[nonlin], positions=require("embedding.pos_embedding", POSITION_KINDS),
+            intermed_size=whole("intermed_size"), depth=depth,
+            activation=ACTIVATIONS[nonlin], positions=positions,
             max_positions=whole("embedding.max_seq_length"), qkv_bias=bool(get("attention.qkv_bias")),
             use_bias=bool(get("use_bias")),
             vocab_size=None if vocab is None else whole_number(vocab, "arch.embedding.vocab_size"),
@@ -227,8 +238,10 @@ def load(config: dict, state: dict[str, np.ndarray] | None,
 
 
 def encoder_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """ScriptableLM keys get the `encoder.` prefix; the tied decoder stands in for a missing word
-    embedding (tie_weights: a deduplicating save may keep either name); MLM-head keys are dropped."""
+    """Training wrappers' prefixes are removed (WRAPPER_PREFIXES); ScriptableLM keys get the
+    `encoder.` prefix; the tied decoder stands in for a missing word embedding (tie_weights: a
+    deduplicating save may keep either name); MLM-head keys are dropped."""
+    state = {unwrapped_key(k): v for k, v in state.items()}
     if any(k.startswith(HEAD_PREFIXES) for k in state):
         raise UserError("crammed sequence-classification heads (pooler.*, head.*) are not supported: "
                         "load the pretraining checkpoint")
@@ -237,6 +250,13 @@ def encoder_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if "encoder.embedding.word_embedding.weight" not in out and "decoder.weight" in out:
         out["encoder.embedding.word_embedding.weight"] = out["decoder.weight"]
     return {k: v for k, v in out.items() if not k.startswith(IGNORED_PREFIXES) and k not in IGNORED_BUFFERS}
+
+
+def unwrapped_key(key: str) -> str:
+    """A state-dict key without the prefixes of the modules that wrapped the model when it was saved."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.partition(".")[2]
+    return key
 
 
 def to_weights(arch: CrammedArch, state: dict[str, np.ndarray]) -> Weights:
@@ -314,10 +334,9 @@ def check_norm_factor(value: float, head_dim: int, key: str) -> None:
 
 
 def sinusoidal_table(positions: int, width: int) -> np.ndarray:
-    """SinusoidalPositional's `pe`, computed in float32 as its torch code does (P, C):
+    """SinusoidalPositional's `pe`, computed in float32 as its torch code does (P, C), C even
+    (parse_arch checks it):
     f_i = exp(2i * (-ln(10000) / C)),  pe[p, 2i] = sin(p f_i),  pe[p, 2i+1] = cos(p f_i)."""
-    if width % 2:
-        raise UserError(f"sinusoidal positions need an even hidden size, got {width}")
     position = np.arange(positions, dtype=np.float32)[:, None]  # (P, 1)
     frequency = np.exp(np.arange(0, width, 2, dtype=np.float32) * np.float32(-math.log(SINUSOID_BASE) / width))
     angle = position * frequency  # (P, C/2) float32

@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--tokens", type=positive_int, default=16384, help="tokens M (default 16384)")
     parser.add_argument("--dense-width", type=positive_int, default=3072, help="dense FF width F (default 3072)")
     parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (default 5)")
-    parser.add_argument("--threads", type=positive_int, help="Numba and BLAS threads (default: one per core)")
+    parser.add_argument("--threads", type=positive_int,
+                        help="Numba and BLAS threads (default, and at most: one per core Numba sees)")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch implementations")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     add_output(parser)
