@@ -178,6 +178,8 @@ def answers(rows: list[dict], breakdown: list[dict], sweep: list[dict]) -> list[
     lines.append("- **MA-BERT loses cycles (speedup < 1)**: " + ("; ".join(losing) if losing else "nowhere") + ".")
     more_energy = [f"{r['hardware']} T={r['T']} {r['memory']} ({-r['energy_saved_%']:+.1f}%)" for r in rows
                    if r["variant"] == "ma" and r.get("energy_saved_%", 0) < 0]
+    more_energy += [f"{r['hardware']} T={r['T']} layer-by-layer sweep ({100 * (r['ma_energy_ratio'] - 1):+.1f}%)"
+                    for r in sweep if r["status"] == "ok" and r["ma_energy_ratio"] > 1 and r["T"] not in SEQ_LENS]
     lines.append("- **MA-BERT costs more energy**: " + ("; ".join(more_energy) if more_energy else "nowhere") + ".")
     for variant in ("power", "fff"):
         parts = []

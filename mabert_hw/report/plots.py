@@ -19,7 +19,8 @@ def stacked_cycles(cycles_by_kind: dict[str, dict[str, float]], path: Path, titl
     """cycles_by_kind: variant -> {kind: cycles}."""
     variants = list(cycles_by_kind)
     kinds = sorted({k for d in cycles_by_kind.values() for k in d},
-                   key=lambda k: -max(d.get(k, 0) for d in cycles_by_kind.values()))
+                   key=lambda k: (-max(d.get(k, 0) for d in cycles_by_kind.values()), k))  # ties by name: a
+    # set's order follows the per-process string hash, so equal-cycle kinds swapped colours between runs
     colours = plt.get_cmap("tab20")
     fig, ax = plt.subplots(figsize=(1.6 * len(variants) + 4, 4.5))
     bottom = [0.0] * len(variants)
