@@ -219,7 +219,8 @@ ASSUMPTIONS = f"""\
 - UltraFastBERT: `fff` variant (one tree of depth 11 per layer). Every token walks its own path, so its
   gathered weight rows get no systolic reuse: it runs on the vector lanes, one mul + one add per MAC.
   Its DRAM bytes are the rows the tokens touch, each fetched once (at most min(2^l, B*T) nodes at
-  level l), as the other variants fetch each weight once.
+  level l), as the other variants fetch each weight once; every visit then reads its rows from the
+  filter SRAM (one SRAM read per MAC, where a GEMM reuses each read across the array).
 - MA-BERT's attention is priced as the trace runs it (the (T, T) scores, then the approximator on
   each row: 2*T^2*(D + h) MACs per head); the reassociated form the fast engine uses, 4*T*D*h, costs
   less whenever T > 2*D*h / (D + h), 85 tokens at D = 64, h = 128.

@@ -173,3 +173,17 @@ def test_fff_runs_on_the_vector_unit_and_gathers_are_memory_only():
     gather = Op("encoder.layer.0.power.select", "gather", ((1, 16, 768), (1, 8)), (), (1, 8, 768))
     cost = op_cost(gather, hw)
     assert cost.unit == "memory" and cost.compute_cycles == 0
+
+
+def test_fff_pays_sram_reads_for_every_gathered_weight_element():
+    """Each visit of each token reads its node's w_in row (C), bias (1) and w_out column (C_out) from the
+    filter SRAM, as a GEMM pays its filter reads: 16 tokens x 12 visits x (768 + 1 + 768) elements."""
+    hw = hardware.load("edge-32x32-int8")
+    spec = PRESETS["bert-base-uncased"].with_variant(ffn="fff", fff_depth=11, fff_trees=1)
+    fff = op_cost(next(op for op in trace(spec, 1, 16) if op.kind == "fff"), hw)
+    gathered = 16 * 12 * (768 + 1 + 768) * hw.vector_bytes
+    activations = (16 * 768 + 16 * 768) * hw.vector_bytes  # x read and y written once
+    assert fff.sram_bytes == activations + gathered
+    expected = (activations * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib)
+                + gathered * hw.energy.sram_pj_per_byte(hw.filter_sram_kib))
+    assert fff.energy_pj["sram"] == pytest.approx(expected, rel=1e-12)

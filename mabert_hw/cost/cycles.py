@@ -28,7 +28,11 @@ DRAM bytes * DRAM energy per byte. GEMM SRAM traffic per dataflow (padding ignor
     OS: ifmap M*K*ceil(N/C), filter K*N*ceil(M/R), ofmap M*N (written once)
     WS: ifmap M*K*ceil(N/C), filter K*N,             ofmap M*N*(2*ceil(K/R) - 1) (partial sums)
     IS: ifmap M*K,           filter K*N*ceil(M/C),   ofmap M*N*(2*ceil(K/R) - 1)
-A vector op reads its inputs and writes its output once in the activation (ifmap) SRAM.
+A vector op reads its inputs and writes its output once in the activation (ifmap) SRAM. An FFF also
+reads every gathered weight element (w_in row, bias, w_out column of each visit: cost.counts'
+gathered_elements) from the filter SRAM: its rows serve one token each, so, unlike a GEMM's
+weights, each read feeds one MAC. The token's x and running y are taken to stay in the lanes
+during its walk (a lower bound on its activation traffic).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 from math import ceil, prod
 
 from ..backends.base import Op
-from .counts import GEMM_KINDS, RULES, OpCount, count_op
+from .counts import GEMM_KINDS, RULES, OpCount, count_op, fff_walk_counts
 from .hardware import Hardware
 
 MEMORY_ONLY_KINDS = ("embedding", "slice", "gather")
@@ -169,6 +173,10 @@ def op_cost(op: Op, hw: Hardware) -> OpCost | str:
         useful, peak = vector_work, hw.lanes
         sram_bytes = elements.activation_bytes * element_bytes
         energy["sram"] = sram_bytes * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib)
+        if op.kind == "fff":
+            gathered = fff_walk_counts(op)["gathered_elements"] * element_bytes
+            sram_bytes += gathered
+            energy["sram"] += gathered * hw.energy.sram_pj_per_byte(hw.filter_sram_kib)
     elif op.kind in MEMORY_ONLY_KINDS:
         unit, element_bytes, compute, useful, peak = "memory", hw.vector_bytes, 0, 0, 1
         sram_bytes = prod(op.output) * element_bytes  # the gathered rows land in SRAM
