@@ -109,7 +109,8 @@ def test_power_retention_schedule():
     kept = compare_cli.power_retention(128, 12)
     assert len(kept) == 12 and list(kept) == sorted(kept, reverse=True)
     assert kept[-1] == round(128 * compare_cli.POWER_LAST_LAYER_FRACTION)
-    spec = compare_cli.variant_spec(PRESETS["bert-base-uncased"], "power", 128, "100,90,80,70,60,50,40,30,20,10,5,1")
+    schedule = (100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 5, 1)
+    spec = compare_cli.variant_spec(PRESETS["bert-base-uncased"], "power", 128, schedule)
     assert spec.variant.retention[-1] == 1
 
 

@@ -105,12 +105,12 @@ def test_compare_gives_no_speedup_against_a_partly_priced_variant(capsys, tmp_pa
     code, out, _ = run_cli(capsys, "compare", "minilm-l6", "--seq-len", "8", "--hw", no_exp_hardware(tmp_path),
                            "--format", "json")
     assert code == 0
-    rows = {r["variant"]: r for r in json.loads(out)}
+    rows = {r["variant"]: r for r in json.loads(out)["variants"]}
     assert rows["bert"]["status"] == "6 ops unpriced" and rows["ma"]["status"] == "ok"
     for name in ("bert", "ma", "power", "fff"):
         assert rows[name]["speedup"] is None and rows[name]["energy_saved_%"] is None, name
     _, out, _ = run_cli(capsys, "compare", "minilm-l6", "--seq-len", "8", "--format", "json")
-    rows = {r["variant"]: r for r in json.loads(out)}
+    rows = {r["variant"]: r for r in json.loads(out)["variants"]}
     assert rows["ma"]["speedup"] == rows["bert"]["cycles"] / rows["ma"]["cycles"]
 
 
@@ -150,10 +150,96 @@ def test_compare_gmacs_count_the_ops_the_hardware_cannot_price(capsys, tmp_path)
     code, out, _ = run_cli(capsys, "compare", "minilm-l6", "--seq-len", "8", "--variants", "fff", "--hw", str(path),
                            "--format", "json")
     assert code == 0
-    (row,) = json.loads(out)
+    (row,) = json.loads(out)["variants"]
     assert row["status"] == "6 ops unpriced"  # the 6 layers' FFF walks
     B, T, C, H, D, L, depth = 1, 8, 384, 12, 32, 6, 11
     # Q, K, V, O projections, QK^T and PV; the FFF walk: T tokens visit depth + 1 nodes, a dot of C and
     # an axpy of C each; the pooler
     macs = L * B * (4 * T * C * C + 2 * H * T * T * D + T * (depth + 1) * 2 * C) + B * C * C
     assert row["gmacs"] == macs / 1e9
+
+
+# --- second review: profile's cycle ratio with unpriced ops, compare's --retention, JSON context and plots
+# of skipped variants, the label of a pre-LN encoder's final LayerNorm
+
+
+def test_profile_retention_gives_no_cycles_ratio_when_ops_are_unpriced(capsys, tmp_path):
+    argv = ["profile", "minilm-l6", "--seq-len", "64", "--retention", "48,27,20,15,11,1"]
+    code, out, _ = run_cli(capsys, *argv, "--hw", no_exp_hardware(tmp_path), "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    softmaxes = [f"encoder.layer.{j}.attention.self.softmax" for j in range(6)]
+    assert [op["name"] for op in doc["hw_totals"]["unpriced_ops"]] == softmaxes
+    assert doc["power"]["cycles"] == doc["hw_totals"]["cycles"]
+    assert doc["power"]["cycles_ratio"] is None  # was 1.412: totals short of their softmaxes, compared
+    assert doc["power"]["flops_ratio"] > 1  # the counts need no hardware: still compared
+    _, out, _ = run_cli(capsys, *argv, "--hw", no_exp_hardware(tmp_path))
+    assert "cycles not compared: ops without a cycle rule are missing from the totals" in out
+    assert "x fewer\n" not in out + "\n"  # the FLOP and MAC ratios end in "...)", a cycles ratio in "x fewer"
+    _, out, _ = run_cli(capsys, *argv, "--hw", "edge-32x32-int8", "--format", "json")
+    power = json.loads(out)["power"]
+    assert power["cycles_ratio"] == power["cycles_without_elimination"] / power["cycles"]
+
+
+def test_compare_json_carries_the_context_the_table_prints(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "compare", "minilm-l6", "--batch", "2", "--seq-len", "8", "--variants", "bert,ma",
+                           "--hw", no_exp_hardware(tmp_path), "--overlap", "off", "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert (doc["model"], doc["batch"], doc["seq_len"]) == ("minilm-l6", 2, 8)
+    assert doc["hardware"]["name"] == "edge-32x32-int8" and doc["hardware"]["memory"]["overlap"] is False
+    assert "exp" not in doc["hardware"]["vector"]["functions"]
+    bert, ma = doc["variants"]
+    assert (bert["variant"], bert["spec"]) == ("bert", "baseline")
+    assert ma["spec"] == "softmax=mlp,ffn_activation=relu,norm=powernorm,mask=multiplicative"
+    assert [op["name"] for op in bert["unpriced_ops"]] == [f"encoder.layer.{j}.attention.self.softmax"
+                                                            for j in range(6)]
+    assert {op["kind"] for op in bert["unpriced_ops"]} == {"softmax"}
+    assert all("exp" in op["reason"] for op in bert["unpriced_ops"])
+    assert ma["unpriced_ops"] == []
+
+
+def test_compare_csv_stays_a_plain_table(capsys):
+    code, out, _ = run_cli(capsys, "compare", "minilm-l6", "--seq-len", "8", "--variants", "bert,ma", "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["variant"] for r in rows] == ["bert", "ma"] and "spec" not in rows[0]
+
+
+def test_compare_plots_nothing_when_every_variant_is_skipped(capsys, tmp_path, monkeypatch, recwarn):
+    from mabert_hw.cli import compare
+
+    def failing(spec, name, seq_len, retention=None):
+        raise UserError(f"{name} cannot be traced")
+
+    monkeypatch.setattr(compare, "variant_spec", failing)
+    code, out, err = run_cli(capsys, "compare", "minilm-l6", "--seq-len", "8", "--variants", "bert,ma",
+                             "--plots", str(tmp_path / "plots"))
+    assert code == 0 and "skipped: ma cannot be traced" in out
+    assert list((tmp_path / "plots").iterdir()) == []  # were two PNGs of empty axes
+    assert err == f"mabert-hw: warning: every variant was skipped: no plots written to {tmp_path / 'plots'}\n"
+    assert not [w for w in recwarn if "legend" in str(w.message)]
+
+
+CRAMMED_ARCH = {  # a crammedBERT arch config (see tests/test_crammed.py) at tiny sizes: dense FFN, no head
+    "num_transformer_layers": 2, "hidden_size": 24, "intermed_type": "ff", "intermed_size": 48, "nonlin": "GELU",
+    "norm": "LayerNorm", "norm_eps": 1e-12, "final_norm": True, "use_bias": True,
+    "embedding": {"vocab_size": 61, "pos_embedding": "learned", "max_seq_length": 40, "embedding_dim": 24,
+                  "normalization": True},
+    "attention": {"type": "self-attention", "causal_attention": False, "num_attention_heads": 3, "qkv_bias": True,
+                  "rotary_embedding": False, "sequence_op": "torch-softmax", "skip_output_projection": False},
+}
+
+
+def test_a_pre_ln_encoders_final_layernorm_is_labelled_final_not_head(capsys, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "crammedBERT", "arch": CRAMMED_ARCH}))
+    code, out, _ = run_cli(capsys, "profile", str(path), "--seq-len", "8", "--retention", "6,3",
+                           "--by", "layer", "--format", "csv")
+    assert code == 0
+    rows = {r["layer"]: r for r in csv.DictReader(io.StringIO(out))}
+    assert list(rows) == ["embeddings", "0", "1", "final"]  # was "head": the model has none (no pooler)
+    final = rows["final"]
+    C = 24
+    assert (final["ops"], final["macs"], final["params"]) == ("1", "0", str(2 * C))  # one LayerNorm: gain, bias
+    assert final["tokens_out"] == "3"  # it normalises the last layer's kept tokens

@@ -115,3 +115,20 @@ def test_bad_schedules_are_one_line_errors_with_exit_2(capsys, tmp_path, monkeyp
     assert main(["profile", MODEL, "--seq-len", str(SEQ_LEN), "--retention", retention]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_compare_takes_a_power_search_config_as_profile_does(capsys, tmp_path):
+    retention = SCHEDULES[0]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"retention": list(retention), "seq_len": SEQ_LEN, "accuracy": 90.0}))
+    assert main(["compare", MODEL, "--batch", str(BATCH), "--variants", "power", "--retention", str(config),
+                 "--format", "json"]) == 0  # was exit 2: "retention must be comma-separated integers"
+    doc = json.loads(capsys.readouterr().out)
+    (row,) = doc["variants"]
+    assert doc["seq_len"] == SEQ_LEN  # the length the config was searched at, as profile takes it
+    assert row["spec"] == f"retention={retention}" and row["gmacs"] == total_macs(retention) / 1e9
+    profiled = profile_json(capsys, "--batch", str(BATCH), "--retention", str(config), "--hw", "edge-32x32-int8")
+    assert row["cycles"] == profiled["hw_totals"]["cycles"]
+    assert main(["compare", MODEL, "--batch", str(BATCH), "--variants", "power", "--seq-len", str(SEQ_LEN),
+                 "--retention", ",".join(map(str, retention)), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["variants"] == [row]  # inline: the same row

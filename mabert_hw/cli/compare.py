@@ -1,14 +1,16 @@
 """`mabert-hw compare`: BERT vs MA-BERT vs PoWER-BERT vs UltraFastBERT on one accelerator description.
 
 Variants come from mabert_hw.spec.VARIANTS plus "power" (PoWER-BERT with the retention schedule of
-`power_retention`, or --retention). MA-BERT's approximator input n is raised to T when T exceeds it
-(a model trained for T-token rows; its hidden width h stays as published). A variant whose trace
-fails with a UserError is listed as skipped with the reason, not dropped silently. Speedup and energy
-saved are against bert, between fully priced variants only: a total without its unpriced ops is short.
+`power_retention`, or --retention: inline or a `power-search --out` file, as in `profile`). MA-BERT's
+approximator input n is raised to T when T exceeds it (a model trained for T-token rows; its hidden
+width h stays as published). A variant whose trace fails with a UserError is listed as skipped with the
+reason, not dropped silently. Speedup and energy saved are against bert, between fully priced variants
+only: a total without its unpriced ops is short.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +21,8 @@ from ..inputs import check_positions
 from ..report.tables import FORMATS, render
 from ..spec import VARIANTS, ModelSpec, Variant
 from .common import add_checkpoint, add_output, emit, make_output_dir, positive_int
-from .profile import add_hardware_arguments, load_hardware
+from .profile import DEFAULT_SEQ_LEN, add_hardware_arguments, load_hardware
+from .retention import add_retention_argument, read_retention, searched_seq_len
 
 DEFAULT_VARIANTS = "bert,ma,power,fff"
 DEFAULT_HW = "edge-32x32-int8"
@@ -44,8 +47,10 @@ def register(subparsers) -> None:
     add_checkpoint(parser)
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated (default {DEFAULT_VARIANTS})")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size B (default 1)")
-    parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence T (default 128)")
-    parser.add_argument("--retention", metavar="L1,L2,...", help="PoWER-BERT tokens kept per layer")
+    parser.add_argument("--seq-len", type=positive_int,
+                        help=f"tokens per sequence T (default {DEFAULT_SEQ_LEN}, or the N a --retention "
+                        "config file was searched at)")
+    add_retention_argument(parser, "; the power variant's schedule")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("--plots", metavar="DIR", help="write cycles_by_kind.png and roofline.png to DIR")
     add_output(parser)
@@ -53,14 +58,10 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run, hw=DEFAULT_HW)
 
 
-def variant_spec(spec: ModelSpec, name: str, seq_len: int, retention: str | None = None) -> ModelSpec:
+def variant_spec(spec: ModelSpec, name: str, seq_len: int, retention: tuple[int, ...] | None = None) -> ModelSpec:
+    """retention: the power variant's validated schedule (read_retention), None for `power_retention`."""
     if name == "power":
-        if retention:
-            from ..power import parse_retention
-
-            kept = parse_retention(retention, spec.layers)
-        else:
-            kept = power_retention(seq_len, spec.layers)
+        kept = retention or power_retention(seq_len, spec.layers)
         return replace(spec, variant=replace(spec.variant, retention=kept))
     if name not in VARIANTS:
         raise UserError(f"unknown variant {name!r}; variants: {', '.join(VARIANTS)}, power")
@@ -79,7 +80,8 @@ class Outcome:
     skipped: str | None = None
 
 
-def evaluate(spec: ModelSpec, names: list[str], batch: int, seq_len: int, hw, retention: str | None = None):
+def evaluate(spec: ModelSpec, names: list[str], batch: int, seq_len: int, hw,
+             retention: tuple[int, ...] | None = None):
     """One Outcome per variant name; a variant whose trace raises UserError is skipped with the reason."""
     from ..cost.counts import trace
     from ..cost.cycles import estimate
@@ -132,40 +134,58 @@ def model_macs(e) -> int:
 
 def run(args) -> int:
     spec = checkpoint.load(args.ckpt).spec
-    check_positions(spec, args.seq_len)
+    seq_len = args.seq_len or searched_seq_len(args.retention) or DEFAULT_SEQ_LEN
+    check_positions(spec, seq_len)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     if not names:
         raise UserError("--variants is empty")
     unknown = [n for n in names if n not in VARIANTS and n != "power"]
     if unknown:
         raise UserError(f"unknown variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}, power")
-    if args.retention is not None:
-        check_retention_flag(args.retention, names, spec, args.seq_len)
+    retention = None if args.retention is None else check_retention_flag(args.retention, names, spec, seq_len)
     hw = load_hardware(args)
     plots_dir = make_output_dir(args.plots) if args.plots else None
-    outcomes = evaluate(spec, names, args.batch, args.seq_len, hw, args.retention)
-    text = render(comparison_rows(outcomes), args.format)
+    outcomes = evaluate(spec, names, args.batch, seq_len, hw, retention)
+    rows = comparison_rows(outcomes)
+    if args.format == "json":
+        text = json.dumps(comparison_document(spec, args.batch, seq_len, hw, outcomes, rows), indent=2)
+    else:  # csv and md stay plain tables of the rows: their context is the command line
+        text = render(rows, args.format)
     if args.format == "table":
         notes = [f"  {o.name}: {o.spec.variant.describe()}" for o in outcomes if o.estimate is not None]
         unpriced = [f"  {o.name}: {op.name} ({why})" for o in outcomes if o.estimate for op, why in o.estimate.unknown]
-        text = (f"{spec.name}  B={args.batch} T={args.seq_len}  on {hw.name} ({hw.rows}x{hw.cols} {hw.dataflow} "
+        text = (f"{spec.name}  B={args.batch} T={seq_len}  on {hw.name} ({hw.rows}x{hw.cols} {hw.dataflow} "
                 f"{hw.array_precision}, {hw.clock_ghz:g} GHz, overlap {'on' if hw.overlap else 'off'})\n{text}\n"
                 "variants:\n" + "\n".join(notes))
         if unpriced:
             text += "\nops without a cycle rule (not priced):\n" + "\n".join(unpriced)
     emit(text, args.output)
     if plots_dir:
-        write_plots(outcomes, hw, plots_dir, f"{spec.name} B={args.batch} T={args.seq_len}")
+        write_plots(outcomes, hw, plots_dir, f"{spec.name} B={args.batch} T={seq_len}")
     return 0
 
 
-def check_retention_flag(retention: str, names: list[str], spec: ModelSpec, seq_len: int) -> None:
-    """Up front, so a malformed schedule is an error, not a "skipped" power row (or a silently unused flag)."""
-    from ..power import parse_retention
+def comparison_document(spec: ModelSpec, batch: int, seq_len: int, hw, outcomes: list[Outcome],
+                        rows: list[dict]) -> dict:
+    """The JSON output: the table's rows with what the table prints around them (model, sizes, hardware,
+    each variant's arithmetic and its ops without a cycle rule)."""
+    from ..cost.hw_summary import hardware_record
 
+    variants = []
+    for o, row in zip(outcomes, rows):
+        if o.estimate is not None:
+            unpriced = [{"name": op.name, "kind": op.kind, "reason": why} for op, why in o.estimate.unknown]
+            row = {**row, "spec": o.spec.variant.describe(), "unpriced_ops": unpriced}
+        variants.append(row)
+    return {"model": spec.name, "batch": batch, "seq_len": seq_len, "hardware": hardware_record(hw),
+            "variants": variants}
+
+
+def check_retention_flag(retention: str, names: list[str], spec: ModelSpec, seq_len: int) -> tuple[int, ...]:
+    """Up front, so a malformed schedule is an error, not a "skipped" power row (or a silently unused flag)."""
     if "power" not in names:
         raise UserError(f"--retention applies to the power variant, which --variants {','.join(names)} leaves out")
-    parse_retention(retention, spec.layers, seq_len)
+    return read_retention(retention, spec.layers, seq_len)
 
 
 def write_plots(outcomes: list[Outcome], hw, folder: Path, title: str) -> list[Path]:
@@ -174,6 +194,9 @@ def write_plots(outcomes: list[Outcome], hw, folder: Path, title: str) -> list[P
     from ..report import plots
 
     done = [o for o in outcomes if o.estimate is not None]
+    if not done:  # nothing to draw: empty axes (and a legend warning) would pass for a result
+        print(f"mabert-hw: warning: every variant was skipped: no plots written to {folder}", file=sys.stderr)
+        return []
     by_kind = {o.name: {} for o in done}
     for o in done:
         for cost in o.estimate.costs:

@@ -126,9 +126,12 @@ def elimination_savings(spec, batch: int, seq_len: int, bytes_per_element: float
         savings[f"{total}_without_elimination"] = full.total(total)
         savings[f"{total}_ratio"] = full.total(total) / profile.total(total)
     if estimate is not None:
+        full_estimate = estimate_cycles(full, hw)
         savings["cycles"] = estimate.total("cycles")
-        savings["cycles_without_elimination"] = estimate_cycles(full, hw).total("cycles")
-        savings["cycles_ratio"] = savings["cycles_without_elimination"] / savings["cycles"]
+        savings["cycles_without_elimination"] = full_estimate.total("cycles")
+        # an unpriced op is missing from its total, not free: such totals are not compared (as in compare)
+        comparable = not estimate.unknown and not full_estimate.unknown
+        savings["cycles_ratio"] = savings["cycles_without_elimination"] / savings["cycles"] if comparable else None
     return savings
 
 
@@ -137,7 +140,9 @@ def savings_summary(savings: dict) -> str:
     text = (f"PoWER-BERT retention {','.join(map(str, savings['retention']))}: tokens per layer {tokens}; "
             f"{savings['flops'] / 1e9:.3f} vs {savings['flops_without_elimination'] / 1e9:.3f} GFLOPs without "
             f"elimination: {savings['flops_ratio']:.3f}x fewer FLOPs ({savings['macs_ratio']:.3f}x fewer MACs)")
-    if "cycles" in savings:
+    if "cycles" in savings and savings["cycles_ratio"] is None:
+        text += "; cycles not compared: ops without a cycle rule are missing from the totals"
+    elif "cycles" in savings:
         text += (f"; {savings['cycles']:,} vs {savings['cycles_without_elimination']:,} cycles: "
                  f"{savings['cycles_ratio']:.3f}x fewer")
     return text

@@ -1,4 +1,4 @@
-"""The --retention argument shared by `eval` and `profile`: a PoWER-BERT schedule given inline
+"""The --retention argument shared by `eval`, `profile` and `compare`: a PoWER-BERT schedule given inline
 (`48,27,20,15,11,1`, one count per layer) or as the file `power-search --out` writes."""
 
 from __future__ import annotations

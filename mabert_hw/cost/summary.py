@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections import Counter
 
 from ..spec import ModelSpec
+from ..weights import FINAL_NORM
 from .counts import APPROXIMATOR_MARK, OpCount, Profile, count_ops, trace
 
 GROUPINGS = ("op", "layer", "kind")
 
 
 def layer_label(count: OpCount) -> str:
+    """The encoder layer's index, "embeddings", "final" or "head" (pooler, classifier). A pre-LN encoder's
+    closing LayerNorm is encoder work, not a head's: a crammed model, which has no head, showed one."""
     layer = count.op.layer
     if layer is not None:
         return str(layer)
-    return "embeddings" if count.op.name.startswith("embeddings.") else "head"
+    if count.op.name.startswith("embeddings."):
+        return "embeddings"
+    return "final" if count.op.name == FINAL_NORM else "head"
 
 
 def op_record(count: OpCount) -> dict:
