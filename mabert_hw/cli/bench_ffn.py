@@ -20,7 +20,9 @@ def register(subparsers) -> None:
         "batched-gather NumPy FFF and torch dense / FFF-BMM on the same random tokens, interleaved "
         "round by round, and prints medians beside the theoretical MAC ratio. Load on a shared CPU "
         "moves every figure: the load average is printed with the result, and CPU time beside wall "
-        "time (with --threads 1 the CPU-time ratio is the figure load moves least).",
+        "time (with --threads 1 the CPU-time ratio is the figure load moves least). Every format "
+        "carries the threads, the agreement max-diffs and the load averages (csv as columns of each "
+        "row; the machine and BLAS kernels only in table, md and json).",
     )
     parser.add_argument("--hidden", type=positive_int, default=768, help="C (default 768)")
     parser.add_argument("--depth", type=int, default=11, help="FFF tree depth d (default 11: 4095 nodes)")
@@ -74,14 +76,31 @@ def run(args) -> int:
              "fff_numba_vs_numpy_maxdiff": maxdiff, "dense_fast_vs_numpy_maxdiff": dense_maxdiff}
     if args.format == "json":
         text = json.dumps({**facts, "rows": rows, "seconds": seconds, "cpu_seconds": cpu_seconds}, indent=2)
+    elif args.format == "csv":  # a plain table: the run's context repeated as columns of every row
+        text = render([{**row, **run_columns(facts)} for row in rows], "csv")
     else:
-        text = render(rows, args.format)
-        if args.format == "table":
-            p = problem
-            text = (f"FFN layer: C={p.hidden} d={p.depth} K={p.trees} M={p.tokens} tokens vs dense F={p.dense_width}; "
-                    f"{args.rounds} interleaved rounds, threads {threads}, BLAS {facts['blas']}\n{text}\n"
-                    f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.1f}x; "
-                    f"fff-numba vs fff-numpy-gather maxdiff {maxdiff:.2g}, dense-fast vs dense-numpy {dense_maxdiff:.2g}\n"
-                    f"load average (1, 5, 15 min) before {load_before}, after {facts['load_avg_after']}")
+        text = framed(render(rows, args.format), facts, "\n\n" if args.format == "md" else "\n")
     emit(text, args.output)
     return 0
+
+
+def run_columns(facts: dict) -> dict:
+    """What csv rows need to be read alone: the threads, the agreement checks and the load averages
+    (1, 5, 15 min, space-separated); the machine and BLAS kernels are in the table, md and json forms."""
+    load = {f"load_avg_{when}": " ".join(map(str, facts[f"load_avg_{when}"])) for when in ("before", "after")}
+    return {**facts["threads"], "fff_numba_vs_numpy_maxdiff": facts["fff_numba_vs_numpy_maxdiff"],
+            "dense_fast_vs_numpy_maxdiff": facts["dense_fast_vs_numpy_maxdiff"], **load}
+
+
+def framed(table: str, facts: dict, separator: str) -> str:
+    """The table (text or Markdown) between the run's context: sizes, threads and BLAS above; the MAC
+    ratio, agreement checks and load averages below (Markdown needs blank lines between paragraphs)."""
+    p = facts["problem"]
+    return separator.join([
+        f"FFN layer: C={p['hidden']} d={p['depth']} K={p['trees']} M={p['tokens']} tokens vs dense "
+        f"F={p['dense_width']}; {facts['rounds']} interleaved rounds, threads {facts['threads']}, BLAS {facts['blas']}",
+        table,
+        f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.1f}x; fff-numba vs fff-numpy-gather maxdiff "
+        f"{facts['fff_numba_vs_numpy_maxdiff']:.2g}, "
+        f"dense-fast vs dense-numpy {facts['dense_fast_vs_numpy_maxdiff']:.2g}",
+        f"load average (1, 5, 15 min) before {facts['load_avg_before']}, after {facts['load_avg_after']}"])
