@@ -112,8 +112,8 @@ def run(repeat: int, base_repeat: int, shapes) -> dict:
         record["profiles"][spec.name] = time_by_call("fast", spec, weights, inputs, repeat=3)
         record["cpu_profiles"][spec.name] = time_by_call("fast", spec, weights, inputs, repeat=3,
                                                          clock=time.process_time, threads=1)
-    # the 1-thread CPU profile's backend left every BLAS on 1 thread (kernels.threads.set_threads): the
-    # "after" GEMM and the BLAS record are taken at the thread count the README names
+    # bench() leaves the process's BLAS at its last run's thread count (kernels.threads.set_threads): the
+    # "after" GEMM and the BLAS record are taken at the count the README names, whatever ran last
     with threadpool_limits(limits=record["threads"], user_api="blas"):
         record["gemm_gflops_after"] = numpy_gemm_gflops()
         record["blas"] = blas_kernels()

@@ -31,7 +31,10 @@ from .spec import PRESETS, ModelSpec, Variant, whole_number
 from .weights import Weights, expected_shapes
 
 MINILM_ALIAS = "minilm"
-SUPPORTED_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
+# hidden_act -> the engines' activation. HF's "gelu_python" is GELUActivation(use_gelu_python=True):
+# x * 0.5 * (1 + erf(x / sqrt(2))), the same exact GELU as "gelu" written out in torch ops.
+# "gelu_accurate" (and gelu_new, gelu_pytorch_tanh) is the tanh approximation, which no engine computes.
+SUPPORTED_ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "relu": "relu"}
 IGNORED_PREFIXES = ("cls.", "embeddings.position_ids")
 LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}  # TF-era names
 # Weight files in the order HF's from_pretrained prefers them; model.pth is cramming's save_final_model.

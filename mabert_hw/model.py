@@ -82,21 +82,14 @@ def forward(
     problem = executable_problem(spec)
     if problem:
         raise UserError(problem)
-    input_ids = np.asarray(input_ids)
-    if input_ids.ndim != 2:
-        raise UserError(f"input_ids must be (batch, tokens), got shape {input_ids.shape}")
-    B, T = input_ids.shape
-    if T > spec.max_positions:
-        raise UserError(f"{T} tokens exceed the model's {spec.max_positions} positions")
-    if spec.variant.softmax == "mlp" and T > spec.variant.softmax_input:
-        raise UserError(f"{T} tokens exceed the softmax approximator's input size "
-                        f"{spec.variant.softmax_input}: truncate inputs to {spec.variant.softmax_input} tokens")
-    if attention_mask is None:
-        attention_mask = np.ones((B, T), np.int64)
-    if token_type_ids is None:
-        token_type_ids = np.zeros((B, T), np.int64)
-    check_ids(input_ids, spec.vocab_size, "token id", "vocab_size")
-    check_ids(np.asarray(token_type_ids), spec.type_vocab_size, "token type", "type_vocab_size")
+    input_ids, attention_mask, token_type_ids = checked_inputs(spec, input_ids, attention_mask, token_type_ids)
+    with backend.running():
+        return run_layers(spec, weights, input_ids, backend, attention_mask, token_type_ids)
+
+
+def run_layers(spec: ModelSpec, weights: Weights, input_ids, backend: Backend, attention_mask,
+               token_type_ids) -> ForwardResult:
+    """The forward pass proper, on inputs checked_inputs returned."""
 
     def w(key: str):
         return backend.asarray(weights[key])
@@ -129,6 +122,35 @@ def forward(
     done = backend.finished  # backends that defer work (fast) complete what leaves forward
     token_mask = attention_mask if eliminator is None else eliminator.token_mask  # (B, T_L)
     return ForwardResult([done(h) for h in hidden_states], done(pooled), done(logits), done(token_mask))
+
+
+def checked_inputs(spec: ModelSpec, input_ids, attention_mask, token_type_ids):
+    """(input_ids, attention_mask, token_type_ids) as (B, T) arrays, the defaults filled in; a one-line
+    UserError for anything else. A mask or type array of another shape would broadcast silently (a
+    (B, 1) mask masks nothing per token, a (1, T) one applies row 0's padding to every row), and ids
+    that are not integers would index the embedding tables as booleans or fail deep in NumPy."""
+    input_ids = np.asarray(input_ids)
+    if input_ids.ndim != 2:
+        raise UserError(f"input_ids must be (batch, tokens), got shape {input_ids.shape}")
+    B, T = input_ids.shape
+    if T > spec.max_positions:
+        raise UserError(f"{T} tokens exceed the model's {spec.max_positions} positions")
+    if spec.variant.softmax == "mlp" and T > spec.variant.softmax_input:
+        raise UserError(f"{T} tokens exceed the softmax approximator's input size "
+                        f"{spec.variant.softmax_input}: truncate inputs to {spec.variant.softmax_input} tokens")
+    attention_mask = np.ones((B, T), np.int64) if attention_mask is None else np.asarray(attention_mask)
+    token_type_ids = np.zeros((B, T), np.int64) if token_type_ids is None else np.asarray(token_type_ids)
+    for name, array in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if array.shape != (B, T):
+            raise UserError(f"{name} has shape {array.shape}; input_ids is {(B, T)} and it must be the same")
+    for name, array in (("input_ids", input_ids), ("token_type_ids", token_type_ids)):
+        if array.dtype.kind not in "iu":
+            raise UserError(f"{name} must be integers, got dtype {array.dtype}")
+    if attention_mask.dtype.kind not in "biuf" or not np.isin(attention_mask, (0, 1)).all():
+        raise UserError("attention_mask must hold 0 (padding) and 1 (real token) only")
+    check_ids(input_ids, spec.vocab_size, "token id", "vocab_size")
+    check_ids(token_type_ids, spec.type_vocab_size, "token type", "type_vocab_size")
+    return input_ids, attention_mask, token_type_ids
 
 
 def check_ids(ids: np.ndarray, table_size: int, what: str, config_key: str) -> None:

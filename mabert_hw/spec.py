@@ -7,6 +7,7 @@ F FFN width, L layers, T_l tokens kept after layer l (PoWER-BERT), depth of an F
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -45,6 +46,14 @@ class Variant:
     fff_depth: int = 0
     fff_trees: int = 1
     norm_position: NormPosition = "post"
+
+    def __post_init__(self) -> None:
+        # a tree of depth d has 2^(d+1) - 1 nodes (fff.n_nodes): a negative depth makes that a fraction,
+        # and no trees is no feed-forward block at all
+        for name, least in (("fff_depth", 0), ("fff_trees", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise UserError(f"{name} must be a whole number >= {least}, got {value!r}")
 
     @property
     def is_baseline(self) -> bool:

@@ -12,6 +12,7 @@ and are not ops.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,11 @@ class Backend:
                     attrs=tuple(sorted(attrs.items())),
                 )
             )
+
+    def running(self):
+        """Context model.forward runs in: settings this backend needs while it computes (the fast
+        backend's thread counts), undone after, so backends in one process leave each other's alone."""
+        return contextlib.nullcontext()
 
     # --- arrays in and out -------------------------------------------------------------------
     def asarray(self, array) -> Any:

@@ -36,7 +36,7 @@ from ..kernels.attention import attention, ma_attention
 from ..kernels.fff import fff_forward
 from ..kernels.linear import linear_add_layernorm, linear_bias, linear_bias_act, linear_bias_add
 from ..kernels.rows import ACTIVATIONS, activation, add_layernorm, layernorm, softmax_rows
-from ..kernels.threads import kernel_blas, rows_per_task, set_threads
+from ..kernels.threads import kernel_blas, rows_per_task, threads_held
 from .reference import ReferenceBackend
 
 
@@ -231,13 +231,12 @@ def _computing_deferred(method):
 
 @dataclass
 class FastBackend(ReferenceBackend):
-    threads: int | None = None  # None: one per core
+    threads: int | None = None  # None: one per core; held during this backend's forwards only
     name = "fast"
 
     def __post_init__(self):
         if self.dtype is not np.float32:
             raise ValueError("the fast backend computes in float32 only")
-        set_threads(self.threads)
         # Methods inherited from the reference (ops of other variants, layout methods) get whole
         # arrays: their `_op` implementations, and public methods that have no `_op` (layout).
         own = set(vars(FastBackend))
@@ -249,6 +248,9 @@ class FastBackend(ReferenceBackend):
             method = getattr(self, name)
             if inspect.ismethod(method) and (is_implementation or is_layout):
                 setattr(self, name, _computing_deferred(method))
+
+    def running(self):
+        return threads_held(self.threads)
 
     def finished(self, value):
         return ready(value)

@@ -53,15 +53,10 @@ def _limit_blas(threads: int) -> None:
 def _torch(spec, weights, batch, threads):
     try:
         import torch
-
-        from ..torch_ref.hf import hf_model
     except ImportError as error:
         raise EngineUnavailable(f"needs {error.name} (pip install mabert-hw[torch])") from None
     torch.set_num_threads(threads)
-    try:
-        model = hf_model(spec, weights)
-    except ValueError:  # weights HF BertModel has no place for (FFF, pre-LN, MA approximator)
-        raise EngineUnavailable(f"HF BertModel cannot run this variant ({spec.variant.describe()})") from None
+    model = _hf_model(spec, weights)
     inputs = {k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "attention_mask", "token_type_ids")}
 
     def run():
@@ -69,6 +64,18 @@ def _torch(spec, weights, batch, threads):
             return model(**inputs)
 
     return run
+
+
+def _hf_model(spec, weights):
+    """HF's model (torch_ref.hf) of this spec and weights, which the torch and ort engines run."""
+    try:
+        from ..torch_ref.hf import hf_model
+    except ImportError as error:
+        raise EngineUnavailable(f"needs {error.name} (pip install mabert-hw[torch])") from None
+    try:
+        return hf_model(spec, weights)
+    except ValueError:  # weights HF BertModel has no place for (FFF, pre-LN, MA approximator)
+        raise EngineUnavailable(f"HF BertModel cannot run this variant ({spec.variant.describe()})") from None
 
 
 def _ort(spec, weights, batch, threads):
@@ -80,7 +87,9 @@ def _ort(spec, weights, batch, threads):
     from .onnx_export import INPUT_NAMES, export_onnx
 
     try:
-        path = export_onnx(spec, weights, *batch.shape)
+        path = export_onnx(spec, weights, *batch.shape, build=lambda: _hf_model(spec, weights))
+    except EngineUnavailable:
+        raise
     except Exception as error:  # the exporter raises many types; the reason is what matters
         raise EngineUnavailable(f"ONNX export failed: {type(error).__name__}: {str(error)[:200]}") from None
     options = onnxruntime.SessionOptions()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from functools import partial
 from pathlib import Path
 
 from ..cache import CACHE_ROOT, file_safe
@@ -33,14 +34,18 @@ def spec_digest(spec: ModelSpec) -> str:
     return hashlib.blake2b(repr(spec).encode(), digest_size=8).hexdigest()
 
 
-def export_onnx(spec: ModelSpec, weights: Weights, batch: int, seq_len: int) -> Path:
-    """The cached ONNX file for this model and (batch, seq_len); exported on first use."""
+def export_onnx(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, build=None) -> Path:
+    """The cached ONNX file for this model and (batch, seq_len); exported on first use from `build()`
+    (default: torch_ref.hf.hf_model of the spec and weights), which is called only then."""
     path = onnx_path(spec, weights, batch, seq_len)
     if path.exists():
         return path
     import torch
 
-    from ..torch_ref.hf import hf_model
+    if build is None:
+        from ..torch_ref.hf import hf_model
+
+        build = partial(hf_model, spec, weights)
 
     class Outputs(torch.nn.Module):
         def __init__(self, model):
@@ -54,7 +59,7 @@ def export_onnx(spec: ModelSpec, weights: Weights, batch: int, seq_len: int) -> 
             pooled = getattr(out, "pooler_output", None)
             return (out.last_hidden_state,) if pooled is None else (out.last_hidden_state, pooled)
 
-    model = Outputs(hf_model(spec, weights))
+    model = Outputs(build())
     ids = torch.ones((batch, seq_len), dtype=torch.int64)
     mask = torch.ones((batch, seq_len), dtype=torch.int64)
     mask[:, seq_len // 2 + 1:] = 0  # padded: a trace of an all-ones mask may drop the masking

@@ -7,7 +7,9 @@ import json
 from .. import checkpoint
 from ..bench.engines import ENGINES
 from ..bench.timing import THREADS_IDLE_S, bench, parse_engines, table_rows
+from ..errors import UserError
 from ..report.tables import text_table
+from ..spec import ModelSpec
 from ..weights import random_weights
 from .common import add_checkpoint, add_output, emit, non_negative_float, non_negative_int, positive_int
 
@@ -43,6 +45,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     engines = parse_engines(args.engines)
     ck = checkpoint.load(args.ckpt)
+    check_seq_len(ck.spec, args.seq_len)
     weights = ck.weights if ck.weights is not None else random_weights(ck.spec)
     document = bench(ck.spec, weights, args.batch, args.seq_len, engines, args.repeat, args.threads,
                      settle=args.settle, progress=True, pause=args.pause)
@@ -55,3 +58,12 @@ def run(args) -> int:
         text = title + text_table(table_rows(document)) + f"\nBLAS kernels: {kernels}\n"
     emit(text, args.output)
     return 0
+
+
+def check_seq_len(spec: ModelSpec, seq_len: int) -> None:
+    """Refuse a --seq-len the MA-BERT forward pass would refuse, before the engines are prepared and
+    warmed up (random_batch checks the positions)."""
+    n = spec.variant.softmax_input
+    if spec.variant.softmax == "mlp" and seq_len > n:
+        raise UserError(f"--seq-len {seq_len} exceeds the MA-BERT softmax approximator's {n} inputs: "
+                        f"use --seq-len {n} or less")

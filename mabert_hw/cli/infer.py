@@ -31,8 +31,9 @@ def register(subparsers) -> None:
     )
     add_checkpoint(parser)
     parser.add_argument("--text", action="append", required=True, help="a text (repeat for several)")
-    parser.add_argument("--pooling", choices=("cls", "mean"), default="mean",
-                        help="sentence vector: mean over real tokens or the [CLS] row (default mean)")
+    parser.add_argument("--pooling", choices=("cls", "mean"),
+                        help="sentence vector: mean over real tokens or the [CLS] row (default mean); "
+                             "not for a classifier, whose output is its head's")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.set_defaults(run=run)
 
@@ -47,6 +48,9 @@ def sentence_vectors(last_hidden: np.ndarray, attention_mask: np.ndarray, poolin
 def run(args) -> int:
     ck = checkpoint.load(args.ckpt)
     weights = ck.require_weights("infer")
+    if ck.spec.num_labels and args.pooling:  # the head reads the pooler's [CLS] row: nothing to choose
+        raise UserError(f"--pooling applies to sentence vectors; {ck.source} is a classifier "
+                        f"({ck.spec.num_labels} outputs from its pooled [CLS] row)")
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt)")
     batch = tokenize(ck.tokenizer_dir, args.text)
@@ -63,7 +67,7 @@ def run(args) -> int:
         records = classifier_records(args.text, out.logits, problem)
     else:
         records = vector_records(args.text, sentence_vectors(out.last_hidden_state, batch.attention_mask,
-                                                             args.pooling))
+                                                             args.pooling or "mean"))
     print(json.dumps(records, indent=2) if args.format == "json" else text_table(records))
     return 0
 

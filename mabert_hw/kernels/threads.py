@@ -8,6 +8,10 @@ machine). Numba's np.dot calls the BLAS behind scipy.linalg.cython_blas; where t
 numpy's own (pip wheels bundle one each) it is held at one thread (checked at each kernel call), and
 numpy's BLAS keeps its threads for other engines in the same process; where they are one library
 (or threadpoolctl is missing) `kernel_blas` limits it around each kernel call (~50 us each).
+
+Numba's thread count and BLAS's are process settings (Numba's per Python thread), so a backend that
+set them when it was built would change every other backend's: `threads_held` applies a backend's
+count around each of its forwards and restores the caller's after.
 """
 
 from __future__ import annotations
@@ -87,16 +91,24 @@ def _launching_threads():
             del os.environ[name]
 
 
+def _held_count(threads: int | None) -> int:
+    """The Numba thread count `threads` gets (None: one per core), capped at what Numba can run."""
+    import numba
+
+    cores = numba.config.NUMBA_NUM_THREADS  # the machine's cores unless NUMBA_NUM_THREADS says less
+    return min(threads or cores, cores)
+
+
 def set_threads(threads: int | None = None) -> dict:
-    """Run Numba kernels and BLAS on `threads` threads (None: one per core). Returns what holds.
+    """Run Numba kernels and BLAS on `threads` threads (None: one per core), for the whole process (a
+    benchmark's setting for every engine). Returns what holds.
 
     Without threadpoolctl the BLAS threads stay as OPENBLAS_NUM_THREADS / OMP_NUM_THREADS set them
     when the process started.
     """
     import numba
 
-    cores = numba.config.NUMBA_NUM_THREADS  # the machine's cores unless NUMBA_NUM_THREADS says less
-    wanted = min(threads or cores, cores)
+    wanted = _held_count(threads)
     with _launching_threads():
         numba.set_num_threads(wanted)  # starts Numba's threads on first use
     controller = _controller()
@@ -115,6 +127,50 @@ def launch_threads() -> int:
 
     with _launching_threads():
         return numba.get_num_threads()  # starts the threading layer on first use
+
+
+@cache
+def _numpy_blas():
+    """Controller of the BLAS libraries other than the kernels' own (numpy's), or None without threadpoolctl."""
+    controller = _controller()
+    if controller is None:
+        return None
+    kernel = _kernel_blas_only()
+    kernel_files = set() if kernel is None else {lib.filepath for lib in kernel.lib_controllers}
+    blas = controller.select(user_api="blas").lib_controllers
+    return controller.select(filepath=[lib.filepath for lib in blas if lib.filepath not in kernel_files])
+
+
+@contextlib.contextmanager
+def threads_held(threads: int | None):
+    """Numba kernels and numpy's BLAS on `threads` threads (None: one per core) inside the block, as the
+    caller had them after it. Applied once per forward, not per op; measured here (2 cores): 20 us
+    per forward when no count changes, 31 us when both are set and restored (threads=1), so +~20 us
+    on a tiny model's 0.5 ms forward and nothing measurable on MiniLM's 40 ms (B=1, T=128). Counts
+    are read and set directly: threadpoolctl's limit() surveys every library on each call (27 us
+    more). The kernels' own BLAS stays pinned at one thread (_pin_kernel_blas)."""
+    import numba
+
+    launch_threads()
+    blas = [] if _numpy_blas() is None else _numpy_blas().lib_controllers
+    wanted, outer, outer_blas = _held_count(threads), numba.get_num_threads(), [lib.num_threads for lib in blas]
+    _hold(wanted, blas, [wanted] * len(blas))
+    try:
+        yield
+    finally:
+        _hold(outer, blas, outer_blas)
+
+
+def _hold(numba_threads: int, blas: list, blas_threads: list[int]) -> None:
+    """Set Numba's thread count and each BLAS library's where it differs (reading a count costs
+    1-2 us, setting one 2-3 us)."""
+    import numba
+
+    if numba.get_num_threads() != numba_threads:
+        numba.set_num_threads(numba_threads)
+    for lib, threads in zip(blas, blas_threads):
+        if lib.num_threads != threads:
+            lib.set_num_threads(threads)
 
 
 def kernel_blas():
