@@ -142,6 +142,20 @@ def refuse_overwriting_state(state_path: Path, resume: bool) -> None:
                         "it, or choose another --out to start over")
 
 
+def refuse_overwriting_model(out: Path) -> None:
+    """The result is written as OUT/config.json + model.safetensors: an --out that holds another model (the
+    teacher's own directory, say) would lose it. A config.json that `convert` wrote records its conversion."""
+    config = out / "config.json"
+    if not config.exists():
+        return
+    try:
+        ours = "conversion" in json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        ours = False
+    if not ours:
+        raise UserError(f"{out} holds a model that `convert` did not write ({config}): choose another --out")
+
+
 def run(args) -> int:
     try:
         from tqdm import tqdm
@@ -154,6 +168,7 @@ def run(args) -> int:
     out = make_output_dir(args.out)
     state_path = out / "train_state.pt"
     refuse_overwriting_state(state_path, args.resume)
+    refuse_overwriting_model(out)
     resuming = args.resume and state_path.exists()
     record = {"flags": shaping_flags(args)}
     if resuming:

@@ -54,13 +54,13 @@ def run(args) -> int:
     seq_len = args.seq_len or (searched_seq_len(args.retention) if args.task == "sst2" else None)
     ck = checkpoint.load(args.ckpt)
     ck.require_weights("eval")
+    if args.task == "sst2":  # before any calibration or data work
+        tasks.require_sst2_classifier(ck)
     retention = read_retention(args.retention, ck.spec.layers, seq_len)
     backend = task_backend(args.engine, ck, args.task, args.data)
     started = time.perf_counter()
     if args.task == "sst2":
         task = tasks.load_sst2(args.data, args.limit)
-        if not ck.spec.num_labels:
-            raise UserError(f"{ck.source} has no classification head: SST-2 accuracy needs a classifier")
         batches = encode(ck, task.sentences, seq_len, args.batch_size)
         predictions = predict(ck, retention, tqdm(batches, desc="sst2", leave=False), backend)
         metric, value, n = "accuracy", 100.0 * float((predictions == task.labels).mean()), len(task.labels)

@@ -9,7 +9,6 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..backends import BACKENDS
-from ..errors import UserError
 from ..eval import tasks
 from ..power_search import Scorer, as_record, choose, encode, frontier, geometric_search, greedy_search
 from ..report.tables import FORMATS, render
@@ -46,8 +45,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     ck = checkpoint.load(args.ckpt)
     ck.require_weights("power-search")
-    if not ck.spec.num_labels:
-        raise UserError(f"{ck.source} has no classification head: power-search needs a classifier")
+    tasks.require_sst2_classifier(ck, "power-search")
     task = tasks.load_sst2(args.data, args.limit)
     batches = encode(ck, task.sentences, args.seq_len, args.batch_size)
     backend = task_backend(args.engine, ck, "sst2", args.data)

@@ -11,8 +11,15 @@ from ..errors import UserError
 from ..inputs import read_texts, tokenize
 from ..report.tables import text_table
 from .common import add_checkpoint, make_output_dir, positive_int
+from .convert import tsv_texts
 
 COLUMNS = ("rows", "max_abs", "mean_abs", "negative_%", "sum_off_%", "kl", "argmax_agree_%", "topk_overlap_%")
+
+
+def data_texts(path: str) -> list[str]:
+    """A GLUE .tsv gives its sentence columns, as in `convert`: read line by line, its header and label
+    columns would be measured as texts."""
+    return tsv_texts(Path(path)) if Path(path).suffix == ".tsv" else read_texts(path)
 
 
 def register(subparsers) -> None:
@@ -25,7 +32,8 @@ def register(subparsers) -> None:
         "layer x head, by sentence length, and for the same sentences padded to longer batches.",
     )
     add_checkpoint(parser)
-    parser.add_argument("--data", required=True, help="text file, one text per line")
+    parser.add_argument("--data", required=True,
+                        help="text file, one text per line, or a GLUE .tsv (its sentence columns)")
     parser.add_argument("--teacher", help="baseline checkpoint (default: the one CKPT was converted from)")
     parser.add_argument("--max-rows", type=positive_int, default=20000,
                         help="stop after this many query rows (default %(default)s)")
@@ -103,7 +111,7 @@ def run(args) -> int:
     tokenizer_dir = ck.tokenizer_dir or teacher_ck.tokenizer_dir
     if tokenizer_dir is None:
         raise UserError("neither checkpoint has a tokenizer")
-    texts, (widest, what) = read_texts(args.data), input_limit(ck.spec, teacher_ck.spec)
+    texts, (widest, what) = data_texts(args.data), input_limit(ck.spec, teacher_ck.spec)
     first = approximator_batch(tokenizer_dir, texts[:args.batch], widest)
     padded = [first] + [approximator_batch(tokenizer_dir, texts[:args.batch], widest, p)
                         for p in padding_lengths(args.pad_to, first.shape[1], widest, what)]

@@ -184,9 +184,19 @@ def _require_ranks(values: np.ndarray, what: str) -> None:
         raise UserError(f"Spearman is undefined: all {len(values)} {what} are equal")
 
 
-def sst2_accuracy(ck: Checkpoint, task: ClassificationTask, backend: Backend, **options) -> float:
+def require_sst2_classifier(ck: Checkpoint, command: str = "SST-2 accuracy") -> None:
+    """SST-2 labels are 0/1, predicted as the argmax of a two-output head. Any other head would be scored
+    without a word: a one-output (regression) head argmaxes to 0 on every text, scoring the share of
+    negatives; a wider head predicts labels SST-2 does not have."""
     if not ck.spec.num_labels:
-        raise UserError(f"{ck.source} has no classification head: SST-2 accuracy needs a classifier")
+        raise UserError(f"{ck.source} has no classification head: {command} needs a classifier")
+    if ck.spec.num_labels != 2:
+        raise UserError(f"{ck.source} has a {ck.spec.num_labels}-output head: {command} needs a two-class "
+                        "classifier (SST-2 labels are 0 and 1)")
+
+
+def sst2_accuracy(ck: Checkpoint, task: ClassificationTask, backend: Backend, **options) -> float:
+    require_sst2_classifier(ck)
     results = run_batches(ck, task.sentences, backend, **options)
     predictions = np.array([int(np.argmax(logits)) for _, logits in results])
     return 100.0 * float((predictions == task.labels).mean())
