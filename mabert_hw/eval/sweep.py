@@ -62,11 +62,24 @@ def load_grid(path: str | Path) -> list[dict]:
         qconfig.from_dict({**point, "rule": base_rules}, str(path))  # validate every point up front
         if base_rules:
             point["rule"] = base_rules
+    _refuse_repeats(axes, path)
     return points
 
 
+def _refuse_repeats(axes: dict[str, list], path) -> None:
+    """A value given twice on an axis (act_bits = [8, 8], or percentile = [99, 99.0]: one config) would
+    evaluate the same configurations twice and write their rows twice."""
+    repeated = [k for k, values in axes.items() if any(v in values[:i] for i, v in enumerate(values))]
+    if repeated:
+        raise UserError(f"{path}: {', '.join(f'{k} = {axes[k]}' for k in repeated)}: a value is repeated; "
+                        "give each value once")
+
+
 def config_key(config: dict) -> str:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+    """A row's key. Number fields are written as floats, so that percentile = 99 and 99.0 (one config)
+    get one key, and a resumed sweep whose grid spells it the other way skips it."""
+    numbers = {k: float(v) for k, v in config.items() if qconfig.SETTING_TYPES.get(k) is float}
+    return json.dumps({**config, **numbers}, sort_keys=True, separators=(",", ":"))
 
 
 def done_keys(out: str | Path) -> set[str]:
@@ -78,9 +91,19 @@ def done_keys(out: str | Path) -> set[str]:
             reader = csv.DictReader(f)
             if reader.fieldnames is not None and "key" not in reader.fieldnames:
                 raise UserError(f"{path} is not a sweep output (no 'key' column): choose another --out")
-            return {row["key"] for row in reader}
+            return {_current_key(row["key"]) for row in reader}
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise UserError(f"cannot read {path} as a sweep output: {error}") from None
+
+
+def _current_key(key: str) -> str:
+    """A stored key as config_key writes it now (rows from before it wrote number fields as floats hold
+    percentile = 99 as 99); a key that is no config's JSON stays as it is."""
+    try:
+        config = json.loads(key)
+    except (TypeError, ValueError):  # TypeError: a short row's missing key (None)
+        return key
+    return config_key(config) if isinstance(config, dict) else key
 
 
 def record_path(out: str | Path) -> Path:

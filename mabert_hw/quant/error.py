@@ -63,9 +63,18 @@ def compare(ref: np.ndarray, got: np.ndarray, token_mask: np.ndarray | None = No
     noise = float(np.sum((r - g) ** 2))
     signal = float(np.sum(r ** 2))
     sqnr = np.inf if noise == 0 else 10 * np.log10(max(signal, 1e-300) / noise)
-    denom = float(np.linalg.norm(r) * np.linalg.norm(g))
-    return {"sqnr_db": round(float(sqnr), 2), "cosine": round(float(r @ g) / denom, 6) if denom else 1.0,
+    return {"sqnr_db": round(float(sqnr), 2), "cosine": round(cosine(r, g), 6),
             "max_abs_err": float(np.abs(r - g).max(initial=0.0))}
+
+
+def cosine(r: np.ndarray, g: np.ndarray) -> float:
+    """Cosine similarity of two flat tensors. Against an all-zero tensor (e.g. every code of a 2-bit
+    output rounded to the zero point) it is 0, as torch's cosine_similarity gives: nothing of r's
+    direction survives; 1 only when both are all zero, i.e. equal."""
+    denom = float(np.linalg.norm(r) * np.linalg.norm(g))
+    if denom:
+        return float(r @ g) / denom
+    return 1.0 if not np.any(r) and not np.any(g) else 0.0
 
 
 def tensor_errors(run: Callable[[Backend], object], config: QuantConfig, calibration: Calibration,
