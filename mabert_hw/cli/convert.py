@@ -14,6 +14,7 @@ from ..inputs import SPECIAL_TOKENS, read_tsv, read_utf8
 from ..spec import VARIANTS
 from .common import add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float, positive_int
 
+INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
 SHAPING_FLAGS = ("--softmax-input", "--softmax-hidden", "--share-softmax", "--only")  # a resumed run must repeat them
 
 
@@ -46,7 +47,7 @@ def register(subparsers) -> None:
                         help="approximator pre-fit steps (default %(default)s; 0 = skip)")
     parser.add_argument("--checkpoint-every", type=positive_int, default=200,
                         help="save OUT/train_state.pt for --resume every this many knowledge-transfer steps "
-                        "(default %(default)s)")
+                        "(default %(default)s), and when Ctrl-C or SIGTERM stops the run (after the step under way)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the knowledge transfer from OUT/train_state.pt: the flags that shape the model "
                         f"({', '.join(SHAPING_FLAGS)}) must match the first run's; the pre-fit and PowerNorm "
@@ -204,6 +205,10 @@ def run(args) -> int:
             history = train.knowledge_transfer(student, teacher, stream, cfg, state_path, resuming,
                                                lambda r, **kw: tqdm(r, desc="knowledge transfer", **kw), tqdm.write,
                                                record)
+        except train.Interrupted as error:
+            print(f"mabert-hw: interrupted after step {error.step} of {cfg.steps}; {state_path} holds that step: "
+                  "run the same command with --resume to continue", file=sys.stderr)
+            return INTERRUPTED_EXIT
         except train.Diverged as error:
             kept = f"{state_path} keeps the last state saved before it" if state_path.exists() else "nothing was saved"
             raise UserError(f"training diverged at step {error.step} (loss {error.loss}); {kept}. Start again with "

@@ -13,7 +13,10 @@ AdamW with linear warm-up and linear decay.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -52,6 +55,41 @@ class Diverged(FloatingPointError):
     def __init__(self, step: int, loss: float):
         super().__init__(f"loss is {loss} at step {step}")
         self.step, self.loss = step, loss
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the knowledge transfer; the state after its last whole step is saved."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted after step {step}")
+        self.step = step
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """A list that SIGINT / SIGTERM append to while the block runs, for the loop to read between steps: a
+    step cut in the middle would leave the optimizer stepped without its history. A second signal
+    interrupts at once. Signal handlers can only be set from the main thread; elsewhere the list stays
+    empty and signals act as before."""
+    requested: list[int] = []
+
+    def request(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {s: signal.signal(s, request) for s in STOP_SIGNALS}
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def teacher_module(spec: ModelSpec, weights: Weights) -> MABertModel:
@@ -184,34 +222,50 @@ def knowledge_transfer(student: MABertModel, teacher: MABertModel, stream: Itera
     teacher.eval()
     started = time.monotonic()
     steps = range(start, cfg.steps)
-    for step in progress(steps, initial=start, total=cfg.steps) if progress else steps:
-        batch = next(stream)
-        ids, mask, types = as_torch(batch)
-        with torch.no_grad():
-            teacher_out = teacher(ids, mask, types)
-        student.train()
-        loss, parts = kd_loss(student(ids, mask, types), teacher_out, mask)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        value = loss.item()
-        history.append({"step": step + 1, "loss": value, **parts})
-        if not math.isfinite(value):
-            raise Diverged(step + 1, value)
-        out_of_time = cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
-            torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "step": step + 1, "history": history,
-                        "record": record or {}},
-                       state_path.with_suffix(".tmp"))
-            state_path.with_suffix(".tmp").replace(state_path)
-            log(f"step {step + 1}: loss {value:.4f} {parts}")
-        if out_of_time:
-            log(f"stopped after {cfg.max_minutes} minutes at step {step + 1} of {cfg.steps}")
-            break
+    with stop_requests() as requested:
+        for step in progress(steps, initial=start, total=cfg.steps) if progress else steps:
+            _step(student, teacher, next(stream), optimizer, scheduler, step, history)
+            out_of_time = cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time or requested:
+                save_state(state_path, student, optimizer, scheduler, history, record)
+                parts = {k: v for k, v in history[-1].items() if k not in ("step", "loss")}
+                log(f"step {step + 1}: loss {history[-1]['loss']:.4f} {parts}")
+            if requested:
+                raise Interrupted(step + 1)
+            if out_of_time:
+                log(f"stopped after {cfg.max_minutes} minutes at step {step + 1} of {cfg.steps}")
+                break
     return history
+
+
+def _step(student: MABertModel, teacher: MABertModel, batch: Batch, optimizer, scheduler, step: int,
+          history: list[dict]) -> None:
+    """One knowledge-transfer step on `batch`, its loss appended to history."""
+    ids, mask, types = as_torch(batch)
+    with torch.no_grad():
+        teacher_out = teacher(ids, mask, types)
+    student.train()
+    loss, parts = kd_loss(student(ids, mask, types), teacher_out, mask)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    value = loss.item()
+    history.append({"step": step + 1, "loss": value, **parts})
+    if not math.isfinite(value):
+        raise Diverged(step + 1, value)
+
+
+def save_state(state_path: Path, student: MABertModel, optimizer, scheduler, history: list[dict],
+               record: dict | None) -> None:
+    """The resumable state after history[-1]'s step, written through a temporary file (an interrupted
+    save leaves the previous state)."""
+    temporary = state_path.with_suffix(".tmp")
+    torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": history[-1]["step"], "history": history,
+                "record": record or {}}, temporary)
+    temporary.replace(state_path)
 
 
 def saved_record(state_path: Path) -> dict:
