@@ -83,10 +83,12 @@ def config_key(config: dict) -> str:
 
 
 def done_keys(out: str | Path) -> set[str]:
+    """Keys of the rows in `out`, for --resume; a row cut short by a killed sweep is dropped first."""
     path = Path(out)
     if not path.exists():
         return set()
     try:
+        _drop_partial_row(path)
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is not None and "key" not in reader.fieldnames:
@@ -94,6 +96,17 @@ def done_keys(out: str | Path) -> set[str]:
             return {_current_key(row["key"]) for row in reader}
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise UserError(f"cannot read {path} as a sweep output: {error}") from None
+
+
+def _drop_partial_row(path: Path) -> None:
+    """Cut the file after its last newline. csv rows end with one, so bytes after it are a row whose
+    write a kill interrupted: the next append would continue that line and merge two rows into one
+    (the cut configuration is run again, as its row is not in the file)."""
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(whole)
 
 
 def _current_key(key: str) -> str:
