@@ -3,11 +3,16 @@ quant-error against an all-zero tensor."""
 
 from __future__ import annotations
 
+import csv
+import re
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from mabert_hw.errors import UserError
+from mabert_hw.eval import sweep
 from mabert_hw.eval.sweep import COLUMNS, append_result, config_key, done_keys, load_grid
 from mabert_hw.quant.error import compare
 
@@ -59,3 +64,58 @@ def test_keys_written_with_integer_numbers_still_match(tmp_path):
     out = tmp_path / "results.csv"
     append_result(out, {"key": '{"percentile":99}', "metric": 80.0, "seconds": 1.0, "overflows": 0}, list(COLUMNS))
     assert done_keys(out) == {config_key({"percentile": 99.0})}
+
+
+def _evaluate_or_fail(job):
+    """A stand-in for sweep.evaluate (inherited by the forked workers): act_bits = 4 fails at once, the
+    others finish after it."""
+    if job.config["act_bits"] == 4:
+        raise ValueError("out of range")
+    time.sleep(0.5)
+    return {**job.config, "key": config_key(job.config), "metric": 10.0 * job.config["act_bits"], "seconds": 0.5,
+            "overflows": 0}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_job_loses_no_other_row(tmp_path, monkeypatch, workers):
+    # before: the first failure ended the sweep, so the rows of the jobs still running or not started never
+    # reached the CSV, and (workers > 1) the pool was left to the interpreter's exit
+    monkeypatch.setattr(sweep, "evaluate", _evaluate_or_fail)
+    jobs = [sweep.Job("minilm", "stsb", "d", None, {"act_bits": bits}, "c") for bits in (4, 6, 8, 12)]
+    out = tmp_path / "results.csv"
+    with pytest.raises(UserError) as error:
+        sweep.run_sweep(jobs, out, workers=workers)
+    assert str(error.value) == '1 of 4 configurations failed (their rows are not in the output): ' \
+                               '{"act_bits":4}: ValueError: out of range'
+    with open(out, newline="") as f:
+        metrics = {row["act_bits"]: float(row["metric"]) for row in csv.DictReader(f)}
+    assert metrics == {"6": 60.0, "8": 80.0, "12": 120.0}
+
+
+@pytest.mark.parametrize("text", ["", "# act_bits = [4, 8]\n"])
+def test_empty_grid_is_refused(tmp_path, text):
+    # before: a grid with no field and no rule was run as one configuration, the defaults
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"^{re.escape(str(path))}: no QuantConfig field and no rule; "):
+        load_grid(path)
+
+
+def test_grid_of_rules_alone_is_one_configuration(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text('[[rule]]\nkind = "softmax"\nact_bits = 16\n')
+    assert load_grid(path) == [{"rule": [{"kind": "softmax", "act_bits": 16}]}]
+
+
+def test_ort_requant_of_an_accumulator_wider_than_32_bits_is_kept_exact():
+    # acc_bits > 32 with requant = "ort" stays allowed: a wider accumulator requantized in float32 (a design
+    # point, not onnxruntime itself) is well defined, unlike tflite's int64 products that wrap past 2^32
+    from mabert_hw.quant import config as qconfig
+    from mabert_hw.quant.formats import IntFormat
+    from mabert_hw.quant.requant import requantize
+
+    assert qconfig.from_dict({"acc_bits": 40}).settings("l", "linear").acc_bits == 40
+    acc = np.array([[2 ** 32 + 12345, -(2 ** 32) - 7, 1000]], np.int64)
+    y_scale = 2 ** 32 * 1e-5 / 100  # acc * x_s * w_s / y_s = 100 * acc / 2^32
+    got = requantize(acc, "ort", 0.01, np.full(3, 1e-3), y_scale, 0, IntFormat(16, True))
+    assert got.tolist() == [[100, -100, 0]]

@@ -19,6 +19,7 @@ import os
 import time
 import tomllib
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def load_grid(path: str | Path) -> list[dict]:
             grid = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise UserError(f"cannot read grid {path}: {error}") from None
+    if not grid:  # else the product of no axes is one point, the defaults: most likely a mistaken file
+        raise UserError(f"{path}: no QuantConfig field and no rule; give at least one (e.g. act_bits = [4, 8])")
     base_rules = grid.pop("rule", [])
     axes = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
     empty = [k for k, values in axes.items() if not values]
@@ -240,25 +243,50 @@ def evaluate(job: Job) -> dict:
 def run_sweep(jobs: list[Job], out: str | Path, workers: int = 1, scheduler=None,
               progress: Callable[[Iterable], Iterable] | None = None, connect_timeout: float = 30) -> list[dict]:
     """Evaluate jobs (those already in `out` should be filtered by the caller), appending each row.
-    `scheduler`: a dask Client or a scheduler address, given `connect_timeout` seconds to answer."""
+    `scheduler`: a dask Client or a scheduler address, given `connect_timeout` seconds to answer.
+    A job that fails does not stop the others (they are independent, and may be hours of work): every
+    row that finishes is appended, and the failures are then reported together in one line."""
     fields = list(COLUMNS) + sorted({k for j in jobs for k in j.config})
-    rows = []
+    rows, failures = [], []
+    with ExitStack() as stack:  # the local pool is shut down however the loop ends
+        outcomes = _outcomes(jobs, workers, scheduler, connect_timeout, stack)
+        for job, row in progress(outcomes) if progress else outcomes:
+            if isinstance(row, Exception):
+                failures.append(f"{config_key(job.config)}: {type(row).__name__}: {' '.join(str(row).split())}")
+                continue
+            append_result(out, row, fields)
+            rows.append(row)
+    if failures:
+        raise UserError(f"{len(failures)} of {len(jobs)} configurations failed (their rows are not in the output): "
+                        + "; ".join(failures))
+    return rows
+
+
+def _outcomes(jobs: list[Job], workers: int, scheduler, connect_timeout: float,
+              stack: ExitStack) -> Iterable[tuple[Job, dict | Exception]]:
+    """(job, its row or the exception it raised) for each job, as each finishes."""
     if scheduler is not None:
         from dask.distributed import Client, as_completed
 
         client = scheduler if isinstance(scheduler, Client) else _connect(scheduler, connect_timeout)
-        finished = (f.result() for f in as_completed(client.map(evaluate, jobs, pure=False)))
+        futures = dict(zip(client.map(evaluate, jobs, pure=False), jobs))
     elif workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         pool = ProcessPoolExecutor(workers)
-        finished = (f.result() for f in as_completed([pool.submit(evaluate, j) for j in jobs]))
+        # not waiting: after Ctrl-C the queued jobs are cancelled at once (the running ones got the signal)
+        stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+        futures = {pool.submit(evaluate, job): job for job in jobs}
     else:
-        finished = map(evaluate, jobs)
-    for row in progress(finished) if progress else finished:
-        append_result(out, row, fields)
-        rows.append(row)
-    return rows
+        return (_outcome(job, lambda job=job: evaluate(job)) for job in jobs)
+    return (_outcome(futures[future], future.result) for future in as_completed(list(futures)))
+
+
+def _outcome(job: Job, result: Callable[[], dict]) -> tuple[Job, dict | Exception]:
+    try:
+        return job, result()
+    except Exception as error:  # one configuration's failure, reported by run_sweep once the others are done
+        return job, error
 
 
 def _connect(address: str, timeout: float):
