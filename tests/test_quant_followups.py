@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import re
 import time
+from contextlib import ExitStack
 
 import numpy as np
 import pytest
@@ -76,15 +77,20 @@ def _evaluate_or_fail(job):
             "overflows": 0}
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, 2, "dask"])
 def test_a_failing_job_loses_no_other_row(tmp_path, monkeypatch, workers):
     # before: the first failure ended the sweep, so the rows of the jobs still running or not started never
     # reached the CSV, and (workers > 1) the pool was left to the interpreter's exit
     monkeypatch.setattr(sweep, "evaluate", _evaluate_or_fail)
     jobs = [sweep.Job("minilm", "stsb", "d", None, {"act_bits": bits}, "c") for bits in (4, 6, 8, 12)]
     out = tmp_path / "results.csv"
-    with pytest.raises(UserError) as error:
-        sweep.run_sweep(jobs, out, workers=workers)
+    with ExitStack() as stack, pytest.raises(UserError) as error:
+        if workers == "dask":  # a failing future on a cluster, as on the pool
+            distributed = pytest.importorskip("dask.distributed")
+            cluster = stack.enter_context(distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False))
+            sweep.run_sweep(jobs, out, scheduler=stack.enter_context(distributed.Client(cluster)))
+        else:
+            sweep.run_sweep(jobs, out, workers=workers)
     assert str(error.value) == '1 of 4 configurations failed (their rows are not in the output): ' \
                                '{"act_bits":4}: ValueError: out of range'
     with open(out, newline="") as f:
