@@ -125,3 +125,15 @@ def test_ort_requant_of_an_accumulator_wider_than_32_bits_is_kept_exact():
     y_scale = 2 ** 32 * 1e-5 / 100  # acc * x_s * w_s / y_s = 100 * acc / 2^32
     got = requantize(acc, "ort", 0.01, np.full(3, 1e-3), y_scale, 0, IntFormat(16, True))
     assert got.tolist() == [[100, -100, 0]]
+
+
+def test_a_sweep_given_a_scheduler_address_closes_its_client(tmp_path, monkeypatch):
+    # before: the Client that run_sweep opened for an address stayed connected after the sweep returned
+    distributed = pytest.importorskip("dask.distributed")
+    monkeypatch.setattr(sweep, "evaluate", _evaluate_or_fail)
+    jobs = [sweep.Job("minilm", "stsb", "d", None, {"act_bits": bits}, "c") for bits in (6, 8)]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster:
+        rows = sweep.run_sweep(jobs, tmp_path / "results.csv", scheduler=cluster.scheduler_address)
+        assert sorted(row["metric"] for row in rows) == [60.0, 80.0]
+        with pytest.raises(ValueError, match="No clients found"):
+            distributed.default_client()

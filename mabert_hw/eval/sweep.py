@@ -268,7 +268,11 @@ def _outcomes(jobs: list[Job], workers: int, scheduler, connect_timeout: float,
     if scheduler is not None:
         from dask.distributed import Client, as_completed
 
-        client = scheduler if isinstance(scheduler, Client) else _connect(scheduler, connect_timeout)
+        if isinstance(scheduler, Client):
+            client = scheduler
+        else:  # ours to close, however the loop ends: its futures are then released on the cluster
+            client = _connect(scheduler, connect_timeout)
+            stack.callback(client.close)
         futures = dict(zip(client.map(evaluate, jobs, pure=False), jobs))
     elif workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
