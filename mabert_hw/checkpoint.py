@@ -143,6 +143,23 @@ def architectures_of(config: dict) -> list[str]:
     return architectures
 
 
+def labels_of(config: dict) -> int:
+    """A classifier config's label count as transformers resolves it: id2label's size, else num_labels,
+    else 2."""
+    id2label = config.get("id2label")
+    if id2label is not None:
+        if not isinstance(id2label, dict) or not id2label:
+            raise UserError(f"config 'id2label' must be a non-empty object of labels, got {id2label!r:.60}")
+        return len(id2label)
+    try:
+        labels = whole_number(config.get("num_labels", 2), "num_labels")
+    except (TypeError, ValueError) as error:
+        raise UserError(f"config has a bad value: {error}") from None
+    if labels < 1:
+        raise UserError(f"config 'num_labels' must be at least 1, got {labels}")
+    return labels
+
+
 def read_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text())
@@ -158,7 +175,7 @@ def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_label
     if model_type != "bert":
         raise UserError(f"unsupported model_type {model_type!r} (supported: 'bert')")
     activation = config.get("hidden_act", "gelu")
-    if activation not in SUPPORTED_ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in SUPPORTED_ACTIVATIONS:
         raise UserError(f"unsupported hidden_act {activation!r} (supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
@@ -167,7 +184,7 @@ def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_label
     if decoder:  # causal self-attention (and cross-attention layers): not the encoder this tool runs
         raise UserError(f"config sets {' and '.join(decoder)}: BERT decoders are not supported (encoders only)")
     if not num_labels and any("ForSequenceClassification" in a for a in architectures_of(config)):
-        num_labels = len(config.get("id2label") or {0: 0, 1: 1})
+        num_labels = labels_of(config)
     required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     missing = [key for key in required if key not in config]
     if missing:
@@ -261,7 +278,15 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
         if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
             raise UserError(f"{path}: expected a flat state dict of name -> tensor; "
                             f"got {key!r} -> {type(value).__name__}")
-    return {key: _to_numpy(tensor) for key, tensor in state.items()}
+    arrays = {}
+    for key, tensor in state.items():
+        try:
+            arrays[key] = _to_numpy(tensor)
+        except (TypeError, RuntimeError, NotImplementedError) as error:
+            # meta, sparse and quantized tensors have no dense NumPy form
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise UserError(f"{path}: {key} is not a dense tensor ({type(error).__name__}: {first_line})") from None
+    return arrays
 
 
 def _unwrap_training_checkpoint(state: dict) -> dict:

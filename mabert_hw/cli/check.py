@@ -14,6 +14,7 @@ is many decades larger. torch_ref's MA-BERT and crammed modules run in float32, 
 
 from __future__ import annotations
 
+import math
 from .. import checkpoint
 from ..errors import UserError
 from ..inputs import SAMPLE_TEXTS, Batch, check_seq_len, random_batch, read_texts, tokenize
@@ -72,10 +73,10 @@ def run(args) -> int:
         diffs, atol = compare_with_hf(ck, weights, batch, checkpoint.source_path(args.ckpt)), FLOAT64_ATOL
     atol = atol if args.atol is None else args.atol
     print(text_table([{"output": label, "max_abs_diff": f"{d:.3e}", "ok": d <= atol} for label, d in diffs]))
-    worst = max(d for _, d in diffs)
-    verdict = "OK" if worst <= atol else "FAIL"
-    print(f"{verdict}: max |diff| {worst:.3e} (atol {atol:g})")
-    return 0 if worst <= atol else 1
+    ok = all(d <= atol for _, d in diffs)  # a nan row fails: nan <= atol is False (max() would skip it)
+    worst = max((d for _, d in diffs), key=lambda d: (math.isnan(d), d))  # nan, where any row is nan
+    print(f"{'OK' if ok else 'FAIL'}: max |diff| {worst:.3e} (atol {atol:g})")
+    return 0 if ok else 1
 
 
 def check_inputs(args, ck: checkpoint.Checkpoint) -> Batch:

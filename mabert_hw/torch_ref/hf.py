@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 from transformers.utils import logging as hf_logging
 
@@ -67,9 +68,12 @@ def hf_pretrained(directory: Path, spec: ModelSpec) -> torch.nn.Module:
             model, info = BertForSequenceClassification.from_pretrained(directory, **options)
         else:
             model, info = BertModel.from_pretrained(directory, add_pooling_layer=spec.has_pooler, **options)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"transformers cannot load {directory}: {first_line}") from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, StrictDataclassError) as error:
+        # StrictDataclassError: transformers 5 validates config fields by type (e.g. a hidden_size of 24.0),
+        # its reason on the second line
+        lines = [line.strip() for line in str(error).strip().splitlines()] or [type(error).__name__]
+        reason = " ".join(lines[:2]) if isinstance(error, StrictDataclassError) else lines[0]
+        raise UserError(f"transformers cannot load {directory}: {reason}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or [])
