@@ -38,9 +38,10 @@ What the layout needs beyond HF BERT, and how it lands in model.py:
 - positions: a fixed (P, C) table computed by SinusoidalPositional's formula, times scale_factor for
   "scaled-sinusoidal"; "learned" is the stored table;
 - absent tensors become zero arrays so model.py stays one code path: the biases that use_bias /
-  qkv_bias leave out, and a (2, C) token-type table (crammed BERT has no segment embedding). The trace
-  therefore still counts their additions: one bias add per linear output and the token-type gather +
-  add, B*T*C each, about 1/C of the linear MACs;
+  qkv_bias leave out, and a (2, C) token-type table (crammed BERT has no segment embedding). The spec
+  records what is absent (ModelSpec qkv_bias, dense_bias, token_types, positions), so the cost counts
+  (cost.counts.built_ops) count neither those zeros nor the sinusoid table as parameters, nor the bias
+  adds and the token-type gather + add as work;
 - the mask: crammed adds (1 - m) * -10000 to padded keys' scores, HF (and model.py) finfo.min; after the
   row maximum is subtracted both underflow exp to exactly 0 in float32, so the outputs agree.
 Unsupported (one-line UserError): other attention types, rotary embeddings, non-softmax sequence ops,
@@ -57,7 +58,7 @@ import numpy as np
 
 from .errors import UserError
 from .fff import crammed_fff_key, fff_shapes, n_nodes
-from .spec import ModelSpec, Variant, whole_number
+from .spec import ModelSpec, Variant, real_number, whole_number
 from .weights import FINAL_NORM, Weights, layer_prefix
 
 MODEL_TYPE = "crammedBERT"  # crammedBertConfig.model_type
@@ -162,7 +163,7 @@ def parse_arch(config: dict) -> CrammedArch:
                             f"got {hidden}")
         return CrammedArch(
             hidden=hidden, layers=whole("num_transformer_layers"),
-            heads=whole("attention.num_attention_heads"), eps=float(get("norm_eps")), ffn=ffn,
+            heads=whole("attention.num_attention_heads"), eps=real_number(get("norm_eps"), "arch.norm_eps"), ffn=ffn,
             intermed_size=whole("intermed_size"), depth=depth,
             activation=ACTIVATIONS[nonlin], positions=positions,
             max_positions=whole("embedding.max_seq_length"), qkv_bias=bool(get("attention.qkv_bias")),
@@ -211,7 +212,8 @@ def spec_from_arch(arch: CrammedArch, vocab_size: int, name: str) -> ModelSpec:
                       fff_depth=arch.depth, fff_trees=arch.intermed_size if arch.ffn == "fff" else 1)
     return ModelSpec(name=name, vocab_size=vocab_size, hidden=arch.hidden, layers=arch.layers, heads=arch.heads,
                      intermediate=arch.ffn_width, max_positions=arch.max_positions, type_vocab_size=TOKEN_TYPES,
-                     eps=arch.eps, has_pooler=False, variant=variant)
+                     eps=arch.eps, has_pooler=False, variant=variant, qkv_bias=arch.qkv_bias,
+                     dense_bias=arch.use_bias, token_types=False, positions=arch.positions)
 
 
 @dataclass(frozen=True)

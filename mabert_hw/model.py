@@ -79,12 +79,26 @@ def forward(
     token_type_ids: np.ndarray | None = None,
 ) -> ForwardResult:
     """input_ids, attention_mask, token_type_ids: (B, T) integer arrays (mask 1 = real token)."""
-    problem = executable_problem(spec)
-    if problem:
-        raise UserError(problem)
+    check_executable(spec)
     input_ids, attention_mask, token_type_ids = checked_inputs(spec, input_ids, attention_mask, token_type_ids)
     with backend.running():
         return run_layers(spec, weights, input_ids, backend, attention_mask, token_type_ids)
+
+
+def shaped_forward(spec: ModelSpec, weights: Weights, backend: Backend, input_ids, attention_mask,
+                   token_type_ids) -> ForwardResult:
+    """forward on (B, T) inputs that have a shape and no values (the trace backend's Shaped): the
+    checks of the spec and of T, none of the values', so no B x T array is made or scanned."""
+    check_executable(spec)
+    check_token_count(spec, input_ids.shape[1])
+    with backend.running():
+        return run_layers(spec, weights, input_ids, backend, attention_mask, token_type_ids)
+
+
+def check_executable(spec: ModelSpec) -> None:
+    problem = executable_problem(spec)
+    if problem:
+        raise UserError(problem)
 
 
 def run_layers(spec: ModelSpec, weights: Weights, input_ids, backend: Backend, attention_mask,
@@ -133,11 +147,7 @@ def checked_inputs(spec: ModelSpec, input_ids, attention_mask, token_type_ids):
     if input_ids.ndim != 2:
         raise UserError(f"input_ids must be (batch, tokens), got shape {input_ids.shape}")
     B, T = input_ids.shape
-    if T > spec.max_positions:
-        raise UserError(f"{T} tokens exceed the model's {spec.max_positions} positions")
-    if spec.variant.softmax == "mlp" and T > spec.variant.softmax_input:
-        raise UserError(f"{T} tokens exceed the softmax approximator's input size "
-                        f"{spec.variant.softmax_input}: truncate inputs to {spec.variant.softmax_input} tokens")
+    check_token_count(spec, T)
     attention_mask = np.ones((B, T), np.int64) if attention_mask is None else np.asarray(attention_mask)
     token_type_ids = np.zeros((B, T), np.int64) if token_type_ids is None else np.asarray(token_type_ids)
     for name, array in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
@@ -151,6 +161,14 @@ def checked_inputs(spec: ModelSpec, input_ids, attention_mask, token_type_ids):
     check_ids(input_ids, spec.vocab_size, "token id", "vocab_size")
     check_ids(token_type_ids, spec.type_vocab_size, "token type", "type_vocab_size")
     return input_ids, attention_mask, token_type_ids
+
+
+def check_token_count(spec: ModelSpec, T: int) -> None:
+    if T > spec.max_positions:
+        raise UserError(f"{T} tokens exceed the model's {spec.max_positions} positions")
+    if spec.variant.softmax == "mlp" and T > spec.variant.softmax_input:
+        raise UserError(f"{T} tokens exceed the softmax approximator's input size "
+                        f"{spec.variant.softmax_input}: truncate inputs to {spec.variant.softmax_input} tokens")
 
 
 def check_ids(ids: np.ndarray, table_size: int, what: str, config_key: str) -> None:

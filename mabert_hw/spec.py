@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from .errors import UserError
 
@@ -19,6 +19,14 @@ NormKind = Literal["layernorm", "powernorm"]
 NormPosition = Literal["post", "pre"]
 FfnKind = Literal["dense", "fff"]
 MaskKind = Literal["additive", "multiplicative"]
+PositionKind = Literal["learned", "sinusoidal", "scaled-sinusoidal"]
+
+
+def check_choice(value, name: str, kind) -> None:
+    """value is one of the Literal type `kind`'s values (a one-line UserError otherwise)."""
+    choices = get_args(kind)
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -48,9 +56,13 @@ class Variant:
     norm_position: NormPosition = "post"
 
     def __post_init__(self) -> None:
+        for name, kind in (("softmax", SoftmaxKind), ("ffn_activation", Activation), ("norm", NormKind),
+                           ("ffn", FfnKind), ("mask", MaskKind), ("norm_position", NormPosition)):
+            check_choice(getattr(self, name), name, kind)
         # a tree of depth d has 2^(d+1) - 1 nodes (fff.n_nodes): a negative depth makes that a fraction,
-        # and no trees is no feed-forward block at all
-        for name, least in (("fff_depth", 0), ("fff_trees", 1)):
+        # and no trees is no feed-forward block at all; the approximator's Linear(n->h), Linear(h->n) need
+        # n, h >= 1 (h <= 0 gave negative MACs and params)
+        for name, least in (("fff_depth", 0), ("fff_trees", 1), ("softmax_input", 1), ("softmax_hidden", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise UserError(f"{name} must be a whole number >= {least}, got {value!r}")
@@ -72,7 +84,14 @@ class Variant:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Architecture of a BERT encoder (field names follow HF BertConfig where one exists)."""
+    """Architecture of a BERT encoder (field names follow HF BertConfig where one exists).
+
+    qkv_bias, dense_bias, token_types and positions say which parameters the model has where HF BERT
+    has them all (crammed BERT: attention.qkv_bias, use_bias, no segment embedding, sinusoidal
+    positions). The engines run one code path (model.py) on zeros for an absent bias or token-type
+    table and on the computed sinusoid table, which compute the same; the cost counts leave them out
+    (cost.counts.built_ops).
+    """
 
     name: str
     vocab_size: int
@@ -86,12 +105,19 @@ class ModelSpec:
     has_pooler: bool = True
     num_labels: int = 0  # > 0: BertForSequenceClassification head on the pooled output
     variant: Variant = field(default_factory=Variant)
+    qkv_bias: bool = True  # query, key and value projections add a bias
+    dense_bias: bool = True  # the attention output and both FFN projections add a bias
+    token_types: bool = True  # a segment (token-type) embedding is added
+    positions: PositionKind = "learned"  # the position table: learned, or fixed sinusoids (scaled by
+    # one learned scalar for "scaled-sinusoidal")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_positions", "type_vocab_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
-        if not (math.isfinite(self.eps) and self.eps > 0):  # LayerNorm divides by sqrt(var + eps)
+        check_choice(self.positions, "positions", PositionKind)
+        eps_is_number = isinstance(self.eps, numbers.Real) and not isinstance(self.eps, bool)
+        if not (eps_is_number and math.isfinite(self.eps) and self.eps > 0):  # LayerNorm divides by sqrt(var + eps)
             raise UserError(f"layer norm eps must be a positive finite number, got {self.eps}")
         if self.hidden % self.heads:
             raise UserError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
@@ -133,11 +159,24 @@ VARIANTS: dict[str, Variant] = {
 
 
 def whole_number(value, key: str) -> int:
-    """A dimension read from a config: an int, or a float only when whole. 2.7 layers (or `true`) is a
-    bad config, not something to round; raises ValueError, which the loaders report as a bad value."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+    """A dimension read from a config: an int, or a float only when whole. 2.7 layers, `true` or the
+    string "3" is a bad config, not something to round or parse (transformers refuses the string);
+    raises ValueError, which the loaders report as a bad value."""
+    if not _is_number(value) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError(f"{key} must be a whole number, got {value!r}")
     return int(value)
+
+
+def real_number(value, key: str) -> float:
+    """A real number read from a config (layer_norm_eps): an int or a float. The string "1e-12" is
+    refused, as transformers refuses it, not parsed; raises ValueError like whole_number."""
+    if not _is_number(value):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def preset(name: str) -> ModelSpec:

@@ -1,9 +1,20 @@
 """`mabert-hw compare`: BERT vs MA-BERT vs PoWER-BERT vs UltraFastBERT on one accelerator description.
 
-Variants come from mabert_hw.spec.VARIANTS plus "power" (PoWER-BERT with the retention schedule of
-`power_retention`, or --retention: inline or a `power-search --out` file, as in `profile`). MA-BERT's
-approximator input n is raised to T when T exceeds it (a model trained for T-token rows; its hidden
-width h stays as published). A variant whose trace fails with a UserError is listed as skipped with the
+Each row is one published recipe's arithmetic on the checkpoint's architecture (VARIANT_RULE, also in
+the help), so the rows differ in the recipe alone:
+- from the checkpoint, in every row: the dimensions, which biases, token types and position table it
+  has, where its norms sit (pre- or post-LN), its pooler and head; the width F of a dense FFN (for an
+  FFF checkpoint, as many neurons as its tree nodes: the "equivalent feedforward" of as many neurons
+  UltraFastBERT's speed-ups are measured against, arXiv 2311.10770); an FFF checkpoint's trees in the
+  fff row and an MA checkpoint's approximator (n, h, shared) in the ma row;
+- from the recipe (mabert_hw.spec.VARIANTS): softmax, norm, mask, FFN kind and activation. bert is
+  BERT's (GELU), whatever activation the checkpoint's own FFN uses; power is the bert row plus the
+  retention schedule of `power_retention` or --retention (inline or a `power-search --out` file, as in
+  `profile`), so a schedule that keeps every token prices exactly as bert; ma is MA-BERT's (ReLU,
+  PowerNorm, approximator n = h = 128 unless the checkpoint is MA's), fff UltraFastBERT-1x11's one tree
+  of depth 11 unless the checkpoint has its own.
+MA-BERT's approximator input n is raised to T when T exceeds it (a model trained for T-token rows; its
+hidden width h stays). A variant whose trace fails with a UserError is listed as skipped with the
 reason, not dropped silently. Speedup and energy saved are against bert, between fully priced variants
 only: a total without its unpriced ops is short.
 """
@@ -27,6 +38,11 @@ from .retention import add_retention_argument, read_retention, searched_seq_len
 DEFAULT_VARIANTS = "bert,ma,power,fff"
 DEFAULT_HW = "edge-32x32-int8"
 POWER_LAST_LAYER_FRACTION = 0.1
+VARIANT_RULE = ("Every row is its recipe's arithmetic on the checkpoint's architecture: dimensions, biases, "
+                "token types, positions, norm placement and dense FFN width F (an FFF checkpoint: as many "
+                "neurons as tree nodes) come from the checkpoint, and so do an FFF checkpoint's trees (fff row) "
+                "and an MA checkpoint's approximator (ma row); the checkpoint's own FFN activation does not "
+                "enter: bert is GELU BERT, power is the bert row plus the retention schedule.")
 
 
 def power_retention(seq_len: int, layers: int) -> tuple[int, ...]:
@@ -41,8 +57,8 @@ def register(subparsers) -> None:
         "compare",
         help="cycles, time and energy of BERT variants side by side on one accelerator",
         description="Trace each variant (shapes only), price every op on the accelerator and print the "
-        f"side-by-side table; optionally write plots. Variants: {', '.join(VARIANTS)}, power. PoWER-BERT "
-        "retention default: layer j of L keeps round(T*(1 - 0.9*j/L)) tokens.",
+        f"side-by-side table; optionally write plots. Variants: {', '.join(VARIANTS)}, power. {VARIANT_RULE} "
+        "PoWER-BERT retention default: layer j of L keeps round(T*(1 - 0.9*j/L)) tokens.",
     )
     add_checkpoint(parser)
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated (default {DEFAULT_VARIANTS})")
@@ -59,17 +75,23 @@ def register(subparsers) -> None:
 
 
 def variant_spec(spec: ModelSpec, name: str, seq_len: int, retention: tuple[int, ...] | None = None) -> ModelSpec:
-    """retention: the power variant's validated schedule (read_retention), None for `power_retention`."""
+    """The checkpoint `spec` with variant `name`'s arithmetic, by VARIANT_RULE (the module doc).
+    retention: the power variant's validated schedule (read_retention), None for `power_retention`."""
     if name == "power":
-        kept = retention or power_retention(seq_len, spec.layers)
-        return replace(spec, variant=replace(spec.variant, retention=kept))
+        bert = variant_spec(spec, "bert", seq_len)
+        return bert.with_variant(retention=retention or power_retention(seq_len, spec.layers))
     if name not in VARIANTS:
         raise UserError(f"unknown variant {name!r}; variants: {', '.join(VARIANTS)}, power")
     variant: Variant = VARIANTS[name]
+    own = spec.variant
+    if variant.softmax == "mlp" and own.softmax == "mlp":
+        variant = replace(variant, softmax_input=own.softmax_input, softmax_hidden=own.softmax_hidden,
+                          share_softmax=own.share_softmax)
     if variant.softmax == "mlp" and seq_len > variant.softmax_input:
         variant = replace(variant, softmax_input=seq_len)
-    # where the norms sit is the checkpoint's architecture (crammed BERT: pre-LN), not a variant's
-    return replace(spec, variant=replace(variant, norm_position=spec.variant.norm_position))
+    if variant.ffn == "fff" and own.ffn == "fff":
+        variant = replace(variant, fff_depth=own.fff_depth, fff_trees=own.fff_trees)
+    return replace(spec, variant=replace(variant, norm_position=own.norm_position))
 
 
 @dataclass
@@ -83,14 +105,14 @@ class Outcome:
 def evaluate(spec: ModelSpec, names: list[str], batch: int, seq_len: int, hw,
              retention: tuple[int, ...] | None = None):
     """One Outcome per variant name; a variant whose trace raises UserError is skipped with the reason."""
-    from ..cost.counts import trace
+    from ..cost.counts import model_ops
     from ..cost.cycles import estimate
 
     outcomes = []
     for name in names:
         try:
             vspec = variant_spec(spec, name, seq_len, retention)
-            outcomes.append(Outcome(name, vspec, estimate(trace(vspec, batch, seq_len), hw)))
+            outcomes.append(Outcome(name, vspec, estimate(model_ops(vspec, batch, seq_len), hw)))
         except UserError as error:
             outcomes.append(Outcome(name, spec, None, str(error)))
     return outcomes

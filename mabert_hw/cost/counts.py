@@ -9,14 +9,20 @@
 - `flops` = 2 * MACs + the number of elementwise primitives (every primitive counts as one FLOP);
   `gemm_flops` = 2 * MACs of the matrix products (kinds linear and matmul) alone, the figure torch's
   FlopCounterMode reports; an FFF walk's MACs are dots and axpys of gathered rows, not a GEMM.
-- Params: elements of the parameter operands; an embedding table counts whole. An MA softmax
-  approximator at T < n tokens uses, and counts, only the first T of its n inputs and outputs. A
+- Params: elements of the parameter operands; an embedding table counts whole, unless the op says
+  fewer of them are learned (attr `learned_params`: a fixed sinusoid position table holds 0, or 1
+  when one learned scalar scales it; see built_ops). An MA softmax approximator at T < n tokens
+  uses, and counts, only the first T of its n inputs and outputs. A
   shared approximator (one for all layers) counts once, at layer 0's ops, which read the most of it
   (later layers see T_l <= T tokens); the other layers' reads keep their weight bytes, at 0 params
   (cost.summary.profile_model).
 - Bytes at `bytes_per_element`: activation bytes = inputs read + output written; weight bytes =
-  parameter elements read (an embedding reads only the gathered rows, B*T*C; an FFF only the
-  visited nodes' rows, each once, see fff_walk_counts).
+  parameter elements read, each once per op (a memory that keeps what it has fetched). So an
+  embedding of n ids into a (V, C) table reads at most min(n, V) distinct rows, min(n, V) * C
+  elements; the position table's ids are 0..T-1 in every sequence, so it reads min(T, P) rows;
+  an FFF reads only the visited nodes' rows (fff_walk_counts). A gather (PoWER-BERT's token
+  selection) reads only the rows it keeps and its index, one element per kept row, and writes the
+  kept rows; a slice (the pooler's CLS row) reads the rows it keeps and writes them.
 - An op kind without a rule is returned in `unknown`, never counted as zero.
 """
 
@@ -24,19 +30,25 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import ceil, log2, prod
-
-import numpy as np
 
 from ..backends.base import Op
 from ..backends.trace import Shaped, TraceBackend
-from ..model import forward
+from ..model import shaped_forward
 from ..spec import ModelSpec
 from ..weights import expected_shapes
 
 GEMM_KINDS = ("linear", "matmul")
 APPROXIMATOR_MARK = "softmax.linear_relu_stack"  # in the op names of MA-BERT's softmax approximator
+# model.embeddings' op names
+POSITION_EMBEDDING = "embeddings.position_embeddings"
+TOKEN_TYPE_OPS = ("embeddings.token_type_embeddings", "embeddings.add_token_type")
+# encoder linears by the ModelSpec flag that says whether they add a bias (op name suffixes)
+QKV_PROJECTIONS = ("attention.self.query", "attention.self.key", "attention.self.value")
+DENSE_PROJECTIONS = ("attention.output.dense", "intermediate.dense", "output.dense")
+# learned parameters behind a fixed sinusoid position table: none, or ScaledSinosoidal's scalar
+SINUSOID_LEARNED_PARAMS = {"sinusoidal": 0, "scaled-sinusoidal": 1}
 
 
 @dataclass
@@ -189,11 +201,13 @@ RULES: dict[str, Callable[[Op], tuple[int, Counter]]] = {
 
 def count_op(op: Op, bytes_per_element: float = 4) -> OpCount:
     macs, elementwise = RULES[op.kind](op)
-    params = sum(prod(w) for w in op.weights)
-    if op.kind == "embedding":  # reads the gathered rows; the integer ids are not counted
-        weight_elements, activation_elements = prod(op.output), prod(op.output)
+    params = op.attr("learned_params", sum(prod(w) for w in op.weights))
+    if op.kind == "embedding":  # reads the distinct gathered rows, writes every one; the ids are not counted
+        weight_elements, activation_elements = embedding_rows(op) * op.weights[0][1], prod(op.output)
     elif op.kind == "slice":  # reads only the rows it keeps, then writes them
         weight_elements, activation_elements = 0, 2 * prod(op.output)
+    elif op.kind == "gather":  # (B, T, ...)[(B, K)]: reads the K kept rows and the index, writes the rows
+        weight_elements, activation_elements = 0, 2 * prod(op.output) + prod(op.inputs[1])
     elif op.kind == "fff":  # reads the visited nodes' rows, each once, as a dense layer reads its weights
         weight_elements = fff_walk_counts(op)["distinct_elements"]
         activation_elements = sum(prod(s) for s in op.inputs) + prod(op.output)
@@ -208,6 +222,13 @@ def count_op(op: Op, bytes_per_element: float = 4) -> OpCount:
         weight_bytes=int(weight_elements * bytes_per_element),
         activation_bytes=int(activation_elements * bytes_per_element),
     )
+
+
+def embedding_rows(op: Op) -> int:
+    """Distinct rows an embedding op reads from its (rows, C) table: at most one per id, at most the
+    table. The position ids are 0..T-1 in each of the B sequences (model.embeddings): T distinct."""
+    (ids,), table_rows = op.inputs, op.weights[0][0]
+    return min(ids[-1] if op.name == POSITION_EMBEDDING else prod(ids), table_rows)
 
 
 @dataclass
@@ -242,8 +263,40 @@ def count_ops(ops: Iterable[Op], bytes_per_element: float = 4) -> Profile:
 
 
 def trace(spec: ModelSpec, batch: int, seq_len: int) -> list[Op]:
-    """The ops of one forward pass at (batch, seq_len), from shapes alone."""
+    """The ops the engines run in one forward pass at (batch, seq_len), from shapes alone: nothing of
+    size batch x seq_len is allocated (the inputs are Shaped too), so any batch can be traced."""
     weights = {key: Shaped(shape) for key, shape in expected_shapes(spec).items()}
     backend = TraceBackend()
-    forward(spec, weights, np.zeros((batch, seq_len), np.int64), backend)
+    ids = Shaped((batch, seq_len), "int64")  # the attention mask and token types have its shape
+    shaped_forward(spec, weights, backend, ids, ids, ids)
     return backend.ops
+
+
+def model_ops(spec: ModelSpec, batch: int, seq_len: int) -> list[Op]:
+    """The ops of the model as built, what the profiles and comparisons count: built_ops of the trace."""
+    return built_ops(spec, trace(spec, batch, seq_len))
+
+
+def built_ops(spec: ModelSpec, ops: Iterable[Op]) -> list[Op]:
+    """The engines' ops without what the model does not have. The engines run one code path for every
+    checkpoint (model.py): a missing bias or token-type table runs as zeros and a fixed position table
+    is read like a learned one, which computes the same. Counted, a linear without a bias reads none
+    and adds nothing (spec.qkv_bias, spec.dense_bias), a model without token types neither gathers
+    nor adds them (spec.token_types), and a sinusoid table is read but holds 0 or 1 learned
+    parameters (spec.positions, SINUSOID_LEARNED_PARAMS)."""
+    out = []
+    for op in ops:
+        if not spec.token_types and op.name in TOKEN_TYPE_OPS:
+            continue
+        if op.kind == "linear" and op.layer is not None and _bias_absent(spec, op.name):
+            op = replace(op, weights=op.weights[:1])
+        if op.name == POSITION_EMBEDDING and spec.positions in SINUSOID_LEARNED_PARAMS:
+            learned = (("learned_params", SINUSOID_LEARNED_PARAMS[spec.positions]),)
+            op = replace(op, attrs=tuple(sorted(op.attrs + learned)))
+        out.append(op)
+    return out
+
+
+def _bias_absent(spec: ModelSpec, name: str) -> bool:
+    return ((not spec.qkv_bias and name.endswith(QKV_PROJECTIONS))
+            or (not spec.dense_bias and name.endswith(DENSE_PROJECTIONS)))

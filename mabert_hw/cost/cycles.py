@@ -43,10 +43,14 @@ from dataclasses import dataclass
 from math import ceil, prod
 
 from ..backends.base import Op
+from ..errors import UserError
 from .counts import GEMM_KINDS, RULES, OpCount, count_op, fff_walk_counts
 from .hardware import Hardware
 
 MEMORY_ONLY_KINDS = ("embedding", "slice", "gather")
+# A 64-bit cycle counter's range, 292 years at 1 GHz: an op needing more DRAM cycles is refused, not
+# priced (a tiny DRAM rate's bytes / rate overflows to inf, and ceil(inf) raises).
+MAX_CYCLES = 2 ** 63
 VECTOR_MAC_KINDS = ("fff",)
 ENERGY_PARTS = ("mac", "vector", "sram", "dram")
 
@@ -187,7 +191,11 @@ def op_cost(op: Op, hw: Hardware) -> OpCost | str:
     dram_bytes = elements.weight_bytes * element_bytes
     if activation_bytes > hw.activation_sram_bytes:
         dram_bytes += activation_bytes
-    memory = ceil(dram_bytes / hw.dram_bytes_per_cycle)
+    memory = dram_bytes / hw.dram_bytes_per_cycle
+    if not memory < MAX_CYCLES:
+        raise UserError(f"{op.name} moves {dram_bytes:.4g} DRAM bytes, more than 2^63 cycles at {hw.name}'s "
+                        f"{hw.dram_gb_per_s:g} GB/s and {hw.clock_ghz:g} GHz: is the DRAM rate a typo?")
+    memory = ceil(memory)
     cycles = max(compute, memory) if hw.overlap else compute + memory
     utilisation = useful / (peak * cycles) if cycles else 0.0
     energy["dram"] = dram_bytes * hw.energy.dram_pj_per_byte

@@ -24,6 +24,7 @@ Derived prices, stated once:
 from __future__ import annotations
 
 import math
+import sys
 import tomllib
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -209,11 +210,14 @@ def _table(t: dict, key: str, where: str = "") -> dict:
 
 
 def _positive(t: dict, key: str) -> float:
-    """A finite number > 0. TOML has inf and nan (a clock of inf leaves 0 DRAM bytes per cycle to
-    divide by; nan passes every `<= 0` check), and Python takes `true` for 1: all are refused."""
+    """A finite number, at least the smallest normal float (2.2e-308). TOML has inf and nan (a clock of
+    inf leaves 0 DRAM bytes per cycle to divide by; nan passes every `<= 0` check), Python takes `true`
+    for 1, and a subnormal such as 1e-320 GB/s makes bytes / rate overflow to inf: all are refused."""
     value = t[key]
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise ValueError(f"{key} must be positive and finite, got {value!r}")
+    if value < sys.float_info.min:
+        raise ValueError(f"{key} must be at least {sys.float_info.min:.3g} (the smallest normal float), got {value!r}")
     return float(value)
 
 

@@ -6,20 +6,24 @@ from collections import Counter
 
 from ..spec import ModelSpec
 from ..weights import FINAL_NORM
-from .counts import APPROXIMATOR_MARK, OpCount, Profile, count_ops, trace
+from .counts import APPROXIMATOR_MARK, OpCount, Profile, count_ops, model_ops
 
 GROUPINGS = ("op", "layer", "kind")
+# the ops that close the encoder after its last layer (model.run_layers): a pre-LN encoder's final
+# LayerNorm, and the read-out of a folded PowerNorm basis (MA-BERT)
+ENCODER_CLOSERS = (FINAL_NORM, "encoder.readout")
 
 
 def layer_label(count: OpCount) -> str:
-    """The encoder layer's index, "embeddings", "final" or "head" (pooler, classifier). A pre-LN encoder's
-    closing LayerNorm is encoder work, not a head's: a crammed model, which has no head, showed one."""
+    """The encoder layer's index, "embeddings", "final" or "head" (pooler, classifier). What closes the
+    encoder is encoder work, not a head's: a crammed model or an MA encoder without a pooler, which
+    have no head, showed one."""
     layer = count.op.layer
     if layer is not None:
         return str(layer)
     if count.op.name.startswith("embeddings."):
         return "embeddings"
-    return "final" if count.op.name == FINAL_NORM else "head"
+    return "final" if count.op.name in ENCODER_CLOSERS else "head"
 
 
 def op_record(count: OpCount) -> dict:
@@ -77,7 +81,7 @@ def rows(profile: Profile, by: str) -> list[dict]:
 
 
 def profile_model(spec: ModelSpec, batch: int, seq_len: int, bytes_per_element: float = 4) -> Profile:
-    profile = count_ops(trace(spec, batch, seq_len), bytes_per_element)
+    profile = count_ops(model_ops(spec, batch, seq_len), bytes_per_element)
     if spec.variant.share_softmax:
         _count_shared_approximator_once(profile)
     return profile
