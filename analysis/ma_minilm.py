@@ -25,7 +25,7 @@ import numpy as np
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cli import main as cli
-from mabert_hw.cost.counts import count_ops, trace
+from mabert_hw.cost.counts import count_ops, model_ops
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.inputs import tokenize
 from mabert_hw.model import forward
@@ -75,7 +75,7 @@ def latencies(ck_base, ck_ma, texts: list[str], reps: int, backends: str) -> dic
 def op_counts(spec_base, spec_ma) -> list[dict]:
     rows = []
     for name, spec in (("baseline", spec_base), ("ma", spec_ma)):
-        profile = count_ops(trace(spec, 8, 128))
+        profile = count_ops(model_ops(spec, 8, 128))
         rows.append({"model": name, "macs": profile.total("macs"), **dict(profile.elementwise())})
     return rows
 

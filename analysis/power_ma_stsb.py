@@ -32,7 +32,7 @@ import numpy as np
 
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
-from mabert_hw.cost.counts import count_ops, trace
+from mabert_hw.cost.counts import count_ops, model_ops
 from mabert_hw.eval.tasks import length_batches, load_stsb, stsb_spearman
 from mabert_hw.power import geometric_retention, parse_retention
 from mabert_hw.report.tables import csv_table
@@ -55,7 +55,7 @@ SCHEDULES = {
 def dataset_flops(ck, texts: list[str]) -> int:
     """FLOPs of one pass over texts in the batches stsb_spearman runs, from the trace."""
     shapes = [batch.shape for _, batch in length_batches(ck, texts, BATCH_SIZE, MAX_LEN)]
-    per_shape = {shape: count_ops(trace(ck.spec, *shape)).total("flops") for shape in set(shapes)}
+    per_shape = {shape: count_ops(model_ops(ck.spec, *shape)).total("flops") for shape in set(shapes)}
     return sum(per_shape[shape] for shape in shapes)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import crammed_checkpoint, ma_checkpoint
 from .errors import UserError
-from .spec import PRESETS, ModelSpec, Variant, whole_number
+from .spec import PRESETS, ModelSpec, Variant, real_number, whole_number
 from .weights import Weights, expected_shapes
 
 MINILM_ALIAS = "minilm"
@@ -199,7 +199,7 @@ def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_label
             intermediate=whole_number(config["intermediate_size"], "intermediate_size"),
             max_positions=whole_number(config.get("max_position_embeddings", 512), "max_position_embeddings"),
             type_vocab_size=whole_number(config.get("type_vocab_size", 2), "type_vocab_size"),
-            eps=float(config.get("layer_norm_eps", 1e-12)),
+            eps=real_number(config.get("layer_norm_eps", 1e-12), "layer_norm_eps"),
             has_pooler=has_pooler,
             num_labels=num_labels,
             variant=Variant(ffn_activation=SUPPORTED_ACTIVATIONS[activation]),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .spec import ModelSpec, Variant, whole_number
+from .spec import ModelSpec, Variant, real_number, whole_number
 from .weights import Weights, expected_shapes, layer_prefix
 
 MA_CONFIG_KEYS = ("ffn_hidden_act", "norm_type", "use_softmax_approx", "share_softmax_nn",
@@ -70,6 +70,15 @@ def to_bert_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def _no_token_types(config: dict, state: dict[str, np.ndarray] | None) -> bool:
+    """DistilBERT's: its config says so, or its state had no table and to_bert_keys added the one zero
+    row (the engines add it; the counts leave it out, as the model has no such parameters)."""
+    if config.get("model_type") == "distilbert":
+        return True
+    table = None if state is None else state.get("embeddings.token_type_embeddings.weight")
+    return table is not None and table.shape[0] == 1 and not table.any()
+
+
 def spec_from_ma(config: dict, state: dict[str, np.ndarray] | None, name: str) -> ModelSpec:
     """ModelSpec from MA config keys (BERT or DistilBERT spelling), shapes filling what is missing."""
     c = {**OFFICIAL_DEFAULTS, **config}
@@ -110,9 +119,10 @@ def spec_from_ma(config: dict, state: dict[str, np.ndarray] | None, name: str) -
             name=name, vocab_size=whole("vocab_size"), hidden=whole("hidden_size"),
             layers=whole("num_hidden_layers"), heads=whole("num_attention_heads"),
             intermediate=whole("intermediate_size"), max_positions=whole("max_position_embeddings", 512),
-            type_vocab_size=whole("type_vocab_size", 2), eps=float(c["layer_norm_eps"]),
+            type_vocab_size=whole("type_vocab_size", 2), eps=real_number(c["layer_norm_eps"], "layer_norm_eps"),
             has_pooler=state is None or "pooler.dense.weight" in state,
             num_labels=state["classifier.weight"].shape[0] if state and "classifier.weight" in state else 0,
+            token_types=not _no_token_types(config, state),
             variant=variant,
         )
     except KeyError as error:

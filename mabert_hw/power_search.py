@@ -19,7 +19,7 @@ import numpy as np
 
 from .backends import Backend
 from .checkpoint import Checkpoint
-from .cost.counts import count_ops, trace
+from .cost.counts import count_ops, model_ops
 from .errors import UserError
 from .eval.tasks import token_limit
 from .inputs import Batch, check_seq_len, tokenize
@@ -72,7 +72,7 @@ def predict(ck: Checkpoint, retention, batches: list[tuple[np.ndarray, Batch]], 
 def subset_flops(ck: Checkpoint, retention, batches: list[tuple[np.ndarray, Batch]]) -> int:
     spec = ck.spec.with_variant(retention=retention)
     shapes = [b.shape for _, b in batches]
-    per_shape = {s: count_ops(trace(spec, *s)).total("flops") for s in set(shapes)}
+    per_shape = {s: count_ops(model_ops(spec, *s)).total("flops") for s in set(shapes)}
     return int(sum(per_shape[s] for s in shapes))
 
 

@@ -249,3 +249,23 @@ def test_strings_are_not_numbers():
         crammed_spec(norm_eps="1e-12")
     with pytest.raises(UserError, match="layer norm eps"):
         replace(PRESETS["minilm-l6"], eps="1e-12")
+
+
+
+def test_ma_distilbert_state_counts_no_token_type_table():
+    # DistilBERT has no token types: to_bert_keys adds one zero row for the engines, which the counts
+    # must not take for the model's parameters (before: H params and a gather + add per token counted)
+    import numpy as np
+
+    from mabert_hw.cost.counts import count_ops, model_ops
+    from mabert_hw.ma_checkpoint import spec_from_ma, to_bert_keys
+
+    C = 16  # the shapes spec_from_ma reads: vocab 50, 8 positions, 1 layer of FFN width 32
+    state = {"distilbert.embeddings.word_embeddings.weight": np.ones((50, C), np.float32),
+             "distilbert.embeddings.position_embeddings.weight": np.ones((8, C), np.float32),
+             "distilbert.transformer.layer.0.ffn.lin1.weight": np.ones((32, C), np.float32)}
+    config = {"num_attention_heads": 2, "softmax_input_size": 8, "softmax_hidden_layer_size": 4}
+    spec = spec_from_ma(config, to_bert_keys(state), "distil")
+    assert not spec.token_types
+    params = count_ops(model_ops(spec, 1, 8)).total("params")
+    assert count_ops(model_ops(replace(spec, token_types=True), 1, 8)).total("params") - params == C

@@ -42,6 +42,7 @@ def test_check_fails_when_a_row_is_nan(tmp_path, capsys):
 
 @pytest.mark.parametrize("changes, message", [
     ({"hidden_act": ["gelu"]}, "unsupported hidden_act ['gelu']"),
+    ({"layer_norm_eps": "1e-12"}, "layer_norm_eps must be a number, got '1e-12'"),  # transformers refuses it
     ({"architectures": ["BertForSequenceClassification"], "id2label": 3},
      "config 'id2label' must be a non-empty object of labels, got 3"),
     ({"architectures": ["BertForSequenceClassification"], "num_labels": 0},
