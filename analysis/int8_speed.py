@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 
 import numba
-from int8_minilm import CACHE, CHANNEL, CHANNEL_GEMM_OUT, OUT
+from int8_minilm import CHANNEL, CHANNEL_GEMM_OUT, OUT
 
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.backends.fixed import FixedBackend
 from mabert_hw.bench.timing import time_calls
+from mabert_hw.cache import CACHE_ROOT
+from mabert_hw.cli.common import output_file, positive_int
 from mabert_hw.eval.sweep import prepare_calibration
 from mabert_hw.eval.tasks import load_stsb
 from mabert_hw.inputs import tokenize
@@ -66,14 +68,14 @@ def cpu_seconds(calls: dict, rounds: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="/work/shared/data")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--rounds", type=positive_int, default=7)
     parser.add_argument("--clock", choices=CLOCKS, default="wall")
-    parser.add_argument("--out", type=Path, help="default: reports/int8/" + ", ".join(CLOCKS.values()))
+    parser.add_argument("--out", type=output_file, help="default: reports/int8/" + ", ".join(CLOCKS.values()))
     args = parser.parse_args()
     ck = checkpoint.load("minilm")
     dev = str(Path(args.data) / "glue/STS-B/dev.tsv")
-    calibration = Calibration.load(prepare_calibration(ck, "stsb", dev, CACHE))
+    calibration = Calibration.load(prepare_calibration(ck, "stsb", dev, CACHE_ROOT))
     batch = tokenize(ck.tokenizer_dir, load_stsb(dev, args.batch).first, 128)
 
     def call(backend):
@@ -95,7 +97,7 @@ def main() -> None:
               "median_ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()},
               "ratio_vs_fast": {k: statistics.median(v) / fast for k, v in samples.items()},
               "configs": {"fast fp32": None, **CONFIGS}}
-    (args.out or OUT / CLOCKS[args.clock]).write_text(json.dumps(record, indent=2))
+    Path(args.out or OUT / CLOCKS[args.clock]).write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
 
 

@@ -7,7 +7,8 @@ itself is not counted as a PoWER gain, the baseline gets the same: first the cla
 without elimination for --steps (the new baseline), then each schedule's model is trained from that
 baseline for --steps with the schedule's hard extract in the forward. Training: AdamW (lr 2e-5) on
 sentence-like SST-2 training texts that the first fine-tuning did not see, every input padded to
-N = 64. Weights go to ~/.cache/mabert-hw/power-retrained/<name>.npz (what is there is not retrained).
+N = 64. Weights go to ~/.cache/mabert-hw/power-retrained/<name>.npz, the name a schedule (or "baseline")
+and a digest of the starting weights, spec, data and training settings (what is there is not retrained).
 
     OPENBLAS_NUM_THREADS=1 python analysis/power_retrain.py 38,23,14,8,5,3 36,20,20,15,11,1 --steps 300
 """
@@ -15,8 +16,10 @@ N = 64. Weights go to ~/.cache/mabert-hw/power-retrained/<name>.npz (what is the
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -28,18 +31,31 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
+from mabert_hw.cli.common import output_file, positive_float, positive_int
+from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.power import parse_retention
 from mabert_hw.power_search import encode, predict, subset_flops
 from mabert_hw.torch_ref.hf import hf_model
 from mabert_hw.torch_ref.power_bert import PowerBert, train
+from mabert_hw.weights import weights_digest
 
 CACHE = CACHE_ROOT / "power-retrained"
 
 
-def retrained(ck, retention, args) -> tuple[checkpoint.Checkpoint, dict]:
-    """ck trained on with `retention` (None: no elimination), from the cache when done, and its record."""
-    name = "baseline" if retention is None else "-".join(map(str, retention))
+def cache_name(ck, retention, args) -> str:
+    """The cache file stem of ck trained on with `retention`: the schedule (or "baseline"), then a digest of
+    all the training depends on, so that another checkpoint, data or settings are trained, not read back
+    from another run's file. A schedule starts from the retrained baseline: its weights carry the chain."""
+    digest = hashlib.blake2b(weights_digest(ck.weights).encode(), digest_size=8)
+    digest.update(repr((ck.spec, str(args.data.resolve()), args.steps, args.lr, args.batch, args.seq_len)).encode())
+    return f"{'baseline' if retention is None else '-'.join(map(str, retention))}-{digest.hexdigest()}"
+
+
+def retrained(ck, retention, args, classifier) -> tuple[checkpoint.Checkpoint, dict]:
+    """ck trained on with `retention` (None: no elimination), from the cache when done, and its record; the
+    training texts are those the fine-tuning of `classifier` did not see (its metrics.json says which)."""
+    name = cache_name(ck, retention, args)
     weights_file, record_file = CACHE / f"{name}.npz", CACHE / f"{name}.json"
     if not record_file.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -47,7 +63,7 @@ def retrained(ck, retention, args) -> tuple[checkpoint.Checkpoint, dict]:
         keep_all = (args.seq_len,) * ck.spec.layers  # hard extract that keeps every token: no elimination
         model = PowerBert(hf_model(ck.spec, ck.weights), retention or keep_all, mode="hard")
         started = time.perf_counter()
-        losses = train(model, training_stream(args.data, ck, args.seq_len, args.batch), args.steps, lr=args.lr,
+        losses = train(model, training_stream(args.data, classifier, args.seq_len, args.batch), args.steps, lr=args.lr,
                        progress=lambda r: tqdm(r, desc=f"retrain {name}"))
         state = {k: v.detach().numpy() for k, v in model.hf.state_dict().items()}
         np.savez(weights_file, **checkpoint.check_weights(ck.spec, checkpoint.strip_prefixes(state)))
@@ -59,20 +75,29 @@ def retrained(ck, retention, args) -> tuple[checkpoint.Checkpoint, dict]:
         json.loads(record_file.read_text())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("schedules", nargs="+", help="retention configurations, L1,..,LL")
     parser.add_argument("--ckpt", default=str(CACHE_ROOT / "minilm-sst2"))
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert" / "retrain.json")
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=positive_int, default=300)
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--lr", type=positive_float, default=2e-5)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--seq-len", type=positive_int, default=64)
+    parser.add_argument("--out", type=output_file, default=str(ROOT / "reports" / "power_bert" / "retrain.json"))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as error:  # bad checkpoint, data or schedule: one line, as the mabert-hw commands report it
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
     torch.set_num_threads(args.threads)
     ck = checkpoint.load(args.ckpt)
+    schedules = [parse_retention(text, ck.spec.layers, args.seq_len) for text in args.schedules]  # before training
     backend = make_backend("fast", threads=args.threads)
     dev = load_sst2(args.data)
     full = encode(ck, dev.sentences, args.seq_len)
@@ -81,13 +106,12 @@ def main() -> None:
         return 100.0 * float((predict(model_ck, retention, full, backend) == dev.labels).mean())
 
     original = accuracy(ck, None)
-    base_ck, base_record = retrained(ck, None, args)
+    base_ck, base_record = retrained(ck, None, args, ck)
     baseline = accuracy(base_ck, None)
     print(f"SST-2 dev: fine-tuned classifier {original:.2f}, trained on for {base_record['steps']} steps {baseline:.2f}")
     rows = []
-    for text in args.schedules:
-        retention = parse_retention(text, ck.spec.layers)
-        model_ck, record = retrained(base_ck, retention, args)
+    for retention in schedules:
+        model_ck, record = retrained(base_ck, retention, args, ck)
         rows.append({"retention": list(retention), "dev_accuracy_before": accuracy(base_ck, retention),
                      "dev_accuracy_retrained": accuracy(model_ck, retention),
                      "flops_ratio": subset_flops(ck, None, full) / subset_flops(ck, retention, full),
@@ -97,9 +121,10 @@ def main() -> None:
               "baseline_training": {k: base_record[k] for k in ("steps", "batch", "lr", "seconds")},
               "seq_len": args.seq_len, "threads": args.threads,
               "load_average_1min_at_end": os.getloadavg()[0], "rows": rows}
-    args.out.write_text(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

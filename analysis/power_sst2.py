@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
+from mabert_hw.cli.common import non_negative_float, positive_float, positive_int
+from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.model import forward
 from mabert_hw.power_search import (Scorer, as_record, choose, encode, frontier, geometric_search,
@@ -48,7 +51,7 @@ FINETUNE_SEED = 0  # analysis/finetune_sst2.py's default seed: its training phra
 SOFT_CACHE = CACHE_ROOT / "power-soft"
 
 
-def parse_args() -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=("all", "soft"), default="all")
     parser.add_argument("--soft-cache", type=Path, default=SOFT_CACHE)
@@ -56,23 +59,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert")
     parser.add_argument("--engine", default="fast")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--budget-loss", type=float, default=1.0)
-    parser.add_argument("--dev-limit", type=int, help="only the first N dev sentences (smoke runs)")
-    parser.add_argument("--search-limit", type=int, default=200)
-    parser.add_argument("--max-rows", type=int, default=6, help="frontier schedules re-scored and timed")
-    parser.add_argument("--timing-sentences", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--soft-steps", type=int, default=50)
-    parser.add_argument("--retrain-steps", type=int, default=40)
-    parser.add_argument("--soft-batch", type=int, default=16)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--seq-len", type=positive_int, default=64)
+    parser.add_argument("--budget-loss", type=non_negative_float, default=1.0)
+    parser.add_argument("--dev-limit", type=positive_int, help="only the first N dev sentences (smoke runs)")
+    parser.add_argument("--search-limit", type=positive_int, default=200)
+    parser.add_argument("--max-rows", type=positive_int, default=6, help="frontier schedules re-scored and timed")
+    parser.add_argument("--timing-sentences", type=positive_int, default=128)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--soft-steps", type=positive_int, default=50)
+    parser.add_argument("--retrain-steps", type=positive_int, default=40)
+    parser.add_argument("--soft-batch", type=positive_int, default=16)
     # Official SST-2 settings (IBM/PoWER-BERT README): LAMBDA 2e-4, LR_SOFT_EXTRACT 5e-4 over 3 epochs
     # of 67k sentences. Here the soft masks get ~60 steps, so their rate is 40x larger (Adam moves each
     # r by about lr per step: 60 * 0.02 can take an r from 1 to 0), and lambda sits mid-range [1e-4, 1e-3].
-    parser.add_argument("--lam", type=float, default=5e-4)
-    parser.add_argument("--soft-lr", type=float, default=0.02)
-    return parser.parse_args()
+    parser.add_argument("--lam", type=non_negative_float, default=5e-4)
+    parser.add_argument("--soft-lr", type=positive_float, default=0.02)
+    return parser
 
 
 def engine(args):
@@ -187,13 +190,22 @@ def cached_soft_extract(args, ck) -> tuple[tuple[int, ...], dict, list[float], l
     return tuple(run["retention"]), weights, run
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as error:  # bad checkpoint, data or length: one line, as the mabert-hw commands report it
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     ck = checkpoint.load(args.ckpt)
     if args.stage == "soft":
         cached_soft_extract(args, ck)
-        return
+        return 0
     backend, engine_name = engine(args)
     dev = load_sst2(args.data, args.dev_limit)
     full = encode(ck, dev.sentences, args.seq_len)
@@ -260,7 +272,8 @@ def main() -> None:
     (args.out / "frontier.md").write_text(render(table, "md", columns) + "\n")
     for row in rows:
         print({k: v for k, v in row.items() if k != "subset_accuracy"})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

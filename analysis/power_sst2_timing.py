@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from power_sst2 import ROOT, speedups
@@ -16,35 +17,47 @@ from power_sst2 import ROOT, speedups
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
+from mabert_hw.cli.common import output_file, positive_int
+from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.power import parse_retention
 from mabert_hw.power_search import encode
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("schedules", nargs="+", help="retention configurations, L1,..,LL")
     parser.add_argument("--ckpt", default=str(CACHE_ROOT / "minilm-sst2"))
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
     parser.add_argument("--engine", default="fast")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--sentences", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert" / "timing_recheck.json")
-    args = parser.parse_args()
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--seq-len", type=positive_int, default=64)
+    parser.add_argument("--sentences", type=positive_int, default=256)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--out", type=output_file, default=str(ROOT / "reports" / "power_bert" / "timing_recheck.json"))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as error:  # bad checkpoint, data or schedule: one line, as the mabert-hw commands report it
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
     ck = checkpoint.load(args.ckpt)
+    schedules = {text: parse_retention(text, ck.spec.layers, args.seq_len) for text in args.schedules}
     options = {"threads": args.threads} if args.engine == "fast" else {}
     backend = make_backend(args.engine, **options)
-    batches = encode(ck, load_sst2(args.data, args.sentences).sentences, args.seq_len)
-    schedules = {text: parse_retention(text, ck.spec.layers) for text in args.schedules}
+    sentences = load_sst2(args.data, args.sentences).sentences  # fewer than --sentences when dev runs out
+    batches = encode(ck, sentences, args.seq_len)
     result = speedups(ck, schedules, batches, backend, args.repeats)
-    record = {"engine": args.engine, "threads": args.threads, "seq_len": args.seq_len, "sentences": args.sentences,
+    record = {"engine": args.engine, "threads": args.threads, "seq_len": args.seq_len, "sentences": len(sentences),
               "repeats": args.repeats, "load_average_1min_at_end": os.getloadavg()[0],
               "median_seconds": {k: v[0] for k, v in result.items()}, "speedup": {k: v[1] for k, v in result.items()}}
-    args.out.write_text(json.dumps(record, indent=2))
+    Path(args.out).write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

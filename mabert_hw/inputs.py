@@ -104,26 +104,37 @@ def check_seq_len(spec: ModelSpec, seq_len: int) -> None:
 
 
 def read_utf8(path: str | Path) -> str:
-    """A text file's contents; an unreadable or non-UTF-8 file is a UserError naming the file (and line)."""
+    """A text file's contents, without the byte-order mark some editors (Notepad, Excel) put first; an
+    unreadable or non-UTF-8 file is a UserError naming the file (and line)."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:  # error.object is the data after any byte-order mark
+        line = error.object.count(b"\n", 0, error.start) + 1
         raise UserError(f"{path}, line {line}: not UTF-8 text ({error.reason})") from None
 
 
 def read_tsv(path: str | Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """A TSV as GLUE writes it (tabs, quoting off: stray quotes in STS-B dev break default CSV quoting):
-    its header, and its non-blank data rows, each with its line number."""
+    its header, and its non-blank data rows, each with its line number. A field over csv's limit (128 Ki
+    characters, far beyond the 128 tokens a text keeps) is a UserError naming the line: such a line is
+    no GLUE text but, say, a whole document on one line."""
     reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(reader, None)
+    header = next(_checked_rows(path, reader), None)
     if header is None:
         raise UserError(f"{path} is empty: expected a header line")
-    return header, ((reader.line_num, row) for row in reader if row)
+    return header, ((reader.line_num, row) for row in _checked_rows(path, reader) if row)
+
+
+def _checked_rows(path: str | Path, reader) -> Iterator[list[str]]:
+    """The reader's rows; a parse error (with quoting off: a field over the limit) as a UserError."""
+    try:
+        yield from reader
+    except csv.Error as error:
+        raise UserError(f"{path}, line {reader.line_num}: not a line of tab-separated texts ({error})") from None
 
 
 def read_texts(path: str | Path) -> list[str]:

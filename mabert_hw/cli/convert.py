@@ -11,11 +11,15 @@ from pathlib import Path
 from .. import checkpoint
 from ..errors import UserError
 from ..inputs import SPECIAL_TOKENS, read_tsv, read_utf8
-from ..spec import VARIANTS
+from ..spec import PRESETS, VARIANTS
 from .common import add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float, positive_int
+from .infer import checkpoint_config
 
 INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
 SHAPING_FLAGS = ("--softmax-input", "--softmax-hidden", "--share-softmax", "--only")  # a resumed run must repeat them
+# The teacher config's keys that say what the classifier head's outputs mean (`infer` reads problem_type:
+# sigmoid per label or softmax over labels); the student keeps the head, so its config keeps them.
+HEAD_KEYS = ("problem_type", "id2label", "label2id", "num_labels")
 
 
 def register(subparsers) -> None:
@@ -38,7 +42,8 @@ def register(subparsers) -> None:
     parser.add_argument("--only", choices=("relu", "powernorm", "approximator"),
                         help="single-technique ablation instead of the full MA conversion")
     parser.add_argument("--steps", type=non_negative_int, default=1000,
-                        help="knowledge-transfer steps (default %(default)s; 0 = none)")
+                        help="knowledge-transfer steps (default %(default)s; 0 = none); with --resume, the "
+                        "total including the steps the earlier run made")
     parser.add_argument("--batch", type=positive_int, default=16, help="texts per batch (default %(default)s)")
     parser.add_argument("--max-len", type=positive_int, default=64, help="max tokens per text (default %(default)s)")
     parser.add_argument("--lr", type=positive_float, default=1e-4,
@@ -120,6 +125,27 @@ def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
     return saved | record
 
 
+def saved_lr(state_path: Path) -> float:
+    """The peak learning rate of a saved knowledge-transfer state: its scheduler's base rate, which the
+    resumed optimizer and scheduler restore whatever this run's --lr says."""
+    import torch
+
+    state = torch.load(state_path, map_location="cpu", weights_only=False, mmap=True)
+    return state["scheduler"]["base_lrs"][0]
+
+
+def teacher_record(ckpt: str) -> str:
+    """The teacher as config.json names it for `softmax-error` to load from any directory: a preset or
+    the minilm alias as given, a path made absolute."""
+    return ckpt if ckpt in PRESETS or ckpt == checkpoint.MINILM_ALIAS else str(Path(ckpt).resolve())
+
+
+def head_meaning(ckpt: str) -> dict:
+    """The teacher config's HEAD_KEYS that it holds."""
+    config = checkpoint_config(ckpt)
+    return {key: config[key] for key in HEAD_KEYS if key in config}
+
+
 def target_variant(args):
     ma = replace(VARIANTS["ma"], softmax_input=args.softmax_input, softmax_hidden=args.softmax_hidden,
                  share_softmax=args.share_softmax)
@@ -183,14 +209,19 @@ def run(args) -> int:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt)")
     if args.max_len > ck.spec.max_positions:
         raise UserError(f"--max-len {args.max_len} exceeds the teacher's {ck.spec.max_positions} positions")
-    cfg = train.TrainConfig(steps=args.steps, batch=args.batch, max_len=args.max_len, lr=args.lr,
+    lr = saved_lr(state_path) if resuming else args.lr
+    if lr != args.lr:
+        print(f"mabert-hw: note: the resumed run keeps the first run's learning rate {lr:g} (--lr {args.lr:g} "
+              "is not used)", file=sys.stderr)
+    cfg = train.TrainConfig(steps=args.steps, batch=args.batch, max_len=args.max_len, lr=lr,
                             prefit_steps=args.prefit_steps, checkpoint_every=args.checkpoint_every, seed=args.seed,
                             max_minutes=args.max_minutes)
     variant = target_variant(args)
     teacher = train.teacher_module(ck.spec, weights)
     student = train.student_module(ck.spec, weights, variant, args.seed)
     side = train.batches(ck.tokenizer_dir, texts, cfg.batch, cfg.max_len, args.seed + 1)
-    report = {"teacher": args.ckpt, "texts": len(texts), "variant": variant.describe(), "config": cfg.__dict__}
+    report = {"teacher": teacher_record(args.ckpt), "texts": len(texts), "variant": variant.describe(),
+              "config": cfg.__dict__}
     if not resuming:
         if variant.softmax == "mlp" and cfg.prefit_steps:
             losses = train.prefit_approximators(student, teacher, side, cfg, lambda r: tqdm(r, desc="pre-fit"))
@@ -212,9 +243,10 @@ def run(args) -> int:
         except train.Diverged as error:
             kept = f"{state_path} keeps the last state saved before it" if state_path.exists() else "nothing was saved"
             raise UserError(f"training diverged at step {error.step} (loss {error.loss}); {kept}. Start again with "
-                            f"a lower --lr than {args.lr:g} (a resumed run keeps the saved learning rate)") from None
+                            f"a lower --lr than {cfg.lr:g} (a resumed run keeps the saved learning rate)") from None
         report["final_loss"] = history[-1] if history else None
+        report["steps_run"] = history[-1]["step"] if history else 0  # under config.steps: --max-minutes stopped it
         (out / "history.json").write_text(json.dumps(history))
-    save_ma_dir(student.eval(), out, ck.tokenizer_dir, {"conversion": report})
+    save_ma_dir(student.eval(), out, ck.tokenizer_dir, {**head_meaning(args.ckpt), "conversion": report})
     print(f"wrote {out} ({variant.describe()})")
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -10,8 +9,10 @@ from .. import checkpoint
 from ..errors import UserError
 from ..inputs import read_texts, tokenize
 from ..report.tables import text_table
+from ..spec import PRESETS
 from .common import add_checkpoint, make_output_dir, positive_int
 from .convert import tsv_texts
+from .infer import checkpoint_config
 
 COLUMNS = ("rows", "max_abs", "mean_abs", "negative_%", "sum_off_%", "kl", "argmax_agree_%", "topk_overlap_%")
 
@@ -80,6 +81,20 @@ def check_teacher_shape(ma_spec, teacher_ck) -> None:
                         "give the checkpoint CKPT was converted from")
 
 
+def recorded_teacher(ckpt: str) -> str:
+    """The teacher that CKPT's config.json says `convert` made it from. Records from before `convert` made
+    the path absolute hold it as typed, relative to a directory they do not name: such a path that does
+    not lead to a checkpoint from here is an error asking for --teacher."""
+    teacher = checkpoint_config(ckpt).get("conversion", {}).get("teacher")
+    if not teacher:
+        raise UserError("no --teacher given and CKPT does not name the checkpoint it was converted from")
+    named = teacher in PRESETS or teacher == checkpoint.MINILM_ALIAS
+    if not named and not Path(teacher).is_absolute() and not Path(teacher).exists():
+        raise UserError(f"CKPT names its teacher {teacher!r}, a path relative to the directory `convert` ran in: "
+                        "give --teacher")
+    return teacher
+
+
 def padding_table(padding: list[dict]) -> list[dict]:
     """The printed view of the padding rows: their KL and argmax agreement are layer 0's only."""
     return [{"padded_to": r["padded_to"], "mean_abs_all_layers": r["mean_abs_all_layers"],
@@ -95,11 +110,7 @@ def run(args) -> int:
     ck = checkpoint.load(args.ckpt)
     if ck.spec.variant.softmax != "mlp":
         raise UserError(f"{ck.source} has no softmax approximator (variant {ck.spec.variant.describe()})")
-    teacher_source = args.teacher or json.loads((Path(args.ckpt) / "config.json").read_text()
-                                                if (Path(args.ckpt) / "config.json").exists() else "{}"
-                                                ).get("conversion", {}).get("teacher")
-    if not teacher_source:
-        raise UserError("no --teacher given and CKPT does not name the checkpoint it was converted from")
+    teacher_source = args.teacher or recorded_teacher(args.ckpt)
     teacher_ck = checkpoint.load(teacher_source)
     if not teacher_ck.spec.variant.is_baseline:
         raise UserError(f"teacher {teacher_ck.source} is not a baseline BERT (variant "

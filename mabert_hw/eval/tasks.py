@@ -18,7 +18,7 @@ import numpy as np
 from ..backends import Backend
 from ..checkpoint import Checkpoint
 from ..errors import UserError
-from ..inputs import Batch, read_tsv, tokenize
+from ..inputs import SPECIAL_TOKENS, Batch, read_tsv, tokenize
 from ..model import forward
 from ..spec import ModelSpec
 
@@ -109,11 +109,16 @@ def load_sst2(path: str | Path, limit: int | None = None) -> ClassificationTask:
 
 def token_limit(spec: ModelSpec, max_len: int = MAX_TOKENS) -> int:
     """The most tokens a text keeps: max_len, and no more than the model's positions or, on MA-BERT,
-    the softmax approximator's n inputs (a longer batch would be refused by the forward pass)."""
-    limits = [max_len, spec.max_positions]
+    the softmax approximator's n inputs (a longer batch would be refused by the forward pass). A limit
+    below [CLS] + [SEP] is a UserError: the tokenizer cannot cut a text shorter than them."""
+    limits = {"the model's positions": spec.max_positions, "the cut of the texts": max_len}  # a tie names the model
     if spec.variant.softmax == "mlp":
-        limits.append(spec.variant.softmax_input)
-    return min(limits)
+        limits["the softmax approximator's inputs"] = spec.variant.softmax_input
+    what, limit = min(limits.items(), key=lambda item: item[1])
+    if limit < SPECIAL_TOKENS:
+        raise UserError(f"{spec.name} takes texts of at most {limit} tokens ({what}): no room for [CLS] and "
+                        f"[SEP], which need {SPECIAL_TOKENS}")
+    return limit
 
 
 def length_batches(ck: Checkpoint, texts: Sequence[str], batch_size: int = 32,
