@@ -17,7 +17,8 @@ a linear's output, whose per-column requantization multiplier takes the per-chan
   linear / matmul   int GEMM (exact, or AVX2 u8s8 pair saturation), accumulator width with overflow
                     counting, requantization per `requant` mode; per-group weights combine the exact
                     per-group accumulators in float64 (no engine has one requant for them).
-  embedding         quantized table rows, gathered.
+  embedding         table rows quantized per row (weight_bits), gathered, and written in the op's output
+                    format (act_bits, or residual_bits: config.py) as every op's result is.
   nonlinear=float   softmax, GELU, LayerNorm, tanh, add, scale in float on dequantized values, result
                     quantized ("fake quant" at the op boundary).
   nonlinear=integer I-BERT i-softmax, i-GELU, i-LayerNorm (quant/intops.py), integer add and scale
@@ -27,17 +28,24 @@ a linear's output, whose per-column requantization multiplier takes the per-chan
                     codes); the NumPy code below each is the reference, and runs where a kernel
                     declines (stochastic rounding, float64 data, bounds it cannot prove).
 MA-BERT runs all in integers with nonlinear=integer: approximator linears and ReLU, the 0/1 mask (a
-select on codes) and the folded PowerNorm affine (one per-channel dyadic requantization).
-Ops this backend does not quantize (PoWER selection, FFF walk) run as the reference and are listed in
-`float_ops`; `overflows` counts accumulator / variance overflows per op.
+select on codes) and the folded PowerNorm affine (one per-channel dyadic requantization). Weights are
+quantized as stored, once: the approximator linears take the first T columns of W_1 and rows of W_2
+(model.py), and their scales and groups are those of the whole stored matrix, not of the T-token cut
+(`truncate`), as a weight memory holds them whatever the sentence length.
+Ops this backend does not quantize run as the reference and their kinds are listed in `float_ops`: the
+PoWER selection (significance, top_tokens: sums and comparisons of the dequantized probabilities; the
+gathers that follow move codes unchanged) and the FFF walk; `overflows` counts accumulator / variance
+overflows per op.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..errors import UserError
 from ..quant import fused
 from ..quant.calibrate import MASKED, Calibration
 from ..quant.config import GEMM_KINDS, OpSettings, QuantConfig
@@ -57,6 +65,7 @@ from ..quant.requant import requantize, requantize_codes
 from .reference import ReferenceBackend
 
 FLOAT_ENGINE_MODES = ("ort", "fbgemm", "qnnpack")  # engines that quantize activations in float32
+TORCH_MODES = ("fbgemm", "qnnpack")  # ... of which torch's, with its fused multiply-add (formats.quantize_codes)
 
 
 @dataclass
@@ -71,6 +80,7 @@ class FixedBackend(ReferenceBackend):
         self._op = ("", "")
         self._qparams: dict = {}
         self._weights: dict = {}
+        self._stored: dict = {}  # id(view) -> (weakref to the view, stored array, length, axis): truncate
         self._rng = np.random.default_rng(self.config.defaults.seed)
 
     # --- op names reach the implementations through _op ----------------------------------------
@@ -114,6 +124,22 @@ class FixedBackend(ReferenceBackend):
         self._enter(name, "affine")
         return super().affine(name, x, scale, shift)
 
+    def truncate(self, x, length, axis):
+        """The reference's view, remembered with the array it cuts, so that _weight quantizes the stored
+        whole (the entry goes when the view does)."""
+        view = super().truncate(x, length, axis)
+        key = id(view)
+        self._stored[key] = (weakref.ref(view, lambda _: self._stored.pop(key, None)), x, length, axis)
+        return view
+
+    def _significance(self, probs, token_mask):
+        self.float_ops.add("significance")
+        return super()._significance(probs, token_mask)
+
+    def _top_tokens(self, significance, keep):
+        self.float_ops.add("top_tokens")
+        return super()._top_tokens(significance, keep)
+
     def _settings(self) -> OpSettings:
         return self.config.settings(*self._op)
 
@@ -149,10 +175,10 @@ class FixedBackend(ReferenceBackend):
         return qp
 
     def _quantize_act(self, x, slot: str, s: OpSettings, nonneg: bool = False):
-        """(codes as a float array of exact integers, their QParams)."""
+        """(codes as a float array of exact integers, their QParams), quantized as the requant engine does."""
         qp = self._act_qparams(slot, s, x, nonneg)
-        float32 = s.requant in FLOAT_ENGINE_MODES
-        return quantize_codes(x, qp, s.rounding, self._rng, float32=float32), qp
+        float32, fma = _engine_arithmetic(s)
+        return quantize_codes(x, qp, s.rounding, self._rng, float32, fma), qp
 
     def _quantize_int(self, x, slot: str, s: OpSettings):
         """(int64 codes, QParams): the operands of the integer-only ops."""
@@ -167,9 +193,7 @@ class FixedBackend(ReferenceBackend):
                s.weight_symmetric, s.pow2, s.rounding)
         if key not in self._weights:
             if kind == "codes":
-                qp = weight_qparams(w, IntFormat(s.weight_bits), s.weight_granularity, s.weight_symmetric,
-                                    s.pow2, s.group_size)
-                self._weights[key] = (quantize(w, qp, s.rounding, self._rng), qp)
+                self._weights[key] = self._weight_codes(w, s)
             else:
                 q, qp = self._weight(w, s)
                 if kind == "values":
@@ -178,6 +202,25 @@ class FixedBackend(ReferenceBackend):
                     centred = q - qp.zero_point  # (N, K)
                     self._weights[key] = (np.ascontiguousarray(centred.T, np.float32), int(np.abs(centred).max()))
         return self._weights[key]
+
+    def _weight_codes(self, w, s: OpSettings):
+        """(int64 codes, QParams) of a weight; of a truncated one (truncate), the stored array's quantized
+        whole, cut the same way: the approximator's W_1 (h, n) cut to its first T columns keeps the scales
+        and groups of its stored rows, so they do not depend on T (a group_size must divide n, not T)."""
+        stored = self._stored.get(id(w))
+        if stored is not None and stored[0]() is w:
+            _, whole, length, axis = stored
+            q, qp = self._weight(whole, s)
+            cut = [slice(None)] * q.ndim
+            cut[axis] = slice(0, length)
+            if axis == 0 and np.ndim(qp.scale):  # rows dropped: per-row (channel, group) parameters with them
+                qp = replace(qp, scale=qp.scale[:length], zero_point=qp.zero_point[:length])
+            return q[tuple(cut)], qp
+        if s.weight_granularity == "group" and w.shape[-1] % s.group_size:
+            raise UserError(f"{self._op[0]}: group_size {s.group_size} does not divide its {w.shape[-1]} inputs")
+        qp = weight_qparams(w, IntFormat(s.weight_bits), s.weight_granularity, s.weight_symmetric, s.pow2,
+                            s.group_size)
+        return quantize(w, qp, s.rounding, self._rng), qp
 
     def _values(self, q, qp: QParams):
         """Codes -> the float32 data passed between ops, f32(scale) * (f32(q) - f32(zero_point)). The next
@@ -224,8 +267,9 @@ class FixedBackend(ReferenceBackend):
     def _group_linear(self, xq, xqp, wq, wqp, bias, s):
         g = s.group_size
         y = np.zeros((xq.shape[0], wq.shape[0]))
-        for j in range(wq.shape[1] // g):
-            acc = self._accumulate(int_matmul(xq[:, j * g:(j + 1) * g], wq[:, j * g:(j + 1) * g].T, xqp.zero_point,
+        for j in range(-(-wq.shape[1] // g)):  # the last group is short where W_1 is cut to T columns
+            columns = slice(j * g, (j + 1) * g)
+            acc = self._accumulate(int_matmul(xq[:, columns], wq[:, columns].T, xqp.zero_point,
                                               wqp.zero_point[:, j, 0]), s)
             y += acc * wqp.scale[:, j, 0]
         y = y * float(xqp.scale) + (0.0 if bias is None else bias)
@@ -251,18 +295,19 @@ class FixedBackend(ReferenceBackend):
         if not s.quantize:
             return super()._embedding(table, ids)
         table = self._weight(table, replace(s, weight_granularity="channel"), "values")  # one scale per row
-        return table[ids]  # (B, T, C)
+        return self._output(table[ids], s)  # (B, T, C) in the residual stream's format
 
     # --- element-wise and non-linear ops --------------------------------------------------------------
     def _integer(self, s: OpSettings) -> bool:
         return s.quantize and s.nonlinear == "integer"
 
     def _kernel_mode(self, s: OpSettings) -> tuple | None:
-        """(divide32, rounding) for the fused integer kernels (quant/fused.py), or None where they do not
-        apply; they may still decline a call (None), and the NumPy reference below them runs."""
+        """(float32, rounding, fma) for the fused integer kernels (quant/fused.py), or None where they do
+        not apply; they may still decline a call (None), and the NumPy reference below them runs."""
         if not fused.fusable(self.dtype, s.rounding):
             return None
-        return s.requant in FLOAT_ENGINE_MODES, s.rounding
+        float32, fma = _engine_arithmetic(s)
+        return float32, s.rounding, fma
 
     def _add(self, a, b):
         s = self._settings()
@@ -363,6 +408,11 @@ class FixedBackend(ReferenceBackend):
     def _fff(self, x, w_in, b_in, w_out, depth, trees):
         self.float_ops.add("fff")
         return super()._fff(x, w_in, b_in, w_out, depth, trees)
+
+
+def _engine_arithmetic(s: OpSettings) -> tuple[bool, bool]:
+    """(float32, fma) of formats.quantize_codes for the activations: the requant engine's quantizer."""
+    return s.requant in FLOAT_ENGINE_MODES, s.requant in TORCH_MODES
 
 
 def _scale_zp(qp: QParams) -> tuple:

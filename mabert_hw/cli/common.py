@@ -118,10 +118,21 @@ def check_configs_for_model(configs, where: str, spec) -> None:
     that matches no op gets a warning (most likely a typo in a name glob, which would otherwise leave
     the result silently equal to the config without the rule); per-group weights whose group size does
     not divide a linear's inputs are refused."""
+    from dataclasses import replace
+
     from ..cost.counts import trace
     from ..quant.config import group_misfits, unmatched_rules
 
-    ops = trace(spec, 1, 2)
+    # Traced where every weight is whole: an MA approximator's first linear takes the first T columns of
+    # its stored W_1 (h, n), and the fixed backend groups the stored n columns (FixedBackend.truncate), so
+    # the trace runs T = n tokens (positions widened to n if need be) with no PoWER elimination, which
+    # would shorten later layers' rows. Other models: two tokens (no weight of theirs depends on T).
+    variant = spec.variant
+    if variant.softmax == "mlp":
+        whole = replace(spec.with_variant(retention=None), max_positions=max(spec.max_positions, variant.softmax_input))
+        ops = trace(whole, 1, variant.softmax_input)
+    else:
+        ops = trace(spec, 1, 2)
     warned = set()
     for config in configs:
         for op in ops:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .. import checkpoint
 from ..errors import UserError
 from ..inputs import read_texts, tokenize
@@ -17,7 +19,9 @@ def register(subparsers) -> None:
         description="Calibrate on the texts, run the fixed backend with the config and the float reference "
         "on one batch of them, and report per tensor (real tokens only, padding left out) the SQNR (dB), cosine, "
         "max abs error and accumulator "
-        "overflows; then quantize each op alone and rank ops by the final-layer SQNR they leave.",
+        "overflows; then quantize each op the config quantizes alone (all others float) and rank them by the "
+        "final-layer SQNR they leave. A tensor with no "
+        "error has an infinite SQNR: inf in the table and CSV, null in JSON.",
     )
     add_checkpoint(parser)
     parser.add_argument("--config", help="QuantConfig TOML (default: W8A8, per-channel weights, float non-linears)")
@@ -26,8 +30,10 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="text file, one sentence per line")
     parser.add_argument("--limit", type=positive_int, default=16, help="sentences in the batch (default 16)")
     parser.add_argument("--top", type=positive_int, default=10, help="sensitivity rows shown (default 10)")
-    parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking")
-    parser.add_argument("--plot", type=output_file, help="write a PNG bar chart of per-tensor SQNR here")
+    parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking (of "
+                        "the ops the config quantizes)")
+    parser.add_argument("--plot", type=output_file, help="write a PNG bar chart of per-tensor SQNR here (tensors "
+                        "with no error drawn as high as the best finite bar, labelled '(exact)')")
     parser.add_argument("--format", choices=FORMATS, default="table")
     add_output(parser, "write the report to FILE instead of standard output")
     parser.set_defaults(run=run)
@@ -66,7 +72,8 @@ def run(args) -> int:
     table = rows if baseline is None else with_baseline(rows, tensor_errors(run_forward, baseline, calibration, mask))
     sections = [("per tensor" if baseline is None else f"per tensor (baseline: {args.baseline})", table)]
     if not args.no_sensitivity:
-        ops = [(r["tensor"], r["kind"]) for r in rows if r["kind"] in QUANTIZED_KINDS]
+        ops = [(r["tensor"], r["kind"]) for r in rows
+               if r["kind"] in QUANTIZED_KINDS and config.settings(r["tensor"], r["kind"]).quantize]
         ranked = sensitivity(run_forward, config, calibration, ops, progress=lambda it: tqdm(it, desc="sensitivity"),
                              token_mask=mask)
         sections.append((f"sensitivity (final hidden state SQNR, op quantized alone; worst {args.top})",
@@ -75,11 +82,26 @@ def run(args) -> int:
     if render is None:
         import json
 
-        emit(json.dumps({title: part for title, part in sections}, indent=2), args.output)
+        emit(json.dumps({title: _json_numbers(part) for title, part in sections}, indent=2, allow_nan=False),
+             args.output)
     else:
         emit("\n\n".join(f"{title}\n{render(part)}" for title, part in sections), args.output)
     if args.plot:  # after the report, which a failed plot must not cost
         from ..report.quant_plots import plot_tensor_errors
 
-        plot_tensor_errors(rows, args.plot)
+        plot_tensor_errors(_chart_rows(rows), args.plot)
     return 0
+
+
+def _json_numbers(rows: list[dict]) -> list[dict]:
+    """rows with non-finite numbers (an exact tensor's infinite SQNR, its change) as None: JSON has no
+    Infinity or NaN, and json.dumps would write them as invalid tokens."""
+    return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
+
+
+def _chart_rows(rows: list[dict]) -> list[dict]:
+    """rows for the SQNR bar chart: a bar of infinite height is not drawn, so an exact tensor would look
+    the worst; it is drawn as high as the best finite one, its label marked '(exact)'."""
+    top = max((r["sqnr_db"] for r in rows if math.isfinite(r["sqnr_db"])), default=0.0)
+    return [{**r, "tensor": f"{r['tensor']} (exact)", "sqnr_db": top} if r["sqnr_db"] == math.inf else r
+            for r in rows]

@@ -53,6 +53,8 @@ def load_grid(path: str | Path) -> list[dict]:
             grid = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise UserError(f"cannot read grid {path}: {error}") from None
+    except UnicodeDecodeError as error:  # tomllib decodes the bytes as UTF-8, which TOML requires
+        raise UserError(f"cannot read grid {path}: not UTF-8 text ({error})") from None
     if not grid:  # else the product of no axes is one point, the defaults: most likely a mistaken file
         raise UserError(f"{path}: no QuantConfig field and no rule; give at least one (e.g. act_bits = [4, 8])")
     base_rules = grid.pop("rule", [])

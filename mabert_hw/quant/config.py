@@ -218,7 +218,9 @@ def unmatched_rules(config: QuantConfig, ops: list[tuple[str, str]]) -> list[str
 
 def group_misfits(config: QuantConfig, ops) -> list[str]:
     """The linear ops (backends.base.Op, weights (N, K)) whose per-group weight quantization cannot
-    split their K inputs into groups of config's group_size, described."""
+    split their K inputs into groups of config's group_size, described. K is the width of the weight
+    the op was traced with: trace where every weight is whole (the MA approximator's W_1 at T = n
+    tokens, as the fixed backend groups its stored n columns: cli.common.check_configs_for_model)."""
     misfits = []
     for op in ops:
         if op.kind not in GEMM_KINDS or not op.weights:
@@ -236,4 +238,6 @@ def load(path: str | Path) -> QuantConfig:
             values = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise UserError(f"cannot read quantization config {path}: {error}") from None
+    except UnicodeDecodeError as error:  # tomllib decodes the bytes as UTF-8, which TOML requires
+        raise UserError(f"cannot read quantization config {path}: not UTF-8 text ({error})") from None
     return from_dict(values, str(path))

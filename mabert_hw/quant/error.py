@@ -95,8 +95,16 @@ def tensor_errors(run: Callable[[Backend], object], config: QuantConfig, calibra
 def with_baseline(rows: list[dict], baseline: list[dict]) -> list[dict]:
     """rows (tensor_errors) with the baseline config's SQNR of the same tensor and the change, in dB."""
     base = {r["tensor"]: r["sqnr_db"] for r in baseline}
-    return [{**r, "baseline_sqnr_db": base[r["tensor"]], "delta_db": round(r["sqnr_db"] - base[r["tensor"]], 2)}
+    return [{**r, "baseline_sqnr_db": base[r["tensor"]], "delta_db": sqnr_change(r["sqnr_db"], base[r["tensor"]])}
             for r in rows]
+
+
+def sqnr_change(sqnr_db: float, baseline_db: float) -> float:
+    """sqnr_db - baseline_db, rounded; 0 where both are exact (inf - inf would be nan: no change), and
+    +-inf where only one is."""
+    if sqnr_db == baseline_db:
+        return 0.0
+    return round(sqnr_db - baseline_db, 2)
 
 
 def sensitivity(run: Callable[[Backend], np.ndarray], config: QuantConfig, calibration: Calibration,

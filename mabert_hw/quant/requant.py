@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import IntFormat
+from .formats import IntFormat, round_half_away
 
 REQUANT_MODES = ("ort", "fbgemm", "qnnpack", "tflite", "tflite_single", "dyadic")
 INT32_REQUANT_MODES = ("tflite", "tflite_single")  # gemmlowp's int32 x Q31 products, exact in int64 only for
@@ -124,10 +124,6 @@ def shift_round_half_even(v: np.ndarray, e) -> np.ndarray:
     odd += (np.int64(1) << (e - 1)) - 1
     odd += v
     return odd >> e
-
-
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
 def requantize(acc: np.ndarray, mode: str, x_scale, w_scale, y_scale, y_zp, fmt: IntFormat,
