@@ -38,7 +38,7 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.checkpoint import Checkpoint
-from mabert_hw.cli.common import non_negative_float, non_negative_int, positive_float, positive_int
+from mabert_hw.cli.common import non_negative_float, non_negative_int, positive_float, positive_int, run_script
 from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX
@@ -231,12 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing-only", action="store_true",
                         help="only time the whole model, FFF blocks at their random initialisation (the walk's "
                              "cost does not depend on trained weights): timing.json")
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as error:  # bad data or checkpoint: one line, as the mabert-hw commands report it
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+    return run_script(parser, run, argv)
 
 
 def run(args) -> int:

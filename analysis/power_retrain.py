@@ -31,8 +31,7 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
-from mabert_hw.cli.common import output_file, positive_float, positive_int
-from mabert_hw.errors import UserError
+from mabert_hw.cli.common import output_file, positive_float, positive_int, run_script
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.power import parse_retention
 from mabert_hw.power_search import encode, predict, subset_flops
@@ -86,12 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--seq-len", type=positive_int, default=64)
     parser.add_argument("--out", type=output_file, default=str(ROOT / "reports" / "power_bert" / "retrain.json"))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as error:  # bad checkpoint, data or schedule: one line, as the mabert-hw commands report it
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+    return run_script(parser, run, argv)
 
 
 def run(args) -> int:

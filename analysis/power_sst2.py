@@ -32,8 +32,7 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
-from mabert_hw.cli.common import non_negative_float, positive_float, positive_int
-from mabert_hw.errors import UserError
+from mabert_hw.cli.common import non_negative_float, positive_float, positive_int, run_script
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.model import forward
 from mabert_hw.power_search import (Scorer, as_record, choose, encode, frontier, geometric_search,
@@ -192,12 +191,7 @@ def cached_soft_extract(args, ck) -> tuple[tuple[int, ...], dict, list[float], l
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as error:  # bad checkpoint, data or length: one line, as the mabert-hw commands report it
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+    return run_script(parser, run, argv)
 
 
 def run(args) -> int:

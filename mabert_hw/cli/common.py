@@ -54,6 +54,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def run_script(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> int:
+    """An analysis script's main: run(parsed args), a UserError (bad checkpoint, data or schedule) printed
+    in one line with exit 2, as the mabert-hw commands report it."""
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
 def make_output_dir(text: str) -> Path:
     """Create the output directory before the work starts, so a bad path does not cost the run."""
     path = Path(text)
