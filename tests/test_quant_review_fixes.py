@@ -250,33 +250,6 @@ def test_torch_engine_activation_codes_equal_torch_quantize_per_tensor(engine):
         assert quantize(np.float32([x]), qp, float32=True, fma=True).tolist() == [code]
 
 
-def _kernel_codes(x, qp: QParams, rounding: str, fma: bool):
-    """The codes the fused kernels quantize x (N, C) to: an identity rescale writes them back dequantized,
-    (q - zero_point) * scale in float32, from which they are read off exactly."""
-    y = fused.rescale(x, qp, 1.0, qp, True, rounding, fma)
-    return np.rint(y / np.float32(qp.scale)).astype(np.int64) + int(qp.zero_point)
-
-
-@TORCH_DEPRECATION
-def test_fused_kernels_quantize_as_torch_on_its_engines():
-    torch = pytest.importorskip("torch")
-    torch.backends.quantized.engine = "fbgemm"
-    mismatches = 0
-    for x, scale, zero_point, signed in _activation_cases(np.random.default_rng(12), 40):
-        x = np.resize(x, (3, x.size))
-        qp = QParams(np.array(scale), np.array(zero_point), IntFormat(8, signed))
-        want = torch.quantize_per_tensor(torch.from_numpy(x), scale, zero_point,
-                                         torch.qint8 if signed else torch.quint8).int_repr().numpy()
-        mismatches += int((_kernel_codes(x, qp, "half_even", True) != want).sum())
-        for rounding in fused.ROUNDINGS:  # and as the NumPy reference in every mode
-            reference = quantize(x, qp, rounding, float32=True, fma=True)
-            mismatches += int((_kernel_codes(x, qp, rounding, True) != reference).sum())
-    assert mismatches == 0
-    for x, scale, zero_point, code in TORCH_EXAMPLES:
-        qp = QParams(np.array(scale), np.array(zero_point), IntFormat(8, False))
-        assert _kernel_codes(np.full((1, 9), x, np.float32), qp, "half_even", True).tolist() == [[code] * 9]
-
-
 # --- 7. the PoWER selection runs in float, and says so ------------------------------------------------------------
 def test_power_selection_is_listed_in_float_ops():
     spec = TINY_SPECS[0].with_variant(retention=(8, 6))
@@ -320,20 +293,3 @@ def test_half_away_rounding_in_the_fused_kernels():
     y = fused.rescale(np.full((2, 4), x, np.float32), qp, 1.0, qp, False, "half_away")
     assert np.float64(x) / qp.scale == below_half and (y == 0).all()
     assert quantize(np.float32([x]), qp, "half_away").tolist() == [0]
-
-
-@pytest.mark.parametrize("requant", ["fbgemm", "qnnpack"])
-def test_fused_and_numpy_paths_agree_on_torch_engines(requant, monkeypatch):
-    """The whole integer forward on a torch engine, per-channel residual scales included: the fused kernels
-    and the NumPy reference below them give the same bits."""
-    spec = TINY_SPECS[0]
-    weights, batch = random_weights(spec, 6), random_batch(spec, 3, 12, seed=6)
-
-    def run(backend):
-        return forward(spec, weights, batch.input_ids, backend, batch.attention_mask).last_hidden_state
-
-    config = qconfig.from_dict({"requant": requant, "nonlinear": "integer", "residual_granularity": "channel"})
-    calibration = calibrate(run)
-    fused_out = run(FixedBackend(config=config, calibration=calibration))
-    monkeypatch.setattr(FixedBackend, "_kernel_mode", lambda self, s: None)
-    np.testing.assert_array_equal(fused_out, run(FixedBackend(config=config, calibration=calibration)))

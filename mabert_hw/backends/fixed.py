@@ -302,12 +302,13 @@ class FixedBackend(ReferenceBackend):
         return s.quantize and s.nonlinear == "integer"
 
     def _kernel_mode(self, s: OpSettings) -> tuple | None:
-        """(float32, rounding, fma) for the fused integer kernels (quant/fused.py), or None where they do
-        not apply; they may still decline a call (None), and the NumPy reference below them runs."""
-        if not fused.fusable(self.dtype, s.rounding):
-            return None
+        """(float32, rounding) for the fused integer kernels (quant/fused.py), or None where they do not
+        apply: other dtypes and roundings, and torch's fma quantize (kernels/introws.py says why); they
+        may still decline a call (None), and the NumPy reference below them runs."""
         float32, fma = _engine_arithmetic(s)
-        return float32, s.rounding, fma
+        if fma or not fused.fusable(self.dtype, s.rounding):
+            return None
+        return float32, s.rounding
 
     def _add(self, a, b):
         s = self._settings()

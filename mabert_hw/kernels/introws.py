@@ -18,14 +18,14 @@ contraction): IEEE operations give the same bits on every machine.
 
 Codecs: the float32 <-> code mapping of one tensor, a tuple (arrays per channel (C,); a per-tensor
 format repeats its one value):
-  scale32, scale64, zero_point, qmin, qmax, arithmetic, rounding, per_channel
-quantize (formats.quantize_codes), by `arithmetic`:
-  FLOAT64      q = round(f64(x) / scale64) + zero_point
-  ORT_DIVIDE   q = round(f32(x) / scale32) + zero_point           (onnxruntime QuantizeLinear)
-  TORCH_FMA    q = round(fma32(x, f32(1) / scale32, zero_point))  (torch.quantize_per_tensor)
-  then clip(q, qmin, qmax), rounding in float64 per `rounding`. (The reference's float32 variants add
-  the zero point and clip in float32: the same codes, since the sum is exact below 2^24 and float
-  rounding is monotonic, so it cannot cross qmin or qmax.)
+  scale32, scale64, zero_point, qmin, qmax, divide32, rounding, per_channel
+quantize (formats.quantize_codes):  v = f32(x) / scale32 (divide32: onnxruntime's QuantizeLinear) or
+  f64(x) / scale64; q = clip(round(v) + zero_point, qmin, qmax) in float64, round per `rounding`.
+  (The reference's float32 variant adds the zero point and clips in float32: the same codes, since
+  the sum is exact below 2^24 and float rounding is monotonic, so it cannot cross qmin or qmax.)
+  torch's single-rounding fma (requant fbgemm / qnnpack) is not here: its branch in the kernels' loops
+  kept LLVM from vectorising them (the fused add and GELU ran 4x slower), so the kernels decline those
+  modes (FixedBackend._kernel_mode) and the NumPy reference runs.
 dequantize (FixedBackend._values):  (f32(q) - f32(zero_point)) * scale32 in float32 per tensor,
   f32(scale64 * f64(q - zero_point)) per channel.
 """
@@ -37,31 +37,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..quant.formats import FLOAT64_STEP_BITS
 from ..quant.intops import LN_FRACTION_BITS, SOFTMAX_NUMERATOR_BITS, VARIANCE_LIMIT, WIDE
 
 HALF_EVEN, HALF_AWAY, FLOOR = 0, 1, 2
 ROUNDINGS = {"half_even": HALF_EVEN, "half_away": HALF_AWAY, "floor": FLOOR}
-FLOAT64, ORT_DIVIDE, TORCH_FMA = 0, 1, 2  # a codec's quantize arithmetic (module docstring)
 WIDE_MIN, WIDE_MAX = WIDE.qmin, WIDE.qmax  # the residual adder's and LayerNorm unit's registers
 SOFTMAX_NUMERATOR = 1 << SOFTMAX_NUMERATOR_BITS
 NO_TOP = np.iinfo(np.int64).min // 4  # the row max before any valid entry (intops.int_softmax's `low`)
-
-
-@njit(inline="always", cache=True)
-def _fma32(x, a, b):
-    """formats.fma32 of one value: f32(x * a + b) rounded once; x, a float32, b float64 exact in float32.
-    The product is exact in float64, TwoSum recovers the sum's error, and rounding the sum to odd (an
-    even last bit moves one float64 step towards the error) keeps the float32 rounding single."""
-    p = np.float64(x) * np.float64(a)
-    total = p + b
-    b_part = total - p
-    error = (p - (total - b_part)) + (b - b_part)
-    if error != 0.0:
-        mantissa, exponent = math.frexp(total)
-        if (np.int64(mantissa * 2.0 ** FLOAT64_STEP_BITS) & 1) == 0:
-            total += math.copysign(math.ldexp(1.0, exponent - FLOAT64_STEP_BITS), error)
-    return np.float32(total)
 
 
 @njit(inline="always", cache=True)
@@ -75,23 +57,18 @@ def _round_half_away(v):
 
 @njit(inline="always", cache=True)
 def _quantize(x, j, codec):
-    scale32, scale64, zero_point, qmin, qmax, arithmetic, rounding, _ = codec
-    if arithmetic == TORCH_FMA:  # the zero point is inside the rounded value
-        v = np.float64(_fma32(x, np.float32(1.0) / scale32[j], np.float64(zero_point[j])))
-        offset = 0.0
-    elif arithmetic == ORT_DIVIDE:
+    scale32, scale64, zero_point, qmin, qmax, divide32, rounding, _ = codec
+    if divide32:
         v = np.float64(np.float32(x) / scale32[j])
-        offset = np.float64(zero_point[j])
     else:
         v = np.float64(x) / scale64[j]
-        offset = np.float64(zero_point[j])
     if rounding == HALF_EVEN:
         r = np.rint(v)
     elif rounding == HALF_AWAY:
         r = _round_half_away(v)
     else:
         r = np.floor(v)
-    r += offset
+    r += np.float64(zero_point[j])
     return np.int64(min(max(r, np.float64(qmin)), np.float64(qmax)))
 
 

@@ -14,7 +14,6 @@ and the caller must run the reference:
   |normalised| <= 2^16 (|y_j| <= sqrt(sum y^2) = std) bounds the output accumulator;
 - softmax, GELU: the per-scale constants are int64 (input scales of about 1e-9 to 9e4) and the exp
   shifts z + cut stay within SHIFT_LIMIT.
-Each function takes the quantize arithmetic of formats.quantize_codes (float32; fma: torch's) and rounding.
 """
 
 from __future__ import annotations
@@ -37,14 +36,12 @@ def fusable(dtype, rounding: str) -> bool:
     return dtype is np.float32 and rounding in ROUNDINGS
 
 
-def _codec(qp: QParams, C: int, float32: bool, rounding: str, fma: bool) -> tuple:
-    """introws' codec of a format, its per-tensor values repeated over the C channels; float32 and fma
-    choose the quantize arithmetic as in formats.quantize_codes."""
+def _codec(qp: QParams, C: int, divide32: bool, rounding: str) -> tuple:
+    """introws' codec of a format, its per-tensor values repeated over the C channels."""
     scale64 = np.broadcast_to(np.asarray(qp.scale, np.float64), (C,)).copy()
     zero_point = np.broadcast_to(np.asarray(qp.zero_point, np.int64), (C,)).copy()
-    arithmetic = (introws.TORCH_FMA if fma else introws.ORT_DIVIDE) if float32 else introws.FLOAT64
     return (scale64.astype(np.float32), scale64, zero_point, np.int64(qp.fmt.qmin), np.int64(qp.fmt.qmax),
-            np.int64(arithmetic), np.int64(introws.ROUNDINGS[rounding]), bool(np.ndim(qp.scale)))
+            divide32, np.int64(introws.ROUNDINGS[rounding]), bool(np.ndim(qp.scale)))
 
 
 def _scale(qp: QParams):
@@ -72,7 +69,7 @@ def _rows(x):
     return np.ascontiguousarray(x).reshape(-1, x.shape[-1]), np.empty(x.shape, np.float32)
 
 
-def rescale(x, qp: QParams, factor: float, out: QParams, float32: bool, rounding: str, fma: bool = False):
+def rescale(x, qp: QParams, factor: float, out: QParams, divide32: bool, rounding: str):
     """intops.int_rescale(quantize(x), ...), dequantized."""
     C = x.shape[-1]
     multiplier, _ = dyadic_terms(_scale(qp), factor, _scale(out))
@@ -80,12 +77,12 @@ def rescale(x, qp: QParams, factor: float, out: QParams, float32: bool, rounding
     if dyadic is None:
         return None
     rows, y = _rows(x)
-    introws.rescale_rows(rows, _codec(qp, C, float32, rounding, fma), *dyadic, _codec(out, C, float32, rounding, fma),
+    introws.rescale_rows(rows, _codec(qp, C, divide32, rounding), *dyadic, _codec(out, C, divide32, rounding),
                          y.reshape(rows.shape))
     return y
 
 
-def add(a, b, qa: QParams, qb: QParams, out: QParams, float32: bool, rounding: str, fma: bool = False):
+def add(a, b, qa: QParams, qb: QParams, out: QParams, divide32: bool, rounding: str):
     """intops.int_add(quantize(a), quantize(b), ...), dequantized; b broadcasts to a."""
     C = a.shape[-1]
     dyadic_a = _dyadic(dyadic_terms(_scale(qa), 1.0, _scale(out))[0], _centred_peak(qa), C)
@@ -94,32 +91,32 @@ def add(a, b, qa: QParams, qb: QParams, out: QParams, float32: bool, rounding: s
         return None
     rows, y = _rows(a)
     b_rows = np.ascontiguousarray(np.broadcast_to(b, a.shape)).reshape(rows.shape)
-    introws.add_rows(rows, b_rows, _codec(qa, C, float32, rounding, fma), _codec(qb, C, float32, rounding, fma),
-                     *dyadic_a, *dyadic_b, _codec(out, C, float32, rounding, fma), y.reshape(rows.shape))
+    introws.add_rows(rows, b_rows, _codec(qa, C, divide32, rounding), _codec(qb, C, divide32, rounding),
+                     *dyadic_a, *dyadic_b, _codec(out, C, divide32, rounding), y.reshape(rows.shape))
     return y
 
 
-def softmax(x, qp: QParams, out_bits: int, float32: bool, rounding: str, fma: bool = False):
+def softmax(x, qp: QParams, out_bits: int, divide32: bool, rounding: str):
     """intops.int_softmax over the last axis of quantize(x) (entries <= MASKED are masked keys), as
     float32 codes * 2^-out_bits."""
     extra, ln2, b, c, cut, _ = exp_constants(float(qp.scale))
     if not (ln2 >= 1 and c < 2 ** 62 and EXP_RANGE + cut <= SHIFT_LIMIT):
         return None
     rows, y = _rows(x)
-    introws.softmax_rows(rows, np.float32(MASKED), _codec(qp, x.shape[-1], float32, rounding, fma),
+    introws.softmax_rows(rows, np.float32(MASKED), _codec(qp, x.shape[-1], divide32, rounding),
                          (np.int64(extra), np.int64(ln2), np.int64(b), np.int64(c), np.int64(cut),
                           np.int64(-EXP_RANGE * ln2)), out_bits, y.reshape(rows.shape))
     return y
 
 
-def gelu(x, qp: QParams, out: QParams, float32: bool, rounding: str, fma: bool = False):
+def gelu(x, qp: QParams, out: QParams, divide32: bool, rounding: str):
     """intops.int_gelu(quantize(x)) requantized to `out` (dyadic), dequantized."""
     C = x.shape[-1]
     b, c, code_scale = gelu_constants(float(qp.scale))
     if not -2 ** 62 < c < 0:
         return None
     rows, y = _rows(x)
-    codec = _codec(qp, C, float32, rounding, fma)
+    codec = _codec(qp, C, divide32, rounding)
     multiplier, _ = dyadic_terms(code_scale, 1.0, float(out.scale))
     peak = _centred_peak(qp) * (b * b + 2 * abs(c))  # |code| <= |q| (b^2 + 2 |c|)
     measured = bool(dyadic_drop(peak))
@@ -128,13 +125,12 @@ def gelu(x, qp: QParams, out: QParams, float32: bool, rounding: str, fma: bool =
     dyadic = _dyadic(multiplier, peak, C, measured)
     if dyadic is None:
         return None
-    introws.gelu_rows(rows, codec, np.int64(b), np.int64(c), *dyadic, _codec(out, C, float32, rounding, fma),
+    introws.gelu_rows(rows, codec, np.int64(b), np.int64(c), *dyadic, _codec(out, C, divide32, rounding),
                       y.reshape(rows.shape))
     return y
 
 
-def layernorm(x, qp: QParams, gain, bias, eps: float, out: QParams, float32: bool, rounding: str,
-              fma: bool = False):
+def layernorm(x, qp: QParams, gain, bias, eps: float, out: QParams, divide32: bool, rounding: str):
     """intops.int_layernorm(quantize(x), ...) dequantized, and its count of overflowing variance rows."""
     C = x.shape[-1]
     peak = _centred_peak(qp)
@@ -158,7 +154,7 @@ def layernorm(x, qp: QParams, gain, bias, eps: float, out: QParams, float32: boo
         return None
     rows, y = _rows(x)
     overflowed = np.empty(rows.shape[0], bool)
-    introws.layernorm_rows(rows, _codec(qp, C, float32, rounding, fma), common_m, common_e, bool(np.ndim(qp.scale)),
+    introws.layernorm_rows(rows, _codec(qp, C, divide32, rounding), common_m, common_e, bool(np.ndim(qp.scale)),
                            np.int64(eps_codes), np.broadcast_to(bias_codes, (C,)).astype(np.int64), *dyadic,
-                           _codec(out, C, float32, rounding, fma), y.reshape(rows.shape), overflowed)
+                           _codec(out, C, divide32, rounding), y.reshape(rows.shape), overflowed)
     return y, int(np.count_nonzero(overflowed))
