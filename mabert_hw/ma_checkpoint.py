@@ -16,7 +16,6 @@ Heads (`cls.*`, DistilBERT's vocab_*) are dropped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,14 +82,19 @@ def spec_from_ma(config: dict, state: dict[str, np.ndarray] | None, name: str) -
     """ModelSpec from MA config keys (BERT or DistilBERT spelling), shapes filling what is missing."""
     c = {**OFFICIAL_DEFAULTS, **config}
     if state is not None:
-        word = state["embeddings.word_embeddings.weight"].shape
-        layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
+        def shape(key: str) -> tuple[int, ...]:
+            if key not in state:
+                raise UserError(f"missing key {key}")
+            return state[key].shape
+
+        word = shape("embeddings.word_embeddings.weight")
         c.setdefault("vocab_size", word[0])
         c.setdefault("hidden_size", word[1])
-        c.setdefault("num_hidden_layers", layers)
-        c.setdefault("intermediate_size", state[f"{layer_prefix(0)}intermediate.dense.weight"].shape[0])
-        c.setdefault("max_position_embeddings", state["embeddings.position_embeddings.weight"].shape[0])
-        c.setdefault("type_vocab_size", state["embeddings.token_type_embeddings.weight"].shape[0])
+        c.setdefault("intermediate_size", shape(f"{layer_prefix(0)}intermediate.dense.weight")[0])
+        layers = [int(k.split(".")[2]) for k in state if k.startswith("encoder.layer.")]  # layer 0's is there
+        c.setdefault("num_hidden_layers", 1 + max(layers))
+        c.setdefault("max_position_embeddings", shape("embeddings.position_embeddings.weight")[0])
+        c.setdefault("type_vocab_size", shape("embeddings.token_type_embeddings.weight")[0])
     distil = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
               "hidden_dim": "intermediate_size"}
     for old, new in distil.items():
@@ -159,10 +163,12 @@ def ma_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> tuple[Weights, 
 
 def load_official_file(path: Path, read_torch) -> tuple[ModelSpec, Weights, Weights]:
     """A bare official .pt state dict -> (spec, unfolded weights, engine weights); heads from a
-    config.json beside it if there is one."""
+    config.json beside it if there is one (an unreadable one is a UserError, as any checkpoint's config)."""
+    from .checkpoint import read_config
+
     state = to_bert_keys(read_torch(path))
     config_path = path.parent / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config = read_config(config_path) if config_path.exists() else {}
     if "embeddings.word_embeddings.weight" not in state:
         raise UserError(f"{path}: not a (MA-)BERT state dict (no embeddings.word_embeddings.weight)")
     has_ma_keys = any(k.endswith(".running_phi") or "softmax.linear_relu_stack." in k for k in state)

@@ -28,6 +28,10 @@ from .power import geometric_retention
 
 GEOMETRIC_RATIOS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5)
 GREEDY_SHRINK = 0.75
+# Accuracies are 100 k / n in floating point: a loss of exactly the budget (say 1 of n = 100 examples, 1.0
+# point) can come out a few ulp above it (59.0 - 57.99999999999999). Losses are compared rounded to this
+# many decimals, far below the 100 / n of one example.
+LOSS_DECIMALS = 9
 
 
 @dataclass
@@ -105,7 +109,7 @@ def greedy_search(scorer: Scorer, seq_len: int, budget_loss: float, shrink: floa
     while True:
         moves = [m for m in (_cut(current.retention, j, shrink) for j in range(len(current.retention))) if m]
         scored = [scorer(m, "greedy") for m in moves]
-        allowed = [s for s in scored if baseline.accuracy - s.accuracy <= budget_loss and s.flops < current.flops]
+        allowed = [s for s in scored if within_budget(baseline, s, budget_loss) and s.flops < current.flops]
         if not allowed:
             return path
         current = min(allowed, key=lambda s: (current.accuracy - s.accuracy) / (current.flops - s.flops))
@@ -117,6 +121,11 @@ def _cut(retention: tuple[int, ...], layer: int, shrink: float) -> tuple[int, ..
     if new < 1:
         return None
     return tuple(n if j < layer else min(n, new) for j, n in enumerate(retention))
+
+
+def within_budget(baseline: Scored, s: Scored, budget_loss: float) -> bool:
+    """s loses at most budget_loss accuracy points against the baseline (LOSS_DECIMALS)."""
+    return round(baseline.accuracy - s.accuracy, LOSS_DECIMALS) <= budget_loss
 
 
 def frontier(scored: Sequence[Scored]) -> list[Scored]:
@@ -131,7 +140,7 @@ def frontier(scored: Sequence[Scored]) -> list[Scored]:
 
 def choose(scored: Sequence[Scored], baseline: Scored, budget_loss: float) -> Scored:
     """The cheapest schedule whose accuracy loss is within the budget (the baseline if none is)."""
-    within = [s for s in scored if baseline.accuracy - s.accuracy <= budget_loss]
+    within = [s for s in scored if within_budget(baseline, s, budget_loss)]
     return min(within, key=lambda s: s.flops) if within else baseline
 
 

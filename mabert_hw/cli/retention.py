@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..power import parse_retention
+from ..spec import whole_number
 
 
 def add_retention_argument(parser, extra_help: str = "") -> None:
@@ -37,8 +38,10 @@ def read_retention(text: str | None, layers: int, seq_len: int | None = None) ->
         retention = _config(Path(text))["retention"]
         if retention is None:
             raise UserError(f"{text}: the search kept no elimination (retention null): nothing to apply")
-        try:
-            text = ",".join(str(int(n)) for n in retention)
+        try:  # a string would be read character by character, 4.7 or true cast to a count: refused
+            if not isinstance(retention, list):
+                raise TypeError
+            text = ",".join(str(whole_number(n, "retention")) for n in retention)
         except (TypeError, ValueError):
             raise UserError(f"{text}: retention must be a list of integers, got {retention!r}") from None
     return parse_retention(text, layers, seq_len)
@@ -49,4 +52,11 @@ def searched_seq_len(text: str | None) -> int | None:
     if text is None or Path(text).suffix != ".json":
         return None
     value = _config(Path(text)).get("seq_len")
-    return value if isinstance(value, int) and value > 0 else None
+    if value is None:
+        return None
+    try:  # true, "64" or 0 is no length: refused, not passed on as one
+        if whole_number(value, "seq_len") < 1:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{text}: seq_len must be a positive integer, got {value!r}") from None
+    return int(value)
