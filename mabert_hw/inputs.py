@@ -6,6 +6,7 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,21 @@ class Batch:
 
 
 def load_tokenizer(directory: Path):
+    """tokenizer.json, else vocab.txt (WordPiece); a file `tokenizers` cannot load is a UserError naming it."""
     from tokenizers import Tokenizer
     from tokenizers.implementations import BertWordPieceTokenizer
 
-    if (directory / "tokenizer.json").exists():
-        return Tokenizer.from_file(str(directory / "tokenizer.json"))
-    return BertWordPieceTokenizer(str(directory / "vocab.txt"), **word_piece_options(directory))
+    path = directory / "tokenizer.json"
+    if path.exists():
+        load = partial(Tokenizer.from_file, str(path))
+    else:
+        path = directory / "vocab.txt"
+        load = partial(BertWordPieceTokenizer, str(path), **word_piece_options(directory))
+    try:
+        return load()
+    except Exception as error:  # a bare Exception for bad JSON or UTF-8, TypeError for a vocab without [SEP]
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: not a tokenizer file ({type(error).__name__}: {first_line})") from None
 
 
 # tokenizer_config.json key -> (BertWordPieceTokenizer option, BertTokenizer's default); a None default

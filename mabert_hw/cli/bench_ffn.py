@@ -93,12 +93,13 @@ def run_columns(facts: dict) -> dict:
 
 
 def framed(table: str, facts: dict, separator: str) -> str:
-    """The table (text or Markdown) between the run's context: sizes, threads and BLAS above; the MAC
-    ratio, agreement checks and load averages below (Markdown needs blank lines between paragraphs)."""
+    """The table (text or Markdown) between the run's context: sizes, machine, threads and BLAS above; the
+    MAC ratio, agreement checks and load averages below (Markdown needs blank lines between paragraphs)."""
     p = facts["problem"]
     return separator.join([
         f"FFN layer: C={p['hidden']} d={p['depth']} K={p['trees']} M={p['tokens']} tokens vs dense "
-        f"F={p['dense_width']}; {facts['rounds']} interleaved rounds, threads {facts['threads']}, BLAS {facts['blas']}",
+        f"F={p['dense_width']}; {facts['rounds']} interleaved rounds on {facts['machine']}, threads "
+        f"{facts['threads']}, BLAS {facts['blas']}",
         table,
         f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.1f}x; fff-numba vs fff-numpy-gather maxdiff "
         f"{facts['fff_numba_vs_numpy_maxdiff']:.2g}, "

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", type=positive_int, default=4, help="number of sequences (default 4)")
     parser.add_argument("--seq-len", type=positive_int,
                         help="pad/truncate to T tokens (default: longest text, or 64 (at most the model "
-                        "positions) for random ids)")
+                        "positions and an MA-BERT approximator's inputs) for random ids)")
     parser.add_argument("--atol", type=non_negative_float,
                         help=f"tolerance (default {FLOAT64_ATOL:g} against HF in float64, "
                         f"{FLOAT32_ATOL:g} against the float32 MA-BERT and crammed modules)")
@@ -90,6 +90,12 @@ def check_inputs(args, ck: checkpoint.Checkpoint) -> Batch:
         return batch
     if args.texts:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt): cannot use --texts")
-    batch = random_batch(ck.spec, args.batch, args.seq_len or min(64, ck.spec.max_positions), args.seed)
+    batch = random_batch(ck.spec, args.batch, args.seq_len or default_random_length(ck.spec), args.seed)
     print(f"inputs: random ids {batch.shape[0]} x {batch.shape[1]} with padding (seed {args.seed})")
     return batch
+
+
+def default_random_length(spec) -> int:
+    """64 tokens, at most the model's positions and an MA-BERT approximator's n (its forward refuses more)."""
+    length = min(64, spec.max_positions)
+    return min(length, spec.variant.softmax_input) if spec.variant.softmax == "mlp" else length

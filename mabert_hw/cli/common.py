@@ -113,12 +113,13 @@ def emit(text: str, output: str | None) -> None:
 
 
 def _replace_whole(path: Path, text: str) -> None:
-    """path <- text through a temporary file beside it: a reader never sees half a file."""
+    """path <- text through a temporary file beside it: a reader never sees half a file, and a failed or
+    interrupted (Ctrl-C) write leaves neither a half file nor the temporary one."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.write_text(text)
         tmp.replace(path)
-    except OSError:
+    except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
