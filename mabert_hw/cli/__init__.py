@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mabert-hw",
         description="What a BERT-like model really costs, and what making it cheaper loses. "
         "CKPT is a preset (bert-base-uncased, bert-large-uncased, minilm-l6), 'minilm' (the packaged "
-        "all-MiniLM-L6-v2), a HF checkpoint directory or a config.json.",
+        "all-MiniLM-L6-v2), a checkpoint directory (HF BERT, MA-BERT / MA-DistilBERT, crammed BERT / "
+        "UltraFastBERT), an official MA-BERT .pt / .bin state dict, or a config.json (shapes only).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

@@ -92,7 +92,8 @@ def add_output(parser: argparse.ArgumentParser, what: str = "write to FILE inste
 
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ckpt", metavar="CKPT", help="preset name, 'minilm', HF checkpoint directory or config.json")
+    parser.add_argument("ckpt", metavar="CKPT", help="preset name, 'minilm', checkpoint directory (HF, MA-BERT, crammed), MA-BERT .pt / .bin "
+                        "file or config.json (see mabert-hw --help)")
 
 
 def emit(text: str, output: str | None) -> None:
