@@ -112,3 +112,19 @@ def test_an_interrupted_output_write_leaves_the_old_file_and_no_temporary(tmp_pa
         emit("new", str(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.csv"]
     assert out.read_text() == "old\n"
+
+
+# metric-vs-bits plot: a grid with no bit series writes no empty chart
+
+def test_metric_vs_bits_writes_a_png_only_when_a_bit_series_has_two_points(tmp_path):
+    from mabert_hw.report.quant_plots import plot_metric_vs_bits
+
+    header = "key,metric,seconds,overflows,calibrator,act_bits\n"
+    no_series = tmp_path / "calibrators.csv"  # two calibrators, no bits field varied
+    no_series.write_text(header + "a,80.0,1,0,minmax,\nb,81.0,1,0,mse,\n")
+    assert plot_metric_vs_bits(no_series, tmp_path / "none.png") == 0
+    assert not (tmp_path / "none.png").exists()
+    series = tmp_path / "bits.csv"  # act_bits 4 and 8 under one calibrator: one line; mse's lone point none
+    series.write_text(header + "a,70.0,1,0,minmax,4\nb,80.0,1,0,minmax,8\nc,81.0,1,0,mse,8\n")
+    assert plot_metric_vs_bits(series, tmp_path / "bits.png") == 1
+    assert (tmp_path / "bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

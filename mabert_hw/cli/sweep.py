@@ -60,7 +60,9 @@ def run(args) -> int:
     if args.plot:
         from ..report.quant_plots import plot_metric_vs_bits
 
-        plot_metric_vs_bits(out, args.plot, "Spearman x 100" if args.task == "stsb" else "accuracy %")
+        if not plot_metric_vs_bits(out, args.plot, "Spearman x 100" if args.task == "stsb" else "accuracy %"):
+            print(f"no plot written to {args.plot}: no weight_bits / act_bits series with two or more points "
+                  "among otherwise equal configurations", file=sys.stderr)
     return 0
 
 

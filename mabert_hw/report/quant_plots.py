@@ -15,11 +15,13 @@ def _rows(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def plot_metric_vs_bits(results_csv: str | Path, png: str | Path, metric_label: str = "metric") -> None:
-    """One line per (varied bit field, other fields): the metric against that field's bits."""
+def plot_metric_vs_bits(results_csv: str | Path, png: str | Path, metric_label: str = "metric") -> int:
+    """One line per (varied bit field, other fields): the metric against that field's bits. Returns the
+    lines drawn; with none (no bit field takes two values among otherwise equal rows) no PNG is written."""
 
     rows = _rows(results_csv)
     fig, ax = plt.subplots(figsize=(6, 4))
+    lines = 0
     for field in BIT_FIELDS:
         series: dict[str, list[tuple[int, float]]] = {}
         for row in rows:
@@ -32,11 +34,16 @@ def plot_metric_vs_bits(results_csv: str | Path, png: str | Path, metric_label: 
             if len(points) > 1:
                 points.sort()
                 ax.plot(*zip(*points), marker="o", label=f"{field} ({others})" if others else field)
+                lines += 1
+    if not lines:
+        plt.close(fig)
+        return 0
     ax.set_xlabel("bits")
     ax.set_ylabel(metric_label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save_figure(fig, png)
+    return lines
 
 
 def plot_tensor_errors(rows: list[dict], png: str | Path) -> None:
