@@ -103,7 +103,8 @@ def tokenize(directory: Path, texts: list[str] | tuple[str, ...], seq_len: int |
 
 def check_positions(spec: ModelSpec, seq_len: int) -> None:
     if seq_len > spec.max_positions:
-        raise UserError(f"--seq-len {seq_len} exceeds the model's {spec.max_positions} positions")
+        raise UserError(f"--seq-len {seq_len} exceeds the model's {spec.max_positions} positions: "
+                        f"use --seq-len {spec.max_positions} or less")  # seq_len may be a default the user never typed
 
 
 def check_seq_len(spec: ModelSpec, seq_len: int) -> None:

@@ -128,3 +128,13 @@ def test_metric_vs_bits_writes_a_png_only_when_a_bit_series_has_two_points(tmp_p
     series.write_text(header + "a,70.0,1,0,minmax,4\nb,80.0,1,0,minmax,8\nc,81.0,1,0,mse,8\n")
     assert plot_metric_vs_bits(series, tmp_path / "bits.png") == 1
     assert (tmp_path / "bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# a default --seq-len beyond the model's positions: the error says which length to pass
+
+def test_default_seq_len_beyond_the_positions_names_the_length_to_pass(tmp_path, capsys):
+    config = {"model_type": "bert", "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 40}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["profile", str(tmp_path / "config.json")]) == 2  # profile's default T is 128 > 40
+    assert error_line(capsys).endswith("exceeds the model's 40 positions: use --seq-len 40 or less")
