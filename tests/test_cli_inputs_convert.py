@@ -151,3 +151,35 @@ def test_softmax_error_checks_output_dir_before_the_work(tmp_path, capsys, ma16,
     assert main(["softmax-error", str(ma16), "--data", str(corpus), "--output-dir", str(plain / "sub")]) == 2
     captured = capsys.readouterr()
     assert f"cannot create directory {plain / 'sub'}" in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize("record", [None, "hand-written", ["teacher"], {"teacher": 42}])
+def test_softmax_error_with_a_hand_edited_conversion_record_asks_for_the_teacher(tmp_path, capsys, ma16, corpus,
+                                                                                 record):
+    """A config.json whose "conversion" is not `convert`'s object, or whose teacher is not a path: the command
+    asks for --teacher in one line (an AttributeError traceback before)."""
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    for path in ma16.iterdir():
+        if path.is_file():
+            (edited / path.name).write_bytes(path.read_bytes())
+    config = json.loads((edited / "config.json").read_text())
+    config["conversion"] = record
+    (edited / "config.json").write_text(json.dumps(config))
+    assert main(["softmax-error", str(edited), "--data", str(corpus), "--output-dir", str(tmp_path / "se")]) == 2
+    assert "no --teacher given and CKPT does not name the checkpoint it was converted from" in capsys.readouterr().err
+
+
+def test_resume_reads_a_hand_edited_conversion_record_as_none(tmp_path, capsys, teacher_dir, corpus):
+    """A pre-record state whose config.json holds "conversion": null resumes (the pre-fit MSE is then unknown)
+    instead of failing with an AttributeError."""
+    out = tmp_path / "out"
+    assert convert(teacher_dir, out, corpus, "--steps", "1") == 0
+    state = torch.load(out / "train_state.pt", weights_only=False)
+    del state["record"]
+    torch.save(state, out / "train_state.pt")
+    config = json.loads((out / "config.json").read_text())
+    config["conversion"] = None
+    (out / "config.json").write_text(json.dumps(config))
+    assert convert(teacher_dir, out, corpus, "--steps", "2", "--resume") == 0
+    assert "prefit_mse" not in json.loads((out / "config.json").read_text())["conversion"]

@@ -107,6 +107,13 @@ def check_same_shape(state_path: Path, first: dict, now: dict) -> None:
                         "repeat the first run's flags, or pick another --out to start over")
 
 
+def conversion_record(config: dict) -> dict:
+    """What `convert` recorded in a config.json it wrote; {} where there is none, or where a hand edit left
+    something other than a JSON object under "conversion"."""
+    record = config.get("conversion")
+    return record if isinstance(record, dict) else {}
+
+
 def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
     """The saved run's record with this run's flags, after checking they shape the same model. A state
     from before records were kept has none: its flags cannot be checked (said on stderr), and its
@@ -120,7 +127,7 @@ def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
         print(f"mabert-hw: warning: {state_path} records no flags (an older run): cannot check that "
               f"{', '.join(SHAPING_FLAGS)} match it", file=sys.stderr)
     if "prefit_mse" not in saved and config_path.exists():
-        earlier = json.loads(config_path.read_text()).get("conversion", {})
+        earlier = conversion_record(checkpoint.read_config(config_path))
         saved = saved | {k: earlier[k] for k in ("prefit_mse",) if k in earlier}
     return saved | record
 

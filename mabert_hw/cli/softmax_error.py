@@ -11,7 +11,7 @@ from ..inputs import read_texts, tokenize
 from ..report.tables import text_table
 from ..spec import PRESETS
 from .common import add_checkpoint, make_output_dir, positive_int
-from .convert import tsv_texts
+from .convert import conversion_record, tsv_texts
 from .infer import checkpoint_config
 
 COLUMNS = ("rows", "max_abs", "mean_abs", "negative_%", "sum_off_%", "kl", "argmax_agree_%", "topk_overlap_%")
@@ -85,8 +85,8 @@ def recorded_teacher(ckpt: str) -> str:
     """The teacher that CKPT's config.json says `convert` made it from. Records from before `convert` made
     the path absolute hold it as typed, relative to a directory they do not name: such a path that does
     not lead to a checkpoint from here is an error asking for --teacher."""
-    teacher = checkpoint_config(ckpt).get("conversion", {}).get("teacher")
-    if not teacher:
+    teacher = conversion_record(checkpoint_config(ckpt)).get("teacher")
+    if not isinstance(teacher, str) or not teacher:
         raise UserError("no --teacher given and CKPT does not name the checkpoint it was converted from")
     named = teacher in PRESETS or teacher == checkpoint.MINILM_ALIAS
     if not named and not Path(teacher).is_absolute() and not Path(teacher).exists():
