@@ -241,6 +241,15 @@ def self_attention(bk: Backend, spec: ModelSpec, w, p: str, x, mask):
     return bk.merge_heads(context), probs  # (B, T, C), (B, H, T, T)
 
 
+KEY_AXIS_OPS = ("scores", "scale", "mask", "softmax", "softmax.linear_relu_stack.2")  # self_attention's ops whose
+# output (B, H, T, T) runs over the keys on its last axis; the others' last axis is a width (D, h, C) that may equal T
+
+
+def indexes_keys(op_name: str) -> bool:
+    """Whether the op named `op_name` is one of self_attention's score / probability outputs."""
+    return any(op_name.endswith("attention.self." + op) for op in KEY_AXIS_OPS)
+
+
 def softmax_approximator(bk: Backend, spec: ModelSpec, w, p: str, scores):
     T = scores.shape[-1]
     stack = ("" if spec.variant.share_softmax else p) + "softmax.linear_relu_stack."  # weights.approximator_prefix

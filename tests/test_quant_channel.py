@@ -252,7 +252,7 @@ def test_compare_leaves_padding_positions_out():
     for heads in (3, 4):  # 4 heads = 4 tokens: the per-head layout must still mask tokens, not heads
         scores = rng.normal(0, 1, (2, heads, 4, 4))
         noisy = scores + np.where(pad[:, None, :, None] | pad[:, None, None, :], 100.0, 0.0)  # padding queries / keys
-        assert compare(scores, noisy, token_mask)["sqnr_db"] == np.inf
+        assert compare(scores, noisy, token_mask, keys=True)["sqnr_db"] == np.inf
         rows = rng.normal(0, 1, (2, heads, 4, 5))  # (B, H, T, D) per-head context rows
         assert compare(rows, rows + np.where(pad[:, None, :, None], 100.0, 0.0), token_mask)["sqnr_db"] == np.inf
 

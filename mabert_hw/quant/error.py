@@ -19,6 +19,7 @@ import numpy as np
 from ..backends.base import Backend
 from ..backends.fixed import FixedBackend
 from ..backends.reference import ReferenceBackend
+from ..model import indexes_keys
 from .calibrate import MASKED, Calibration
 from .config import QuantConfig
 
@@ -39,26 +40,28 @@ def capture(backend: Backend) -> dict[str, np.ndarray]:
     return store
 
 
-def real_positions(shape: tuple, token_mask: np.ndarray | None) -> np.ndarray | bool:
-    """Entries of an op output of `shape` that belong to real tokens: (B, H, T, T) scores / (B, H, T, D)
-    per-head rows with padding queries (and keys) dropped, and (B, T, ...) rows of tokens; True (all)
-    for other shapes or without a mask. token_mask: (B, T), 1 for real tokens. Every 4-D op output of
-    the forward is per head (the token-major ones are (B, T, C)), so a 4-D shape is read as per head
-    first: with H == T the (B, T, ...) reading would mask heads instead of tokens."""
+def real_positions(shape: tuple, token_mask: np.ndarray | None, keys: bool = False) -> np.ndarray | bool:
+    """Entries of an op output of `shape` that belong to real tokens: per-head (B, H, T, ...) rows and
+    token-major (B, T, C) rows of padding tokens are dropped, and with `keys` (a (B, H, T, T) score or
+    probability output, model.indexes_keys) padding keys too; True (all) for other shapes or without a
+    mask. token_mask: (B, T), 1 for real tokens. Every 4-D op output of the forward is per head, so a
+    4-D shape is read as per head (with H == T the (B, T, ...) reading would mask heads). Only `keys`
+    says that the last axis is the keys': a head width D, an approximator width h or a hidden size C
+    may equal T. 2-D outputs (pooler, logits) have no token axis."""
     if token_mask is None:
         return True
     real = np.asarray(token_mask) > 0  # (B, T)
     B, T = real.shape
     if len(shape) == 4 and shape[0] == B and shape[2] == T:
         rows = real[:, None, :, None]  # (B, 1, T, 1)
-        return rows & real[:, None, None, :] if shape[3] == T else rows
-    if len(shape) >= 2 and tuple(shape[:2]) == (B, T):
-        return real.reshape(B, T, *([1] * (len(shape) - 2)))
+        return rows & real[:, None, None, :] if keys else rows
+    if len(shape) == 3 and tuple(shape[:2]) == (B, T):
+        return real[:, :, None]  # (B, T, 1)
     return True
 
 
-def compare(ref: np.ndarray, got: np.ndarray, token_mask: np.ndarray | None = None) -> dict:
-    keep = (ref > MASKED) & real_positions(ref.shape, token_mask)
+def compare(ref: np.ndarray, got: np.ndarray, token_mask: np.ndarray | None = None, keys: bool = False) -> dict:
+    keep = (ref > MASKED) & real_positions(ref.shape, token_mask, keys)
     r, g = ref[keep], got[keep]
     noise = float(np.sum((r - g) ** 2))
     signal = float(np.sum(r ** 2))
@@ -88,7 +91,8 @@ def tensor_errors(run: Callable[[Backend], object], config: QuantConfig, calibra
     fixed_out = capture(fixed)
     run(fixed)
     kinds = {op.name: op.kind for op in reference.ops}
-    return [{"tensor": name, "kind": kinds[name], **compare(ref_out[name], fixed_out[name], token_mask),
+    return [{"tensor": name, "kind": kinds[name],
+             **compare(ref_out[name], fixed_out[name], token_mask, indexes_keys(name)),
              "overflows": fixed.overflows.get(name, 0)} for name in ref_out]
 
 
