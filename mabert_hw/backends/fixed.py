@@ -155,9 +155,10 @@ class FixedBackend(ReferenceBackend):
         key = (self._op[0], slot, bits, s.act_symmetric, s.calibrator, s.percentile, s.pow2, per_channel)
         if key in self._qparams:
             return self._qparams[key]
-        signed_probe = IntFormat(bits, signed=True)
+        tensor = f"{self._op[0]}:{slot}"
         estimate = self.calibration.channel_range if per_channel else self.calibration.range
-        span = estimate(f"{self._op[0]}:{slot}", s.calibrator, signed_probe, s.act_symmetric, s.percentile)
+        span = estimate(tensor, s.calibrator, self._calibration_format(tensor, bits, nonneg), s.act_symmetric,
+                        s.percentile)
         dynamic = span is None
         if dynamic and x is None:  # an op's output format must be known before its result exists
             raise ValueError(f"{self._op[0]}:{slot} has no calibrated range: calibrate the model first "
@@ -173,6 +174,14 @@ class FixedBackend(ReferenceBackend):
         if not dynamic:
             self._qparams[key] = qp
         return qp
+
+    def _calibration_format(self, tensor: str, bits: int, nonneg: bool) -> IntFormat:
+        """The format the mse and entropy calibrators tune a range for: signed where the tensor took
+        negative values in calibration (the sign of a range alpha * [lo, hi] does not change with alpha),
+        unsigned for a non-negative one, as _act_qparams then quantizes it (an unsigned symmetric format
+        has twice the levels over [0, hi])."""
+        seen = self.calibration.range(tensor, "minmax", IntFormat(bits), False)  # (lo, hi) observed; None: never
+        return IntFormat(bits, signed=not nonneg and seen is not None and seen[0] < 0)
 
     def _quantize_act(self, x, slot: str, s: OpSettings, nonneg: bool = False):
         """(codes as a float array of exact integers, their QParams), quantized as the requant engine does."""

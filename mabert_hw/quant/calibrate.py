@@ -229,8 +229,9 @@ def channel_mse_range(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, fmt: Int
 
 
 def entropy_threshold(abs_x: np.ndarray, fmt: IntFormat) -> float:
-    """TensorRT entropy calibration on |x|: levels = 2^(bits-1) quantization bins."""
-    levels = 1 << (fmt.bits - 1)
+    """TensorRT entropy calibration on |x|, with fmt.qmax + 1 quantization bins: 2^(bits-1) for a signed
+    format (TensorRT's 128 at 8 bits), 2^bits for an unsigned one (a non-negative tensor)."""
+    levels = fmt.qmax + 1
     top = float(abs_x.max())
     if top == 0.0 or levels >= HIST_BINS:
         return top
