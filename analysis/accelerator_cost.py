@@ -6,7 +6,7 @@ it). Two memory models: the presets as written (layer by layer: activations spil
 op's inputs + output exceed the activation SRAM), and "on-chip" (activation SRAM unbounded: only
 weights cross DRAM, an upper bound on what fusion/tiling buys). Also MA-BERT's speedup as T grows.
 
-    python analysis/accelerator_cost.py            # -> reports/accelerator/ (about 30 s)
+    python analysis/accelerator_cost.py            # -> reports/accelerator/ (~10 s)
 """
 
 from __future__ import annotations
@@ -237,9 +237,9 @@ def render_readme(rows, breakdown, sweep, pngs) -> str:
     images = "\n".join(f"![{png}]({png})" for png in pngs)
     return f"""# Accelerator cost: BERT vs MA-BERT vs PoWER-BERT vs UltraFastBERT
 
-Made by `python analysis/accelerator_cost.py` (a few seconds on 2 cores); data in results.csv (every
+Made by `python analysis/accelerator_cost.py` (~10 s on 2 cores); data in results.csv (every
 preset x memory model x T x variant), ma_breakdown.csv (what MA-BERT removes and adds, cycles and
-energy), ma_vs_seq_len.csv (MA-BERT vs T). One preset, one variant: `mabert-hw compare {MODEL}
+energy), ma_vs_seq_len.csv (MA-BERT vs T). All four variants on one preset, with charts: `mabert-hw compare {MODEL}
 --hw edge-32x32-int8 --seq-len 128 --plots DIR`.
 
 ## Hardware presets

@@ -42,13 +42,12 @@ from mabert_hw.cli.common import non_negative_float, non_negative_int, positive_
 from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX
-from mabert_hw.inputs import random_batch, tokenize
+from mabert_hw.inputs import DATA_DIR, random_batch, tokenize
 from mabert_hw.model import forward
 from mabert_hw.torch_ref.fff import FFF, hf_fff_model
 from mabert_hw.torch_ref.hf import hf_model
 from mabert_hw.weights import layer_prefix
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATA_FILES = ("glue/STS-B/train.tsv", "glue/STS-B/dev.tsv", "wikitext-2/wiki.valid.raw")  # all that is read
 OUT = Path(__file__).resolve().parents[1] / "reports" / "fff"
 
@@ -225,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="training budget over all depths and layers")
     parser.add_argument("--kd-minutes", type=non_negative_float, default=0.0,
                         help="end-to-end knowledge transfer per depth after the layer-wise fit (default 0: none)")
-    parser.add_argument("--data", type=Path, default=DATA, help=f"data root holding {', '.join(DATA_FILES)} "
+    parser.add_argument("--data", type=Path, default=DATA_DIR, help=f"data root holding {', '.join(DATA_FILES)} "
                         "(default ../shared/data; --timing-only reads none)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--timing-only", action="store_true",

@@ -28,15 +28,15 @@ from transformers import AutoTokenizer, BertForSequenceClassification, get_linea
 
 from mabert_hw.checkpoint import minilm_dir
 from mabert_hw.eval.tasks import load_sst2
+from mabert_hw.inputs import DATA_DIR
 
 DEFAULT_OUT = Path.home() / ".cache" / "mabert-hw" / "minilm-sst2"
-DATA = Path("/work/shared/data")
 STATE_FILE = "train_state.pt"
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--train-limit", type=int, default=67349, help="training phrases used (of 67349)")
     parser.add_argument("--batch", type=int, default=32)

@@ -1,6 +1,6 @@
 """MiniLM-L6 on STS-B dev under int8 / fixed point -> reports/int8/ (README.md, CSV, PNG).
 
-    OPENBLAS_NUM_THREADS=1 python analysis/int8_minilm.py [--data /work/shared/data] [--subset 300]
+    OPENBLAS_NUM_THREADS=1 python analysis/int8_minilm.py [--data DIR (default ../shared/data)] [--subset 300]
 
 (one BLAS thread: on the shared 2-core machine multi-threaded OpenBLAS ran small GEMMs ~50x slower.)
 
@@ -28,6 +28,7 @@ from mabert_hw.cli.common import positive_int
 from mabert_hw.eval.sweep import (Job, config_key, done_keys, prepare_calibration, recorded_run, run_differences,
                                   run_record, run_sweep, write_run_record)
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
+from mabert_hw.inputs import DATA_DIR
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "int8"
 RES16 = {"residual_bits": 16}
@@ -99,7 +100,7 @@ STUDY = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/shared/data")
+    parser.add_argument("--data", default=str(DATA_DIR))
     parser.add_argument("--subset", type=positive_int, default=300)
     parser.add_argument("--report-only", action="store_true", help="rewrite README.md and the plot only")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Speed of the fixed (int8 simulation) backend against the fast fp32 engine -> reports/int8/speed.json
 (wall clock) or speed_cpu.json (--clock cpu); analysis/int8_minilm.py --report-only renders both.
 
-    python analysis/int8_speed.py [--data /work/shared/data] [--batch 8] [--rounds 7]
+    python analysis/int8_speed.py [--data DIR (default ../shared/data)] [--batch 8] [--rounds 7]
     OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python analysis/int8_speed.py --clock cpu
 
 The same batch (the first --batch STS-B dev sentences padded to 128 tokens) through the fast engine
@@ -34,7 +34,7 @@ from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import output_file, positive_int
 from mabert_hw.eval.sweep import prepare_calibration
 from mabert_hw.eval.tasks import load_stsb
-from mabert_hw.inputs import tokenize
+from mabert_hw.inputs import DATA_DIR, tokenize
 from mabert_hw.model import forward
 from mabert_hw.quant import config as qconfig
 from mabert_hw.quant.calibrate import Calibration
@@ -67,7 +67,7 @@ def cpu_seconds(calls: dict, rounds: int) -> dict[str, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="/work/shared/data")
+    parser.add_argument("--data", default=str(DATA_DIR))
     parser.add_argument("--batch", type=positive_int, default=8)
     parser.add_argument("--rounds", type=positive_int, default=7)
     parser.add_argument("--clock", choices=CLOCKS, default="wall")

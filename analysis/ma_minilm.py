@@ -27,7 +27,7 @@ from mabert_hw.backends import make_backend
 from mabert_hw.cli import main as cli
 from mabert_hw.cost.counts import count_ops, model_ops
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
-from mabert_hw.inputs import tokenize
+from mabert_hw.inputs import DATA_DIR, tokenize
 from mabert_hw.model import forward
 from mabert_hw.report.ma_plots import plot_history
 from mabert_hw.report.tables import csv_table
@@ -84,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", default=str(CACHE / "ma-minilm"))
     parser.add_argument("--extra", nargs="*", default=[], help="NAME=DIR more converted checkpoints to score")
-    parser.add_argument("--data", default="/work/shared/data")
+    parser.add_argument("--data", default=str(DATA_DIR))
     parser.add_argument("--limit", type=int, help="STS-B dev pairs (default all 1500)")
     parser.add_argument("--softmax-rows", type=int, default=4000)
     parser.add_argument("--reps", type=int, default=5)

@@ -27,6 +27,7 @@ from mabert_hw import checkpoint
 from mabert_hw.backends.reference import ReferenceBackend
 from mabert_hw.cli.common import positive_int
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
+from mabert_hw.inputs import DATA_DIR
 from mabert_hw.power import parse_retention
 from mabert_hw.report.tables import csv_table
 
@@ -66,7 +67,7 @@ class OriginalColumns(ReferenceBackend):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default=str(Path.home() / ".cache" / "mabert-hw" / "ma-minilm"))
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--limit", type=positive_int, help="only the first N dev pairs (default: all 1500)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert" / "power_ma_columns.csv")
     args = parser.parse_args()

@@ -35,6 +35,7 @@ from mabert_hw.backends import make_backend
 from mabert_hw.cli.common import positive_int
 from mabert_hw.cost.counts import count_ops, model_ops
 from mabert_hw.eval.tasks import length_batches, load_stsb, stsb_spearman
+from mabert_hw.inputs import DATA_DIR
 from mabert_hw.power import geometric_retention, parse_retention
 from mabert_hw.report.tables import csv_table
 
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", metavar="LABEL=CKPT",
                         help=f"a model to score, repeatable (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--baseline-ckpt", default="minilm", help="the MiniLM of flops_vs_minilm")
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--limit", type=positive_int, help="only the first N dev pairs (default: all 1500)")
     parser.add_argument("--engine", default="fast")
     parser.add_argument("--schedules", nargs="*", help="retention configurations L1,..,L6 (default: "

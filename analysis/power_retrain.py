@@ -33,6 +33,7 @@ from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import output_file, positive_float, positive_int, run_script
 from mabert_hw.eval.tasks import load_sst2
+from mabert_hw.inputs import DATA_DIR
 from mabert_hw.power import parse_retention
 from mabert_hw.power_search import encode, predict, subset_flops
 from mabert_hw.torch_ref.hf import hf_model
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("schedules", nargs="+", help="retention configurations, L1,..,LL")
     parser.add_argument("--ckpt", default=str(CACHE_ROOT / "minilm-sst2"))
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--steps", type=positive_int, default=300)
     parser.add_argument("--batch", type=positive_int, default=16)
     parser.add_argument("--lr", type=positive_float, default=2e-5)

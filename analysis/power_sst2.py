@@ -34,6 +34,7 @@ from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import non_negative_float, positive_float, positive_int, run_script
 from mabert_hw.eval.tasks import load_sst2
+from mabert_hw.inputs import DATA_DIR
 from mabert_hw.model import forward
 from mabert_hw.power_search import (Scorer, as_record, choose, encode, frontier, geometric_search,
                                     greedy_search, predict, subset_flops)
@@ -55,7 +56,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", choices=("all", "soft"), default="all")
     parser.add_argument("--soft-cache", type=Path, default=SOFT_CACHE)
     parser.add_argument("--ckpt", default=str(CACHE_ROOT / "minilm-sst2"))
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert")
     parser.add_argument("--engine", default="fast")
     parser.add_argument("--threads", type=positive_int, default=1)

@@ -19,6 +19,7 @@ from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import output_file, positive_int, run_script
 from mabert_hw.eval.tasks import load_sst2
+from mabert_hw.inputs import DATA_DIR
 from mabert_hw.power import parse_retention
 from mabert_hw.power_search import encode
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("schedules", nargs="+", help="retention configurations, L1,..,LL")
     parser.add_argument("--ckpt", default=str(CACHE_ROOT / "minilm-sst2"))
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--engine", default="fast")
     parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--seq-len", type=positive_int, default=64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +22,11 @@ SAMPLE_TEXTS = (
     "Short one.",
 )
 
+
+# The evaluation data (GLUE STS-B / SST-2, WikiText-2) is never inside the repository: by default it is
+# ../shared/data beside a clone (this file is <clone>/mabert_hw/inputs.py), or wherever MABERT_HW_DATA
+# points. The tests and the analysis scripts' --data start from here; the CLI commands take --data.
+DATA_DIR = Path(os.environ.get("MABERT_HW_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 SPECIAL_TOKENS = 2  # [CLS] and [SEP]: every tokenised text holds them
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from mabert_hw.inputs import DATA_DIR
 from mabert_hw.spec import ModelSpec
-
-# ../shared/data beside the clone, or wherever MABERT_HW_DATA points.
-DATA_DIR = Path(os.environ.get("MABERT_HW_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # Odd head counts, head dims that are not powers of two, one and several layers, 1 and 3 token types.
 TINY_SPECS = [
