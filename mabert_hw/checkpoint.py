@@ -89,7 +89,7 @@ def load(source: str | Path) -> Checkpoint:
     if path.is_file():
         if path.suffix in OFFICIAL_MA_SUFFIXES:
             spec, unfolded, weights = ma_checkpoint.load_official_file(path, _read_torch_bin)
-            return Checkpoint(spec, weights, source, _tokenizer_dir(path.parent), unfolded)
+            return finite(Checkpoint(spec, weights, source, _tokenizer_dir(path.parent), unfolded))
         if path.suffix != ".json":
             raise UserError(f"{source}: expected a checkpoint directory or a config.json, got a {path.suffix or 'plain'} file")
         return _from_config(read_config(path), None, path.parent.name, source, None)  # shapes only
@@ -99,7 +99,18 @@ def load(source: str | Path) -> Checkpoint:
     if not config_path.exists():
         raise UserError(f"{source}: missing config.json")
     name = path.name if source != MINILM_ALIAS else "all-MiniLM-L6-v2"
-    return _from_config(read_config(config_path), read_state_dict(path), name, source, _tokenizer_dir(path))
+    return finite(_from_config(read_config(config_path), read_state_dict(path), name, source, _tokenizer_dir(path)))
+
+
+def finite(ck: Checkpoint) -> Checkpoint:
+    """ck, refused when a weight holds NaN or inf: its outputs would be NaN, which an argmax reads as
+    class 0, a Spearman prints as nan and a quantizer clips to finite codes, so every command would
+    report a believable figure for a broken checkpoint."""
+    for weights in (ck.unfolded, ck.weights):  # as stored first: folding spreads a NaN to other keys
+        for key, value in (weights or {}).items():
+            if not np.isfinite(value).all():
+                raise UserError(f"{ck.source}: weight {key} holds NaN or infinite values")
+    return ck
 
 
 def _from_config(config: dict, raw: dict[str, np.ndarray] | None, name: str, source: str,

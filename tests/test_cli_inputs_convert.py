@@ -183,3 +183,42 @@ def test_resume_reads_a_hand_edited_conversion_record_as_none(tmp_path, capsys, 
     (out / "config.json").write_text(json.dumps(config))
     assert convert(teacher_dir, out, corpus, "--steps", "2", "--resume") == 0
     assert "prefit_mse" not in json.loads((out / "config.json").read_text())["conversion"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign"])
+def test_resume_of_a_damaged_or_foreign_state_is_one_line(tmp_path, capsys, teacher_dir, corpus, damage):
+    # before: RuntimeError tracebacks from torch.load (PytorchStreamReader failed, mmap ...) or KeyError
+    out = tmp_path / "out"
+    assert convert(teacher_dir, out, corpus, "--steps", "1") == 0
+    state = out / "train_state.pt"
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[:1000])
+    elif damage == "garbage":
+        state.write_bytes(b"not a torch file" * 64)
+    else:
+        torch.save({"something": 1}, state)
+    capsys.readouterr()
+    assert convert(teacher_dir, out, corpus, "--steps", "2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mabert-hw: error: ") and str(state) in err and err.count("\n") == 1
+
+
+def test_resume_from_another_teacher_is_refused(tmp_path, capsys, teacher_dir, corpus):
+    # before: a teacher of the same shape was resumed silently (only the shaping flags were checked)
+    other = tmp_path / "other-teacher"
+    other.mkdir()
+    for path in teacher_dir.iterdir():
+        (other / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "out"
+    assert convert(teacher_dir, out, corpus, "--steps", "1") == 0
+    capsys.readouterr()
+    assert convert(other, out, corpus, "--steps", "2", "--resume") == 2
+    assert f"was trained from the teacher {teacher_dir.resolve()}, not {other.resolve()}" in capsys.readouterr().err
+
+
+def test_quant_error_cuts_texts_to_an_ma_approximators_inputs(tmp_path, capsys, ma16):
+    # before: "N tokens exceed the softmax approximator's input size 16", which no flag of quant-error could avoid
+    texts = tmp_path / "long.txt"
+    texts.write_text("a long sentence with many words that runs well past sixteen word pieces in all " * 2 + "\n")
+    assert main(["quant-error", str(ma16), "--data", str(texts), "--no-sensitivity"]) == 0
+    assert "softmax.linear_relu_stack" in capsys.readouterr().out

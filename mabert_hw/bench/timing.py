@@ -38,6 +38,19 @@ def machine_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def default_threads(engines: list[str]) -> int:
+    """One thread per core, or fewer where NUMBA_NUM_THREADS caps the fast engine: every engine runs at
+    the one count the report names."""
+    cores = machine_threads()
+    if "fast" not in engines:
+        return cores
+    try:
+        import numba
+    except ImportError:  # the fast engine is reported as skipped
+        return cores
+    return min(cores, numba.config.NUMBA_NUM_THREADS)
+
+
 def check_threads(threads: int) -> None:
     """Refuse more threads than this process may run on: the fast engine would be capped at the cores
     while torch, onnxruntime and BLAS took the number as given, and the report names only one count."""
@@ -120,7 +133,7 @@ def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: 
           threads: int | None = None, warmup: int = 1, settle: int = 1, progress: bool = False,
           pause: float = THREADS_IDLE_S) -> dict:
     """The `mabert-hw bench` JSON document: per engine timings, or {"skipped": reason}."""
-    threads = threads or machine_threads()
+    threads = threads or default_threads(engines)
     check_threads(threads)
     inputs = random_batch(spec, batch, seq_len, seed=0)
     if "fast" in engines:  # start Numba's OpenMP runtime first, whatever the engine order

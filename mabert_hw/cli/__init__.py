@@ -7,6 +7,7 @@ import sys
 from importlib import import_module
 
 from ..errors import UserError
+from .common import refuse_outputs_over_inputs
 
 # Each module defines register(subparsers), which adds its parser and sets `run`.
 COMMANDS = ("profile", "check", "infer", "bench", "bench_ffn", "convert", "softmax_error", "compare", "eval", "power_search",
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        refuse_outputs_over_inputs(args)
         return args.run(args) or 0
     except UserError as error:
         print(f"mabert-hw: error: {error}", file=sys.stderr)

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                         help=f"comma-separated engines (default {','.join(ENGINES)})")
     parser.add_argument("--repeat", type=positive_int, default=10, help="timed calls per engine (default 10)")
     parser.add_argument("--threads", type=positive_int,
-                        help="threads for every engine, at most one per core (default: one per core)")
+                        help="threads for every engine, at most one per core (default: one per core, or NUMBA_NUM_THREADS "
+                        "when that is less and the fast engine runs)")
     parser.add_argument("--settle", type=non_negative_int, default=1,
                         help="untimed calls an engine makes in its turn before the timed one, so the previous "
                              "engine's spinning threads have gone quiet (default 1)")

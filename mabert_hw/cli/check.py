@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..inputs import SAMPLE_TEXTS, Batch, check_seq_len, random_batch, read_texts, tokenize
 from ..report.tables import text_table
 from ..weights import random_weights
-from .common import add_checkpoint, non_negative_float, non_negative_int, positive_int
+from .common import add_checkpoint, non_negative_float, positive_int, seed_int
 
 FLOAT64_ATOL = 1e-9  # reference float64 vs HF float64 (module docstring; tests/tolerances.py)
 FLOAT32_ATOL = 1e-4  # float32 reference vs torch float32 at T ~ 128: summation order only (tests/tolerances.py)
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     parser.add_argument("--atol", type=non_negative_float,
                         help=f"tolerance (default {FLOAT64_ATOL:g} against HF in float64, "
                         f"{FLOAT32_ATOL:g} against the float32 MA-BERT and crammed modules)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
+    parser.add_argument("--seed", type=seed_int, default=0,
                         help="seed for random weights and ids (default 0)")
     parser.set_defaults(run=run)
 

@@ -29,6 +29,17 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
 
 
+SEED_LIMIT = 2**32 - 1  # numpy's legacy seeding takes seeds below 2^32; a run may use seed + 1 too
+
+
+def seed_int(text: str) -> int:
+    """A random seed: 0 <= seed < SEED_LIMIT (torch refuses negative seeds, NumPy's legacy RNG larger ones)."""
+    value = non_negative_int(text)
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected a seed below {SEED_LIMIT}, got {value}")
+    return value
+
+
 def finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -84,7 +95,48 @@ def output_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text} is a directory: give a file name")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
+    try:
+        target = path.resolve()  # a symlink is written through: its target's directory must exist too
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise argparse.ArgumentTypeError(f"cannot resolve {text}: {error}") from None
+    if text not in STANDARD_STREAMS and not target.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} leads to {target}, whose directory does not exist")
     return text
+
+
+def png_file(text: str) -> str:
+    """output_file for a chart, which is written as PNG."""
+    output_file(text)
+    if Path(text).suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{text}: the chart is a PNG image, give a file name ending in .png")
+    return text
+
+
+INPUT_FLAGS = ("ckpt", "data", "grid", "config", "baseline", "retention", "texts", "teacher", "hw")
+OUTPUT_FILE_FLAGS = ("output", "out", "plot")  # convert's --out is a directory (convert refuses a model's own)
+CHECKPOINT_FILES = ("config.json", "model_config.json", "model.safetensors", "pytorch_model.bin", "model.pth",  # what
+                    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")  # load reads
+
+
+def refuse_outputs_over_inputs(args: argparse.Namespace) -> None:
+    """An output file that is one of the command's inputs (the --data TSV, the --grid, CKPT's config.json,
+    ...) would be replaced by the results: refused before the work, whatever the paths' spelling."""
+    inputs: dict[Path, str] = {}
+    for flag in INPUT_FLAGS:
+        values = getattr(args, flag, None)
+        for value in values if isinstance(values, list) else [values]:
+            if not isinstance(value, str) or not value:
+                continue
+            path = Path(value)
+            if path.is_file():
+                inputs[path.resolve()] = value
+            elif flag == "ckpt" and path.is_dir():
+                inputs.update({(path / name).resolve(): str(path / name) for name in CHECKPOINT_FILES})
+    for flag in OUTPUT_FILE_FLAGS:
+        value = getattr(args, flag, None)
+        if isinstance(value, str) and Path(value).resolve() in inputs:
+            raise UserError(f"--{flag} {value} is an input of this command ({inputs[Path(value).resolve()]}): "
+                            "it would be overwritten; choose another file")
 
 
 def add_output(parser: argparse.ArgumentParser, what: str = "write to FILE instead of standard output") -> None:
@@ -96,16 +148,24 @@ def add_checkpoint(parser: argparse.ArgumentParser) -> None:
                         "file or config.json (see mabert-hw --help)")
 
 
+STANDARD_STREAMS = {"/dev/stdout": "stdout", "/dev/stderr": "stderr", "/dev/fd/1": "stdout", "/dev/fd/2": "stderr",
+                    "/proc/self/fd/1": "stdout", "/proc/self/fd/2": "stderr"}
+
+
 def emit(text: str, output: str | None) -> None:
     """Print, or write to OUTPUT (the file is written whole, so an interrupted run leaves none)."""
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     text = text if text.endswith("\n") else text + "\n"
+    stream = STANDARD_STREAMS.get(output)
+    if stream is not None:  # the process's own stream, wherever it goes: a file it was redirected to is appended to
+        getattr(sys, stream).write(text)
+        return
     path = Path(output).resolve()  # through a symlink: the link stays, its target is written
     try:
-        if path.exists() and not path.is_file():  # a device or pipe (/dev/null, a FIFO): written in place
-            path.write_text(text)
+        if Path(output).exists() and not Path(output).is_file():  # a device or pipe (/dev/null, a FIFO): in place
+            Path(output).write_text(text)
         else:
             _replace_whole(path, text)
     except OSError as error:

@@ -12,7 +12,8 @@ from .. import checkpoint
 from ..errors import UserError
 from ..inputs import SPECIAL_TOKENS, read_tsv, read_utf8
 from ..spec import PRESETS, VARIANTS
-from .common import add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float, positive_int
+from .common import (add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float, positive_int,
+                     seed_int)
 from .infer import checkpoint_config
 
 INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
@@ -60,7 +61,7 @@ def register(subparsers) -> None:
                         "run's (a new --lr is ignored); without that file the run starts over")
     parser.add_argument("--max-minutes", type=non_negative_float,
                         help="wall-clock budget of the knowledge transfer: stop and save when it is spent")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default %(default)s)")
     parser.set_defaults(run=run)
 
 
@@ -115,12 +116,16 @@ def conversion_record(config: dict) -> dict:
 
 
 def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
-    """The saved run's record with this run's flags, after checking they shape the same model. A state
+    """The saved run's record with this run's flags, after checking they shape the same model from the same
+    teacher (a record from before teachers were recorded cannot be checked for it). A state
     from before records were kept has none: its flags cannot be checked (said on stderr), and its
     pre-fit MSE is read from the config.json the earlier run wrote, when there is one."""
     from ..torch_ref import train
 
     saved = train.saved_record(state_path)
+    if saved.get("teacher", record["teacher"]) != record["teacher"]:
+        raise UserError(f"{state_path} was trained from the teacher {saved['teacher']}, not {record['teacher']}: "
+                        "resume with that teacher, or choose another --out to start over")
     if "flags" in saved:
         check_same_shape(state_path, saved["flags"], record["flags"])
     else:
@@ -135,10 +140,13 @@ def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
 def saved_lr(state_path: Path) -> float:
     """The peak learning rate of a saved knowledge-transfer state: its scheduler's base rate, which the
     resumed optimizer and scheduler restore whatever this run's --lr says."""
-    import torch
+    from ..torch_ref import train
 
-    state = torch.load(state_path, map_location="cpu", weights_only=False, mmap=True)
-    return state["scheduler"]["base_lrs"][0]
+    try:
+        return float(train.read_state(state_path)["scheduler"]["base_lrs"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise UserError(f"{state_path} records no learning rate: delete it, or choose another --out to start over") \
+            from None
 
 
 def teacher_record(ckpt: str) -> str:
@@ -204,7 +212,7 @@ def run(args) -> int:
     refuse_overwriting_state(state_path, args.resume)
     refuse_overwriting_model(out)
     resuming = args.resume and state_path.exists()
-    record = {"flags": shaping_flags(args)}
+    record = {"flags": shaping_flags(args), "teacher": teacher_record(args.ckpt)}
     if resuming:
         record = resumed_record(state_path, out / "config.json", record)
     texts = read_corpus(args.data)

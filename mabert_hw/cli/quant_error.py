@@ -9,7 +9,7 @@ from ..errors import UserError
 from ..inputs import read_texts, tokenize
 from ..model import forward
 from ..report.tables import FORMATS, csv_table, markdown_table, text_table
-from .common import add_checkpoint, add_output, emit, output_file, positive_int, check_configs_for_model
+from .common import add_checkpoint, add_output, emit, png_file, positive_int, check_configs_for_model
 
 
 def register(subparsers) -> None:
@@ -27,12 +27,13 @@ def register(subparsers) -> None:
     parser.add_argument("--config", help="QuantConfig TOML (default: W8A8, per-channel weights, float non-linears)")
     parser.add_argument("--baseline", help="a second QuantConfig TOML ('default': the built-in W8A8 one) whose "
                         "per-tensor SQNR is shown beside the config's, with the change (delta_db)")
-    parser.add_argument("--data", required=True, help="text file, one sentence per line")
+    parser.add_argument("--data", required=True, help="text file, one sentence per line (each cut to the model's "
+                        "positions, and to an MA-BERT approximator's n inputs)")
     parser.add_argument("--limit", type=positive_int, default=16, help="sentences in the batch (default 16)")
     parser.add_argument("--top", type=positive_int, default=10, help="sensitivity rows shown (default 10)")
     parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking (of "
                         "the ops the config quantizes)")
-    parser.add_argument("--plot", type=output_file, help="write a PNG bar chart of per-tensor SQNR here (tensors "
+    parser.add_argument("--plot", type=png_file, help="write a PNG bar chart of per-tensor SQNR here (tensors "
                         "with no error drawn as high as the best finite bar, labelled '(exact)')")
     parser.add_argument("--format", choices=FORMATS, default="table")
     add_output(parser, "write the report to FILE instead of standard output")
@@ -42,6 +43,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..eval.tasks import token_limit
     from ..quant import config as qconfig
     from ..quant.calibrate import calibrate
     from ..quant.error import QUANTIZED_KINDS, sensitivity, tensor_errors, with_baseline
@@ -58,9 +60,10 @@ def run(args) -> int:
     if baseline is not None:
         check_configs_for_model([baseline], args.baseline, ck.spec)
     texts = read_texts(args.data)[: args.limit]
+    limit = token_limit(ck.spec, ck.spec.max_positions)  # the positions, and an MA approximator's n inputs
     batch = tokenize(ck.tokenizer_dir, texts)
-    if batch.shape[1] > ck.spec.max_positions:
-        batch = tokenize(ck.tokenizer_dir, texts, ck.spec.max_positions)
+    if batch.shape[1] > limit:
+        batch = tokenize(ck.tokenizer_dir, texts, limit)
 
     def run_forward(backend):
         out = forward(ck.spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)

@@ -15,11 +15,14 @@ import csv
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
+import signal
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,12 +96,13 @@ def done_keys(out: str | Path) -> set[str]:
     if not path.exists():
         return set()
     try:
+        with open(path, newline="") as f:  # the header is checked before anything is cut: a foreign file stays whole
+            fieldnames = csv.DictReader(f).fieldnames
+        if fieldnames is not None and "key" not in fieldnames:
+            raise UserError(f"{path} is not a sweep output (no 'key' column): choose another --out")
         _drop_partial_row(path)
         with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is not None and "key" not in reader.fieldnames:
-                raise UserError(f"{path} is not a sweep output (no 'key' column): choose another --out")
-            return {_current_key(row["key"]) for row in reader}
+            return {_current_key(row["key"]) for row in csv.DictReader(f)}
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise UserError(f"cannot read {path} as a sweep output: {error}") from None
 
@@ -220,6 +224,10 @@ def prepare_calibration(ck, task: str, data: str | Path, cache: Path, seed: int 
     digest.update("\n".join(texts).encode())
     path = cache / f"calibration-{file_safe(ck.spec.name)}-{task}-{len(texts)}-{seed}-{digest.hexdigest()}-v{CALIBRATION_VERSION}.npz"
     if not path.exists():
+        try:  # before the work: a cache that cannot be written is said in one line before calibrating, not after
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the cache directory {path.parent}: {error}") from None
         calibrate(lambda b: run_batches(ck, texts, b, batch_size=16), seed).save(path)
     return path
 
@@ -282,10 +290,40 @@ def _outcomes(jobs: list[Job], workers: int, scheduler, connect_timeout: float,
         pool = ProcessPoolExecutor(workers)
         # not waiting: after Ctrl-C the queued jobs are cancelled at once (the running ones got the signal)
         stack.callback(pool.shutdown, wait=False, cancel_futures=True)
-        futures = {pool.submit(evaluate, job): job for job in jobs}
+        stack.push(_stop_workers_on_error)
+        futures = {pool.submit(evaluate, job): job for job in jobs}  # starts the workers
+        stack.enter_context(_sigterm_interrupts())  # after: forked workers would inherit the handler
     else:
         return (_outcome(job, lambda job=job: evaluate(job)) for job in jobs)
     return (_outcome(futures[future], future.result) for future in as_completed(list(futures)))
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM to this process acts as Ctrl-C while the pool runs: the loop ends through KeyboardInterrupt
+    and the ExitStack stops the workers (killed by default, the process would leave them running, idle,
+    holding its output pipe). Only the main thread can set a handler; elsewhere SIGTERM acts as before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers_on_error(exc_type, exc, traceback) -> bool:
+    """After an interrupted or failed loop, terminate the pool's workers, whose running jobs would otherwise
+    keep the process from exiting (only Ctrl-C reaches them by itself: it signals the whole process group)."""
+    if exc_type is not None:
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+    return False
 
 
 def _outcome(job: Job, result: Callable[[], dict]) -> tuple[Job, dict | Exception]:

@@ -29,6 +29,7 @@ from it on load.
 from __future__ import annotations
 
 import os
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -177,11 +178,20 @@ class Calibration:
             if rows is not None:
                 arrays[key + "|rows"] = rows
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")  # a killed save leaves no half file at `path`
-        with open(partial, "wb") as f:  # a file object: np.savez would append .npz to a path
-            np.savez_compressed(f, **arrays)
-        os.replace(partial, path)
+        partial = None  # a killed save leaves no half file at `path`; each save has a temporary name of its
+        # own, so that two runs calibrating the same model at once do not move each other's file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".partial",
+                                             delete=False) as f:  # a file object: np.savez would append .npz to a path
+                partial = Path(f.name)
+                np.savez_compressed(f, **arrays)
+            os.replace(partial, path)
+        except OSError as error:
+            raise UserError(f"cannot write the calibration file {path}: {error}") from None
+        finally:
+            if partial is not None:  # left only by a failed or interrupted save
+                partial.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:

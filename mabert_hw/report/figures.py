@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from ..errors import UserError
+
 matplotlib.use("Agg")  # files only, no display: CI and remote machines have none
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -16,6 +18,10 @@ DPI = 120  # readable in a README at GitHub's content width, small enough to com
 def save_figure(fig, path: str | Path) -> Path:
     """Lay the figure out, write it as PNG and free it (pyplot keeps open figures alive)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=DPI)
+    except OSError as error:  # e.g. a directory that takes no files (/proc)
+        raise UserError(f"cannot write the plot {path}: {error.strerror or error}") from None
+    finally:
+        plt.close(fig)
     return Path(path)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ma_checkpoint import to_bert_keys
+from ..model import check_ids
 from ..spec import ModelSpec
 
 ALPHA_FWD = 0.9  # MaskPowerNorm default alpha_fwd
@@ -202,6 +203,9 @@ class MABertModel(nn.Module):
         v = self.spec.variant
         if v.softmax == "mlp" and input_ids.shape[1] > v.softmax_input:
             raise ValueError(f"{input_ids.shape[1]} tokens exceed the approximator input {v.softmax_input}")
+        # a tokenizer larger than the embedding table: one line naming the id (torch's IndexError names nothing)
+        check_ids(input_ids.cpu().numpy(), self.spec.vocab_size, "token id", "vocab_size")
+        check_ids(token_type_ids.cpu().numpy(), self.spec.type_vocab_size, "token type", "type_vocab_size")
         x = self.embeddings(input_ids, token_type_ids, attention_mask)
         hidden_states, attentions, all_scores = [x], [], []
         for layer in self.encoder.layer:

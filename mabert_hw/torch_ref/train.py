@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from ..inputs import Batch, tokenize
 from ..spec import ModelSpec, Variant
 from ..weights import Weights
@@ -211,10 +212,15 @@ def knowledge_transfer(student: MABertModel, teacher: MABertModel, stream: Itera
     optimizer, scheduler = make_optimizer(student, cfg)
     start, history = 0, []
     if resume and state_path.exists():
-        saved = torch.load(state_path, weights_only=False)
-        student.load_state_dict(saved["student"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        saved = read_state(state_path)
+        try:
+            student.load_state_dict(saved["student"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as error:  # RuntimeError: size mismatch of a tensor
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"{state_path} holds another model's training state ({first_line}): resume with the "
+                            "first run's teacher, or choose another --out to start over") from None
         start, history = saved["step"], saved["history"]
         for _ in range(start):  # the data stream is seeded: skip what was consumed
             next(stream)
@@ -268,6 +274,25 @@ def save_state(state_path: Path, student: MABertModel, optimizer, scheduler, his
     temporary.replace(state_path)
 
 
+STATE_KEYS = ("student", "optimizer", "scheduler", "step", "history")  # what save_state writes (and "record")
+
+
+def read_state(state_path: Path) -> dict:
+    """A knowledge-transfer state file as save_state wrote it; a truncated, foreign or corrupted file is a
+    one-line UserError (torch.load raises RuntimeError, pickle's errors, EOFError ... on such files)."""
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:  # noqa: BLE001 - unpickling a damaged file can raise nearly anything
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot read {state_path} as a training state ({first_line}): delete it, or choose "
+                        "another --out to start over") from None
+    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
+        raise UserError(f"{state_path} is not a training state that `convert` wrote: delete it, or choose another "
+                        "--out to start over")
+    return state
+
+
 def saved_record(state_path: Path) -> dict:
     """The `record` kept in a knowledge-transfer state file ({} for files written before records existed)."""
-    return torch.load(state_path, map_location="cpu", weights_only=False, mmap=True).get("record", {})
+    record = read_state(state_path).get("record", {})
+    return record if isinstance(record, dict) else {}

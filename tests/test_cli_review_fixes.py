@@ -1,0 +1,193 @@
+"""Fixes from a review of the command line against its promise (one line, exit 2, before the work; nothing
+of the user's lost). Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mabert_hw.bench import timing
+from mabert_hw.cli import main
+from mabert_hw.errors import UserError
+from mabert_hw.eval import sweep
+from mabert_hw.quant.calibrate import Calibration, TensorStats
+from mabert_hw.torch_ref.ma_bert import load_official
+from mabert_hw.weights import random_weights
+
+from .conftest import TINY_SPECS
+
+CONFIG = {"model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+          "intermediate_size": 64, "max_position_embeddings": 16}
+
+
+@pytest.fixture
+def config_json(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(CONFIG))
+    return path
+
+
+# --- outputs that are inputs, and sweep --resume on a foreign file ---------------------------------------
+def test_sweep_resume_refuses_a_foreign_csv_without_cutting_it(tmp_path, capsys, minilm, data_dir):
+    # before: the last line (no final newline) was cut off first, then the file was refused
+    notes = tmp_path / "notes.csv"
+    notes.write_bytes(b"alpha,1\nbeta,2")
+    grid = tmp_path / "grid.toml"
+    grid.write_text("act_bits = [8]\n")
+    assert main(["sweep", "minilm", "--task", "stsb", "--data", str(data_dir), "--grid", str(grid), "--out",
+                 str(notes), "--resume"]) == 2
+    assert "is not a sweep output (no 'key' column)" in capsys.readouterr().err
+    assert notes.read_bytes() == b"alpha,1\nbeta,2"
+
+
+def test_sweep_out_that_is_the_grid_is_refused_and_the_grid_kept(tmp_path, capsys, data_dir):
+    # before: the grid (no final newline) was cut to 0 bytes, then the results were written over it
+    grid = tmp_path / "grid.toml"
+    grid.write_bytes(b"act_bits = [8]")
+    assert main(["sweep", "minilm", "--task", "stsb", "--data", str(data_dir), "--grid", str(grid), "--out",
+                 str(tmp_path / "." / "grid.toml"), "--resume"]) == 2
+    assert f"--out {tmp_path / '.' / 'grid.toml'} is an input of this command" in capsys.readouterr().err
+    assert grid.read_bytes() == b"act_bits = [8]"
+
+
+@pytest.mark.parametrize("flag", ["--output", "--retention"])
+def test_profile_output_over_its_config_or_retention_file_is_refused(tmp_path, capsys, config_json, flag):
+    # before: the checkpoint's config.json was replaced by the profile table after the run
+    retention = tmp_path / "keep.json"
+    retention.write_text(json.dumps({"retention": [4]}))
+    target = config_json if flag == "--output" else retention
+    args = ["profile", str(config_json), "--retention", str(retention), "--output", str(target)]
+    before = target.read_bytes()
+    assert main(args) == 2
+    assert "is an input of this command" in capsys.readouterr().err
+    assert target.read_bytes() == before
+
+
+def test_output_over_a_file_of_a_checkpoint_directory_is_refused(tmp_path, capsys, config_json):
+    assert main(["profile", str(tmp_path), "--output", str(config_json)]) == 2
+    assert "is an input of this command" in capsys.readouterr().err
+    assert json.loads(config_json.read_text()) == CONFIG
+
+
+def test_eval_output_over_its_data_file_is_refused(tmp_path, capsys, data_dir):
+    dev = tmp_path / "dev.tsv"
+    dev.write_bytes((data_dir / "glue/SST-2/dev.tsv").read_bytes()[:2000])
+    before = dev.read_bytes()
+    assert main(["eval", "minilm", "--task", "sst2", "--data", str(dev), "--output", str(dev)]) == 2
+    assert "is an input of this command" in capsys.readouterr().err
+    assert dev.read_bytes() == before
+
+
+# --- output paths ------------------------------------------------------------------------------------------
+def test_output_to_dev_stdout_appends_to_where_stdout_goes(tmp_path):
+    # before: /dev/stdout was resolved to the file stdout was redirected to, and that file was replaced whole
+    # (the lines written before and after were lost); to a pipe, the write failed after the work
+    log = tmp_path / "log.txt"
+    script = (f"echo header; {sys.executable} -m mabert_hw.cli profile minilm-l6 --format csv --output /dev/stdout; "
+              "echo after")
+    subprocess.run(["sh", "-c", f"({script}) > {log}"], check=True, timeout=120)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "header" and lines[-1] == "after" and len(lines) > 3
+
+
+def test_symlink_loop_and_dangling_link_outputs_are_refused_before_the_work(tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "dangling").symlink_to(tmp_path / "no-such-dir" / "x.csv")
+    for path, message in (("a", "cannot resolve"), ("dangling", "whose directory does not exist")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["profile", "bert-base-uncased", "--output", str(tmp_path / path)])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["sweep", "minilm", "--task", "stsb", "--data", "d", "--grid", "g",
+                                      "--out", "o.csv"], ["quant-error", "minilm", "--data", "d"]])
+def test_plot_that_is_not_a_png_is_refused_at_parse(tmp_path, capsys, command):
+    # before: matplotlib's ValueError (Format 'txt' is not supported) after the whole report
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--plot", str(tmp_path / "chart.txt")])
+    assert exit_.value.code == 2 and "give a file name ending in .png" in capsys.readouterr().err
+
+
+# --- calibration files ---------------------------------------------------------------------------------------
+def _calibration() -> Calibration:
+    return Calibration({"op:out": TensorStats(lo=-1.0, hi=1.0, samples=[np.linspace(-1, 1, 50, dtype=np.float32)])})
+
+
+def test_calibration_save_uses_a_temporary_name_of_its_own(tmp_path):
+    # before: every save wrote <name>.partial, so two runs calibrating at once moved each other's file
+    # (FileNotFoundError); a leftover at that name now stands for the other run's file
+    path = tmp_path / "cal.npz"
+    (tmp_path / "cal.npz.partial").mkdir()
+    _calibration().save(path)
+    assert Calibration.load(path).range("op:out", "minmax", None, False) == (-1.0, 1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.npz", "cal.npz.partial"]
+
+
+def test_calibration_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write the calibration file"):
+        _calibration().save(blocker / "cache" / "cal.npz")
+
+
+# --- torch paths, bench threads, seeds ----------------------------------------------------------------------
+def test_torch_model_refuses_ids_beyond_its_vocabulary():
+    # before: torch's IndexError (index out of range in self) from convert and softmax-error
+    spec = TINY_SPECS[0]
+    model = load_official(spec, random_weights(spec, 1))
+    ids = torch.tensor([[1, spec.vocab_size]])
+    with pytest.raises(UserError, match=f"token id {spec.vocab_size} is outside the model's vocab_size"):
+        model(ids)
+
+
+def test_bench_default_threads_follow_numba_num_threads(monkeypatch):
+    # before: the default was one per core, and the fast engine then refused it when NUMBA_NUM_THREADS was less
+    import numba
+
+    monkeypatch.setattr(timing, "machine_threads", lambda: 4)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
+    assert timing.default_threads(["fast", "torch"]) == 1
+    assert timing.default_threads(["torch"]) == 4
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**40)])
+def test_convert_seed_out_of_range_is_an_argparse_error(tmp_path, capsys, seed):
+    # before: torch's ValueError / numpy's overflow after the teacher was loaded, leaving an empty --out
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", "minilm", "--out", str(tmp_path / "out"), "--data", "x.txt", "--seed", seed])
+    assert exit_.value.code == 2 and "--seed" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# --- a sweep's workers after SIGTERM --------------------------------------------------------------------------
+def _slow_evaluate(job) -> dict:
+    time.sleep(30)
+    return {}
+
+
+def test_sigterm_stops_the_pool_workers_with_the_sweep(tmp_path, monkeypatch):
+    # before: SIGTERM killed the main process only; its workers ran on, orphaned, holding its output pipe
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    monkeypatch.setattr(sweep, "evaluate", _slow_evaluate)  # the forked workers see it too
+    jobs = [sweep.Job("minilm", "stsb", "dev.tsv", None, {"act_bits": bits}, "cal.npz") for bits in (4, 6, 8, 10)]
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(jobs, tmp_path / "out.csv", workers=2)
+    deadline = time.monotonic() + 5
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert multiprocessing.active_children() == [] and time.monotonic() - started < 10
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
