@@ -20,6 +20,7 @@ token-classification / multiple-choice checkpoints (also a `classifier.*`) are r
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ NUMPY_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F
 PER_TOKEN_HEADS = ("ForTokenClassification", "ForMultipleChoice")  # `classifier.*` heads not read as one
 STATE_DICT_WRAPPERS = ("state_dict", "model")  # training checkpoints: {"state_dict": sd, "epoch": 3}
 OFFICIAL_MA_SUFFIXES = (".pt", ".pth", ".bin")  # official MA-BERT ships bare torch.save state dicts
+ENCODER_LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.")  # after strip_prefixes: encoder.layer.N.<...>
 
 
 @dataclass
@@ -330,6 +332,13 @@ def _modern_name(key: str) -> str:
 
 
 def check_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> Weights:
+    """The weights the spec needs, each of its shape. Other keys are left (an MLM head, position_ids
+    buffers), except layers past the config's count: a config that says fewer layers than the weights hold
+    would otherwise run a truncated model without a word."""
+    extra = sorted({int(m.group(1)) for key in state if (m := ENCODER_LAYER_KEY.match(key))} - set(range(spec.layers)))
+    if extra:
+        raise UserError(f"the weights hold encoder layer {extra[0]} but the config has {spec.layers} layers "
+                        "(num_hidden_layers): do the config and the weights match?")
     weights: Weights = {}
     for key, shape in expected_shapes(spec).items():
         if key not in state:

@@ -174,3 +174,23 @@ def random_batch(spec: ModelSpec, batch: int, seq_len: int, seed: int = 0, padde
         lengths[1:] = rng.integers(1, seq_len + 1, batch - 1)
     mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int64)
     return Batch(ids * mask, mask, types * mask)
+
+
+def tsv_texts(path: Path) -> list[str]:
+    """The sentence columns of a GLUE TSV; a row without them is an error."""
+    header, rows = read_tsv(path)
+    columns = [i for i, h in enumerate(header) if h in ("sentence", "sentence1", "sentence2")]
+    if not columns:
+        raise UserError(f"{path}: no sentence column in header {header[:4]}")
+    texts = []
+    for line, row in rows:
+        if len(row) <= columns[-1]:
+            raise UserError(f"{path}, line {line}: {len(row)} of the header's {len(header)} tab-separated fields")
+        texts += [row[i].strip() for i in columns if row[i].strip()]
+    return texts
+
+
+def data_texts(path: str) -> list[str]:
+    """A GLUE .tsv gives its sentence columns, as in `convert`: read line by line, its header and label
+    columns would be measured as texts."""
+    return tsv_texts(Path(path)) if Path(path).suffix == ".tsv" else read_texts(path)

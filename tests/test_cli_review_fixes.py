@@ -191,3 +191,47 @@ def test_sigterm_stops_the_pool_workers_with_the_sweep(tmp_path, monkeypatch):
         time.sleep(0.1)
     assert multiprocessing.active_children() == [] and time.monotonic() - started < 10
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# --- smaller findings -------------------------------------------------------------------------------------------
+def test_a_run_record_that_is_not_an_object_is_one_line(tmp_path):
+    # before: AttributeError ('list' object has no attribute 'get') in sweep --resume
+    out = tmp_path / "out.csv"
+    sweep.record_path(out).write_text("[]")
+    with pytest.raises(UserError, match="is not a run record"):
+        sweep.recorded_run(out)
+
+
+def test_a_results_file_that_cannot_be_written_is_one_line(tmp_path):
+    # before: the OSError escaped as a traceback after the configuration's work
+    with pytest.raises(UserError, match="cannot write"):
+        sweep.append_result(tmp_path / "no-such-dir" / "out.csv", {"key": "{}", "metric": 1.0}, list(sweep.COLUMNS))
+
+
+def test_weights_with_more_layers_than_the_config_are_refused(tmp_path, capsys):
+    # before: the extra layer's weights were ignored, even by `check`: a truncated model ran without a word
+    from safetensors.numpy import save_file
+
+    spec = TINY_SPECS[0]
+    save_file(random_weights(spec, 2), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": spec.vocab_size, "hidden_size": spec.hidden, "num_hidden_layers": 1,
+        "num_attention_heads": spec.heads, "intermediate_size": spec.intermediate,
+        "max_position_embeddings": spec.max_positions}))
+    assert main(["profile", str(tmp_path)]) == 2
+    assert "the weights hold encoder layer 1 but the config has 1 layers" in capsys.readouterr().err
+
+
+def test_convert_only_relu_takes_a_max_len_beyond_the_approximator(tmp_path, capsys, teacher_dir, corpus):
+    # before: refused (--max-len 24 exceeds --softmax-input 16) although a ReLU-only student has no approximator
+    assert main(["convert", str(teacher_dir), "--out", str(tmp_path / "out"), "--data", str(corpus), "--only", "relu",
+                 "--softmax-input", "16", "--max-len", "24", "--steps", "1", "--prefit-steps", "0", "--batch", "2"]) == 0
+
+
+def test_a_glue_tsv_gives_its_sentences_not_its_lines(tmp_path, capsys, minilm):
+    # before: the header and the label columns were tokenised as text (check --texts, quant-error --data, which
+    # now read files as softmax-error does: inputs.data_texts)
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("sentence\tlabel\na gripping film\t1\ndull and lifeless\t0\n")
+    assert main(["check", "minilm", "--texts", str(tsv)]) == 0
+    assert "inputs: 2 tokenised texts, 5 tokens" in capsys.readouterr().out  # [CLS] dull and lifeless [SEP]

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from mabert_hw.cli import main
-from mabert_hw.cli.softmax_error import data_texts
+from mabert_hw.inputs import data_texts
 from mabert_hw.spec import ModelSpec
 from mabert_hw.weights import random_weights
 

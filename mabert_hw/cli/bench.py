@@ -30,15 +30,16 @@ def register(subparsers) -> None:
                         help=f"comma-separated engines (default {','.join(ENGINES)})")
     parser.add_argument("--repeat", type=positive_int, default=10, help="timed calls per engine (default 10)")
     parser.add_argument("--threads", type=positive_int,
-                        help="threads for every engine, at most one per core (default: one per core, or NUMBA_NUM_THREADS "
-                        "when that is less and the fast engine runs)")
+                        help="threads for every engine, at most one per core (default: one per core, or "
+                        "NUMBA_NUM_THREADS when that is less and the fast engine runs)")
     parser.add_argument("--settle", type=non_negative_int, default=1,
                         help="untimed calls an engine makes in its turn before the timed one, so the previous "
                              "engine's spinning threads have gone quiet (default 1)")
     parser.add_argument("--pause", type=non_negative_float, default=THREADS_IDLE_S,
                         help="seconds of sleep before each engine's turn, so that the previous engine's "
                              f"spinning BLAS / onnxruntime threads go to sleep (default {THREADS_IDLE_S})")
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--format", choices=("table", "json"), default="table",
+                        help="a table, or the whole JSON record (default table)")
     add_output(parser)
     parser.set_defaults(run=run)
 

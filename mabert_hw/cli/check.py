@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from .. import checkpoint
 from ..errors import UserError
-from ..inputs import SAMPLE_TEXTS, Batch, check_seq_len, random_batch, read_texts, tokenize
+from ..inputs import SAMPLE_TEXTS, Batch, check_seq_len, data_texts, random_batch, tokenize
 from ..report.tables import text_table
 from ..weights import random_weights
 from .common import add_checkpoint, non_negative_float, positive_int, seed_int
@@ -39,7 +39,8 @@ def register(subparsers) -> None:
         "in float64 on both sides. Exit status 1 when any max |diff| exceeds --atol.",
     )
     add_checkpoint(parser)
-    parser.add_argument("--texts", metavar="FILE", help="one text per line (default: built-in sentences)")
+    parser.add_argument("--texts", metavar="FILE", help="one text per line, or a GLUE .tsv (its sentence columns) "
+                        "(default: built-in sentences)")
     parser.add_argument("--batch", type=positive_int, default=4, help="number of sequences (default 4)")
     parser.add_argument("--seq-len", type=positive_int,
                         help="pad/truncate to T tokens (default: longest text, or 64 (at most the model "
@@ -84,7 +85,7 @@ def check_inputs(args, ck: checkpoint.Checkpoint) -> Batch:
     if ck.tokenizer_dir is not None:
         if args.seq_len:
             check_seq_len(ck.spec, args.seq_len)
-        texts = read_texts(args.texts) if args.texts else list(SAMPLE_TEXTS)
+        texts = data_texts(args.texts) if args.texts else list(SAMPLE_TEXTS)
         batch = tokenize(ck.tokenizer_dir, texts[: args.batch], args.seq_len)
         print(f"inputs: {len(texts[: args.batch])} tokenised texts, {batch.shape[1]} tokens")
         return batch

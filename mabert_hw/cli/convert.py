@@ -10,10 +10,10 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..errors import UserError
-from ..inputs import SPECIAL_TOKENS, read_tsv, read_utf8
+from ..inputs import SPECIAL_TOKENS, read_utf8, tsv_texts
 from ..spec import PRESETS, VARIANTS
-from .common import (add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float, positive_int,
-                     seed_int)
+from .common import (add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float,
+                     positive_int, seed_int)
 from .infer import checkpoint_config
 
 INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
@@ -63,20 +63,6 @@ def register(subparsers) -> None:
                         help="wall-clock budget of the knowledge transfer: stop and save when it is spent")
     parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default %(default)s)")
     parser.set_defaults(run=run)
-
-
-def tsv_texts(path: Path) -> list[str]:
-    """The sentence columns of a GLUE TSV; a row without them is an error."""
-    header, rows = read_tsv(path)
-    columns = [i for i, h in enumerate(header) if h in ("sentence", "sentence1", "sentence2")]
-    if not columns:
-        raise UserError(f"{path}: no sentence column in header {header[:4]}")
-    texts = []
-    for line, row in rows:
-        if len(row) <= columns[-1]:
-            raise UserError(f"{path}, line {line}: {len(row)} of the header's {len(header)} tab-separated fields")
-        texts += [row[i].strip() for i in columns if row[i].strip()]
-    return texts
 
 
 def read_corpus(paths: list[str]) -> list[str]:
@@ -170,10 +156,11 @@ def target_variant(args):
 
 
 def check_max_len(args) -> None:
-    """--max-len must hold [CLS] and [SEP] (the tokenizer cannot cut below them) and fit the approximator."""
+    """--max-len must hold [CLS] and [SEP] (the tokenizer cannot cut below them) and fit the approximator,
+    when the student has one (not under --only relu / powernorm)."""
     if args.max_len < SPECIAL_TOKENS:
         raise UserError(f"--max-len {args.max_len} leaves no room for [CLS] and [SEP]: give at least {SPECIAL_TOKENS}")
-    if args.max_len > args.softmax_input:
+    if target_variant(args).softmax == "mlp" and args.max_len > args.softmax_input:
         raise UserError(f"--max-len {args.max_len} exceeds --softmax-input {args.softmax_input}")
 
 

@@ -31,7 +31,8 @@ def register(subparsers) -> None:
         "share a batch (baselines do not); the output row records the batch size and the padding.",
     )
     add_checkpoint(parser)
-    parser.add_argument("--task", choices=("sst2", "stsb"), required=True)
+    parser.add_argument("--task", choices=("sst2", "stsb"), required=True,
+                        help="sst2: SST-2 dev accuracy; stsb: STS-B dev Spearman x 100")
     parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
     parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
                         help="fixed: the default int8 quantization config, calibrated first on the task's "
@@ -43,7 +44,7 @@ def register(subparsers) -> None:
                         "min(128, the model's positions, an MA approximator's n) tokens)")
     parser.add_argument("--limit", type=positive_int, help="only the first N examples")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default 32)")
-    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     add_output(parser)
     parser.set_defaults(run=run)
 

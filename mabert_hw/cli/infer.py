@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--pooling", choices=("cls", "mean"),
                         help="sentence vector: mean over real tokens or the [CLS] row (default mean); "
                              "not for a classifier, whose output is its head's")
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     parser.set_defaults(run=run)
 
 

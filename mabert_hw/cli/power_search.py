@@ -24,13 +24,16 @@ def register(subparsers) -> None:
         "(accuracy vs FLOPs of the subset) and write the cheapest schedule within --budget-loss.",
     )
     add_checkpoint(parser)
-    parser.add_argument("--task", choices=("sst2",), required=True)
+    parser.add_argument("--task", choices=("sst2",), required=True, help="sst2: SST-2 dev accuracy (a classifier CKPT)")
     parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
     parser.add_argument("--budget-loss", type=non_negative_float, default=1.0,
                         help="accuracy points allowed to lose (default 1.0)")
     parser.add_argument("--out", metavar="CONFIG.json", type=output_file,
                         help="write the chosen configuration and frontier here")
-    parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both")
+    parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both",
+                        help="geometric: l_j = round(T r^j) for r in 0.95 .. 0.5; greedy: from no elimination, cut one "
+                        "layer's count (and the later ones) by 0.75 at a time, taking the cut that loses least "
+                        "accuracy per FLOP saved, while within --budget-loss; both (default)")
     parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
                         help="fixed: the default int8 quantization config, calibrated first on the task's "
                         "train split (beside the dev file, else the data itself) and cached")
@@ -38,7 +41,7 @@ def register(subparsers) -> None:
                         help="padded length N (default 64, the paper's SST-2 N)")
     parser.add_argument("--limit", type=positive_int, default=400, help="dev examples scored (default 400)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass (default 32)")
-    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.set_defaults(run=run)
 
 

@@ -6,7 +6,7 @@ import math
 
 from .. import checkpoint
 from ..errors import UserError
-from ..inputs import read_texts, tokenize
+from ..inputs import data_texts, tokenize
 from ..model import forward
 from ..report.tables import FORMATS, csv_table, markdown_table, text_table
 from .common import add_checkpoint, add_output, emit, png_file, positive_int, check_configs_for_model
@@ -27,15 +27,15 @@ def register(subparsers) -> None:
     parser.add_argument("--config", help="QuantConfig TOML (default: W8A8, per-channel weights, float non-linears)")
     parser.add_argument("--baseline", help="a second QuantConfig TOML ('default': the built-in W8A8 one) whose "
                         "per-tensor SQNR is shown beside the config's, with the change (delta_db)")
-    parser.add_argument("--data", required=True, help="text file, one sentence per line (each cut to the model's "
-                        "positions, and to an MA-BERT approximator's n inputs)")
+    parser.add_argument("--data", required=True, help="text file, one sentence per line, or a GLUE .tsv (its "
+                        "sentence columns); each text cut to the model's positions and an MA-BERT approximator's n")
     parser.add_argument("--limit", type=positive_int, default=16, help="sentences in the batch (default 16)")
     parser.add_argument("--top", type=positive_int, default=10, help="sensitivity rows shown (default 10)")
     parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking (of "
                         "the ops the config quantizes)")
     parser.add_argument("--plot", type=png_file, help="write a PNG bar chart of per-tensor SQNR here (tensors "
                         "with no error drawn as high as the best finite bar, labelled '(exact)')")
-    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     add_output(parser, "write the report to FILE instead of standard output")
     parser.set_defaults(run=run)
 
@@ -59,7 +59,7 @@ def run(args) -> int:
     check_configs_for_model([config], args.config or "the default config", ck.spec)
     if baseline is not None:
         check_configs_for_model([baseline], args.baseline, ck.spec)
-    texts = read_texts(args.data)[: args.limit]
+    texts = data_texts(args.data)[: args.limit]
     limit = token_limit(ck.spec, ck.spec.max_positions)  # the positions, and an MA approximator's n inputs
     batch = tokenize(ck.tokenizer_dir, texts)
     if batch.shape[1] > limit:

@@ -7,20 +7,14 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..errors import UserError
-from ..inputs import read_texts, tokenize
+from ..inputs import data_texts, tokenize
 from ..report.tables import text_table
 from ..spec import PRESETS
 from .common import add_checkpoint, make_output_dir, positive_int
-from .convert import conversion_record, tsv_texts
+from .convert import conversion_record
 from .infer import checkpoint_config
 
 COLUMNS = ("rows", "max_abs", "mean_abs", "negative_%", "sum_off_%", "kl", "argmax_agree_%", "topk_overlap_%")
-
-
-def data_texts(path: str) -> list[str]:
-    """A GLUE .tsv gives its sentence columns, as in `convert`: read line by line, its header and label
-    columns would be measured as texts."""
-    return tsv_texts(Path(path)) if Path(path).suffix == ".tsv" else read_texts(path)
 
 
 def register(subparsers) -> None:

@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         "[4, 6, 8]); every combination is evaluated and appended to OUT as soon as it finishes.",
     )
     add_checkpoint(parser)
-    parser.add_argument("--task", choices=("stsb", "sst2"), required=True)
+    parser.add_argument("--task", choices=("stsb", "sst2"), required=True,
+                        help="stsb: STS-B dev Spearman x 100; sst2: SST-2 dev accuracy")
     parser.add_argument("--data", required=True, help="task TSV, or a data root holding glue/<TASK>/dev.tsv")
     parser.add_argument("--grid", required=True, help="TOML grid of QuantConfig fields")
     parser.add_argument("--out", required=True, type=output_file,

@@ -150,9 +150,12 @@ def recorded_run(out: str | Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path} is not a run record (a JSON object): delete it to resume without the check")
+    return record
 
 
 def run_differences(recorded: dict, record: dict) -> list[str]:
@@ -168,8 +171,16 @@ def write_run_record(out: str | Path, record: dict) -> None:
 
 def append_result(out: str | Path, row: dict, fields: list[str]) -> None:
     """Append one row (flushed). The file's own header rules: a row with fields it lacks (a resumed
-    sweep over a grid with other fields) rewrites the file once with the widened header."""
+    sweep over a grid with other fields) rewrites the file once with the widened header. A write that
+    fails (a full disk, a file made read-only meanwhile) stops the sweep in one line."""
     path = Path(out)
+    try:
+        _append_row(path, row, fields)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error}") from None
+
+
+def _append_row(path: Path, row: dict, fields: list[str]) -> None:
     header = []
     if path.exists() and path.stat().st_size:
         with open(path, newline="") as f:
