@@ -235,3 +235,9 @@ def test_a_glue_tsv_gives_its_sentences_not_its_lines(tmp_path, capsys, minilm):
     tsv.write_text("sentence\tlabel\na gripping film\t1\ndull and lifeless\t0\n")
     assert main(["check", "minilm", "--texts", str(tsv)]) == 0
     assert "inputs: 2 tokenised texts, 5 tokens" in capsys.readouterr().out  # [CLS] dull and lifeless [SEP]
+
+
+def test_sizes_past_numpys_index_range_are_one_line(capsys):
+    # before: ValueError (Maximum allowed dimension exceeded) as a traceback
+    assert main(["profile", "bert-base-uncased", "--batch", str(10**20)]) == 2
+    assert "these sizes are past what NumPy can index" in capsys.readouterr().err

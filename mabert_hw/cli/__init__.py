@@ -14,6 +14,9 @@ COMMANDS = ("profile", "check", "infer", "bench", "bench_ffn", "convert", "softm
             "quant_error", "sweep")
 
 
+NUMPY_SIZE_ERRORS = ("Maximum allowed dimension exceeded", "array is too big")  # NumPy's words for such shapes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mabert-hw",
@@ -38,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MemoryError as error:  # e.g. a --batch or --hidden far beyond this machine
         print(f"mabert-hw: error: not enough memory for these sizes ({str(error) or 'MemoryError'})", file=sys.stderr)
+        return 2
+    except ValueError as error:  # NumPy's refusal of a shape past its index range, e.g. --batch 1e20
+        if not any(words in str(error) for words in NUMPY_SIZE_ERRORS):
+            raise
+        print(f"mabert-hw: error: these sizes are past what NumPy can index ({error})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mabert-hw: interrupted", file=sys.stderr)
