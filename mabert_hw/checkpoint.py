@@ -20,16 +20,15 @@ token-classification / multiple-choice checkpoints (also a `classifier.*`) are r
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import crammed_checkpoint, ma_checkpoint
-from .errors import UserError
+from .errors import UserError, error_summary
 from .spec import PRESETS, ModelSpec, Variant, real_number, whole_number
-from .weights import Weights, expected_shapes
+from .weights import Weights, expected_shapes, refuse_extra_layers
 
 MINILM_ALIAS = "minilm"
 # hidden_act -> the engines' activation. HF's "gelu_python" is GELUActivation(use_gelu_python=True):
@@ -48,7 +47,6 @@ NUMPY_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F
 PER_TOKEN_HEADS = ("ForTokenClassification", "ForMultipleChoice")  # `classifier.*` heads not read as one
 STATE_DICT_WRAPPERS = ("state_dict", "model")  # training checkpoints: {"state_dict": sd, "epoch": 3}
 OFFICIAL_MA_SUFFIXES = (".pt", ".pth", ".bin")  # official MA-BERT ships bare torch.save state dicts
-ENCODER_LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.")  # after strip_prefixes: encoder.layer.N.<...>
 
 
 @dataclass
@@ -282,8 +280,7 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad pickle, some with many-line messages
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise UserError(f"{path}: unreadable torch checkpoint ({type(error).__name__}: {first_line})") from None
+        raise UserError(f"{path}: unreadable torch checkpoint ({error_summary(error)})") from None
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a state dict, got {type(state).__name__}")
     state = _unwrap_training_checkpoint(state)
@@ -297,8 +294,7 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
             arrays[key] = _to_numpy(tensor)
         except (TypeError, RuntimeError, NotImplementedError) as error:
             # meta, sparse and quantized tensors have no dense NumPy form
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            raise UserError(f"{path}: {key} is not a dense tensor ({type(error).__name__}: {first_line})") from None
+            raise UserError(f"{path}: {key} is not a dense tensor ({error_summary(error)})") from None
     return arrays
 
 
@@ -335,10 +331,7 @@ def check_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> Weights:
     """The weights the spec needs, each of its shape. Other keys are left (an MLM head, position_ids
     buffers), except layers past the config's count: a config that says fewer layers than the weights hold
     would otherwise run a truncated model without a word."""
-    extra = sorted({int(m.group(1)) for key in state if (m := ENCODER_LAYER_KEY.match(key))} - set(range(spec.layers)))
-    if extra:
-        raise UserError(f"the weights hold encoder layer {extra[0]} but the config has {spec.layers} layers "
-                        "(num_hidden_layers): do the config and the weights match?")
+    refuse_extra_layers(spec, state)
     weights: Weights = {}
     for key, shape in expected_shapes(spec).items():
         if key not in state:

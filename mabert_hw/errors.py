@@ -3,3 +3,9 @@
 
 class UserError(Exception):
     """Bad input from the user (checkpoint, shape, file, flag): reported without a traceback."""
+
+
+def error_summary(error: BaseException) -> str:
+    """`Type: first line of its message` (libraries such as torch raise many-line messages), for one-line errors."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

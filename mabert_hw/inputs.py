@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, error_summary
 from .spec import ModelSpec
 
 SAMPLE_TEXTS = (
@@ -27,6 +27,8 @@ SAMPLE_TEXTS = (
 # ../shared/data beside a clone (this file is <clone>/mabert_hw/inputs.py), or wherever MABERT_HW_DATA
 # points. The tests and the analysis scripts' --data start from here; the CLI commands take --data.
 DATA_DIR = Path(os.environ.get("MABERT_HW_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")  # what load_tokenizer reads
 
 SPECIAL_TOKENS = 2  # [CLS] and [SEP]: every tokenised text holds them
 
@@ -56,8 +58,7 @@ def load_tokenizer(directory: Path):
     try:
         return load()
     except Exception as error:  # a bare Exception for bad JSON or UTF-8, TypeError for a vocab without [SEP]
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise UserError(f"{path}: not a tokenizer file ({type(error).__name__}: {first_line})") from None
+        raise UserError(f"{path}: not a tokenizer file ({error_summary(error)})") from None
 
 
 # tokenizer_config.json key -> (BertWordPieceTokenizer option, BertTokenizer's default); a None default

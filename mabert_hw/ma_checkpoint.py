@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import UserError
 from .spec import ModelSpec, Variant, real_number, whole_number
-from .weights import Weights, expected_shapes, layer_prefix
+from .weights import Weights, expected_shapes, layer_prefix, refuse_extra_layers
 
 MA_CONFIG_KEYS = ("ffn_hidden_act", "norm_type", "use_softmax_approx", "share_softmax_nn",
                   "softmax_input_size", "softmax_hidden_layer_size")
@@ -149,6 +149,7 @@ def ma_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> tuple[Weights, 
     folded (fold.py) when the model has it)."""
     from .fold import fold_powernorm
 
+    refuse_extra_layers(spec, state)
     raw = {}
     for key, shape in raw_shapes(spec).items():
         if key not in state:

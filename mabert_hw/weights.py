@@ -8,15 +8,29 @@ Linear weights keep torch's (out_features, in_features) layout.
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 
 from .fff import FFF_PREFIX, fff_shapes
+from .errors import UserError
 from .spec import ModelSpec
 
 Weights = dict[str, np.ndarray]
 # Pre-LN models (Variant.norm_position = "pre") end with one more LayerNorm on the last layer's output.
 FINAL_NORM = "encoder.LayerNorm"
+
+
+ENCODER_LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.")  # a state dict key in BERT names: encoder.layer.N.<...>
+
+
+def refuse_extra_layers(spec: ModelSpec, state: dict) -> None:
+    """Layers in the weights past the config's count are an error: HF's from_pretrained warns and drops them,
+    and the model that runs is then a truncated one, whatever its figures say."""
+    extra = sorted({int(m.group(1)) for key in state if (m := ENCODER_LAYER_KEY.match(key))} - set(range(spec.layers)))
+    if extra:
+        raise UserError(f"the weights hold encoder layer {extra[0]}, but the config has num_hidden_layers = "
+                        f"{spec.layers}: do the config and the weights match?")
 
 
 def layer_prefix(layer: int) -> str:

@@ -57,7 +57,8 @@ def test_entropy_bins_a_non_negative_tensor_into_the_unsigned_formats_levels():
     assert qp.fmt == U8
     threshold = float(qp.scale) * U8.qmax
     assert threshold == pytest.approx(entropy_threshold(x.astype(np.float64), U8), rel=1e-12)
-    assert entropy_threshold(x.astype(np.float64), U8) == entropy_threshold(x.astype(np.float64), IntFormat(9))  # 256 levels
+    levels_256 = entropy_threshold(x.astype(np.float64), IntFormat(9))  # signed 9 bits: 256 levels over |x| too
+    assert entropy_threshold(x.astype(np.float64), U8) == levels_256
     assert threshold != pytest.approx(entropy_threshold(x.astype(np.float64), IntFormat(8)), rel=1e-3)
 
 

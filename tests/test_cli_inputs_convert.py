@@ -203,17 +203,34 @@ def test_resume_of_a_damaged_or_foreign_state_is_one_line(tmp_path, capsys, teac
     assert err.startswith("mabert-hw: error: ") and str(state) in err and err.count("\n") == 1
 
 
-def test_resume_from_another_teacher_is_refused(tmp_path, capsys, teacher_dir, corpus):
-    # before: a teacher of the same shape was resumed silently (only the shaping flags were checked)
-    other = tmp_path / "other-teacher"
-    other.mkdir()
-    for path in teacher_dir.iterdir():
-        (other / path.name).write_bytes(path.read_bytes())
+def test_resume_checks_the_teacher_by_its_weights(tmp_path, capsys, teacher_dir, corpus):
+    # before: a teacher of the same shape was resumed silently (only the shaping flags were checked); a copy of
+    # the same teacher elsewhere must still resume
+    from safetensors.numpy import load_file, save_file
+
+    copy, other = tmp_path / "copy", tmp_path / "other"
+    for folder in (copy, other):
+        folder.mkdir()
+        for path in teacher_dir.iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+    state = load_file(other / "model.safetensors")
+    state["pooler.dense.bias"] = state["pooler.dense.bias"] + 1.0
+    save_file(state, str(other / "model.safetensors"))
     out = tmp_path / "out"
     assert convert(teacher_dir, out, corpus, "--steps", "1") == 0
     capsys.readouterr()
     assert convert(other, out, corpus, "--steps", "2", "--resume") == 2
-    assert f"was trained from the teacher {teacher_dir.resolve()}, not {other.resolve()}" in capsys.readouterr().err
+    assert "was trained from another teacher (weights digest" in capsys.readouterr().err
+    assert convert(copy, out, corpus, "--steps", "2", "--resume") == 0
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_convert_seed_out_of_range_is_an_argparse_error(tmp_path, capsys, teacher_dir, corpus, seed):
+    # before: numpy's ValueError (negative seed) / torch's overflow as tracebacks after the teacher was loaded
+    with pytest.raises(SystemExit) as exit_:
+        convert(teacher_dir, tmp_path / "out", corpus, "--steps", "1", "--seed", seed)
+    assert exit_.value.code == 2 and "--seed" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_quant_error_cuts_texts_to_an_ma_approximators_inputs(tmp_path, capsys, ma16):

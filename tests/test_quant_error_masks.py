@@ -72,7 +72,7 @@ def test_scores_and_probabilities_drop_padding_keys_too():
     T = SPEC.head_dim
     rows, ref, fixed, real = _errors(SPEC, T)
     pairs = real[:, None, :, None] & real[:, None, None, :]  # (B, 1, T, T): real query and key
-    for op in ("scores", "scale", "softmax"):
+    for op in ("scores", "scale", "mask", "softmax"):
         name = f"encoder.layer.0.attention.self.{op}"
         assert indexes_keys(name)
         keep = np.broadcast_to(pairs, ref[name].shape)

@@ -178,8 +178,9 @@ class FixedBackend(ReferenceBackend):
     def _calibration_format(self, tensor: str, bits: int, nonneg: bool) -> IntFormat:
         """The format the mse and entropy calibrators tune a range for: signed where the tensor took
         negative values in calibration (the sign of a range alpha * [lo, hi] does not change with alpha),
-        unsigned for a non-negative one, as _act_qparams then quantizes it (an unsigned symmetric format
-        has twice the levels over [0, hi])."""
+        unsigned for a non-negative one. With act_symmetric that is the format _act_qparams then quantizes
+        with (an unsigned one has twice the levels over [0, hi]); asymmetric ranges quantize to the same
+        values in either, and entropy's bins over |x| are then the levels [0, t] gets."""
         seen = self.calibration.range(tensor, "minmax", IntFormat(bits), False)  # (lo, hi) observed; None: never
         return IntFormat(bits, signed=not nonneg and seen is not None and seen[0] < 0)
 

@@ -7,14 +7,14 @@ import sys
 from importlib import import_module
 
 from ..errors import UserError
-from .common import refuse_outputs_over_inputs
+from .overwrite import refuse_outputs_over_inputs
 
 # Each module defines register(subparsers), which adds its parser and sets `run`.
 COMMANDS = ("profile", "check", "infer", "bench", "bench_ffn", "convert", "softmax_error", "compare", "eval", "power_search",
             "quant_error", "sweep")
 
 
-NUMPY_SIZE_ERRORS = ("Maximum allowed dimension exceeded", "array is too big")  # NumPy's words for such shapes
+NUMPY_SIZE_ERRORS = ("Maximum allowed dimension exceeded", "Maximum allowed size exceeded", "array is too big")  # NumPy's words for such shapes
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,11 +29,11 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
 
 
-SEED_LIMIT = 2**32 - 1  # numpy's legacy seeding takes seeds below 2^32; a run may use seed + 1 too
+SEED_LIMIT = 2**64 - 1  # torch.manual_seed takes seeds below 2^64; a run may use seed + 1 too
 
 
 def seed_int(text: str) -> int:
-    """A random seed: 0 <= seed < SEED_LIMIT (torch refuses negative seeds, NumPy's legacy RNG larger ones)."""
+    """A random seed: 0 <= seed < SEED_LIMIT (numpy.random.default_rng refuses negative seeds, torch larger ones)."""
     value = non_negative_int(text)
     if value >= SEED_LIMIT:
         raise argparse.ArgumentTypeError(f"expected a seed below {SEED_LIMIT}, got {value}")
@@ -88,6 +88,12 @@ def make_output_dir(text: str) -> Path:
     return path
 
 
+# --output names that mean this process's own streams ("-" as in most Unix tools): written to the stream, so
+# that a file the stream was redirected to is appended to, not replaced
+STANDARD_STREAMS = {"-": "stdout", "/dev/stdout": "stdout", "/dev/stderr": "stderr", "/dev/fd/1": "stdout",
+                    "/dev/fd/2": "stderr", "/proc/self/fd/1": "stdout", "/proc/self/fd/2": "stderr"}
+
+
 def output_file(text: str) -> str:
     """A file path to write later: checked before the work starts, so a typo does not cost the run."""
     path = Path(text)
@@ -104,39 +110,17 @@ def output_file(text: str) -> str:
     return text
 
 
-def png_file(text: str) -> str:
-    """output_file for a chart, which is written as PNG."""
+PLOT_FORMATS = (".png", ".svg", ".pdf", ".eps", ".ps", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")  # matplotlib's
+# Agg / vector writers, picked by the suffix
+
+
+def plot_file(text: str) -> str:
+    """output_file for a chart, whose suffix names one of matplotlib's formats (without one, matplotlib
+    would write FILE.png, not the file named)."""
     output_file(text)
-    if Path(text).suffix.lower() != ".png":
-        raise argparse.ArgumentTypeError(f"{text}: the chart is a PNG image, give a file name ending in .png")
+    if Path(text).suffix.lower() not in PLOT_FORMATS:
+        raise argparse.ArgumentTypeError(f"{text}: name the chart's format by its suffix ({', '.join(PLOT_FORMATS)})")
     return text
-
-
-INPUT_FLAGS = ("ckpt", "data", "grid", "config", "baseline", "retention", "texts", "teacher", "hw")
-OUTPUT_FILE_FLAGS = ("output", "out", "plot")  # convert's --out is a directory (convert refuses a model's own)
-CHECKPOINT_FILES = ("config.json", "model_config.json", "model.safetensors", "pytorch_model.bin", "model.pth",  # what
-                    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")  # load reads
-
-
-def refuse_outputs_over_inputs(args: argparse.Namespace) -> None:
-    """An output file that is one of the command's inputs (the --data TSV, the --grid, CKPT's config.json,
-    ...) would be replaced by the results: refused before the work, whatever the paths' spelling."""
-    inputs: dict[Path, str] = {}
-    for flag in INPUT_FLAGS:
-        values = getattr(args, flag, None)
-        for value in values if isinstance(values, list) else [values]:
-            if not isinstance(value, str) or not value:
-                continue
-            path = Path(value)
-            if path.is_file():
-                inputs[path.resolve()] = value
-            elif flag == "ckpt" and path.is_dir():
-                inputs.update({(path / name).resolve(): str(path / name) for name in CHECKPOINT_FILES})
-    for flag in OUTPUT_FILE_FLAGS:
-        value = getattr(args, flag, None)
-        if isinstance(value, str) and Path(value).resolve() in inputs:
-            raise UserError(f"--{flag} {value} is an input of this command ({inputs[Path(value).resolve()]}): "
-                            "it would be overwritten; choose another file")
 
 
 def add_output(parser: argparse.ArgumentParser, what: str = "write to FILE instead of standard output") -> None:
@@ -148,10 +132,6 @@ def add_checkpoint(parser: argparse.ArgumentParser) -> None:
                         "file or config.json (see mabert-hw --help)")
 
 
-STANDARD_STREAMS = {"/dev/stdout": "stdout", "/dev/stderr": "stderr", "/dev/fd/1": "stdout", "/dev/fd/2": "stderr",
-                    "/proc/self/fd/1": "stdout", "/proc/self/fd/2": "stderr"}
-
-
 def emit(text: str, output: str | None) -> None:
     """Print, or write to OUTPUT (the file is written whole, so an interrupted run leaves none)."""
     if output is None:
@@ -159,7 +139,7 @@ def emit(text: str, output: str | None) -> None:
         return
     text = text if text.endswith("\n") else text + "\n"
     stream = STANDARD_STREAMS.get(output)
-    if stream is not None:  # the process's own stream, wherever it goes: a file it was redirected to is appended to
+    if stream is not None:
         getattr(sys, stream).write(text)
         return
     path = Path(output).resolve()  # through a symlink: the link stays, its target is written

@@ -12,6 +12,7 @@ from .. import checkpoint
 from ..errors import UserError
 from ..inputs import SPECIAL_TOKENS, read_utf8, tsv_texts
 from ..spec import PRESETS, VARIANTS
+from ..weights import weights_digest
 from .common import (add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float,
                      positive_int, seed_int)
 from .infer import checkpoint_config
@@ -103,15 +104,16 @@ def conversion_record(config: dict) -> dict:
 
 def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
     """The saved run's record with this run's flags, after checking they shape the same model from the same
-    teacher (a record from before teachers were recorded cannot be checked for it). A state
+    teacher, by its weights' digest (a record from before digests were kept cannot be checked for it). A state
     from before records were kept has none: its flags cannot be checked (said on stderr), and its
     pre-fit MSE is read from the config.json the earlier run wrote, when there is one."""
     from ..torch_ref import train
 
     saved = train.saved_record(state_path)
-    if saved.get("teacher", record["teacher"]) != record["teacher"]:
-        raise UserError(f"{state_path} was trained from the teacher {saved['teacher']}, not {record['teacher']}: "
-                        "resume with that teacher, or choose another --out to start over")
+    if saved.get("teacher_weights", record["teacher_weights"]) != record["teacher_weights"]:
+        raise UserError(f"{state_path} was trained from another teacher (weights digest {saved['teacher_weights']}, "
+                        f"CKPT's {record['teacher_weights']}): resume with that teacher, or choose another --out to "
+                        "start over")
     if "flags" in saved:
         check_same_shape(state_path, saved["flags"], record["flags"])
     else:
@@ -199,9 +201,6 @@ def run(args) -> int:
     refuse_overwriting_state(state_path, args.resume)
     refuse_overwriting_model(out)
     resuming = args.resume and state_path.exists()
-    record = {"flags": shaping_flags(args), "teacher": teacher_record(args.ckpt)}
-    if resuming:
-        record = resumed_record(state_path, out / "config.json", record)
     texts = read_corpus(args.data)
     ck = checkpoint.load(args.ckpt)
     weights = ck.require_weights("convert")
@@ -211,6 +210,9 @@ def run(args) -> int:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt)")
     if args.max_len > ck.spec.max_positions:
         raise UserError(f"--max-len {args.max_len} exceeds the teacher's {ck.spec.max_positions} positions")
+    record = {"flags": shaping_flags(args), "teacher_weights": weights_digest(weights)}
+    if resuming:
+        record = resumed_record(state_path, out / "config.json", record)
     lr = saved_lr(state_path) if resuming else args.lr
     if lr != args.lr:
         print(f"mabert-hw: note: the resumed run keeps the first run's learning rate {lr:g} (--lr {args.lr:g} "

@@ -9,7 +9,7 @@ from ..errors import UserError
 from ..inputs import data_texts, tokenize
 from ..model import forward
 from ..report.tables import FORMATS, csv_table, markdown_table, text_table
-from .common import add_checkpoint, add_output, emit, png_file, positive_int, check_configs_for_model
+from .common import add_checkpoint, add_output, emit, plot_file, positive_int, check_configs_for_model
 
 
 def register(subparsers) -> None:
@@ -33,8 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--top", type=positive_int, default=10, help="sensitivity rows shown (default 10)")
     parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking (of "
                         "the ops the config quantizes)")
-    parser.add_argument("--plot", type=png_file, help="write a PNG bar chart of per-tensor SQNR here (tensors "
-                        "with no error drawn as high as the best finite bar, labelled '(exact)')")
+    parser.add_argument("--plot", type=plot_file, help="write a bar chart of per-tensor SQNR here (.png, .svg, .pdf "
+                        "...; tensors with no error drawn as high as the best finite bar, labelled '(exact)')")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     add_output(parser, "write the report to FILE instead of standard output")
     parser.set_defaults(run=run)

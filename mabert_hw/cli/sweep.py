@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..cache import CACHE_ROOT
-from .common import add_checkpoint, output_file, png_file, positive_int, check_configs_for_model
+from .common import add_checkpoint, output_file, plot_file, positive_int, check_configs_for_model
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=positive_int, default=1, help="local processes (default 1)")
     parser.add_argument("--scheduler", help="dask.distributed scheduler address (runs there instead)")
     parser.add_argument("--limit", type=positive_int, help="evaluate only the first N examples")
-    parser.add_argument("--plot", type=png_file, help="write metric-vs-bits PNG here when done")
+    parser.add_argument("--plot", type=plot_file,
+                        help="write the metric-vs-bits chart here when done (.png, .svg, .pdf ...)")
     parser.set_defaults(run=run)
 
 

@@ -18,16 +18,19 @@ import json
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..cache import file_safe
 from ..errors import UserError
+from ..inputs import TOKENIZER_FILES
 from ..quant import config as qconfig
 from ..quant.calibrate import Calibration, calibrate
 from ..weights import weights_digest
@@ -36,7 +39,6 @@ from .tasks import load_sst2, load_stsb, run_batches, sst2_accuracy, stsb_spearm
 CALIBRATION_SENTENCES = 128
 CALIBRATION_VERSION = 2  # 2: per-channel statistics (calibrate.py); in the cache file name so older files are not reused
 COLUMNS = ("key", "metric", "seconds", "overflows")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")  # what inputs.load_tokenizer reads
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,10 @@ def prepare_calibration(ck, task: str, data: str | Path, cache: Path, seed: int 
     if not path.exists():
         try:  # before the work: a cache that cannot be written is said in one line before calibrating, not after
             path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
         except OSError as error:
-            raise UserError(f"cannot create the cache directory {path.parent}: {error}") from None
+            raise UserError(f"cannot write to the cache directory {path.parent}: {error}") from None
         calibrate(lambda b: run_batches(ck, texts, b, batch_size=16), seed).save(path)
     return path
 
@@ -301,8 +305,9 @@ def _outcomes(jobs: list[Job], workers: int, scheduler, connect_timeout: float,
         pool = ProcessPoolExecutor(workers)
         # not waiting: after Ctrl-C the queued jobs are cancelled at once (the running ones got the signal)
         stack.callback(pool.shutdown, wait=False, cancel_futures=True)
-        stack.push(_stop_workers_on_error)
+        others = set(multiprocessing.active_children())
         futures = {pool.submit(evaluate, job): job for job in jobs}  # starts the workers
+        stack.push(partial(_stop_workers_on_error, set(multiprocessing.active_children()) - others))
         stack.enter_context(_sigterm_interrupts())  # after: forked workers would inherit the handler
     else:
         return (_outcome(job, lambda job=job: evaluate(job)) for job in jobs)
@@ -328,11 +333,11 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stop_workers_on_error(exc_type, exc, traceback) -> bool:
+def _stop_workers_on_error(workers, exc_type, exc, traceback) -> bool:
     """After an interrupted or failed loop, terminate the pool's workers, whose running jobs would otherwise
     keep the process from exiting (only Ctrl-C reaches them by itself: it signals the whole process group)."""
     if exc_type is not None:
-        for worker in multiprocessing.active_children():
+        for worker in workers:
             worker.terminate()
     return False
 

@@ -29,7 +29,7 @@ from it on load.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -182,9 +182,8 @@ class Calibration:
         # own, so that two runs calibrating the same model at once do not move each other's file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".partial",
-                                             delete=False) as f:  # a file object: np.savez would append .npz to a path
-                partial = Path(f.name)
+            partial = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+            with open(partial, "xb") as f:  # a file object: np.savez would append .npz to a path
                 np.savez_compressed(f, **arrays)
             os.replace(partial, path)
         except OSError as error:

@@ -16,7 +16,8 @@ DPI = 120  # readable in a README at GitHub's content width, small enough to com
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Lay the figure out, write it as PNG and free it (pyplot keeps open figures alive)."""
+    """Lay the figure out, write it in the format its suffix names (PNG for the reports) and free it (pyplot
+    keeps open figures alive)."""
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=DPI)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ..inputs import TOKENIZER_FILES
 from ..spec import ModelSpec
 from .ma_bert import MABertModel
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+COPIED_TOKENIZER_FILES = TOKENIZER_FILES + ("special_tokens_map.json",)  # HF reads the special-token map too
 
 
 def ma_config(spec: ModelSpec) -> dict:
@@ -35,7 +36,7 @@ def save_ma_dir(model: MABertModel, out: Path, tokenizer_dir: Path | None, extra
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}  # shared copies apart
     save_file(state, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps({**ma_config(model.spec), **(extra or {})}, indent=2))
-    for name in TOKENIZER_FILES:
+    for name in COPIED_TOKENIZER_FILES:
         if tokenizer_dir is not None and (tokenizer_dir / name).exists():
             shutil.copy(tokenizer_dir / name, out / name)
     return out

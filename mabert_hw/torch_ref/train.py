@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..errors import UserError, error_summary
 from ..inputs import Batch, tokenize
 from ..spec import ModelSpec, Variant
 from ..weights import Weights
@@ -218,9 +218,8 @@ def knowledge_transfer(student: MABertModel, teacher: MABertModel, stream: Itera
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
         except (RuntimeError, ValueError, KeyError) as error:  # RuntimeError: size mismatch of a tensor
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"{state_path} holds another model's training state ({first_line}): resume with the "
-                            "first run's teacher, or choose another --out to start over") from None
+            raise UserError(f"{state_path} holds another model's training state ({error_summary(error)}): resume "
+                            "with the first run's teacher, or choose another --out to start over") from None
         start, history = saved["step"], saved["history"]
         for _ in range(start):  # the data stream is seeded: skip what was consumed
             next(stream)
@@ -283,8 +282,7 @@ def read_state(state_path: Path) -> dict:
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as error:  # noqa: BLE001 - unpickling a damaged file can raise nearly anything
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot read {state_path} as a training state ({first_line}): delete it, or choose "
+        raise UserError(f"cannot read {state_path} as a training state ({error_summary(error)}): delete it, or choose "
                         "another --out to start over") from None
     if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
         raise UserError(f"{state_path} is not a training state that `convert` wrote: delete it, or choose another "
