@@ -228,7 +228,7 @@ def write_report(subset: int) -> None:
     parts = ["# int8 / fixed point: MiniLM-L6 on STS-B dev\n",
              ("Made by `OPENBLAS_NUM_THREADS=1 python analysis/int8_minilm.py` (then `--report-only`). A "
               "24-configuration sweep (`sweep24.toml`) runs by `OPENBLAS_NUM_THREADS=1 mabert-hw sweep minilm --task "
-              "stsb --data /work/shared/data --grid reports/int8/sweep24.toml --out reports/int8/sweep24.csv "
+              "stsb --data ../shared/data --grid reports/int8/sweep24.toml --out reports/int8/sweep24.csv "
               "--workers 2`; its rows appear below when present.\n"),
              ("Defaults: W8A8, per-channel symmetric int8 weights, asymmetric uint8 activations, min-max "
               "calibration on 128 STS-B train sentences, onnxruntime (`ort`) requantization, 32-bit accumulators, "
