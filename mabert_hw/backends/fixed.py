@@ -157,7 +157,7 @@ class FixedBackend(ReferenceBackend):
             return self._qparams[key]
         tensor = f"{self._op[0]}:{slot}"
         estimate = self.calibration.channel_range if per_channel else self.calibration.range
-        span = estimate(tensor, s.calibrator, self._calibration_format(tensor, bits, nonneg), s.act_symmetric,
+        span = estimate(tensor, s.calibrator, self.calibration.tuning_format(tensor, bits, nonneg), s.act_symmetric,
                         s.percentile)
         dynamic = span is None
         if dynamic and x is None:  # an op's output format must be known before its result exists
@@ -174,15 +174,6 @@ class FixedBackend(ReferenceBackend):
         if not dynamic:
             self._qparams[key] = qp
         return qp
-
-    def _calibration_format(self, tensor: str, bits: int, nonneg: bool) -> IntFormat:
-        """The format the mse and entropy calibrators tune a range for: signed where the tensor took
-        negative values in calibration (the sign of a range alpha * [lo, hi] does not change with alpha),
-        unsigned for a non-negative one. With act_symmetric that is the format _act_qparams then quantizes
-        with (an unsigned one has twice the levels over [0, hi]); asymmetric ranges quantize to the same
-        values in either, and entropy's bins over |x| are then the levels [0, t] gets."""
-        seen = self.calibration.range(tensor, "minmax", IntFormat(bits), False)  # (lo, hi) observed; None: never
-        return IntFormat(bits, signed=not nonneg and seen is not None and seen[0] < 0)
 
     def _quantize_act(self, x, slot: str, s: OpSettings, nonneg: bool = False):
         """(codes as a float array of exact integers, their QParams), quantized as the requant engine does."""

@@ -137,6 +137,16 @@ class Calibration:
             return max(st.lo, -t), min(st.hi, t)
         raise ValueError(f"unknown calibrator {calibrator!r}")
 
+    def tuning_format(self, key: str, bits: int, nonneg: bool = False) -> IntFormat:
+        """The format the mse and entropy calibrators tune tensor `key`'s range for: signed where it took
+        negative values in calibration (the sign of a range alpha * [lo, hi] does not change with alpha),
+        unsigned for a non-negative one (or one the op declares so). With symmetric activations that is the
+        format the fixed backend then quantizes with (an unsigned one has twice the levels over [0, hi]);
+        asymmetric ranges quantize to the same values in either, and entropy's bins over |x| are then the
+        levels [0, t] gets."""
+        st = self.stats.get(key)
+        return IntFormat(bits, signed=not nonneg and st is not None and st.lo < 0)
+
     def channel_range(self, key: str, calibrator: str, fmt: IntFormat, symmetric: bool, percentile: float = 99.99):
         """(lo, hi), arrays (C,), for tensor `key` per channel; None when it was never observed."""
         st = self.stats.get(key)
