@@ -171,6 +171,7 @@ def test_classifier_without_pooler_or_architectures_is_refused(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"type_vocab_size": 0}, "type_vocab_size must be positive, got 0"),
     ({"type_vocab_size": -1}, "type_vocab_size must be positive, got -1"),
+    ({"num_hidden_layers": 10_001}, "10001 layers is past the 10,000 this tool traces"),  # profile grew without bound
     ({"architectures": 5}, "config 'architectures' must be a list of class names, got 5"),
     ({"architectures": "BertForSequenceClassification"}, "config 'architectures' must be a list of class names"),
     ({"layer_norm_eps": -1.0}, "layer norm eps must be a positive finite number, got -1.0"),
