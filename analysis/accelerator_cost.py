@@ -144,10 +144,6 @@ def pick(rows: list[dict], **where) -> dict:
     return next(r for r in rows if all(r.get(k) == v for k, v in where.items()))
 
 
-def pct(value: float) -> str:
-    return f"{value:.1f}%"
-
-
 def hardware_table() -> list[dict]:
     out = []
     for name in hardware.preset_names():

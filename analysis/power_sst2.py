@@ -79,11 +79,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def engine(args):
-    try:
-        return make_backend(args.engine, threads=args.threads), args.engine
-    except Exception as error:  # the fast engine is another issue's: fall back, and say so
-        print(f"engine {args.engine} unavailable ({error}); using reference")
-        return make_backend("reference"), "reference"
+    return make_backend(args.engine, threads=args.threads), args.engine
 
 
 def timed(ck, retention, batches, backend) -> float:
@@ -163,8 +159,9 @@ def marker_process(running: Path) -> int | None:
     return pid
 
 
-def cached_soft_extract(args, ck) -> tuple[tuple[int, ...], dict, list[float], list[float]]:
-    """Step 2, run once and kept in args.soft_cache (weights.npz + run.json) for the main stage."""
+def cached_soft_extract(args, ck) -> tuple[tuple[int, ...], dict, dict]:
+    """Step 2, run once and kept in args.soft_cache (weights.npz + run.json) for the main stage:
+    -> (retention, the retrained weights, run.json's record)."""
     run_file, weights_file = args.soft_cache / "run.json", args.soft_cache / "weights.npz"
     running = args.soft_cache / "running"  # holds the pid of a `--stage soft` process at work: wait for it
     if not run_file.exists() and (pid := marker_process(running)) is not None:

@@ -30,10 +30,10 @@ def n_nodes(depth: int) -> int:
     return 2 ** (depth + 1) - 1
 
 
-def fff_shapes(hidden: int, depth: int, trees: int, out_width: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes of one FFF block, keyed by the official module names."""
+def fff_shapes(hidden: int, depth: int, trees: int) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of one FFF block (C in and out), keyed by the official module names."""
     width = trees * n_nodes(depth)
-    return dict(zip(FFF_PARAMS, ((width, hidden), (width,), (out_width or hidden, width))))
+    return dict(zip(FFF_PARAMS, ((width, hidden), (width,), (hidden, width))))
 
 
 def crammed_fff_key(key: str) -> str | None:

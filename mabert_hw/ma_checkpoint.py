@@ -33,7 +33,6 @@ OFFICIAL_DEFAULTS = {
     "use_softmax_approx": True, "share_softmax_nn": False, "softmax_input_size": 128,
     "softmax_hidden_layer_size": 128,
 }
-POWERNORM_BUFFERS = ("running_phi", "ema_gz", "iters", "accumulated_var")
 # MA-DistilBERT names -> BERT names (transformer.layer.i.X -> encoder.layer.i.Y)
 DISTIL_LAYER_NAMES = {
     "attention.q_lin.": "attention.self.query.", "attention.k_lin.": "attention.self.key.",

@@ -37,7 +37,8 @@ from .retention import add_retention_argument, read_retention, searched_seq_len
 
 DEFAULT_VARIANTS = "bert,ma,power,fff"
 DEFAULT_HW = "edge-32x32-int8"
-POWER_LAST_LAYER_FRACTION = 0.1
+POWER_LAST_LAYER_FRACTION = 0.1  # a round default for a power row without --retention (power-search
+# finds real schedules): the last layer keeps 10 % of T, and the average layer about half of them
 VARIANT_RULE = ("Every row is its recipe's arithmetic on the checkpoint's architecture: dimensions, biases, "
                 "token types, positions, norm placement and dense FFN width F (an FFF checkpoint: as many "
                 "neurons as tree nodes) come from the checkpoint, and so do an FFF checkpoint's trees (fff row) "

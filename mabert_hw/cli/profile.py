@@ -48,9 +48,10 @@ def register(subparsers) -> None:
 
 def add_hardware_arguments(parser, what: str, extra_help: str = "") -> None:
     """--hw and --overlap; `what` says what --hw does in this command (profile: adds columns)."""
+    from ..cost.hardware import preset_names
+
     parser.add_argument("--hw", metavar="PRESET|FILE.toml",
-                        help=f"{what} (presets: edge-32x32-int8, ma-motivation, tpu-128x128-bf16, "
-                        f"tpu-256x256-int8){extra_help}")
+                        help=f"{what} (presets: {', '.join(preset_names())}){extra_help}")
     parser.add_argument("--overlap", choices=("on", "off"),
                         help="DRAM transfers overlap compute (default: the hardware file's setting)")
 

@@ -39,7 +39,8 @@ ACCUMULATOR = {"int8": "int32", "int16": "int32", "int32": "int32", "fp16": "fp3
 NATIVE_PRIMITIVES = ("add", "mul", "max", "cmp")  # 1 cycle on a vector lane
 SPECIAL_FUNCTIONS = ("exp", "div", "rsqrt", "sqrt", "erf", "tanh")
 BASIC_OPERATIONS = ("add", "mul", "cmp", "lut")
-LUT_SRAM_KIB = 8
+LUT_SRAM_KIB = 8  # the smallest SRAM the energy table prices (Horowitz's 8 KB cache); a function's table
+# (exp's 64 slope/intercept pairs: 256 bytes at fp16) is far smaller, so this is its energy's upper bound
 NOT_HARDWARE_FILES = ("functions", "energy-")
 
 

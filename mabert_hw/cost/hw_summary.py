@@ -105,7 +105,8 @@ def hw_document(estimate: Estimate) -> dict:
     }
 
 
-# The non-linear functions MA-BERT removes (its softmax approximator's ops: counts.APPROXIMATOR_MARK).
+# The non-linear functions a vector unit evaluates: MA-BERT removes softmax, layernorm and gelu (its
+# softmax approximator's ops are counts.APPROXIMATOR_MARK's); the pooler's tanh stays in every variant.
 NONLINEAR_KINDS = ("softmax", "layernorm", "gelu", "tanh")
 
 

@@ -1,6 +1,7 @@
 """Numba kernels used by the backends (fast: linear.py, rows.py, attention.py, approx.py; fixed:
-introws.py, the integer-only ops, exact and with conventions of their own (its docstring); threads.py
-sets the thread counts of Numba and BLAS).
+introws.py, the integer-only ops, exact and with conventions of their own (its docstring); every
+backend's FFF blocks: fff.py, the tree walk, with cache_hints.py's prefetches and streaming stores;
+threads.py sets the thread counts of Numba and BLAS).
 
 Conventions of the fast backend's kernels: float32 in and out; row kernels take (N, C) C-contiguous
 views of (..., C) tensors; reductions (softmax sums, LayerNorm statistics) accumulate in float64, so

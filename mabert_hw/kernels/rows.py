@@ -1,9 +1,11 @@
 """Row-wise kernels over (N, C) float32 arrays, parallel over rows (prange).
 
 Fusions (each saves full passes over the activation):
-- bias_activation_:   y = act(y + b) in place, right after the GEMM that produced y;
-- add_layernorm:      out = LN(a + (y + b)), the residual add of a GEMM output plus its bias;
-- layernorm, softmax_rows, activation: the same formulas unfused, for inputs that arrive whole.
+- bias_activation_:   y = act(y + b) in place, right after the GEMM that produced y (the dense FF
+  baseline of fff_bench; the fast backend fuses this into kernels/linear.py's GEMM tasks);
+- add_layernorm:      out = LN(a + y), a residual add whose branch y arrives whole (the GEMM-output
+  case is kernels/linear.py's linear_add_layernorm);
+- layernorm, softmax_rows, activation: the same formulas unfused.
 GELU is the erf form 0.5 * x * (1 + erf(x / sqrt(2))) of the reference backend; erf and exp are
 the vectorisable float32 approximations of approx.py. The row reductions (_row_max, _row_sum,
 _row_squared_deviations) are compiled with reassociation so that LLVM vectorises them; the sums
@@ -98,13 +100,13 @@ def layernorm(x, gain, beta, eps, out):
 
 
 @njit(parallel=True, cache=True)
-def add_layernorm(a, y, bias, gain, beta, eps, out):
-    """out (N, C) <- LN(a + (y + bias)): residual a plus a GEMM output y whose bias is still due."""
+def add_layernorm(a, y, gain, beta, eps, out):
+    """out (N, C) <- LN(a + y): residual a plus a branch y."""
     C = a.shape[1]
     for i in prange(a.shape[0]):
         s = np.empty(C, np.float32)
         for j in range(C):
-            s[j] = a[i, j] + (y[i, j] + bias[j])
+            s[j] = a[i, j] + y[i, j]
         _normalize_row(s, gain, beta, eps, out[i])
 
 

@@ -234,8 +234,3 @@ def load_official(spec: ModelSpec, state: dict) -> MABertModel:
     if missing or unexpected:
         raise ValueError(f"MA-BERT keys differ: missing {missing}, unexpected {unexpected}")
     return model.eval()
-
-
-def official_state_dict(model: MABertModel, prefix: str = "bert.") -> dict[str, torch.Tensor]:
-    """The state dict as the official MA_BertFor* models name it (`bert.` + classifier at top level)."""
-    return {(k if k.startswith("classifier.") else prefix + k): v for k, v in model.state_dict().items()}

@@ -16,27 +16,27 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..inputs import Batch
 from ..spec import ModelSpec
 from ..weights import Weights, approximator_prefix
-from .ma_bert import MABertModel
+from .ma_bert import MABertModel, SoftmaxApproximator
 
 SUM_TOLERANCE = 1e-2  # a row "sums to 1" within 1 %
 CLIP_FLOOR = 1e-8  # q~ = max(q, 1e-8), renormalised: KL stays finite where q <= 0
-TOP_K = 5
+TOP_K = 5  # a reporting choice (as ImageNet's top-5): a handful of keys, where a sharp head's mass sits
+LENGTH_BIN_EDGES = (1, 9, 17, 33, 65, 129, 513)  # lengths 1-8, 9-16, ..., 129-512: doubling bins up to
+# BERT's 512 positions (the approximator's n is 128 in the official config)
 
 
-def approximator_numpy(weights: Weights, spec: ModelSpec, layer: int):
+def approximator(weights: Weights, spec: ModelSpec, layer: int) -> SoftmaxApproximator:
+    """Layer `layer`'s softmax approximator, as the MA model runs it, with the checkpoint's weights."""
     p = approximator_prefix(spec, layer)
-    w1, b1, w2, b2 = (torch.from_numpy(weights[p + k]) for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
-
-    def apply(rows: torch.Tensor) -> torch.Tensor:  # (..., T) with T <= n
-        T = rows.shape[-1]
-        return F.linear(F.relu(F.linear(rows, w1[:, :T], b1)), w2[:T], b2[:T])
-
-    return apply
+    h, n = weights[p + "0.weight"].shape
+    module = SoftmaxApproximator(n, h)
+    module.linear_relu_stack.load_state_dict(
+        {k: torch.from_numpy(weights[p + k]) for k in ("0.weight", "0.bias", "2.weight", "2.bias")})
+    return module
 
 
 @torch.no_grad()
@@ -49,7 +49,7 @@ def row_errors(teacher: MABertModel, ma_spec: ModelSpec, ma_weights: Weights, ba
     lengths = mask.sum(1)[:, None].expand_as(mask)[real_rows].numpy()
     metrics = defaultdict(list)
     for layer, (scores, p) in enumerate(zip(out["scores"], out["attentions"])):
-        q = approximator_numpy(ma_weights, ma_spec, layer)(scores * m)  # (B, H, T, T)
+        q = approximator(ma_weights, ma_spec, layer)(scores * m)  # (B, H, T, T)
         p, q = p.permute(1, 0, 2, 3)[:, real_rows], q.permute(1, 0, 2, 3)[:, real_rows]  # (H, rows, T)
         err = (p - q).abs()
         clipped = q.clamp_min(CLIP_FLOOR)
@@ -89,9 +89,8 @@ def summary_rows(errors: dict, by: str) -> list[dict]:
         return [row({"layer": layer}, np.s_[layer]) for layer in range(L)]
     if by == "head":
         return [row({"layer": layer, "head": h}, np.s_[layer, h]) for layer in range(L) for h in range(H)]
-    edges = [1, 9, 17, 33, 65, 129, 513]
     out = []
-    for lo, hi in zip(edges, edges[1:]):
+    for lo, hi in zip(LENGTH_BIN_EDGES, LENGTH_BIN_EDGES[1:]):
         keep = (errors["length"] >= lo) & (errors["length"] < hi)
         if keep.any():
             out.append(row({"length": f"{lo}-{hi - 1}"}, np.s_[:, :, keep]))
