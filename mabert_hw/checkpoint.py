@@ -28,7 +28,7 @@ import numpy as np
 from . import crammed_checkpoint, ma_checkpoint
 from .errors import UserError, error_summary
 from .spec import PRESETS, ModelSpec, Variant, real_number, whole_number
-from .weights import Weights, expected_shapes, refuse_extra_layers
+from .weights import Weights, check_shapes, expected_shapes, refuse_extra_layers
 
 MINILM_ALIAS = "minilm"
 # hidden_act -> the engines' activation. HF's "gelu_python" is GELUActivation(use_gelu_python=True):
@@ -332,15 +332,9 @@ def check_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> Weights:
     buffers), except layers past the config's count: a config that says fewer layers than the weights hold
     would otherwise run a truncated model without a word."""
     refuse_extra_layers(spec, state)
-    weights: Weights = {}
-    for key, shape in expected_shapes(spec).items():
-        if key not in state:
-            raise UserError(f"missing key {key}")
-        value = state[key]
-        if tuple(value.shape) != shape:
-            raise UserError(f"shape of key {key} is {tuple(value.shape)} expected {shape}")
-        weights[key] = np.ascontiguousarray(value, dtype=np.float32)
-    return weights
+    shapes = expected_shapes(spec)
+    check_shapes(state, shapes)
+    return {key: np.ascontiguousarray(state[key], dtype=np.float32) for key in shapes}
 
 
 def _tokenizer_dir(path: Path) -> Path | None:

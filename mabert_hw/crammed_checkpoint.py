@@ -59,7 +59,7 @@ import numpy as np
 from .errors import UserError
 from .fff import crammed_fff_key, fff_shapes, n_nodes
 from .spec import ModelSpec, Variant, real_number, whole_number
-from .weights import FINAL_NORM, Weights, layer_prefix
+from .weights import FINAL_NORM, Weights, check_shapes, layer_prefix
 
 MODEL_TYPE = "crammedBERT"  # crammedBertConfig.model_type
 CRAMMING_CONFIG = "model_config.json"  # cramming's save_final_model: the bare arch dict
@@ -270,11 +270,7 @@ def unwrapped_key(key: str) -> str:
 def to_weights(arch: CrammedArch, state: dict[str, np.ndarray]) -> Weights:
     """Check the crammed key set and shapes, then map it onto this package's names."""
     expected = official_shapes(arch, state["encoder.embedding.word_embedding.weight"].shape[0])
-    for key, shape in expected.items():
-        if key not in state:
-            raise UserError(f"missing key {key}")
-        if tuple(state[key].shape) != shape:
-            raise UserError(f"shape of key {key} is {tuple(state[key].shape)} expected {shape}")
+    check_shapes(state, expected)
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise UserError(f"unexpected key {unexpected[0]} for this crammed config ({len(unexpected)} in all: "

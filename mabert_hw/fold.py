@@ -29,10 +29,9 @@ import numpy as np
 
 from .errors import UserError
 from .spec import ModelSpec
-from .weights import Weights, layer_prefix
+from .weights import READOUT, Weights, layer_prefix
 
 NORM_SUFFIXES = (".weight", ".bias", ".running_phi")
-READOUT = "encoder.readout"
 # |A| below this: 1 / A times a weight would leave float32 (max 3.4e38), so no layer may write into
 # such a channel (UserError); after the last layer A * u is under 1e-30 |u|, below float32
 # resolution of any hidden value, and the read-out holds the channel at exactly A = 0 (x = c).

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import UserError
 from .spec import ModelSpec, Variant, real_number, whole_number
-from .weights import Weights, expected_shapes, layer_prefix, refuse_extra_layers
+from .weights import Weights, check_shapes, expected_shapes, layer_prefix, refuse_extra_layers
 
 MA_CONFIG_KEYS = ("ffn_hidden_act", "norm_type", "use_softmax_approx", "share_softmax_nn",
                   "softmax_input_size", "softmax_hidden_layer_size")
@@ -149,13 +149,9 @@ def ma_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> tuple[Weights, 
     from .fold import fold_powernorm
 
     refuse_extra_layers(spec, state)
-    raw = {}
-    for key, shape in raw_shapes(spec).items():
-        if key not in state:
-            raise UserError(f"missing key {key}")
-        if tuple(state[key].shape) != shape:
-            raise UserError(f"shape of key {key} is {tuple(state[key].shape)} expected {shape}")
-        raw[key] = np.asarray(state[key], np.float32)
+    shapes = raw_shapes(spec)
+    check_shapes(state, shapes)
+    raw = {key: np.asarray(state[key], np.float32) for key in shapes}
     if spec.variant.norm != "powernorm":
         return raw, raw
     return raw, fold_powernorm(spec, raw)[0]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")  # Linux sysfs: one indexN folder per cache of cpu0
 SIZE_UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}  # sysfs writes sizes as e.g. "48K", "2048K"
+CACHE_LINE_BYTES = 64  # every x86-64 core, and the Arm server cores (sysfs coherency_line_size)
 
 
 def cpu_model() -> str:

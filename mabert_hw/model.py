@@ -44,7 +44,7 @@ from .errors import UserError
 from .fff import FFF_PREFIX
 from .power import Eliminator
 from .spec import ModelSpec
-from .weights import FINAL_NORM, Weights, layer_prefix
+from .weights import FINAL_NORM, READOUT, Weights, layer_prefix
 
 
 @dataclass
@@ -123,7 +123,7 @@ def run_layers(spec: ModelSpec, weights: Weights, input_ids, backend: Backend, a
         x = norm(backend, spec, w, FINAL_NORM, x)
         hidden_states[-1] = x
     if spec.variant.norm == "powernorm":  # undo the folded basis where the output is read
-        x = backend.affine("encoder.readout", x, w("encoder.readout.scale"), w("encoder.readout.shift"))
+        x = backend.affine(READOUT, x, w(READOUT + ".scale"), w(READOUT + ".shift"))
         hidden_states[-1] = x
 
     pooled = logits = None

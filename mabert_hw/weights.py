@@ -19,6 +19,8 @@ from .spec import ModelSpec
 Weights = dict[str, np.ndarray]
 # Pre-LN models (Variant.norm_position = "pre") end with one more LayerNorm on the last layer's output.
 FINAL_NORM = "encoder.LayerNorm"
+# PowerNorm models keep their norms folded into the linear layers (fold.py); this affine reads the output.
+READOUT = "encoder.readout"
 
 
 ENCODER_LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.")  # a state dict key in BERT names: encoder.layer.N.<...>
@@ -31,6 +33,15 @@ def refuse_extra_layers(spec: ModelSpec, state: dict) -> None:
     if extra:
         raise UserError(f"the weights hold encoder layer {extra[0]}, but the config has num_hidden_layers = "
                         f"{spec.layers}: do the config and the weights match?")
+
+
+def check_shapes(state: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every key of `shapes` is in `state` with that shape (a one-line UserError naming the first that is not)."""
+    for key, shape in shapes.items():
+        if key not in state:
+            raise UserError(f"missing key {key}")
+        if tuple(state[key].shape) != shape:
+            raise UserError(f"shape of key {key} is {tuple(state[key].shape)} expected {shape}")
 
 
 def layer_prefix(layer: int) -> str:
@@ -89,7 +100,7 @@ def _ma_shapes(spec: ModelSpec, shapes: dict[str, tuple[int, ...]]) -> dict[str,
     v = spec.variant
     if v.norm == "powernorm":
         shapes = {k: s for k, s in shapes.items() if ".LayerNorm." not in k}
-        shapes["encoder.readout.scale"] = shapes["encoder.readout.shift"] = (spec.hidden,)
+        shapes[READOUT + ".scale"] = shapes[READOUT + ".shift"] = (spec.hidden,)
     if v.softmax == "mlp":
         n, h = v.softmax_input, v.softmax_hidden
         for p in dict.fromkeys(approximator_prefix(spec, layer) for layer in range(spec.layers)):

@@ -13,14 +13,14 @@ and are not ops.
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..weights import ENCODER_LAYER_KEY
+
 Shape = tuple[int, ...]
-_LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Op:
 
     @property
     def layer(self) -> int | None:
-        match = _LAYER.search(self.name + ".")
+        match = ENCODER_LAYER_KEY.match(self.name + ".")  # op names are weight-key prefixes
         return int(match.group(1)) if match else None
 
     def attr(self, key: str, default: Any = None) -> Any:

@@ -26,12 +26,12 @@ so every variant the reference executes also runs here, unfused where no kernel 
 from __future__ import annotations
 
 import inspect
-import weakref
 from dataclasses import dataclass
 from functools import wraps
 
 import numpy as np
 
+from ..identity_memo import IdentityMemo
 from ..kernels.attention import attention, ma_attention
 from ..kernels.fff import fff_forward
 from ..kernels.linear import linear_add_layernorm, linear_bias, linear_bias_act, linear_bias_add
@@ -192,23 +192,15 @@ def _head_rows(x) -> np.ndarray:
     return x.transpose(0, 2, 1, 3).reshape(B * T, H * D)
 
 
-_fused_qkv: dict[tuple[int, ...], tuple[tuple[weakref.ref, ...], np.ndarray, np.ndarray]] = {}
+_fused_qkv: IdentityMemo[tuple[np.ndarray, np.ndarray]] = IdentityMemo()
 
 
 def fused_qkv_weights(linears: tuple[Linear, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(3C, K) concatenated weights and (3C,) biases of the query, key and value linears (all with a
-    bias), remembered while the same arrays live (a forward reads the same arrays every call).
-    Arrays changed in place are not noticed: edit copies of the weights."""
+    bias), remembered while the same arrays live (identity_memo.py)."""
     arrays = tuple(a for linear in linears for a in (linear.weight, linear.bias))
-    key = tuple(id(a) for a in arrays)
-    hit = _fused_qkv.get(key)
-    if hit is not None and all(ref() is a for ref, a in zip(hit[0], arrays)):
-        return hit[1], hit[2]
-    weight = np.concatenate([linear.weight for linear in linears])  # (3C, K)
-    bias = np.concatenate([linear.bias for linear in linears])  # (3C,)
-    refs = tuple(weakref.ref(a, lambda _, key=key: _fused_qkv.pop(key, None)) for a in arrays)
-    _fused_qkv[key] = (refs, weight, bias)
-    return weight, bias
+    return _fused_qkv.get(arrays, lambda: (np.concatenate([linear.weight for linear in linears]),  # (3C, K)
+                                           np.concatenate([linear.bias for linear in linears])))  # (3C,)
 
 
 def _fusable_qkv(q, k, v) -> tuple[Linear, Linear, Linear] | None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections import Counter
 
 from ..spec import ModelSpec
-from ..weights import FINAL_NORM
+from ..weights import FINAL_NORM, READOUT
 from .counts import APPROXIMATOR_MARK, OpCount, Profile, count_ops, model_ops
 
 GROUPINGS = ("op", "layer", "kind")
 # the ops that close the encoder after its last layer (model.run_layers): a pre-LN encoder's final
 # LayerNorm, and the read-out of a folded PowerNorm basis (MA-BERT)
-ENCODER_CLOSERS = (FINAL_NORM, "encoder.readout")
+ENCODER_CLOSERS = (FINAL_NORM, READOUT)
 
 
 def layer_label(count: OpCount) -> str:

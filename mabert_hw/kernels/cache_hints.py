@@ -17,7 +17,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-LINE_BYTES = 64
+from ..machine import CACHE_LINE_BYTES
+
+LINE_BYTES = CACHE_LINE_BYTES
 LINE_FLOATS = LINE_BYTES // 4  # float32 per cache line, and per non-temporal vector store
 READ, WRITE = 0, 1  # llvm.prefetch's rw argument
 TO_L2 = 2  # locality 2: x86 prefetcht1, into L2 and not L1, where rows asked for two groups ahead would

@@ -55,12 +55,12 @@ take the other branch in any two implementations (BLAS, torch, NumPy included).
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 from numba import njit, prange
 
 from ..fff import WalkLayout, aligned_empty, walk_layout
+from ..identity_memo import IdentityMemo
 from ..machine import cache_bytes
 from .cache_hints import READ, WRITE, line_aligned_row, prefetch_row_to_l2, stream_copy, streamable
 from .rows import GELU, _activate
@@ -287,24 +287,13 @@ def fff_apply(x: np.ndarray, layout: WalkLayout, levels: int | None = None, out:
     return out.reshape(x.shape[:-1] + (layout.out_width,))
 
 
-_layouts: dict[int, tuple[tuple[weakref.ref, ...], WalkLayout]] = {}
+_layouts: IdentityMemo[WalkLayout] = IdentityMemo()
 
 
 def cached_layout(w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray, depth: int, trees: int) -> WalkLayout:
-    """walk_layout, remembered while the same three weight arrays live (a forward pass reads the
-    same arrays every call, and re-packing costs a full pass over the weights). Arrays changed in
-    place are not noticed: re-pack with walk_layout after editing weights."""
-    arrays = (w_in, b_in, w_out)
-    key = id(w_out)
-    hit = _layouts.get(key)
-    if hit is not None and all(ref() is a for ref, a in zip(hit[0], arrays)) and hit[1].depth == depth \
-            and hit[1].trees == trees:
-        return hit[1]
-    layout = walk_layout(w_in, b_in, w_out, depth, trees)
-    refs = tuple(weakref.ref(a) for a in (w_in, b_in))
-    refs += (weakref.ref(w_out, lambda _, key=key: _layouts.pop(key, None)),)
-    _layouts[key] = (refs, layout)
-    return layout
+    """walk_layout, remembered while the same three weight arrays live (identity_memo.py). Arrays
+    changed in place are not noticed: re-pack with walk_layout after editing weights."""
+    return _layouts.get((w_in, b_in, w_out), lambda: walk_layout(w_in, b_in, w_out, depth, trees), depth, trees)
 
 
 def fff_forward(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray,
