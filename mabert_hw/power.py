@@ -41,10 +41,10 @@ STS-B dev it is also no better (0.2-3.5 points worse: reports/power_bert/power_m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
 
 from .backends.base import Backend
 from .errors import UserError
+from .spec import check_retention
 
 
 class Eliminator:
@@ -80,22 +80,6 @@ def parse_retention(text: str, layers: int, seq_len: int | None = None) -> tuple
     except ValueError:
         raise UserError(f"retention must be comma-separated integers, got {text!r}") from None
     return check_retention(retention, layers, seq_len)
-
-
-def check_retention(retention: Sequence[int], layers: int, seq_len: int | None = None) -> tuple[int, ...]:
-    """One count per layer, each >= 1, non-increasing and, when seq_len is given, <= seq_len."""
-    retention = tuple(retention)
-    shown = ",".join(map(str, retention))
-    if len(retention) != layers:
-        raise UserError(f"retention {shown} has {len(retention)} entries for {layers} layers")
-    if min(retention) < 1:
-        raise UserError(f"retention {shown}: every layer must keep >= 1 token (CLS)")
-    for j, (before, after) in enumerate(pairwise(retention), start=2):
-        if after > before:
-            raise UserError(f"retention {shown} must be non-increasing: layer {j} keeps {after} > {before}")
-    if seq_len is not None and retention[0] > seq_len:
-        raise UserError(f"retention {shown}: layer 1 keeps {retention[0]} > the {seq_len} input tokens")
-    return retention
 
 
 def geometric_retention(seq_len: int, layers: int, ratio: float, floor: int = 1) -> tuple[int, ...]:

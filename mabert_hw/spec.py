@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Literal, get_args
 
 from .errors import UserError
@@ -25,6 +27,22 @@ PositionKind = Literal["learned", "sinusoidal", "scaled-sinusoidal"]
 # traces each layer's ops: a shapes-only profile of 20,000 MiniLM layers took 15 s and 370 MB here,
 # so a config past this bound (a typo, or a hostile file) would grow until the OS kills it.
 MAX_LAYERS = 10_000
+
+
+def check_retention(retention: Sequence[int], layers: int, seq_len: int | None = None) -> tuple[int, ...]:
+    """One count per layer, each >= 1, non-increasing and, when seq_len is given, <= seq_len."""
+    retention = tuple(retention)
+    shown = ",".join(map(str, retention))
+    if len(retention) != layers:
+        raise UserError(f"retention {shown} has {len(retention)} entries for {layers} layers")
+    if min(retention) < 1:
+        raise UserError(f"retention {shown}: every layer must keep >= 1 token (CLS)")
+    for j, (before, after) in enumerate(pairwise(retention), start=2):
+        if after > before:
+            raise UserError(f"retention {shown} must be non-increasing: layer {j} keeps {after} > {before}")
+    if seq_len is not None and retention[0] > seq_len:
+        raise UserError(f"retention {shown}: layer 1 keeps {retention[0]} > the {seq_len} input tokens")
+    return retention
 
 
 def check_choice(value, name: str, kind) -> None:
@@ -131,12 +149,8 @@ class ModelSpec:
             raise UserError(f"hidden size {self.hidden} is not divisible by {self.heads} heads")
         if self.num_labels and not self.has_pooler:
             raise UserError("a classification head needs the pooler")
-        retention = self.variant.retention
-        if retention is not None:
-            if len(retention) != self.layers:
-                raise UserError(f"retention has {len(retention)} entries for {self.layers} layers")
-            if any(b > a for a, b in zip(retention, retention[1:])) or min(retention) < 1:
-                raise UserError(f"retention must be non-increasing and >= 1, got {retention}")
+        if self.variant.retention is not None:
+            check_retention(self.variant.retention, self.layers)
 
     @property
     def head_dim(self) -> int:  # D
@@ -185,10 +199,3 @@ def real_number(value, key: str) -> float:
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def preset(name: str) -> ModelSpec:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise UserError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None

@@ -10,13 +10,13 @@ import pytest
 from mabert_hw.cli import main
 from mabert_hw.cost.counts import count_ops, trace
 from mabert_hw.fff_bench import Problem, implementations
-from mabert_hw.spec import preset
+from mabert_hw.spec import PRESETS
 from tests.tolerances import FFF_LAYER_VS_TORCH_ATOL
 
 
 def test_fff_trace_counts_dots_axpys_and_rows_in_closed_form():
     B, T, depth, K = 2, 16, 11, 2
-    spec = preset("bert-base-uncased").with_variant(ffn="fff", fff_depth=depth, fff_trees=K)
+    spec = PRESETS["bert-base-uncased"].with_variant(ffn="fff", fff_depth=depth, fff_trees=K)
     fff = [c for c in count_ops(trace(spec, B, T)).counts if c.op.kind == "fff"]
     assert len(fff) == spec.layers
     C = spec.hidden

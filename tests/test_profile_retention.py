@@ -9,10 +9,10 @@ from itertools import pairwise
 import pytest
 
 from mabert_hw.cli import main
-from mabert_hw.spec import preset
+from mabert_hw.spec import PRESETS
 
 MODEL = "minilm-l6"
-SPEC = preset(MODEL)
+SPEC = PRESETS[MODEL]
 BATCH, SEQ_LEN = 2, 64
 SCHEDULES = [(48, 27, 20, 15, 11, 1), (64, 64, 30, 30, 2, 2), (40, 40, 40, 40, 40, 40)]
 
