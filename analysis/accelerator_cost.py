@@ -12,7 +12,6 @@ weights cross DRAM, an upper bound on what fusion/tiling buys). Also MA-BERT's s
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from mabert_hw.cli.compare import POWER_LAST_LAYER_FRACTION, evaluate
 from mabert_hw.cost import hardware
 from mabert_hw.cost.hw_summary import NONLINEAR_KINDS, category, shares
 from mabert_hw.report import plots
-from mabert_hw.report.tables import markdown_table
+from mabert_hw.report.tables import csv_table, markdown_table
 from mabert_hw.spec import PRESETS
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "accelerator"
@@ -106,14 +105,6 @@ def sweep_rows(spec) -> list[dict]:
                          "ma_energy_ratio": ma.total("energy") / bert.total("energy"),
                          "approximator_cycles_%": shares(ma)["approximator_cycles_%"]})
     return rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def write_plots(outcomes_by_case: dict, sweep: list[dict]) -> list[str]:
@@ -282,9 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = PRESETS[MODEL]
     rows, breakdown, outcomes = main_rows(spec)
     sweep = sweep_rows(spec)
-    write_csv(OUT / "results.csv", rows)
-    write_csv(OUT / "ma_breakdown.csv", breakdown)
-    write_csv(OUT / "ma_vs_seq_len.csv", sweep)
+    (OUT / "results.csv").write_text(csv_table(rows))
+    (OUT / "ma_breakdown.csv").write_text(csv_table(breakdown))
+    (OUT / "ma_vs_seq_len.csv").write_text(csv_table(sweep))
     pngs = write_plots(outcomes, sweep)
     (OUT / "README.md").write_text(render_readme(rows, breakdown, sweep, pngs))
     print(f"wrote {OUT}", file=sys.stderr)

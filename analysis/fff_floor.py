@@ -25,7 +25,6 @@ Rounds are interleaved (every probe once per round), medians reported, per threa
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -45,6 +44,7 @@ from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_
 from mabert_hw.kernels.fff import FASTMATH, GROUP, L2_BYTES, ZERO, _accumulate, _child, _dot, fff_apply
 from mabert_hw.kernels.threads import set_threads
 from mabert_hw.machine import describe
+from mabert_hw.report.tables import csv_table
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "fff"
 PAPER_SPEEDUP = 78  # UltraFastBERT's CPU claim, the target
@@ -224,10 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for threads in args.threads for row in
             measure(problem, threads, args.rounds, args.seed)]
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "floor.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+    (args.out / "floor.csv").write_text(
+        csv_table([{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows]))
     meta = {"command": "python analysis/fff_floor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M"), "load_average": [round(v, 2) for v in os.getloadavg()],
             "problem": vars(args) | {"out": str(args.out)}, "machine": describe(), "blas": blas_kernels(), "rows": rows}

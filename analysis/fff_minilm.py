@@ -23,7 +23,6 @@ Data (--data, default ../shared/data): glue/STS-B/train.tsv and dev.tsv, wikitex
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -44,6 +43,7 @@ from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX
 from mabert_hw.inputs import DATA_DIR, random_batch, tokenize
 from mabert_hw.model import forward
+from mabert_hw.report.tables import csv_table
 from mabert_hw.torch_ref.fff import FFF, hf_fff_model
 from mabert_hw.torch_ref.hf import hf_model
 from mabert_hw.weights import layer_prefix
@@ -282,10 +282,7 @@ def run(args) -> int:
         row["forward_ms_8x128"] = speed[name]
         row["speedup_vs_dense"] = speed["dense"] / speed[name]
     (args.out / "results.json").write_text(json.dumps({"backend": backend_name, "rows": rows}, indent=2))
-    with open(args.out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
-        writer.writeheader()
-        writer.writerows(rows)
+    (args.out / "results.csv").write_text(csv_table(rows))
     from mabert_hw.report.fff_plots import spearman_vs_depth
 
     spearman_vs_depth(rows, args.out / "stsb_vs_depth.png")

@@ -26,11 +26,12 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
 
+from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.checkpoint import minilm_dir
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.inputs import DATA_DIR
 
-DEFAULT_OUT = Path.home() / ".cache" / "mabert-hw" / "minilm-sst2"
+DEFAULT_OUT = CACHE_ROOT / "minilm-sst2"
 STATE_FILE = "train_state.pt"
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mabert_hw import checkpoint
+from mabert_hw.cache import CACHE_ROOT as CACHE
 from mabert_hw.backends import make_backend
 from mabert_hw.cli import main as cli
 from mabert_hw.cost.counts import count_ops, model_ops
@@ -33,7 +34,6 @@ from mabert_hw.report.ma_plots import plot_history
 from mabert_hw.report.tables import csv_table
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "ma_bert"
-CACHE = Path.home() / ".cache" / "mabert-hw"
 
 
 def spearman(source, task, backend_name: str) -> tuple[float, float]:

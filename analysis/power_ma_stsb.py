@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mabert_hw import checkpoint
+from mabert_hw.cache import CACHE_ROOT as CACHE
 from mabert_hw.backends import make_backend
 from mabert_hw.cli.common import positive_int
 from mabert_hw.cost.counts import count_ops, model_ops
@@ -40,7 +41,6 @@ from mabert_hw.power import geometric_retention, parse_retention
 from mabert_hw.report.tables import csv_table
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = Path.home() / ".cache" / "mabert-hw"
 BATCH_SIZE, MAX_LEN = 32, 128  # as `mabert-hw eval` and analysis/ma_minilm.py (MA's approximator n = 128)
 LAYERS = 6  # MiniLM-L6
 DEFAULT_MODELS = ("MiniLM=minilm", f"MA-MiniLM={CACHE / 'ma-minilm'}")
