@@ -91,6 +91,7 @@ def random_fff(problem: Problem, rng: np.random.Generator) -> tuple[np.ndarray, 
     x = rng.normal(size=(M, C)).astype(np.float32)
     w_in = rng.uniform(-bound, bound, (nodes, C)).astype(np.float32)
     b_in = rng.uniform(-bound, bound, nodes).astype(np.float32)
+    # ... and uniform(+-sqrt(1/((d+1)K))) for w_out (torch_ref/fff.py)
     w_out = rng.uniform(-1, 1, (C, nodes)).astype(np.float32) / np.float32(np.sqrt((problem.depth + 1) * problem.trees))
     return x, w_in, b_in, w_out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..power import parse_retention
-from ..spec import whole_number
+from ..spec import check_retention, whole_number
 
 
 def add_retention_argument(parser, extra_help: str = "") -> None:
@@ -34,17 +34,18 @@ def read_retention(text: str | None, layers: int, seq_len: int | None = None) ->
     """The validated schedule (None without --retention); seq_len: also check l_1 <= seq_len."""
     if text is None:
         return None
-    if Path(text).suffix == ".json":
-        retention = _config(Path(text))["retention"]
-        if retention is None:
-            raise UserError(f"{text}: the search kept no elimination (retention null): nothing to apply")
-        try:  # a string would be read character by character, 4.7 or true cast to a count: refused
-            if not isinstance(retention, list):
-                raise TypeError
-            text = ",".join(str(whole_number(n, "retention")) for n in retention)
-        except (TypeError, ValueError):
-            raise UserError(f"{text}: retention must be a list of integers, got {retention!r}") from None
-    return parse_retention(text, layers, seq_len)
+    if Path(text).suffix != ".json":
+        return parse_retention(text, layers, seq_len)
+    retention = _config(Path(text))["retention"]
+    if retention is None:
+        raise UserError(f"{text}: the search kept no elimination (retention null): nothing to apply")
+    try:  # a string would be read character by character, 4.7 or true cast to a count: refused
+        if not isinstance(retention, list):
+            raise TypeError
+        counts = [whole_number(n, "retention") for n in retention]
+    except (TypeError, ValueError):
+        raise UserError(f"{text}: retention must be a list of integers, got {retention!r}") from None
+    return check_retention(counts, layers, seq_len)
 
 
 def searched_seq_len(text: str | None) -> int | None:
