@@ -108,6 +108,14 @@ def tokenize(directory: Path, texts: list[str] | tuple[str, ...], seq_len: int |
     )
 
 
+def tokenize_within(directory: Path, texts: list[str] | tuple[str, ...], limit: int,
+                    seq_len: int | None = None) -> Batch:
+    """tokenize(directory, texts, seq_len), tokenised again cut to `limit` tokens when that batch is wider:
+    no text keeps more than `limit` tokens, and a batch of short texts stays as narrow as its longest."""
+    batch = tokenize(directory, texts, seq_len)
+    return tokenize(directory, texts, limit) if batch.shape[1] > limit else batch
+
+
 def check_positions(spec: ModelSpec, seq_len: int) -> None:
     if seq_len > spec.max_positions:
         raise UserError(f"--seq-len {seq_len} exceeds the model's {spec.max_positions} positions: "

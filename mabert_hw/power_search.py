@@ -22,7 +22,7 @@ from .checkpoint import Checkpoint
 from .cost.counts import count_ops, model_ops
 from .errors import UserError
 from .eval.tasks import token_limit
-from .inputs import Batch, check_seq_len, tokenize
+from .inputs import Batch, check_seq_len, tokenize_within
 from .model import forward
 from .power import geometric_retention
 
@@ -54,11 +54,7 @@ def encode(ck: Checkpoint, sentences: Sequence[str], seq_len: int | None, batch_
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        texts = [sentences[i] for i in idx]
-        batch = tokenize(ck.tokenizer_dir, texts, seq_len)
-        if batch.shape[1] > limit:  # dynamic padding: the longest text is cut to fit
-            batch = tokenize(ck.tokenizer_dir, texts, limit)
-        batches.append((idx, batch))
+        batches.append((idx, tokenize_within(ck.tokenizer_dir, [sentences[i] for i in idx], limit, seq_len)))
     return batches
 
 

@@ -6,7 +6,7 @@ import math
 
 from .. import checkpoint
 from ..errors import UserError
-from ..inputs import data_texts, tokenize
+from ..inputs import data_texts, tokenize_within
 from ..model import forward
 from ..report.tables import FORMATS, csv_table, markdown_table, text_table
 from .common import add_checkpoint, add_output, emit, plot_file, positive_int, check_configs_for_model
@@ -61,9 +61,7 @@ def run(args) -> int:
         check_configs_for_model([baseline], args.baseline, ck.spec)
     texts = data_texts(args.data)[: args.limit]
     limit = token_limit(ck.spec, ck.spec.max_positions)  # the positions, and an MA approximator's n inputs
-    batch = tokenize(ck.tokenizer_dir, texts)
-    if batch.shape[1] > limit:
-        batch = tokenize(ck.tokenizer_dir, texts, limit)
+    batch = tokenize_within(ck.tokenizer_dir, texts, limit)
 
     def run_forward(backend):
         out = forward(ck.spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)

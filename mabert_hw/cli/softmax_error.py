@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..errors import UserError
-from ..inputs import data_texts, tokenize
+from ..inputs import data_texts, tokenize_within
 from ..report.tables import text_table
 from ..spec import PRESETS
 from .common import add_checkpoint, make_output_dir, positive_int
@@ -48,12 +48,6 @@ def input_limit(ma_spec, teacher_spec) -> tuple[int, str]:
     """The widest batch both models take (the approximator's n inputs, each model's positions), and what sets it."""
     n, positions = ma_spec.variant.softmax_input, min(ma_spec.max_positions, teacher_spec.max_positions)
     return (n, f"the approximator's n = {n}") if n <= positions else (positions, f"the model's {positions} positions")
-
-
-def approximator_batch(tokenizer_dir: Path, texts: list[str], widest: int, length: int | None = None):
-    """Padded to the longest text or to `length`, never wider than `widest` (input_limit)."""
-    batch = tokenize(tokenizer_dir, texts, length)
-    return tokenize(tokenizer_dir, texts, widest) if batch.shape[1] > widest else batch
 
 
 def padding_lengths(requested: list[int], width: int, widest: int, what: str) -> list[int]:
@@ -117,12 +111,12 @@ def run(args) -> int:
     if tokenizer_dir is None:
         raise UserError("neither checkpoint has a tokenizer")
     texts, (widest, what) = data_texts(args.data), input_limit(ck.spec, teacher_ck.spec)
-    first = approximator_batch(tokenizer_dir, texts[:args.batch], widest)
-    padded = [first] + [approximator_batch(tokenizer_dir, texts[:args.batch], widest, p)
+    first = tokenize_within(tokenizer_dir, texts[:args.batch], widest)  # never wider than input_limit
+    padded = [first] + [tokenize_within(tokenizer_dir, texts[:args.batch], widest, p)
                         for p in padding_lengths(args.pad_to, first.shape[1], widest, what)]
     parts, rows = [], 0
     for start in range(0, len(texts), args.batch):
-        batch = approximator_batch(tokenizer_dir, texts[start:start + args.batch], widest)
+        batch = tokenize_within(tokenizer_dir, texts[start:start + args.batch], widest)
         parts.append(se.row_errors(teacher, ck.spec, weights, batch))
         rows += int(batch.attention_mask.sum())
         if rows >= args.max_rows:

@@ -18,7 +18,7 @@ import numpy as np
 from ..backends import Backend
 from ..checkpoint import Checkpoint
 from ..errors import UserError
-from ..inputs import SPECIAL_TOKENS, Batch, read_tsv, tokenize
+from ..inputs import SPECIAL_TOKENS, Batch, read_tsv, tokenize_within
 from ..model import forward
 from ..spec import ModelSpec
 
@@ -132,10 +132,7 @@ def length_batches(ck: Checkpoint, texts: Sequence[str], batch_size: int = 32,
     batches = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx])
-        if batch.shape[1] > limit:
-            batch = tokenize(ck.tokenizer_dir, [texts[i] for i in idx], limit)
-        batches.append((idx, batch))
+        batches.append((idx, tokenize_within(ck.tokenizer_dir, [texts[i] for i in idx], limit)))
     return batches
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError, error_summary
-from ..inputs import Batch, tokenize
+from ..inputs import Batch, tokenize_within
 from ..spec import ModelSpec, Variant
 from ..weights import Weights
 from .ma_bert import MABertModel, PowerNorm, load_official
@@ -117,8 +117,7 @@ def batches(tokenizer_dir: Path, texts: list[str], size: int, max_len: int, seed
     rng = np.random.default_rng(seed)
     while True:
         chosen = [texts[i] for i in rng.integers(0, len(texts), size)]
-        batch = tokenize(tokenizer_dir, chosen)
-        yield tokenize(tokenizer_dir, chosen, max_len) if batch.shape[1] > max_len else batch
+        yield tokenize_within(tokenizer_dir, chosen, max_len)
 
 
 def as_torch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
