@@ -15,6 +15,7 @@ import warnings
 from functools import partial
 from pathlib import Path
 
+from ..atomic import atomic_path
 from ..cache import CACHE_ROOT, file_safe
 from ..spec import ModelSpec
 from ..weights import Weights, weights_digest
@@ -65,10 +66,8 @@ def export_onnx(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, bui
     mask[:, seq_len // 2 + 1:] = 0  # padded: a trace of an all-ones mask may drop the masking
     example = (ids, mask, torch.zeros_like(ids))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():
+    with atomic_path(path) as temporary, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
-        torch.onnx.export(model, example, str(tmp), dynamo=False, input_names=list(INPUT_NAMES),
+        torch.onnx.export(model, example, str(temporary), dynamo=False, input_names=list(INPUT_NAMES),
                           opset_version=OPSET)
-    tmp.replace(path)
     return path

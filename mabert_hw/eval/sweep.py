@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..cache import file_safe
 from ..errors import UserError
 from ..inputs import TOKENIZER_FILES
@@ -192,11 +193,9 @@ def _append_row(path: Path, row: dict, fields: list[str]) -> None:
         with open(path, newline="") as f:
             old_rows = list(csv.DictReader(f))
         header = header + [k for k in wanted if k not in header]
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(path, newline="") as f:
             csv.DictWriter(f, fieldnames=header).writeheader()
             csv.DictWriter(f, fieldnames=header).writerows(old_rows)
-        os.replace(tmp, path)
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header or wanted, extrasaction="ignore")
         if not header:

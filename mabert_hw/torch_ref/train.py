@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_path
 from ..errors import UserError, error_summary
 from ..inputs import Batch, tokenize_within
 from ..spec import ModelSpec, Variant
@@ -263,13 +264,12 @@ def _step(student: MABertModel, teacher: MABertModel, batch: Batch, optimizer, s
 
 def save_state(state_path: Path, student: MABertModel, optimizer, scheduler, history: list[dict],
                record: dict | None) -> None:
-    """The resumable state after history[-1]'s step, written through a temporary file (an interrupted
-    save leaves the previous state)."""
-    temporary = state_path.with_suffix(".tmp")
-    torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": history[-1]["step"], "history": history,
-                "record": record or {}}, temporary)
-    temporary.replace(state_path)
+    """The resumable state after history[-1]'s step, written whole (atomic_path: an interrupted save leaves
+    the previous state)."""
+    with atomic_path(state_path) as temporary:
+        torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": history[-1]["step"], "history": history,
+                    "record": record or {}}, temporary)
 
 
 STATE_KEYS = ("student", "optimizer", "scheduler", "step", "history")  # what save_state writes (and "record")
