@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -138,9 +139,29 @@ def read_utf8(path: str | Path) -> str:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:  # error.object is the data after any byte-order mark
-        line = error.object.count(b"\n", 0, error.start) + 1
-        raise UserError(f"{path}, line {line}: not UTF-8 text ({error.reason})") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}, line {_line_of(error)}: not UTF-8 text ({error.reason})") from None
+
+
+def _line_of(error: UnicodeDecodeError) -> int:
+    """The line of the undecodable byte (error.object is the data decoded, after any byte-order mark)."""
+    return error.object.count(b"\n", 0, error.start) + 1
+
+
+def read_toml(path: str | Path, what: str) -> dict:
+    """A TOML file's tables; an unreadable, non-UTF-8 (TOML is UTF-8, and tomllib takes no byte-order mark)
+    or malformed file is a one-line UserError "cannot read <what> <path>: ...", with the line of a bad byte
+    or of bad syntax."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {what} {path}: {error.strerror}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"cannot read {what} {path}: not UTF-8 text (line {_line_of(error)}: {error.reason})") from None
+    except tomllib.TOMLDecodeError as error:  # its message names the line and column
+        raise UserError(f"cannot read {what} {path}: invalid TOML ({error})") from None
 
 
 def read_tsv(path: str | Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:

@@ -1,5 +1,5 @@
-"""The shared I/O helpers: tokenize_within (inputs.py), atomic_write / atomic_path (atomic.py) and the call
-sites that used to repeat them."""
+"""The shared I/O helpers: tokenize_within (inputs.py), atomic_write / atomic_path (atomic.py), read_toml
+(inputs.py) and the call sites that used to repeat them."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ import stat
 import pytest
 
 from mabert_hw.atomic import atomic_path, atomic_write
-from mabert_hw.eval.sweep import COLUMNS, _append_row
-from mabert_hw.inputs import tokenize, tokenize_within
+from mabert_hw.cli import main
+from mabert_hw.cost import hardware
+from mabert_hw.errors import UserError
+from mabert_hw.eval.sweep import COLUMNS, _append_row, load_grid
+from mabert_hw.inputs import read_toml, tokenize, tokenize_within
+from mabert_hw.quant import config as qconfig
+
+LATIN1_TOML = 'name = "caf\xe9"\n'.encode("latin-1")
 
 
 # --- tokenize_within -----------------------------------------------------------------------------------------
@@ -87,3 +93,36 @@ def test_a_sweep_csv_widened_for_a_new_field_keeps_no_temporary(tmp_path):
     _append_row(path, {"key": "b", "metric": 81.0, "seconds": 1, "overflows": 0, "act_bits": 8}, fields)  # widens
     assert path.read_text().splitlines() == ["key,metric,seconds,overflows,act_bits", "a,80.0,1,0,", "b,81.0,1,0,8"]
     assert [p.name for p in tmp_path.iterdir()] == ["sweep.csv"]
+
+
+# --- read_toml -------------------------------------------------------------------------------------------------
+
+def test_a_non_utf8_hardware_file_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(LATIN1_TOML)
+    with pytest.raises(UserError, match=r"cannot read hardware file .*latin1.toml: not UTF-8 text \(line 1: "):
+        hardware.load(str(path))
+    assert main(["profile", "bert-base-uncased", "--hw", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 text" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("read, what", [
+    (hardware.load, "hardware file"), (qconfig.load, "quantization config"), (load_grid, "grid"),
+])
+def test_every_toml_reader_words_its_errors_alike(tmp_path, read, what):
+    latin1, bad = tmp_path / "latin1.toml", tmp_path / "bad.toml"
+    latin1.write_bytes(b"act_bits = [8]\n# caf\xe9\n")
+    bad.write_text("act_bits = [8]\n[memory\n")
+    with pytest.raises(UserError, match=rf"^cannot read {what} .*latin1.toml: not UTF-8 text \(line 2: "):
+        read(str(latin1))
+    with pytest.raises(UserError, match=rf"^cannot read {what} .*bad.toml: invalid TOML \(.*line 2"):
+        read(str(bad))
+
+
+def test_read_toml_names_an_unreadable_file(tmp_path):
+    with pytest.raises(UserError, match=r"^cannot read grid .*missing.toml: No such file or directory$"):
+        read_toml(tmp_path / "missing.toml", "grid")
+    ok = tmp_path / "ok.toml"
+    ok.write_text("act_bits = [4, 8]\n")
+    assert read_toml(ok, "grid") == {"act_bits": [4, 8]}

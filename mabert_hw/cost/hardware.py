@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import math
 import sys
-import tomllib
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 from ..errors import UserError
+from ..inputs import read_toml
 
 HW_DIR = Path(__file__).resolve().parent / "hw"
 DATAFLOWS = ("os", "ws", "is")
@@ -152,20 +152,10 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in HW_DIR.glob("*.toml") if not p.stem.startswith(NOT_HARDWARE_FILES))
 
 
-def _read_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path}: invalid TOML: {error}") from None
-
-
 @lru_cache(maxsize=None)
 def implementations() -> dict[tuple[str, str], Implementation]:
     """(function, implementation name) -> Implementation, from hw/functions.toml."""
-    table = _read_toml(HW_DIR / "functions.toml")
+    table = read_toml(HW_DIR / "functions.toml", "function table")
     out = {}
     for function, variants in table.items():
         for name, entry in variants.items():
@@ -179,7 +169,7 @@ def energy_table(name: str) -> EnergyTable:
     path = HW_DIR / f"energy-{name}.toml"
     if not path.exists():
         raise UserError(f"unknown energy table {name!r} (no {path.name} in {HW_DIR})")
-    t = _read_toml(path)
+    t = read_toml(path, "energy table")
     return EnergyTable(t["name"], dict(t["add"]), dict(t["mul"]),
                        {int(k): float(v) for k, v in t["sram_pj_per_64bit"].items()},
                        float(t["dram"]["pj_per_64bit"]))
@@ -195,7 +185,7 @@ def load(source: str | Path) -> Hardware:
     elif not path.exists():
         raise UserError(f"no such hardware file: {source}")
     try:
-        return _from_table(_read_toml(path), path.stem)
+        return _from_table(read_toml(path, "hardware file"), path.stem)
     except KeyError as error:
         raise UserError(f"{path}: missing key {error.args[0]!r}") from None
     except (TypeError, ValueError) as error:

@@ -21,7 +21,6 @@ import signal
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 from ..atomic import atomic_write
 from ..cache import file_safe
 from ..errors import UserError
-from ..inputs import TOKENIZER_FILES
+from ..inputs import TOKENIZER_FILES, read_toml
 from ..quant import config as qconfig
 from ..quant.calibrate import Calibration, calibrate
 from ..weights import weights_digest
@@ -54,13 +53,7 @@ class Job:
 
 
 def load_grid(path: str | Path) -> list[dict]:
-    try:
-        with open(path, "rb") as f:
-            grid = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise UserError(f"cannot read grid {path}: {error}") from None
-    except UnicodeDecodeError as error:  # tomllib decodes the bytes as UTF-8, which TOML requires
-        raise UserError(f"cannot read grid {path}: not UTF-8 text ({error})") from None
+    grid = read_toml(path, "grid")
     if not grid:  # else the product of no axes is one point, the defaults: most likely a mistaken file
         raise UserError(f"{path}: no QuantConfig field and no rule; give at least one (e.g. act_bits = [4, 8])")
     base_rules = grid.pop("rule", [])

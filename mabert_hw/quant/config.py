@@ -44,11 +44,11 @@ fed by a per-channel tensor quantizes it per tensor at its input, as it does any
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import UserError
+from ..inputs import read_toml
 from .formats import ACT_GRANULARITIES, GRANULARITIES, ROUNDING_MODES
 from .requant import INT32_REQUANT_MODES, REQUANT_MODES
 
@@ -233,11 +233,4 @@ def group_misfits(config: QuantConfig, ops) -> list[str]:
 
 
 def load(path: str | Path) -> QuantConfig:
-    try:
-        with open(path, "rb") as f:
-            values = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise UserError(f"cannot read quantization config {path}: {error}") from None
-    except UnicodeDecodeError as error:  # tomllib decodes the bytes as UTF-8, which TOML requires
-        raise UserError(f"cannot read quantization config {path}: not UTF-8 text ({error})") from None
-    return from_dict(values, str(path))
+    return from_dict(read_toml(path, "quantization config"), str(path))
