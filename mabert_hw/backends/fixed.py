@@ -52,9 +52,11 @@ from ..quant.config import GEMM_KINDS, OpSettings, QuantConfig
 from ..quant.formats import (
     IntFormat,
     QParams,
+    centred_peak,
     channel_range,
     choose_qparams,
     dequantize,
+    operand_params,
     quantize,
     quantize_codes,
     weight_qparams,
@@ -258,10 +260,10 @@ class FixedBackend(ReferenceBackend):
         else:
             w_centred, w_bound = self._weight(weight, s, "gemm")  # (K, N)
             xc = xq - xq.dtype.type(xqp.zero_point)  # (M, K) centred codes, exact
-            acc = exact_matmul(xc, w_centred, _centred_bound(xqp) * w_bound)  # (M, N)
+            acc = exact_matmul(xc, w_centred, centred_peak(xqp) * w_bound)  # (M, N)
         acc = self._accumulate(acc, s)
         yqp = self._act_qparams("out", s)
-        yq = requantize_codes(acc, s.requant, float(xqp.scale), wqp.scale.reshape(-1), *_scale_zp(yqp), yqp.fmt,
+        yq = requantize_codes(acc, s.requant, float(xqp.scale), wqp.scale.reshape(-1), *operand_params(yqp), yqp.fmt,
                               bias)
         return self._values(yq, yqp).reshape(*lead, -1)
 
@@ -285,7 +287,7 @@ class FixedBackend(ReferenceBackend):
         if transpose_b:
             bq = np.swapaxes(bq, -1, -2)
         ac, bc = aq - aq.dtype.type(aqp.zero_point), bq - bq.dtype.type(bqp.zero_point)  # centred, exact
-        acc = self._accumulate(exact_matmul(ac, bc, _centred_bound(aqp) * _centred_bound(bqp)), s)
+        acc = self._accumulate(exact_matmul(ac, bc, centred_peak(aqp) * centred_peak(bqp)), s)
         yqp = self._act_qparams("out", s)
         yq = requantize_codes(acc, s.requant, float(aqp.scale), float(bqp.scale), float(yqp.scale),
                               int(yqp.zero_point), yqp.fmt)
@@ -326,7 +328,7 @@ class FixedBackend(ReferenceBackend):
                 return out
         (qa, pa), (qb, pb) = self._quantize_int(a, "in0", s), self._quantize_int(np.broadcast_to(b, a.shape), "in1", s)
         po = self._act_qparams("out", s)
-        out = int_add(qa, *_zp_scale(pa), qb, *_zp_scale(pb), *_scale_zp(po), po.fmt)
+        out = int_add(qa, *_zp_scale(pa), qb, *_zp_scale(pb), *operand_params(po), po.fmt)
         return self._values(out, po)
 
     def _scale(self, x, factor):
@@ -371,7 +373,7 @@ class FixedBackend(ReferenceBackend):
                 return done[0]
         q, qp = self._quantize_int(x, "in0", s)
         po = self._act_qparams("out", s)
-        out, overflowed = int_layernorm(q, *_zp_scale(qp), gain, bias, eps, *_scale_zp(po), po.fmt)
+        out, overflowed = int_layernorm(q, *_zp_scale(qp), gain, bias, eps, *operand_params(po), po.fmt)
         self._count(overflowed)
         return self._values(out, po)
 
@@ -417,19 +419,6 @@ def _engine_arithmetic(s: OpSettings) -> tuple[bool, bool]:
     return s.requant in FLOAT_ENGINE_MODES, s.requant in TORCH_MODES
 
 
-def _scale_zp(qp: QParams) -> tuple:
-    """(scale, zero_point) for the kernels: a float and an int, or per-channel arrays (C,)."""
-    if np.ndim(qp.scale):
-        return qp.scale, qp.zero_point
-    return float(qp.scale), int(qp.zero_point)
-
-
 def _zp_scale(qp: QParams) -> tuple:
     """(zero_point, scale): the operand order of int_add and int_layernorm."""
-    return _scale_zp(qp)[::-1]
-
-
-def _centred_bound(qp: QParams) -> int:
-    """max |q - zero_point| over the format: the operand bound exact_matmul's exactness needs."""
-    zero_point = int(np.max(qp.zero_point))
-    return max(zero_point - qp.fmt.qmin, qp.fmt.qmax - zero_point)
+    return operand_params(qp)[::-1]

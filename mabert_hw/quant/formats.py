@@ -1,4 +1,5 @@
-"""Number formats: integers of 2..16 bits, fixed point Qm.n, scales, rounding, saturation.
+"""Number formats: integers of 2..64 bits (tensors of up to 23, config.py; accumulators up to int64),
+fixed point Qm.n, scales, rounding, saturation.
 
 Conventions (stated once, used everywhere in mabert_hw.quant):
   (1) real = scale * (q - zero_point)                       (gemmlowp doc/quantization.md, eq. 3)
@@ -30,8 +31,8 @@ class IntFormat:
     signed: bool = True
 
     def __post_init__(self):
-        if not 2 <= self.bits <= 32:
-            raise ValueError(f"integer formats have 2..32 bits, got {self.bits}")
+        if not 2 <= self.bits <= 64:
+            raise ValueError(f"integer formats have 2..64 bits, got {self.bits}")
 
     @property
     def qmin(self) -> int:
@@ -174,6 +175,24 @@ def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
     if qp.group_size:
         q = _grouped(q, qp.group_size)
     return (qp.scale * (q - qp.zero_point)).reshape(shape)
+
+
+def centred_peak(qp: QParams) -> int:
+    """max |q - zero_point| over the format's codes q and every zero point (one per channel or group):
+    the bound on centred codes that exact integer arithmetic is proved with (intgemm.exact_matmul, the
+    fused kernels' dyadic fits)."""
+    zero_point = np.asarray(qp.zero_point)
+    return max(qp.fmt.qmax - int(zero_point.min()), int(zero_point.max()) - qp.fmt.qmin)
+
+
+def operand_scale(qp: QParams):
+    """The scale as the integer ops (intops, requant) take it: a float per tensor, the array per channel."""
+    return qp.scale if np.ndim(qp.scale) else float(qp.scale)
+
+
+def operand_params(qp: QParams) -> tuple:
+    """(scale, zero_point) as the integer ops take them: a float and an int, or the per-channel arrays."""
+    return operand_scale(qp), qp.zero_point if np.ndim(qp.zero_point) else int(qp.zero_point)
 
 
 def tensor_range(x: np.ndarray, granularity: str, group_size: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 from ..kernels import introws
 from ..kernels.threads import launch_threads
 from .calibrate import MASKED
-from .formats import QParams
+from .formats import QParams, centred_peak, operand_scale
 from .intops import EXP_RANGE, LN_FRACTION_BITS, common_scale, exp_constants, gelu_constants, layernorm_constants
 from .requant import dyadic_drop, dyadic_fit, dyadic_terms
 
@@ -44,17 +44,6 @@ def _codec(qp: QParams, C: int, divide32: bool, rounding: str) -> tuple:
             divide32, np.int64(introws.ROUNDINGS[rounding]), bool(np.ndim(qp.scale)))
 
 
-def _scale(qp: QParams):
-    """The scale as the reference passes it to intops: a float, or the per-channel array."""
-    return qp.scale if np.ndim(qp.scale) else float(qp.scale)
-
-
-def _centred_peak(qp: QParams) -> int:
-    """max |q - zero_point| over the format's codes and every channel's zero point."""
-    zero_point = np.asarray(qp.zero_point)
-    return max(qp.fmt.qmax - int(zero_point.min()), int(zero_point.max()) - qp.fmt.qmin)
-
-
 def _dyadic(multiplier, peak: int, C: int, measured: bool = False):
     """(m, e) per channel (C,) for accumulators |acc| <= peak, or None when bits would be dropped and
     peak is only a bound (`measured` False: the reference's drop depends on the true max)."""
@@ -72,8 +61,8 @@ def _rows(x):
 def rescale(x, qp: QParams, factor: float, out: QParams, divide32: bool, rounding: str):
     """intops.int_rescale(quantize(x), ...), dequantized."""
     C = x.shape[-1]
-    multiplier, _ = dyadic_terms(_scale(qp), factor, _scale(out))
-    dyadic = _dyadic(multiplier, _centred_peak(qp), C)
+    multiplier, _ = dyadic_terms(operand_scale(qp), factor, operand_scale(out))
+    dyadic = _dyadic(multiplier, centred_peak(qp), C)
     if dyadic is None:
         return None
     rows, y = _rows(x)
@@ -85,8 +74,8 @@ def rescale(x, qp: QParams, factor: float, out: QParams, divide32: bool, roundin
 def add(a, b, qa: QParams, qb: QParams, out: QParams, divide32: bool, rounding: str):
     """intops.int_add(quantize(a), quantize(b), ...), dequantized; b broadcasts to a."""
     C = a.shape[-1]
-    dyadic_a = _dyadic(dyadic_terms(_scale(qa), 1.0, _scale(out))[0], _centred_peak(qa), C)
-    dyadic_b = _dyadic(dyadic_terms(_scale(qb), 1.0, _scale(out))[0], _centred_peak(qb), C)
+    dyadic_a = _dyadic(dyadic_terms(operand_scale(qa), 1.0, operand_scale(out))[0], centred_peak(qa), C)
+    dyadic_b = _dyadic(dyadic_terms(operand_scale(qb), 1.0, operand_scale(out))[0], centred_peak(qb), C)
     if dyadic_a is None or dyadic_b is None:
         return None
     rows, y = _rows(a)
@@ -118,7 +107,7 @@ def gelu(x, qp: QParams, out: QParams, divide32: bool, rounding: str):
     rows, y = _rows(x)
     codec = _codec(qp, C, divide32, rounding)
     multiplier, _ = dyadic_terms(code_scale, 1.0, float(out.scale))
-    peak = _centred_peak(qp) * (b * b + 2 * abs(c))  # |code| <= |q| (b^2 + 2 |c|)
+    peak = centred_peak(qp) * (b * b + 2 * abs(c))  # |code| <= |q| (b^2 + 2 |c|)
     measured = bool(dyadic_drop(peak))
     if measured:
         peak = int(introws.gelu_peak(rows, codec, np.int64(b), np.int64(c)))
@@ -133,9 +122,9 @@ def gelu(x, qp: QParams, out: QParams, divide32: bool, rounding: str):
 def layernorm(x, qp: QParams, gain, bias, eps: float, out: QParams, divide32: bool, rounding: str):
     """intops.int_layernorm(quantize(x), ...) dequantized, and its count of overflowing variance rows."""
     C = x.shape[-1]
-    peak = _centred_peak(qp)
+    peak = centred_peak(qp)
     common_m = common_e = np.zeros(C, np.int64)
-    scale = _scale(qp)
+    scale = operand_scale(qp)
     if np.ndim(scale):  # per channel: to the common scale first (intops.to_common_scale)
         scale = common_scale(scale)
         to_common = _dyadic(dyadic_terms(qp.scale, 1.0, scale)[0], peak, C)
@@ -148,7 +137,7 @@ def layernorm(x, qp: QParams, gain, bias, eps: float, out: QParams, divide32: bo
         return None
     if np.any((gain == 0) & (np.asarray(bias) != 0)):  # channels that are their non-zero bias: the reference's
         return None
-    multiplier, bias_codes = dyadic_terms(unit, gain, _scale(out), np.asarray(bias, np.float64))
+    multiplier, bias_codes = dyadic_terms(unit, gain, operand_scale(out), np.asarray(bias, np.float64))
     dyadic = _dyadic(multiplier, int((1 << LN_FRACTION_BITS) + np.abs(bias_codes.astype(np.float64)).max()), C)
     if dyadic is None:
         return None
