@@ -37,13 +37,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..quant.intops import LN_FRACTION_BITS, SOFTMAX_NUMERATOR_BITS, VARIANCE_LIMIT, WIDE
+from ..quant.intops import LN_FRACTION_BITS, NO_TOP, SOFTMAX_NUMERATOR_BITS, VARIANCE_LIMIT, WIDE
 
 HALF_EVEN, HALF_AWAY, FLOOR = 0, 1, 2
 ROUNDINGS = {"half_even": HALF_EVEN, "half_away": HALF_AWAY, "floor": FLOOR}
 WIDE_MIN, WIDE_MAX = WIDE.qmin, WIDE.qmax  # the residual adder's and LayerNorm unit's registers
 SOFTMAX_NUMERATOR = 1 << SOFTMAX_NUMERATOR_BITS
-NO_TOP = np.iinfo(np.int64).min // 4  # the row max before any valid entry (intops.int_softmax's `low`)
 
 
 @njit(inline="always", cache=True)

@@ -21,9 +21,12 @@ from ..backends.fixed import FixedBackend
 from ..backends.reference import ReferenceBackend
 from ..model import indexes_keys
 from .calibrate import MASKED, Calibration
-from .config import QuantConfig
+from .config import RULE_KINDS, QuantConfig
 
-QUANTIZED_KINDS = ("embedding", "add", "linear", "matmul", "scale", "softmax", "layernorm", "gelu", "relu", "affine")
+# the op kinds the sensitivity ranking may quantize alone: every kind a rule can name but tanh, whose one op
+# is the pooler's activation (model.py), after the final hidden state `sensitivity` measures: alone it
+# cannot change that SQNR
+QUANTIZED_KINDS = tuple(kind for kind in RULE_KINDS if kind != "tanh")
 
 
 def capture(backend: Backend) -> dict[str, np.ndarray]:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .formats import IntFormat
+
 FLOAT32_EXACT = 2 ** 24  # float32 has a 24-bit significand
 FLOAT64_EXACT = 2 ** 53  # float64 has a 53-bit significand
 MIN_FLOAT32_BLOCK = 64  # shorter blocks cost more in conversions than float64 costs in bandwidth
@@ -68,16 +70,13 @@ def int_matmul(a: np.ndarray, b: np.ndarray, a_zp=0, b_zp=0) -> np.ndarray:
     return exact_matmul(a, b, p).astype(np.int64)
 
 
-def accumulator_range(bits: int) -> tuple[int, int]:
-    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-
-
 def limit_accumulator(acc: np.ndarray, bits: int, overflow: str = "saturate") -> tuple[np.ndarray, int]:
     """Model a `bits`-wide accumulator on the exact sums (int64, or floats holding integers, as
     exact_matmul returns): (stored values in acc's dtype, number that overflowed)."""
     if bits >= 64:
         return acc, 0
-    lo, hi = accumulator_range(bits)
+    accumulator = IntFormat(bits)
+    lo, hi = accumulator.qmin, accumulator.qmax
     if acc.size == 0 or (acc.min() >= lo and acc.max() <= hi):
         return acc, 0
     outside = int(np.count_nonzero((acc < lo) | (acc > hi)))
@@ -89,7 +88,7 @@ def limit_accumulator(acc: np.ndarray, bits: int, overflow: str = "saturate") ->
     raise ValueError(f"unknown overflow mode {overflow!r} (saturate | wrap)")
 
 
-INT16_MIN, INT16_MAX = -(1 << 15), (1 << 15) - 1
+INT16 = IntFormat(16)  # vpmaddubsw's saturated pair sums
 
 
 def int_matmul_u8s8_avx2(a: np.ndarray, b: np.ndarray, a_zp=0, b_zp=0, rows: int = 16) -> np.ndarray:
@@ -104,7 +103,7 @@ def int_matmul_u8s8_avx2(a: np.ndarray, b: np.ndarray, a_zp=0, b_zp=0, rows: int
     for r0 in range(0, M, rows):
         block = a[r0:r0 + rows, None, :]  # (rows, 1, K)
         pairs = block[..., 0::2] * even + block[..., 1::2] * odd  # (rows, N, K/2)
-        raw[r0:r0 + rows] = np.clip(pairs, INT16_MIN, INT16_MAX).sum(axis=-1, dtype=np.int64)
+        raw[r0:r0 + rows] = np.clip(pairs, INT16.qmin, INT16.qmax).sum(axis=-1, dtype=np.int64)
     a64, b64 = a[:, :K].astype(np.int64), b[:K].astype(np.int64)
     a_zp, b_zp = np.int64(a_zp), np.asarray(b_zp, np.int64)
     return raw - a_zp * b64.sum(axis=0) - b_zp * a64.sum(axis=1, keepdims=True) + K * a_zp * b_zp

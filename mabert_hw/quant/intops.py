@@ -32,6 +32,8 @@ EXP_BITS = 16  # exp codes are cut to 16 bits before the row sum (I-BERT QuantAc
 LN2_FRACTION_BITS = 16  # at most this many extra fractional bits for the exact ln2 split...
 EXP_FINEST = math.sqrt(EXP_COEF[2] / EXP_COEF[0]) / 2.0 ** 20  # ...and units no finer: c_int <= 2^40
 SOFTMAX_NUMERATOR_BITS = 32  # factor = floor(2^32 / sum)
+NO_TOP = np.iinfo(np.int64).min // 4  # a softmax row's max before any valid entry: -2^61, below every
+# code, and q - NO_TOP (taken for a row with none) cannot wrap in int64 for |q| < 2^61
 GELU_A, GELU_B = -0.2888, -1.769  # I-BERT's erf fit
 LN_FRACTION_BITS = 16  # normalised values carry 16 fractional bits before the output requantization
 COMMON_SCALE_BITS = 16  # per-channel codes grow by at most this many bits on the way to one scale
@@ -88,8 +90,7 @@ def int_softmax(q: np.ndarray, scale: float, out_bits: int, valid: np.ndarray | 
     q = np.asarray(q, np.int64)
     if valid is None:
         valid = np.ones(q.shape, bool)
-    low = np.iinfo(np.int64).min // 4
-    top = np.where(valid, q, low).max(axis=-1, keepdims=True)
+    top = np.where(valid, q, NO_TOP).max(axis=-1, keepdims=True)
     e, _ = int_exp(np.where(valid, q - top, 0), scale)
     e = np.where(valid, e, 0)
     total = np.maximum(e.sum(axis=-1, keepdims=True), 1)

@@ -25,13 +25,13 @@ from __future__ import annotations
 import numpy as np
 
 from .formats import IntFormat, round_half_away
+from .intgemm import FLOAT64_EXACT
 
 REQUANT_MODES = ("ort", "fbgemm", "qnnpack", "tflite", "tflite_single", "dyadic")
 INT32_REQUANT_MODES = ("tflite", "tflite_single")  # gemmlowp's int32 x Q31 products, exact in int64 only for
 # |acc| < 2^32: wider accumulators wrap silently. The float engines (ort, fbgemm, qnnpack) take acc_bits > 32:
 # f32(acc) is defined for any width (onnxruntime itself has int32 accumulators: a wider one is a design point)
 F32 = np.float32
-FLOAT64_EXACT = 2 ** 53  # integers up to this are exact in float64
 DYADIC_PRODUCT_BITS = 62  # dyadic products acc * m stay below 2^62 (shift_round_half_even's bound)
 
 
