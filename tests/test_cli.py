@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,8 +171,11 @@ def test_output_through_a_symlink_keeps_the_link(tmp_path):
     assert link.is_symlink() and target.read_text().startswith("kind,")
 
 
-def test_unwritable_output_is_one_line(tmp_path, capsys):
-    (tmp_path / "out.csv.tmp").mkdir()  # the temporary file cannot be made
+def test_unwritable_output_is_one_line(tmp_path, capsys, monkeypatch):
+    def refused(self, target):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "replace", refused)  # the temporary file cannot be moved into place
     assert main(["profile", "bert-base-uncased", "--output", str(tmp_path / "out.csv")]) == 2
     assert "cannot write" in capsys.readouterr().err
 

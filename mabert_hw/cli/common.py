@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..errors import UserError
 
 
@@ -156,14 +156,8 @@ def emit(text: str, output: str | None) -> None:
 def _replace_whole(path: Path, text: str) -> None:
     """path <- text through a temporary file beside it: a reader never sees half a file, and a failed or
     interrupted (Ctrl-C) write leaves neither a half file nor the temporary one."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        handle.write(text)
 
 
 def check_configs_for_model(configs, where: str, spec) -> None:
