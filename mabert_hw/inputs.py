@@ -87,8 +87,7 @@ def word_piece_options(directory: Path) -> dict:
     return options
 
 
-def tokenize(directory: Path, texts: list[str] | tuple[str, ...], seq_len: int | None = None,
-             pairs: list[str] | None = None) -> Batch:
+def tokenize(directory: Path, texts: list[str] | tuple[str, ...], seq_len: int | None = None) -> Batch:
     """Tokenise with [CLS]/[SEP]; pad to the longest text, or pad/truncate to seq_len."""
     if not texts:
         raise UserError("no texts to tokenise")
@@ -100,8 +99,7 @@ def tokenize(directory: Path, texts: list[str] | tuple[str, ...], seq_len: int |
         tokenizer.enable_padding(length=seq_len)
     else:
         tokenizer.enable_padding()
-    encodings = (tokenizer.encode_batch(list(zip(texts, pairs))) if pairs
-                 else tokenizer.encode_batch(list(texts)))
+    encodings = tokenizer.encode_batch(list(texts))
     return Batch(
         np.array([e.ids for e in encodings], np.int64),
         np.array([e.attention_mask for e in encodings], np.int64),

@@ -177,8 +177,7 @@ def run(args) -> int:
     if args.format == "table":
         notes = [f"  {o.name}: {o.spec.variant.describe()}" for o in outcomes if o.estimate is not None]
         unpriced = [f"  {o.name}: {op.name} ({why})" for o in outcomes if o.estimate for op, why in o.estimate.unknown]
-        text = (f"{spec.name}  B={args.batch} T={seq_len}  on {hw.name} ({hw.rows}x{hw.cols} {hw.dataflow} "
-                f"{hw.array_precision}, {hw.clock_ghz:g} GHz, overlap {'on' if hw.overlap else 'off'})\n{text}\n"
+        text = (f"{spec.name}  B={args.batch} T={seq_len}  on {hw.describe()}\n{text}\n"
                 "variants:\n" + "\n".join(notes))
         if unpriced:
             text += "\nops without a cycle rule (not priced):\n" + "\n".join(unpriced)

@@ -99,14 +99,15 @@ def problem_type(config: dict, num_labels: int) -> str:
 def classifier_records(texts: list[str], logits: np.ndarray, problem: str) -> list[dict]:
     """Per text: raw scores (regression), sigmoid probabilities and the labels above one half (multi-label),
     or softmax probabilities and the argmax label (single label)."""
+    from scipy.special import expit, softmax
+
     if problem == "regression":
         return [{"text": text, "scores": rounded(row)} for text, row in zip(texts, logits)]
     if problem == "multi_label_classification":
-        probs = np.exp(-np.logaddexp(0.0, -logits))  # sigmoid without overflow for large |logit|
+        probs = expit(logits)
         return [{"text": text, "probabilities": rounded(p),
                  "labels": np.flatnonzero(p > MULTI_LABEL_THRESHOLD).tolist()} for text, p in zip(texts, probs)]
-    z = logits - logits.max(axis=-1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+    probs = softmax(logits, axis=-1)
     return [{"text": text, "probabilities": rounded(p), "label": int(p.argmax())} for text, p in zip(texts, probs)]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from .. import checkpoint
+from ..cost.hardware import PRECISION_BYTES, preset_names
 from ..cost.summary import GROUPINGS, document, layer_label, profile_model, rows
 from ..errors import UserError
 from ..inputs import check_positions
@@ -16,7 +17,6 @@ from ..report.tables import FORMATS, render
 from .common import add_checkpoint, add_output, emit, positive_int
 from .retention import add_retention_argument, read_retention, searched_seq_len
 
-PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 DEFAULT_SEQ_LEN = 128
 
 
@@ -48,8 +48,6 @@ def register(subparsers) -> None:
 
 def add_hardware_arguments(parser, what: str, extra_help: str = "") -> None:
     """--hw and --overlap; `what` says what --hw does in this command (profile: adds columns)."""
-    from ..cost.hardware import preset_names
-
     parser.add_argument("--hw", metavar="PRESET|FILE.toml",
                         help=f"{what} (presets: {', '.join(preset_names())}){extra_help}")
     parser.add_argument("--overlap", choices=("on", "off"),
@@ -162,8 +160,7 @@ def with_tokens_out(table: list[dict], profile) -> list[dict]:
 def hardware_summary(estimate) -> str:
     hw, parts = estimate.hardware, estimate.energy_parts()
     energy = ", ".join(f"{part} {pj / 1e6:.4g}" for part, pj in parts.items())
-    text = (f"on {hw.name} ({hw.rows}x{hw.cols} {hw.dataflow} {hw.array_precision}, {hw.clock_ghz:g} GHz, "
-            f"overlap {'on' if hw.overlap else 'off'}): {estimate.total('cycles'):,} cycles = "
+    text = (f"on {hw.describe()}: {estimate.total('cycles'):,} cycles = "
             f"{estimate.seconds * 1e3:.4g} ms, {sum(parts.values()) / 1e6:.4g} uJ ({energy} uJ)")
     if estimate.unknown:
         text += "\nops without a cycle rule (not priced): " + "; ".join(

@@ -104,6 +104,11 @@ class Hardware:
     overlap: bool
     energy: EnergyTable = field(repr=False)
 
+    def describe(self) -> str:
+        """One line: name (R x C dataflow precision, clock, overlap)."""
+        return (f"{self.name} ({self.rows}x{self.cols} {self.dataflow} {self.array_precision}, {self.clock_ghz:g} GHz, "
+                f"overlap {'on' if self.overlap else 'off'})")
+
     @property
     def array_bytes(self) -> int:
         return PRECISION_BYTES[self.array_precision]

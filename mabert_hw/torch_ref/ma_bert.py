@@ -29,6 +29,7 @@ from ..spec import ModelSpec
 
 ALPHA_FWD = 0.9  # MaskPowerNorm default alpha_fwd
 TRAINING_ONLY_BUFFERS = ("ema_gz", "iters", "accumulated_var")
+POWERNORM_BUFFERS = ("running_phi", *TRAINING_ONLY_BUFFERS)
 
 
 class PowerNorm(nn.Module):
