@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from mabert_hw import checkpoint
-from mabert_hw.cache import CACHE_ROOT as CACHE
 from mabert_hw.backends import make_backend
+from mabert_hw.cache import CACHE_ROOT as CACHE
 from mabert_hw.cli.common import positive_int
-from mabert_hw.cost.counts import count_ops, model_ops
 from mabert_hw.eval.tasks import length_batches, load_stsb, stsb_spearman
 from mabert_hw.inputs import DATA_DIR
 from mabert_hw.power import geometric_retention, parse_retention
+from mabert_hw.power_search import subset_flops
 from mabert_hw.report.tables import csv_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +56,7 @@ SCHEDULES = {
 
 def dataset_flops(ck, texts: list[str]) -> int:
     """FLOPs of one pass over texts in the batches stsb_spearman runs, from the trace."""
-    shapes = [batch.shape for _, batch in length_batches(ck, texts, BATCH_SIZE, MAX_LEN)]
-    per_shape = {shape: count_ops(model_ops(ck.spec, *shape)).total("flops") for shape in set(shapes)}
-    return sum(per_shape[shape] for shape in shapes)
+    return subset_flops(ck, ck.spec.variant.retention, length_batches(ck, texts, BATCH_SIZE, MAX_LEN))
 
 
 def pooled_tokens(real: np.ndarray, retention) -> float:

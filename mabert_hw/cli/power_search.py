@@ -10,7 +10,7 @@ from tqdm import tqdm
 from .. import checkpoint
 from ..backends import BACKENDS
 from ..eval import tasks
-from ..power_search import Scorer, as_record, choose, encode, frontier, geometric_search, greedy_search
+from ..power_search import GEOMETRIC_RATIOS, GREEDY_SHRINK, Scorer, as_record, choose, encode, frontier, geometric_search, greedy_search
 from ..report.tables import FORMATS, render
 from .common import add_checkpoint, emit, non_negative_float, output_file, positive_int, task_backend
 
@@ -31,8 +31,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", metavar="CONFIG.json", type=output_file,
                         help="write the chosen configuration and frontier here")
     parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both",
-                        help="geometric: l_j = round(T r^j) for r in 0.95 .. 0.5; greedy: from no elimination, cut one "
-                        "layer's count (and the later ones) by 0.75 at a time, taking the cut that loses least "
+                        help=f"geometric: l_j = round(T r^j) for r in {GEOMETRIC_RATIOS[0]} .. {GEOMETRIC_RATIOS[-1]}; "
+                        "greedy: from no elimination, cut one layer's count (and the later ones) by "
+                        f"{GREEDY_SHRINK} at a time, taking the cut that loses least "
                         "accuracy per FLOP saved, while within --budget-loss; both (default)")
     parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
                         help="fixed: the default int8 quantization config, calibrated first on the task's "
