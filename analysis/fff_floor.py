@@ -16,7 +16,7 @@ cache_hints.stream_copy; GROUP tokens in lockstep, tokens split over the threads
 - stream: x read once and y written once (stream_copy, the kernel's non-temporal stores): the DRAM
   traffic any walk of these tokens pays at the least;
 - walk: the kernel itself (kernels.fff.fff_apply, weights warm: back-to-back calls);
-- dense: the faster of bench-ffn's two dense FFs (fff_bench.DENSE_FFS), which sets the budget.
+- dense: the faster of bench-ffn's two dense FFs (bench/ffn.py DENSE_FFS), which sets the budget.
 Rounds are interleaved (every probe once per round), medians reported, per thread count.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python analysis/fff_floor.py    # -> reports/fff/floor.*
@@ -39,7 +39,7 @@ from tqdm import tqdm
 from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels
 from mabert_hw.cli.common import non_negative_int, positive_int
 from mabert_hw.fff import aligned_empty, walk_layout
-from mabert_hw.fff_bench import DENSE_FFS, Problem, implementations, random_fff
+from mabert_hw.bench.ffn import DENSE_FFS, Problem, implementations, random_fff
 from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_copy
 from mabert_hw.kernels.fff import FASTMATH, GROUP, L2_BYTES, ZERO, _accumulate, _child, _dot, fff_apply
 from mabert_hw.kernels.threads import set_threads

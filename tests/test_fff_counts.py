@@ -9,7 +9,7 @@ import pytest
 
 from mabert_hw.cli import main
 from mabert_hw.cost.counts import count_ops, trace
-from mabert_hw.fff_bench import Problem, implementations
+from mabert_hw.bench.ffn import Problem, implementations
 from mabert_hw.spec import PRESETS
 from tests.tolerances import FFF_LAYER_VS_TORCH_ATOL
 

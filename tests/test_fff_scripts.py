@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mabert_hw.cli import main
-from mabert_hw.fff_bench import Problem
+from mabert_hw.bench.ffn import Problem
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 

@@ -49,7 +49,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..bench.timing import blas_kernels
-    from ..fff_bench import Problem, check_agreement, implementations, summarize, time_interleaved
+    from ..bench.ffn import Problem, check_agreement, implementations, summarize, time_interleaved
     from ..kernels.threads import set_threads
     from ..machine import describe
 

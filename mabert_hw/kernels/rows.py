@@ -2,7 +2,7 @@
 
 Fusions (each saves full passes over the activation):
 - bias_activation_:   y = act(y + b) in place, right after the GEMM that produced y (the dense FF
-  baseline of fff_bench; the fast backend fuses this into kernels/linear.py's GEMM tasks);
+  baseline of bench/ffn.py; the fast backend fuses this into kernels/linear.py's GEMM tasks);
 - add_layernorm:      out = LN(a + y), a residual add whose branch y arrives whole (the GEMM-output
   case is kernels/linear.py's linear_add_layernorm);
 - layernorm, softmax_rows, activation: the same formulas unfused.

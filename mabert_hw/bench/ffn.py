@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backends.base import Op
-from .bench.timing import THREADS_IDLE_S
-from .cost.counts import count_op, fff_walk_counts
-from .fff import fff_gather, n_nodes, walk_layout
+from ..backends.base import Op
+from ..cost.counts import count_op, fff_walk_counts
+from ..fff import fff_gather, n_nodes, walk_layout
+from .timing import THREADS_IDLE_S
 
 DENSE_FFS = ("dense-numpy", "dense-fast")  # whole dense FFs (GEMM + bias-GELU + GEMM + bias)
 
@@ -72,9 +72,9 @@ class Problem:
 
 def _dense_fast(x, w1, b1, w2, b2, h, y):
     """The fast backend's dense FFN (its kernels, its thread layout), into h (M, F) and y (M, C)."""
-    from .kernels.linear import linear_bias, linear_bias_act
-    from .kernels.rows import GELU
-    from .kernels.threads import kernel_blas, rows_per_task
+    from ..kernels.linear import linear_bias, linear_bias_act
+    from ..kernels.rows import GELU
+    from ..kernels.threads import kernel_blas, rows_per_task
 
     rows = rows_per_task(x.shape[0])
     with kernel_blas():
@@ -98,9 +98,9 @@ def random_fff(problem: Problem, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) -> dict[str, Callable[[], object]]:
     """name -> zero-argument callable computing the layer on shared random data."""
-    from .fff import aligned_empty
-    from .kernels.fff import fff_apply
-    from .kernels.rows import GELU, bias_activation_
+    from ..fff import aligned_empty
+    from ..kernels.fff import fff_apply
+    from ..kernels.rows import GELU, bias_activation_
 
     rng = np.random.default_rng(seed)
     C, F, M = problem.hidden, problem.dense_width, problem.tokens
@@ -142,7 +142,7 @@ def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) ->
 def _torch_implementations(problem: Problem, x, w_in, b_in, w_out, dense) -> dict[str, Callable[[], object]]:
     import torch
 
-    from .torch_ref.fff import FFF
+    from ..torch_ref.fff import FFF
 
     tx = torch.from_numpy(x)
     w1, b1, w2, b2 = (torch.from_numpy(a) for a in dense)
