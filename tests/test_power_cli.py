@@ -37,6 +37,10 @@ def tiny_classifier(tmp_path_factory):
     spec = ModelSpec("tiny-sst2", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=32,
                      max_positions=64, num_labels=2)
     weights = random_weights(spec, seed=31, std=0.3)
+    # Unshifted, every logit gap z1 - z0 lies in 0.8..2.8: class 1 for all 16 sentences, and any eval scores
+    # 50 on alternating labels. Shifted by 2.06 the predictions are mixed (torch: 68.75 % plain, 62.5 % with
+    # (9, 4), where sentence 3's gap goes 0.028 -> -0.026); the tests check it (assert_informative).
+    weights["classifier.bias"] = weights["classifier.bias"] - np.array([0.0, 2.06], np.float32)
     hf_model(spec, weights).save_pretrained(root / "ckpt")
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(minilm_dir() / name, root / "ckpt" / name)
@@ -45,13 +49,28 @@ def tiny_classifier(tmp_path_factory):
     return root, spec, weights, np.array(labels)
 
 
-def torch_accuracy(root, spec, weights, labels, retention) -> float:
+def torch_predictions(root, spec, weights, retention) -> np.ndarray:
     batch = tokenize(root / "ckpt", SENTENCES, SEQ_LEN)
     model = PowerBert(hf_model(spec, weights), retention).eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask),
                        torch.from_numpy(batch.token_type_ids))["logits"]
-    return 100.0 * float((logits.argmax(-1).numpy() == labels).mean())
+    return logits.argmax(-1).numpy()
+
+
+def torch_accuracy(root, spec, weights, labels, retention) -> float:
+    return 100.0 * float((torch_predictions(root, spec, weights, retention) == labels).mean())
+
+
+def assert_informative(root, spec, weights, labels, retention) -> None:
+    """Torch's accuracy here is one that a constant class, or argmin instead of argmax, would not score, and
+    a retention schedule changes it: an eval comparing equal to it has predicted per example and eliminated."""
+    predictions = torch_predictions(root, spec, weights, retention)
+    assert 0 < predictions.mean() < 1, predictions  # both classes predicted
+    accuracy = torch_accuracy(root, spec, weights, labels, retention)
+    assert accuracy not in {100.0 * (labels == c).mean() for c in (0, 1)} | {100.0 - accuracy}, accuracy
+    if retention is not None:
+        assert accuracy != torch_accuracy(root, spec, weights, labels, None)
 
 
 @pytest.mark.parametrize("retention", [None, (9, 4)])
@@ -63,6 +82,7 @@ def test_eval_accuracy_equals_torch(tiny_classifier, capsys, retention):
         argv += ["--retention", ",".join(map(str, retention))]
     assert main(argv) == 0
     row = json.loads(capsys.readouterr().out)[0]
+    assert_informative(root, spec, weights, labels, retention)
     assert row["accuracy"] == round(torch_accuracy(root, spec, weights, labels, retention), 2)
 
 
@@ -77,6 +97,7 @@ def test_power_search_writes_a_config_within_budget_that_eval_reproduces(tiny_cl
     config = json.loads(out.read_text())
     assert config["baseline_accuracy"] == torch_accuracy(root, spec, weights, labels, None)
     retention = tuple(config["retention"])
+    assert_informative(root, spec, weights, labels, retention)
     assert config["accuracy"] == torch_accuracy(root, spec, weights, labels, retention)
     assert config["flops"] == min(s["flops"] for s in config["scored"])  # a 100-point budget admits all
     assert main(["eval", str(root / "ckpt"), "--task", "sst2", "--data", str(root / "dev.tsv"),
