@@ -94,6 +94,15 @@ def test_bench_document_has_every_engine_in_the_issue_schema():
     assert any(b["library"] == "openblas" and b["architecture"] for b in document["blas"]), document["blas"]
 
 
+def test_ort_without_onnx_says_it_needs_onnx(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError, as when not installed
+    spec = TINY_SPECS[0]
+    document = bench(spec, random_weights(spec), batch=1, seq_len=4, engines=["reference", "ort"], repeat=1)
+    assert document["engines"]["ort"]["skipped"].startswith("needs onnx ("), document["engines"]["ort"]
+
+
 def test_unavailable_engine_is_skipped_with_its_reason(monkeypatch):
     def unavailable(*args):
         raise EngineUnavailable("no accelerator here")

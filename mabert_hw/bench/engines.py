@@ -80,10 +80,11 @@ def _hf_model(spec, weights):
 
 def _ort(spec, weights, batch, threads):
     try:
+        import onnx  # noqa: F401  (torch's exporter writes the graph with it)
         import onnxruntime
         import torch  # noqa: F401  (the exporter)
     except ImportError as error:
-        raise EngineUnavailable(f"needs {error.name} (pip install onnxruntime torch)") from None
+        raise EngineUnavailable(f"needs {error.name} (pip install onnx onnxruntime torch)") from None
     from .onnx_export import INPUT_NAMES, export_onnx
 
     try:
