@@ -34,9 +34,8 @@ from pathlib import Path
 import numba
 import numpy as np
 from numba import njit, prange
-from tqdm import tqdm
 
-from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels
+from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels, time_calls
 from mabert_hw.cli.common import non_negative_int, positive_int
 from mabert_hw.fff import aligned_empty, walk_layout
 from mabert_hw.bench.ffn import DENSE_FFS, Problem, implementations, random_fff
@@ -170,25 +169,14 @@ def probes(problem: Problem, seed: int) -> dict[str, callable]:
     return found
 
 
-def time_rounds(calls: dict[str, callable], rounds: int, desc: str) -> dict[str, float]:
-    for call in calls.values():
-        call()  # compile / first touch
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in tqdm(range(rounds), desc=desc):
-        for name, call in calls.items():
-            time.sleep(THREADS_IDLE_S)
-            start = time.perf_counter()
-            call()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: float(np.median(s)) for name, s in seconds.items()}
-
-
 def measure(problem: Problem, threads: int, rounds: int, seed: int) -> list[dict]:
     threads = set_threads(threads)["numba_threads"]  # what runs: set_threads caps it at the cores Numba sees
     dense = {name: call for name, call in implementations(problem, seed, with_torch=False).items()
              if name in DENSE_FFS}
     calls = probes(problem, seed) | dense
-    median = time_rounds(calls, rounds, f"{threads} thread(s)")
+    wall = time_calls(calls, rounds, pause=THREADS_IDLE_S, rotate=False, progress=True,
+                      desc=f"{threads} thread(s)").wall  # a warm-up call first: compile, first touch
+    median = {name: float(np.median(s)) for name, s in wall.items()}
     budget = min(median[name] for name in DENSE_FFS) / PAPER_SPEEDUP
     rows = [{"threads": threads, "piece": name, "median_ms": 1e3 * s,
              "ns_per_token_per_core": 1e9 * s * threads / problem.tokens, "share_of_78x_budget": s / budget}

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import numba
@@ -48,23 +47,6 @@ CONFIGS = {
 }
 
 
-def cpu_seconds(calls: dict, rounds: int) -> dict[str, list[float]]:
-    """CPU seconds of this process per call: time_calls' interleaved rounds (warm-up call first), each
-    call wrapped to read the process clock; the warm-up's sample is dropped."""
-    samples = {name: [] for name in calls}
-
-    def timed(name, call):
-        def run():
-            start = time.process_time()
-            call()
-            samples[name].append(time.process_time() - start)
-
-        return run
-
-    time_calls({name: timed(name, call) for name, call in calls.items()}, rounds, warmup=1, progress=True)
-    return {name: seconds[1:] for name, seconds in samples.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DATA_DIR))
@@ -87,9 +69,9 @@ def main() -> None:
         calls[name] = call(FixedBackend(config=qconfig.from_dict(config), calibration=calibration))
     load_before = os.getloadavg()[0]
     if args.clock == "cpu":
-        samples = cpu_seconds(calls, args.rounds)
+        samples = time_calls(calls, args.rounds, warmup=1, progress=True).cpu
     else:
-        samples = time_calls(calls, args.rounds, warmup=1, settle=1, progress=True)
+        samples = time_calls(calls, args.rounds, warmup=1, settle=1, progress=True).wall
     fast = statistics.median(samples["fast fp32"])
     record = {"clock": args.clock, "batch": args.batch, "seq_len": 128, "rounds": args.rounds,
               "numba_threads": numba.get_num_threads(), "load_average_before": load_before,

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
+from mabert_hw.bench.timing import time_calls
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import non_negative_float, positive_float, positive_int, run_script
 from mabert_hw.eval.tasks import load_sst2
@@ -82,20 +83,22 @@ def engine(args):
     return make_backend(args.engine, threads=args.threads), args.engine
 
 
-def timed(ck, retention, batches, backend) -> float:
+def one_pass(ck, retention, batches, backend):
+    """A call that runs the batches once under `retention`."""
     spec = ck.spec.with_variant(retention=retention)
-    started = time.perf_counter()
-    for _, b in batches:
-        forward(spec, ck.weights, b.input_ids, backend, b.attention_mask, b.token_type_ids)
-    return time.perf_counter() - started
+
+    def run():
+        for _, b in batches:
+            forward(spec, ck.weights, b.input_ids, backend, b.attention_mask, b.token_type_ids)
+
+    return run
 
 
 def speedups(ck, schedules: dict, batches, backend, repeats: int) -> dict:
     """Baseline and every schedule interleaved in one run; -> {name: (median s, speed-up)}."""
-    times = {name: [] for name in ["baseline", *schedules]}
-    for _ in tqdm(range(repeats), desc="timing rounds"):
-        for name, retention in [("baseline", None), *schedules.items()]:
-            times[name].append(timed(ck, retention, batches, backend))
+    calls = {name: one_pass(ck, retention, batches, backend) for name, retention in [("baseline", None),
+                                                                                    *schedules.items()]}
+    times = time_calls(calls, repeats, warmup=0, rotate=False, progress=True, desc="timing rounds").wall
     base = statistics.median(times["baseline"])
     return {name: (statistics.median(t), base / statistics.median(t)) for name, t in times.items()}
 

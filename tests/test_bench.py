@@ -120,7 +120,28 @@ def test_engines_run_interleaved_after_warmup():
     calls = []
     samples = time_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=3, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rounds in rotated order
-    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
+    assert {k: len(v) for k, v in samples.wall.items()} == {"a": 3, "b": 3}
+    assert {k: len(v) for k, v in samples.cpu.items()} == {"a": 3, "b": 3}
+
+
+def test_unrotated_rounds_keep_the_given_order():
+    calls = []
+    time_calls({"dense": lambda: calls.append("dense"), "walk": lambda: calls.append("walk")}, repeat=3, warmup=0,
+               rotate=False)
+    assert calls == ["dense", "walk"] * 3  # bench-ffn: the dense FFs always run before the walk
+
+
+def test_cpu_seconds_count_work_and_not_sleep():
+    import time
+
+    def busy():
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+
+    samples = time_calls({"sleep": lambda: time.sleep(0.02), "busy": busy}, repeat=2, warmup=0)
+    assert all(s >= 0.02 for s in samples.wall["sleep"] + samples.wall["busy"])
+    assert max(samples.cpu["sleep"]) < 0.01 <= min(samples.cpu["busy"])
 
 
 def test_settle_calls_run_untimed_before_each_timed_call():
@@ -128,7 +149,7 @@ def test_settle_calls_run_untimed_before_each_timed_call():
     samples = time_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=2, warmup=0,
                          settle=1)
     assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"]  # each turn: one untimed, then one timed call
-    assert {k: len(v) for k, v in samples.items()} == {"a": 2, "b": 2}
+    assert {k: len(v) for k, v in samples.wall.items()} == {"a": 2, "b": 2}
 
 
 def test_cli_bench_json_on_a_weightless_config(tmp_path, capsys):

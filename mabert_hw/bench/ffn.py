@@ -18,9 +18,9 @@ Implementations (all float32, all on the same random x (M, C)):
 Every NumPy / Numba form writes into output (and hidden) arrays allocated once: the timings are the
 kernels', without the kernel zeroing fresh pages for 48-192 MiB of new arrays at each call (a model
 that reuses its buffers does not pay that; measured, a fresh 16384 x 768 output added ~3-6 ms to the
-walk). Rounds are interleaved (every implementation once per round, in turn) so that load from other
-processes on a shared CPU falls on all of them alike; medians over rounds are reported. Each call
-starts after THREADS_IDLE_S of sleep: OpenBLAS worker threads spin after a GEMM before they sleep,
+walk). Rounds are interleaved (bench.timing.time_calls: every implementation once per round, in the
+order above, after a warm-up call each) so that load from other processes on a shared CPU falls on
+all of them alike; medians over rounds are reported. Each call starts after THREADS_IDLE_S of sleep: OpenBLAS worker threads spin after a GEMM before they sleep,
 and the call timed next (the FFF walk, after the dense GEMMs) shared the cores with them (measured at
 load ~7: 130-150 ms instead of ~90-110 ms for whichever walk came next).
 The theoretical ratio is the MAC count of the dense FF over the FFF walk's (cost.counts rules).
@@ -28,7 +28,6 @@ The theoretical ratio is the MAC count of the dense FF over the FFF walk's (cost
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,7 +36,6 @@ import numpy as np
 from ..backends.base import Op
 from ..cost.counts import count_op, fff_walk_counts
 from ..fff import fff_gather, n_nodes, walk_layout
-from .timing import THREADS_IDLE_S
 
 DENSE_FFS = ("dense-numpy", "dense-fast")  # whole dense FFs (GEMM + bias-GELU + GEMM + bias)
 
@@ -169,25 +167,6 @@ def check_agreement(impls: dict[str, Callable[[], object]], first: str = "fff-nu
     a = np.array(impls[first]())  # a copy: both forms may write into buffers the next call reuses
     b = np.asarray(impls[second]())
     return float(np.abs(a - b).max())
-
-
-def time_interleaved(impls: dict[str, Callable[[], object]], rounds: int, progress: Callable | None = None
-                     ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and CPU seconds per call, `rounds` rounds, each implementation once per round (after one
-    warm-up). CPU seconds are the process's, all threads summed: on a machine shared with other
-    processes they leave out the time spent waiting for a core, the wall seconds do not."""
-    for fn in impls.values():
-        fn()  # compile / first-touch / thread-pool start
-    wall: dict[str, list[float]] = {name: [] for name in impls}
-    cpu: dict[str, list[float]] = {name: [] for name in impls}
-    for _ in progress(range(rounds)) if progress else range(rounds):
-        for name, fn in impls.items():
-            time.sleep(THREADS_IDLE_S)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return wall, cpu
 
 
 def summarize(problem: Problem, seconds: dict[str, list[float]], cpu_seconds: dict[str, list[float]]) -> list[dict]:

@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..cost.summary import profile_model
 from ..errors import UserError
@@ -75,31 +76,42 @@ def blas_kernels() -> list[dict]:
             for info in threadpool_info() if info.get("user_api") == "blas"]
 
 
+@dataclass
+class Samples:
+    """Seconds per timed call, by name: wall clock, and this process's CPU time (all threads summed: on a
+    machine shared with other processes it leaves out the time spent waiting for a core, wall does not)."""
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+
+
 def time_calls(calls: dict[str, Callable[[], object]], repeat: int, warmup: int = 1, settle: int = 0,
-               progress: bool = False, pause: float = 0.0) -> dict[str, list[float]]:
-    """Seconds per call of each engine: `repeat` interleaved rounds after `warmup` calls each; in a
-    round each engine's turn starts with `pause` seconds of sleep (the previous engine's spinning
-    threads go to sleep), then `settle` untimed calls, then the timed one."""
+               progress: bool = False, pause: float = 0.0, rotate: bool = True, desc: str = "bench") -> Samples:
+    """`repeat` interleaved rounds after `warmup` calls each; in a round each call's turn starts with
+    `pause` seconds of sleep (the previous call's spinning threads go to sleep), then `settle` untimed
+    calls, then the timed one. rotate: round r starts at the r-th call; without it every round keeps
+    the given order (bench-ffn: the dense FFs evict the FFF tree before the walk, as a model's other
+    layers would)."""
     from tqdm import tqdm
 
     names = list(calls)
-    bar = tqdm(total=len(names) * (warmup + repeat * (1 + settle)), desc="bench", unit="call",
+    bar = tqdm(total=len(names) * (warmup + repeat * (1 + settle)), desc=desc, unit="call",
                disable=not progress, leave=False)
     for name in names:
         for _ in range(warmup):
             calls[name]()
             bar.update()
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples = Samples({name: [] for name in names}, {name: [] for name in names})
     for round_ in range(repeat):
-        shift = round_ % len(names) if names else 0
+        shift = round_ % len(names) if names and rotate else 0
         for name in names[shift:] + names[:shift]:
             time.sleep(pause)
             for _ in range(settle):
                 calls[name]()
                 bar.update()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             calls[name]()
-            samples[name].append(time.perf_counter() - start)
+            samples.wall[name].append(time.perf_counter() - start)
+            samples.cpu[name].append(time.process_time() - start_cpu)
             bar.update()
     bar.close()
     return samples
@@ -144,7 +156,7 @@ def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: 
             calls[engine] = prepare(engine, spec, weights, inputs, threads)
         except EngineUnavailable as reason:
             skipped[engine] = {"skipped": str(reason)}
-    samples = time_calls(calls, repeat, warmup, settle, progress, pause)
+    samples = time_calls(calls, repeat, warmup, settle, progress, pause).wall
     timings = summarise(samples, profile_model(spec, batch, seq_len).total("flops"), batch * seq_len)
     return {
         "engines": {engine: timings.get(engine) or skipped[engine] for engine in engines},

@@ -46,10 +46,8 @@ def _load() -> list[float]:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
-    from ..bench.timing import blas_kernels
-    from ..bench.ffn import Problem, check_agreement, implementations, summarize, time_interleaved
+    from ..bench.ffn import Problem, check_agreement, implementations, summarize
+    from ..bench.timing import THREADS_IDLE_S, blas_kernels, time_calls
     from ..kernels.threads import set_threads
     from ..machine import describe
 
@@ -67,8 +65,8 @@ def run(args) -> int:
     load_before = _load()
     maxdiff = check_agreement(impls)
     dense_maxdiff = check_agreement(impls, "dense-fast", "dense-numpy")
-    seconds, cpu_seconds = time_interleaved(impls, args.rounds,
-                                            progress=lambda it: tqdm(it, desc="rounds", leave=False))
+    samples = time_calls(impls, args.rounds, pause=THREADS_IDLE_S, rotate=False, progress=True, desc="rounds")
+    seconds, cpu_seconds = samples.wall, samples.cpu
     rows = summarize(problem, seconds, cpu_seconds)
     facts = {"problem": problem.__dict__, "machine": describe(), "threads": threads, "blas": blas_kernels(),
              "rounds": args.rounds, "load_avg_before": load_before, "load_avg_after": _load(),
