@@ -28,8 +28,6 @@ from it on load.
 
 from __future__ import annotations
 
-import os
-import uuid
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -39,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import rel_entr
 
+from ..atomic import atomic_write
 from ..backends.reference import ReferenceBackend
 from ..errors import UserError
 from .config import RESIDUAL_KINDS
@@ -200,19 +199,12 @@ class Calibration:
             if rows is not None:
                 arrays[key + "|rows"] = rows
         path = Path(path)
-        partial = None  # a killed save leaves no half file at `path`; each save has a temporary name of its
-        # own, so that two runs calibrating the same model at once do not move each other's file
-        try:
+        try:  # two runs calibrating the same model at once each write a temporary of their own (atomic.py)
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
-            with open(partial, "xb") as f:  # a file object: np.savez would append .npz to a path
+            with atomic_write(path, "wb") as f:  # a file object: np.savez would append .npz to a path
                 np.savez_compressed(f, **arrays)
-            os.replace(partial, path)
         except OSError as error:
             raise UserError(f"cannot write the calibration file {path}: {error}") from None
-        finally:
-            if partial is not None:  # left only by a failed or interrupted save
-                partial.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
