@@ -47,6 +47,10 @@ from .spec import ModelSpec
 from .weights import FINAL_NORM, READOUT, Weights, layer_prefix
 
 
+# Ops after the final hidden state, named with these prefixes: the pooler and a classification head.
+HEAD_OPS = ("pooler.", "classifier")
+
+
 @dataclass
 class ForwardResult:
     hidden_states: list[Any]  # L + 1 entries, each (B, T_l, C): embeddings output, then each layer

@@ -46,7 +46,7 @@ def run(args) -> int:
     from ..eval.tasks import token_limit
     from ..quant import config as qconfig
     from ..quant.calibrate import calibrate
-    from ..quant.error import QUANTIZED_KINDS, sensitivity, tensor_errors, with_baseline
+    from ..quant.error import ranked_ops, sensitivity, tensor_errors, with_baseline
 
     config = qconfig.load(args.config) if args.config else qconfig.QuantConfig()
     baseline = None
@@ -73,9 +73,7 @@ def run(args) -> int:
     table = rows if baseline is None else with_baseline(rows, tensor_errors(run_forward, baseline, calibration, mask))
     sections = [("per tensor" if baseline is None else f"per tensor (baseline: {args.baseline})", table)]
     if not args.no_sensitivity:
-        ops = [(r["tensor"], r["kind"]) for r in rows
-               if r["kind"] in QUANTIZED_KINDS and config.settings(r["tensor"], r["kind"]).quantize]
-        ranked = sensitivity(run_forward, config, calibration, ops, progress=lambda it: tqdm(it, desc="sensitivity"),
+        ranked = sensitivity(run_forward, config, calibration, ranked_ops(rows, config), progress=lambda it: tqdm(it, desc="sensitivity"),
                              token_mask=mask)
         sections.append((f"sensitivity (final hidden state SQNR, op quantized alone; worst {args.top})",
                          ranked[: args.top]))

@@ -19,14 +19,10 @@ import numpy as np
 from ..backends.base import Backend
 from ..backends.fixed import FixedBackend
 from ..backends.reference import ReferenceBackend
-from ..model import indexes_keys
+from ..model import HEAD_OPS, indexes_keys
 from .calibrate import MASKED, Calibration
 from .config import RULE_KINDS, QuantConfig
 
-# the op kinds the sensitivity ranking may quantize alone: every kind a rule can name but tanh, whose one op
-# is the pooler's activation (model.py), after the final hidden state `sensitivity` measures: alone it
-# cannot change that SQNR
-QUANTIZED_KINDS = tuple(kind for kind in RULE_KINDS if kind != "tanh")
 
 
 def capture(backend: Backend) -> dict[str, np.ndarray]:
@@ -112,6 +108,14 @@ def sqnr_change(sqnr_db: float, baseline_db: float) -> float:
     if sqnr_db == baseline_db:
         return 0.0
     return round(sqnr_db - baseline_db, 2)
+
+
+def ranked_ops(rows: list[dict], config: QuantConfig) -> list[tuple[str, str]]:
+    """The (tensor, kind) ops of tensor_errors' rows that sensitivity can rank: quantized under `config`
+    and before the final hidden state it measures (a pooler or classifier op, quantized alone, leaves that
+    state exact: every one would rank as harmless)."""
+    return [(r["tensor"], r["kind"]) for r in rows if r["kind"] in RULE_KINDS and not r["tensor"].startswith(HEAD_OPS)
+            and config.settings(r["tensor"], r["kind"]).quantize]
 
 
 def sensitivity(run: Callable[[Backend], np.ndarray], config: QuantConfig, calibration: Calibration,
