@@ -16,6 +16,7 @@ from mabert_hw.backends.fixed import FixedBackend
 from mabert_hw.quant import config as qconfig
 from mabert_hw.quant.calibrate import MSE_GRID, Calibration, TensorStats, entropy_threshold
 from mabert_hw.quant.formats import IntFormat, choose_qparams, dequantize, quantize
+from tests.test_entropy_reference import tensorrt_entropy_threshold
 
 U8 = IntFormat(8, signed=False)
 
@@ -56,10 +57,12 @@ def test_entropy_bins_a_non_negative_tensor_into_the_unsigned_formats_levels():
     qp = _qparams(x, "entropy")
     assert qp.fmt == U8
     threshold = float(qp.scale) * U8.qmax
-    assert threshold == pytest.approx(entropy_threshold(x.astype(np.float64), U8), rel=1e-12)
-    levels_256 = entropy_threshold(x.astype(np.float64), IntFormat(9))  # signed 9 bits: 256 levels over |x| too
-    assert entropy_threshold(x.astype(np.float64), U8) == levels_256
-    assert threshold != pytest.approx(entropy_threshold(x.astype(np.float64), IntFormat(8)), rel=1e-3)
+    levels_256, _ = tensorrt_entropy_threshold(x.astype(np.float64), 256)  # the independent transcription
+    assert threshold == pytest.approx(levels_256, rel=1e-12)  # scale = threshold / 255: one rounding
+    assert entropy_threshold(x.astype(np.float64), IntFormat(9)) == levels_256  # signed 9 bits: 256 levels too
+    levels_128, _ = tensorrt_entropy_threshold(x.astype(np.float64), 128)
+    assert entropy_threshold(x.astype(np.float64), IntFormat(8)) == levels_128
+    assert threshold != pytest.approx(levels_128, rel=1e-3)  # the data tells 128 levels from 256
 
 
 def test_signed_tensors_keep_the_signed_format():

@@ -89,17 +89,44 @@ def test_fixed_backend_without_calibration_names_the_missing_range(teacher_dir):
         forward(ck.spec, ck.weights, batch.input_ids, FixedBackend(), batch.attention_mask, batch.token_type_ids)
 
 
+SUBJECTS = ("A man", "A woman", "The child", "A dog", "Two cats", "The old farmer")
+ACTIONS = ("is playing a flute", "is riding a horse", "is slicing an onion", "plays the guitar", "is taking off")
+
+
+def many_pairs_stsb_dir(root, n):
+    """As stsb_dir with n pairs of 30 made-up sentences: with SAMPLE_TEXTS' 4 pairs the tiny teacher's
+    Spearman is -100 on both engines; n = 24 gives ranks that 8-bit quantization reorders."""
+    folder = root / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    texts = [f"{s} {a}." for s in SUBJECTS for a in ACTIONS]
+    rows = "".join(stsb_row(str(i * 7 % 11 / 2), texts[i % len(texts)], texts[(3 * i + 1) % len(texts)])
+                   for i in range(n))
+    (folder / "dev.tsv").write_text(STSB_HEADER + rows)
+    (folder / "train.tsv").write_text(STSB_HEADER + rows)
+    return root
+
+
 def test_eval_on_the_fixed_engine_calibrates_first(teacher_dir, tmp_path, monkeypatch, capsys):
+    """`eval --engine fixed` scores the default QuantConfig on the fixed backend with the cached calibration:
+    its Spearman is the one computed here from those two, and not the reference engine's."""
+    from mabert_hw.eval.tasks import load_stsb, stsb_spearman
+
     monkeypatch.setattr("mabert_hw.cache.CACHE_ROOT", tmp_path / "cache")
-    data = stsb_dir(tmp_path / "data")
+    pairs = 24
+    data = many_pairs_stsb_dir(tmp_path / "data", pairs)
     argv = ["eval", str(teacher_dir), "--task", "stsb", "--data", str(data), "--format", "json"]
     assert main(argv + ["--engine", "fixed"]) == 0
     fixed = json.loads(capsys.readouterr().out)[0]
     assert main(argv) == 0
     reference = json.loads(capsys.readouterr().out)[0]
-    assert len(list((tmp_path / "cache").glob("calibration-*.npz"))) == 1
-    assert fixed["engine"] == "fixed" and fixed["examples"] == reference["examples"] == len(SAMPLE_TEXTS)
-    assert -100 <= fixed["spearman"] <= 100
+    cached = list((tmp_path / "cache").glob("calibration-*.npz"))
+    assert len(cached) == 1
+    assert fixed["engine"] == "fixed" and fixed["examples"] == reference["examples"] == pairs
+    ck, task = checkpoint.load(str(teacher_dir)), load_stsb(data)
+    expected = stsb_spearman(ck, task, FixedBackend(calibration=Calibration.load(cached[0])),
+                             batch_size=fixed["batch_size"])
+    assert fixed["spearman"] == round(expected, 2)
+    assert fixed["spearman"] != reference["spearman"]
 
 
 def test_another_config_beside_the_same_weights_gets_its_own_calibration(teacher_dir, tmp_path):

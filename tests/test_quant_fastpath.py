@@ -78,28 +78,37 @@ def test_shift_round_half_even_is_exact():
     assert shift_round_half_even(v, e).tolist() == expected
 
 
-@pytest.mark.parametrize("requant,out_bits", [("ort", 0), ("fbgemm", 0), ("tflite", 0), ("dyadic", 0), ("ort", 16)])
-def test_backend_linear_equals_kernel_chain(requant, out_bits):
+@pytest.mark.parametrize("requant,out_bits,weight_bits,act_bits,acc_bits", [
+    ("ort", 0, 8, 8, 32), ("fbgemm", 0, 8, 8, 32), ("tflite", 0, 8, 8, 32), ("dyadic", 0, 8, 8, 32),
+    ("ort", 16, 8, 8, 32), ("ort", 0, 4, 4, 32), ("tflite", 0, 12, 12, 32), ("fbgemm", 0, 16, 8, 64), ("ort", 0, 12, 16, 64),
+    ("dyadic", 0, 16, 16, 64), ("ort", 0, 4, 16, 64), ("dyadic", 0, 16, 4, 64), ("ort", 0, 16, 16, 32)])
+def test_backend_linear_equals_kernel_chain(requant, out_bits, weight_bits, act_bits, acc_bits):
     """FixedBackend.linear (cached float weights, exact_matmul, float codes) == quantize ->
-    int_matmul -> requantize -> dequantize with the engine-verified kernels, code for code;
-    out_bits = 16 changes the result's format only (8-bit input codes, 16-bit output codes)."""
+    int_matmul -> limit_accumulator -> requantize -> dequantize with the engine-verified kernels, code for
+    code, at 4, 8, 12 and 16 bits of weights and of activations; out_bits = 16 changes the result's format
+    only (8-bit input codes, 16-bit output codes). W16A16 on a 32-bit accumulator saturates (counted)."""
     rng = np.random.default_rng(24)
     x = rng.normal(0, 1.5, (3, 20, 96)).astype(np.float32)
     w = rng.normal(0, 0.2, (48, 96)).astype(np.float32)
     bias = rng.normal(0, 0.1, 48).astype(np.float32)
     calibration = Calibration({"fc:in0": TensorStats(float(x.min()), float(x.max())),
                                "fc:out": TensorStats(-4.0, 5.0)})
-    settings = {"requant": requant, "weight_granularity": "channel", "out_bits": out_bits}
+    settings = {"requant": requant, "weight_granularity": "channel", "out_bits": out_bits,
+                "weight_bits": weight_bits, "act_bits": act_bits, "acc_bits": acc_bits}
     backend = FixedBackend(config=qconfig.from_dict(settings), calibration=calibration)
     got = backend.linear("fc", x, w, bias)
+    overflows = sum(backend.overflows.values())
     got_again = backend.linear("fc", x, w, bias)  # second call: weights come from the cache
 
     float32 = requant in ("ort", "fbgemm")
-    xqp = choose_qparams(x.min(), x.max(), IntFormat(8, False), False)
-    yqp = choose_qparams(-4.0, 5.0, IntFormat(out_bits or 8, False), False)
-    wqp = weight_qparams(w, IntFormat(8), "channel")
+    xqp = choose_qparams(x.min(), x.max(), IntFormat(act_bits, False), False)
+    yqp = choose_qparams(-4.0, 5.0, IntFormat(out_bits or act_bits, False), False)
+    wqp = weight_qparams(w, IntFormat(weight_bits), "channel")
     xq, wq = quantize(x, xqp, float32=float32).reshape(-1, 96), quantize(w, wqp)
-    acc = int_matmul(xq, wq.T, xqp.zero_point, wqp.zero_point.reshape(-1))
+    acc, saturated = limit_accumulator(int_matmul(xq, wq.T, xqp.zero_point, wqp.zero_point.reshape(-1)), acc_bits)
+    assert overflows == saturated
+    if (weight_bits, act_bits, acc_bits) == (16, 16, 32):
+        assert saturated > 0  # the case that exercises saturation
     yq = requantize(acc, requant, float(xqp.scale), wqp.scale.reshape(-1), float(yqp.scale),
                     int(yqp.zero_point), yqp.fmt, bias)
     codes = np.rint(got / np.float32(yqp.scale)).astype(np.int64).reshape(-1, 48) + int(yqp.zero_point)

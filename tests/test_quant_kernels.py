@@ -238,3 +238,74 @@ def test_formats_roundtrip_rounding_and_fixed_point():
     for gran in ("tensor", "channel", "group"):
         qp = weight_qparams(w, IntFormat(4), gran, group_size=8)
         assert np.abs(dequantize(quantize(w, qp), qp) - w).max() <= qp.scale.max() / 2 * (1 + 1e-9)
+
+
+def _avx2_u8s8_scalar(a_row, b_col, a_zp: int, b_zp: int) -> int:
+    """One output of the AVX2 u8 x s8 kernel (onnxruntime MLAS, fbgemm without VNNI), instruction by instruction
+    in Python ints: vpmaddubsw multiplies unsigned bytes by signed bytes and adds each pair k = 2i, 2i + 1 with
+    signed saturation to int16; vpmaddwd against ones adds adjacent int16s into int32; vpaddd accumulates in
+    int32 (wrapping); the zero points are then taken out with exact row and column sums:
+    sum (a - a_zp)(b - b_zp) = sum ab - a_zp sum b - b_zp sum a + K a_zp b_zp, with sum ab the saturated one."""
+    a, b = [int(v) for v in a_row], [int(v) for v in b_col]
+    K = len(a)
+    if K % 2:
+        a, b = a + [0], b + [0]
+    words = [max(-(1 << 15), min((1 << 15) - 1, a[k] * b[k] + a[k + 1] * b[k + 1])) for k in range(0, len(a), 2)]
+    words += [0] * (len(words) % 2)
+    acc = 0
+    for j in range(0, len(words), 2):
+        acc = (acc + words[j] + words[j + 1] + (1 << 31)) % (1 << 32) - (1 << 31)
+    return acc - a_zp * sum(b) - b_zp * sum(a) + K * a_zp * b_zp
+
+
+def test_avx2_u8s8_emulation_equals_scalar_vpmaddubsw_on_any_cpu():
+    """int_matmul_u8s8_avx2 vs the scalar transcription above, whatever this CPU has (with VNNI the engine
+    tests above never run the emulation): byte pairs that overflow int16 saturate."""
+    one = int_matmul_u8s8_avx2(np.array([[255, 255]]), np.array([[127], [127]]))
+    assert one.tolist() == [[32767]]  # 2 * 255 * 127 = 64770 saturates; exact int_matmul gives 64770
+    assert int_matmul_u8s8_avx2(np.array([[255, 255]]), np.array([[-128], [-128]])).tolist() == [[-32768]]
+    rng = np.random.default_rng(13)
+    a = rng.integers(0, 256, (7, 33))  # odd K: the last byte pairs with a zero
+    a[:, :8] = 255
+    b = rng.integers(-128, 128, (33, 5))
+    b[:8, :2] = 127
+    a_zp, b_zp = 37, rng.integers(-128, 128, 5)
+    got = int_matmul_u8s8_avx2(a, b, a_zp, b_zp)
+    want = np.array([[_avx2_u8s8_scalar(a[m], b[:, n], a_zp, int(b_zp[n])) for n in range(5)] for m in range(7)])
+    assert int((got != want).sum()) == INTEGER_KERNEL_MISMATCHES
+    assert (want != int_matmul(a, b, a_zp, b_zp)).sum() >= 14  # saturation hit (columns 0-1 of every row at least)
+
+
+def test_fixed_backend_avx2_accumulate_equals_scalar_chain():
+    """FixedBackend.linear with accumulate = "avx2_u8s8" == quantize -> the scalar vpmaddubsw chain ->
+    requantize (ort) code for code, on inputs at the top code (255) against weights at 127, which saturate."""
+    from mabert_hw.backends.fixed import FixedBackend
+    from mabert_hw.quant import config as qconfig
+    from mabert_hw.quant.calibrate import Calibration, TensorStats
+    from mabert_hw.quant.formats import weight_qparams
+
+    rng = np.random.default_rng(14)
+    x = rng.uniform(-0.2, 1.0, (2, 6, 34)).astype(np.float32)
+    x[..., :10] = 1.0  # code 255
+    w = rng.normal(0, 0.2, (8, 34)).astype(np.float32)
+    w[:3] = 0.5  # rows of equal weights: every code 127
+    bias = rng.normal(0, 0.1, 8).astype(np.float32)
+    calibration = Calibration({"fc:in0": TensorStats(-0.2, 1.0), "fc:out": TensorStats(-3.0, 6.0)})
+    settings = {"requant": "ort", "weight_granularity": "channel"}
+    got = {mode: FixedBackend(config=qconfig.from_dict({**settings, "accumulate": mode}), calibration=calibration)
+           .linear("fc", x, w, bias) for mode in ("avx2_u8s8", "exact")}
+
+    xqp = choose_qparams(-0.2, 1.0, U8, False)
+    yqp = choose_qparams(-3.0, 6.0, U8, False)
+    wqp = weight_qparams(w, IntFormat(8), "channel")
+    xq, wq = quantize(x, xqp, float32=True).reshape(-1, 34), quantize(w, wqp)
+    acc = np.array([[_avx2_u8s8_scalar(row, wq[n], int(xqp.zero_point), int(wqp.zero_point.reshape(-1)[n]))
+                     for n in range(8)] for row in xq])
+    assert (acc != int_matmul(xq, wq.T, xqp.zero_point, wqp.zero_point.reshape(-1))).any()  # saturated
+    acc, overflowed = limit_accumulator(acc, 32)
+    assert overflowed == 0
+    yq = requantize(acc, "ort", float(xqp.scale), wqp.scale.reshape(-1), float(yqp.scale), int(yqp.zero_point),
+                    yqp.fmt, bias)
+    codes = np.rint(got["avx2_u8s8"] / np.float32(yqp.scale)).astype(np.int64).reshape(-1, 8) + int(yqp.zero_point)
+    assert int((codes != yq).sum()) == INTEGER_KERNEL_MISMATCHES
+    assert not np.array_equal(got["avx2_u8s8"], got["exact"])  # the saturation reaches the output codes
