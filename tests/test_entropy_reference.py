@@ -4,7 +4,7 @@ expansion step as NVIDIA's pytorch-quantization writes it), with scipy.stats.ent
 
 Conventions, those the package documents (the slides leave them open):
   histogram   HIST_BINS = 2048 bins of |x| over [0, max |x|]
-  candidates  i = levels, levels + 8, ..., 2048 kept bins (stride 8; the slides step by 1)
+  candidates  i = levels, levels + 1, ..., 2048 kept bins (every one, as the slides)
   P           bins 0..i-1, the outliers (bins i..2047) added to bin i-1
   Q           bins 0..i-1 merged into `levels` levels of consecutive bins, sizes differing by at most one,
               the longer ones first (i = m * levels + r: r levels of m + 1 bins, then m bins); each level's
@@ -29,7 +29,6 @@ from mabert_hw.quant.calibrate import entropy_threshold
 from mabert_hw.quant.formats import IntFormat
 
 BINS = 2048
-STRIDE = 8
 # two float64 evaluations of one KL (different summation order) agree to ~1e-15 relative; the inputs must
 # separate the best candidate from the next by far more, or the comparison would be a coin toss
 KL_TIE_MARGIN = 1e-9
@@ -40,7 +39,7 @@ def tensorrt_entropy_threshold(abs_x: np.ndarray, levels: int) -> tuple[float, f
     hist, edges = np.histogram(abs_x, bins=BINS, range=(0.0, float(abs_x.max())))
     counts = hist.tolist()
     divergences = {}
-    for i in range(levels, BINS + 1, STRIDE):
+    for i in range(levels, BINS + 1):
         reference = [float(c) for c in counts[:i]]
         reference[i - 1] += float(sum(counts[i:]))
         candidate = [0.0] * i
