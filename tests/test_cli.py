@@ -20,13 +20,8 @@ from mabert_hw.spec import PRESETS
 from mabert_hw.torch_ref.hf import hf_config
 
 from .conftest import TINY_SPECS
+from .helpers import CONFIG, error_line, run_cli
 from .tolerances import REFERENCE_VS_TORCH_ATOL
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_profile_json_schema_and_totals(capsys):
@@ -195,3 +190,41 @@ def test_memory_error_is_one_line(capsys):
     # bench makes its (B, T) inputs; profile no longer does (its trace is shapes only)
     assert main(["bench", "minilm-l6", "--batch", "1000000000000"]) == 2
     assert "not enough memory" in capsys.readouterr().err
+
+
+def test_default_seq_len_beyond_the_positions_names_the_length_to_pass(tmp_path, capsys):
+    config = {"model_type": "bert", "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 40}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["profile", str(tmp_path / "config.json")]) == 2  # profile's default T is 128 > 40
+    assert error_line(capsys).endswith("exceeds the model's 40 positions: use --seq-len 40 or less")
+
+
+def test_sizes_past_numpys_index_range_are_one_line(capsys):
+    # this used to be a ValueError (Maximum allowed dimension exceeded) traceback
+    assert main(["profile", "bert-base-uncased", "--batch", str(10**20)]) == 2
+    assert "these sizes are past what NumPy can index" in capsys.readouterr().err
+
+
+def test_sizes_past_numpys_range_in_arange_are_one_line(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(CONFIG | {"max_position_embeddings": 10**30}))
+    assert main(["profile", str(path), "--seq-len", str(10**20)]) == 2
+    assert "these sizes are past what NumPy can index" in capsys.readouterr().err
+
+
+def help_of(capsys, command: str) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_compare_help_states_its_hardware_default_and_no_precision_flag(capsys):
+    text = help_of(capsys, "compare")
+    assert "--precision" not in text  # compare has no such flag
+    assert "default edge-32x32-int8" in text
+
+
+def test_profile_help_says_json_ignores_the_grouping(capsys):
+    text = help_of(capsys, "profile")
+    assert "--by {op,layer,kind} row grouping of the table, csv and md formats (json lists every op" in text

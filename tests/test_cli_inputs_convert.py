@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 import torch
 
 from mabert_hw.cli import main
+from mabert_hw.spec import ModelSpec
+
+from .helpers import error_line, refused, save_bert, write_tiny
 
 SMALL = ["--softmax-input", "32", "--softmax-hidden", "8", "--max-len", "24", "--batch", "2", "--prefit-steps", "2"]
 
@@ -239,3 +243,44 @@ def test_quant_error_cuts_texts_to_an_ma_approximators_inputs(tmp_path, capsys, 
     texts.write_text("a long sentence with many words that runs well past sixteen word pieces in all " * 2 + "\n")
     assert main(["quant-error", str(ma16), "--data", str(texts), "--no-sensitivity"]) == 0
     assert "softmax.linear_relu_stack" in capsys.readouterr().out
+
+
+def test_convert_refuses_out_holding_another_model(tmp_path, capsys):
+    # --out = the teacher's own directory: convert used to replace its weights and config, then crash
+    # copying the tokenizer onto itself.
+    teacher = write_tiny(tmp_path / "teacher", num_labels=2)
+    data = tmp_path / "texts.txt"
+    data.write_text("a gripping film\ndull and lifeless\n")
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "teacher").iterdir()}
+    line = refused(capsys, ["convert", teacher, "--out", teacher, "--data", str(data), "--steps", "0",
+                            "--prefit-steps", "0", "--max-len", "16"])
+    assert "holds a model that `convert` did not write" in line
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "teacher").iterdir()}
+    assert after == before
+
+
+@pytest.mark.parametrize("max_len, message", [
+    ("1", "--max-len 1 leaves no room for [CLS] and [SEP]: give at least 2"),
+    ("100", "--max-len 100 exceeds the teacher's 64 positions"),
+])
+def test_convert_max_len_outside_what_the_teacher_takes(tmp_path, capsys, teacher_dir, corpus, max_len, message):
+    assert main(["convert", str(teacher_dir), "--out", str(tmp_path / "out"), "--data", str(corpus),
+                 "--steps", "1", "--prefit-steps", "1", "--batch", "2", "--max-len", max_len]) == 2
+    assert message in error_line(capsys)
+
+
+def test_convert_without_resume_refuses_to_overwrite_a_saved_state(tmp_path, capsys, teacher_dir, corpus):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_state.pt").write_bytes(b"an earlier run")
+    assert main(["convert", str(teacher_dir), "--out", str(out), "--data", str(corpus), "--steps", "1",
+                 "--prefit-steps", "1", "--batch", "2", "--max-len", "16"]) == 2
+    assert "pass --resume to continue it, or choose another --out" in error_line(capsys)
+    assert (out / "train_state.pt").read_bytes() == b"an earlier run"
+
+
+def test_softmax_error_refuses_a_teacher_of_another_shape(ma_narrow, corpus, tmp_path, capsys):
+    other = ModelSpec("other", vocab_size=30522, hidden=16, layers=2, heads=2, intermediate=24, max_positions=64)
+    teacher = save_bert(tmp_path / "other", other, seed=1)
+    assert main(["softmax-error", str(ma_narrow), "--data", str(corpus), "--teacher", str(teacher)]) == 2
+    assert "has another shape than CKPT: heads 2 (CKPT: 3), hidden 16 (CKPT: 24)" in error_line(capsys)

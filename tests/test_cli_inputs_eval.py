@@ -15,6 +15,8 @@ from mabert_hw.eval import tasks
 from mabert_hw.spec import ModelSpec
 from mabert_hw.weights import random_weights
 
+from .helpers import error_line
+
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
 TINY_MAX_POSITIONS = 64
 
@@ -49,14 +51,6 @@ def sst2_file(tmp_path):
     path = tmp_path / "dev.tsv"
     path.write_text("sentence\tlabel\na gripping film \t1\ndull and lifeless \t0\nlovely \t1\n")
     return str(path)
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def usage_error(capsys, argv: list[str]) -> str:

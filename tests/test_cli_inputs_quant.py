@@ -196,3 +196,15 @@ def test_gemmlowp_requantization_of_wide_accumulators_is_refused(tmp_path, texts
     cfg.write_text(f'requant = "{requant}"\nacc_bits = 48\n')
     assert main(["quant-error", "minilm", "--config", str(cfg), "--data", str(texts), "--no-sensitivity"]) == 2
     assert "acc_bits = 48 must be at most 32" in capsys.readouterr().err
+
+
+def test_non_utf8_toml_is_a_one_line_error(tmp_path, texts, minilm, capsys):
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes("act_bits = [8]\n# café\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"cannot read quantization config .*latin1.toml: not UTF-8 text"):
+        qconfig.load(latin1)
+    with pytest.raises(UserError, match=r"cannot read grid .*latin1.toml: not UTF-8 text"):
+        load_grid(latin1)
+    assert main(["quant-error", "minilm", "--config", str(latin1), "--data", str(texts), "--no-sensitivity"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 text" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,13 +15,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from mabert_hw.backends import make_backend
 from mabert_hw.backends.base import Op
 from mabert_hw.cost.counts import count_ops, trace
+from mabert_hw.cost.summary import layer_label, profile_model, rows
 from mabert_hw.inputs import random_batch
 from mabert_hw.model import forward
-from mabert_hw.spec import PRESETS
+from mabert_hw.spec import PRESETS, VARIANTS, ModelSpec
 from mabert_hw.torch_ref.hf import hf_model
 from mabert_hw.weights import parameter_count, random_weights
 
 from .conftest import TINY_SPECS
+from .helpers import run_cli
 
 SPECS = TINY_SPECS + [dataclasses.replace(TINY_SPECS[0], num_labels=2, name="tiny-a-cls")]
 
@@ -101,3 +107,96 @@ def test_elementwise_primitives_by_name():
                                     + 2 * rows * C + rows * F + rows * F + 2 * rows * C)  # out bias+residual, FFN
                              + norm_rows * (4 * C - 1) + B * C)  # LayerNorms, pooler bias
     assert set(totals) == {"erf", "exp", "rsqrt", "tanh", "max", "div", "mul", "add"}
+
+
+# Parameters and bytes the model really has: a shared approximator once, the embedding rows and gathered
+# rows actually read, no token-type table where the model has none; labels and sizes of the trace.
+
+def shared_ma_config(tmp_path):
+    """An MA-BERT config (W6WM9M/MA-BERT keys) at MiniLM-L6 sizes, one approximator for all layers."""
+    config = {"model_type": "bert", "hidden_size": 384, "num_attention_heads": 12, "num_hidden_layers": 6,
+              "intermediate_size": 1536, "vocab_size": 30522, "max_position_embeddings": 512,
+              "type_vocab_size": 2, "share_softmax_nn": True, "norm_type": "Power", "use_softmax_approx": True,
+              "ffn_hidden_act": "relu", "softmax_input_size": 128, "softmax_hidden_layer_size": 128}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("seq_len", [128, 64])
+def test_a_shared_approximator_counts_its_parameters_once(capsys, tmp_path, seq_len):
+    V, P, S, C, F, L, n, h = 30522, 512, 2, 384, 1536, 6, 128, 128
+    per_layer = 4 * (C * C + C) + (C * F + F) + (F * C + C)  # Q, K, V, O; FFN in, out (PowerNorm folded)
+    used = min(seq_len, n)  # at T < n the approximator reads the first T inputs, writes the first T outputs
+    approximator = h * used + h + used * h + used  # Linear(n->h), Linear(h->n): once, not once per layer
+    readout, pooler = 2 * C, C * C + C  # the folded basis' read-out affine; the pooler
+    expected = (V + P + S) * C + L * per_layer + approximator + readout + pooler
+    code, out, _ = run_cli(capsys, "profile", str(shared_ma_config(tmp_path)), "--seq-len", str(seq_len),
+                           "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["totals"]["params"] == expected
+    assert sum(op["params"] for op in doc["ops"]) == expected
+    code, out, _ = run_cli(capsys, "profile", str(shared_ma_config(tmp_path)), "--seq-len", str(seq_len),
+                           "--by", "layer", "--format", "csv")
+    assert sum(int(row["params"]) for row in csv.DictReader(io.StringIO(out))) == expected
+
+
+def test_embedding_bytes_are_distinct_rows_capped_at_the_table():
+    """fp32, B*T ids: word rows min(B*T, V), token-type rows min(B*T, 2), position rows T (the same
+    0..T-1 in every sequence), each C wide."""
+    B, T, C_base = 32, 128, 768
+    counts = {c.op.name: c for c in profile_model(PRESETS["bert-base-uncased"], B, T).counts}
+    assert counts["embeddings.word_embeddings"].weight_bytes == 4 * min(B * T, 30522) * C_base
+    assert counts["embeddings.token_type_embeddings"].weight_bytes == 4 * 2 * C_base
+    assert counts["embeddings.position_embeddings"].weight_bytes == 4 * T * C_base
+    tiny = ModelSpec("tiny", vocab_size=100, hidden=8, layers=1, heads=2, intermediate=16, max_positions=64)
+    word = next(c for c in profile_model(tiny, 4, 64).counts if c.op.name == "embeddings.word_embeddings")
+    assert word.weight_bytes == 4 * 100 * 8  # 256 ids, 100 rows
+
+
+def test_gather_reads_kept_rows_and_index():
+    """select (B, T, C)[(B, K)]: reads B*K*C kept elements and B*K indices, writes B*K*C; the mask
+    gather (B, T)[(B, K)] reads B*K and B*K, writes B*K. fp32, B = 2, K = 13 of T = 128."""
+    B, K, C_base = 2, 13, 768
+    spec = PRESETS["bert-base-uncased"].with_variant(retention=(K,) * 12)
+    counts = {c.op.name: c for c in profile_model(spec, B, 128).counts}
+    assert counts["encoder.layer.0.power.select"].activation_bytes == 4 * (2 * B * K * C_base + B * K)
+    assert counts["encoder.layer.0.power.select_mask"].activation_bytes == 4 * (2 * B * K + B * K)
+
+
+def test_ma_distilbert_state_counts_no_token_type_table():
+    # DistilBERT has no token types: to_bert_keys adds one zero row for the engines, which the counts
+    # must not take for the model's parameters (H params and a gather + add per token used to be counted)
+    import numpy as np
+
+    from mabert_hw.cost.counts import count_ops, model_ops
+    from mabert_hw.ma_checkpoint import spec_from_ma, to_bert_keys
+
+    C = 16  # the shapes spec_from_ma reads: vocab 50, 8 positions, 1 layer of FFN width 32
+    state = {"distilbert.embeddings.word_embeddings.weight": np.ones((50, C), np.float32),
+             "distilbert.embeddings.position_embeddings.weight": np.ones((8, C), np.float32),
+             "distilbert.transformer.layer.0.ffn.lin1.weight": np.ones((32, C), np.float32)}
+    config = {"num_attention_heads": 2, "softmax_input_size": 8, "softmax_hidden_layer_size": 4}
+    spec = spec_from_ma(config, to_bert_keys(state), "distil")
+    assert not spec.token_types
+    params = count_ops(model_ops(spec, 1, 8)).total("params")
+    assert count_ops(model_ops(replace(spec, token_types=True), 1, 8)).total("params") - params == C
+
+
+def test_readout_is_labelled_final():
+    spec = ModelSpec("ma-distil-like", 30522, 768, 6, 12, 3072, has_pooler=False, type_vocab_size=1,
+                     variant=VARIANTS["ma"])
+    profile = profile_model(spec, 1, 128)
+    readout = next(c for c in profile.counts if c.op.name == "encoder.readout")
+    assert layer_label(readout) == "final"
+    assert "head" not in {row["layer"] for row in rows(profile, "layer")}
+
+
+def test_trace_of_a_huge_batch_allocates_no_inputs():
+    """B = 10^12 sequences of 512 tokens: 4 PB of int64 ids, which the trace used to allocate. BERT-base
+    MACs per sequence: L * (4*T*C^2 + 2*T^2*C + 2*T*C*F) + C^2 (pooler), times B."""
+    B, T, C_base, F, layers = 10 ** 12, 512, 768, 3072, 12
+    per_sequence = layers * (4 * T * C_base ** 2 + 2 * T * T * C_base + 2 * T * C_base * F) + C_base ** 2
+    assert profile_model(PRESETS["bert-base-uncased"], B, T).total("macs") == B * per_sequence
+    assert len(trace(PRESETS["bert-base-uncased"], B, T)) > 0

@@ -19,7 +19,10 @@ from mabert_hw.backends.base import Op
 from mabert_hw.cost import counts, hardware
 from mabert_hw.cost.counts import count_op, trace
 from mabert_hw.cost.cycles import estimate, gemm_cycles, gemm_dims, op_cost
+from mabert_hw.errors import UserError
 from mabert_hw.spec import PRESETS
+
+from .helpers import EDGE_TOML
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_CSV = GOLDEN / "scalesim_gemm_cycles.csv"
@@ -187,3 +190,12 @@ def test_fff_pays_sram_reads_for_every_gathered_weight_element():
     expected = (activations * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib)
                 + gathered * hw.energy.sram_pj_per_byte(hw.filter_sram_kib))
     assert fff.energy_pj["sram"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_dram_time_past_a_cycle_counter_is_refused(tmp_path):
+    """1e-300 GB/s is a normal float, but the 2*T*C = 2*8*384 word-embedding bytes it moves at 1 GHz
+    take 6144 / 1e-300 cycles, past 2^63 (and past a float: ceil raised OverflowError)."""
+    path = tmp_path / "slow.toml"
+    path.write_text(EDGE_TOML.replace("dram_gb_per_s = 17.1", "dram_gb_per_s = 1e-300"))
+    with pytest.raises(UserError, match="more than 2\\^63 cycles"):
+        estimate(trace(PRESETS["minilm-l6"], 1, 8), hardware.load(path))

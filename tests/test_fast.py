@@ -1,4 +1,5 @@
-"""Fast (Numba) backend == reference backend, layer by layer, and fusion leaves the recorded ops alone."""
+"""Fast (Numba) backend == reference backend, layer by layer, and fusion leaves the recorded ops alone; a
+fast backend's thread count holds during its own forwards only."""
 
 from __future__ import annotations
 
@@ -233,3 +234,46 @@ def test_kernels_ask_llvm_for_512_bit_vectors_on_avx512_hosts(user_setting):
         assert features == host.flatten() + ",-prefer-256-bit"
     else:
         assert features is None
+
+
+# A fast backend's thread count holds during its own forwards only, for Numba and numpy's BLAS alike.
+
+def numpy_blas_threads() -> list[int]:
+    """Threads of the BLAS numpy calls, as threadpoolctl reads them from the library."""
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info()
+            if info["user_api"] == "blas" and "numpy" in info["filepath"]]
+
+
+def test_fast_backends_keep_their_own_thread_counts(monkeypatch):
+    numba = pytest.importorskip("numba")
+    pytest.importorskip("threadpoolctl")
+    cores = numba.config.NUMBA_NUM_THREADS
+    if cores < 2:
+        pytest.skip("one core: every count is 1")
+    import mabert_hw.backends.fast as fast
+
+    seen = []  # (Numba threads, numpy's BLAS threads) inside each GEMM + activation kernel call
+    kernel = fast.linear_bias_act
+
+    def spying(*args):
+        seen.append((numba.get_num_threads(), numpy_blas_threads()))
+        return kernel(*args)
+
+    monkeypatch.setattr(fast, "linear_bias_act", spying)
+    spec = TINY_SPECS[0]
+    weights, batch = random_weights(spec, seed=1), random_batch(spec, 2, 8, seed=0)
+    outside = numpy_blas_threads()
+    if not outside:
+        pytest.skip("numpy's BLAS is not one threadpoolctl can see")
+
+    one = make_backend("fast", threads=1)
+    assert numpy_blas_threads() == outside  # building it changed nothing (it left numpy's BLAS on 1)
+    every = make_backend("fast")
+    for backend, wanted in ((one, 1), (every, cores), (one, 1)):
+        seen.clear()
+        forward(spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
+        assert seen and set(n for n, _ in seen) == {wanted}  # the threads=1 backend used to run on 2
+        assert all(blas == [wanted] * len(outside) for _, blas in seen)
+        assert numpy_blas_threads() == outside  # restored after the forward

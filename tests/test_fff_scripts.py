@@ -141,3 +141,15 @@ def test_fff_minilm_reads_data_from_its_data_flag_and_names_a_missing_file(tmp_p
     err = capsys.readouterr().err
     assert f"error: no {missing} under --data {data}" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["table", "md"])
+def test_bench_ffn_table_and_md_name_the_machine(capsys, monkeypatch, fmt):
+    pytest.importorskip("numba")
+    from mabert_hw import machine
+
+    monkeypatch.setattr(machine, "describe", lambda: {"cpu": "Review CPU 9000", "cores": 3})
+    assert main(["bench-ffn", "--hidden", "16", "--depth", "1", "--tokens", "8", "--dense-width", "16",
+                 "--rounds", "1", "--threads", "1", "--no-torch", "--format", fmt]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "'cpu': 'Review CPU 9000', 'cores': 3" in first

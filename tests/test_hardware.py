@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from mabert_hw.cli import main
 from mabert_hw.cost import hardware
-from mabert_hw.cost.hardware import HW_DIR, SPECIAL_FUNCTIONS, implementations
+from mabert_hw.cost.hardware import SPECIAL_FUNCTIONS, implementations
 from mabert_hw.errors import UserError
+
+from .helpers import EDGE_TOML
 
 # Horowitz, ISSCC 2014, "Computing's energy problem", 45 nm operation-energy table, in pJ: the
 # source the energy TOML cites, typed in again here so a wrong edit of the data file is caught.
@@ -17,9 +20,6 @@ HOROWITZ_ADD = {"int8": 0.03, "int16": 0.05, "int32": 0.1, "fp16": 0.4, "fp32": 
 HOROWITZ_MUL = {"int8": 0.2, "int32": 3.1, "fp16": 1.1, "fp32": 3.7}
 HOROWITZ_SRAM_64BIT = {8: 10.0, 32: 20.0, 1024: 100.0}
 HOROWITZ_DRAM_64BIT_LOW = 1300.0
-
-EDGE_TOML = (HW_DIR / "edge-32x32-int8.toml").read_text()
-
 
 def test_every_preset_loads_and_prices_every_special_function():
     assert len(hardware.preset_names()) >= 4
@@ -114,3 +114,29 @@ def test_unknown_preset_and_missing_file():
         hardware.load("tpu-v9")
     with pytest.raises(UserError, match="no such hardware file"):
         hardware.load("/nonexistent/hw.toml")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("overlap = true", 'overlap = "false"'), "overlap must be true or false"),  # was read as on
+    (("clock_ghz = 1.0", "clock_ghz = inf"), "clock_ghz must be positive"),  # was a ZeroDivisionError
+    (("dram_gb_per_s = 17.1", "dram_gb_per_s = nan"), "dram_gb_per_s must be positive"),  # was a ValueError
+    (("ifmap_sram_kib = 256", "ifmap_sram_kib = -256"), "ifmap_sram_kib must be positive"),  # spilled everything
+    (("lanes = 32", "lanes = true"), "lanes must be positive and finite, got True"),  # was 1 lane
+    (("rows = 32", "rows = 32.7"), "rows must be a whole number"),  # was 32 rows
+    (("[vector.functions]\n", 'functions = "lut"\n[unused]\n'), "functions must be a table"),  # AttributeError
+])
+def test_hardware_values_of_the_wrong_kind_are_user_errors(tmp_path, edit, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(EDGE_TOML.replace(*edit))
+    assert path.read_text() != EDGE_TOML
+    with pytest.raises(UserError, match=message):
+        hardware.load(str(path))
+
+
+def test_subnormal_dram_rate_is_refused(tmp_path, capsys):
+    path = tmp_path / "tiny.toml"
+    path.write_text(EDGE_TOML.replace("dram_gb_per_s = 17.1", "dram_gb_per_s = 1e-320"))
+    with pytest.raises(UserError, match="dram_gb_per_s must be at least 2.23e-308"):
+        hardware.load(path)
+    assert main(["profile", "minilm-l6", "--seq-len", "8", "--hw", str(path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

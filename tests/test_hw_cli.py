@@ -9,20 +9,15 @@ import json
 import pytest
 
 from mabert_hw.cli import compare as compare_cli
-from mabert_hw.cli import main
 from mabert_hw.cost import hardware
 from mabert_hw.cost.counts import trace
 from mabert_hw.cost.cycles import estimate
 from mabert_hw.errors import UserError
 from mabert_hw.spec import PRESETS
 
+from .helpers import EDGE_TOML, no_exp_hardware, run_cli
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_profile_hw_json_has_per_op_cycles_and_totals(capsys):
@@ -129,3 +124,47 @@ def test_profile_with_hardware_stays_light(tmp_path):
             "print(sorted(m for m in ('matplotlib', 'pandas', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_infinite_clock_is_a_one_line_error_with_exit_2(capsys, tmp_path):
+    path = tmp_path / "fast.toml"
+    path.write_text(EDGE_TOML.replace("clock_ghz = 1.0", "clock_ghz = inf"))
+    code, _, err = run_cli(capsys, "profile", "minilm-l6", "--seq-len", "8", "--hw", str(path))
+    assert code == 2 and err.count("\n") == 1 and "clock_ghz" in err
+
+
+def test_overlap_without_hw_is_refused_not_ignored(capsys):
+    code, _, err = run_cli(capsys, "profile", "minilm-l6", "--seq-len", "8", "--overlap", "off")
+    assert code == 2 and "--overlap" in err and "--hw" in err
+
+
+# ops the hardware has no cycle rule for: no cycles rather than zero, and no ratio of partial totals
+
+def test_an_op_without_a_cycle_rule_has_no_cycles_rather_than_zero(capsys, tmp_path):
+    argv = ["profile", "minilm-l6", "--seq-len", "8", "--hw", no_exp_hardware(tmp_path), "--format", "csv"]
+    _, out, _ = run_cli(capsys, *argv, "--by", "kind")
+    softmax = {r["kind"]: r for r in csv.DictReader(io.StringIO(out))}["softmax"]
+    assert softmax["bound"] == "no cycle rule"
+    assert softmax["cycles"] == softmax["time_us"] == softmax["energy_uj"] == softmax["util_%"] == ""
+    _, out, _ = run_cli(capsys, *argv, "--by", "op")
+    ops = {r["name"]: r for r in csv.DictReader(io.StringIO(out))}
+    assert ops["encoder.layer.0.attention.self.softmax"]["cycles"] == ""
+    assert int(ops["encoder.layer.0.attention.self.scale"]["cycles"]) > 0
+
+
+def test_profile_retention_gives_no_cycles_ratio_when_ops_are_unpriced(capsys, tmp_path):
+    argv = ["profile", "minilm-l6", "--seq-len", "64", "--retention", "48,27,20,15,11,1"]
+    code, out, _ = run_cli(capsys, *argv, "--hw", no_exp_hardware(tmp_path), "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    softmaxes = [f"encoder.layer.{j}.attention.self.softmax" for j in range(6)]
+    assert [op["name"] for op in doc["hw_totals"]["unpriced_ops"]] == softmaxes
+    assert doc["power"]["cycles"] == doc["hw_totals"]["cycles"]
+    assert doc["power"]["cycles_ratio"] is None  # was 1.412: totals short of their softmaxes, compared
+    assert doc["power"]["flops_ratio"] > 1  # the counts need no hardware: still compared
+    _, out, _ = run_cli(capsys, *argv, "--hw", no_exp_hardware(tmp_path))
+    assert "cycles not compared: ops without a cycle rule are missing from the totals" in out
+    assert "x fewer\n" not in out + "\n"  # the FLOP and MAC ratios end in "...)", a cycles ratio in "x fewer"
+    _, out, _ = run_cli(capsys, *argv, "--hw", "edge-32x32-int8", "--format", "json")
+    power = json.loads(out)["power"]
+    assert power["cycles_ratio"] == power["cycles_without_elimination"] / power["cycles"]

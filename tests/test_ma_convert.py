@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from mabert_hw import checkpoint
@@ -12,11 +14,13 @@ from mabert_hw.backends import make_backend
 from mabert_hw.cli import main
 from mabert_hw.inputs import SAMPLE_TEXTS, tokenize
 from mabert_hw.model import forward
+from mabert_hw.spec import ModelSpec
 from mabert_hw.torch_ref.hf import hf_forward, hf_model
 from mabert_hw.torch_ref.ma_bert import MABertModel, load_official
 from mabert_hw.weights import random_weights
 
 from .conftest import TINY_TEACHER
+from .helpers import LONG_TEXT, error_line, save_bert
 from .tolerances import REFERENCE_VS_TORCH_ATOL
 
 
@@ -76,3 +80,101 @@ def test_ablation_conversion_is_loadable(tmp_path, teacher_dir, corpus):
                  "--steps", "1", "--max-len", "24", "--batch", "2"]) == 0
     v = checkpoint.load(out).spec.variant
     assert (v.ffn_activation, v.softmax, v.norm, v.mask) == ("relu", "exact", "layernorm", "additive")
+
+
+# What a conversion records: the head's meaning, the teacher's absolute path, the learning rate it trained
+# with; and softmax-error on the models convert writes.
+
+SMALL = ("--softmax-input", "16", "--softmax-hidden", "8", "--max-len", "16", "--batch", "4")
+
+
+def convert(teacher, out, corpus, *extra) -> int:
+    return main(["convert", str(teacher), "--out", str(out), "--data", str(corpus), *SMALL, *extra])
+
+
+def conversion(out: Path) -> dict:
+    return json.loads((out / "config.json").read_text())
+
+
+def test_a_converted_multi_label_classifier_stays_multi_label(tmp_path, corpus, capsys):
+    pytest.importorskip("torch")
+    spec = ModelSpec("tiny", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=32, max_positions=64,
+                     num_labels=3)
+    teacher = save_bert(tmp_path / "teacher", spec, seed=4)
+    head = {"problem_type": "multi_label_classification", "id2label": {"0": "a", "1": "b", "2": "c"},
+            "label2id": {"a": 0, "b": 1, "c": 2}}
+    config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps({**config, **head}))
+    assert convert(teacher, tmp_path / "ma", corpus, "--steps", "0", "--prefit-steps", "0") == 0
+    assert {k: conversion(tmp_path / "ma").get(k) for k in head} == head
+    capsys.readouterr()
+    assert main(["infer", str(tmp_path / "ma"), "--text", "a good movie", "--format", "json"]) == 0
+    record, = json.loads(capsys.readouterr().out)
+    assert "labels" in record and "label" not in record  # read as multi-label: a sigmoid per output
+    assert abs(sum(record["probabilities"]) - 1.0) > 0.1  # three sigmoids near 1/2, not a softmax
+
+
+def test_convert_records_the_teacher_by_absolute_path(tmp_path, teacher_dir, corpus, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.chdir(teacher_dir.parent)
+    assert convert(teacher_dir.name, tmp_path / "ma", corpus, "--steps", "0", "--prefit-steps", "0") == 0
+    recorded = conversion(tmp_path / "ma")["conversion"]["teacher"]
+    assert recorded == str(teacher_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["softmax-error", str(tmp_path / "ma"), "--data", str(corpus), "--max-rows", "20"]) == 0
+
+
+def test_softmax_error_asks_for_the_teacher_when_an_old_record_is_relative(tmp_path, teacher_dir, corpus,
+                                                                          monkeypatch, capsys):
+    pytest.importorskip("torch")
+    assert convert(teacher_dir, tmp_path / "ma", corpus, "--steps", "0", "--prefit-steps", "0") == 0
+    config = conversion(tmp_path / "ma")
+    config["conversion"]["teacher"] = "teacher-as-typed"
+    (tmp_path / "ma" / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["softmax-error", str(tmp_path / "ma"), "--data", str(corpus)]) == 2
+    assert "'teacher-as-typed', a path relative to the directory `convert` ran in: give --teacher" in \
+        error_line(capsys)
+
+
+def test_presets_and_the_minilm_alias_are_recorded_as_given():
+    from mabert_hw.cli.convert import teacher_record
+
+    assert teacher_record("minilm") == "minilm" and teacher_record("bert-base-uncased") == "bert-base-uncased"
+
+
+def test_a_resumed_conversion_records_the_learning_rate_it_trained_with(tmp_path, teacher_dir, corpus, capsys):
+    torch = pytest.importorskip("torch")
+    out = tmp_path / "ma"
+    base = ("--steps", "4", "--prefit-steps", "0", "--checkpoint-every", "100")
+    assert convert(teacher_dir, out, corpus, *base, "--lr", "1e-4", "--max-minutes", "0") == 0  # stops at step 1
+    assert conversion(out)["conversion"]["steps_run"] == 1
+    capsys.readouterr()
+    assert convert(teacher_dir, out, corpus, *base, "--lr", "0.5", "--resume") == 0
+    assert "keeps the first run's learning rate 0.0001 (--lr 0.5 is not used)" in capsys.readouterr().err
+    used = torch.load(out / "train_state.pt", weights_only=False)["scheduler"]["base_lrs"]
+    record = conversion(out)["conversion"]
+    assert used == [1e-4] and record["config"]["lr"] == 1e-4
+    assert record["config"]["steps"] == 4 and record["steps_run"] == 4
+
+
+def test_convert_only_relu_takes_a_max_len_beyond_the_approximator(tmp_path, capsys, teacher_dir, corpus):
+    # this used to be refused (--max-len 24 exceeds --softmax-input 16) although a ReLU-only student has no approximator
+    assert main(["convert", str(teacher_dir), "--out", str(tmp_path / "out"), "--data", str(corpus), "--only", "relu",
+                 "--softmax-input", "16", "--max-len", "24", "--steps", "1", "--prefit-steps", "0",
+                 "--batch", "2"]) == 0
+
+
+def test_softmax_error_defaults_on_a_model_with_64_positions(ma_wide, tmp_path, capsys):
+    """The default --pad-to 64 128 and a text longer than the positions; the padding table says layer 0."""
+    data = tmp_path / "texts.txt"
+    data.write_text(f"{LONG_TEXT}\nA short one.\nAnother sentence here.\n")
+    assert main(["softmax-error", str(ma_wide), "--data", str(data), "--output-dir", str(tmp_path / "err")]) == 0
+    captured = capsys.readouterr()
+    assert "--pad-to 128 skipped: above the model's 64 positions" in captured.err
+    padding = json.loads((tmp_path / "err" / "softmax_error_padding.json").read_text())
+    assert [row["padded_to"] for row in padding] == [64, 64]
+    # the padding table's KL and argmax agreement are layer 0's, and labelled so
+    table = captured.out.split("padding dependence")[1]
+    assert "KL and argmax agreement of layer 0" in table
+    assert "layer0_kl" in table and "layer0_argmax_agree_%" in table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
+from mabert_hw.cli import main
 from mabert_hw.cost.counts import trace
 from mabert_hw.errors import UserError
 from mabert_hw.fold import fold_powernorm, read_hidden_states
@@ -18,6 +20,10 @@ from mabert_hw.ma_checkpoint import raw_shapes, to_bert_keys
 from mabert_hw.model import forward
 from mabert_hw.spec import VARIANTS, ModelSpec
 from mabert_hw.torch_ref.ma_bert import load_official
+from mabert_hw.weights import random_weights
+
+from .conftest import TINY_SPECS
+from .helpers import error_line
 from .tolerances import FOLDED_VS_UNFOLDED_ATOL, REFERENCE_VS_TORCH_ATOL
 
 MA = VARIANTS["ma"]
@@ -230,3 +236,60 @@ def test_plain_bert_state_file_is_not_taken_for_ma(tmp_path):
     torch.save({k: torch.from_numpy(v) for k, v in random_weights(TINY).items()}, tmp_path / "plain.bin")
     with pytest.raises(UserError, match="no MA-BERT keys"):
         checkpoint.load(tmp_path / "plain.bin")
+
+
+# Bad MA-BERT checkpoints: one-line errors, not tracebacks or silently truncated models.
+
+@pytest.mark.parametrize("text,message", [("{not json", "not a readable JSON config"),
+                                          ("[1, 2]", "config must be a JSON object")])
+def test_official_file_with_a_malformed_config_beside_it_is_a_one_line_error(tmp_path, capsys, text, message):
+    pytest.importorskip("torch")
+    from .test_ma_model import random_official_state, save_official, tiny_ma
+
+    spec = tiny_ma(share=False)
+    path = save_official(tmp_path, spec, random_official_state(spec))
+    (tmp_path / "config.json").write_text(text)
+    assert main(["profile", str(path), "--seq-len", "8"]) == 2
+    line = error_line(capsys)
+    assert str(tmp_path / "config.json") in line and message in line
+
+
+@pytest.mark.parametrize("missing", ["embeddings.word_embeddings.weight", "encoder.layer.0.intermediate.dense.weight",
+                                     "embeddings.position_embeddings.weight"])
+def test_ma_directory_missing_a_key_is_a_one_line_error(tmp_path, capsys, missing):
+    pytest.importorskip("torch")
+    from safetensors.numpy import save_file
+
+    from .test_ma_model import random_official_state, tiny_ma
+
+    spec = tiny_ma(share=False)
+    state = {k.removeprefix("bert."): v.numpy() for k, v in random_official_state(spec).items()
+             if not k.startswith("cls.") and k.removeprefix("bert.") != missing}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "num_attention_heads": spec.heads, "softmax_input_size": spec.variant.softmax_input,
+        "softmax_hidden_layer_size": spec.variant.softmax_hidden, "share_softmax_nn": False}))
+    assert main(["profile", str(tmp_path), "--seq-len", "8"]) == 2
+    assert error_line(capsys) == f"mabert-hw: error: missing key {missing}"
+
+
+def test_ma_weights_with_more_layers_than_the_config_are_refused():
+    from mabert_hw.ma_checkpoint import ma_weights
+    from mabert_hw.spec import Variant
+
+    variant = Variant(softmax="mlp", ffn_activation="relu", norm="powernorm", mask="multiplicative", softmax_input=16,
+                      softmax_hidden=8)
+    spec = dataclasses.replace(TINY_SPECS[0], variant=variant)
+    state = dict(random_weights(spec, 3))
+    state["encoder.layer.2.output.dense.bias"] = np.zeros(spec.hidden, np.float32)
+    with pytest.raises(UserError, match="the weights hold encoder layer 2, but the config has num_hidden_layers = 2"):
+        ma_weights(spec, state)
+
+
+def test_torch_model_refuses_ids_beyond_its_vocabulary():
+    # this used to be torch's IndexError (index out of range in self) from convert and softmax-error
+    spec = TINY_SPECS[0]
+    model = load_official(spec, random_weights(spec, 1))
+    ids = torch.tensor([[1, spec.vocab_size]])
+    with pytest.raises(UserError, match=f"token id {spec.vocab_size} is outside the model's vocab_size"):
+        model(ids)

@@ -18,6 +18,8 @@ from mabert_hw.torch_ref.hf import hf_model
 from mabert_hw.torch_ref.power_bert import PowerBert
 from mabert_hw.weights import random_weights
 
+from .helpers import refused, write_tiny
+
 SENTENCES = [
     "a gripping , funny film", "dull and lifeless", "it 's a charming and often affecting journey .",
     "the plot is nothing but boilerplate clichés from start to finish", "an utterly compelling work",
@@ -141,3 +143,19 @@ def test_stsb_with_retention_mean_pools_the_kept_tokens_as_torch(tiny_classifier
     n = len(first)
     theirs = 100.0 * spearmanr((vectors[:n] * vectors[n:]).sum(1), gold).statistic
     assert ours == round(theirs, 2)
+
+
+@pytest.fixture
+def sst2_file(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_text("sentence\tlabel\na gripping film \t1\ndull and lifeless \t0\nflat \t0\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["eval", "power-search"])
+def test_sst2_refuses_a_regression_head(tmp_path, capsys, sst2_file, command):
+    # A one-output head argmaxes to 0 on every text: eval used to report the share of label-0 rows
+    # (2 of 3 here, 66.67) as the model's accuracy.
+    regression = write_tiny(tmp_path / "regression", num_labels=1)
+    line = refused(capsys, [command, regression, "--task", "sst2", "--data", sst2_file, "--limit", "3"])
+    assert "1-output head" in line and "two-class classifier" in line

@@ -11,6 +11,8 @@ import pytest
 from mabert_hw.cli import main
 from mabert_hw.spec import PRESETS
 
+from .helpers import error_line
+
 MODEL = "minilm-l6"
 SPEC = PRESETS[MODEL]
 BATCH, SEQ_LEN = 2, 64
@@ -132,3 +134,33 @@ def test_compare_takes_a_power_search_config_as_profile_does(capsys, tmp_path):
     assert main(["compare", MODEL, "--batch", str(BATCH), "--variants", "power", "--seq-len", str(SEQ_LEN),
                  "--retention", ",".join(map(str, retention)), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["variants"] == [row]  # inline: the same row
+
+
+# --retention CONFIG.json: values that are not counts are refused, not reinterpreted
+
+@pytest.mark.parametrize("config", [
+    {"retention": "42"},  # was read character by character: 4,2
+    {"retention": [9.7, 4.2, 3, 2, 1, 1]},  # was cut to 9,4,...
+    {"retention": [True] * 6},  # was 1,1,...
+])
+def test_retention_that_is_not_a_list_of_counts_is_refused(tmp_path, capsys, config):
+    path = tmp_path / "schedule.json"
+    path.write_text(json.dumps(config))
+    assert main(["profile", "minilm-l6", "--retention", str(path)]) == 2
+    assert "retention must be a list of integers" in error_line(capsys)
+
+
+@pytest.mark.parametrize("seq_len", [True, "64", 0])
+def test_searched_seq_len_that_is_not_a_length_is_refused(tmp_path, capsys, seq_len):
+    path = tmp_path / "schedule.json"
+    path.write_text(json.dumps({"retention": [8, 6, 4, 2, 1, 1], "seq_len": seq_len}))
+    assert main(["profile", "minilm-l6", "--retention", str(path)]) == 2
+    assert "seq_len must be a positive integer" in error_line(capsys)
+
+
+def test_searched_seq_len_sets_the_profiled_length(tmp_path, capsys):
+    """A valid config still sets the length: T_l = min(l_j, T_(l-1)) from T_0 = 16."""
+    path = tmp_path / "schedule.json"
+    path.write_text(json.dumps({"retention": [8, 6, 4, 2, 1, 1], "seq_len": 16}))
+    assert main(["profile", "minilm-l6", "--retention", str(path)]) == 0
+    assert "16 -> 8 -> 6 -> 4 -> 2 -> 1 -> 1" in capsys.readouterr().out

@@ -1,0 +1,89 @@
+"""`mabert-hw eval` (and `power-search --out`) on a tiny random classifier and an untrained MA conversion:
+the row records batch size and padding, texts are cut to what the model takes (positions, the approximator's
+n), and --retention CONFIG.json pads to the length the search used."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mabert_hw import checkpoint
+from mabert_hw.cli import main
+from mabert_hw.eval.tasks import length_batches
+from mabert_hw.power_search import encode
+
+from .conftest import TINY_TEACHER
+from .helpers import LONG_TEXT
+from .test_cli_inputs_eval import STSB_HEADER
+
+
+@pytest.fixture
+def sst2_file(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_text("sentence\tlabel\na gripping film \t1\ndull and lifeless \t0\nlovely \t1\n"
+                    "it never finds its footing \t0\nwarm , witty and wise \t1\n")
+    return str(path)
+
+
+def eval_row(capsys, *argv) -> dict:
+    assert main(["eval", *map(str, argv), "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)[0]
+
+
+# batch size and padding rule are part of an (MA) eval result
+
+def test_eval_row_records_batch_size_and_padding(classifier, sst2_file, capsys):
+    row = eval_row(capsys, classifier, "--task", "sst2", "--data", sst2_file, "--batch-size", "2")
+    assert (row["batch_size"], row["padding"]) == (2, "batch-longest")
+    row = eval_row(capsys, classifier, "--task", "sst2", "--data", sst2_file, "--seq-len", "12")
+    assert (row["batch_size"], row["padding"]) == (32, "fixed-12")
+
+
+def test_eval_help_says_ma_results_depend_on_padding(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "MA-BERT results depend on padding" in text and "--batch-size" in text
+
+
+# texts are cut to min(128, positions, the approximator's n)
+
+def test_dynamic_batches_are_cut_to_the_approximator_input(ma_narrow):
+    ck = checkpoint.load(ma_narrow)
+    texts = [LONG_TEXT, "short"]
+    assert max(b.shape[1] for _, b in length_batches(ck, texts)) == 16
+    assert max(b.shape[1] for _, b in encode(ck, texts, None)) == 16
+    assert max(b.shape[1] for _, b in encode(ck, texts, 48)) == 48  # a fixed length is the user's choice
+
+
+def test_dynamic_batches_are_cut_to_the_positions(teacher_dir):
+    ck = checkpoint.load(teacher_dir)
+    assert max(b.shape[1] for _, b in length_batches(ck, [LONG_TEXT])) == TINY_TEACHER.max_positions
+
+
+def test_eval_stsb_on_an_approximator_narrower_than_128(ma_narrow, tmp_path, capsys):
+    data = tmp_path / "stsb.tsv"
+    rows = [("a man plays a guitar", LONG_TEXT, "1.0"), ("a dog runs", "a dog is running", "4.5"),
+            ("the sky is blue", "stocks fell sharply today", "0.2")]
+    data.write_text(STSB_HEADER + "".join(f"0\tmain\tf\t2012\t1\tnone\tnone\t{a}\t{b}\t{s}\n" for a, b, s in rows))
+    row = eval_row(capsys, ma_narrow, "--task", "stsb", "--data", data)
+    assert row["examples"] == 3 and row["padding"] == "batch-longest"
+
+
+def test_eval_retention_config_defaults_to_its_searched_length(classifier, sst2_file, tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"retention": [6, 3], "seq_len": 8}))
+    row = eval_row(capsys, classifier, "--task", "sst2", "--data", sst2_file, "--retention", config)
+    assert (row["seq_len"], row["padding"], row["retention"]) == (8, "fixed-8", "6,3")
+    row = eval_row(capsys, classifier, "--task", "sst2", "--data", sst2_file, "--retention", config, "--seq-len", "12")
+    assert row["seq_len"] == 12
+
+
+def test_power_search_out_is_checked_before_the_search(classifier, sst2_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["power-search", str(classifier), "--task", "sst2", "--data", sst2_file, "--method", "geometric",
+              "--seq-len", "16", "--out", str(tmp_path / "missing" / "c.json")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no such directory" in err and "schedules scored" not in err

@@ -1,0 +1,177 @@
+"""The PoWER and int8 analysis scripts: power_sst2's soft-stage marker (removed after a crash, stale markers not
+waited on), power_retrain's cache per checkpoint and settings, and bad arguments or schedules refused before
+any work (power_retrain, power_sst2_timing and the others)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from mabert_hw import checkpoint
+from mabert_hw.spec import ModelSpec
+from mabert_hw.weights import random_weights
+
+from .helpers import error_line, sst2_file
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
+
+
+TWO_LABELS = ModelSpec("tiny", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=32, max_positions=64,
+                       num_labels=2)
+
+
+# analysis/power_sst2.py: the soft stage's marker file
+
+@pytest.fixture(scope="module")
+def power_sst2():
+    spec = importlib.util.spec_from_file_location("power_sst2", ROOT / "analysis" / "power_sst2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Waited(Exception):
+    pass
+
+
+def failing_soft_stage(power_sst2, monkeypatch):
+    """soft_extract crashes at once; waiting on the marker raises Waited instead of sleeping."""
+    def crash(*_):
+        raise RuntimeError("soft extract crashed")
+
+    def sleep(_):
+        raise Waited
+
+    monkeypatch.setattr(power_sst2, "soft_extract", crash)
+    monkeypatch.setattr(power_sst2.time, "sleep", sleep)
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def test_a_crashed_soft_stage_removes_its_marker(power_sst2, monkeypatch, tmp_path):
+    failing_soft_stage(power_sst2, monkeypatch)
+    with pytest.raises(RuntimeError, match="soft extract crashed"):
+        power_sst2.cached_soft_extract(Namespace(soft_cache=tmp_path, seq_len=64), None)
+    assert not (tmp_path / "running").exists()
+
+
+@pytest.mark.parametrize("marker", ["empty", "dead"])
+def test_a_stale_marker_is_not_waited_on(power_sst2, monkeypatch, tmp_path, marker):
+    failing_soft_stage(power_sst2, monkeypatch)
+    (tmp_path / "running").write_text("" if marker == "empty" else str(dead_pid()))
+    with pytest.raises(RuntimeError, match="soft extract crashed"):  # ran the stage instead of waiting
+        power_sst2.cached_soft_extract(Namespace(soft_cache=tmp_path, seq_len=64), None)
+
+
+def test_a_live_marker_is_waited_on(power_sst2, monkeypatch, tmp_path, capsys):
+    failing_soft_stage(power_sst2, monkeypatch)
+    (tmp_path / "running").write_text(str(os.getpid()))
+    with pytest.raises(Waited):
+        power_sst2.cached_soft_extract(Namespace(soft_cache=tmp_path, seq_len=64), None)
+    assert f"waiting for the soft-extract process {os.getpid()}" in capsys.readouterr().out
+
+
+# power_retrain, power_sst2_timing and the other scripts
+
+def analysis_script(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(ANALYSIS))  # the scripts import their sibling power_sst2
+    spec = importlib.util.spec_from_file_location(name, ANALYSIS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def retrain_args(**changes) -> Namespace:
+    return Namespace(**{"data": Path("/data"), "steps": 2, "lr": 2e-5, "batch": 4, "seq_len": 16, **changes})
+
+
+def test_power_retrain_caches_per_checkpoint_and_settings(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    retrain = analysis_script("power_retrain", monkeypatch)
+    trained, pools = [], []
+    monkeypatch.setattr(retrain, "CACHE", tmp_path)
+    monkeypatch.setattr(retrain, "training_stream", lambda data, ck, *_: pools.append(ck) or iter(()))
+    monkeypatch.setattr(retrain, "train", lambda model, *_, **__: trained.append(model) or [0.0])
+    first, second = (checkpoint.Checkpoint(TWO_LABELS, random_weights(TWO_LABELS, seed=s), f"ck{s}")
+                     for s in (1, 2))
+    runs = [(first, retrain_args()), (second, retrain_args()), (first, retrain_args(steps=3)),
+            (first, retrain_args(lr=1e-5)), (first, retrain_args(batch=8)), (first, retrain_args(seq_len=32)),
+            (first, retrain_args(data=Path("/other")))]
+    for ck, args in runs:
+        retrain.retrained(ck, (8, 4), args, ck)
+    assert len(trained) == len(runs)  # none read back another checkpoint's or setting's weights
+    model_ck, record = retrain.retrained(first, (8, 4), retrain_args(), first)
+    assert len(trained) == len(runs) and record["steps"] == 2  # the same again: from the cache
+    assert len(list(tmp_path.glob("8-4-*.npz"))) == len(runs)
+    retrain.retrained(model_ck, (4, 2), retrain_args(), first)
+    assert pools[-1] is first  # texts picked by the classifier's metrics.json, not by the retrained copy's source
+
+
+def test_power_retrain_refuses_a_bad_schedule_before_any_training(tmp_path, classifier, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    retrain = analysis_script("power_retrain", monkeypatch)
+    monkeypatch.setattr(retrain.torch, "set_num_threads", lambda _: None)  # this process's threads stay
+    monkeypatch.setattr(retrain, "retrained", lambda *_: pytest.fail("trained before the schedules were checked"))
+    assert retrain.main(["8,4", "9,9,9", "--ckpt", str(classifier), "--out", str(tmp_path / "r.json")]) == 2
+    assert error_line(capsys).endswith(": error: retention 9,9,9 has 3 entries for 2 layers")  # prog: argv[0]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--repeats", "0"], "argument --repeats: expected a positive integer, got 0"),
+    (["--sentences", "0"], "argument --sentences: expected a positive integer, got 0"),
+    (["--out", "/no/such/dir/t.json"], "argument --out: no such directory: /no/such/dir"),
+])
+def test_power_sst2_timing_refuses_bad_arguments_before_any_work(classifier, monkeypatch, capsys, argv, message):
+    timing = analysis_script("power_sst2_timing", monkeypatch)
+    monkeypatch.setattr(timing.checkpoint, "load", lambda _: pytest.fail("loaded a checkpoint"))
+    with pytest.raises(SystemExit) as exit_:
+        timing.main(["8,8", "--ckpt", str(classifier), *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_power_sst2_timing_refuses_a_bad_schedule_in_one_line(tmp_path, classifier, monkeypatch, capsys):
+    timing = analysis_script("power_sst2_timing", monkeypatch)
+    monkeypatch.setattr(timing, "speedups", lambda *_: pytest.fail("timed before the schedules were checked"))
+    assert timing.main(["8,8,8", "--ckpt", str(classifier), "--out", str(tmp_path / "t.json")]) == 2
+    assert error_line(capsys).endswith(": error: retention 8,8,8 has 3 entries for 2 layers")
+
+
+def test_power_sst2_timing_records_the_sentences_it_timed(tmp_path, classifier, monkeypatch):
+    timing = analysis_script("power_sst2_timing", monkeypatch)
+    data = sst2_file(tmp_path / "dev.tsv", ["a good film\t1", "a bad film\t0"])
+    out = tmp_path / "t.json"
+    assert timing.main(["8,8", "--ckpt", str(classifier), "--data", str(data), "--sentences", "5", "--seq-len", "8",
+                        "--repeats", "1", "--engine", "reference", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["sentences"] == 2 and set(record["speedup"]) == {"baseline", "8,8"}
+
+
+@pytest.mark.parametrize("script,argv,message", [
+    ("power_sst2", ["--timing-sentences", "0"], "expected a positive integer, got 0"),
+    ("power_sst2", ["--soft-lr", "0"], "expected a positive number, got 0"),
+    ("power_ma_stsb", ["--limit", "0"], "expected a positive integer, got 0"),
+    ("power_ma_columns", ["--limit", "-3"], "expected a positive integer, got -3"),
+    ("int8_speed", ["--rounds", "0"], "expected a positive integer, got 0"),
+])
+def test_the_other_power_and_int8_scripts_refuse_counts_below_one(monkeypatch, capsys, script, argv, message):
+    pytest.importorskip("torch")
+    module = analysis_script(script, monkeypatch)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""What quant-error reports: the cosine against all-zero tensors as torch computes it, exact tensors (SQNR inf)
+as a change of 0, null in JSON and the top of the chart, and a sensitivity ranking of only the ops the config
+quantizes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mabert_hw.cli import main
+from mabert_hw.quant.error import compare, sqnr_change, with_baseline
+
+
+TEXTS = "A plane is taking off.\nA man is playing a flute.\nA woman is slicing an onion.\n"
+
+
+@pytest.fixture
+def texts(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text(TEXTS)
+    return path
+
+
+@pytest.mark.parametrize("ref, got", [
+    (np.array([1.0, -2.0, 3.0]), np.zeros(3)),  # every code rounded to zero: nothing of ref survives
+    (np.zeros(3), np.array([0.5, 0.0, -1.0])),
+    (np.array([1.0, -2.0, 3.0]), np.array([2.0, -4.0, 6.5])),
+])
+def test_cosine_matches_torch(ref, got):
+    # this used to be 1.0 (a perfect score) whenever either side was all zero
+    expected = torch.nn.functional.cosine_similarity(torch.tensor(ref), torch.tensor(got), dim=0).item()
+    assert compare(ref, got)["cosine"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_cosine_of_two_zero_tensors_is_one():
+    # equal tensors (noise 0, SQNR inf): full agreement, where torch's eps-guarded form says 0
+    assert compare(np.zeros(4), np.zeros(4)) == {"sqnr_db": np.inf, "cosine": 1.0, "max_abs_err": 0.0}
+
+
+def test_sensitivity_ranks_only_ops_the_config_quantizes(tmp_path, texts, minilm, capsys):
+    cfg = tmp_path / "one.toml"
+    cfg.write_text('quantize = false\n[[rule]]\nname = "encoder.layer.5.output.dense"\nquantize = true\n')
+    assert main(["quant-error", "minilm", "--config", str(cfg), "--data", str(texts), "--limit", "2",
+                 "--top", "5", "--format", "csv"]) == 0
+    ranking = capsys.readouterr().out.split("sensitivity", 1)[1].split("\n", 1)[1]
+    assert [row["tensor"] for row in csv.DictReader(io.StringIO(ranking))] == ["encoder.layer.5.output.dense"]
+
+
+def test_sqnr_change_between_exact_results_is_zero():
+    assert sqnr_change(math.inf, math.inf) == 0.0
+    assert sqnr_change(math.inf, 20.0) == math.inf and sqnr_change(20.0, math.inf) == -math.inf
+    assert sqnr_change(20.5, 10.25) == 10.25
+    rows = [{"tensor": "a", "sqnr_db": math.inf}, {"tensor": "b", "sqnr_db": 12.5}]
+    assert [r["delta_db"] for r in with_baseline(rows, rows)] == [0.0, 0.0]
+
+
+def test_quant_error_json_is_valid_with_exact_tensors(tmp_path, texts, minilm, capsys):
+    cfg = tmp_path / "last.toml"
+    cfg.write_text('quantize = false\n[[rule]]\nname = "encoder.layer.5.*"\nquantize = true\n')
+
+    def no_constants(name):
+        raise AssertionError(f"invalid JSON token {name}")
+
+    assert main(["quant-error", "minilm", "--config", str(cfg), "--baseline", str(cfg), "--data", str(texts),
+                 "--limit", "2", "--no-sensitivity", "--format", "json"]) == 0
+    rows = next(iter(json.loads(capsys.readouterr().out, parse_constant=no_constants).values()))
+    exact = [r for r in rows if r["tensor"].startswith("encoder.layer.0.")]
+    assert exact and all(r["sqnr_db"] is None and r["baseline_sqnr_db"] is None and r["delta_db"] == 0.0
+                         for r in exact)
+    assert all(isinstance(r["sqnr_db"], float) for r in rows if r["tensor"].startswith("encoder.layer.5."))
+
+
+def test_sqnr_chart_draws_exact_tensors_at_the_top():
+    from mabert_hw.cli.quant_error import _chart_rows
+
+    rows = [{"tensor": "a", "sqnr_db": math.inf}, {"tensor": "b", "sqnr_db": 12.5}, {"tensor": "c", "sqnr_db": 30.0}]
+    assert [(r["tensor"], r["sqnr_db"]) for r in _chart_rows(rows)] == [("a (exact)", 30.0), ("b", 12.5),
+                                                                        ("c", 30.0)]

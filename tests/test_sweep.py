@@ -1,0 +1,147 @@
+"""`mabert-hw sweep` runs: grids (repeated values and empty grids refused, rules alone one configuration), a
+failing configuration losing no other row, the dask client and the pool's workers closed with the sweep, and
+the metric-vs-bits plot of its results."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+
+import pytest
+
+from mabert_hw.errors import UserError
+from mabert_hw.eval import sweep
+from mabert_hw.eval.sweep import config_key, load_grid
+
+
+@pytest.mark.parametrize("text", ["act_bits = [8, 8]\n", "percentile = [99, 99.0]\nact_bits = [4, 8]\n"])
+def test_grid_with_a_repeated_value_is_refused(tmp_path, text):
+    # both points used to be kept, so the sweep evaluated one configuration twice and wrote two rows
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as error:
+        load_grid(path)
+    assert str(path) in str(error.value) and "repeated" in str(error.value)
+
+
+def test_grid_with_distinct_values_keeps_every_point(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text("act_bits = [4, 8]\nweight_bits = [4, 8]\n")
+    assert len(load_grid(path)) == 4
+
+
+@pytest.mark.parametrize("text", ["", "# act_bits = [4, 8]\n"])
+def test_empty_grid_is_refused(tmp_path, text):
+    # a grid with no field and no rule used to run as one configuration, the defaults
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"^{re.escape(str(path))}: no QuantConfig field and no rule; "):
+        load_grid(path)
+
+
+def test_grid_of_rules_alone_is_one_configuration(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text('[[rule]]\nkind = "softmax"\nact_bits = 16\n')
+    assert load_grid(path) == [{"rule": [{"kind": "softmax", "act_bits": 16}]}]
+
+
+def _evaluate_or_fail(job):
+    """A stand-in for sweep.evaluate (inherited by the forked workers): act_bits = 4 fails at once, the
+    others finish after it."""
+    if job.config["act_bits"] == 4:
+        raise ValueError("out of range")
+    time.sleep(0.5)
+    return {**job.config, "key": config_key(job.config), "metric": 10.0 * job.config["act_bits"], "seconds": 0.5,
+            "overflows": 0}
+
+
+@pytest.mark.parametrize("workers", [1, 2, "dask"])
+def test_a_failing_job_loses_no_other_row(tmp_path, monkeypatch, workers):
+    # the first failure used to end the sweep, so the rows of the jobs still running or not started never
+    # reached the CSV, and (workers > 1) the pool was left to the interpreter's exit
+    monkeypatch.setattr(sweep, "evaluate", _evaluate_or_fail)
+    jobs = [sweep.Job("minilm", "stsb", "d", None, {"act_bits": bits}, "c") for bits in (4, 6, 8, 12)]
+    out = tmp_path / "results.csv"
+    with ExitStack() as stack, pytest.raises(UserError) as error:
+        if workers == "dask":  # a failing future on a cluster, as on the pool
+            distributed = pytest.importorskip("dask.distributed")
+            cluster = stack.enter_context(distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False))
+            sweep.run_sweep(jobs, out, scheduler=stack.enter_context(distributed.Client(cluster)))
+        else:
+            sweep.run_sweep(jobs, out, workers=workers)
+    assert str(error.value) == '1 of 4 configurations failed (their rows are not in the output): ' \
+                               '{"act_bits":4}: ValueError: out of range'
+    with open(out, newline="") as f:
+        metrics = {row["act_bits"]: float(row["metric"]) for row in csv.DictReader(f)}
+    assert metrics == {"6": 60.0, "8": 80.0, "12": 120.0}
+
+
+def test_a_sweep_given_a_scheduler_address_closes_its_client(tmp_path, monkeypatch):
+    # the Client that run_sweep opens for an address used to stay connected after the sweep returned
+    distributed = pytest.importorskip("dask.distributed")
+    monkeypatch.setattr(sweep, "evaluate", _evaluate_or_fail)
+    jobs = [sweep.Job("minilm", "stsb", "d", None, {"act_bits": bits}, "c") for bits in (6, 8)]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster:
+        rows = sweep.run_sweep(jobs, tmp_path / "results.csv", scheduler=cluster.scheduler_address)
+        assert sorted(row["metric"] for row in rows) == [60.0, 80.0]
+        with pytest.raises(ValueError, match="No clients found"):
+            distributed.default_client()
+
+
+# a sweep's pool workers after SIGTERM
+
+SLOW_SWEEP = """
+import sys, time
+from mabert_hw.eval import sweep
+
+def slow_evaluate(job):
+    time.sleep(60)
+    return {}
+
+sweep.evaluate = slow_evaluate  # the forked workers see it too
+jobs = [sweep.Job("minilm", "stsb", "dev.tsv", None, {"act_bits": bits}, "cal.npz") for bits in (4, 6, 8, 10)]
+print("started", flush=True)
+sweep.run_sweep(jobs, sys.argv[1], workers=2)
+"""
+
+
+def test_sigterm_stops_the_pool_workers_with_the_sweep(tmp_path):
+    # SIGTERM used to kill the main process only; its workers ran on, orphaned, holding its output pipe. The
+    # sweep runs in a child process: a regression must not take the test run down with it
+    process = subprocess.Popen([sys.executable, "-c", SLOW_SWEEP, str(tmp_path / "out.csv")], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert process.stdout.readline() == b"started\n"
+        time.sleep(1.0)  # the pool's workers are running their jobs
+        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+        time.sleep(0.5)
+        assert [pid for pid in workers if os.path.exists(f"/proc/{pid}")] == []
+        assert process.returncode != 0 and b"KeyboardInterrupt" in process.stdout.read()
+    finally:  # whatever is left of the child's session (the sweep, its workers) after a failure
+        for pid in subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True).stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+
+
+# the metric-vs-bits plot: a grid with no bit series writes no empty chart
+
+def test_metric_vs_bits_writes_a_png_only_when_a_bit_series_has_two_points(tmp_path):
+    from mabert_hw.report.quant_plots import plot_metric_vs_bits
+
+    header = "key,metric,seconds,overflows,calibrator,act_bits\n"
+    no_series = tmp_path / "calibrators.csv"  # two calibrators, no bits field varied
+    no_series.write_text(header + "a,80.0,1,0,minmax,\nb,81.0,1,0,mse,\n")
+    assert plot_metric_vs_bits(no_series, tmp_path / "none.png") == 0
+    assert not (tmp_path / "none.png").exists()
+    series = tmp_path / "bits.csv"  # act_bits 4 and 8 under one calibrator: one line; mse's lone point none
+    series.write_text(header + "a,70.0,1,0,minmax,4\nb,80.0,1,0,minmax,8\nc,81.0,1,0,mse,8\n")
+    assert plot_metric_vs_bits(series, tmp_path / "bits.png") == 1
+    assert (tmp_path / "bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
