@@ -1,4 +1,4 @@
-"""Review of the FFF layer on input layouts tests/test_fff.py does not try: one token, a bare vector,
+"""The FFF layer on input layouts tests/test_fff.py does not try: one token, a bare vector,
 a (B, T, C) batch, rows that are not contiguous, float64, no tokens. Every backend's answer must be
 the torch hard path's on the same float32 values."""
 

@@ -1,4 +1,4 @@
-"""Review of the FFF scripts' arguments: analysis/fff_minilm.py refuses values that would build trees
+"""The FFF scripts' arguments: analysis/fff_minilm.py refuses values that would build trees
 of no nodes, crash after minutes of work or mislabel its rows; analysis/fff_floor.py records the
 thread count that ran; bench-ffn's help says that --threads is capped, and each of its formats carries
 the run's context."""

@@ -142,7 +142,7 @@ def quantize_codes(x: np.ndarray, qp: QParams, rounding: str = "half_even",
     float32 reciprocal and adds the zero point before rounding, in one fused multiply-add (fma32), so its
     ties break on the code. Measured against torch 2.13 on ~1.2M values, half of them within a float32
     step of a tie, and a double-rounding case: this formula 0 codes differ, onnxruntime's ~14 %; on 2M
-    random values 0, and 11-16 (tests/test_quant_review_fixes.py).
+    random values 0, and 11-16 (tests/test_quant_rounding.py).
     With half-even rounding the codes then stay float32: rint of a float32 is a float32, and adding
     the zero point and clipping are exact there while |code| < 2^24 (formats of <= 24 bits). Other
     paths round in float64.
