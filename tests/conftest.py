@@ -107,3 +107,11 @@ def ma_narrow(tmp_path_factory, teacher_dir, corpus):
 @pytest.fixture(scope="module")
 def ma_wide(tmp_path_factory, teacher_dir, corpus):
     return converted(tmp_path_factory, teacher_dir, corpus, "ma128", 128)  # n = 128 > 64 positions
+
+
+@pytest.fixture
+def texts(tmp_path):
+    """Three STS-B-like sentences, one per line, as tmp_path/texts.txt (quant-error's --data)."""
+    path = tmp_path / "texts.txt"
+    path.write_text("A plane is taking off.\nA man is playing a flute.\nA woman is slicing an onion.\n")
+    return path

@@ -14,16 +14,6 @@ from mabert_hw.eval.sweep import (COLUMNS, append_result, config_key, load_grid,
                                   write_run_record)
 from mabert_hw.quant import config as qconfig
 
-TEXTS = "A plane is taking off.\nA man is playing a flute.\n"
-
-
-@pytest.fixture
-def texts(tmp_path):
-    path = tmp_path / "texts.txt"
-    path.write_text(TEXTS)
-    return path
-
-
 def _grid(tmp_path, text="act_bits = [8]\n"):
     path = tmp_path / "grid.toml"
     path.write_text(text)

@@ -17,16 +17,6 @@ from mabert_hw.cli import main
 from mabert_hw.quant.error import compare, sqnr_change, with_baseline
 
 
-TEXTS = "A plane is taking off.\nA man is playing a flute.\nA woman is slicing an onion.\n"
-
-
-@pytest.fixture
-def texts(tmp_path):
-    path = tmp_path / "texts.txt"
-    path.write_text(TEXTS)
-    return path
-
-
 @pytest.mark.parametrize("ref, got", [
     (np.array([1.0, -2.0, 3.0]), np.zeros(3)),  # every code rounded to zero: nothing of ref survives
     (np.zeros(3), np.array([0.5, 0.0, -1.0])),
