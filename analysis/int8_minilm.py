@@ -56,7 +56,7 @@ def residual_rules(**fields) -> list[dict]:
 
 DEV_PAIRS = 1500  # GLUE STS-B dev
 BEST = {"calibrator": "percentile"}  # the scheme rows' calibrator, picked as the best 8-bit one on the subset's
-# calibrator rows before the fixed-engine fix (786610f); mse now scores higher there (study.csv), and the rows
+# calibrator rows before the fixed-engine fix (349925a); mse now scores higher there (study.csv), and the rows
 # keep percentile to compare with the headline's
 HEADLINE = [
     {"weight_granularity": "channel"},

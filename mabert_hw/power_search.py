@@ -27,9 +27,9 @@ from .model import forward
 from .power import geometric_retention
 
 # l_j = round(T r^j), from mild (r = 0.95: the last of 12 layers keeps 54 % of T) to aggressive (r = 0.5:
-# one token left by layer 6 at T = 64), in steps of 0.05
+# one token left by layer 6 at T = 64), in steps of 0.05 down to 0.6
 GEOMETRIC_RATIOS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5)
-GREEDY_SHRINK = 0.75  # a cut keeps 3/4 of a count: ~14 cuts take a layer from 64 tokens to 1
+GREEDY_SHRINK = 0.75  # a cut keeps 3/4 of a count: 12 cuts take a layer from 64 tokens to 1
 # Accuracies are 100 k / n in floating point: a loss of exactly the budget (say 1 of n = 100 examples, 1.0
 # point) can come out a few ulp above it (59.0 - 57.99999999999999). Losses are compared rounded to this
 # many decimals, far below the 100 / n of one example.

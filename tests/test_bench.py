@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +19,6 @@ from mabert_hw.bench import timing  # noqa: E402
 from mabert_hw.bench.engines import EngineUnavailable  # noqa: E402
 from mabert_hw.bench.timing import bench, machine_threads, time_calls  # noqa: E402
 from mabert_hw.cli import main  # noqa: E402
-from mabert_hw.errors import UserError  # noqa: E402
 from mabert_hw.inputs import random_batch  # noqa: E402
 from mabert_hw.torch_ref.hf import hf_config, hf_forward, hf_model  # noqa: E402
 from mabert_hw.weights import random_weights  # noqa: E402
@@ -177,18 +173,6 @@ def test_cli_bench_unknown_engine_is_a_user_error(capsys):
     assert "unknown engine(s) tpu" in capsys.readouterr().err
 
 
-def test_bench_engines_first_call_snippet_is_valid_python():
-    """analysis/bench_engines.py runs FIRST_CALL in a fresh interpreter; a bad indent there stops the study."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "analysis" / "bench_engines.py"
-    spec = importlib.util.spec_from_file_location("bench_engines", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    compile(module.FIRST_CALL, "FIRST_CALL", "exec")
-
-
 # an MA-BERT checkpoint: a length above the approximator's n is refused before any engine is prepared, and
 # ort gives the torch engine's reason
 
@@ -225,13 +209,6 @@ def test_bench_ort_on_an_ma_checkpoint_gives_the_torch_engines_reason(ma_file, t
 # threads: --threads above the cores is refused (every engine runs at the count the report names); the
 # default follows NUMBA_NUM_THREADS
 
-def test_bench_refuses_more_threads_than_cores():
-    spec = TINY_SPECS[1]
-    with pytest.raises(UserError, match="cores"):
-        bench(spec, random_weights(spec), batch=1, seq_len=4, engines=["reference"], repeat=1,
-              threads=machine_threads() + 1, pause=0)
-
-
 def test_cli_bench_too_many_threads_is_a_one_line_error(tmp_path, capsys):
     pytest.importorskip("transformers")
     from mabert_hw.torch_ref.hf import hf_config
@@ -252,53 +229,3 @@ def test_bench_default_threads_follow_numba_num_threads(monkeypatch):
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
     assert timing.default_threads(["fast", "torch"]) == 1
     assert timing.default_threads(["torch"]) == 4
-
-
-# analysis/bench_engines.py measures its "after" GEMM and BLAS record at the threads it names
-
-def load_bench_engines():
-    script = Path(__file__).resolve().parents[1] / "analysis" / "bench_engines.py"
-    spec = importlib.util.spec_from_file_location("bench_engines", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_engines_study_after_gemm_runs_at_the_recorded_threads(monkeypatch):
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    if machine_threads() < 2:
-        pytest.skip("needs 2 cores to tell 1 BLAS thread from the run's count")
-    study = load_bench_engines()
-
-    def one_thread_profile(*args, threads=None, **kwargs):
-        if threads == 1:  # as FastBackend(threads=1) does: every BLAS left on 1 thread
-            threadpoolctl.threadpool_limits(limits=1, user_api="blas")
-        return []
-
-    def blas_threads_now():
-        return float(min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"))
-
-    spec = replace(TINY_SPECS[0], max_positions=128)
-    monkeypatch.setattr(study, "machine_threads", lambda: 2)
-    monkeypatch.setattr(study, "first_call", dict)
-    monkeypatch.setattr(study, "models", lambda: [(spec, random_weights(spec), [], ())])
-    monkeypatch.setattr(study, "time_by_call", one_thread_profile)
-    monkeypatch.setattr(study, "numpy_gemm_gflops", blas_threads_now)
-    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):  # restores this process's BLAS after
-        record = study.run(repeat=1, base_repeat=1, shapes=())
-    assert record["gemm_gflops_after"] == 2.0
-    assert record["gemm_gflops_1_thread"] == 1.0
-    assert {b["threads"] for b in record["blas"]} == {2}
-
-
-def test_time_by_call_times_the_variants_ops_not_as_overhead():
-    from mabert_hw.bench.profile import time_by_call
-    from mabert_hw.inputs import random_batch
-    from mabert_hw.weights import random_weights
-
-    from .conftest import TINY_SPECS
-
-    spec = TINY_SPECS[0].with_variant(ffn="fff", fff_depth=2, fff_trees=1, retention=(5, 3))  # 2 layers, T = 9
-    rows = time_by_call("reference", spec, random_weights(spec, seed=0), random_batch(spec, 2, 9, seed=1), repeat=1)
-    calls = {row["call"] for row in rows}
-    assert {"fff", "significance", "top_tokens", "select_tokens"} <= calls

@@ -14,6 +14,8 @@ BACKENDS = {
     "fixed": "mabert_hw.backends.fixed:FixedBackend",
     "fast": "mabert_hw.backends.fast:FastBackend",
 }
+# the pyproject extra that installs what a backend imports beyond the core dependencies
+OPTIONAL_EXTRA = {"fast": "fast"}
 
 
 def make_backend(name: str, **options) -> Backend:
@@ -21,7 +23,13 @@ def make_backend(name: str, **options) -> Backend:
         module_name, class_name = BACKENDS[name].split(":")
     except KeyError:
         raise UserError(f"unknown backend {name!r}; backends: {', '.join(BACKENDS)}") from None
-    return getattr(import_module(module_name), class_name)(**options)
+    try:
+        module = import_module(module_name)
+    except ImportError as error:  # numba, for fast
+        package = f"mabert-hw[{OPTIONAL_EXTRA[name]}]" if name in OPTIONAL_EXTRA else error.name
+        raise UserError(f"the {name} backend needs {error.name}, which is not installed "
+                        f"(pip install '{package}')") from None
+    return getattr(module, class_name)(**options)
 
 
 __all__ = ["BACKENDS", "Backend", "Op", "make_backend"]
