@@ -182,8 +182,8 @@ def write(record: dict, out: Path, command: str) -> None:
                         for b in record["blas"]) or "none found"
     readme = f"""# Engine benchmark: fast (Numba) vs reference vs torch eager vs onnxruntime fp32
 
-Made by `{command}` (one run, {time.strftime('%Y-%m-%d %H:%M')}), {record['threads']} threads per engine,
-on {record['cpu']}. BLAS kernels in the process (threadpoolctl): {kernels}.
+Made by `{command}` (one run, {time.strftime('%Y-%m-%d %H:%M')}), {record['threads']} threads per engine
+(MiniLM up to B*T = {SMALL_TOKENS} also on one: the `threads` column), on {record['cpu']}. BLAS kernels in the process (threadpoolctl): {kernels}.
 Load average (1, 5, 15 min) before: {load(record['load_before'])}; after: {load(record['load_after'])}
 (the 2-core machine was shared with other jobs: absolute times are noisy, ratios from one
 interleaved run are the figures to read). GFLOP/s = counted FLOPs (cost.counts) / median time.
