@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .spec import ModelSpec, Variant, real_number, whole_number
+from .spec import ModelSpec, Variant, real_number, true_or_false, whole_number
 from .weights import Weights, check_shapes, expected_shapes, layer_prefix, refuse_extra_layers
 
 MA_CONFIG_KEYS = ("ffn_hidden_act", "norm_type", "use_softmax_approx", "share_softmax_nn",
@@ -110,13 +110,13 @@ def spec_from_ma(config: dict, state: dict[str, np.ndarray] | None, name: str) -
 
     try:
         variant = Variant(
-            softmax="mlp" if c["use_softmax_approx"] else "exact",
+            softmax="mlp" if true_or_false(c["use_softmax_approx"], "use_softmax_approx") else "exact",
             ffn_activation=c["ffn_hidden_act"],
             norm="powernorm" if c["norm_type"] == "Power" else "layernorm",
             mask=c.get("mask_type", "multiplicative"),  # our extension key, for single-technique ablations
             softmax_input=whole("softmax_input_size"),
             softmax_hidden=whole("softmax_hidden_layer_size"),
-            share_softmax=bool(c["share_softmax_nn"]),
+            share_softmax=true_or_false(c["share_softmax_nn"], "share_softmax_nn"),
         )
         return ModelSpec(
             name=name, vocab_size=whole("vocab_size"), hidden=whole("hidden_size"),

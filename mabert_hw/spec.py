@@ -197,5 +197,13 @@ def real_number(value, key: str) -> float:
     return float(value)
 
 
+def true_or_false(value, key: str) -> bool:
+    """A flag read from a config or TOML file: JSON / TOML true or false only. The string "false" is
+    non-empty, which bool() reads as true; raises ValueError like whole_number."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)

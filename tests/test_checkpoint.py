@@ -133,6 +133,15 @@ def test_fractional_sizes_are_refused(tmp_path, changes, key):
     assert f"{key} must be a whole number" in error_of(tmp_path)
 
 
+@pytest.mark.parametrize("key", ["use_softmax_approx", "share_softmax_nn"])
+def test_ma_flags_written_as_strings_are_refused(tmp_path, key):
+    """"false" is a non-empty string: bool() read it as true, so `use_softmax_approx: "false"` ran and
+    counted the approximator, and `share_softmax_nn: "false"` asked for the shared approximator's keys."""
+    config = hf_config(SPEC).to_dict() | {"ffn_hidden_act": "relu", "norm_type": "Power", key: "false"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert f"{key} must be true or false, got 'false'" in error_of(tmp_path)
+
+
 # Checkpoints saved by transformers with values a model cannot hold: each is refused in one line, or read
 # as transformers reads it.
 

@@ -124,6 +124,10 @@ def test_unknown_preset_and_missing_file():
     (("lanes = 32", "lanes = true"), "lanes must be positive and finite, got True"),  # was 1 lane
     (("rows = 32", "rows = 32.7"), "rows must be a whole number"),  # was 32 rows
     (("[vector.functions]\n", 'functions = "lut"\n[unused]\n'), "functions must be a table"),  # AttributeError
+    # misspelt or made-up keys left the defaults in force without a word
+    (("overlap = true", "overlapp = false"), r"unknown key memory.overlapp \(known: ifmap_sram_kib, "),
+    (("clock_ghz = 1.0", "clock_ghz = 1.0\nclock_mhz = 500"), "unknown key clock_mhz"),
+    (("rows = 32", "rows = 32\nbogus = 1"), "unknown key array.bogus"),
 ])
 def test_hardware_values_of_the_wrong_kind_are_user_errors(tmp_path, edit, message):
     path = tmp_path / "bad.toml"

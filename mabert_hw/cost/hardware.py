@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..inputs import read_toml
+from ..spec import true_or_false
 
 HW_DIR = Path(__file__).resolve().parent / "hw"
 DATAFLOWS = ("os", "ws", "is")
@@ -225,12 +226,21 @@ def _whole(t: dict, key: str) -> int:
     return int(count)
 
 
-def _flag(t: dict, key: str, default: bool) -> bool:
-    """A TOML boolean: `overlap = "false"` is a non-empty string, which bool() reads as true."""
-    value = t.get(key, default)
-    if not isinstance(value, bool):
-        raise ValueError(f"{key} must be true or false, got {value!r}")
-    return value
+KNOWN_KEYS = {  # the schema above, table by table ("" the top level)
+    "": ("name", "description", "clock_ghz", "energy", "array", "vector", "memory"),
+    "array": ("rows", "cols", "dataflow", "precision"),
+    "vector": ("lanes", "precision", "functions"),
+    "memory": ("ifmap_sram_kib", "filter_sram_kib", "ofmap_sram_kib", "dram_gb_per_s", "overlap"),
+}
+
+
+def _refuse_unknown_keys(tables: dict[str, dict]) -> None:
+    """A misspelt key (`overlapp = false`) would leave the default in force without a word."""
+    for where, table in tables.items():
+        for key in table:
+            if key not in KNOWN_KEYS[where]:
+                known = ", ".join(KNOWN_KEYS[where])
+                raise ValueError(f"unknown key {f'{where}.' if where else ''}{key} (known: {known})")
 
 
 def _from_table(t: dict, default_name: str) -> Hardware:
@@ -247,6 +257,7 @@ def _from_table(t: dict, default_name: str) -> Hardware:
             known = sorted(n for f, n in implementations() if f == function)
             raise ValueError(f"no implementation {implementation!r} of {function!r} (known: {', '.join(known)})")
         functions[function] = implementations()[function, implementation]
+    _refuse_unknown_keys({"": t, "array": array, "vector": vector, "memory": memory})
     return Hardware(
         name=t.get("name", default_name),
         description=t.get("description", ""),
@@ -262,6 +273,6 @@ def _from_table(t: dict, default_name: str) -> Hardware:
         filter_sram_kib=_positive(memory, "filter_sram_kib"),
         ofmap_sram_kib=_positive(memory, "ofmap_sram_kib"),
         dram_gb_per_s=_positive(memory, "dram_gb_per_s"),
-        overlap=_flag(memory, "overlap", True),
+        overlap=true_or_false(memory.get("overlap", True), "overlap"),
         energy=energy_table(t.get("energy", "horowitz45")),
     )
