@@ -57,7 +57,8 @@ def run(args) -> int:
     ck.require_weights("eval")
     if args.task == "sst2":  # before any calibration or data work
         tasks.require_sst2_classifier(ck)
-    retention = read_retention(args.retention, ck.spec.layers, seq_len)
+    # with dynamic padding no text is longer than token_limit: a schedule keeping more could never apply
+    retention = read_retention(args.retention, ck.spec.layers, seq_len or tasks.token_limit(ck.spec))
     backend = task_backend(args.engine, ck, args.task, args.data)
     started = time.perf_counter()
     if args.task == "sst2":
