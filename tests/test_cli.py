@@ -179,6 +179,9 @@ def test_unwritable_output_is_one_line(tmp_path, capsys, monkeypatch):
     (["profile", "bert-base-uncased", "--output", "/nonexistent-dir/x.csv"], "no such directory"),
     (["compare", "bert-base-uncased", "--output", "."], "is a directory"),
     (["bench", "minilm-l6", "--pause", "inf"], "expected a finite number"),
+    (["bench", "minilm-l6", "--pause", "1e12"], "expected at most 60 seconds"),  # was time.sleep's OverflowError
+    # only the directory was checked: the run's result was lost when its file could not be made
+    (["profile", "bert-base-uncased", "--output", "/proc/x.csv"], "cannot write /proc/x.csv: no new file can be made"),
 ])
 def test_paths_and_numbers_are_checked_before_the_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

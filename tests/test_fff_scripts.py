@@ -1,6 +1,6 @@
 """The FFF scripts' arguments: analysis/fff_minilm.py refuses values that would build trees
 of no nodes, crash after minutes of work or mislabel its rows; analysis/fff_floor.py records the
-thread count that ran; bench-ffn's help says that --threads is capped, and each of its formats carries
+thread count that ran; bench-ffn refuses more threads than cores, and each of its formats carries
 the run's context."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 
 from mabert_hw.cli import main
 from mabert_hw.bench.ffn import Problem
+from mabert_hw.bench.timing import machine_threads
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 
@@ -72,10 +73,16 @@ def test_fff_floor_refuses_zero_threads(tmp_path, capsys):
     assert exit_.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
 
 
-def test_bench_ffn_help_says_threads_are_capped(capsys):
+def test_bench_ffn_refuses_more_threads_than_cores(capsys):
+    """--threads 50 ran on the cores there were, named only in the JSON record's threads field."""
+    pytest.importorskip("numba")
     with pytest.raises(SystemExit):
         main(["bench-ffn", "--help"])
-    assert "at most: one per core" in " ".join(capsys.readouterr().out.split())
+    assert "one per core Numba sees; more are refused" in " ".join(capsys.readouterr().out.split())
+    cores = machine_threads()
+    assert main(["bench-ffn", "--threads", str(cores + 1), "--tokens", "64", "--hidden", "32", "--depth", "2",
+                 "--dense-width", "32", "--rounds", "1", "--no-torch"]) == 2
+    assert f"{cores + 1} threads asked for, but this process may run on {cores} cores" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("error:Converting a tensor with requires_grad=True:UserWarning")

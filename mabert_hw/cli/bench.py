@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from .. import checkpoint
@@ -12,6 +13,16 @@ from ..report.tables import text_table
 from ..spec import ModelSpec
 from ..weights import random_weights
 from .common import add_checkpoint, add_output, emit, non_negative_float, non_negative_int, positive_int
+
+
+MAX_PAUSE_S = 60.0  # 400 times THREADS_IDLE_S, far past any engine's spinning threads; more only stalls the run
+
+
+def pause_seconds(text: str) -> float:
+    value = non_negative_float(text)
+    if value > MAX_PAUSE_S:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_PAUSE_S:g} seconds, got {text}")
+    return value
 
 
 def register(subparsers) -> None:
@@ -35,9 +46,9 @@ def register(subparsers) -> None:
     parser.add_argument("--settle", type=non_negative_int, default=1,
                         help="untimed calls an engine makes in its turn before the timed one, so the previous "
                              "engine's spinning threads have gone quiet (default 1)")
-    parser.add_argument("--pause", type=non_negative_float, default=THREADS_IDLE_S,
+    parser.add_argument("--pause", type=pause_seconds, default=THREADS_IDLE_S,
                         help="seconds of sleep before each engine's turn, so that the previous engine's "
-                             f"spinning BLAS / onnxruntime threads go to sleep (default {THREADS_IDLE_S})")
+                             f"spinning BLAS / onnxruntime threads go to sleep (default {THREADS_IDLE_S}, at most {MAX_PAUSE_S:g})")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="a table, or the whole JSON record (default table)")
     add_output(parser)

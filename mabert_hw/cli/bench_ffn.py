@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dense-width", type=positive_int, default=3072, help="dense FF width F (default 3072)")
     parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--threads", type=positive_int,
-                        help="Numba and BLAS threads (default, and at most: one per core Numba sees)")
+                        help="Numba and BLAS threads (default: one per core Numba sees; more are refused)")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch implementations")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     add_output(parser)
@@ -47,13 +47,18 @@ def _load() -> list[float]:
 
 def run(args) -> int:
     from ..bench.ffn import Problem, check_agreement, implementations, summarize
-    from ..bench.timing import THREADS_IDLE_S, blas_kernels, time_calls
+    from ..bench.timing import THREADS_IDLE_S, blas_kernels, check_threads, time_calls
     from ..kernels.threads import set_threads
     from ..machine import describe
 
     if not 0 <= args.depth <= MAX_DEPTH:
         raise UserError(f"--depth must be 0..{MAX_DEPTH}, got {args.depth}")
+    if args.threads is not None:
+        check_threads(args.threads)  # set_threads would quietly hold fewer: the record names the count held
     threads = set_threads(args.threads)
+    if args.threads is not None and threads["numba_threads"] != args.threads:
+        raise UserError(f"Numba can run {threads['numba_threads']} threads here (NUMBA_NUM_THREADS), "
+                        f"not {args.threads}")
     if not args.no_torch:
         try:
             import torch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 from ..atomic import atomic_write
@@ -105,9 +106,24 @@ def output_file(text: str) -> str:
         target = path.resolve()  # a symlink is written through: its target's directory must exist too
     except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python < 3.13)
         raise argparse.ArgumentTypeError(f"cannot resolve {text}: {error}") from None
-    if text not in STANDARD_STREAMS and not target.parent.is_dir():
+    if text in STANDARD_STREAMS:
+        return text
+    if not target.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text} leads to {target}, whose directory does not exist")
+    if not target.exists() or target.is_file():  # a device or FIFO is written in place, not replaced
+        _probe_directory(text, target.parent)
     return text
+
+
+def _probe_directory(text: str, directory: Path) -> None:
+    """Whether a file can be created in `directory`, as the output's temporary will be (atomic.atomic_path):
+    a read-only directory or file system, or /proc, refuses it. Tried with a file removed at once."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".mabert-hw-probe-"):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: no new file can be made in {directory} "
+                                         f"({error.strerror or error})") from None
 
 
 PLOT_FORMATS = (".png", ".svg", ".pdf", ".eps", ".ps", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")  # matplotlib's
@@ -149,7 +165,7 @@ def emit(text: str, output: str | None) -> None:
         else:
             _replace_whole(path, text)
     except OSError as error:
-        raise UserError(f"cannot write {output}: {error}") from None
+        raise UserError(f"cannot write {output}: {error.strerror or error}") from None
     print(f"wrote {output}", file=sys.stderr)
 
 
