@@ -232,6 +232,8 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _read_weight_file(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():  # a directory (or FIFO) by a weight file's name: the readers' errors name no cause
+        raise UserError(f"{path} is not a file")
     return _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_bin(path)
 
 
@@ -272,6 +274,25 @@ def _read_safetensors_through_torch(path: Path, dtype: str) -> dict[str, np.ndar
     return {key: _to_numpy(tensor) for key, tensor in load_file(str(path)).items()}
 
 
+WEIGHTS_ONLY_FAILED = "Weights only load failed"
+WEIGHTS_ONLY_ADVICE = (WEIGHTS_ONLY_FAILED, "Please file an issue", "Check the documentation", "(1)", "(2)")
+
+
+def _torch_load_cause(error: Exception) -> str:
+    """torch.load's reason in one line. A refused weights-only pickle's message opens with advice to load
+    with weights_only=False, which a user of this tool cannot act on (and which would not mend a corrupt
+    file); the cause is the first sentence after "WeightsUnpickler error:" (e.g. "Unsupported operand 14"
+    for random bytes), or else the first line that is not advice."""
+    text = str(error)
+    if not text.startswith(WEIGHTS_ONLY_FAILED):
+        return error_summary(error)
+    _, marker, after = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (after if marker else text).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(WEIGHTS_ONLY_ADVICE)]
+    cause = causes[0].split(". ")[0] if causes else type(error).__name__
+    return f"refused by torch's weights-only reader: {cause}"
+
+
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
@@ -280,7 +301,7 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad pickle, some with many-line messages
-        raise UserError(f"{path}: unreadable torch checkpoint ({error_summary(error)})") from None
+        raise UserError(f"{path}: unreadable torch checkpoint ({_torch_load_cause(error)})") from None
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a state dict, got {type(state).__name__}")
     state = _unwrap_training_checkpoint(state)

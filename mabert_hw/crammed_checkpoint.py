@@ -115,6 +115,8 @@ def parse_arch(config: dict) -> CrammedArch:
     if not isinstance(arch, dict):
         raise UserError(f"crammed config's 'arch' must be a JSON object, got {arch!r:.40}")
     if "num_transformer_layers" not in arch:
+        if arch is not config:  # the section is there, its key is not
+            raise UserError("crammed config is missing arch.num_transformer_layers")
         raise UserError(f"the crammed BERT layout needs its arch config: config.json with model_type {MODEL_TYPE!r} "
                         f"and the 'arch' section, or cramming's {CRAMMING_CONFIG}")
 

@@ -215,6 +215,8 @@ def tsv_texts(path: Path) -> list[str]:
         if len(row) <= columns[-1]:
             raise UserError(f"{path}, line {line}: {len(row)} of the header's {len(header)} tab-separated fields")
         texts += [row[i].strip() for i in columns if row[i].strip()]
+    if not texts:
+        raise UserError(f"{path} holds no text under its header")
     return texts
 
 

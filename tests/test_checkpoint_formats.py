@@ -89,7 +89,26 @@ def test_unpicklable_bin_is_a_one_line_error(tmp_path):
     model = tiny()
     model.config.save_pretrained(tmp_path)
     torch.save({np.str_(key): value for key, value in model.state_dict().items()}, tmp_path / "pytorch_model.bin")
-    assert "unreadable torch checkpoint" in error_of(tmp_path)
+    error = error_of(tmp_path)
+    # the cause, not torch's advice to load with weights_only=False (which a CLI user cannot act on)
+    assert "unreadable torch checkpoint (refused by torch's weights-only reader: " in error
+    assert "numpy" in error and "weights_only" not in error
+
+
+def test_random_bytes_bin_names_the_cause(tmp_path):
+    tiny().config.save_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(np.random.default_rng(0).bytes(2000))
+    error = error_of(tmp_path)
+    assert error.startswith(f"{tmp_path / 'pytorch_model.bin'}: unreadable torch checkpoint (")
+    assert "weights_only" not in error and "Weights only load failed" not in error
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_weight_file_that_is_a_directory(tmp_path, name):
+    """Was "corrupted safetensors file (No such device (os error 19))" and torch's IsADirectoryError."""
+    tiny().config.save_pretrained(tmp_path)
+    (tmp_path / name).mkdir()
+    assert error_of(tmp_path) == f"{tmp_path / name} is not a file"
 
 
 def test_legacy_layernorm_gamma_beta_names(tmp_path):

@@ -34,6 +34,7 @@ def convert(teacher_dir, out, data, *extra) -> int:
     ("short.tsv", b"label\tsentence\n1\tfine\n0\n", "line 3: 1 of the header's 2 tab-separated fields"),
     ("latin1.txt", b"fine\ncaf\xe9 au lait\n", "line 2: not UTF-8 text"),
     ("blank.txt", b"\n  \n = Heading = \n", "holds no text"),
+    ("header-only.tsv", b"sentence\tlabel\n", "holds no text under its header"),  # was "no texts to tokenise"
 ])
 def test_bad_data_file_is_named_in_one_line(tmp_path, capsys, teacher_dir, name, content, message):
     data = tmp_path / name

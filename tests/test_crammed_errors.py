@@ -66,6 +66,15 @@ def test_crammed_keys_under_a_bert_config_are_a_user_error(tmp_path):
         checkpoint.load(directory)
 
 
+def test_arch_section_without_its_layer_count_names_the_key(tmp_path):
+    """Was "needs its arch config: config.json with ... the 'arch' section", beside the section itself."""
+    arch = arch_config()
+    del arch["num_transformer_layers"]
+    directory = save_hf(tmp_path / "no-layers", arch, random_state(arch_config(), 1))
+    with pytest.raises(UserError, match="crammed config is missing arch.num_transformer_layers"):
+        checkpoint.load(directory)
+
+
 def test_fractional_sizes_are_refused():
     arch = arch_config()
     arch["intermed_depth"] = 3.5
