@@ -93,6 +93,15 @@ def test_infer_minilm_mean_and_cls(minilm, capsys):
                                    atol=REFERENCE_VS_TORCH_ATOL, rtol=0)
 
 
+def test_infer_table_cuts_long_texts_and_json_keeps_them(capsys):
+    """A long --text made one table row as wide as the text."""
+    long_text = "a sentence that goes on " * 20
+    code, out, _ = run_cli(capsys, "infer", "minilm", "--text", long_text, "--text", "short")
+    assert code == 0 and long_text[:59] + "\u2026" in out and long_text not in out and "short" in out
+    code, out, _ = run_cli(capsys, "infer", "minilm", "--text", long_text, "--format", "json")
+    assert code == 0 and json.loads(out)[0]["text"] == long_text
+
+
 def test_infer_classifier_prints_probabilities(tmp_path, capsys):
     """Softmax of HF's own logits (its tokenizer on the vocab.txt, its from_pretrained model)."""
     torch.manual_seed(0)

@@ -129,3 +129,9 @@ def test_compare_plots_write_error_is_a_one_line_error(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert code == 2
     assert "cannot write plots" in err and "Permission denied" in err and err.count("\n") == 1, err
+
+
+def test_compare_refuses_a_variant_named_twice(capsys):
+    """bert,bert printed the same row twice."""
+    assert main(["compare", "bert-base-uncased", "--seq-len", "16", "--variants", "bert,ma,bert"]) == 2
+    assert capsys.readouterr().err == "mabert-hw: error: --variants names 'bert' twice\n"

@@ -42,6 +42,12 @@ def test_sensitivity_ranks_only_ops_the_config_quantizes(tmp_path, texts, minilm
     assert [row["tensor"] for row in csv.DictReader(io.StringIO(ranking))] == ["encoder.layer.5.output.dense"]
 
 
+def test_top_without_the_ranking_is_refused(tmp_path, texts, capsys):
+    """--top was ignored without a word under --no-sensitivity."""
+    assert main(["quant-error", "minilm", "--data", str(texts), "--no-sensitivity", "--top", "5"]) == 2
+    assert "--top sets the sensitivity rows shown: it has no use with --no-sensitivity" in capsys.readouterr().err
+
+
 def test_sqnr_change_between_exact_results_is_zero():
     assert sqnr_change(math.inf, math.inf) == 0.0
     assert sqnr_change(math.inf, 20.0) == math.inf and sqnr_change(20.0, math.inf) == -math.inf

@@ -162,6 +162,9 @@ def run(args) -> int:
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     if not names:
         raise UserError("--variants is empty")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"--variants names {repeated[0]!r} twice")
     unknown = [n for n in names if n not in VARIANTS and n != "power"]
     if unknown:
         raise UserError(f"unknown variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}, power")

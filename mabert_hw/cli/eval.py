@@ -35,8 +35,9 @@ def register(subparsers) -> None:
                         help="sst2: SST-2 dev accuracy; stsb: STS-B dev Spearman x 100")
     parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
     parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
-                        help="fixed: the default int8 quantization config, calibrated first on the task's "
-                        "train split (beside the dev file, else the data itself) and cached")
+                        help="the engine to run (default reference); fixed: the default int8 quantization "
+                        "config, calibrated first on the task's train split (beside the dev file, else the data "
+                        "itself) and cached")
     add_retention_argument(parser)
     parser.add_argument("--seq-len", type=positive_int,
                         help="pad/truncate every text to this many tokens (default: the length a --retention "

@@ -68,8 +68,19 @@ def run(args) -> int:
     else:
         records = vector_records(args.text, sentence_vectors(out.last_hidden_state, batch.attention_mask,
                                                              args.pooling or "mean"))
-    print(json.dumps(records, indent=2) if args.format == "json" else text_table(records))
+    print(json.dumps(records, indent=2) if args.format == "json" else text_table(shortened(records)))
     return 0
+
+
+TABLE_TEXT_CHARS = 60  # a table row stays on one line of a wide terminal; json keeps the whole text
+
+
+def shortened(records: list[dict]) -> list[dict]:
+    """The records with each text cut to TABLE_TEXT_CHARS characters (an ellipsis marking the cut)."""
+    def cut(text: str) -> str:
+        return text if len(text) <= TABLE_TEXT_CHARS else text[: TABLE_TEXT_CHARS - 1] + "\u2026"
+
+    return [{**r, "text": cut(r["text"])} for r in records]
 
 
 def vector_records(texts: list[str], vectors: np.ndarray) -> list[dict]:

@@ -11,6 +11,8 @@ from ..model import forward
 from ..report.tables import FORMATS, csv_table, markdown_table, text_table
 from .common import add_checkpoint, add_output, emit, plot_file, positive_int, check_configs_for_model
 
+DEFAULT_TOP = 10  # sensitivity rows shown: one screen, past MiniLM's six worst ops (its FFN outputs, reports/int8)
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="text file, one sentence per line, or a GLUE .tsv (its "
                         "sentence columns); each text cut to the model's positions and an MA-BERT approximator's n")
     parser.add_argument("--limit", type=positive_int, default=16, help="sentences in the batch (default 16)")
-    parser.add_argument("--top", type=positive_int, default=10, help="sensitivity rows shown (default 10)")
+    parser.add_argument("--top", type=positive_int, help=f"sensitivity rows shown (default {DEFAULT_TOP})")
     parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking (of "
                         "the ops the config quantizes)")
     parser.add_argument("--plot", type=plot_file, help="write a bar chart of per-tensor SQNR here (.png, .svg, .pdf "
@@ -41,6 +43,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.no_sensitivity and args.top is not None:
+        raise UserError("--top sets the sensitivity rows shown: it has no use with --no-sensitivity")
     from tqdm import tqdm
 
     from ..eval.tasks import token_limit
@@ -75,8 +79,8 @@ def run(args) -> int:
     if not args.no_sensitivity:
         ranked = sensitivity(run_forward, config, calibration, ranked_ops(rows, config), progress=lambda it: tqdm(it, desc="sensitivity"),
                              token_mask=mask)
-        sections.append((f"sensitivity (final hidden state SQNR, op quantized alone; worst {args.top})",
-                         ranked[: args.top]))
+        top = args.top or DEFAULT_TOP
+        sections.append((f"sensitivity (final hidden state SQNR, op quantized alone; worst {top})", ranked[:top]))
     render = {"table": text_table, "md": markdown_table, "csv": csv_table}.get(args.format)
     if render is None:
         import json
