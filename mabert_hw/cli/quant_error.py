@@ -8,6 +8,7 @@ from .. import checkpoint
 from ..errors import UserError
 from ..inputs import data_texts, tokenize_within
 from ..model import forward
+from ..quant import config as qconfig
 from ..report.tables import FORMATS, csv_table, markdown_table, text_table
 from .common import add_checkpoint, add_output, emit, plot_file, positive_int, check_configs_for_model
 
@@ -26,7 +27,8 @@ def register(subparsers) -> None:
         "error has an infinite SQNR: inf in the table and CSV, null in JSON.",
     )
     add_checkpoint(parser)
-    parser.add_argument("--config", help="QuantConfig TOML (default: W8A8, per-channel weights, float non-linears)")
+    parser.add_argument("--config", help="QuantConfig TOML (default: W8A8, per-channel weights, float "
+                        f"non-linears); {qconfig.fields_help()}")
     parser.add_argument("--baseline", help="a second QuantConfig TOML ('default': the built-in W8A8 one) whose "
                         "per-tensor SQNR is shown beside the config's, with the change (delta_db)")
     parser.add_argument("--data", required=True, help="text file, one sentence per line, or a GLUE .tsv (its "
@@ -48,7 +50,6 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..eval.tasks import token_limit
-    from ..quant import config as qconfig
     from ..quant.calibrate import calibrate
     from ..quant.error import ranked_ops, sensitivity, tensor_errors, with_baseline
 

@@ -232,5 +232,13 @@ def group_misfits(config: QuantConfig, ops) -> list[str]:
     return misfits
 
 
+def fields_help() -> str:
+    """The keys a QuantConfig TOML may hold, for --help (this module's docstring explains them)."""
+    ops = ", ".join(f.name for f in fields(OpSettings))
+    whole = ", ".join(f.name for f in fields(QuantConfig) if f.name not in ("defaults", "rules"))
+    return (f"top-level fields: {ops}; {whole}; and [[rule]] tables, each a kind or a name glob and any of "
+            "the top-level fields before the semicolon (mabert_hw/quant/config.py explains each)")
+
+
 def load(path: str | Path) -> QuantConfig:
     return from_dict(read_toml(path, "quantization config"), str(path))
