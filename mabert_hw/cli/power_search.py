@@ -4,15 +4,19 @@ training-free, on a dev subset; print the accuracy/FLOPs frontier and write the 
 from __future__ import annotations
 
 import json
+import sys
 
 from tqdm import tqdm
 
 from .. import checkpoint
 from ..backends import BACKENDS
 from ..eval import tasks
-from ..power_search import GEOMETRIC_RATIOS, GREEDY_SHRINK, Scorer, as_record, choose, encode, frontier, geometric_search, greedy_search
+from ..eval.sweep import sigterm_interrupts
+from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scored, Scorer, as_record, choose, encode, frontier,
+                            geometric_search, greedy_search)
 from ..report.tables import FORMATS, render
-from .common import add_checkpoint, emit, non_negative_float, output_file, positive_int, task_backend
+from .common import (INTERRUPTED_EXIT, add_checkpoint, emit, non_negative_float, output_file, positive_int,
+                     task_backend)
 
 
 def register(subparsers) -> None:
@@ -29,7 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--budget-loss", type=non_negative_float, default=1.0,
                         help="accuracy points allowed to lose (default 1.0)")
     parser.add_argument("--out", metavar="CONFIG.json", type=output_file,
-                        help="write the chosen configuration and frontier here")
+                        help="write the chosen configuration and frontier here (when Ctrl-C or SIGTERM stops "
+                        "the search: the schedules scored so far, marked interrupted, none chosen)")
     parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both",
                         help=f"geometric: l_j = round(T r^j) for r in {GEOMETRIC_RATIOS[0]} .. {GEOMETRIC_RATIOS[-1]}; "
                         "greedy: from no elimination, cut one layer's count (and the later ones) by "
@@ -53,15 +58,13 @@ def run(args) -> int:
     task = tasks.load_sst2(args.data, args.limit)
     batches = encode(ck, task.sentences, args.seq_len, args.batch_size)
     backend = task_backend(args.engine, ck, "sst2", args.data)
-    bar = tqdm(desc="schedules scored", unit="schedule")
-    scorer = Scorer(ck, task.labels, batches, backend, progress=lambda s: bar.update(1))
-    baseline = scorer(None, "baseline")
-    if args.method in ("geometric", "both"):
-        geometric_search(scorer, args.seq_len)
-    if args.method in ("greedy", "both"):
-        greedy_search(scorer, args.seq_len, args.budget_loss)
-    bar.close()
+    with tqdm(desc="schedules scored", unit="schedule") as bar:
+        scorer = Scorer(ck, task.labels, batches, backend, progress=lambda s: bar.update(1))
+        finished = search(scorer, args)
     scored = list(scorer.scored.values())
+    if not finished:
+        return keep_interrupted(scored, run_fields(ck, args, len(task.labels)), args.out)
+    baseline = scorer.scored[None]
     chosen = choose(scored, baseline, args.budget_loss)
     front = frontier(scored)
     rows = [{"family": s.family, "retention": "none" if s.retention is None else ",".join(map(str, s.retention)),
@@ -69,11 +72,49 @@ def run(args) -> int:
              "flops_ratio": round(baseline.flops / s.flops, 3), "chosen": s is chosen} for s in front]
     emit(render(rows, args.format), None)
     if args.out:
-        document = {"checkpoint": ck.source, "task": args.task, "seq_len": args.seq_len, "examples": len(task.labels),
-                    "engine": args.engine, "budget_loss": args.budget_loss,
+        document = {**run_fields(ck, args, len(task.labels)),
                     "retention": None if chosen.retention is None else list(chosen.retention),
                     "accuracy": chosen.accuracy, "baseline_accuracy": baseline.accuracy,
-                    "flops": chosen.flops, "baseline_flops": baseline.flops,
-                    "frontier": [as_record(s) for s in front], "scored": [as_record(s) for s in scored]}
+                    "flops": chosen.flops, "baseline_flops": baseline.flops, **scored_fields(scored)}
         emit(json.dumps(document, indent=2), args.out)
     return 0
+
+
+def search(scorer: Scorer, args) -> bool:
+    """Score the baseline, then the schedules of --method; False when Ctrl-C or SIGTERM stopped it (the
+    schedules scored until then stay in scorer.scored; the one under way is lost)."""
+    try:
+        with sigterm_interrupts():
+            scorer(None, "baseline")
+            if args.method in ("geometric", "both"):
+                geometric_search(scorer, args.seq_len)
+            if args.method in ("greedy", "both"):
+                greedy_search(scorer, args.seq_len, args.budget_loss)
+    except KeyboardInterrupt:
+        return False
+    return True
+
+
+def run_fields(ck, args, examples: int) -> dict:
+    """What the scores depend on, as a --out document records it."""
+    return {"checkpoint": ck.source, "task": args.task, "seq_len": args.seq_len, "examples": examples,
+            "engine": args.engine, "budget_loss": args.budget_loss}
+
+
+def scored_fields(scored: list[Scored]) -> dict:
+    return {"frontier": [as_record(s) for s in frontier(scored)], "scored": [as_record(s) for s in scored]}
+
+
+def keep_interrupted(scored: list[Scored], fields: dict, out: str | None) -> int:
+    """Write the schedules scored before an interruption to OUT, as sweep keeps its finished rows. The
+    document is marked interrupted and holds no chosen "retention": a schedule chosen among part of the
+    search is not the search's answer, and `eval --retention` refuses a document without one."""
+    if out and scored:  # the search scores the baseline first: scored[0]
+        document = {**fields, "interrupted": True, "baseline_accuracy": scored[0].accuracy,
+                    "baseline_flops": scored[0].flops, **scored_fields(scored)}
+        emit(json.dumps(document, indent=2), out)
+        kept = f"{out} holds them, marked interrupted, with no schedule chosen: run the search again for one"
+    else:
+        kept = f"nothing written to {out}" if out else "no --out to keep them in"
+    print(f"mabert-hw: interrupted after {len(scored)} schedules scored; {kept}", file=sys.stderr)
+    return INTERRUPTED_EXIT

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..cache import CACHE_ROOT
+from ..quant import config as qconfig
 from .common import add_checkpoint, output_file, plot_file, positive_int, check_configs_for_model
 
 
@@ -21,7 +22,9 @@ def register(subparsers) -> None:
     parser.add_argument("--task", choices=("stsb", "sst2"), required=True,
                         help="stsb: STS-B dev Spearman x 100; sst2: SST-2 dev accuracy")
     parser.add_argument("--data", required=True, help="task TSV, or a data root holding glue/<TASK>/dev.tsv")
-    parser.add_argument("--grid", required=True, help="TOML grid of QuantConfig fields")
+    parser.add_argument("--grid", required=True, help="TOML grid of QuantConfig fields: each field a value or a "
+                        "list of values (one axis of the grid; e.g. act_bits = [4, 8]) and [[rule]] tables for every "
+                        f"configuration; {qconfig.fields_help()}")
     parser.add_argument("--out", required=True, type=output_file,
                         help="results CSV (appended, one row per config); OUT.run.json beside it records the run")
     parser.add_argument("--resume", action="store_true",
@@ -42,7 +45,6 @@ def run(args) -> int:
     from ..errors import UserError
     from ..eval.sweep import Job, config_key, done_keys, load_grid, prepare_calibration, run_record, run_sweep
     from ..eval.tasks import resolve
-    from ..quant import config as qconfig
 
     points = load_grid(args.grid)
     out = Path(args.out)
@@ -51,6 +53,7 @@ def run(args) -> int:
     done = done_keys(out) if args.resume else set()
     data = str(resolve(args.data, args.task))
     ck = checkpoint.load(args.ckpt)
+    require_task(ck, args.task)
     check_configs_for_model([qconfig.from_dict(p) for p in points], args.grid, ck.spec)
     start_record(out, run_record(args.ckpt, ck.spec.name, args.task, data, args.limit), bool(done))
     todo = [p for p in points if config_key(p) not in done]
@@ -66,6 +69,15 @@ def run(args) -> int:
             print(f"no plot written to {args.plot}: no weight_bits / act_bits series with two or more points "
                   "among otherwise equal configurations", file=sys.stderr)
     return 0
+
+
+def require_task(ck, task: str) -> None:
+    """Refuse, before any work, a checkpoint that every configuration would fail on, as `eval` does."""
+    from ..eval.tasks import require_sst2_classifier
+
+    ck.require_weights("sweep")
+    if task == "sst2":
+        require_sst2_classifier(ck, "sweep")
 
 
 def start_record(out: Path, record: dict, resuming: bool) -> None:

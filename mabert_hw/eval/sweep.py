@@ -300,17 +300,20 @@ def _outcomes(jobs: list[Job], workers: int, scheduler, connect_timeout: float,
         others = set(multiprocessing.active_children())
         futures = {pool.submit(evaluate, job): job for job in jobs}  # starts the workers
         stack.push(partial(_stop_workers_on_error, set(multiprocessing.active_children()) - others))
-        stack.enter_context(_sigterm_interrupts())  # after: forked workers would inherit the handler
+        # SIGTERM ends the loop as Ctrl-C does, and the ExitStack stops the workers (killed by default, the
+        # process would leave them running, idle, holding its output pipe). After the submits: forked
+        # workers would inherit the handler
+        stack.enter_context(sigterm_interrupts())
     else:
         return (_outcome(job, lambda job=job: evaluate(job)) for job in jobs)
     return (_outcome(futures[future], future.result) for future in as_completed(list(futures)))
 
 
 @contextmanager
-def _sigterm_interrupts():
-    """SIGTERM to this process acts as Ctrl-C while the pool runs: the loop ends through KeyboardInterrupt
-    and the ExitStack stops the workers (killed by default, the process would leave them running, idle,
-    holding its output pipe). Only the main thread can set a handler; elsewhere SIGTERM acts as before."""
+def sigterm_interrupts():
+    """SIGTERM to this process acts as Ctrl-C while the block runs (raises KeyboardInterrupt), so that what
+    a command does to keep its finished work on Ctrl-C happens on SIGTERM too. Only the main thread can
+    set a handler; elsewhere SIGTERM acts as before."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

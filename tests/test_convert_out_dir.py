@@ -1,0 +1,63 @@
+"""A `convert` that fails after its arguments are accepted removes the --out directories it created while
+they are still empty, and never a directory that was there before or that holds files."""
+
+from __future__ import annotations
+
+import pytest
+
+from mabert_hw.cli import convert, main
+from mabert_hw.errors import UserError
+
+from .helpers import error_line
+
+
+def run_convert(ckpt, out, data) -> int:
+    return main(["convert", str(ckpt), "--out", str(out), "--data", str(data), "--steps", "0",
+                 "--prefit-steps", "0"])
+
+
+def test_a_failed_conversion_removes_the_directories_it_created(tmp_path, capsys, config_json, corpus):
+    # a config.json has no weights: refused after --out was made; its directories used to stay, empty
+    out = tmp_path / "new" / "nested" / "out"
+    assert run_convert(config_json, out, corpus) == 2
+    assert "has no weights" in error_line(capsys)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_conversion_keeps_an_out_that_was_there_before(tmp_path, capsys, config_json, corpus):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run_convert(config_json, out, corpus) == 2
+    assert out.is_dir()
+    # the same directory through a missing one: "missing/../out" did not exist before the run made "missing"
+    assert run_convert(config_json, tmp_path / "missing" / ".." / "out", corpus) == 2
+    assert out.is_dir()
+
+
+def test_a_failed_conversion_keeps_an_out_that_holds_files(tmp_path, capsys, monkeypatch, config_json, corpus):
+    out = tmp_path / "new" / "out"
+
+    def write_then_fail(paths):
+        (out / "written.txt").write_text("x")
+        raise UserError("failed after writing")
+
+    monkeypatch.setattr(convert, "read_corpus", write_then_fail)
+    assert run_convert(config_json, out, corpus) == 2
+    assert error_line(capsys) == "mabert-hw: error: failed after writing"
+    assert (out / "written.txt").is_file()
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_or_crashed_conversion_removes_its_empty_out(tmp_path, capsys, monkeypatch, config_json,
+                                                                     corpus, error):
+    def fail(paths):
+        raise error("stopped")
+
+    monkeypatch.setattr(convert, "read_corpus", fail)
+    out = tmp_path / "out"
+    if error is KeyboardInterrupt:
+        assert run_convert(config_json, out, corpus) == 130
+    else:
+        with pytest.raises(RuntimeError):
+            run_convert(config_json, out, corpus)
+    assert not out.exists()
