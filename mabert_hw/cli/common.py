@@ -213,6 +213,16 @@ def check_configs_for_model(configs, where: str, spec) -> None:
             raise UserError(f"{where}: {misfits[0]}{more}")
 
 
+def add_task_engine(parser) -> None:
+    """--engine of the commands that evaluate a task (task_backend builds it)."""
+    from ..backends import BACKENDS
+
+    parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
+                        help="the engine to run (default reference); fixed: the default int8 quantization "
+                        "config, calibrated first on the task's train split (beside the dev file, else the data "
+                        "itself) and cached")
+
+
 def task_backend(engine: str, ck, task: str, data: str):
     """make_backend(engine) for evaluating `ck` on `task`; the fixed engine needs every op's activation
     ranges, so it runs the default QuantConfig calibrated on the task's calibration texts (the train

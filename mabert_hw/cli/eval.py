@@ -9,12 +9,11 @@ from dataclasses import replace
 from tqdm import tqdm
 
 from .. import checkpoint
-from ..backends import BACKENDS
 from ..errors import UserError
 from ..eval import tasks
 from ..power_search import encode, predict
 from ..report.tables import FORMATS, render
-from .common import add_checkpoint, add_output, emit, positive_int, task_backend
+from .common import add_checkpoint, add_output, add_task_engine, emit, positive_int, task_backend
 from .retention import add_retention_argument, read_retention, searched_seq_len
 
 
@@ -34,10 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--task", choices=("sst2", "stsb"), required=True,
                         help="sst2: SST-2 dev accuracy; stsb: STS-B dev Spearman x 100")
     parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
-    parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
-                        help="the engine to run (default reference); fixed: the default int8 quantization "
-                        "config, calibrated first on the task's train split (beside the dev file, else the data "
-                        "itself) and cached")
+    add_task_engine(parser)
     add_retention_argument(parser)
     parser.add_argument("--seq-len", type=positive_int,
                         help="pad/truncate every text to this many tokens (default: the length a --retention "

@@ -9,14 +9,13 @@ import sys
 from tqdm import tqdm
 
 from .. import checkpoint
-from ..backends import BACKENDS
 from ..eval import tasks
 from ..eval.sweep import sigterm_interrupts
 from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scored, Scorer, as_record, choose, encode, frontier,
                             geometric_search, greedy_search)
 from ..report.tables import FORMATS, render
-from .common import (INTERRUPTED_EXIT, add_checkpoint, emit, non_negative_float, output_file, positive_int,
-                     task_backend)
+from .common import (INTERRUPTED_EXIT, add_checkpoint, add_task_engine, emit, non_negative_float, output_file,
+                     positive_int, task_backend)
 
 
 def register(subparsers) -> None:
@@ -40,9 +39,7 @@ def register(subparsers) -> None:
                         "greedy: from no elimination, cut one layer's count (and the later ones) by "
                         f"{GREEDY_SHRINK} at a time, taking the cut that loses least "
                         "accuracy per FLOP saved, while within --budget-loss; both (default)")
-    parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
-                        help="fixed: the default int8 quantization config, calibrated first on the task's "
-                        "train split (beside the dev file, else the data itself) and cached")
+    add_task_engine(parser)
     parser.add_argument("--seq-len", type=positive_int, default=64,
                         help="padded length N (default 64, the paper's SST-2 N)")
     parser.add_argument("--limit", type=positive_int, default=400, help="dev examples scored (default 400)")
