@@ -80,13 +80,17 @@ def test_eval_retention_config_defaults_to_its_searched_length(classifier, sst2_
     assert row["seq_len"] == 12
 
 
-def test_eval_refuses_a_schedule_longer_than_any_text_can_be(classifier, sst2_file, capsys):
-    """Without --seq-len each batch is padded to its longest text, cut to 64 tokens (the model's positions):
-    a schedule keeping 100 was accepted and reported beside a result it never changed."""
-    assert main(["eval", str(classifier), "--task", "sst2", "--data", sst2_file, "--retention", "100,100"]) == 2
-    assert "retention 100,100: layer 1 keeps 100 > the 64 input tokens" in capsys.readouterr().err
-    row = eval_row(capsys, classifier, "--task", "sst2", "--data", sst2_file, "--retention", "64,3")
-    assert row["retention"] == "64,3"
+def test_eval_refuses_a_schedule_that_eliminates_nothing(classifier, sst2_file, capsys):
+    """Without --seq-len each batch is padded to its longest text, cut to 64 tokens (the model's positions),
+    and a layer acts only where it keeps fewer tokens than are present: 100,100 was accepted and reported
+    beside a result it never changed. A schedule that cuts at some layer still runs."""
+    assert main(["eval", str(classifier), "--task", "sst2", "--data", sst2_file, "--retention", "100,64"]) == 2
+    err = capsys.readouterr().err
+    assert "retention 100,64 keeps at least 64 tokens at every layer, and texts are cut to 64 here" in err
+    plain = eval_row(capsys, classifier, "--task", "sst2", "--data", sst2_file)
+    for schedule in ("100,2", "64,1"):
+        row = eval_row(capsys, classifier, "--task", "sst2", "--data", sst2_file, "--retention", schedule)
+        assert row["retention"] == schedule and row["examples"] == plain["examples"]
 
 
 def test_power_search_out_is_checked_before_the_search(classifier, sst2_file, tmp_path, capsys):

@@ -54,8 +54,9 @@ def run(args) -> int:
     ck.require_weights("eval")
     if args.task == "sst2":  # before any calibration or data work
         tasks.require_sst2_classifier(ck)
-    # with dynamic padding no text is longer than token_limit: a schedule keeping more could never apply
-    retention = read_retention(args.retention, ck.spec.layers, seq_len or tasks.token_limit(ck.spec))
+    retention = read_retention(args.retention, ck.spec.layers, seq_len)
+    if retention is not None and seq_len is None:
+        refuse_idle_retention(retention, tasks.token_limit(ck.spec))
     backend = task_backend(args.engine, ck, args.task, args.data)
     started = time.perf_counter()
     if args.task == "sst2":
@@ -76,6 +77,16 @@ def run(args) -> int:
            metric: round(value, 2), "seconds": round(seconds, 2)}
     emit(render([row], args.format), args.output)
     return 0
+
+
+def refuse_idle_retention(retention: tuple[int, ...], longest: int) -> None:
+    """With each batch padded to its longest text, no text has more than `longest` tokens: a schedule whose
+    every layer keeps at least that many eliminates nothing (a layer acts only where it keeps fewer tokens
+    than are present), and its row would report a retention that changed nothing."""
+    if retention[-1] >= longest:
+        shown = ",".join(map(str, retention))
+        raise UserError(f"retention {shown} keeps at least {longest} tokens at every layer, and texts are cut to "
+                        f"{longest} here: it eliminates nothing (keep fewer at some layer)")
 
 
 def padding_rule(seq_len: int | None) -> str:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..eval import tasks
-from ..eval.sweep import sigterm_interrupts
+from ..interrupts import sigterm_interrupts
 from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scored, Scorer, as_record, choose, encode, frontier,
                             geometric_search, greedy_search)
 from ..report.tables import FORMATS, render

@@ -17,12 +17,10 @@ import itertools
 import json
 import multiprocessing
 import os
-import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +29,7 @@ from ..atomic import atomic_write
 from ..cache import file_safe
 from ..errors import UserError
 from ..inputs import TOKENIZER_FILES, read_toml
+from ..interrupts import sigterm_interrupts
 from ..quant import config as qconfig
 from ..quant.calibrate import Calibration, calibrate
 from ..weights import weights_digest
@@ -307,25 +306,6 @@ def _outcomes(jobs: list[Job], workers: int, scheduler, connect_timeout: float,
     else:
         return (_outcome(job, lambda job=job: evaluate(job)) for job in jobs)
     return (_outcome(futures[future], future.result) for future in as_completed(list(futures)))
-
-
-@contextmanager
-def sigterm_interrupts():
-    """SIGTERM to this process acts as Ctrl-C while the block runs (raises KeyboardInterrupt), so that what
-    a command does to keep its finished work on Ctrl-C happens on SIGTERM too. Only the main thread can
-    set a handler; elsewhere SIGTERM acts as before."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_workers_on_error(workers, exc_type, exc, traceback) -> bool:
