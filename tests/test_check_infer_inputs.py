@@ -112,6 +112,14 @@ def test_check_minilm_long_padded_input(minilm, tmp_path, capsys):
     assert code == 0 and "OK" in out and "atol 1e-09" in out
 
 
+def test_check_texts_from_a_header_only_tsv_names_the_file(minilm, tmp_path, capsys):
+    """Was "no texts to tokenise", naming no file."""
+    data = tmp_path / "header-only.tsv"
+    data.write_text("sentence\tlabel\n")
+    code, _, err = run_cli(capsys, "check", "minilm", "--texts", data)
+    assert code == 2 and err == f"mabert-hw: error: {data} holds no text under its header\n"
+
+
 # `infer` reads a classifier's logits as its problem_type says, compared with HF's logits.
 
 def test_infer_regression_prints_raw_scores(tmp_path, capsys):

@@ -240,3 +240,20 @@ def test_compare_help_states_its_hardware_default_and_no_precision_flag(capsys):
 def test_profile_help_says_json_ignores_the_grouping(capsys):
     text = help_of(capsys, "profile")
     assert "--by {op,layer,kind} row grouping of the table, csv and md formats (json lists every op" in text
+
+
+@pytest.mark.parametrize("command", ["eval", "power-search"])
+def test_task_commands_help_names_the_default_engine(capsys, command):
+    assert "--engine {reference,fixed,fast} the engine to run (default reference)" in help_of(capsys, command)
+
+
+@pytest.mark.parametrize("command", ["sweep", "quant-error"])
+def test_quant_config_help_lists_every_field(capsys, command):
+    """The fields of a QuantConfig TOML were named nowhere in --help."""
+    from dataclasses import fields
+
+    from mabert_hw.quant.config import OpSettings
+
+    text = help_of(capsys, command)
+    assert all(f" {field.name}," in text or f" {field.name};" in text for field in fields(OpSettings))
+    assert "residual_bits, residual_granularity" in text and text.count("[[rule]]") == 1

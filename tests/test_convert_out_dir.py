@@ -29,9 +29,15 @@ def test_a_failed_conversion_keeps_an_out_that_was_there_before(tmp_path, capsys
     out.mkdir()
     assert run_convert(config_json, out, corpus) == 2
     assert out.is_dir()
-    # the same directory through a missing one: "missing/../out" did not exist before the run made "missing"
+    # the same directory through a missing one: "missing/../out" is the existing out; the run makes "missing"
     assert run_convert(config_json, tmp_path / "missing" / ".." / "out", corpus) == 2
-    assert out.is_dir()
+    assert out.is_dir() and not (tmp_path / "missing").exists()
+
+
+def test_a_failed_conversion_removes_what_it_made_on_a_path_with_dot_dot(tmp_path, capsys, config_json, corpus):
+    """mkdir(parents=True) of a/b/../c makes a, a/b and a/c."""
+    assert run_convert(config_json, tmp_path / "a" / "b" / ".." / "c", corpus) == 2
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_failed_conversion_keeps_an_out_that_holds_files(tmp_path, capsys, monkeypatch, config_json, corpus):

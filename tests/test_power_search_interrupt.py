@@ -73,8 +73,8 @@ def test_an_interrupted_search_writes_the_schedules_scored_marked_interrupted(tm
     assert cut["interrupted"] is True and "retention" not in cut  # nothing chosen from part of a search
     assert cut["scored"] == whole["scored"][:STOP_AT - 1]
     assert cut["baseline_accuracy"] == whole["baseline_accuracy"]
-    assert "not a power-search config" in refused(capsys, ["eval", str(classifier), "--task", "sst2", "--data", str(data),
-                                                          "--retention", str(out)])
+    refusal = refused(capsys, ["eval", str(classifier), "--task", "sst2", "--data", str(data), "--retention", str(out)])
+    assert "an interrupted power-search, with no schedule chosen: run the search again for one" in refusal
 
 
 def test_a_search_interrupted_before_any_schedule_writes_nothing(tmp_path, capsys, monkeypatch, search):

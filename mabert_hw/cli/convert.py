@@ -75,9 +75,10 @@ def read_corpus(paths: list[str]) -> list[str]:
         if not path.is_file():
             raise UserError(f"no such data file: {name}")
         if path.suffix == ".tsv":
-            found = tsv_texts(path)
-        else:  # WikiText headings (" = Title = ") are not texts
-            found = [s.strip() for s in read_utf8(path).splitlines() if s.strip() and not s.strip().startswith("=")]
+            texts += tsv_texts(path)  # which refuses a TSV without text
+            continue
+        # WikiText headings (" = Title = ") are not texts
+        found = [s.strip() for s in read_utf8(path).splitlines() if s.strip() and not s.strip().startswith("=")]
         if not found:
             raise UserError(f"{name} holds no text")
         texts += found
@@ -193,25 +194,32 @@ def refuse_overwriting_model(out: Path) -> None:
 def output_dir(text: str) -> Iterator[Path]:
     """make_output_dir(text) for the run in the with-block. The directories it creates are removed again
     when the block fails while they are still empty: a failed run used to leave an empty --out behind."""
-    # realpath: "missing/../old" is the existing "old", not a directory to create; a symlink loop is left
-    # to make_output_dir to refuse (Path.resolve raises on one)
-    path = Path(os.path.realpath(text))
-    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    created = missing_prefixes(text)
     out = make_output_dir(text)
     try:
         yield out
     except BaseException:  # Ctrl-C included: before its first saved state, a run leaves nothing in OUT
-        remove_while_empty(created)
+        remove_empty(created)
         raise
 
 
-def remove_while_empty(directories: list[Path]) -> None:
-    """rmdir each, deepest first, up to the first that holds something (rmdir removes only an empty one)."""
+def missing_prefixes(text: str) -> list[Path]:
+    """The directories that mkdir(parents=True) of `text` may create, deepest first: each prefix of the
+    path as written, with ".." taken textually ("missing/../out" makes "missing" and "out", never touches
+    an existing "out"), kept where nothing exists yet."""
+    written = Path(text).absolute()
+    prefixes = {Path(os.path.normpath(p)) for p in (written, *written.parents)}
+    return sorted((p for p in prefixes if not p.exists()), key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_empty(directories: list[Path]) -> None:
+    """rmdir each, deepest first; rmdir removes only an empty directory, so one holding files stays (and so
+    do the directories above it)."""
     for directory in directories:
         try:
             directory.rmdir()
-        except OSError:  # not empty, or gone: it and the directories above it stay
-            return
+        except OSError:  # not empty, or not there
+            continue
 
 
 def run(args) -> int:

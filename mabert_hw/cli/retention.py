@@ -24,6 +24,9 @@ def _config(path: Path) -> dict:
         raise UserError(f"cannot read the retention config {path}: {error.strerror}") from None
     try:
         config = json.loads(text)
+        if isinstance(config, dict) and config.get("interrupted") is True:  # power-search's partial output
+            raise UserError(f"{path}: an interrupted power-search, with no schedule chosen: run the search again "
+                            "for one")
         config["retention"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise UserError(f"{path}: not a power-search config ({type(error).__name__}: {error})") from None

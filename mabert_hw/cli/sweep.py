@@ -22,9 +22,9 @@ def register(subparsers) -> None:
     parser.add_argument("--task", choices=("stsb", "sst2"), required=True,
                         help="stsb: STS-B dev Spearman x 100; sst2: SST-2 dev accuracy")
     parser.add_argument("--data", required=True, help="task TSV, or a data root holding glue/<TASK>/dev.tsv")
-    parser.add_argument("--grid", required=True, help="TOML grid of QuantConfig fields: each field a value or a "
-                        "list of values (one axis of the grid; e.g. act_bits = [4, 8]) and [[rule]] tables for every "
-                        f"configuration; {qconfig.fields_help()}")
+    parser.add_argument("--grid", required=True, help=f"TOML grid of QuantConfig fields ({qconfig.fields_help()}); "
+                        "a field given a list of values is an axis of the grid (e.g. act_bits = [4, 8]), and every "
+                        "configuration of the grid takes the same rules")
     parser.add_argument("--out", required=True, type=output_file,
                         help="results CSV (appended, one row per config); OUT.run.json beside it records the run")
     parser.add_argument("--resume", action="store_true",
