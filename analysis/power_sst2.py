@@ -34,6 +34,7 @@ from mabert_hw.backends import make_backend
 from mabert_hw.bench.timing import time_calls
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import non_negative_float, positive_float, positive_int, run_script
+from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.inputs import DATA_DIR
 from mabert_hw.model import forward
@@ -43,6 +44,7 @@ from mabert_hw.report.power_plots import plot_frontier
 from mabert_hw.report.tables import render
 from mabert_hw.torch_ref.hf import hf_model
 from mabert_hw.torch_ref.power_bert import PowerBert, train
+from mabert_hw.weights import weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Goyal et al. 2020, Table 2 (GLUE test, K80 GPU): BERT-base SST-2 93.0, PoWER-BERT 92.1, 2.4x faster.
@@ -178,16 +180,32 @@ def cached_soft_extract(args, ck) -> tuple[tuple[int, ...], dict, dict]:
             retention, weights, soft_losses, hard_losses = soft_extract(args, ck, args.seq_len)
             np.savez(weights_file, **weights)
             run_file.write_text(json.dumps({"retention": list(retention), "soft_losses": soft_losses,
-                                            "hard_losses": hard_losses, "lambda": args.lam, "soft_lr": args.soft_lr,
-                                            "soft_steps": args.soft_steps, "retrain_steps": args.retrain_steps,
-                                            "batch": args.soft_batch,
+                                            "hard_losses": hard_losses, **soft_settings(args, ck),
                                             "training_texts": training_pool(ck.source, TRAIN_PHRASES)[1]}))
         finally:  # a failed run must not leave the main stage waiting on it
             running.unlink(missing_ok=True)
     run = json.loads(run_file.read_text())
+    refuse_other_settings(run_file, run, soft_settings(args, ck))
     with np.load(weights_file) as stored:
         weights = checkpoint.check_weights(ck.spec, dict(stored))
     return tuple(run["retention"]), weights, run
+
+
+def soft_settings(args, ck) -> dict:
+    """What the soft-extract result depends on, as its run.json records it."""
+    return {"lambda": args.lam, "soft_lr": args.soft_lr, "soft_steps": args.soft_steps,
+            "retrain_steps": args.retrain_steps, "batch": args.soft_batch, "seq_len": args.seq_len,
+            "weights": weights_digest(ck.weights)}
+
+
+def refuse_other_settings(run_file: Path, run: dict, wanted: dict) -> None:
+    """The cache is found by its folder alone: one made with other settings (a smoke run's, or another
+    checkpoint's) must not stand in for this run's. Caches written before seq_len and the weights' digest
+    were recorded are compared on the settings they hold."""
+    differ = [f"{key} {run[key]!r}, not {value!r}" for key, value in wanted.items() if key in run and run[key] != value]
+    if differ:
+        raise UserError(f"{run_file.parent} holds a soft extract made with {'; '.join(differ)}: pass another "
+                        "--soft-cache, or delete it to run this one")
 
 
 def main(argv: list[str] | None = None) -> int:

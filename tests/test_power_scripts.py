@@ -12,9 +12,11 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mabert_hw import checkpoint
+from mabert_hw.errors import UserError
 from mabert_hw.spec import ModelSpec
 from mabert_hw.weights import random_weights
 
@@ -84,6 +86,25 @@ def test_a_live_marker_is_waited_on(power_sst2, monkeypatch, tmp_path, capsys):
     with pytest.raises(Waited):
         power_sst2.cached_soft_extract(Namespace(soft_cache=tmp_path, seq_len=64), None)
     assert f"waiting for the soft-extract process {os.getpid()}" in capsys.readouterr().out
+
+
+def soft_args(cache, **changes) -> Namespace:
+    return Namespace(**{"soft_cache": cache, "lam": 5e-4, "soft_lr": 1e-3, "soft_steps": 50, "retrain_steps": 40,
+                        "soft_batch": 8, "seq_len": 64, **changes})
+
+
+def test_a_soft_cache_of_other_settings_is_refused(power_sst2, tmp_path):
+    """The cache was found by its folder alone: a smoke run's extract (1 step) stood in for the full run's."""
+    ck = Namespace(spec=TWO_LABELS, weights=random_weights(TWO_LABELS, seed=1), source="tiny")
+    smoke = soft_args(tmp_path, soft_steps=1, retrain_steps=1)
+    (tmp_path / "run.json").write_text(json.dumps({"retention": [8, 4], **power_sst2.soft_settings(smoke, ck)}))
+    np.savez(tmp_path / "weights.npz", **ck.weights)
+    assert power_sst2.cached_soft_extract(smoke, ck)[0] == (8, 4)  # the same settings: the cache serves
+    with pytest.raises(UserError, match=r"made with soft_steps 1, not 50; retrain_steps 1, not 40: pass another"):
+        power_sst2.cached_soft_extract(soft_args(tmp_path), ck)
+    other = Namespace(spec=TWO_LABELS, weights=random_weights(TWO_LABELS, seed=2), source="tiny")
+    with pytest.raises(UserError, match="made with weights"):
+        power_sst2.cached_soft_extract(smoke, other)
 
 
 # power_retrain, power_sst2_timing and the other scripts
