@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 from mabert_hw import checkpoint
 from mabert_hw.bench.profile import FAST_CALL_MEANING, numpy_gemm_gflops, time_by_call
 from mabert_hw.bench.timing import bench, blas_kernels, machine_threads
+from mabert_hw.cli.common import positive_int, script_output_dir
 from mabert_hw.inputs import random_batch
 from mabert_hw.machine import cpu_model
 from mabert_hw.report import engine_plots
@@ -237,16 +238,29 @@ Files: engines.csv (every engine x shape), fast_profile.csv, engines.png.
     (out / "README.md").write_text(readme)
 
 
+def shape_list(text: str) -> list[tuple[int, int]]:
+    """"1x128,8x128" -> [(1, 128), (8, 128)]."""
+    shapes = []
+    for item in text.split(","):
+        batch, _, seq_len = item.partition("x")
+        try:
+            shapes.append((positive_int(batch), positive_int(seq_len)))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected BxT with positive B and T (e.g. 8x128), got {item!r}") from None
+    return shapes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7, help="timed calls per engine, MiniLM (default 7)")
-    parser.add_argument("--base-repeat", type=int, default=3, help="timed calls per engine, bert-base (default 3)")
-    parser.add_argument("--shapes", default=",".join(f"{b}x{t}" for b, t in SHAPES),
-                        help="BxT list (default: the issue's four shapes)")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--repeat", type=positive_int, default=7, help="timed calls per engine, MiniLM (default 7)")
+    parser.add_argument("--base-repeat", type=positive_int, default=3,
+                        help="timed calls per engine, bert-base (default 3)")
+    parser.add_argument("--shapes", type=shape_list, default=",".join(f"{b}x{t}" for b, t in SHAPES),
+                        help="BxT list, e.g. 1x128,8x128 (default: the issue's four shapes)")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"report folder (default {OUT.relative_to(ROOT)})")
     args = parser.parse_args()
-    shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
-    record = run(args.repeat, args.base_repeat, shapes)
+    script_output_dir(parser, args.out)
+    record = run(args.repeat, args.base_repeat, args.shapes)
     script = Path(__file__).resolve().relative_to(ROOT).as_posix()  # as run from the repository root
     write(record, args.out, "python " + " ".join([script] + sys.argv[1:]))
     print(f"wrote {args.out}", file=sys.stderr)

@@ -35,8 +35,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels, time_calls
-from mabert_hw.cli.common import non_negative_int, positive_int
+from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels, machine_threads, time_calls
+from mabert_hw.cli.common import non_negative_int, positive_int, script_output_dir
 from mabert_hw.fff import aligned_empty, walk_layout
 from mabert_hw.bench.ffn import DENSE_FFS, Problem, implementations, random_fff
 from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_copy
@@ -201,17 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=non_negative_int, default=11)
     parser.add_argument("--dense-width", type=positive_int, default=3072)
     parser.add_argument("--threads", type=thread_counts, default="1,2",
-                        help="thread counts, comma-separated (default 1,2; each at most the cores Numba sees)")
+                        help="thread counts, comma-separated (default 1,2; each at most the cores this process may run on)")
     parser.add_argument("--rounds", type=positive_int, default=9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.hidden % LINE_FLOATS:
         parser.error(f"--hidden must be a multiple of {LINE_FLOATS}: the stream probe writes whole cache lines")
+    if max(args.threads) > machine_threads():  # set_threads would run fewer than the record names
+        parser.error(f"argument --threads: {max(args.threads)} threads, but this process may run on "
+                     f"{machine_threads()} cores")
+    script_output_dir(parser, args.out)
     problem = Problem(args.hidden, args.depth, 1, args.tokens, args.dense_width)
     rows = [row for threads in args.threads for row in
             measure(problem, threads, args.rounds, args.seed)]
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "floor.csv").write_text(
         csv_table([{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows]))
     meta = {"command": "python analysis/fff_floor.py " + " ".join(argv if argv is not None else sys.argv[1:]),

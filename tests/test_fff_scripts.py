@@ -10,6 +10,7 @@ import importlib.util
 import io
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,6 +72,32 @@ def test_fff_floor_refuses_zero_threads(tmp_path, capsys):
         _script("fff_floor").main(["--threads", "1,0", "--tokens", "64", "--hidden", "32", "--depth", "2",
                                    "--dense-width", "32", "--rounds", "1", "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--threads", "1,99", "argument --threads: 99 threads, but this process may run on"),  # ran on the cores there
+    # were while floor.json recorded 99
+    ("--out", "FILE", "argument --out: FILE exists and is not a directory"),  # was a traceback after the work
+])
+def test_fff_floor_refuses_before_the_work(tmp_path, capsys, flag, value, message):
+    pytest.importorskip("numba")
+    file = tmp_path / "a-file"
+    file.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        _script("fff_floor").main([flag, value.replace("FILE", str(file)), "--tokens", "64", "--hidden", "32",
+                                   "--depth", "2", "--dense-width", "32", "--rounds", "1"])
+    assert exit_.value.code == 2 and message.replace("FILE", str(file)) in capsys.readouterr().err
+
+
+def test_bench_engines_refuses_bad_shapes_and_out_before_the_work(tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    for argv, message in ((["--shapes", "0x0"], "expected BxT with positive B and T (e.g. 8x128), got '0x0'"),
+                          (["--repeat", "0"], "argument --repeat: expected a positive integer, got 0"),
+                          (["--out", str(file)], f"argument --out: {file} exists and is not a directory")):
+        done = subprocess.run([sys.executable, str(ANALYSIS / "bench_engines.py"), *argv], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_bench_ffn_refuses_more_threads_than_cores(capsys):

@@ -77,6 +77,15 @@ def run_script(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> 
         return 2
 
 
+def script_output_dir(parser: argparse.ArgumentParser, path: Path) -> Path:
+    """make_output_dir for an analysis script's --out, before its work (which writes only at the end): a
+    folder that cannot be made exits as a bad flag does, not after minutes of measuring."""
+    try:
+        return make_output_dir(str(path))
+    except UserError as error:
+        parser.error(f"argument --out: {error}")
+
+
 def make_output_dir(text: str) -> Path:
     """Create the output directory before the work starts, so a bad path does not cost the run."""
     path = Path(text)
