@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -26,29 +27,40 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
 
+from mabert_hw.atomic import atomic_path
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.checkpoint import minilm_dir
+from mabert_hw.cli.common import INTERRUPTED_EXIT, non_negative_float, positive_float, positive_int, run_script
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.inputs import DATA_DIR
 
 DEFAULT_OUT = CACHE_ROOT / "minilm-sst2"
+TRAIN_PHRASES = 67349  # SST-2 train.tsv (GLUE): labelled phrases
 STATE_FILE = "train_state.pt"
 
 
-def parse_args() -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DATA_DIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--train-limit", type=int, default=67349, help="training phrases used (of 67349)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--max-len", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--warmup", type=float, default=0.06, help="fraction of steps")
-    parser.add_argument("--budget-min", type=float, default=40.0, help="compute minutes before stopping")
-    parser.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data", type=Path, default=DATA_DIR, help="data root holding glue/SST-2/{train,dev}.tsv")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"model folder (default {DEFAULT_OUT})")
+    parser.add_argument("--train-limit", type=positive_int, default=TRAIN_PHRASES,
+                        help=f"training phrases used (default: all {TRAIN_PHRASES})")
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--max-len", type=positive_int, default=64)
+    parser.add_argument("--lr", type=positive_float, default=1e-4)
+    parser.add_argument("--warmup", type=fraction, default=0.06, help="fraction of steps (0 to 1)")
+    parser.add_argument("--budget-min", type=positive_float, default=40.0, help="compute minutes before stopping")
+    parser.add_argument("--save-every", type=positive_int, default=200, help="steps between checkpoints")
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    return parser
+
+
+def fraction(text: str) -> float:
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text}")
+    return value
 
 
 def batches(tokenizer, sentences: list[str], labels: np.ndarray, order: np.ndarray, batch: int, max_len: int):
@@ -62,14 +74,14 @@ def batches(tokenizer, sentences: list[str], labels: np.ndarray, order: np.ndarr
 def save(model, tokenizer, optimizer, scheduler, out: Path, step: int, elapsed: float) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    torch.save({"step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict()}, out / STATE_FILE)
+    with atomic_path(out / STATE_FILE) as temporary:  # a Ctrl-C during the save keeps the previous state whole
+        torch.save({"step": step, "elapsed": elapsed, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict()}, temporary)
 
 
 @torch.no_grad()
-def dev_accuracy(model, tokenizer, data: Path, max_len: int) -> float:
+def dev_accuracy(model, tokenizer, task, max_len: int) -> float:
     model.eval()
-    task = load_sst2(data)
     order = np.arange(len(task.sentences))
     correct = 0
     for encoded, labels in batches(tokenizer, task.sentences, task.labels, order, 64, max_len * 2):
@@ -77,8 +89,13 @@ def dev_accuracy(model, tokenizer, data: Path, max_len: int) -> float:
     return 100.0 * correct / len(task.sentences)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    return run_script(make_parser(), run, argv)
+
+
+def run(args) -> int:
+    train = load_sst2(args.data / "glue/SST-2/train.tsv")  # both files before any work or folder
+    dev = load_sst2(args.data / "glue/SST-2/dev.tsv")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +105,6 @@ def main() -> None:
     model = BertForSequenceClassification.from_pretrained(source, num_labels=2)
 
     model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # 30522 x 384: most of the update cost
-    train = load_sst2(args.data / "glue/SST-2/train.tsv")
     order = np.random.default_rng(args.seed).permutation(len(train.sentences))[:args.train_limit]
     total_steps = -(-len(order) // args.batch)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01)
@@ -104,32 +120,39 @@ def main() -> None:
     started = time.perf_counter() - elapsed
     progress = tqdm(total=total_steps, initial=step, desc="fine-tune SST-2", mininterval=10)
     stream = batches(tokenizer, train.sentences, train.labels, order[step * args.batch:], args.batch, args.max_len)
-    for encoded, labels in stream:
-        loss = model(**encoded, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        step += 1
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-        elapsed = time.perf_counter() - started
-        if step % args.save_every == 0:
-            save(model, tokenizer, optimizer, scheduler, args.out, step, elapsed)
-        if elapsed > 60 * args.budget_min:
-            print(f"budget of {args.budget_min} min spent at step {step}/{total_steps}")
-            break
-    progress.close()
+    try:
+        for encoded, labels in stream:
+            if elapsed > 60 * args.budget_min:  # before the step: a rerun of a finished run trains no more
+                print(f"budget of {args.budget_min} min spent at step {step}/{total_steps}")
+                break
+            loss = model(**encoded, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+            elapsed = time.perf_counter() - started
+            if step % args.save_every == 0:
+                save(model, tokenizer, optimizer, scheduler, args.out, step, elapsed)
+    except KeyboardInterrupt:  # the steps since the last save are kept: a rerun resumes from here
+        save(model, tokenizer, optimizer, scheduler, args.out, step, elapsed)
+        print(f"interrupted at step {step}/{total_steps}; saved to {args.out}: run again to resume", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    finally:
+        progress.close()
     save(model, tokenizer, optimizer, scheduler, args.out, step, elapsed)
 
-    accuracy = dev_accuracy(model, tokenizer, args.data, args.max_len)
+    accuracy = dev_accuracy(model, tokenizer, dev, args.max_len)
     metrics = {"sst2_dev_accuracy": accuracy, "steps": step, "planned_steps": total_steps,
                "train_phrases_seen": min(step * args.batch, len(order)), "batch": args.batch,
                "max_len": args.max_len, "lr": args.lr, "train_minutes": elapsed / 60, "threads": args.threads}
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -107,6 +107,20 @@ def test_a_soft_cache_of_other_settings_is_refused(power_sst2, tmp_path):
         power_sst2.cached_soft_extract(smoke, other)
 
 
+def test_finetune_sst2_refuses_bad_numbers_and_data_before_any_folder(tmp_path, monkeypatch, capsys):
+    """--batch 0 was a ZeroDivisionError, --train-limit -5 trained on all but 5 phrases, and a missing data
+    root a traceback that left an empty --out behind."""
+    pytest.importorskip("transformers")
+    finetune = analysis_script("finetune_sst2", monkeypatch)
+    for flag, value in (("--batch", "0"), ("--train-limit", "-5"), ("--warmup", "1.5")):
+        with pytest.raises(SystemExit) as exit_:
+            finetune.main([flag, value])
+        assert exit_.value.code == 2 and f"argument {flag}: expected" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert finetune.main(["--data", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "no sst2 data at" in error_line(capsys) and not out.exists()
+
+
 # power_retrain, power_sst2_timing and the other scripts
 
 def analysis_script(name: str, monkeypatch):
