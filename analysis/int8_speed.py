@@ -17,6 +17,7 @@ is the work done, which other processes' load on the shared machine moves far le
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import statistics
@@ -30,7 +31,7 @@ from mabert_hw.backends import make_backend
 from mabert_hw.backends.fixed import FixedBackend
 from mabert_hw.bench.timing import time_calls
 from mabert_hw.cache import CACHE_ROOT
-from mabert_hw.cli.common import output_file, positive_int
+from mabert_hw.cli.common import output_file, positive_int, run_script
 from mabert_hw.eval.sweep import prepare_calibration
 from mabert_hw.eval.tasks import load_stsb
 from mabert_hw.inputs import DATA_DIR, tokenize
@@ -47,14 +48,17 @@ CONFIGS = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DATA_DIR))
     parser.add_argument("--batch", type=positive_int, default=8)
     parser.add_argument("--rounds", type=positive_int, default=7)
     parser.add_argument("--clock", choices=CLOCKS, default="wall")
     parser.add_argument("--out", type=output_file, help="default: reports/int8/" + ", ".join(CLOCKS.values()))
-    args = parser.parse_args()
+    return run_script(parser, run, argv)
+
+
+def run(args) -> int:
     ck = checkpoint.load("minilm")
     dev = str(Path(args.data) / "glue/STS-B/dev.tsv")
     calibration = Calibration.load(prepare_calibration(ck, "stsb", dev, CACHE_ROOT))
@@ -81,7 +85,8 @@ def main() -> None:
               "configs": {"fast fp32": None, **CONFIGS}}
     Path(args.out or OUT / CLOCKS[args.clock]).write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

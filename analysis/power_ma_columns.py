@@ -17,6 +17,7 @@ reference backend on STS-B dev (as `mabert-hw eval --task stsb`) with the same s
 from __future__ import annotations
 
 import argparse
+import sys
 import csv
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 from mabert_hw import checkpoint
 from mabert_hw.backends.reference import ReferenceBackend
-from mabert_hw.cli.common import positive_int
+from mabert_hw.cli.common import positive_int, run_script
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.inputs import DATA_DIR
 from mabert_hw.power import parse_retention
@@ -64,13 +65,18 @@ class OriginalColumns(ReferenceBackend):
         return super()._linear(x, weight, bias)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", default=str(Path.home() / ".cache" / "mabert-hw" / "ma-minilm"))
+    parser.add_argument("--ckpt", default=str(Path.home() / ".cache" / "mabert-hw" / "ma-minilm"),
+                        help="an MA-BERT checkpoint (default: ~/.cache/mabert-hw/ma-minilm, which `mabert-hw convert` "
+                        "writes as analysis/ma_minilm.py's docstring says)")
     parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--limit", type=positive_int, help="only the first N dev pairs (default: all 1500)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert" / "power_ma_columns.csv")
-    args = parser.parse_args()
+    return run_script(parser, run, argv)
+
+
+def run(args) -> int:
     ck = checkpoint.load(args.ckpt)
     task = load_stsb(args.data, args.limit)
     rows = []
@@ -87,7 +93,8 @@ def main() -> None:
             kept = [row for row in csv.DictReader(f) if row["checkpoint"] != args.ckpt]
     args.out.write_text(csv_table(kept + rows))
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

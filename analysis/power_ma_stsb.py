@@ -22,6 +22,7 @@ still kept, padding still dropped first): what the significance ranking is worth
 from __future__ import annotations
 
 import argparse
+import sys
 import csv
 import os
 import time
@@ -33,7 +34,7 @@ import numpy as np
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT as CACHE
-from mabert_hw.cli.common import positive_int
+from mabert_hw.cli.common import positive_int, run_script
 from mabert_hw.eval.tasks import length_batches, load_stsb, stsb_spearman
 from mabert_hw.inputs import DATA_DIR
 from mabert_hw.power import geometric_retention, parse_retention
@@ -76,19 +77,29 @@ def random_selection(engine: str, options: dict, seed: int):
     return RandomSignificance(**options)
 
 
-def main() -> None:
+def labelled_checkpoint(text: str) -> str:
+    label, equals, source = text.partition("=")
+    if not (equals and label and source):
+        raise argparse.ArgumentTypeError(f"expected LABEL=CKPT, got {text!r}")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", metavar="LABEL=CKPT",
+    parser.add_argument("--model", action="append", metavar="LABEL=CKPT", type=labelled_checkpoint,
                         help=f"a model to score, repeatable (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--baseline-ckpt", default="minilm", help="the MiniLM of flops_vs_minilm")
     parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--limit", type=positive_int, help="only the first N dev pairs (default: all 1500)")
-    parser.add_argument("--engine", default="fast")
+    parser.add_argument("--engine", choices=("reference", "fast"), default="fast")
     parser.add_argument("--schedules", nargs="*", help="retention configurations L1,..,L6 (default: "
                         + "; ".join(f"{name} = {','.join(map(str, r))}" for name, r in SCHEDULES.items()) + ")")
     parser.add_argument("--seed", type=int, default=0, help="random-selection control's seed")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert" / "power_ma_stsb.csv")
-    args = parser.parse_args()
+    return run_script(parser, run, argv)
+
+
+def run(args) -> int:
 
     task = load_stsb(args.data, args.limit)
     texts = task.first + task.second
@@ -129,7 +140,8 @@ def main() -> None:
             kept = [row for row in csv.DictReader(f) if row["model"] not in models]
     args.out.write_text(csv_table(kept + rows))
     print(f"wrote {args.out}; load average (1, 5, 15 min) at the end: {os.getloadavg()}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -202,6 +202,7 @@ def test_power_sst2_timing_records_the_sentences_it_timed(tmp_path, classifier, 
     ("power_ma_stsb", ["--limit", "0"], "expected a positive integer, got 0"),
     ("power_ma_columns", ["--limit", "-3"], "expected a positive integer, got -3"),
     ("int8_speed", ["--rounds", "0"], "expected a positive integer, got 0"),
+    ("power_ma_stsb", ["--model", "foo"], "argument --model: expected LABEL=CKPT, got 'foo'"),  # was a ValueError
 ])
 def test_the_other_power_and_int8_scripts_refuse_counts_below_one(monkeypatch, capsys, script, argv, message):
     pytest.importorskip("torch")
@@ -210,3 +211,17 @@ def test_the_other_power_and_int8_scripts_refuse_counts_below_one(monkeypatch, c
     with pytest.raises(SystemExit) as exit_:
         module.main()
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script,argv,message", [
+    ("power_ma_columns", ["--ckpt", "NONE"], "no such file or directory: NONE"),
+    ("power_ma_stsb", ["--schedules", "99,x", "--limit", "2"], "retention must be comma-separated integers"),
+    ("int8_speed", ["--data", "NONE"], "no stsb data at NONE/glue/STS-B/dev.tsv"),
+])
+def test_the_scripts_report_bad_inputs_in_one_line(tmp_path, monkeypatch, capsys, script, argv, message):
+    """Their UserErrors were tracebacks: only the scripts run through run_script printed one line."""
+    pytest.importorskip("torch")
+    module = analysis_script(script, monkeypatch)
+    none = str(tmp_path / "none")
+    assert module.main([a.replace("NONE", none) for a in argv] + ["--out", str(tmp_path / "out.csv")]) == 2
+    assert message.replace("NONE", none) in error_line(capsys)
