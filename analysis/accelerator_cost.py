@@ -1,4 +1,4 @@
-"""Accelerator cost of BERT, MA-BERT, PoWER-BERT and UltraFastBERT on each hardware preset.
+"""Accelerator cost of BERT, MA-BERT, PoWER-BERT and UltraFastBERT on each hardware preset -> reports/accelerator/.
 
 bert-base-uncased, batch 1, T in {128, 512}, every preset of mabert_hw/cost/hw, each op priced by
 mabert_hw.cost.cycles (shapes from the trace backend: every variant is counted as the engines run
@@ -22,6 +22,7 @@ from mabert_hw.cost.hw_summary import NONLINEAR_KINDS, category, shares
 from mabert_hw.report import plots
 from mabert_hw.report.tables import csv_table, markdown_table
 from mabert_hw.spec import PRESETS
+from mabert_hw.cli.common import script_description
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "accelerator"
 MODEL = "bert-base-uncased"
@@ -268,7 +269,7 @@ multiply, the folded norms). Energy columns in ma_breakdown.csv.
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    argparse.ArgumentParser(description=script_description(__doc__)).parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     spec = PRESETS[MODEL]
     rows, breakdown, outcomes = main_rows(spec)

@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 from mabert_hw import checkpoint
 from mabert_hw.bench.profile import FAST_CALL_MEANING, numpy_gemm_gflops, time_by_call
 from mabert_hw.bench.timing import bench, blas_kernels, machine_threads
-from mabert_hw.cli.common import positive_int, script_output_dir
+from mabert_hw.cli.common import positive_int, script_description, script_output_dir
 from mabert_hw.inputs import random_batch
 from mabert_hw.machine import cpu_model
 from mabert_hw.report import engine_plots
@@ -251,7 +251,7 @@ def shape_list(text: str) -> list[tuple[int, int]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=script_description(__doc__))
     parser.add_argument("--repeat", type=positive_int, default=7, help="timed calls per engine, MiniLM (default 7)")
     parser.add_argument("--base-repeat", type=positive_int, default=3,
                         help="timed calls per engine, bert-base (default 3)")

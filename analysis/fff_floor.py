@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels, machine_threads, time_calls
-from mabert_hw.cli.common import non_negative_int, positive_int, script_output_dir
+from mabert_hw.cli.common import non_negative_int, positive_int, script_description, script_output_dir
 from mabert_hw.fff import aligned_empty, walk_layout
 from mabert_hw.bench.ffn import DENSE_FFS, Problem, implementations, random_fff
 from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_copy
@@ -195,7 +195,7 @@ def thread_counts(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=script_description(__doc__))
     parser.add_argument("--tokens", type=positive_int, default=16384)
     parser.add_argument("--hidden", type=positive_int, default=768)
     parser.add_argument("--depth", type=non_negative_int, default=11)

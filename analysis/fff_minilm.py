@@ -37,7 +37,7 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.checkpoint import Checkpoint
-from mabert_hw.cli.common import non_negative_float, non_negative_int, positive_float, positive_int, run_script
+from mabert_hw.cli.common import non_negative_float, non_negative_int, positive_float, positive_int, run_script, script_description
 from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX
@@ -215,7 +215,7 @@ def depth_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=script_description(__doc__))
     parser.add_argument("--depths", type=depth_list, default="1,3,5,7", help="comma-separated tree depths")
     parser.add_argument("--trees", type=positive_int, default=1, help="parallel trees K per layer")
     parser.add_argument("--texts", type=positive_int, default=3000,

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
-from mabert_hw.cli.common import positive_int
+from mabert_hw.cli.common import positive_int, script_description
 from mabert_hw.eval.sweep import (Job, config_key, done_keys, prepare_calibration, recorded_run, run_differences,
                                   run_record, run_sweep, write_run_record)
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
@@ -101,7 +101,7 @@ STUDY = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=script_description(__doc__))
     parser.add_argument("--data", default=str(DATA_DIR))
     parser.add_argument("--subset", type=positive_int, default=300)
     parser.add_argument("--report-only", action="store_true", help="rewrite README.md and the plot only")

@@ -32,6 +32,7 @@ from mabert_hw.inputs import DATA_DIR, tokenize
 from mabert_hw.model import forward
 from mabert_hw.report.ma_plots import plot_history
 from mabert_hw.report.tables import csv_table
+from mabert_hw.cli.common import script_description
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "ma_bert"
 
@@ -81,7 +82,7 @@ def op_counts(spec_base, spec_ma) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=script_description(__doc__))
     parser.add_argument("--ckpt", default=str(CACHE / "ma-minilm"))
     parser.add_argument("--extra", nargs="*", default=[], help="NAME=DIR more converted checkpoints to score")
     parser.add_argument("--data", default=str(DATA_DIR))

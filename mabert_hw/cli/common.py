@@ -77,6 +77,12 @@ def run_script(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> 
         return 2
 
 
+def script_description(doc: str) -> str:
+    """An analysis script's --help description: its docstring's first paragraph (its first line alone
+    stopped mid-sentence)."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def script_output_dir(parser: argparse.ArgumentParser, path: Path) -> Path:
     """make_output_dir for an analysis script's --out, before its work (which writes only at the end): a
     folder that cannot be made exits as a bad flag does, not after minutes of measuring."""
