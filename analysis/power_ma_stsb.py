@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args) -> int:
 
+    schedules = SCHEDULES if args.schedules is None else {s: parse_retention(s, LAYERS) for s in args.schedules}
     task = load_stsb(args.data, args.limit)
     texts = task.first + task.second
-    schedules = SCHEDULES if args.schedules is None else {s: parse_retention(s, LAYERS) for s in args.schedules}
     options = {"threads": 1} if args.engine == "fast" else {}
     models = dict(text.split("=", 1) for text in args.model or DEFAULT_MODELS)
     baseline = checkpoint.load(args.baseline_ckpt)
