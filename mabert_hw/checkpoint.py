@@ -19,6 +19,7 @@ token-classification / multiple-choice checkpoints (also a `classifier.*`) are r
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,9 @@ import numpy as np
 
 from . import crammed_checkpoint, ma_checkpoint
 from .errors import UserError, error_summary
+from .inputs import TOKENIZER_FILES
 from .spec import PRESETS, ModelSpec, Variant, real_number, whole_number
-from .weights import Weights, check_shapes, expected_shapes, refuse_extra_layers
+from .weights import Weights, check_shapes, expected_shapes, refuse_extra_layers, weights_digest
 
 MINILM_ALIAS = "minilm"
 # hidden_act -> the engines' activation. HF's "gelu_python" is GELUActivation(use_gelu_python=True):
@@ -62,6 +64,19 @@ class Checkpoint:
         if self.weights is None:
             raise UserError(f"{self.source} has no weights; `{command}` needs a checkpoint with weights")
         return self.weights
+
+    def hasher(self) -> "hashlib.blake2b":
+        """An 8-byte blake2b hash fed with what the model's outputs depend on (its weights, its spec and its
+        tokenizer's files), for a caller to add the rest of what its result depends on and name the result
+        by the digest: a model in another folder of the same name, or another config beside the same
+        weights, gets another digest."""
+        digest = hashlib.blake2b(weights_digest(self.require_weights("hashing")).encode(), digest_size=8)
+        digest.update(repr(self.spec).encode())
+        for name in TOKENIZER_FILES:
+            path = self.tokenizer_dir / name if self.tokenizer_dir else None
+            if path and path.is_file():
+                digest.update(path.read_bytes())
+        return digest
 
 
 def minilm_dir() -> Path:

@@ -79,12 +79,14 @@ def subset_flops(ck: Checkpoint, retention, batches: list[tuple[np.ndarray, Batc
 
 
 class Scorer:
-    """Scores schedules on one encoded subset, remembering each one scored."""
+    """Scores schedules on one encoded subset, remembering each one scored; `known`: schedules scored before
+    (a resumed search's), not scored again. `progress` is called with each new score."""
 
-    def __init__(self, ck: Checkpoint, labels: np.ndarray, batches, backend: Backend, progress: Callable | None = None):
+    def __init__(self, ck: Checkpoint, labels: np.ndarray, batches, backend: Backend, progress: Callable | None = None,
+                 known: Sequence[Scored] = ()):
         self.ck, self.labels, self.batches, self.backend = ck, labels, batches, backend
         self.progress = progress
-        self.scored: dict[tuple | None, Scored] = {}
+        self.scored: dict[tuple | None, Scored] = {s.retention: s for s in known}
 
     def __call__(self, retention, family: str) -> Scored:
         key = None if retention is None else tuple(int(n) for n in retention)

@@ -23,6 +23,7 @@ def test_an_interrupted_conversion_saves_its_step_and_resumes_to_the_same_histor
                 "--softmax-hidden", "16", "--max-len", "24", "--batch", "4", "--prefit-steps", "2",
                 "--checkpoint-every", "100", "--steps", str(STEPS)]
 
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a shell's background job, not default_int_handler
     assert main(command(tmp_path / "whole")) == 0
     whole = json.loads((tmp_path / "whole" / "history.json").read_text())
 
@@ -37,7 +38,7 @@ def test_an_interrupted_conversion_saves_its_step_and_resumes_to_the_same_histor
     out = tmp_path / "cut"
     assert main(command(out)) == 130
     assert f"interrupted after step {STOP_DURING + 1} of {STEPS}" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers put back
     monkeypatch.setattr(train, "_step", real_step)
     assert main([*command(out), "--resume"]) == 0
     resumed = json.loads((out / "history.json").read_text())

@@ -229,7 +229,7 @@ def check_configs_for_model(configs, where: str, spec) -> None:
 
 
 def add_task_engine(parser) -> None:
-    """--engine of the commands that evaluate a task (task_backend builds it)."""
+    """--engine of the commands that evaluate a task (task_calibration and task_backend build it)."""
     from ..backends import BACKENDS
 
     parser.add_argument("--engine", choices=[b for b in BACKENDS if b != "trace"], default="reference",
@@ -238,21 +238,30 @@ def add_task_engine(parser) -> None:
                         "itself) and cached")
 
 
-def task_backend(engine: str, ck, task: str, data: str):
-    """make_backend(engine) for evaluating `ck` on `task`; the fixed engine needs every op's activation
-    ranges, so it runs the default QuantConfig calibrated on the task's calibration texts (the train
-    split beside the dev file when there is one, as `sweep` does), computed once and cached."""
-    from ..backends import make_backend
-
+def task_calibration(engine: str, ck, task: str, data: str) -> Path | None:
+    """The fixed engine's calibration for evaluating `ck` on `task` (None for the other engines): every op's
+    activation ranges under the default QuantConfig, calibrated on the task's calibration texts (the train
+    split beside the dev file when there is one, as `sweep` does), computed once and cached. The file's
+    name holds a digest of all the ranges depend on."""
     if engine != "fixed":
-        return make_backend(engine)
+        return None
     from ..cache import CACHE_ROOT
     from ..eval.sweep import calibration_source, prepare_calibration
     from ..eval.tasks import resolve
-    from ..quant.calibrate import Calibration
 
     file = resolve(data, task)
     path = prepare_calibration(ck, task, file, CACHE_ROOT)
     print(f"fixed engine: the default quantization config, calibrated on {calibration_source(file)} "
           f"(cached in {path})", file=sys.stderr)
-    return make_backend("fixed", calibration=Calibration.load(path))
+    return path
+
+
+def task_backend(engine: str, calibration: Path | None):
+    """make_backend(engine) for evaluating a task; the fixed engine runs with `calibration` (task_calibration)."""
+    from ..backends import make_backend
+
+    if engine != "fixed":
+        return make_backend(engine)
+    from ..quant.calibrate import Calibration
+
+    return make_backend("fixed", calibration=Calibration.load(calibration))

@@ -13,7 +13,8 @@ from ..errors import UserError
 from ..eval import tasks
 from ..power_search import encode, predict
 from ..report.tables import FORMATS, render
-from .common import add_checkpoint, add_output, add_task_engine, emit, positive_int, task_backend
+from .common import (add_checkpoint, add_output, add_task_engine, emit, positive_int, task_backend,
+                     task_calibration)
 from .retention import add_retention_argument, read_retention, searched_seq_len
 
 
@@ -57,7 +58,7 @@ def run(args) -> int:
     retention = read_retention(args.retention, ck.spec.layers, seq_len)
     if retention is not None and seq_len is None:
         refuse_idle_retention(retention, tasks.token_limit(ck.spec))
-    backend = task_backend(args.engine, ck, args.task, args.data)
+    backend = task_backend(args.engine, task_calibration(args.engine, ck, args.task, args.data))
     started = time.perf_counter()
     if args.task == "sst2":
         task = tasks.load_sst2(args.data, args.limit)

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
 from .. import checkpoint
+from ..errors import UserError
 from ..eval import tasks
 from ..interrupts import sigterm_interrupts
-from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scored, Scorer, as_record, choose, encode, frontier,
-                            geometric_search, greedy_search)
+from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scorer, choose, encode, frontier, geometric_search,
+                            greedy_search)
+from ..power_search_record import document, refuse_overwriting_interrupted, resumed_scores, save, scores_depend_on
 from ..report.tables import FORMATS, render
-from .common import (INTERRUPTED_EXIT, add_checkpoint, add_task_engine, emit, non_negative_float, output_file,
-                     positive_int, task_backend)
+from .common import (INTERRUPTED_EXIT, STANDARD_STREAMS, add_checkpoint, add_task_engine, emit, non_negative_float,
+                     output_file, positive_int, task_backend, task_calibration)
 
 
 def register(subparsers) -> None:
@@ -32,8 +35,14 @@ def register(subparsers) -> None:
     parser.add_argument("--budget-loss", type=non_negative_float, default=1.0,
                         help="accuracy points allowed to lose (default 1.0)")
     parser.add_argument("--out", metavar="CONFIG.json", type=output_file,
-                        help="write the chosen configuration and frontier here (when Ctrl-C or SIGTERM stops "
-                        "the search: the schedules scored so far, marked interrupted, none chosen)")
+                        help="write the chosen configuration, the frontier and every schedule scored here; a "
+                        "file is rewritten after each schedule (marked interrupted, none chosen, until the search "
+                        "ends), so a stopped search keeps what it scored")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the search saved in --out: score only the schedules it lacks (the same "
+                        "checkpoint, data, --limit, --seq-len, --engine and --batch-size; --budget-loss and "
+                        "--method may differ, and a finished search resumed with another budget re-scores "
+                        "nothing it has)")
     parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both",
                         help=f"geometric: l_j = round(T r^j) for r in {GEOMETRIC_RATIOS[0]} .. {GEOMETRIC_RATIOS[-1]}; "
                         "greedy: from no elimination, cut one layer's count (and the later ones) by "
@@ -49,32 +58,59 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    out = saved_file(args)
+    if out and not args.resume:
+        refuse_overwriting_interrupted(out)
     ck = checkpoint.load(args.ckpt)
     ck.require_weights("power-search")
     tasks.require_sst2_classifier(ck, "power-search")
     task = tasks.load_sst2(args.data, args.limit)
     batches = encode(ck, task.sentences, args.seq_len, args.batch_size)
-    backend = task_backend(args.engine, ck, "sst2", args.data)
-    with tqdm(desc="schedules scored", unit="schedule") as bar:
-        scorer = Scorer(ck, task.labels, batches, backend, progress=lambda s: bar.update(1))
+    calibration = task_calibration(args.engine, ck, "sst2", args.data)
+    depends_on = scores_depend_on(ck, task.sentences, task.labels, args.seq_len, args.engine, calibration,
+                                  args.batch_size)
+    earlier = resumed_scores(out, depends_on, ck.spec.layers) if args.resume else []
+    fields = {"checkpoint": ck.source, "task": args.task, "data": str(tasks.resolve(args.data, "sst2").resolve()),
+              "seq_len": args.seq_len, "examples": len(task.labels), "engine": args.engine,
+              "budget_loss": args.budget_loss, "method": args.method, "scores_depend_on": depends_on}
+    if earlier:
+        print(f"mabert-hw: resuming: {len(earlier)} schedules scored in {out}", file=sys.stderr)
+    backend = task_backend(args.engine, calibration)
+    with tqdm(desc="schedules scored", unit="schedule", initial=len(earlier)) as bar:
+        def scored_one(_):
+            bar.update(1)
+            if out:  # after every schedule: a kill loses at most the one under way
+                save(out, document(fields, scorer.scored.values(), None))
+
+        scorer = Scorer(ck, task.labels, batches, backend, progress=scored_one, known=earlier)
         finished = search(scorer, args)
     scored = list(scorer.scored.values())
     if not finished:
-        return keep_interrupted(scored, run_fields(ck, args, len(task.labels)), args.out)
+        if scored and out:  # again: a Ctrl-C during the last save left the one before it
+            save(out, document(fields, scored, None))
+        elif scored and args.out:  # a stream or device: written once, here
+            emit(json.dumps(document(fields, scored, None), indent=2), args.out)
+        return said_interrupted(len(scored), args.out, kept=bool(args.out and scored), resumable=bool(out))
     baseline = scorer.scored[None]
     chosen = choose(scored, baseline, args.budget_loss)
-    front = frontier(scored)
     rows = [{"family": s.family, "retention": "none" if s.retention is None else ",".join(map(str, s.retention)),
              "accuracy": round(s.accuracy, 2), "loss": round(baseline.accuracy - s.accuracy, 2),
-             "flops_ratio": round(baseline.flops / s.flops, 3), "chosen": s is chosen} for s in front]
+             "flops_ratio": round(baseline.flops / s.flops, 3), "chosen": s is chosen} for s in frontier(scored)]
     emit(render(rows, args.format), None)
     if args.out:
-        document = {**run_fields(ck, args, len(task.labels)),
-                    "retention": None if chosen.retention is None else list(chosen.retention),
-                    "accuracy": chosen.accuracy, "baseline_accuracy": baseline.accuracy,
-                    "flops": chosen.flops, "baseline_flops": baseline.flops, **scored_fields(scored)}
-        emit(json.dumps(document, indent=2), args.out)
+        emit(json.dumps(document(fields, scored, chosen), indent=2), args.out)
     return 0
+
+
+def saved_file(args) -> Path | None:
+    """The --out file the search saves itself into as it goes (None: no --out, or a stream or device, which
+    gets the finished document only). --resume needs one."""
+    out = Path(args.out) if args.out and args.out not in STANDARD_STREAMS else None
+    if out and out.exists() and not out.is_file():
+        out = None
+    if args.resume and out is None:
+        raise UserError("--resume continues the search saved in --out FILE: give the --out of the interrupted run")
+    return out
 
 
 def search(scorer: Scorer, args) -> bool:
@@ -92,26 +128,13 @@ def search(scorer: Scorer, args) -> bool:
     return True
 
 
-def run_fields(ck, args, examples: int) -> dict:
-    """What the scores depend on, as a --out document records it."""
-    return {"checkpoint": ck.source, "task": args.task, "seq_len": args.seq_len, "examples": examples,
-            "engine": args.engine, "budget_loss": args.budget_loss}
-
-
-def scored_fields(scored: list[Scored]) -> dict:
-    return {"frontier": [as_record(s) for s in frontier(scored)], "scored": [as_record(s) for s in scored]}
-
-
-def keep_interrupted(scored: list[Scored], fields: dict, out: str | None) -> int:
-    """Write the schedules scored before an interruption to OUT, as sweep keeps its finished rows. The
-    document is marked interrupted and holds no chosen "retention": a schedule chosen among part of the
-    search is not the search's answer, and `eval --retention` refuses a document without one."""
-    if out and scored:  # the search scores the baseline first: scored[0]
-        document = {**fields, "interrupted": True, "baseline_accuracy": scored[0].accuracy,
-                    "baseline_flops": scored[0].flops, **scored_fields(scored)}
-        emit(json.dumps(document, indent=2), out)
-        kept = f"{out} holds them, marked interrupted, with no schedule chosen: run the search again for one"
+def said_interrupted(scored: int, out: str | None, kept: bool, resumable: bool) -> int:
+    """Say what an interruption kept: the schedules scored, in OUT (marked interrupted, none chosen: `eval
+    --retention` refuses it), which --resume continues when it is a file."""
+    if kept:
+        then = "run the same command with --resume to continue" if resumable else "none chosen"
+        kept_where = f"{out} holds them, marked interrupted: {then}"
     else:
-        kept = f"nothing written to {out}" if out else "no --out to keep them in"
-    print(f"mabert-hw: interrupted after {len(scored)} schedules scored; {kept}", file=sys.stderr)
+        kept_where = f"nothing written to {out}" if out else "no --out to keep them in"
+    print(f"mabert-hw: interrupted after {scored} schedules scored; {kept_where}", file=sys.stderr)
     return INTERRUPTED_EXIT

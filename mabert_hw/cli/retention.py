@@ -25,8 +25,8 @@ def _config(path: Path) -> dict:
     try:
         config = json.loads(text)
         if isinstance(config, dict) and config.get("interrupted") is True:  # power-search's partial output
-            raise UserError(f"{path}: an interrupted power-search, with no schedule chosen: run the search again "
-                            "for one")
+            raise UserError(f"{path}: an interrupted power-search, with no schedule chosen: finish it with "
+                            "power-search --resume")
         config["retention"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise UserError(f"{path}: not a power-search config ({type(error).__name__}: {error})") from None

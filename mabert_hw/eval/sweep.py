@@ -28,11 +28,10 @@ from pathlib import Path
 from ..atomic import atomic_write
 from ..cache import file_safe
 from ..errors import UserError
-from ..inputs import TOKENIZER_FILES, read_toml
+from ..inputs import read_toml
 from ..interrupts import sigterm_interrupts
 from ..quant import config as qconfig
 from ..quant.calibrate import Calibration, calibrate
-from ..weights import weights_digest
 from .tasks import load_sst2, load_stsb, run_batches, sst2_accuracy, stsb_spearman
 
 CALIBRATION_SENTENCES = 128
@@ -219,12 +218,7 @@ def prepare_calibration(ck, task: str, data: str | Path, cache: Path, seed: int 
     files and the texts), so a model in another folder of the same name, another config beside the same
     weights, or other data gets its own file."""
     texts = calibration_texts(task, data)
-    digest = hashlib.blake2b(weights_digest(ck.weights).encode(), digest_size=8)
-    digest.update(repr(ck.spec).encode())
-    for name in TOKENIZER_FILES:
-        path = ck.tokenizer_dir / name if ck.tokenizer_dir else None
-        if path and path.is_file():
-            digest.update(path.read_bytes())
+    digest = ck.hasher()
     digest.update("\n".join(texts).encode())
     path = cache / f"calibration-{file_safe(ck.spec.name)}-{task}-{len(texts)}-{seed}-{digest.hexdigest()}-v{CALIBRATION_VERSION}.npz"
     if not path.exists():

@@ -1,0 +1,117 @@
+"""The `power-search --out` document, saved as the search goes, and read back to resume a search.
+
+The search rewrites its document (whole, atomic_write) after every schedule it scores, marked
+`"interrupted": true` until the search ends, so a killed search (Ctrl-C, SIGTERM, SIGKILL, a crash) loses
+at most the schedule under way. `--resume` seeds the search with the schedules the document holds: the
+greedy path is a function of the scores, so the resumed search scores only the schedules it lacks and
+ends where an uninterrupted one would.
+
+A schedule's score depends on the model (weights, spec, tokenizer), the examples scored, the padded
+length, the engine (with the fixed engine's calibration) and the batch size: `scores_depend_on` records
+them, and a resumed search must match every one. The budget and the method do not change a score, only
+which schedules are scored and which is chosen, so a finished search resumed with another budget
+re-scores nothing it has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write
+from .checkpoint import Checkpoint
+from .errors import UserError
+from .power_search import Scored, as_record, frontier
+
+
+def scores_depend_on(ck: Checkpoint, sentences: Sequence[str], labels: np.ndarray, seq_len: int, engine: str,
+                     calibration: Path | None, batch_size: int) -> dict:
+    """Everything a schedule's accuracy and FLOPs depend on besides the schedule, as digests and settings."""
+    examples = hashlib.sha256()
+    for sentence, label in zip(sentences, labels):
+        examples.update(f"{sentence}\t{int(label)}\n".encode())
+    return {"model": ck.hasher().hexdigest(), "examples_sha256": examples.hexdigest(), "examples": len(labels),
+            "seq_len": seq_len, "engine": engine, "calibration": calibration.name if calibration else None,
+            "batch_size": batch_size}
+
+
+def document(fields: dict, scored: Iterable[Scored], chosen: Scored | None) -> dict:
+    """The --out document: `fields` (the run's settings), the baseline, every schedule scored and the
+    frontier; with `chosen` None, a search not finished (marked interrupted, no "retention": `eval
+    --retention` refuses it)."""
+    scored = list(scored)
+    baseline = next(s for s in scored if s.retention is None)  # the search scores it first
+    result = {"retention": None if chosen.retention is None else list(chosen.retention),
+              "accuracy": chosen.accuracy} if chosen else {"interrupted": True}
+    if chosen:
+        result["flops"] = chosen.flops
+    return {**fields, **result, "baseline_accuracy": baseline.accuracy, "baseline_flops": baseline.flops,
+            "frontier": [as_record(s) for s in frontier(scored)], "scored": [as_record(s) for s in scored]}
+
+
+def save(path: Path, doc: dict) -> None:
+    """Replace `path` with `doc`, whole: a kill during the write leaves the previous document."""
+    try:
+        with atomic_write(path) as handle:
+            handle.write(json.dumps(doc, indent=2) + "\n")
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _read(path: Path) -> dict | None:
+    """The JSON object in `path`; None when it is not one (another kind of file)."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def refuse_overwriting_interrupted(path: Path) -> None:
+    """A search started over would replace the scores an interrupted one saved in `path`."""
+    if path.is_file() and (_read(path) or {}).get("interrupted") is True:
+        raise UserError(f"{path} holds an interrupted power-search's scores: pass --resume to continue it, or "
+                        "choose another --out")
+
+
+def resumed_scores(path: Path, depends_on: dict, layers: int) -> list[Scored]:
+    """The schedules scored in the document at `path` (none when there is no file), after checking that
+    they were scored as this search would score them."""
+    if not path.exists():
+        return []
+    doc = _read(path)
+    if doc is None or not isinstance(doc.get("scored"), list):
+        raise UserError(f"{path} is not a power-search --out document: choose another --out to start a search")
+    recorded = doc.get("scores_depend_on")
+    if not isinstance(recorded, dict):
+        raise UserError(f"{path} does not record what its scores depend on (a document from before --resume "
+                        "existed): run the search without --resume, into another --out")
+    differences = [f"{k}: {recorded.get(k)!r} there, {v!r} now" for k, v in depends_on.items() if recorded.get(k) != v]
+    if differences:
+        raise UserError(f"{path} was scored with other settings ({'; '.join(differences)}): resume with the same "
+                        "checkpoint, data, --limit, --seq-len, --engine and --batch-size, or choose another --out")
+    scored = [_scored(record, layers, path) for record in doc["scored"]]
+    if not any(s.retention is None for s in scored):
+        raise UserError(f"{path} holds no baseline score: choose another --out to start a search")
+    return scored
+
+
+def _scored(record, layers: int, path: Path) -> Scored:
+    """One `scored` entry of a document, checked: a hand-edited or damaged file is refused in one line."""
+    try:
+        retention, accuracy, flops, family = (record[k] for k in ("retention", "accuracy", "flops", "family"))
+        counts_ok = retention is None or (isinstance(retention, list) and len(retention) == layers and all(
+            type(n) is int and n >= 1 for n in retention))
+        if not (counts_ok and type(accuracy) in (int, float) and math.isfinite(accuracy) and type(flops) is int
+                and isinstance(family, str)):
+            raise TypeError
+    except (TypeError, KeyError):
+        raise UserError(f"{path}: a scored entry is not a power-search score: {record!r}") from None
+    return Scored(None if retention is None else tuple(retention), float(accuracy), flops, family)
