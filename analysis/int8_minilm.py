@@ -1,21 +1,25 @@
 """MiniLM-L6 on STS-B dev under int8 / fixed point -> reports/int8/ (README.md, CSV, PNG).
 
     OPENBLAS_NUM_THREADS=1 python analysis/int8_minilm.py [--data DIR (default ../shared/data)] [--subset 300]
+        [--out DIR (default reports/int8)] [--report-only]
 
 (one BLAS thread: on the shared 2-core machine multi-threaded OpenBLAS ran small GEMMs ~50x slower.)
 
 Headline configurations run on the full dev set (1500 pairs); the scheme comparisons (granularity,
 calibrators, non-linearities, residual bits, accumulator widths, bits 4..16) on the first --subset
 pairs to fit the shared 2-core machine. Calibration: 128 sentences of STS-B train. Results are
-appended as each configuration finishes, so a rerun resumes. residual_sqnr.csv: the per-tensor SQNR of
-the residual stream (adds, LayerNorms) with per-tensor vs per-channel 8-bit scales (quant/error.py,
-real tokens of the first SQNR_SENTENCES dev sentences), as `mabert-hw quant-error --baseline` reports it.
+appended as each configuration finishes, so a rerun resumes; each CSV's .run.json records what its rows
+depend on (checkpoint, data file and its sha256, subset, calibration), and a rerun that differs is refused
+before any work. residual_sqnr.csv: the per-tensor SQNR of the residual stream (adds, LayerNorms) with
+per-tensor vs per-channel 8-bit scales (quant/error.py, real tokens of the first SQNR_SENTENCES dev
+sentences), as `mabert-hw quant-error --baseline` reports it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import time
 from pathlib import Path
 
@@ -24,13 +28,16 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
-from mabert_hw.cli.common import positive_int, script_description
+from mabert_hw.cli.common import positive_int, run_script, script_description, script_output_dir
+from mabert_hw.errors import UserError
 from mabert_hw.eval.sweep import (Job, config_key, done_keys, prepare_calibration, recorded_run, run_differences,
                                   run_record, run_sweep, write_run_record)
-from mabert_hw.eval.tasks import load_stsb, stsb_spearman
+from mabert_hw.eval.tasks import TASK_FILES, load_stsb, resolve, stsb_spearman
 from mabert_hw.inputs import DATA_DIR
 
-OUT = Path(__file__).resolve().parents[1] / "reports" / "int8"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "reports" / "int8"  # --out's default
+CKPT = "minilm"  # the packaged all-MiniLM-L6-v2
 RES16 = {"residual_bits": 16}
 CHANNEL = {"residual_granularity": "channel"}  # 8-bit residual stream, one scale per hidden unit
 RESIDUAL_GEMMS = "encoder.layer.*.output.dense"  # the GEMMs feeding the residual adders: attention.output.dense too
@@ -100,54 +107,107 @@ STUDY = (
 )
 
 
-def main() -> None:
+RESULTS = ("fp32.csv", "headline.csv", "study.csv", "residual_sqnr.csv", "final_sqnr.csv")  # what a run writes
+# and --report-only renders (with sweep24.csv, the notes *.md and the speed records when present)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=script_description(__doc__))
-    parser.add_argument("--data", default=str(DATA_DIR))
-    parser.add_argument("--subset", type=positive_int, default=300)
-    parser.add_argument("--report-only", action="store_true", help="rewrite README.md and the plot only")
-    args = parser.parse_args()
+    parser.add_argument("--data", type=Path, default=DATA_DIR, metavar="DIR",
+                        help=f"data root holding {TASK_FILES['stsb']} (evaluated) and train.tsv beside it "
+                        "(calibration sentences) (default: ../shared/data beside the clone, or $MABERT_HW_DATA)")
+    parser.add_argument("--subset", type=positive_int, default=300, metavar="N",
+                        help="the scheme study's rows run on the first N dev pairs (default 300); the headline "
+                        "rows always on all of them")
+    parser.add_argument("--out", type=Path, default=OUT, metavar="DIR",
+                        help=f"report folder, read and written (default {OUT.relative_to(ROOT)}); made if missing")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite README.md and the plot from the results already in --out (no model is run)")
+    return run_script(parser, lambda args: run(args, parser), argv)
+
+
+def run(args, parser: argparse.ArgumentParser) -> int:
     if args.report_only:
-        return write_report(args.subset)
-    OUT.mkdir(parents=True, exist_ok=True)
-    ck = checkpoint.load("minilm")
-    dev = str(Path(args.data) / "glue/STS-B/dev.tsv")
+        if args.out.exists():
+            script_output_dir(parser, args.out)  # refuses a file; a missing folder is said below, not made
+        require_results(args.out, args.subset)
+        write_report(args.out, args.subset)
+        return 0
+    dev = str(resolve(args.data / TASK_FILES["stsb"], "stsb"))  # a missing data root: one line, before any work
+    out = script_output_dir(parser, args.out)
+    ck = checkpoint.load(CKPT)
+
+    def record(limit: int | None) -> dict:
+        return run_record(CKPT, ck.spec.name, "stsb", dev, limit)
+
+    same_runs({out / "fp32.csv": reference_record(record(None)), out / "study.csv": record(args.subset),
+               out / "headline.csv": record(None), out / "residual_sqnr.csv": record(SQNR_SENTENCES),
+               out / "final_sqnr.csv": record(SQNR_SENTENCES)})
     calibration = str(prepare_calibration(ck, "stsb", dev, CACHE_ROOT))
 
-    reference_csv = OUT / "fp32.csv"
-    reference_pairs = {int(row["pairs"]) for row in csv.DictReader(open(reference_csv))} if reference_csv.exists() \
-        else set()
+    reference = set(fp32_reference(out))
     for limit in (None, args.subset):  # the fp32 Spearman of each subset the tables compare against
-        if (limit or DEV_PAIRS) in reference_pairs:
+        task = load_stsb(dev, limit)
+        if len(task.scores) in reference:  # keyed by the pairs read: a --subset beyond the file is the whole file
             continue
         start = time.perf_counter()
-        metric = stsb_spearman(ck, load_stsb(dev, limit), make_backend("reference"))
-        with open(reference_csv, "a") as f:
+        metric = stsb_spearman(ck, task, make_backend("reference"))
+        append_reference(out / "fp32.csv", len(task.scores), metric, time.perf_counter() - start)
+        reference.add(len(task.scores))
+    for name, configs, limit in (("study.csv", STUDY, args.subset), ("headline.csv", HEADLINE, None)):
+        done = done_keys(out / name)
+        jobs = [Job(CKPT, "stsb", dev, limit, c, calibration) for c in configs if config_key(c) not in done]
+        n_jobs = len(jobs)
+        run_sweep(jobs, out / name, progress=lambda it, n=n_jobs, d=name: tqdm(it, total=n, desc=d))
+    if not ((out / "final_sqnr.csv").exists() and (out / "residual_sqnr.csv").exists()):
+        residual_sqnr(ck, dev, calibration, out)
+    write_report(out, args.subset)
+    return 0
+
+
+def reference_record(record: dict) -> dict:
+    """What fp32.csv's rows depend on, of the full set's run_record: the checkpoint and the data file (its path
+    and sha256); each row is keyed by its pair count. No calibration: the float reference backend runs."""
+    return {k: record[k] for k in ("checkpoint", "model", "task", "data", "data_sha256")} | {"engine": "reference"}
+
+
+def append_reference(path: Path, pairs: int, metric: float, seconds: float) -> None:
+    """One fp32.csv row (the header first into an empty file)."""
+    try:
+        with open(path, "a", newline="") as f:
             if f.tell() == 0:
                 f.write("pairs,metric,seconds\n")
-            f.write(f"{limit or DEV_PAIRS},{metric:.4f},{time.perf_counter() - start:.1f}\n")
-    for name, configs, limit in (("study.csv", STUDY, args.subset), ("headline.csv", HEADLINE, None)):
-        out = OUT / name
-        same_run(out, run_record("minilm", ck.spec.name, "stsb", dev, limit))
-        done = done_keys(out)
-        jobs = [Job("minilm", "stsb", dev, limit, c, calibration) for c in configs if config_key(c) not in done]
-        n_jobs = len(jobs)
-        run_sweep(jobs, out, progress=lambda it, n=n_jobs, d=name: tqdm(it, total=n, desc=d))
-    if not (OUT / "final_sqnr.csv").exists():
-        residual_sqnr(ck, dev, calibration)
-    write_report(args.subset)
+            f.write(f"{pairs},{metric:.4f},{seconds:.1f}\n")
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def same_run(out: Path, record: dict) -> None:
-    """Rows already in `out` must come from this run (the same subset, data and calibration): a rerun with
-    another --subset would otherwise keep them under the new subset's title."""
-    recorded = recorded_run(out)
-    if recorded is not None and run_differences(recorded, record):
-        raise SystemExit(f"{out} holds another run's rows ({'; '.join(run_differences(recorded, record))}): "
-                         "move it away or rerun with the same flags")
-    write_run_record(out, record)
+def same_runs(records: dict[Path, dict]) -> None:
+    """Rows already in each file must come from this run (the same subset, data and calibration): a rerun with
+    another --subset would otherwise keep them under the new subset's title, and one on other data would
+    compare against the old data's fp32 reference. All are checked before any record is written."""
+    for out, record in records.items():
+        recorded = recorded_run(out)
+        if recorded is not None and run_differences(recorded, record):
+            raise UserError(f"{out} holds another run's rows ({'; '.join(run_differences(recorded, record))}): "
+                            "move it away or rerun with the same flags")
+    for out, record in records.items():
+        write_run_record(out, record)
 
 
-def residual_sqnr(ck, dev: str, calibration_path: str) -> None:
+def require_results(out: Path, subset: int) -> None:
+    """--report-only renders a finished run: each of RESULTS in `out`, the study's rows of `subset` pairs."""
+    for name in RESULTS:
+        if not (out / name).is_file():
+            raise UserError(f"{out / name} not found: --report-only renders a finished run's results "
+                            "(run without it first, or give its --out)")
+    recorded = recorded_run(out / "study.csv")
+    if recorded is not None and recorded.get("limit") != subset:
+        raise UserError(f"{out / 'study.csv'} holds the first {recorded.get('limit')} pairs' rows, not "
+                        f"--subset {subset}'s: pass --subset {recorded.get('limit')}")
+
+
+def residual_sqnr(ck, dev: str, calibration_path: str, out: Path) -> None:
     """Per-tensor SQNR of the residual stream's tensors, all 8 bits, per-tensor vs per-channel scales
     (residual_sqnr.csv), and the final hidden state's under FINAL_SQNR_CONFIGS (final_sqnr.csv)."""
     from mabert_hw.inputs import tokenize
@@ -174,25 +234,38 @@ def residual_sqnr(ck, dev: str, calibration_path: str) -> None:
     keep = [{"tensor": r["tensor"], "kind": r["kind"], "per_tensor_db": r["baseline_sqnr_db"],
              "per_channel_db": r["sqnr_db"], "delta_db": r["delta_db"],
              "per_channel_gemm_out_db": gemm_out[r["tensor"]]} for r in rows if r["kind"] in ("add", "layernorm")]
-    (OUT / "residual_sqnr.csv").write_text(csv_table(keep))
+    (out / "residual_sqnr.csv").write_text(csv_table(keep))
     final = []
     for label, config in FINAL_SQNR_CONFIGS.items():
         last = [r for r in errors(config) if r["kind"] == "layernorm"][-1]  # the last hidden state (the pooler follows)
         final.append({"config": label, **{k: last[k] for k in ("tensor", "sqnr_db", "cosine")}})
-    (OUT / "final_sqnr.csv").write_text(csv_table(final))
+    (out / "final_sqnr.csv").write_text(csv_table(final))
 
 
 ORT_DYNAMIC_INT8 = 86.37  # target: onnxruntime dynamic int8 on this CPU (DESIGN.md anchors, issue 5)
 FP32_MARGIN, INTEGER_MARGIN = 0.3, 1.0  # issue 5 targets: within 0.3 (W8A8) / 1.0 (integer-only) of fp32
 
 
-def _read(name: str) -> list[dict]:
-    import csv
-
-    if not (OUT / name).exists():
+def _read(out: Path, name: str) -> list[dict]:
+    """The rows of out/name ([] when absent); a file that cannot be read is one line."""
+    path = out / name
+    if not path.exists():
         return []
-    with open(OUT / name, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+    return rows
+
+
+def fp32_reference(out: Path) -> dict[int, float]:
+    """fp32.csv: the float reference's Spearman x 100 by pair count ({} when absent)."""
+    try:
+        return {int(row["pairs"]): float(row["metric"]) for row in _read(out, "fp32.csv")}
+    except (KeyError, TypeError, ValueError):  # TypeError: a short row's missing field (None)
+        raise UserError(f"{out / 'fp32.csv'} is not the study's fp32 reference (rows of pairs,metric,seconds)") \
+            from None
 
 
 def _with_delta(rows: list[dict], fp32: float | None) -> list[dict]:
@@ -221,12 +294,12 @@ def _targets(headline: list[dict], fp32: float) -> list[str]:
     return lines + [""]
 
 
-def write_report(subset: int) -> None:
+def write_report(out: Path, subset: int) -> None:
     from mabert_hw.report.quant_plots import plot_metric_vs_bits
     from mabert_hw.report.tables import markdown_table
 
-    plot_metric_vs_bits(OUT / "study.csv", OUT / "bits.png", f"STS-B dev Spearman x 100 (first {subset} pairs)")
-    fp32 = {int(r["pairs"]): float(r["metric"]) for r in _read("fp32.csv")}
+    plot_metric_vs_bits(out / "study.csv", out / "bits.png", f"STS-B dev Spearman x 100 (first {subset} pairs)")
+    fp32 = fp32_reference(out)
     parts = ["# int8 / fixed point: MiniLM-L6 on STS-B dev\n",
              ("Made by `OPENBLAS_NUM_THREADS=1 python analysis/int8_minilm.py` (then `--report-only`). A "
               "24-configuration sweep (`sweep24.toml`) runs by `OPENBLAS_NUM_THREADS=1 mabert-hw sweep minilm --task "
@@ -245,7 +318,7 @@ def write_report(subset: int) -> None:
               "bit sweeps with one scheme (percentile, 16-bit residual); integer non-linearities with two "
               f"calibrators; the scheme study on the first {subset} dev pairs, the headline rows on all "
               f"{DEV_PAIRS}.\n")]
-    headline = _read("headline.csv")
+    headline = _read(out, "headline.csv")
     if headline and DEV_PAIRS in fp32:
         parts += _targets(headline, fp32[DEV_PAIRS])
     for name, title, pairs in (("fp32.csv", "float32 reference", None),
@@ -254,28 +327,28 @@ def write_report(subset: int) -> None:
                                ("final_sqnr.csv", FINAL_TITLE.format(SQNR_SENTENCES), None),
                                ("study.csv", f"scheme study (first {subset} pairs)", subset),
                                ("sweep24.csv", "24-configuration sweep (full dev, `--workers 2`)", DEV_PAIRS)):
-        rows = _read(name)
+        rows = _read(out, name)
         if rows:
             parts += [f"## {title}\n", markdown_table(_with_delta(rows, fp32.get(pairs) if pairs else None)), ""]
-            note = OUT / name.replace(".csv", ".md")
+            note = out / name.replace(".csv", ".md")
             if note.exists():
                 parts += [note.read_text(), ""]
-    parts += _speed()
+    parts += _speed(out)
     parts.append("![metric vs bits](bits.png)")
-    (OUT / "README.md").write_text("\n".join(parts) + "\n")
+    (out / "README.md").write_text("\n".join(parts) + "\n")
 
 
 SPEED_RECORDS = {"CPU time": "speed_cpu.json", "wall time": "speed.json"}  # analysis/int8_speed.py's outputs
 
 
-def _speed() -> list[str]:
+def _speed(out: Path) -> list[str]:
     """The Speed section: analysis/int8_speed.py's records (CPU and wall clock), when present."""
     import json
 
     from mabert_hw.report.tables import markdown_table
 
-    records = {clock: json.loads((OUT / name).read_text()) for clock, name in SPEED_RECORDS.items()
-               if (OUT / name).exists()}
+    records = {clock: json.loads((out / name).read_text()) for clock, name in SPEED_RECORDS.items()
+               if (out / name).exists()}
     if not records:
         return []
     lines = ["## Speed\n",
@@ -297,9 +370,9 @@ def _speed() -> list[str]:
     lines += [markdown_table(rows), ""]
     lines += [f"- {clock}: {r['rounds']} rounds, {r.get('numba_threads', '?')} Numba thread(s), load average "
               f"{r['load_average_before']:.1f} before, {r['load_average_after']:.1f} after." for clock, r in records.items()]
-    note = OUT / "speed.md"
+    note = out / "speed.md"
     return lines + ["", note.read_text(), ""] if note.exists() else lines + [""]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
