@@ -1,21 +1,28 @@
 """MA-MiniLM-L6 study -> reports/ma_bert/ (README.md written by hand from results.json, CSV, PNG).
 
     mabert-hw convert minilm --out ~/.cache/mabert-hw/ma-minilm --data WIKI STSB_TRAIN ...  (see README)
-    python analysis/ma_minilm.py [--ckpt ~/.cache/mabert-hw/ma-minilm] [--extra NAME=DIR ...]
+    python analysis/ma_minilm.py [--ckpt ~/.cache/mabert-hw/ma-minilm] [--extra NAME=DIR ...] [--out DIR]
 
 Measures on the converted checkpoint(s): STS-B dev Spearman (mean pooling, cosine) vs the baseline,
 the softmax-approximation error on STS-B dev sentences, the op-count difference, the fast-engine
 latency of MA vs baseline at MiniLM shapes B=8, T=128 (interleaved, medians), the training curve.
+
+results.json keeps each Spearman with what it depends on (the model's digest: weights, spec and tokenizer;
+the dev file's sha256 and the number of pairs; the engine): a later run reuses a score only where all of
+them match, and recomputes it otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
 import statistics
+import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,25 +30,225 @@ from pathlib import Path
 import numpy as np
 
 from mabert_hw import checkpoint
+from mabert_hw.atomic import atomic_write
+from mabert_hw.backends import BACKENDS, make_backend
 from mabert_hw.cache import CACHE_ROOT as CACHE
-from mabert_hw.backends import make_backend
-from mabert_hw.cli import main as cli
+from mabert_hw.cli import build_parser as cli_parser
+from mabert_hw.cli.common import INTERRUPTED_EXIT, positive_int, run_script, script_description, script_output_dir
+from mabert_hw.cli.softmax_error import check_teacher_shape
 from mabert_hw.cost.counts import count_ops, model_ops
-from mabert_hw.eval.tasks import load_stsb, stsb_spearman
+from mabert_hw.errors import UserError
+from mabert_hw.eval.tasks import load_stsb, resolve, stsb_spearman
 from mabert_hw.inputs import DATA_DIR, tokenize
 from mabert_hw.model import forward
 from mabert_hw.report.ma_plots import plot_history
 from mabert_hw.report.tables import csv_table
-from mabert_hw.cli.common import script_description
 
+PROG = "ma_minilm.py"
 OUT = Path(__file__).resolve().parents[1] / "reports" / "ma_bert"
+BATCH_SIZE, MAX_LEN = 32, 128  # STS-B scoring as `mabert-hw eval --task stsb` does it by default
+LATENCY_BATCH, LATENCY_TOKENS = 8, 128  # MiniLM shapes of the latency comparison
+# engines that score a model: trace computes no values, fixed needs a calibration (`mabert-hw eval --engine fixed`)
+ENGINES = [name for name in BACKENDS if name not in ("trace", "fixed")]
+STUDY = ("baseline", "ma", "ma_with_exact_softmax")  # the names results.json scores the study's models under
+KEY = ("model", "pairs", "data_sha256", "backend", "batch_size", "max_len")  # what a cached Spearman depends on
 
 
-def spearman(source, task, backend_name: str) -> tuple[float, float]:
-    ck = checkpoint.load(source) if isinstance(source, str) else source
+def engine_list(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [name for name in names if name not in ENGINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown engine {unknown[0]!r} (engines: {', '.join(ENGINES)})")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"repeated engine in {text!r}")
+    return names
+
+
+def named_checkpoint(text: str) -> tuple[str, str]:
+    name, _, source = text.partition("=")
+    if not name or not source:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    return name, source
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=script_description(__doc__))
+    parser.add_argument("--ckpt", default=str(CACHE / "ma-minilm"),
+                        help="the MA checkpoint `mabert-hw convert` wrote (default ~/.cache/mabert-hw/ma-minilm, "
+                        "as reports/ma_bert/README.md makes it)")
+    parser.add_argument("--baseline", default="minilm", metavar="CKPT",
+                        help="the baseline BERT the MA checkpoint was converted from: scored, the teacher of the "
+                        "softmax error, timed and counted against it (default minilm)")
+    parser.add_argument("--extra", nargs="*", type=named_checkpoint, default=[], metavar="NAME=DIR",
+                        help="more converted checkpoints to score on STS-B dev, each under its NAME in results.json "
+                        "(names other than baseline, ma, ma_with_exact_softmax)")
+    parser.add_argument("--data", default=str(DATA_DIR),
+                        help="the STS-B dev file, or a data root holding glue/STS-B/dev.tsv "
+                        "(default ../shared/data, or $MABERT_HW_DATA)")
+    parser.add_argument("--limit", type=positive_int, help="score only the first N STS-B dev pairs (default all 1500)")
+    parser.add_argument("--softmax-rows", type=positive_int, default=4000,
+                        help="query rows of the softmax-error comparison (`softmax-error --max-rows`; default 4000)")
+    parser.add_argument("--reps", type=positive_int, default=5,
+                        help="timed rounds per model and engine after one warm-up round (default 5)")
+    parser.add_argument("--backend", choices=ENGINES, default="fast", help="engine of the STS-B scores (default fast)")
+    parser.add_argument("--latency-backends", type=engine_list, default="fast,reference",
+                        help="engines to time MA vs baseline in (comma-separated; default fast,reference)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="re-measure only the latency (results.json's latency_ms)")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="report folder: results.json, op_counts.csv, softmax_error*, training_loss.png "
+                        "(default reports/ma_bert)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    return run_script(parser, lambda args: run(checked(parser, args)), argv)
+
+
+def checked(parser: argparse.ArgumentParser, args):
+    """The checks argparse cannot make one flag at a time, then --out made: all before any work."""
+    names = [name for name, _ in args.extra]
+    taken = [name for name in names if name in STUDY or names.count(name) > 1]
+    if taken:
+        parser.error(f"argument --extra: the name {taken[0]!r} is taken (by the study: {', '.join(STUDY)}; "
+                     "or given twice)")
+    script_output_dir(parser, args.out)
+    return args
+
+
+def run(args) -> int:
+    try:
+        study(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; {args.out / 'results.json'} keeps the scores finished", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def study(args) -> None:
+    ma, base = checkpoint.load(args.ckpt), checkpoint.load(args.baseline)
+    check_models(base, ma)
+    for name in {args.backend, *args.latency_backends}:
+        make_backend(name)  # an engine whose package is missing, refused before any work
+    data = resolve(args.data, "stsb")
+    task = load_stsb(data, args.limit)
+    timed = load_stsb(data, LATENCY_BATCH).first  # the same batch whatever --limit says
+    if len(timed) < LATENCY_BATCH:
+        raise UserError(f"{data}: the latency batch takes the first {LATENCY_BATCH} dev sentences; it has {len(timed)}")
+    results = read_results(args.out / "results.json")
+    if not args.latency_only:
+        extras = [(name, checkpoint.load(source)) for name, source in args.extra]
+        score_all(args, results, base, ma, extras, task, data)
+        softmax_error(args, task)
+        write(args.out / "op_counts.csv", csv_table(op_counts(base.spec, ma.spec)))
+    results["latency_ms"] = latencies(base, ma, timed, args.reps, args.latency_backends)
+    if not args.latency_only:
+        results |= training(Path(args.ckpt), args.out)
+    write(args.out / "results.json", json.dumps(results, indent=2))
+
+
+def check_models(base, ma) -> None:
+    """What the study needs of its two models, checked before the minutes of scoring: weights, an MA checkpoint
+    with approximators, the baseline it was converted from (softmax-error's teacher), room for B=8, T=128."""
+    for ck in (base, ma):
+        ck.require_weights(PROG)
+    if ma.spec.variant.softmax != "mlp":
+        raise UserError(f"{ma.source} has no softmax approximator (variant {ma.spec.variant.describe()}): "
+                        "give a checkpoint `mabert-hw convert` wrote")
+    if not base.spec.variant.is_baseline:
+        raise UserError(f"baseline {base.source} is not a baseline BERT (variant {base.spec.variant.describe()})")
+    check_teacher_shape(ma.spec, base)
+    for ck in (base, ma):
+        widest = ck.spec.max_positions
+        if ck.spec.variant.softmax == "mlp":
+            widest = min(widest, ck.spec.variant.softmax_input)
+        if widest < LATENCY_TOKENS:
+            raise UserError(f"{ck.source} takes at most {widest} tokens; the latency is timed at T={LATENCY_TOKENS}")
+
+
+def read_results(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read {path}: {error}; fix or delete it") from None
+    if not isinstance(results, dict) or not isinstance(results.get("stsb_spearman", {}), dict):
+        raise UserError(f"{path}: not a results.json of this script (expected an object with an stsb_spearman object)")
+    return results
+
+
+def write(path: Path, text: str) -> None:
+    """The whole file or none: an interrupted write leaves the previous file."""
+    with atomic_write(path) as handle:
+        handle.write(text)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def score_all(args, results: dict, base, ma, extras: list, task, data: Path) -> None:
+    """STS-B dev Spearman of each model, written to results.json after each (a Ctrl-C keeps those finished)."""
+    # the same MA weights with the exact softmax (and HF's additive mask) in place of the approximator
+    exact = replace(ma, spec=ma.spec.with_variant(softmax="exact", mask="additive"))
+    models = [("baseline", args.baseline, base), ("ma", args.ckpt, ma),
+              ("ma_with_exact_softmax", f"{args.ckpt} ({exact.spec.variant.describe()})", exact)]
+    models += [(name, source, ck) for (name, source), (_, ck) in zip(args.extra, extras)]
+    scores = results.setdefault("stsb_spearman", {})
+    data_sha256 = sha256(data)
+    for name, label, ck in models:
+        key = {"model": ck.hasher().hexdigest(), "pairs": len(task.scores), "data_sha256": data_sha256,
+               "backend": args.backend, "batch_size": BATCH_SIZE, "max_len": MAX_LEN}
+        cached = scores.get(name)
+        if isinstance(cached, dict):
+            changed = stale(cached, key)
+            if not changed:
+                print(f"STS-B dev Spearman {name}: {cached['spearman']:.2f} (from results.json)")
+                continue
+            print(f"{PROG}: stsb_spearman {name} in results.json is stale ({'; '.join(changed)}): recomputing",
+                  file=sys.stderr)
+        value, seconds = spearman(ck, task, args.backend)
+        scores[name] = {"spearman": value, "pairs": len(task.scores), "seconds": seconds, "source": label,
+                        "data": str(data.resolve()), **key}
+        print(f"STS-B dev Spearman {name}: {value:.2f}")
+        write(args.out / "results.json", json.dumps(results, indent=2))
+
+
+def stale(cached: dict, key: dict) -> list[str]:
+    """How a cached score's record differs from what it would be computed with now (nothing: reusable)."""
+    changed = []
+    for field, value in key.items():
+        if field not in cached:
+            changed.append(f"no {field} recorded")
+        elif cached[field] != value:
+            changed.append(f"{field} differs" if field in ("model", "data_sha256") else
+                           f"{field} {cached[field]} -> {value}")
+    return changed
+
+
+def spearman(ck, task, backend_name: str) -> tuple[float, float]:
     started = time.perf_counter()
-    value = stsb_spearman(ck, task, make_backend(backend_name), batch_size=32, max_len=128)
+    value = stsb_spearman(ck, task, make_backend(backend_name), batch_size=BATCH_SIZE, max_len=MAX_LEN)
     return value, time.perf_counter() - started
+
+
+def softmax_error(args, task) -> None:
+    """`mabert-hw softmax-error` on the dev sentences (its tables and plots into --out, its text into
+    softmax_error.txt); the sentences go through a file of this run's own, which no other run replaces."""
+    with tempfile.TemporaryDirectory(prefix="ma_minilm-") as folder:
+        sentences = Path(folder) / "stsb_dev_sentences.txt"
+        sentences.write_text("\n".join(task.first) + "\n")
+        command = cli_parser().parse_args(
+            ["softmax-error", args.ckpt, "--data", str(sentences), "--teacher", args.baseline, "--max-rows",
+             str(args.softmax_rows), "--pad-to", "64", "128", "--output-dir", str(args.out)])
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured):
+            command.run(command)  # its UserError is this script's one-line error
+    write(args.out / "softmax_error.txt", captured.getvalue())
+    print(captured.getvalue())
 
 
 def latency(ck_base, ck_ma, texts: list[str], reps: int, backend_name: str) -> dict:
@@ -50,7 +257,7 @@ def latency(ck_base, ck_ma, texts: list[str], reps: int, backend_name: str) -> d
     Real text, not random ids: random ids drive MA-MiniLM's hidden states to inf/NaN from layer 4, and
     non-finite (or denormal) floats run at a different speed, which would time the wrong thing.
     """
-    batch = tokenize(ck_base.tokenizer_dir, texts[:8], 128)
+    batch = tokenize(ck_base.tokenizer_dir, texts[:LATENCY_BATCH], LATENCY_TOKENS)
     runs = {"baseline": [], "ma": []}
     for _ in range(reps + 1):  # the first round warms up (numba compilation, caches)
         for name, ck in (("baseline", ck_base), ("ma", ck_ma)):
@@ -62,10 +269,10 @@ def latency(ck_base, ck_ma, texts: list[str], reps: int, backend_name: str) -> d
     return {name: statistics.median(times[1:]) for name, times in runs.items()} | {"reps": reps}
 
 
-def latencies(ck_base, ck_ma, texts: list[str], reps: int, backends: str) -> dict:
-    """{backend: {baseline, ma, ma_over_baseline, reps, load_average}} for each comma-separated backend."""
+def latencies(ck_base, ck_ma, texts: list[str], reps: int, backends: list[str]) -> dict:
+    """{backend: {baseline, ma, ma_over_baseline, reps, load_average}} for each backend."""
     out = {}
-    for backend_name in backends.split(","):
+    for backend_name in backends:
         load = os.getloadavg()[0]
         times = latency(ck_base, ck_ma, texts, reps, backend_name)
         out[backend_name] = times | {"ma_over_baseline": times["ma"] / times["baseline"], "load_average": load}
@@ -76,63 +283,23 @@ def latencies(ck_base, ck_ma, texts: list[str], reps: int, backends: str) -> dic
 def op_counts(spec_base, spec_ma) -> list[dict]:
     rows = []
     for name, spec in (("baseline", spec_base), ("ma", spec_ma)):
-        profile = count_ops(model_ops(spec, 8, 128))
+        profile = count_ops(model_ops(spec, LATENCY_BATCH, LATENCY_TOKENS))
         rows.append({"model": name, "macs": profile.total("macs"), **dict(profile.elementwise())})
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=script_description(__doc__))
-    parser.add_argument("--ckpt", default=str(CACHE / "ma-minilm"))
-    parser.add_argument("--extra", nargs="*", default=[], help="NAME=DIR more converted checkpoints to score")
-    parser.add_argument("--data", default=str(DATA_DIR))
-    parser.add_argument("--limit", type=int, help="STS-B dev pairs (default all 1500)")
-    parser.add_argument("--softmax-rows", type=int, default=4000)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--backend", default="fast")
-    parser.add_argument("--latency-backends", default="fast,reference",
-                        help="engines to time MA vs baseline in (comma-separated; default fast,reference)")
-    parser.add_argument("--latency-only", action="store_true", help="re-measure only the latency")
-    args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    results = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").exists() else {}
-    task = load_stsb(args.data, args.limit)
-    if args.latency_only:
-        base, ma = checkpoint.load("minilm"), checkpoint.load(args.ckpt)
-        results["latency_ms"] = latencies(base, ma, task.first, args.reps, args.latency_backends)
-        (OUT / "results.json").write_text(json.dumps(results, indent=2))
-        return
-    scores = results.setdefault("stsb_spearman", {})
-    ma_ck = checkpoint.load(args.ckpt)
-    # the same MA weights with the exact softmax (and HF's additive mask) in place of the approximator
-    exact = replace(ma_ck, spec=ma_ck.spec.with_variant(softmax="exact", mask="additive"))
-    candidates = [("baseline", "minilm"), ("ma", args.ckpt), ("ma_with_exact_softmax", exact)]
-    for name, source in candidates + [tuple(e.split("=", 1)) for e in args.extra]:
-        if name not in scores:
-            value, seconds = spearman(source, task, args.backend)
-            label = source if isinstance(source, str) else f"{args.ckpt} ({source.spec.variant.describe()})"
-            scores[name] = {"spearman": value, "pairs": len(task.scores), "seconds": seconds, "source": label}
-            print(f"STS-B dev Spearman {name}: {value:.2f}")
-            (OUT / "results.json").write_text(json.dumps(results, indent=2))
-    sentences = CACHE / "stsb_dev_sentences.txt"
-    sentences.write_text("\n".join(task.first) + "\n")
-    captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):
-        cli(["softmax-error", args.ckpt, "--data", str(sentences), "--teacher", "minilm", "--max-rows",
-             str(args.softmax_rows), "--pad-to", "64", "128", "--output-dir", str(OUT)])
-    (OUT / "softmax_error.txt").write_text(captured.getvalue())
-    print(captured.getvalue())
-    base, ma = checkpoint.load("minilm"), checkpoint.load(args.ckpt)
-    (OUT / "op_counts.csv").write_text(csv_table(op_counts(base.spec, ma.spec)))
-    results["latency_ms"] = latencies(base, ma, task.first, args.reps, args.latency_backends)
-    history_path = Path(args.ckpt) / "history.json"
-    if history_path.exists():
-        history = json.loads(history_path.read_text())
-        plot_history(history, OUT / "training_loss.png")
-        results["training"] = {"steps_done": len(history), "last": history[-1],
-                               "conversion": json.loads((Path(args.ckpt) / "config.json").read_text())["conversion"]}
-    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+def training(ckpt: Path, out: Path) -> dict:
+    """The knowledge-transfer curve (training_loss.png) and its record, where `convert` left a history.json."""
+    history_path = ckpt / "history.json"
+    if not history_path.exists():
+        return {}
+    history = json.loads(history_path.read_text())
+    if not history:
+        return {}
+    plot_history(history, out / "training_loss.png")
+    conversion = json.loads((ckpt / "config.json").read_text()).get("conversion")
+    return {"training": {"steps_done": len(history), "last": history[-1], "conversion": conversion}}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
