@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mabert_hw import checkpoint
-from mabert_hw.atomic import atomic_write
+from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends import BACKENDS, make_backend
 from mabert_hw.cache import CACHE_ROOT as CACHE
 from mabert_hw.cli import build_parser as cli_parser
@@ -142,11 +142,11 @@ def study(args) -> None:
         extras = [(name, checkpoint.load(source)) for name, source in args.extra]
         score_all(args, results, base, ma, extras, task, data)
         softmax_error(args, task)
-        write(args.out / "op_counts.csv", csv_table(op_counts(base.spec, ma.spec)))
+        write_text_whole(args.out / "op_counts.csv", csv_table(op_counts(base.spec, ma.spec)))
     results["latency_ms"] = latencies(base, ma, timed, args.reps, args.latency_backends)
     if not args.latency_only:
         results |= training(Path(args.ckpt), args.out)
-    write(args.out / "results.json", json.dumps(results, indent=2))
+    write_text_whole(args.out / "results.json", json.dumps(results, indent=2))
 
 
 def check_models(base, ma) -> None:
@@ -180,12 +180,6 @@ def read_results(path: Path) -> dict:
     return results
 
 
-def write(path: Path, text: str) -> None:
-    """The whole file or none: an interrupted write leaves the previous file."""
-    with atomic_write(path) as handle:
-        handle.write(text)
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -214,7 +208,7 @@ def score_all(args, results: dict, base, ma, extras: list, task, data: Path) -> 
         scores[name] = {"spearman": value, "pairs": len(task.scores), "seconds": seconds, "source": label,
                         "data": str(data.resolve()), **key}
         print(f"STS-B dev Spearman {name}: {value:.2f}")
-        write(args.out / "results.json", json.dumps(results, indent=2))
+        write_text_whole(args.out / "results.json", json.dumps(results, indent=2))
 
 
 def stale(cached: dict, key: dict) -> list[str]:
@@ -247,7 +241,7 @@ def softmax_error(args, task) -> None:
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):
             command.run(command)  # its UserError is this script's one-line error
-    write(args.out / "softmax_error.txt", captured.getvalue())
+    write_text_whole(args.out / "softmax_error.txt", captured.getvalue())
     print(captured.getvalue())
 
 

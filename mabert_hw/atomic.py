@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from .errors import UserError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -36,3 +38,13 @@ def atomic_write(path: str | Path, mode: str = "w", **open_args) -> Iterator[IO]
         raise ValueError(f"atomic_write writes a whole file: mode 'w' or 'wb', not {mode!r}")
     with atomic_path(path) as temporary, open(temporary, "x" + mode[1:], **open_args) as handle:
         yield handle
+
+
+def write_text_whole(path: str | Path, text: str) -> None:
+    """path <- text through atomic_write; a write that fails (a full disk, a folder made read-only) is a
+    one-line UserError naming the file, and leaves the previous file."""
+    try:
+        with atomic_write(path) as handle:
+            handle.write(text)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None

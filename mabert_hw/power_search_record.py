@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import write_text_whole
 from .checkpoint import Checkpoint
 from .errors import UserError
 from .power_search import Scored, as_record, frontier
@@ -56,11 +56,7 @@ def document(fields: dict, scored: Iterable[Scored], chosen: Scored | None) -> d
 
 def save(path: Path, doc: dict) -> None:
     """Replace `path` with `doc`, whole: a kill during the write leaves the previous document."""
-    try:
-        with atomic_write(path) as handle:
-            handle.write(json.dumps(doc, indent=2) + "\n")
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+    write_text_whole(path, json.dumps(doc, indent=2) + "\n")
 
 
 def _read(path: Path) -> dict | None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from mabert_hw import checkpoint
+from mabert_hw import atomic, checkpoint
 from mabert_hw.backends.reference import ReferenceBackend
 from mabert_hw.cli import main as cli
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
@@ -215,7 +215,7 @@ def test_scores_are_recomputed_for_other_weights_data_or_an_unkeyed_record(scrip
 def test_an_interrupted_run_keeps_its_finished_scores_and_a_whole_results_json(script, models, scores_only,
                                                                                monkeypatch, capsys, tmp_path):
     data, out = stsb_file(tmp_path / "dev.tsv"), tmp_path / "out"
-    real_spearman, real_write = script.spearman, script.atomic_write
+    real_spearman, real_write = script.spearman, atomic.atomic_write
 
     def ctrl_c_on_ma(ck, task, backend):
         if ck.spec.variant.softmax == "mlp":
@@ -238,7 +238,7 @@ def test_an_interrupted_run_keeps_its_finished_scores_and_a_whole_results_json(s
             yield Half()
 
     monkeypatch.setattr(script, "spearman", real_spearman)
-    monkeypatch.setattr(script, "atomic_write", ctrl_c_halfway)
+    monkeypatch.setattr(atomic, "atomic_write", ctrl_c_halfway)
     assert script.main(study_argv(models, data, out)) == 130
     assert json.loads((out / "results.json").read_text()) == kept  # the previous file, whole
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]  # no temporary left
