@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from mabert_hw.atomic import write_text_whole
 from mabert_hw.cli.compare import POWER_LAST_LAYER_FRACTION, evaluate
 from mabert_hw.cost import hardware
 from mabert_hw.cost.hw_summary import NONLINEAR_KINDS, category, shares
@@ -274,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     spec = PRESETS[MODEL]
     rows, breakdown, outcomes = main_rows(spec)
     sweep = sweep_rows(spec)
-    (OUT / "results.csv").write_text(csv_table(rows))
-    (OUT / "ma_breakdown.csv").write_text(csv_table(breakdown))
-    (OUT / "ma_vs_seq_len.csv").write_text(csv_table(sweep))
+    write_text_whole(OUT / "results.csv", csv_table(rows))
+    write_text_whole(OUT / "ma_breakdown.csv", csv_table(breakdown))
+    write_text_whole(OUT / "ma_vs_seq_len.csv", csv_table(sweep))
     pngs = write_plots(outcomes, sweep)
-    (OUT / "README.md").write_text(render_readme(rows, breakdown, sweep, pngs))
+    write_text_whole(OUT / "README.md", render_readme(rows, breakdown, sweep, pngs))
     print(f"wrote {OUT}", file=sys.stderr)
     return 0
 

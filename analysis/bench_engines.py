@@ -32,6 +32,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
+from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
 from mabert_hw.bench.profile import FAST_CALL_MEANING, numpy_gemm_gflops, time_by_call
 from mabert_hw.bench.timing import bench, blas_kernels, machine_threads
@@ -165,13 +166,13 @@ def bert_base_fraction_of_per_core(record: dict) -> float:
 
 def write(record: dict, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "engines.csv").write_text(csv_table(record["rows"], COLUMNS))
+    write_text_whole(out / "engines.csv", csv_table(record["rows"], COLUMNS))
     profile_rows = [{"model": m, "clock": clock, **r, "work": FAST_CALL_MEANING.get(r["call"], "")}
                     for clock, profiles in ((f"wall, {record['threads']} threads", record["profiles"]),
                                             ("CPU, 1 thread", record["cpu_profiles"]))
                     for m, rows in profiles.items() for r in rows]
     profile_rows = [r for r in profile_rows if r["share_%"] >= 0.1]  # layout calls and the like: ~0
-    (out / "fast_profile.csv").write_text(csv_table(profile_rows))
+    write_text_whole(out / "fast_profile.csv", csv_table(profile_rows))
     first = record["first_call"]
     plotted = [{**r, "model": f"{r['model']}, {r['threads']} thread(s)"} for r in record["rows"]
                if r["engine"] != "reference"]  # reference: 10-50x slower, off scale
@@ -235,7 +236,7 @@ and Python overhead; calls under 0.1% are left out.
 
 Files: engines.csv (every engine x shape), fast_profile.csv, engines.png.
 """
-    (out / "README.md").write_text(readme)
+    write_text_whole(out / "README.md", readme)
 
 
 def shape_list(text: str) -> list[tuple[int, int]]:

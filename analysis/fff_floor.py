@@ -35,6 +35,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from mabert_hw.atomic import write_text_whole
 from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels, machine_threads, time_calls
 from mabert_hw.cli.common import non_negative_int, positive_int, script_description, script_output_dir
 from mabert_hw.fff import aligned_empty, walk_layout
@@ -215,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     problem = Problem(args.hidden, args.depth, 1, args.tokens, args.dense_width)
     rows = [row for threads in args.threads for row in
             measure(problem, threads, args.rounds, args.seed)]
-    (args.out / "floor.csv").write_text(
-        csv_table([{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows]))
+    rounded = [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+    write_text_whole(args.out / "floor.csv", csv_table(rounded))
     meta = {"command": "python analysis/fff_floor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M"), "load_average": [round(v, 2) for v in os.getloadavg()],
             "problem": vars(args) | {"out": str(args.out)}, "machine": describe(), "blas": blas_kernels(), "rows": rows}
-    (args.out / "floor.json").write_text(json.dumps(meta, indent=1))
+    write_text_whole(args.out / "floor.json", json.dumps(meta, indent=1))
     for row in rows:
         print(f"{row['threads']} {row['piece']:36s} {row['median_ms']:8.2f} ms {row['ns_per_token_per_core']:7.0f} "
               f"ns/token/core {row['share_of_78x_budget']:6.2f} x budget")

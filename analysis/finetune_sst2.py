@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
 
+from mabert_hw.atomic import write_text_whole
 from mabert_hw.atomic import atomic_path
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.checkpoint import minilm_dir
@@ -149,7 +150,7 @@ def run(args) -> int:
     metrics = {"sst2_dev_accuracy": accuracy, "steps": step, "planned_steps": total_steps,
                "train_phrases_seen": min(step * args.batch, len(order)), "batch": args.batch,
                "max_len": args.max_len, "lr": args.lr, "train_minutes": elapsed / 60, "threads": args.threads}
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_whole(args.out / "metrics.json", json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
     return 0
 

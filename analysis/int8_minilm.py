@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
@@ -234,12 +235,12 @@ def residual_sqnr(ck, dev: str, calibration_path: str, out: Path) -> None:
     keep = [{"tensor": r["tensor"], "kind": r["kind"], "per_tensor_db": r["baseline_sqnr_db"],
              "per_channel_db": r["sqnr_db"], "delta_db": r["delta_db"],
              "per_channel_gemm_out_db": gemm_out[r["tensor"]]} for r in rows if r["kind"] in ("add", "layernorm")]
-    (out / "residual_sqnr.csv").write_text(csv_table(keep))
+    write_text_whole(out / "residual_sqnr.csv", csv_table(keep))
     final = []
     for label, config in FINAL_SQNR_CONFIGS.items():
         last = [r for r in errors(config) if r["kind"] == "layernorm"][-1]  # the last hidden state (the pooler follows)
         final.append({"config": label, **{k: last[k] for k in ("tensor", "sqnr_db", "cosine")}})
-    (out / "final_sqnr.csv").write_text(csv_table(final))
+    write_text_whole(out / "final_sqnr.csv", csv_table(final))
 
 
 ORT_DYNAMIC_INT8 = 86.37  # target: onnxruntime dynamic int8 on this CPU (DESIGN.md anchors, issue 5)
@@ -335,7 +336,7 @@ def write_report(out: Path, subset: int) -> None:
                 parts += [note.read_text(), ""]
     parts += _speed(out)
     parts.append("![metric vs bits](bits.png)")
-    (out / "README.md").write_text("\n".join(parts) + "\n")
+    write_text_whole(out / "README.md", "\n".join(parts) + "\n")
 
 
 SPEED_RECORDS = {"CPU time": "speed_cpu.json", "wall time": "speed.json"}  # analysis/int8_speed.py's outputs

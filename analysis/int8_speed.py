@@ -26,6 +26,7 @@ from pathlib import Path
 import numba
 from int8_minilm import CHANNEL, CHANNEL_GEMM_OUT, OUT
 
+from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.backends.fixed import FixedBackend
@@ -83,7 +84,7 @@ def run(args) -> int:
               "median_ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()},
               "ratio_vs_fast": {k: statistics.median(v) / fast for k, v in samples.items()},
               "configs": {"fast fp32": None, **CONFIGS}}
-    Path(args.out or OUT / CLOCKS[args.clock]).write_text(json.dumps(record, indent=2))
+    write_text_whole(args.out or OUT / CLOCKS[args.clock], json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
     return 0
 

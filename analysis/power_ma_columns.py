@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
 from mabert_hw.backends.reference import ReferenceBackend
 from mabert_hw.cli.common import positive_int, run_script
@@ -91,7 +92,7 @@ def run(args) -> int:
     if args.out.exists():
         with open(args.out, newline="") as f:
             kept = [row for row in csv.DictReader(f) if row["checkpoint"] != args.ckpt]
-    args.out.write_text(csv_table(kept + rows))
+    write_text_whole(args.out, csv_table(kept + rows))
     print(f"wrote {args.out}")
     return 0
 

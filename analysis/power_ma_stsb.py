@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT as CACHE
@@ -138,7 +139,7 @@ def run(args) -> int:
     if args.out.exists():
         with open(args.out, newline="") as f:
             kept = [row for row in csv.DictReader(f) if row["model"] not in models]
-    args.out.write_text(csv_table(kept + rows))
+    write_text_whole(args.out, csv_table(kept + rows))
     print(f"wrote {args.out}; load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     return 0
 

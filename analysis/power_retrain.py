@@ -28,6 +28,7 @@ import torch
 from power_sst2 import ROOT, training_stream
 from tqdm import tqdm
 
+from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
@@ -67,7 +68,7 @@ def retrained(ck, retention, args, classifier) -> tuple[checkpoint.Checkpoint, d
                        progress=lambda r: tqdm(r, desc=f"retrain {name}"))
         state = {k: v.detach().numpy() for k, v in model.hf.state_dict().items()}
         np.savez(weights_file, **checkpoint.check_weights(ck.spec, checkpoint.strip_prefixes(state)))
-        record_file.write_text(json.dumps({"steps": args.steps, "batch": args.batch, "lr": args.lr,
+        write_text_whole(record_file, json.dumps({"steps": args.steps, "batch": args.batch, "lr": args.lr,
                                            "seconds": time.perf_counter() - started, "losses": losses}))
     with np.load(weights_file) as stored:
         weights = checkpoint.check_weights(ck.spec, dict(stored))
@@ -116,7 +117,7 @@ def run(args) -> int:
               "baseline_training": {k: base_record[k] for k in ("steps", "batch", "lr", "seconds")},
               "seq_len": args.seq_len, "threads": args.threads,
               "load_average_1min_at_end": os.getloadavg()[0], "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_text_whole(args.out, json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
 
