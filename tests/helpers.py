@@ -3,8 +3,10 @@ checkpoints and data files written to disk, and the edge hardware description as
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,18 @@ from mabert_hw.weights import random_weights
 CONFIG = {"model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
           "intermediate_size": 64, "max_position_embeddings": 16}
 EDGE_TOML = (hardware.HW_DIR / "edge-32x32-int8.toml").read_text()
+ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 LONG_TEXT = " ".join(["the approximator sees only so many columns of every attention row"] * 10)  # > 64 tokens
+
+
+def analysis_script(name: str):
+    """analysis/NAME.py loaded as a module, a fresh one each call. It is registered in sys.modules under its
+    name: Numba's cache finds the module of a cached function by its name."""
+    spec = importlib.util.spec_from_file_location(name, ANALYSIS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

@@ -4,9 +4,7 @@ and bench.profile's per-call timing of a variant's ops."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -16,6 +14,7 @@ from mabert_hw.inputs import random_batch
 from mabert_hw.weights import random_weights
 
 from .conftest import TINY_SPECS
+from .helpers import analysis_script
 
 
 def test_bench_refuses_more_threads_than_cores():
@@ -28,11 +27,7 @@ def test_bench_refuses_more_threads_than_cores():
 # analysis/bench_engines.py measures its "after" GEMM and BLAS record at the threads it names
 
 def load_bench_engines():
-    script = Path(__file__).resolve().parents[1] / "analysis" / "bench_engines.py"
-    spec = importlib.util.spec_from_file_location("bench_engines", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return analysis_script("bench_engines")
 
 
 def test_engines_study_after_gemm_runs_at_the_recorded_threads(monkeypatch):

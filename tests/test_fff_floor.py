@@ -1,23 +1,16 @@
 """The probes of analysis/fff_floor.py compute what they claim (checked against NumPy), so that the
 times they report are the times of that work."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "analysis" / "fff_floor.py"
+from .helpers import analysis_script
 
 
 @pytest.fixture(scope="module")
 def floor():
-    spec = importlib.util.spec_from_file_location("fff_floor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # Numba's cache finds the module of a cached function by its name
-    spec.loader.exec_module(module)
-    return module
+    return analysis_script("fff_floor")
 
 
 def test_dots_walk_follows_the_logits(floor):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import builtins
 import csv
 import errno
-import importlib.util
 import io
 import json
 import os
@@ -24,15 +23,11 @@ from mabert_hw.cli import main
 from mabert_hw.bench.ffn import Problem
 from mabert_hw.bench.timing import machine_threads
 
-ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
+from .helpers import ANALYSIS, analysis_script
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ANALYSIS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # Numba's cache finds the module of a cached function by its name
-    spec.loader.exec_module(module)
-    return module
+    return analysis_script(name)
 
 
 @pytest.mark.parametrize("argv,message", [

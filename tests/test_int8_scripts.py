@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from mabert_hw.spec import ModelSpec
 
-from .helpers import error_line, save_bert
+from .helpers import analysis_script, error_line, save_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports" / "int8"
@@ -33,10 +32,7 @@ TINY = ModelSpec("tiny", vocab_size=30522, hidden=24, layers=2, heads=3, interme
 
 
 def int8_minilm():
-    spec = importlib.util.spec_from_file_location("int8_minilm", ROOT / "analysis" / "int8_minilm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return analysis_script("int8_minilm")
 
 
 def no_model(module, monkeypatch):

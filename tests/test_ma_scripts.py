@@ -4,7 +4,6 @@ results.json written whole."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.inputs import SAMPLE_TEXTS
 from mabert_hw.spec import ModelSpec
 
-from .helpers import save_bert
+from .helpers import analysis_script, save_bert
 from .test_cli_inputs_eval import STSB_HEADER, stsb_row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +32,7 @@ BASE = ModelSpec("tiny-base", vocab_size=30522, hidden=24, layers=2, heads=3, in
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("ma_minilm", ROOT / "analysis" / "ma_minilm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return analysis_script("ma_minilm")
 
 
 @pytest.fixture(scope="module")

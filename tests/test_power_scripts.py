@@ -4,7 +4,6 @@ any work (power_retrain, power_sst2_timing and the others)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,13 +19,7 @@ from mabert_hw.errors import UserError
 from mabert_hw.spec import ModelSpec
 from mabert_hw.weights import random_weights
 
-from .helpers import error_line, sst2_file
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
+from .helpers import ANALYSIS, analysis_script, error_line, sst2_file
 
 
 TWO_LABELS = ModelSpec("tiny", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=32, max_positions=64,
@@ -37,10 +30,7 @@ TWO_LABELS = ModelSpec("tiny", vocab_size=30522, hidden=24, layers=2, heads=3, i
 
 @pytest.fixture(scope="module")
 def power_sst2():
-    spec = importlib.util.spec_from_file_location("power_sst2", ROOT / "analysis" / "power_sst2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return analysis_script("power_sst2")
 
 
 class Waited(Exception):
@@ -111,7 +101,7 @@ def test_finetune_sst2_refuses_bad_numbers_and_data_before_any_folder(tmp_path, 
     """--batch 0 was a ZeroDivisionError, --train-limit -5 trained on all but 5 phrases, and a missing data
     root a traceback that left an empty --out behind."""
     pytest.importorskip("transformers")
-    finetune = analysis_script("finetune_sst2", monkeypatch)
+    finetune = sibling_importing_script("finetune_sst2", monkeypatch)
     for flag, value in (("--batch", "0"), ("--train-limit", "-5"), ("--warmup", "1.5")):
         with pytest.raises(SystemExit) as exit_:
             finetune.main([flag, value])
@@ -123,12 +113,9 @@ def test_finetune_sst2_refuses_bad_numbers_and_data_before_any_folder(tmp_path, 
 
 # power_retrain, power_sst2_timing and the other scripts
 
-def analysis_script(name: str, monkeypatch):
+def sibling_importing_script(name: str, monkeypatch):
     monkeypatch.syspath_prepend(str(ANALYSIS))  # the scripts import their sibling power_sst2
-    spec = importlib.util.spec_from_file_location(name, ANALYSIS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return analysis_script(name)
 
 
 def retrain_args(**changes) -> Namespace:
@@ -137,7 +124,7 @@ def retrain_args(**changes) -> Namespace:
 
 def test_power_retrain_caches_per_checkpoint_and_settings(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    retrain = analysis_script("power_retrain", monkeypatch)
+    retrain = sibling_importing_script("power_retrain", monkeypatch)
     trained, pools = [], []
     monkeypatch.setattr(retrain, "CACHE", tmp_path)
     monkeypatch.setattr(retrain, "training_stream", lambda data, ck, *_: pools.append(ck) or iter(()))
@@ -159,7 +146,7 @@ def test_power_retrain_caches_per_checkpoint_and_settings(tmp_path, monkeypatch)
 
 def test_power_retrain_refuses_a_bad_schedule_before_any_training(tmp_path, classifier, monkeypatch, capsys):
     pytest.importorskip("torch")
-    retrain = analysis_script("power_retrain", monkeypatch)
+    retrain = sibling_importing_script("power_retrain", monkeypatch)
     monkeypatch.setattr(retrain.torch, "set_num_threads", lambda _: None)  # this process's threads stay
     monkeypatch.setattr(retrain, "retrained", lambda *_: pytest.fail("trained before the schedules were checked"))
     assert retrain.main(["8,4", "9,9,9", "--ckpt", str(classifier), "--out", str(tmp_path / "r.json")]) == 2
@@ -172,7 +159,7 @@ def test_power_retrain_refuses_a_bad_schedule_before_any_training(tmp_path, clas
     (["--out", "/no/such/dir/t.json"], "argument --out: no such directory: /no/such/dir"),
 ])
 def test_power_sst2_timing_refuses_bad_arguments_before_any_work(classifier, monkeypatch, capsys, argv, message):
-    timing = analysis_script("power_sst2_timing", monkeypatch)
+    timing = sibling_importing_script("power_sst2_timing", monkeypatch)
     monkeypatch.setattr(timing.checkpoint, "load", lambda _: pytest.fail("loaded a checkpoint"))
     with pytest.raises(SystemExit) as exit_:
         timing.main(["8,8", "--ckpt", str(classifier), *argv])
@@ -180,14 +167,14 @@ def test_power_sst2_timing_refuses_bad_arguments_before_any_work(classifier, mon
 
 
 def test_power_sst2_timing_refuses_a_bad_schedule_in_one_line(tmp_path, classifier, monkeypatch, capsys):
-    timing = analysis_script("power_sst2_timing", monkeypatch)
+    timing = sibling_importing_script("power_sst2_timing", monkeypatch)
     monkeypatch.setattr(timing, "speedups", lambda *_: pytest.fail("timed before the schedules were checked"))
     assert timing.main(["8,8,8", "--ckpt", str(classifier), "--out", str(tmp_path / "t.json")]) == 2
     assert error_line(capsys).endswith(": error: retention 8,8,8 has 3 entries for 2 layers")
 
 
 def test_power_sst2_timing_records_the_sentences_it_timed(tmp_path, classifier, monkeypatch):
-    timing = analysis_script("power_sst2_timing", monkeypatch)
+    timing = sibling_importing_script("power_sst2_timing", monkeypatch)
     data = sst2_file(tmp_path / "dev.tsv", ["a good film\t1", "a bad film\t0"])
     out = tmp_path / "t.json"
     assert timing.main(["8,8", "--ckpt", str(classifier), "--data", str(data), "--sentences", "5", "--seq-len", "8",
@@ -206,7 +193,7 @@ def test_power_sst2_timing_records_the_sentences_it_timed(tmp_path, classifier, 
 ])
 def test_the_other_power_and_int8_scripts_refuse_counts_below_one(monkeypatch, capsys, script, argv, message):
     pytest.importorskip("torch")
-    module = analysis_script(script, monkeypatch)
+    module = sibling_importing_script(script, monkeypatch)
     monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
     with pytest.raises(SystemExit) as exit_:
         module.main()
@@ -221,7 +208,7 @@ def test_the_other_power_and_int8_scripts_refuse_counts_below_one(monkeypatch, c
 def test_the_scripts_report_bad_inputs_in_one_line(tmp_path, monkeypatch, capsys, script, argv, message):
     """Their UserErrors were tracebacks: only the scripts run through run_script printed one line."""
     pytest.importorskip("torch")
-    module = analysis_script(script, monkeypatch)
+    module = sibling_importing_script(script, monkeypatch)
     none = str(tmp_path / "none")
     assert module.main([a.replace("NONE", none) for a in argv] + ["--out", str(tmp_path / "out.csv")]) == 2
     assert message.replace("NONE", none) in error_line(capsys)
