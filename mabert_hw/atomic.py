@@ -42,9 +42,10 @@ def atomic_write(path: str | Path, mode: str = "w", **open_args) -> Iterator[IO]
 
 def write_text_whole(path: str | Path, text: str) -> None:
     """path <- text through atomic_write; a write that fails (a full disk, a folder made read-only) is a
-    one-line UserError naming the file, and leaves the previous file."""
+    one-line UserError naming the file, and leaves the previous file. A symlink is written through (the
+    link stays, its target gets the text), as the CLI's --output files are."""
     try:
-        with atomic_write(path) as handle:
+        with atomic_write(Path(path).resolve()) as handle:
             handle.write(text)
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None

@@ -13,7 +13,7 @@ The frontier is the Pareto set (fewer FLOPs, higher accuracy) of every schedule 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -79,22 +79,32 @@ def subset_flops(ck: Checkpoint, retention, batches: list[tuple[np.ndarray, Batc
 
 
 class Scorer:
-    """Scores schedules on one encoded subset, remembering each one scored; `known`: schedules scored before
-    (a resumed search's), not scored again. `progress` is called with each new score."""
+    """Scores schedules on one encoded subset, remembering each one scored (`scored`, in the order this
+    search first asked for them). `known`: schedules scored before (a resumed search's document); one
+    this search asks for is taken from there instead of scored again, under the family this search asks
+    for it as, so that `scored` is what a search that scored everything itself would hold. `progress` is
+    called with each schedule actually scored."""
 
     def __init__(self, ck: Checkpoint, labels: np.ndarray, batches, backend: Backend, progress: Callable | None = None,
                  known: Sequence[Scored] = ()):
         self.ck, self.labels, self.batches, self.backend = ck, labels, batches, backend
         self.progress = progress
-        self.scored: dict[tuple | None, Scored] = {s.retention: s for s in known}
+        self.known: dict[tuple | None, Scored] = {s.retention: s for s in known}  # not yet asked for
+        self.scored: dict[tuple | None, Scored] = {}
+        self.new = 0  # schedules scored by this search, not taken from `known`
 
     def __call__(self, retention, family: str) -> Scored:
         key = None if retention is None else tuple(int(n) for n in retention)
-        if key not in self.scored:
-            accuracy = 100.0 * float((predict(self.ck, key, self.batches, self.backend) == self.labels).mean())
-            self.scored[key] = Scored(key, accuracy, subset_flops(self.ck, key, self.batches), family)
-            if self.progress:
-                self.progress(self.scored[key])
+        if key in self.scored:
+            return self.scored[key]
+        if key in self.known:
+            self.scored[key] = replace(self.known.pop(key), family=family)
+            return self.scored[key]
+        accuracy = 100.0 * float((predict(self.ck, key, self.batches, self.backend) == self.labels).mean())
+        self.scored[key] = Scored(key, accuracy, subset_flops(self.ck, key, self.batches), family)
+        self.new += 1
+        if self.progress:
+            self.progress(self.scored[key])
         return self.scored[key]
 
 

@@ -1,16 +1,18 @@
 """The `power-search --out` document, saved as the search goes, and read back to resume a search.
 
-The search rewrites its document (whole, atomic_write) after every schedule it scores, marked
+The search rewrites its document (whole, write_text_whole) after every schedule it scores, marked
 `"interrupted": true` until the search ends, so a killed search (Ctrl-C, SIGTERM, SIGKILL, a crash) loses
-at most the schedule under way. `--resume` seeds the search with the schedules the document holds: the
-greedy path is a function of the scores, so the resumed search scores only the schedules it lacks and
-ends where an uninterrupted one would.
+at most the schedule under way. `--resume` hands the search the schedules the document holds
+(power_search.Scorer's `known`): a schedule the search asks for is taken from there instead of scored,
+and the greedy path is a function of the scores, so the resumed search scores only what it lacks and
+writes the document a search that scored everything itself would write. It chooses among the schedules
+it asks for only: the earlier document's others (another budget's greedy path) stay in the saves made
+while it runs, for a later resume, and are dropped from its finished document.
 
 A schedule's score depends on the model (weights, spec, tokenizer), the examples scored, the padded
 length, the engine (with the fixed engine's calibration) and the batch size: `scores_depend_on` records
 them, and a resumed search must match every one. The budget and the method do not change a score, only
-which schedules are scored and which is chosen, so a finished search resumed with another budget
-re-scores nothing it has.
+which schedules are asked for and which is chosen, so they may differ.
 """
 
 from __future__ import annotations

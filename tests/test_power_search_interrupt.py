@@ -4,6 +4,7 @@ document an uninterrupted search writes."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -12,8 +13,10 @@ import pytest
 
 from mabert_hw import power_search
 from mabert_hw.cli import main
+from mabert_hw.errors import UserError
+from mabert_hw.spec import ModelSpec
 
-from .helpers import refused, sst2_file
+from .helpers import refused, save_bert, sst2_file
 
 STOP_AT = 4  # the signal arrives as the 4th schedule starts: 3 are scored
 
@@ -226,3 +229,118 @@ def test_a_fixed_engine_search_records_its_calibration_and_resumes_on_that_engin
     calls = counting_predict(monkeypatch)
     assert main([*search(out), "--engine", "fixed", "--resume"]) == 0
     assert len(calls) == len(json.loads(out.read_text())["scored"]) - (STOP_AT - 1)
+
+
+def test_a_resume_chooses_among_the_schedules_this_search_asks_for_as_a_fresh_search(tmp_path, capsys, search):
+    """A document resumed with another budget or method holds schedules this search would never score. The
+    choice is made among those it asks for, so the resumed document is the fresh search's: here a schedule
+    the geometric search never asks for, cheaper than any and as accurate as the baseline, stays unchosen
+    (choosing among everything in the file took it)."""
+    fresh_out, resumed = tmp_path / "fresh.json", tmp_path / "resumed.json"
+    assert main(search(fresh_out)) == 0
+    fresh = json.loads(fresh_out.read_text())
+    planted = {"retention": [16, 3], "accuracy": fresh["baseline_accuracy"], "flops": 1, "family": "greedy"}
+    assert planted["retention"] not in [s["retention"] for s in fresh["scored"]]
+    resumed.write_text(json.dumps({**fresh, "scored": [*fresh["scored"], planted]}))
+    assert main([*search(resumed), "--resume"]) == 0
+    assert json.loads(resumed.read_text()) == fresh
+
+
+def test_a_resumed_finished_search_interrupted_before_a_new_score_is_left_as_it_was(tmp_path, capsys, monkeypatch,
+                                                                                    search, sigterm_guard):
+    out = tmp_path / "search.json"
+    assert main(search(out)) == 0  # geometric: no schedule of the greedy path's first step, (12, 12)
+    finished = out.read_text()
+    signal_at(monkeypatch, 1, signal.SIGINT)  # as the first schedule the file lacks starts
+    capsys.readouterr()
+    assert main([*search(out), "--method", "both", "--resume"]) == 130
+    scored = len(json.loads(finished)["scored"])
+    assert (f"interrupted after 0 schedules scored ({scored} more taken from {out}); {out} is as it was"
+            in capsys.readouterr().err)
+    assert out.read_text() == finished  # its chosen schedule kept: it was not replaced by an unfinished search
+
+
+def test_a_resume_with_another_checkpoint_is_refused(tmp_path, capsys, monkeypatch, search, classifier):
+    counting_predict(monkeypatch, fail_at=STOP_AT)
+    out = tmp_path / "cut.json"
+    with pytest.raises(RuntimeError):
+        main(search(out))
+    other = save_bert(tmp_path / "other", ModelSpec("tiny", vocab_size=30522, hidden=24, layers=2, heads=3,
+                                                    intermediate=32, max_positions=64, num_labels=2), seed=4)
+    argv = search(out)
+    argv[argv.index(str(classifier))] = str(other)
+    capsys.readouterr()
+    assert "model: " in refused(capsys, [*argv, "--resume"])
+
+
+def test_a_ctrl_c_during_a_save_still_leaves_every_schedule_scored(tmp_path, capsys, monkeypatch, search):
+    from mabert_hw.cli import power_search as command
+
+    real_save, saves = command.save, []
+
+    def save(path, doc):
+        saves.append(doc)
+        if len(saves) == STOP_AT:
+            raise KeyboardInterrupt  # before this save wrote anything
+        real_save(path, doc)
+
+    monkeypatch.setattr(command, "save", save)
+    out = tmp_path / "cut.json"
+    assert main(search(out)) == 130
+    assert len(json.loads(out.read_text())["scored"]) == STOP_AT  # the save after the Ctrl-C wrote them all
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_document(tmp_path, capsys, monkeypatch, search):
+    from mabert_hw import atomic
+
+    out = tmp_path / "cut.json"
+    real_write, writes = atomic.atomic_write, []
+
+    def full_disk(path):
+        writes.append(path)
+        if len(writes) == STOP_AT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path)
+
+    monkeypatch.setattr(atomic, "atomic_write", full_disk)
+    assert main(search(out)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith(f"mabert-hw: error: cannot write {out}: No space left on device\n")
+    assert len(json.loads(out.read_text())["scored"]) == STOP_AT - 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.json", "dev.tsv"]  # no temporary left
+
+
+def test_a_symlinked_out_is_written_through(tmp_path, capsys, search):
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "search.json", tmp_path / "link.json"
+    link.symlink_to(target)
+    assert main(search(link)) == 0
+    assert link.is_symlink() and json.loads(target.read_text())["retention"] is not None
+
+
+def test_a_fifo_out_gets_no_saves_and_no_resume(tmp_path):
+    from argparse import Namespace
+
+    from mabert_hw.cli.power_search import saved_file
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert saved_file(Namespace(out=str(fifo), resume=False)) is None
+    with pytest.raises(UserError, match="--resume continues the search saved in --out FILE"):
+        saved_file(Namespace(out=str(fifo), resume=True))
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda doc: doc["scored"][1].update(accuracy=float("nan")), "a scored entry is not a power-search score"),
+    (lambda doc: doc["scored"][1].update(flops=2.5), "a scored entry is not a power-search score"),
+    (lambda doc: doc["scored"][1].update(retention=[16]), "a scored entry is not a power-search score"),
+    (lambda doc: doc.update(scored=doc["scored"][1:]), "holds no baseline score"),
+])
+def test_a_document_with_a_damaged_or_missing_score_is_refused(tmp_path, capsys, search, damage, said):
+    out = tmp_path / "search.json"
+    assert main(search(out)) == 0
+    doc = json.loads(out.read_text())
+    damage(doc)
+    out.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert said in refused(capsys, [*search(out), "--resume"])

@@ -39,10 +39,10 @@ def register(subparsers) -> None:
                         "file is rewritten after each schedule (marked interrupted, none chosen, until the search "
                         "ends), so a stopped search keeps what it scored")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the search saved in --out: score only the schedules it lacks (the same "
-                        "checkpoint, data, --limit, --seq-len, --engine and --batch-size; --budget-loss and "
-                        "--method may differ, and a finished search resumed with another budget re-scores "
-                        "nothing it has)")
+                        help="continue the search saved in --out: score only the schedules it lacks, and write what "
+                        "a search that scored everything would (the same checkpoint, data, --limit, --seq-len, "
+                        "--engine and --batch-size; --budget-loss and --method may differ: a finished search "
+                        "resumed with another budget re-scores none of the schedules it asks for that the file has)")
     parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both",
                         help=f"geometric: l_j = round(T r^j) for r in {GEOMETRIC_RATIOS[0]} .. {GEOMETRIC_RATIOS[-1]}; "
                         "greedy: from no elimination, cut one layer's count (and the later ones) by "
@@ -73,24 +73,25 @@ def run(args) -> int:
     fields = {"checkpoint": ck.source, "task": args.task, "data": str(tasks.resolve(args.data, "sst2").resolve()),
               "seq_len": args.seq_len, "examples": len(task.labels), "engine": args.engine,
               "budget_loss": args.budget_loss, "method": args.method, "scores_depend_on": depends_on}
-    if earlier:
-        print(f"mabert-hw: resuming: {len(earlier)} schedules scored in {out}", file=sys.stderr)
+    if args.resume:
+        print(f"mabert-hw: resuming: {len(earlier)} schedules scored in {out}" if earlier else
+              f"mabert-hw: --resume: no {out} yet, the search starts from nothing", file=sys.stderr)
     backend = task_backend(args.engine, calibration)
-    with tqdm(desc="schedules scored", unit="schedule", initial=len(earlier)) as bar:
+    with tqdm(desc="schedules scored", unit="schedule") as bar:
         def scored_one(_):
             bar.update(1)
             if out:  # after every schedule: a kill loses at most the one under way
-                save(out, document(fields, scorer.scored.values(), None))
+                save(out, partial_document(fields, scorer))
 
         scorer = Scorer(ck, task.labels, batches, backend, progress=scored_one, known=earlier)
         finished = search(scorer, args)
     scored = list(scorer.scored.values())
     if not finished:
-        if scored and out:  # again: a Ctrl-C during the last save left the one before it
-            save(out, document(fields, scored, None))
-        elif scored and args.out:  # a stream or device: written once, here
-            emit(json.dumps(document(fields, scored, None), indent=2), args.out)
-        return said_interrupted(len(scored), args.out, kept=bool(args.out and scored), resumable=bool(out))
+        if scorer.new and out:  # again: a Ctrl-C during the last save left the one before it
+            save(out, partial_document(fields, scorer))
+        elif scorer.new and args.out:  # a stream or device: written once, here
+            emit(json.dumps(partial_document(fields, scorer), indent=2), args.out)
+        return said_interrupted(scorer, args.out, resumable=bool(out))
     baseline = scorer.scored[None]
     chosen = choose(scored, baseline, args.budget_loss)
     rows = [{"family": s.family, "retention": "none" if s.retention is None else ",".join(map(str, s.retention)),
@@ -128,13 +129,25 @@ def search(scorer: Scorer, args) -> bool:
     return True
 
 
-def said_interrupted(scored: int, out: str | None, kept: bool, resumable: bool) -> int:
-    """Say what an interruption kept: the schedules scored, in OUT (marked interrupted, none chosen: `eval
-    --retention` refuses it), which --resume continues when it is a file."""
-    if kept:
+def partial_document(fields: dict, scorer: Scorer) -> dict:
+    """The document of a search under way: the schedules it has asked for, then those of the resumed
+    document it has not asked for yet (kept for the next --resume); marked interrupted, none chosen."""
+    return document(fields, [*scorer.scored.values(), *scorer.known.values()], None)
+
+
+def said_interrupted(scorer: Scorer, out: str | None, resumable: bool) -> int:
+    """Say what an interruption kept: the schedules this run scored, in OUT (marked interrupted, none chosen:
+    `eval --retention` refuses it), which --resume continues when it is a file. A resumed run stopped before
+    it scored anything new leaves OUT as it was (a finished search's document keeps its answer)."""
+    reused = len(scorer.scored) - scorer.new
+    taken = f" ({reused} more taken from {out})" if reused else ""
+    if not scorer.new:
+        kept_where = f"{out} is as it was" if reused else (f"nothing written to {out}" if out else
+                                                           "no --out to keep them in")
+    elif out:
         then = "run the same command with --resume to continue" if resumable else "none chosen"
         kept_where = f"{out} holds them, marked interrupted: {then}"
     else:
-        kept_where = f"nothing written to {out}" if out else "no --out to keep them in"
-    print(f"mabert-hw: interrupted after {scored} schedules scored; {kept_where}", file=sys.stderr)
+        kept_where = "no --out to keep them in"
+    print(f"mabert-hw: interrupted after {scorer.new} schedules scored{taken}; {kept_where}", file=sys.stderr)
     return INTERRUPTED_EXIT
