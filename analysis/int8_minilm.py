@@ -29,7 +29,7 @@ from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
-from mabert_hw.cli.common import positive_int, run_script, script_description, script_output_dir
+from mabert_hw.cli.common import INTERRUPTED_EXIT, positive_int, run_script, script_description, script_output_dir
 from mabert_hw.errors import UserError
 from mabert_hw.eval.sweep import (Job, config_key, done_keys, prepare_calibration, recorded_run, run_differences,
                                   run_record, run_sweep, write_run_record)
@@ -136,18 +136,30 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         return 0
     dev = str(resolve(args.data / TASK_FILES["stsb"], "stsb"))  # a missing data root: one line, before any work
     out = script_output_dir(parser, args.out)
+    try:
+        study(out, dev, args.subset)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; the rows finished are in {out}'s CSVs: run the same command to "
+              "continue", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    return 0
+
+
+def study(out: Path, dev: str, subset: int) -> None:
+    """The fp32 reference, the two sweeps, the SQNR tables and the report, each CSV continued where it
+    stopped (appended row by row)."""
     ck = checkpoint.load(CKPT)
 
     def record(limit: int | None) -> dict:
         return run_record(CKPT, ck.spec.name, "stsb", dev, limit)
 
-    same_runs({out / "fp32.csv": reference_record(record(None)), out / "study.csv": record(args.subset),
+    same_runs({out / "fp32.csv": reference_record(record(None)), out / "study.csv": record(subset),
                out / "headline.csv": record(None), out / "residual_sqnr.csv": record(SQNR_SENTENCES),
                out / "final_sqnr.csv": record(SQNR_SENTENCES)})
     calibration = str(prepare_calibration(ck, "stsb", dev, CACHE_ROOT))
 
     reference = set(fp32_reference(out))
-    for limit in (None, args.subset):  # the fp32 Spearman of each subset the tables compare against
+    for limit in (None, subset):  # the fp32 Spearman of each subset the tables compare against
         task = load_stsb(dev, limit)
         if len(task.scores) in reference:  # keyed by the pairs read: a --subset beyond the file is the whole file
             continue
@@ -155,15 +167,14 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         metric = stsb_spearman(ck, task, make_backend("reference"))
         append_reference(out / "fp32.csv", len(task.scores), metric, time.perf_counter() - start)
         reference.add(len(task.scores))
-    for name, configs, limit in (("study.csv", STUDY, args.subset), ("headline.csv", HEADLINE, None)):
+    for name, configs, limit in (("study.csv", STUDY, subset), ("headline.csv", HEADLINE, None)):
         done = done_keys(out / name)
         jobs = [Job(CKPT, "stsb", dev, limit, c, calibration) for c in configs if config_key(c) not in done]
         n_jobs = len(jobs)
         run_sweep(jobs, out / name, progress=lambda it, n=n_jobs, d=name: tqdm(it, total=n, desc=d))
     if not ((out / "final_sqnr.csv").exists() and (out / "residual_sqnr.csv").exists()):
         residual_sqnr(ck, dev, calibration, out)
-    write_report(out, args.subset)
-    return 0
+    write_report(out, subset)
 
 
 def reference_record(record: dict) -> dict:
@@ -188,8 +199,8 @@ def same_runs(records: dict[Path, dict]) -> None:
     another --subset would otherwise keep them under the new subset's title, and one on other data would
     compare against the old data's fp32 reference. All are checked before any record is written."""
     for out, record in records.items():
-        recorded = recorded_run(out)
-        if recorded is not None and run_differences(recorded, record):
+        recorded = recorded_run(out) if out.is_file() and out.stat().st_size else None  # a record without rows
+        if recorded is not None and run_differences(recorded, record):  # (an early Ctrl-C) binds nothing
             raise UserError(f"{out} holds another run's rows ({'; '.join(run_differences(recorded, record))}): "
                             "move it away or rerun with the same flags")
     for out, record in records.items():

@@ -239,3 +239,27 @@ def test_the_fp32_reference_belongs_to_its_data(tmp_path, tiny_study, capsys):
     assert "data_sha256:" in line
     assert (out / "fp32.csv").read_bytes() == before
     assert not (out / "study.csv").exists()  # refused before the sweeps
+
+
+def test_ctrl_c_before_any_row_exits_130_and_binds_no_later_run(tmp_path, tiny_study, monkeypatch, capsys):
+    """Ctrl-C was a traceback (exit 1); and the run records, written before the work, then refused a rerun
+    with other flags for files that held no row ("study.csv holds another run's rows": it did not exist)."""
+    script, _ = tiny_study
+    data = stsb_root(tmp_path / "a", PAIRS_A)
+    out = tmp_path / "out"
+
+    real_spearman, stopping = script.stsb_spearman, [True]
+
+    def ctrl_c_first(*args, **kwargs):
+        if stopping[0]:
+            raise KeyboardInterrupt
+        return real_spearman(*args, **kwargs)
+
+    monkeypatch.setattr(script, "stsb_spearman", ctrl_c_first)
+    assert script.main(["--data", str(data), "--out", str(out), "--subset", "3"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"interrupted; the rows finished are in {out}'s CSVs" in err
+    assert not (out / "study.csv").exists() and (out / "study.csv.run.json").exists()
+    stopping[0] = False
+    assert script.main(["--data", str(data), "--out", str(out), "--subset", "2"]) == 0
+    assert json.loads((out / "study.csv.run.json").read_text())["limit"] == 2
