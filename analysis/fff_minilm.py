@@ -20,8 +20,8 @@ again as its own row.
 results.json, results.csv and stsb_vs_depth.png are rewritten together after every row, from the same
 rows (results.json marked "interrupted": true until the run ends), so an earlier run's files never
 stay beside this run's; Ctrl-C or SIGTERM stops the run with the finished rows (without timings) in
-all three. Files are written whole, the three all or none (a run killed mid-save leaves the previous
-three).
+all three. The three are renamed into place once all are written: a failed or interrupted save leaves
+the previous three (only a kill between the renames, back to back, could mix two saves).
 
 Data (--data, default ../shared/data): glue/STS-B/train.tsv and dev.tsv, wikitext-2/wiki.valid.raw.
 """
@@ -384,15 +384,15 @@ def study(args, ck: Checkpoint, prog: str) -> int:
                                                    "kd_steps": kd_steps, "kd_final_loss": kd_loss})
             stage = "timing the models"
             speed = whole_model_ms(models, backend)
+            timed = [{**row, "forward_ms_8x128": speed[name], "speedup_vs_dense": speed["dense"] / speed[name]}
+                     for row, name in zip(rows, models)]
+            stage = "saving the results"
+            save(args.out, args, backend_name, timed, finished=True)
     except KeyboardInterrupt:
         if rows:  # again: the interruption may have come between a row and its save, or cut the save short
             save(args.out, args, backend_name, rows, finished=False)
         return said_interrupted(prog, args.out, rows, stage)
-    for row, name in zip(rows, models):
-        row["forward_ms_8x128"] = speed[name]
-        row["speedup_vs_dense"] = speed["dense"] / speed[name]
-    save(args.out, args, backend_name, rows, finished=True)
-    print(json.dumps(rows, indent=2))
+    print(json.dumps(timed, indent=2))
     return 0
 
 

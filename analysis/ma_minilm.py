@@ -51,7 +51,6 @@ LATENCY_BATCH, LATENCY_TOKENS = 8, 128  # MiniLM shapes of the latency compariso
 # engines that score a model: trace computes no values, fixed needs a calibration (`mabert-hw eval --engine fixed`)
 ENGINES = [name for name in BACKENDS if name not in ("trace", "fixed")]
 STUDY = ("baseline", "ma", "ma_with_exact_softmax")  # the names results.json scores the study's models under
-KEY = ("model", "pairs", "data_sha256", "backend", "batch_size", "max_len")  # what a cached Spearman depends on
 
 
 def engine_list(text: str) -> list[str]:

@@ -178,6 +178,23 @@ def test_a_limited_runs_scores_are_not_reused_by_a_run_on_other_pairs(script, mo
     assert json.loads((out / "results.json").read_text())["stsb_spearman"] == full
 
 
+def test_a_score_of_another_engine_is_not_reused(script, models, scores_only, capsys, tmp_path):
+    pytest.importorskip("numba")
+    from mabert_hw.backends import make_backend
+
+    data, out = stsb_file(tmp_path / "dev.tsv"), tmp_path / "out"
+    assert script.main(study_argv(models, data, out, "--limit", 6)) == 0
+    argv = study_argv(models, data, out, "--limit", 6)
+    argv[argv.index("--backend") + 1] = "fast"
+    capsys.readouterr()
+    assert script.main(argv) == 0
+    assert "stsb_spearman ma in results.json is stale (backend reference -> fast): recomputing" in capsys.readouterr().err
+    ma = json.loads((out / "results.json").read_text())["stsb_spearman"]["ma"]
+    assert ma["backend"] == "fast"
+    assert ma["spearman"] == stsb_spearman(checkpoint.load(str(models[1])), load_stsb(data, 6), make_backend("fast"),
+                                           batch_size=32, max_len=128)
+
+
 def test_scores_are_recomputed_for_other_weights_data_or_an_unkeyed_record(script, models, scores_only, capsys,
                                                                             tmp_path):
     base, ma = models
