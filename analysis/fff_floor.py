@@ -2,7 +2,7 @@
 78x budget (the dense FF's time / 78, the paper's CPU claim).
 
 Probes (Numba, the walk kernel's own inlined pieces: kernels.fff._dot, _child, _accumulate and
-cache_hints.stream_copy; GROUP tokens in lockstep, tokens split over the threads as the kernel does):
+cache_hints.stream_rows; GROUP tokens in lockstep, tokens split over the threads as the kernel does):
 - dots-independent: `levels` dots per token whose rows do not depend on the previous logit: what
   the core does when nothing waits (x and rows in L1);
 - dots-walk-<set>: the walk's dots as the kernel runs them (each level's row picked by the previous
@@ -13,7 +13,7 @@ cache_hints.stream_copy; GROUP tokens in lockstep, tokens split over the threads
 - l2-read: the bytes of the rows that cannot stay in L1 (both rows of every visit below the top
   L1_LEVELS levels), read as plain sequential float32 sums from a half-L2 buffer per thread: the
   fastest way the core can take those bytes from L2, with no walk, no dependence and no DRAM;
-- stream: x read once and y written once (stream_copy, the kernel's non-temporal stores): the DRAM
+- stream: x read once and y written once (stream_rows, the kernel's non-temporal stores): the DRAM
   traffic any walk of these tokens pays at the least;
 - walk: the kernel itself (kernels.fff.fff_apply, weights warm: back-to-back calls);
 - dense: the faster of bench-ffn's two dense FFs (bench/ffn.py DENSE_FFS), which sets the budget.
@@ -40,7 +40,7 @@ from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels, machine_threads
 from mabert_hw.cli.common import non_negative_int, positive_int, script_description, script_output_dir
 from mabert_hw.fff import aligned_empty, walk_layout
 from mabert_hw.bench.ffn import DENSE_FFS, Problem, implementations, random_fff
-from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_copy
+from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_rows
 from mabert_hw.kernels.fff import FASTMATH, GROUP, L2_BYTES, ZERO, _accumulate, _child, _dot, fff_apply
 from mabert_hw.kernels.threads import set_threads
 from mabert_hw.machine import describe
@@ -120,12 +120,6 @@ def l2_read(pages, size, floats_per_token, sink):
             sink[t] = total
 
 
-@njit(parallel=True, cache=True)
-def stream(x, out):
-    for t in prange(x.shape[0]):
-        stream_copy(out[t], x[t])
-
-
 def huge_pages(count: int) -> np.ndarray:
     """(count, 2 MiB / 4) float32, C-contiguous, each row one 2 MiB-aligned page. NumPy asks the
     kernel for transparent huge pages on large arrays; a buffer inside one huge page is physically
@@ -165,7 +159,7 @@ def probes(problem: Problem, seed: int) -> dict[str, callable]:
     pages[:] = 1.0
     below_l1 = (levels - L1_LEVELS) * (rows_in.shape[1] + rows_out.shape[1])  # floats per token
     found["l2-read"] = lambda: l2_read(pages, L2_BYTES // 2 // 4, below_l1, sink)
-    found["stream"] = lambda: stream(x_stream, out)
+    found["stream"] = lambda: stream_rows(x_stream, out)
     found["walk"] = lambda: fff_apply(x, layout, out=out)
     return found
 

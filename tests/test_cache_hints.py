@@ -17,6 +17,7 @@ from mabert_hw.kernels.cache_hints import (
     line_aligned_row,
     prefetch_row_to_l2,
     stream_copy,
+    stream_rows,
     streamable,
 )
 
@@ -24,9 +25,8 @@ X86 = platform.machine() in ("x86_64", "AMD64")
 
 
 @njit
-def _copy_rows(dst, src):
-    for i in range(src.shape[0]):
-        stream_copy(dst[i], src[i])
+def _copy_row(dst, src):  # stream_rows' parallel loop compiles apart from its caller's code: one row here
+    stream_copy(dst, src)
 
 
 @njit
@@ -50,7 +50,7 @@ def test_stream_copy_copies_every_row_exactly():
     src = rng.normal(size=(37, 3 * LINE_FLOATS)).astype(np.float32)
     dst = aligned_empty(src.shape)
     assert streamable(dst)
-    _copy_rows(dst, src)
+    stream_rows(src, dst)  # each row by stream_copy, rows split over the threads
     assert np.array_equal(dst, src)
 
 
@@ -72,5 +72,5 @@ def test_hints_reach_the_machine_code():
     asm = next(iter(_touch.inspect_asm().values()))
     assert "prefetcht1" in asm and "prefetchw" in asm
     dst = aligned_empty((2, LINE_FLOATS))
-    _copy_rows(dst, np.ones((2, LINE_FLOATS), np.float32))
-    assert "vmovntps" in next(iter(_copy_rows.inspect_asm().values()))
+    _copy_row(dst[0], np.ones(LINE_FLOATS, np.float32))
+    assert "vmovntps" in next(iter(_copy_row.inspect_asm().values()))

@@ -9,7 +9,7 @@ import pytest
 
 from mabert_hw.cli import main
 from mabert_hw.cost.counts import count_ops, trace
-from mabert_hw.bench.ffn import Problem, implementations
+from mabert_hw.bench.ffn import Problem, implementations, random_fff
 from mabert_hw.spec import PRESETS
 from tests.tolerances import FFF_LAYER_VS_TORCH_ATOL
 
@@ -64,12 +64,28 @@ def test_bench_ffn_runs_small_and_reports_json(capsys):
     report = json.loads(capsys.readouterr().out)
     names = {row["impl"] for row in report["rows"]}
     assert names == {"dense-numpy", "dense-fast", "dense-numpy-gemms", "fff-numba", "fff-numba-one-pass",
-                     "fff-numba-one-path", "fff-numpy-gather"}
+                     "fff-numba-one-path", "fff-numpy-gather", "io-floor"}
     assert set(report["cpu_seconds"]) == names and all(len(s) == 1 for s in report["cpu_seconds"].values())
     assert report["fff_numba_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
     assert report["dense_fast_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]  # which CPU the record is from
     assert main(["bench-ffn", "--depth", "40"]) == 2
+
+
+def test_the_io_floor_copies_x_and_bounds_every_ffn_kernel(capsys):
+    """io-floor reads x and writes it to y (nothing computed), the least DRAM traffic of any FFN kernel;
+    the table states the dense FF over it as the bound. A width off the cache line gets no such row."""
+    pytest.importorskip("numba")
+    problem = Problem(32, 3, 1, 48, 64)
+    x = random_fff(problem, np.random.default_rng(0))[0]  # implementations' x, from the same seed
+    assert np.array_equal(implementations(problem, with_torch=False)["io-floor"](), x)
+    assert "io-floor" not in implementations(Problem(24, 3, 1, 48, 64), with_torch=False)
+    assert main(["bench-ffn", "--hidden", "32", "--depth", "3", "--tokens", "48", "--dense-width", "64",
+                 "--rounds", "1", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("io-floor "))
+    assert "io-floor: x read and y written once, nothing computed" in out
+    assert "no FFN kernel of these shapes can be more than" in out and row
 
 
 def test_one_path_form_walks_every_token_as_token_0():

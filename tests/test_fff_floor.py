@@ -55,15 +55,6 @@ def test_l2_read_sums_a_rolling_sweep(floor):
     assert pages.flags.c_contiguous and pages.ctypes.data % floor.HUGE_PAGE == 0
 
 
-def test_stream_copies_rows(floor):
-    from mabert_hw.fff import aligned_empty
-
-    x = np.random.default_rng(3).normal(size=(5, 32)).astype(np.float32)
-    out = aligned_empty(x.shape)
-    floor.stream(x, out)
-    np.testing.assert_array_equal(out, x)
-
-
 def test_row_sets_stay_inside_small_trees(floor):
     """A tree smaller than the L1 / L2 sets (depth 1: 3 nodes) caps them: the probes index rows[:size]."""
     sets = floor.row_sets(768 * 4, 3)

@@ -14,6 +14,10 @@ Implementations (all float32, all on the same random x (M, C)):
                      (benchmark_cpu/fff.cpp, fff_l2: every token's input pointer is the same row), not a real
                      layer; its time against fff-numba is what that setting leaves out
 - fff-numpy-gather:  mabert_hw.fff.fff_gather, one gathered row per token and level
+- io-floor:          no layer at all: x read once and y written once (kernels.cache_hints.stream_rows, the
+                     walk's non-temporal stores), the DRAM traffic any FFN kernel of these shapes pays at the
+                     least; the dense FF over it is the most any such kernel can gain here (C a multiple
+                     of the 16 floats of a cache line; other widths get no such row)
 - torch-dense / torch-fff-bmm: torch linear + gelu + linear, and FFF.forward_gather (gather + bmm)
 Every NumPy / Numba form writes into output (and hidden) arrays allocated once: the timings are the
 kernels', without the kernel zeroing fresh pages for 48-192 MiB of new arrays at each call (a model
@@ -38,6 +42,7 @@ from ..cost.counts import count_op, fff_walk_counts
 from ..fff import fff_gather, n_nodes, walk_layout
 
 DENSE_FFS = ("dense-numpy", "dense-fast")  # whole dense FFs (GEMM + bias-GELU + GEMM + bias)
+IO_FLOOR = "io-floor"  # x read and y written, nothing computed
 
 
 
@@ -97,6 +102,7 @@ def random_fff(problem: Problem, rng: np.random.Generator) -> tuple[np.ndarray, 
 def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) -> dict[str, Callable[[], object]]:
     """name -> zero-argument callable computing the layer on shared random data."""
     from ..fff import aligned_empty
+    from ..kernels.cache_hints import stream_rows, streamable
     from ..kernels.fff import fff_apply
     from ..kernels.rows import GELU, bias_activation_
 
@@ -132,6 +138,8 @@ def implementations(problem: Problem, seed: int = 0, with_torch: bool = True) ->
         "fff-numba-one-path": lambda: fff_apply(x_one_path, layout, out=y_fff),
         "fff-numpy-gather": lambda: fff_gather(x, w_in, b_in, w_out_rows, problem.depth, problem.trees),
     }
+    if streamable(y_fff):
+        impls[IO_FLOOR] = lambda: (stream_rows(x, y_fff), y_fff)[1]
     if with_torch:
         impls.update(_torch_implementations(problem, x, w_in, b_in, w_out, (w1, b1, w2, b2)))
     return impls

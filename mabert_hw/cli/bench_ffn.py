@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         "bench-ffn",
         help="time one FFN layer: FFF conditional matmul vs dense FF (medians, interleaved rounds)",
         description="Times the FFF hard-path walk (Numba), a dense FF (BLAS GEMM + GELU + GEMM), a "
-        "batched-gather NumPy FFF and torch dense / FFF-BMM on the same random tokens, interleaved "
+        "batched-gather NumPy FFF, torch dense / FFF-BMM and an io-floor (x read and y written, nothing "
+        "computed: the most any FFN kernel can gain here) on the same random tokens, interleaved "
         "round by round, and prints medians beside the theoretical MAC ratio. Load on a shared CPU "
         "moves every figure: the load average is printed with the result, and CPU time beside wall "
         "time (with --threads 1 the CPU-time ratio is the figure load moves least). Every format "
@@ -82,7 +83,7 @@ def run(args) -> int:
     elif args.format == "csv":  # a plain table: the run's context repeated as columns of every row
         text = render([{**row, **run_columns(facts)} for row in rows], "csv")
     else:
-        text = framed(render(rows, args.format), facts, "\n\n" if args.format == "md" else "\n")
+        text = framed(render(rows, args.format), facts, "\n\n" if args.format == "md" else "\n", rows)
     emit(text, args.output)
     return 0
 
@@ -95,7 +96,18 @@ def run_columns(facts: dict) -> dict:
             "dense_fast_vs_numpy_maxdiff": facts["dense_fast_vs_numpy_maxdiff"], **load}
 
 
-def framed(table: str, facts: dict, separator: str) -> str:
+def ceiling(rows: list[dict]) -> list[str]:
+    """The io-floor row read as a bound: no FFN kernel reading x and writing y here beats it."""
+    from ..bench.ffn import IO_FLOOR
+
+    floor = next((row for row in rows if row["impl"] == IO_FLOOR), None)
+    if floor is None:
+        return []
+    return [f"{IO_FLOOR}: x read and y written once, nothing computed, {floor['median_ms']:.3g} ms: no FFN kernel "
+            f"of these shapes can be more than {floor['speedup_vs_dense']:.3g}x faster than the dense FF here"]
+
+
+def framed(table: str, facts: dict, separator: str, rows: list[dict]) -> str:
     """The table (text or Markdown) between the run's context: sizes, machine, threads and BLAS above; the
     MAC ratio, agreement checks and load averages below (Markdown needs blank lines between paragraphs)."""
     p = facts["problem"]
@@ -107,4 +119,5 @@ def framed(table: str, facts: dict, separator: str) -> str:
         f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.1f}x; fff-numba vs fff-numpy-gather maxdiff "
         f"{facts['fff_numba_vs_numpy_maxdiff']:.2g}, "
         f"dense-fast vs dense-numpy {facts['dense_fast_vs_numpy_maxdiff']:.2g}",
+        *ceiling(rows),
         f"load average (1, 5, 15 min) before {facts['load_avg_before']}, after {facts['load_avg_after']}"])
