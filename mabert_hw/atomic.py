@@ -45,7 +45,11 @@ def write_text_whole(path: str | Path, text: str) -> None:
     one-line UserError naming the file, and leaves the previous file. A symlink is written through (the
     link stays, its target gets the text), as the CLI's --output files are."""
     try:
-        with atomic_write(Path(path).resolve()) as handle:
+        target = Path(path).resolve()
+    except RuntimeError:  # Python 3.11's resolve on a symlink loop (3.13 raises OSError)
+        raise UserError(f"cannot write {path}: a loop of symbolic links") from None
+    try:
+        with atomic_write(target) as handle:
             handle.write(text)
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None

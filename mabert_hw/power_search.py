@@ -97,8 +97,9 @@ class Scorer:
         key = None if retention is None else tuple(int(n) for n in retention)
         if key in self.scored:
             return self.scored[key]
-        if key in self.known:
-            self.scored[key] = replace(self.known.pop(key), family=family)
+        if key in self.known:  # into scored before out of known: a Ctrl-C between them loses nothing
+            self.scored[key] = replace(self.known[key], family=family)
+            del self.known[key]
             return self.scored[key]
         accuracy = 100.0 * float((predict(self.ck, key, self.batches, self.backend) == self.labels).mean())
         self.scored[key] = Scored(key, accuracy, subset_flops(self.ck, key, self.batches), family)

@@ -204,7 +204,8 @@ def test_a_damaged_score_is_refused_in_one_line(tmp_path, capsys, search):
     doc["scored"][1]["retention"] = "16,8"
     out.write_text(json.dumps(doc))
     capsys.readouterr()
-    assert "a scored entry is not a power-search score: {'retention': '16,8'" in refused(capsys, [*search(out), "--resume"])
+    refusal = refused(capsys, [*search(out), "--resume"])
+    assert "a scored entry is not a power-search score: {'retention': '16,8'" in refusal
 
 
 def test_a_resume_without_a_file_starts_the_search(tmp_path, capsys, search):
@@ -344,3 +345,35 @@ def test_a_document_with_a_damaged_or_missing_score_is_refused(tmp_path, capsys,
     out.write_text(json.dumps(doc))
     capsys.readouterr()
     assert said in refused(capsys, [*search(out), "--resume"])
+
+
+def test_a_crashed_search_resumed_with_another_method_writes_the_fresh_document(tmp_path, capsys, monkeypatch,
+                                                                                 search):
+    """Schedules the crashed greedy run scored are asked for by the geometric search first: they take its
+    family, as a fresh search of both methods labels them."""
+    fresh, cut = tmp_path / "fresh.json", tmp_path / "cut.json"
+    assert main([*search(fresh), "--method", "both"]) == 0
+    counting_predict(monkeypatch, fail_at=6)
+    with pytest.raises(RuntimeError):
+        main([*search(cut), "--method", "greedy"])
+    greedy_first = {tuple(s["retention"] or ()): s["family"] for s in json.loads(cut.read_text())["scored"]}
+    counting_predict(monkeypatch)
+    assert main([*search(cut), "--method", "both", "--resume"]) == 0
+    resumed = json.loads(cut.read_text())
+    relabelled = [s for s in resumed["scored"]
+                  if greedy_first.get(tuple(s["retention"] or ())) not in (None, s["family"])]
+    assert relabelled  # the case this test is about: a greedy score asked for again as geometric
+    assert resumed == json.loads(fresh.read_text())
+
+
+def test_an_interrupted_resume_keeps_the_scores_it_did_not_ask_for(tmp_path, capsys, monkeypatch, search,
+                                                                     sigterm_guard):
+    out = tmp_path / "search.json"
+    assert main([*search(out), "--method", "greedy"]) == 0
+    greedy = [s["retention"] for s in json.loads(out.read_text())["scored"]]
+    signal_at(monkeypatch, 2, signal.SIGINT)  # as the second schedule the file lacks starts
+    assert main([*search(out), "--resume"]) == 130  # geometric: asks for few of the greedy path's schedules
+    kept = json.loads(out.read_text())
+    assert kept["interrupted"] is True
+    assert all(r in [s["retention"] for s in kept["scored"]] for r in greedy)
+    assert len(kept["scored"]) == len(greedy) + 1

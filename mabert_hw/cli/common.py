@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..atomic import atomic_write
+from ..atomic import write_text_whole
 from ..errors import UserError
 
 
@@ -176,22 +176,14 @@ def emit(text: str, output: str | None) -> None:
     if stream is not None:
         getattr(sys, stream).write(text)
         return
-    path = Path(output).resolve()  # through a symlink: the link stays, its target is written
-    try:
-        if Path(output).exists() and not Path(output).is_file():  # a device or pipe (/dev/null, a FIFO): in place
+    if Path(output).exists() and not Path(output).is_file():  # a device or pipe (/dev/null, a FIFO): in place
+        try:
             Path(output).write_text(text)
-        else:
-            _replace_whole(path, text)
-    except OSError as error:
-        raise UserError(f"cannot write {output}: {error.strerror or error}") from None
+        except OSError as error:
+            raise UserError(f"cannot write {output}: {error.strerror or error}") from None
+    else:
+        write_text_whole(output, text)  # through a symlink: the link stays, its target is written
     print(f"wrote {output}", file=sys.stderr)
-
-
-def _replace_whole(path: Path, text: str) -> None:
-    """path <- text through a temporary file beside it: a reader never sees half a file, and a failed or
-    interrupted (Ctrl-C) write leaves neither a half file nor the temporary one."""
-    with atomic_write(path) as handle:
-        handle.write(text)
 
 
 def check_configs_for_model(configs, where: str, spec) -> None:
