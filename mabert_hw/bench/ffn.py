@@ -15,9 +15,10 @@ Implementations (all float32, all on the same random x (M, C)):
                      layer; its time against fff-numba is what that setting leaves out
 - fff-numpy-gather:  mabert_hw.fff.fff_gather, one gathered row per token and level
 - io-floor:          no layer at all: x read once and y written once (kernels.cache_hints.stream_rows, the
-                     walk's non-temporal stores), the DRAM traffic any FFN kernel of these shapes pays at the
-                     least; the dense FF over it is the most any such kernel can gain here (C a multiple
-                     of the 16 floats of a cache line; other widths get no such row)
+                     walk's non-temporal stores), nothing computed: what a kernel that reads x and writes
+                     y as the walk does cannot beat. At small shapes it times thread wake-up and the
+                     stores more than memory. C a multiple of the 16 floats of a cache line; other
+                     widths get no such row
 - torch-dense / torch-fff-bmm: torch linear + gelu + linear, and FFF.forward_gather (gather + bmm)
 Every NumPy / Numba form writes into output (and hidden) arrays allocated once: the timings are the
 kernels', without the kernel zeroing fresh pages for 48-192 MiB of new arrays at each call (a model
