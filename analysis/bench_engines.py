@@ -32,8 +32,8 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
+from mabert_hw.atomic import write_text_whole
 from mabert_hw.bench.profile import FAST_CALL_MEANING, numpy_gemm_gflops, time_by_call
 from mabert_hw.bench.timing import bench, blas_kernels, machine_threads
 from mabert_hw.cli.common import positive_int, script_description, script_output_dir

@@ -27,8 +27,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
 
-from mabert_hw.atomic import write_text_whole
-from mabert_hw.atomic import atomic_path
+from mabert_hw.atomic import atomic_path, write_text_whole
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.checkpoint import minilm_dir
 from mabert_hw.cli.common import INTERRUPTED_EXIT, non_negative_float, positive_float, positive_int, run_script

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
+from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import INTERRUPTED_EXIT, positive_int, run_script, script_description, script_output_dir
@@ -35,6 +35,7 @@ from mabert_hw.eval.sweep import (Job, config_key, done_keys, prepare_calibratio
                                   run_record, run_sweep, write_run_record)
 from mabert_hw.eval.tasks import TASK_FILES, load_stsb, resolve, stsb_spearman
 from mabert_hw.inputs import DATA_DIR
+from mabert_hw.interrupts import sigterm_interrupts
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "int8"  # --out's default
@@ -137,10 +138,11 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     dev = str(resolve(args.data / TASK_FILES["stsb"], "stsb"))  # a missing data root: one line, before any work
     out = script_output_dir(parser, args.out)
     try:
-        study(out, dev, args.subset)
+        with sigterm_interrupts():
+            study(out, dev, args.subset)
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; the rows finished are in {out}'s CSVs: run the same command to "
-              "continue", file=sys.stderr)
+        print(f"{parser.prog}: interrupted; {out}'s CSVs keep every row finished (if any): run the same command "
+              "to continue", file=sys.stderr)
         return INTERRUPTED_EXIT
     return 0
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numba
 from int8_minilm import CHANNEL, CHANNEL_GEMM_OUT, OUT
 
-from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
+from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.backends.fixed import FixedBackend
 from mabert_hw.bench.timing import time_calls

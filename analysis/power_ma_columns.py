@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
+from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends.reference import ReferenceBackend
 from mabert_hw.cli.common import positive_int, run_script
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
+from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT as CACHE
 from mabert_hw.cli.common import positive_int, run_script

@@ -28,8 +28,8 @@ import torch
 from power_sst2 import ROOT, training_stream
 from tqdm import tqdm
 
-from mabert_hw.atomic import write_text_whole
 from mabert_hw import checkpoint
+from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import output_file, positive_float, positive_int, run_script

@@ -258,7 +258,7 @@ def test_ctrl_c_before_any_row_exits_130_and_binds_no_later_run(tmp_path, tiny_s
     monkeypatch.setattr(script, "stsb_spearman", ctrl_c_first)
     assert script.main(["--data", str(data), "--out", str(out), "--subset", "3"]) == 130
     err = capsys.readouterr().err
-    assert "Traceback" not in err and f"interrupted; the rows finished are in {out}'s CSVs" in err
+    assert "Traceback" not in err and f"interrupted; {out}'s CSVs keep every row finished (if any)" in err
     assert not (out / "study.csv").exists() and (out / "study.csv.run.json").exists()
     stopping[0] = False
     assert script.main(["--data", str(data), "--out", str(out), "--subset", "2"]) == 0
