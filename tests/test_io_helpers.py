@@ -126,3 +126,16 @@ def test_read_toml_names_an_unreadable_file(tmp_path):
     ok = tmp_path / "ok.toml"
     ok.write_text("act_bits = [4, 8]\n")
     assert read_toml(ok, "grid") == {"act_bits": [4, 8]}
+
+
+def test_write_text_whole_writes_through_a_symlink_and_names_a_loop(tmp_path):
+    from mabert_hw.atomic import write_text_whole
+
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    link.symlink_to(target)
+    write_text_whole(link, "through\n")
+    assert link.is_symlink() and target.read_text() == "through\n"
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(UserError, match="cannot write .*loop"):  # was a RuntimeError traceback on Python 3.11
+        write_text_whole(loop, "x")
