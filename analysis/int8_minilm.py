@@ -314,6 +314,8 @@ def write_report(out: Path, subset: int) -> None:
 
     plot_metric_vs_bits(out / "study.csv", out / "bits.png", f"STS-B dev Spearman x 100 (first {subset} pairs)")
     fp32 = fp32_reference(out)
+    full = max(fp32, default=DEV_PAIRS)  # the pairs the dev file held (fp32.csv's rows are keyed by pairs read)
+    studied = min(subset, full)  # a --subset beyond the file ran on the whole file
     parts = ["# int8 / fixed point: MiniLM-L6 on STS-B dev\n",
              ("Made by `OPENBLAS_NUM_THREADS=1 python analysis/int8_minilm.py` (then `--report-only`). A "
               "24-configuration sweep (`sweep24.toml`) runs by `OPENBLAS_NUM_THREADS=1 mabert-hw sweep minilm --task "
@@ -331,16 +333,16 @@ def write_report(out: Path, subset: int) -> None:
              ("Cut to fit ~40 min of the shared 2-core CPU: bits 4, 6, 8, 12, 16 only; accumulator widths and the "
               "bit sweeps with one scheme (percentile, 16-bit residual); integer non-linearities with two "
               f"calibrators; the scheme study on the first {subset} dev pairs, the headline rows on all "
-              f"{DEV_PAIRS}.\n")]
+              f"{full}.\n")]
     headline = _read(out, "headline.csv")
-    if headline and DEV_PAIRS in fp32:
-        parts += _targets(headline, fp32[DEV_PAIRS])
+    if headline and full in fp32:
+        parts += _targets(headline, fp32[full])
     for name, title, pairs in (("fp32.csv", "float32 reference", None),
-                               ("headline.csv", f"full dev set ({DEV_PAIRS} pairs)", DEV_PAIRS),
+                               ("headline.csv", f"full dev set ({full} pairs)", full),
                                ("residual_sqnr.csv", SQNR_TITLE.format(SQNR_SENTENCES), None),
                                ("final_sqnr.csv", FINAL_TITLE.format(SQNR_SENTENCES), None),
-                               ("study.csv", f"scheme study (first {subset} pairs)", subset),
-                               ("sweep24.csv", "24-configuration sweep (full dev, `--workers 2`)", DEV_PAIRS)):
+                               ("study.csv", f"scheme study (first {subset} pairs)", studied),
+                               ("sweep24.csv", "24-configuration sweep (full dev, `--workers 2`)", full)):
         rows = _read(out, name)
         if rows:
             parts += [f"## {title}\n", markdown_table(_with_delta(rows, fp32.get(pairs) if pairs else None)), ""]

@@ -223,6 +223,10 @@ def test_the_fp32_reference_belongs_to_its_data(tmp_path, tiny_study, capsys):
     vs_fp32 = f"{float(row['metric']) - reference[3]:+.2f}"
     readme = (out / "README.md").read_text()
     assert f"| {row['metric']} | {row['seconds']} | {row['overflows']} | 8 | {vs_fp32} |" in readme
+    with open(out / "headline.csv", newline="") as f:
+        (full_row,) = csv.DictReader(f)
+    # the full set is the 4 pairs the file held: its rows compare against fp32 on 4 (the report looked for 1500)
+    assert f"| {float(full_row['metric']) - reference[4]:+.2f} |" in readme and "full dev set (4 pairs)" in readme
     capsys.readouterr()
 
     before = (out / "fp32.csv").read_bytes()  # the same flags: resumed, nothing recomputed
