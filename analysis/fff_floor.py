@@ -37,6 +37,7 @@ from numba import njit, prange
 
 from mabert_hw.atomic import write_text_whole
 from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels, machine_threads, time_calls
+from mabert_hw.cli.bench_ffn import PAPER_CPU_SPEEDUP
 from mabert_hw.cli.common import non_negative_int, positive_int, script_description, script_output_dir
 from mabert_hw.fff import aligned_empty, walk_layout
 from mabert_hw.bench.ffn import DENSE_FFS, Problem, implementations, random_fff
@@ -47,7 +48,6 @@ from mabert_hw.machine import describe
 from mabert_hw.report.tables import csv_table
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "fff"
-PAPER_SPEEDUP = 78  # UltraFastBERT's CPU claim, the target
 L1_ROWS = 7  # 7 rows of 3 KiB (21 KiB) beside the group's 4 x rows (12 KiB) in the 48 KiB L1
 L1_LEVELS = 2  # levels whose rows (3 nodes x 6 KiB) fit in L1 beside the group's x and y rows
 HUGE_PAGE = 2 * 1024 * 1024
@@ -172,7 +172,7 @@ def measure(problem: Problem, threads: int, rounds: int, seed: int) -> list[dict
     wall = time_calls(calls, rounds, pause=THREADS_IDLE_S, rotate=False, progress=True,
                       desc=f"{threads} thread(s)").wall  # a warm-up call first: compile, first touch
     median = {name: float(np.median(s)) for name, s in wall.items()}
-    budget = min(median[name] for name in DENSE_FFS) / PAPER_SPEEDUP
+    budget = min(median[name] for name in DENSE_FFS) / PAPER_CPU_SPEEDUP
     rows = [{"threads": threads, "piece": name, "median_ms": 1e3 * s,
              "ns_per_token_per_core": 1e9 * s * threads / problem.tokens, "share_of_78x_budget": s / budget}
             for name, s in median.items()]

@@ -106,3 +106,27 @@ def test_the_ceiling_is_the_dense_ff_over_the_io_floor():
     (line,) = ceiling(rows)
     assert line.endswith("4.6 ms: a kernel that reads and writes them so gains at most 126x over the dense FF here")
     assert ceiling(rows[:1]) == []  # no io-floor row (a width off the cache line): no bound stated
+
+
+def test_the_target_is_the_best_dense_ff_over_the_ratio(capsys):
+    from mabert_hw.bench.ffn import target
+
+    rows = [{"impl": "dense-numpy", "median_ms": 600.0, "speedup_vs_dense": 0.9, "dense": "dense-fast"},
+            {"impl": "dense-fast", "median_ms": 546.0, "speedup_vs_dense": 1.0, "dense": "dense-fast"},
+            {"impl": "fff-numba", "median_ms": 15.6, "speedup_vs_dense": 35.0, "dense": "dense-fast"}]
+    assert target(rows, 78) == {"ratio": 78, "dense": "dense-fast", "budget_ms": 7.0, "fff_numba_ms": 15.6,
+                                "speedup": 35.0, "met": False}
+    assert target(rows, 35)["met"] and not target(rows, 35.5)["met"]
+
+    pytest.importorskip("numba")
+    argv = ["bench-ffn", "--hidden", "16", "--depth", "2", "--tokens", "32", "--dense-width", "32", "--rounds", "1",
+            "--no-torch", "--format", "json", "--target", "0.001"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    walk = next(row for row in report["rows"] if row["impl"] == "fff-numba")
+    dense = next(row for row in report["rows"] if row["impl"] == walk["dense"])
+    assert report["target"]["budget_ms"] == pytest.approx(dense["median_ms"] / 0.001)
+    assert report["target"]["met"] is True  # any walk is 0.001x as fast as the dense FF
+    with pytest.raises(SystemExit) as exit_:
+        main(argv[:-2] + ["--target", "0"])
+    assert exit_.value.code == 2 and "argument --target: expected a positive number, got 0" in capsys.readouterr().err

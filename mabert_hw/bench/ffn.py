@@ -198,3 +198,12 @@ def summarize(problem: Problem, seconds: dict[str, list[float]], cpu_seconds: di
              "dense": best,
              "mac_ratio": theory if name.startswith(("fff", "torch-fff")) else None}
             for name in seconds]
+
+
+def target(rows: list[dict], ratio: float) -> dict:
+    """Whether the walk (fff-numba) is `ratio` times faster than the best dense FF: its time budget (that
+    dense FF's median / ratio), the walk's median and the speed-up measured."""
+    walk = next(row for row in rows if row["impl"] == "fff-numba")
+    dense_ms = next(row["median_ms"] for row in rows if row["impl"] == walk["dense"])
+    return {"ratio": ratio, "dense": walk["dense"], "budget_ms": dense_ms / ratio, "fff_numba_ms": walk["median_ms"],
+            "speedup": walk["speedup_vs_dense"], "met": walk["speedup_vs_dense"] >= ratio}

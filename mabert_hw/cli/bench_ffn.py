@@ -7,9 +7,10 @@ import os
 
 from ..errors import UserError
 from ..report.tables import FORMATS, render
-from .common import add_output, emit, positive_int
+from .common import add_output, emit, positive_float, positive_int
 
 MAX_DEPTH = 20  # 2^21 - 1 nodes of C floats each: beyond this the weights alone outgrow memory
+PAPER_CPU_SPEEDUP = 78  # UltraFastBERT's CPU claim over an optimised dense FF: --target's default
 
 
 def register(subparsers) -> None:
@@ -34,6 +35,9 @@ def register(subparsers) -> None:
     parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--threads", type=positive_int,
                         help="Numba and BLAS threads (default: one per core Numba sees; more are refused)")
+    parser.add_argument("--target", type=positive_float, default=PAPER_CPU_SPEEDUP, metavar="RATIO",
+                        help=f"the speed-up of the walk over the best dense FF to check (default {PAPER_CPU_SPEEDUP}, "
+                        "UltraFastBERT's CPU claim): its time budget and whether it is met are reported")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch implementations")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     add_output(parser)
@@ -48,7 +52,7 @@ def _load() -> list[float]:
 
 
 def run(args) -> int:
-    from ..bench.ffn import Problem, check_agreement, implementations, summarize
+    from ..bench.ffn import Problem, check_agreement, implementations, summarize, target
     from ..bench.timing import THREADS_IDLE_S, blas_kernels, check_threads, time_calls
     from ..kernels.threads import set_threads
     from ..machine import describe
@@ -78,7 +82,8 @@ def run(args) -> int:
     facts = {"problem": problem.__dict__, "machine": describe(), "threads": threads, "blas": blas_kernels(),
              "rounds": args.rounds, "load_avg_before": load_before, "load_avg_after": _load(),
              "mac_ratio": problem.mac_ratio(), "walk": problem.walk(),
-             "fff_numba_vs_numpy_maxdiff": maxdiff, "dense_fast_vs_numpy_maxdiff": dense_maxdiff}
+             "fff_numba_vs_numpy_maxdiff": maxdiff, "dense_fast_vs_numpy_maxdiff": dense_maxdiff,
+             "target": target(rows, args.target)}
     if args.format == "json":
         text = json.dumps({**facts, "rows": rows, "seconds": seconds, "cpu_seconds": cpu_seconds}, indent=2)
     elif args.format == "csv":  # a plain table: the run's context repeated as columns of every row
@@ -94,7 +99,15 @@ def run_columns(facts: dict) -> dict:
     (1, 5, 15 min, space-separated); the machine and BLAS kernels are in the table, md and json forms."""
     load = {f"load_avg_{when}": " ".join(map(str, facts[f"load_avg_{when}"])) for when in ("before", "after")}
     return {**facts["threads"], "fff_numba_vs_numpy_maxdiff": facts["fff_numba_vs_numpy_maxdiff"],
-            "dense_fast_vs_numpy_maxdiff": facts["dense_fast_vs_numpy_maxdiff"], **load}
+            "dense_fast_vs_numpy_maxdiff": facts["dense_fast_vs_numpy_maxdiff"], **load,
+            "target_ratio": facts["target"]["ratio"], "target_met": facts["target"]["met"]}
+
+
+def said_target(goal: dict) -> str:
+    verdict = "met" if goal["met"] else "not met"
+    return (f"target {goal['ratio']:g}x over the best dense FF ({goal['dense']}): the walk must take at most "
+            f"{goal['budget_ms']:.3g} ms; fff-numba took {goal['fff_numba_ms']:.3g} ms, {goal['speedup']:.3g}x: "
+            f"{verdict}")
 
 
 def ceiling(rows: list[dict]) -> list[str]:
@@ -122,5 +135,6 @@ def framed(table: str, facts: dict, separator: str, rows: list[dict]) -> str:
         f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.1f}x; fff-numba vs fff-numpy-gather maxdiff "
         f"{facts['fff_numba_vs_numpy_maxdiff']:.2g}, "
         f"dense-fast vs dense-numpy {facts['dense_fast_vs_numpy_maxdiff']:.2g}",
+        said_target(facts["target"]),
         *ceiling(rows),
         f"load average (1, 5, 15 min) before {facts['load_avg_before']}, after {facts['load_avg_after']}"])
