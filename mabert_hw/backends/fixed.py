@@ -25,7 +25,7 @@ a linear's output, whose per-column requantization multiplier takes the per-chan
                     with dyadic rescaling; ReLU is max(q, zero_point) in both modes. The pooler's tanh
                     stays float (not on the sentence-embedding path). These five ops run as fused
                     Numba kernels (quant/fused.py: quantize, op, dequantize in one pass, the same
-                    codes); the NumPy code below each is the reference, and runs where a kernel
+                    codes); the NumPy code beside each (fixed_elementwise.py) is the reference, and runs where a kernel
                     declines (stochastic rounding, float64 data, bounds it cannot prove).
 MA-BERT runs all in integers with nonlinear=integer: approximator linears and ReLU, the 0/1 mask (a
 select on codes) and the folded PowerNorm affine (one per-channel dyadic requantization). Weights are
@@ -46,7 +46,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import UserError
-from ..quant import fused
 from ..quant.calibrate import MASKED, Calibration
 from ..quant.config import GEMM_KINDS, OpSettings, QuantConfig
 from ..quant.formats import (
@@ -62,16 +61,13 @@ from ..quant.formats import (
     weight_qparams,
 )
 from ..quant.intgemm import exact_matmul, int_matmul, int_matmul_u8s8_avx2, limit_accumulator
-from ..quant.intops import int_add, int_gelu, int_layernorm, int_rescale, int_softmax
-from ..quant.requant import requantize, requantize_codes
+from ..quant.requant import requantize_codes
+from .fixed_elementwise import FixedElementwise, engine_arithmetic
 from .reference import ReferenceBackend
-
-FLOAT_ENGINE_MODES = ("ort", "fbgemm", "qnnpack")  # engines that quantize activations in float32
-TORCH_MODES = ("fbgemm", "qnnpack")  # ... of which torch's, with its fused multiply-add (formats.quantize_codes)
 
 
 @dataclass
-class FixedBackend(ReferenceBackend):
+class FixedBackend(FixedElementwise, ReferenceBackend):
     config: QuantConfig = field(default_factory=QuantConfig)
     calibration: Calibration = field(default_factory=Calibration)
     overflows: dict = field(default_factory=dict)
@@ -180,7 +176,7 @@ class FixedBackend(ReferenceBackend):
     def _quantize_act(self, x, slot: str, s: OpSettings, nonneg: bool = False):
         """(codes as a float array of exact integers, their QParams), quantized as the requant engine does."""
         qp = self._act_qparams(slot, s, x, nonneg)
-        float32, fma = _engine_arithmetic(s)
+        float32, fma = engine_arithmetic(s)
         return quantize_codes(x, qp, s.rounding, self._rng, float32, fma), qp
 
     def _quantize_int(self, x, slot: str, s: OpSettings):
@@ -300,125 +296,6 @@ class FixedBackend(ReferenceBackend):
         table = self._weight(table, replace(s, weight_granularity="channel"), "values")  # one scale per row
         return self._output(table[ids], s)  # (B, T, C) in the residual stream's format
 
-    # --- element-wise and non-linear ops --------------------------------------------------------------
-    def _integer(self, s: OpSettings) -> bool:
-        return s.quantize and s.nonlinear == "integer"
-
-    def _kernel_mode(self, s: OpSettings) -> tuple | None:
-        """(float32, rounding) for the fused integer kernels (quant/fused.py), or None where they do not
-        apply: other dtypes and roundings, and torch's fma quantize (kernels/introws.py says why); they
-        may still decline a call (None), and the NumPy reference below them runs."""
-        float32, fma = _engine_arithmetic(s)
-        if fma or not fused.fusable(self.dtype, s.rounding):
-            return None
-        return float32, s.rounding
-
-    def _add(self, a, b):
-        s = self._settings()
-        if not s.quantize:
-            return super()._add(a, b)
-        if not self._integer(s):
-            return self._output(a + b, s)
-        mode = self._kernel_mode(s)
-        if mode:
-            b_full = np.broadcast_to(b, a.shape)
-            out = fused.add(a, b_full, self._act_qparams("in0", s, a), self._act_qparams("in1", s, b_full),
-                            self._act_qparams("out", s), *mode)
-            if out is not None:
-                return out
-        (qa, pa), (qb, pb) = self._quantize_int(a, "in0", s), self._quantize_int(np.broadcast_to(b, a.shape), "in1", s)
-        po = self._act_qparams("out", s)
-        out = int_add(qa, *_zp_scale(pa), qb, *_zp_scale(pb), *operand_params(po), po.fmt)
-        return self._values(out, po)
-
-    def _scale(self, x, factor):
-        s = self._settings()
-        if not self._integer(s):
-            return self._output(x * self.dtype(factor), s) if s.quantize else super()._scale(x, factor)
-        mode = self._kernel_mode(s)
-        if mode:
-            out = fused.rescale(x, self._act_qparams("in0", s, x), factor, self._act_qparams("out", s), *mode)
-            if out is not None:
-                return out
-        q, qp = self._quantize_int(x, "in0", s)
-        po = self._act_qparams("out", s)
-        out = int_rescale(q, int(qp.zero_point), float(qp.scale), factor, float(po.scale), int(po.zero_point), po.fmt)
-        return self._values(out, po)
-
-    def _softmax(self, x):
-        s = self._settings()
-        if not self._integer(s):
-            return self._output(super()._softmax(x), s, nonneg=True) if s.quantize else super()._softmax(x)
-        out_bits = s.out_bits or s.act_bits
-        mode = self._kernel_mode(s)
-        if mode:
-            out = fused.softmax(x, self._act_qparams("in0", s, x), out_bits, *mode)  # masked keys: the same range
-            if out is not None:
-                return out
-        valid = x > MASKED
-        q, qp = self._quantize_int(np.where(valid, x, 0.0), "in0", s)
-        codes = int_softmax(q - qp.zero_point, float(qp.scale), out_bits, valid)
-        return (codes * 2.0 ** -out_bits).astype(self.dtype)
-
-    def _layernorm(self, x, gain, bias, eps):
-        s = self._settings()
-        if not self._integer(s):
-            out = super()._layernorm(x, gain, bias, eps)
-            return self._output(out, s) if s.quantize else out
-        mode = self._kernel_mode(s)
-        if mode:
-            done = fused.layernorm(x, self._act_qparams("in0", s, x), gain, bias, eps, self._act_qparams("out", s), *mode)
-            if done is not None:
-                self._count(done[1])
-                return done[0]
-        q, qp = self._quantize_int(x, "in0", s)
-        po = self._act_qparams("out", s)
-        out, overflowed = int_layernorm(q, *_zp_scale(qp), gain, bias, eps, *operand_params(po), po.fmt)
-        self._count(overflowed)
-        return self._values(out, po)
-
-    def _activation(self, x, kind):
-        s = self._settings()
-        if not s.quantize:
-            return super()._activation(x, kind)
-        if kind == "relu":
-            q, qp = self._quantize_act(x, "in0", s)
-            return self._values(np.maximum(q, q.dtype.type(qp.zero_point)), qp)
-        if kind == "gelu" and self._integer(s):
-            mode = self._kernel_mode(s)
-            if mode:
-                out = fused.gelu(x, self._act_qparams("in0", s, x), self._act_qparams("out", s), *mode)
-                if out is not None:
-                    return out
-            q, qp = self._quantize_int(x, "in0", s)
-            codes, code_scale = int_gelu(q - qp.zero_point, float(qp.scale))
-            po = self._act_qparams("out", s)
-            out = requantize(codes, "dyadic", code_scale, 1.0, float(po.scale), int(po.zero_point), po.fmt)
-            return self._values(out, po)
-        return self._output(super()._activation(x, kind), s)
-
-    def _affine(self, x, scale, shift):
-        s = self._settings()
-        if not s.quantize:
-            return super()._affine(x, scale, shift)
-        if not self._integer(s):
-            return self._output(super()._affine(x, scale, shift), s)
-        q, qp = self._quantize_int(x, "in0", s)  # per channel y = scale * x + shift, one dyadic requant
-        po = self._act_qparams("out", s)
-        out = requantize(q - qp.zero_point, "dyadic", float(qp.scale), np.asarray(scale, np.float64), float(po.scale),
-                         int(po.zero_point), po.fmt, bias=np.asarray(shift, np.float64))
-        return self._values(out, po)
-
     def _fff(self, x, w_in, b_in, w_out, depth, trees):
         self.float_ops.add("fff")
         return super()._fff(x, w_in, b_in, w_out, depth, trees)
-
-
-def _engine_arithmetic(s: OpSettings) -> tuple[bool, bool]:
-    """(float32, fma) of formats.quantize_codes for the activations: the requant engine's quantizer."""
-    return s.requant in FLOAT_ENGINE_MODES, s.requant in TORCH_MODES
-
-
-def _zp_scale(qp: QParams) -> tuple:
-    """(zero_point, scale): the operand order of int_add and int_layernorm."""
-    return operand_params(qp)[::-1]

@@ -25,7 +25,7 @@ quantize (formats.quantize_codes):  v = f32(x) / scale32 (divide32: onnxruntime'
   the sum is exact below 2^24 and float rounding is monotonic, so it cannot cross qmin or qmax.)
   torch's single-rounding fma (requant fbgemm / qnnpack) is not here: its branch in the kernels' loops
   kept LLVM from vectorising them (the fused add and GELU ran 4x slower), so the kernels decline those
-  modes (FixedBackend._kernel_mode) and the NumPy reference runs.
+  modes (FixedElementwise._kernel_mode, backends/fixed_elementwise.py) and the NumPy reference runs.
 dequantize (FixedBackend._values):  (f32(q) - f32(zero_point)) * scale32 in float32 per tensor,
   f32(scale64 * f64(q - zero_point)) per channel.
 """
