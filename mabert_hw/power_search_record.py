@@ -48,10 +48,10 @@ def document(fields: dict, scored: Iterable[Scored], chosen: Scored | None) -> d
     --retention` refuses it)."""
     scored = list(scored)
     baseline = next(s for s in scored if s.retention is None)  # the search scores it first
-    result = {"retention": None if chosen.retention is None else list(chosen.retention),
-              "accuracy": chosen.accuracy} if chosen else {"interrupted": True}
     if chosen:
-        result["flops"] = chosen.flops
+        result = {"retention": as_record(chosen)["retention"], "accuracy": chosen.accuracy, "flops": chosen.flops}
+    else:
+        result = {"interrupted": True}
     return {**fields, **result, "baseline_accuracy": baseline.accuracy, "baseline_flops": baseline.flops,
             "frontier": [as_record(s) for s in frontier(scored)], "scored": [as_record(s) for s in scored]}
 
