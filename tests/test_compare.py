@@ -9,6 +9,8 @@ import io
 import json
 from dataclasses import replace
 
+import pytest
+
 from mabert_hw import checkpoint
 from mabert_hw.cli import compare as compare_cli
 from mabert_hw.cli import main
@@ -36,7 +38,31 @@ def test_ma_row_keeps_an_ma_checkpoints_approximator():
                                                 "softmax_hidden": 12})
     ma = compare_cli.variant_spec(spec, "ma", 32).variant
     assert (ma.softmax_input, ma.softmax_hidden) == (64, 12)
-    assert compare_cli.variant_spec(spec, "ma", 100).variant.softmax_input == 100  # raised to T > n
+    (outcome,) = compare_cli.evaluate(spec, ["ma"], 1, 100, None)  # its trained n is not raised to T
+    assert outcome.estimate is None and "100 tokens exceed the softmax approximator's input size 64" in outcome.skipped
+    bert = PRESETS["minilm-l6"]  # the recipe's n = 128 is raised to T > n
+    assert compare_cli.variant_spec(bert, "ma", 200).variant.softmax_input == 200
+
+
+def test_vector_share_counts_the_relu_that_nonlinear_leaves_out(capsys):
+    """MA-BERT's ReLU is not one of the functions it removes, but it runs on the vector unit: the
+    vector column holds it (and every other vector op, each summed by kind here), nonlinear does not."""
+    from mabert_hw.cost.counts import model_ops
+    from mabert_hw.cost.cycles import estimate
+    from mabert_hw.cost.hardware import load
+
+    code, out, _ = run_cli(capsys, "compare", "minilm-l6", "--seq-len", "32", "--format", "json")
+    assert code == 0
+    rows = {r["variant"]: r for r in json.loads(out)["variants"]}
+    ma = estimate(model_ops(compare_cli.variant_spec(PRESETS["minilm-l6"], "ma", 32), 1, 32),
+                  load(compare_cli.DEFAULT_HW))
+    total = ma.total("cycles")
+    relu = sum(c.cycles for c in ma.costs if c.op.kind == "relu")
+    array_or_memory_kinds = {"linear", "matmul", "embedding", "slice", "gather"}
+    vector = sum(c.cycles for c in ma.costs if c.op.kind not in array_or_memory_kinds)
+    assert relu > 0 and rows["ma"]["cycles"] == total
+    assert rows["ma"]["vector_cycles_%"] == pytest.approx(100 * vector / total)
+    assert rows["ma"]["vector_cycles_%"] > rows["ma"]["nonlinear_cycles_%"] + 100 * relu / total * 0.99
 
 
 def test_compare_gives_no_speedup_against_a_partly_priced_variant(capsys, tmp_path):

@@ -13,8 +13,9 @@ the help), so the rows differ in the recipe alone:
   `profile`), so a schedule that keeps every token prices exactly as bert; ma is MA-BERT's (ReLU,
   PowerNorm, approximator n = h = 128 unless the checkpoint is MA's), fff UltraFastBERT-1x11's one tree
   of depth 11 unless the checkpoint has its own.
-MA-BERT's approximator input n is raised to T when T exceeds it (a model trained for T-token rows; its
-hidden width h stays). A variant whose trace fails with a UserError is listed as skipped with the
+The recipe's approximator input n is raised to T when T exceeds it (a model trained for T-token rows;
+its hidden width h stays); an MA checkpoint's own approximator is not: T > n skips the ma row, as
+`profile` refuses it. A variant whose trace fails with a UserError is listed as skipped with the
 reason, not dropped silently. Speedup and energy saved are against bert, between fully priced variants
 only: a total without its unpriced ops is short.
 """
@@ -27,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import checkpoint
+from ..cost.hw_summary import SHARES_RULE
 from ..errors import UserError
 from ..inputs import check_positions
 from ..report.tables import FORMATS, render
@@ -42,7 +44,8 @@ POWER_LAST_LAYER_FRACTION = 0.1  # a round default for a power row without --ret
 VARIANT_RULE = ("Every row is its recipe's arithmetic on the checkpoint's architecture: dimensions, biases, "
                 "token types, positions, norm placement and dense FFN width F (an FFF checkpoint: as many "
                 "neurons as tree nodes) come from the checkpoint, and so do an FFF checkpoint's trees (fff row) "
-                "and an MA checkpoint's approximator (ma row); the checkpoint's own FFN activation does not "
+                "and an MA checkpoint's approximator (ma row: skipped when T exceeds its input size n; the recipe's "
+                "n = 128 is raised to T); the checkpoint's own FFN activation does not "
                 "enter: bert is GELU BERT, power is the bert row plus the retention schedule.")
 
 
@@ -59,7 +62,7 @@ def register(subparsers) -> None:
         help="cycles, time and energy of BERT variants side by side on one accelerator",
         description="Trace each variant (shapes only), price every op on the accelerator and print the "
         f"side-by-side table; optionally write plots. Variants: {', '.join(VARIANTS)}, power. {VARIANT_RULE} "
-        "PoWER-BERT retention default: layer j of L keeps round(T*(1 - 0.9*j/L)) tokens.",
+        f"PoWER-BERT retention default: layer j of L keeps round(T*(1 - 0.9*j/L)) tokens. Columns: {SHARES_RULE}",
     )
     add_checkpoint(parser)
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated (default {DEFAULT_VARIANTS})")
@@ -85,10 +88,10 @@ def variant_spec(spec: ModelSpec, name: str, seq_len: int, retention: tuple[int,
         raise UserError(f"unknown variant {name!r}; variants: {', '.join(VARIANTS)}, power")
     variant: Variant = VARIANTS[name]
     own = spec.variant
-    if variant.softmax == "mlp" and own.softmax == "mlp":
+    if variant.softmax == "mlp" and own.softmax == "mlp":  # its trained approximator: T > n is refused
         variant = replace(variant, softmax_input=own.softmax_input, softmax_hidden=own.softmax_hidden,
                           share_softmax=own.share_softmax)
-    if variant.softmax == "mlp" and seq_len > variant.softmax_input:
+    elif variant.softmax == "mlp" and seq_len > variant.softmax_input:
         variant = replace(variant, softmax_input=seq_len)
     if variant.ffn == "fff" and own.ffn == "fff":
         variant = replace(variant, fff_depth=own.fff_depth, fff_trees=own.fff_trees)

@@ -115,14 +115,26 @@ def category(cost: OpCost) -> str:
     return "softmax_mlp" if APPROXIMATOR_MARK in cost.op.name else cost.op.kind
 
 
+SHARES_RULE = ("nonlinear_*: softmax, layernorm, gelu and the pooler's tanh, the functions MA-BERT "
+               "removes; approximator_*: MA-BERT's softmax MLP; vector_cycles_%: every op of the vector "
+               "unit, ReLU and the additions included (a memory-bound ReLU costs what the GELU it "
+               "replaces did). Per cent of the variant's cycles and energy.")
+
+
 def shares(estimate: Estimate) -> dict[str, float]:
-    """Per cent of cycles and energy in the non-linear functions and in MA-BERT's approximator."""
+    """Per cent of cycles and energy in the groups of SHARES_RULE."""
     cycles, energy = estimate.total("cycles"), estimate.total("energy")
     nonlinear = [c for c in estimate.costs if c.op.kind in NONLINEAR_KINDS]
     approximator = [c for c in estimate.costs if category(c) == "softmax_mlp"]
+    vector = [c for c in estimate.costs if c.unit == "vector"]
+
+    def per_cent(group: list[OpCost], field: str, total: float) -> float:
+        return 100.0 * sum(getattr(c, field) for c in group) / total if total else 0.0
+
     return {
-        "nonlinear_cycles_%": 100.0 * sum(c.cycles for c in nonlinear) / cycles if cycles else 0.0,
-        "nonlinear_energy_%": 100.0 * sum(c.energy for c in nonlinear) / energy if energy else 0.0,
-        "approximator_cycles_%": 100.0 * sum(c.cycles for c in approximator) / cycles if cycles else 0.0,
-        "approximator_energy_%": 100.0 * sum(c.energy for c in approximator) / energy if energy else 0.0,
+        "nonlinear_cycles_%": per_cent(nonlinear, "cycles", cycles),
+        "nonlinear_energy_%": per_cent(nonlinear, "energy", energy),
+        "approximator_cycles_%": per_cent(approximator, "cycles", cycles),
+        "approximator_energy_%": per_cent(approximator, "energy", energy),
+        "vector_cycles_%": per_cent(vector, "cycles", cycles),
     }
