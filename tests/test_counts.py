@@ -7,11 +7,13 @@ import dataclasses
 import io
 import json
 from dataclasses import replace
+from math import prod
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
 from mabert_hw.backends.base import Op
 from mabert_hw.cost.counts import count_ops, trace
@@ -20,7 +22,7 @@ from mabert_hw.inputs import random_batch
 from mabert_hw.model import forward
 from mabert_hw.spec import PRESETS, VARIANTS, ModelSpec
 from mabert_hw.torch_ref.hf import hf_model
-from mabert_hw.weights import parameter_count, random_weights
+from mabert_hw.weights import expected_shapes, parameter_count, random_weights
 
 from .conftest import TINY_SPECS
 from .helpers import run_cli
@@ -127,8 +129,8 @@ def shared_ma_config(tmp_path):
 def test_a_shared_approximator_counts_its_parameters_once(capsys, tmp_path, seq_len):
     V, P, S, C, F, L, n, h = 30522, 512, 2, 384, 1536, 6, 128, 128
     per_layer = 4 * (C * C + C) + (C * F + F) + (F * C + C)  # Q, K, V, O; FFN in, out (PowerNorm folded)
-    used = min(seq_len, n)  # at T < n the approximator reads the first T inputs, writes the first T outputs
-    approximator = h * used + h + used * h + used  # Linear(n->h), Linear(h->n): once, not once per layer
+    approximator = h * n + h + n * h + n  # Linear(n->h), Linear(h->n): once, not once per layer, and whole
+    # at T < n, which reads only the first T inputs and writes the first T outputs (weight bytes, not params)
     readout, pooler = 2 * C, C * C + C  # the folded basis' read-out affine; the pooler
     expected = (V + P + S) * C + L * per_layer + approximator + readout + pooler
     code, out, _ = run_cli(capsys, "profile", str(shared_ma_config(tmp_path)), "--seq-len", str(seq_len),
@@ -140,6 +142,24 @@ def test_a_shared_approximator_counts_its_parameters_once(capsys, tmp_path, seq_
     code, out, _ = run_cli(capsys, "profile", str(shared_ma_config(tmp_path)), "--seq-len", str(seq_len),
                            "--by", "layer", "--format", "csv")
     assert sum(int(row["params"]) for row in csv.DictReader(io.StringIO(out))) == expected
+
+
+def test_params_are_the_checkpoints_at_any_length_and_schedule(capsys, tmp_path):
+    """A per-layer approximator read at T_l < n tokens still holds n inputs' weights: params stay the
+    checkpoint's (the sum of its tensors' elements), while its weight bytes shrink with T_l."""
+    config = json.loads(shared_ma_config(tmp_path).read_text())
+    path = tmp_path / "per_layer" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({**config, "share_softmax_nn": False}))
+    spec = checkpoint.load(str(path)).spec
+    tensors = sum(prod(shape) for shape in expected_shapes(spec).values())
+    totals = []
+    for flags in (["--seq-len", "128"], ["--seq-len", "64"], ["--retention", "100,80,60,40,20,10"]):
+        code, out, _ = run_cli(capsys, "profile", str(path), *flags, "--format", "json")
+        assert code == 0
+        totals.append(json.loads(out)["totals"])
+    assert [t["params"] for t in totals] == [tensors] * 3
+    assert totals[0]["weight_bytes"] > totals[1]["weight_bytes"]
 
 
 def test_embedding_bytes_are_distinct_rows_capped_at_the_table():

@@ -12,7 +12,8 @@
 - Params: elements of the parameter operands; an embedding table counts whole, unless the op says
   fewer of them are learned (attr `learned_params`: a fixed sinusoid position table holds 0, or 1
   when one learned scalar scales it; see built_ops). An MA softmax approximator at T < n tokens
-  uses, and counts, only the first T of its n inputs and outputs. A
+  uses, and reads the weight bytes of, only the first T of its n inputs and outputs, but counts all
+  of its params: the params total is the checkpoint's at any T and retention schedule. A
   shared approximator (one for all layers) counts once, at layer 0's ops, which read the most of it
   (later layers see T_l <= T tokens); the other layers' reads keep their weight bytes, at 0 params
   (cost.summary.profile_model).
@@ -293,8 +294,22 @@ def built_ops(spec: ModelSpec, ops: Iterable[Op]) -> list[Op]:
         if op.name == POSITION_EMBEDDING and spec.positions in SINUSOID_LEARNED_PARAMS:
             learned = (("learned_params", SINUSOID_LEARNED_PARAMS[spec.positions]),)
             op = replace(op, attrs=tuple(sorted(op.attrs + learned)))
+        if op.kind == "linear" and APPROXIMATOR_MARK in op.name:
+            learned = (("learned_params", _untruncated_params(op, spec.variant.softmax_input)),)
+            op = replace(op, attrs=tuple(sorted(op.attrs + learned)))
         out.append(op)
     return out
+
+
+def _untruncated_params(op: Op, n: int) -> int:
+    """An approximator linear's params at its full input size n (model.softmax_approximator truncates
+    the first layer's (h, n) weight to (h, T), the second's (n, h) weight and (n,) bias to T rows)."""
+    if op.name.endswith(".0"):  # weight (h, T) -> (h, n); its bias (h,) is whole
+        weight, *bias = op.weights
+        full = [(weight[0], n), *bias]
+    else:  # ".2": weight (T, h) -> (n, h), bias (T,) -> (n,)
+        full = [(n, *w[1:]) for w in op.weights]
+    return sum(prod(w) for w in full)
 
 
 def _bias_absent(spec: ModelSpec, name: str) -> bool:
