@@ -71,7 +71,7 @@ def test_check_minilm_with_texts_file(minilm, tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("A man plays the guitar.\n\nA dog runs across the grassy field quickly.\n")
     code, out, _ = run_cli(capsys, "check", "minilm", "--texts", str(texts))
-    assert code == 0 and "2 tokenised texts" in out
+    assert code == 0 and "4 tokenised texts (repeating 2 in turn)" in out  # --batch: 4 sequences by default
 
 
 def test_infer_minilm_mean_and_cls(minilm, capsys):
@@ -118,7 +118,8 @@ def test_infer_classifier_prints_probabilities(tmp_path, capsys):
         logits = BertForSequenceClassification.from_pretrained(tmp_path, attn_implementation="eager")(**encoded).logits
     expected = torch.softmax(logits, dim=-1).numpy()
     records = json.loads(out)
-    assert code == 0 and [r["label"] for r in records] == expected.argmax(axis=1).tolist()
+    assert code == 0 and [r["label_id"] for r in records] == expected.argmax(axis=1).tolist()
+    assert [r["label"] for r in records] == [f"LABEL_{i}" for i in expected.argmax(axis=1)]  # HF's default names
     np.testing.assert_allclose([r["probabilities"] for r in records], expected, atol=REFERENCE_VS_TORCH_ATOL, rtol=0)
 
 
@@ -187,6 +188,7 @@ def test_unwritable_output_is_one_line(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["profile", "bert-base-uncased", "--output", "/nonexistent-dir/x.csv"], "no such directory"),
     (["compare", "bert-base-uncased", "--output", "."], "is a directory"),
+    (["compare", "bert-base-uncased", "--output", ""], "the path is empty"),  # was " is a directory"
     (["bench", "minilm-l6", "--pause", "inf"], "expected a finite number"),
     (["bench", "minilm-l6", "--pause", "1e12"], "expected at most 60 seconds"),  # was time.sleep's OverflowError
     # only the directory was checked: the run's result was lost when its file could not be made
@@ -196,6 +198,24 @@ def test_paths_and_numbers_are_checked_before_the_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unknown_flag_gets_its_commands_usage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench-ffn", "--bogus"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: mabert-hw bench-ffn [-h]")
+    assert err.rstrip().endswith("mabert-hw bench-ffn: error: unrecognized arguments: --bogus")
+
+
+def test_output_under_a_file_names_the_file(tmp_path, capsys):
+    """A file where a directory of the path should be: said so, not "no such directory"."""
+    (tmp_path / "afile").write_text("")
+    for output in (tmp_path / "afile" / "x.csv", tmp_path / "afile" / "sub" / "x.csv"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["profile", "bert-base-uncased", "--output", str(output)])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.rstrip().endswith(f"{tmp_path / 'afile'} is not a directory")
 
 
 def test_memory_error_is_one_line(capsys):

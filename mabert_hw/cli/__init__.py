@@ -29,11 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         import_module(f"{__name__}.{name}").register(subparsers)
+    parser.commands = subparsers.choices  # name -> its parser, for errors found after parsing
     return parser
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, with an unknown flag refused by its command's parser: the error shows that command's
+    usage line (argparse's own check, at the top level, shows `mabert-hw [-h] COMMAND ...`)."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         refuse_outputs_over_inputs(args)
         return args.run(args) or 0

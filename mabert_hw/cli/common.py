@@ -115,11 +115,13 @@ STANDARD_STREAMS = {"-": "stdout", "/dev/stdout": "stdout", "/dev/stderr": "stde
 
 def output_file(text: str) -> str:
     """A file path to write later: checked before the work starts, so a typo does not cost the run."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty: give a file name")
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory: give a file name")
     if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"no such directory: {path.parent}")
+        raise argparse.ArgumentTypeError(missing_directory(path.parent))
     try:
         target = path.resolve()  # a symlink is written through: its target's directory must exist too
     except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python < 3.13)
@@ -131,6 +133,14 @@ def output_file(text: str) -> str:
     if not target.exists() or target.is_file():  # a device or FIFO is written in place, not replaced
         _probe_directory(text, target.parent)
     return text
+
+
+def missing_directory(directory: Path) -> str:
+    """Why `directory`, which is not a directory, cannot hold a file: a file on its path, or nothing."""
+    existing = next((part for part in (directory, *directory.parents) if part.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is not a directory"
+    return f"no such directory: {directory}"
 
 
 def _probe_directory(text: str, directory: Path) -> None:
