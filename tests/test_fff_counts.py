@@ -72,6 +72,14 @@ def test_bench_ffn_runs_small_and_reports_json(capsys):
     assert main(["bench-ffn", "--depth", "40"]) == 2
 
 
+def test_bench_ffn_table_prints_the_mac_ratio_unrounded(capsys):
+    """2 * 16 * 1 dense MACs per token against 4 levels * 2 * 16: 0.25, which one decimal made 0.2."""
+    pytest.importorskip("numba")
+    assert main(["bench-ffn", "--hidden", "16", "--depth", "3", "--tokens", "16", "--dense-width", "1",
+                 "--rounds", "1", "--no-torch"]) == 0
+    assert "theoretical MAC ratio dense/FFF: 0.25x;" in capsys.readouterr().out
+
+
 def test_the_io_floor_copies_x_and_the_table_states_its_bound(capsys):
     """io-floor reads x and writes it to y (nothing computed), the least DRAM traffic of any FFN kernel;
     the table states the dense FF over it as the bound. A width off the cache line gets no such row."""

@@ -132,7 +132,7 @@ def framed(table: str, facts: dict, separator: str, rows: list[dict]) -> str:
         f"F={p['dense_width']}; {facts['rounds']} interleaved rounds on {facts['machine']}, threads "
         f"{facts['threads']}, BLAS {facts['blas']}",
         table,
-        f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.1f}x; fff-numba vs fff-numpy-gather maxdiff "
+        f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.4g}x; fff-numba vs fff-numpy-gather maxdiff "
         f"{facts['fff_numba_vs_numpy_maxdiff']:.2g}, "
         f"dense-fast vs dense-numpy {facts['dense_fast_vs_numpy_maxdiff']:.2g}",
         said_target(facts["target"]),
