@@ -29,7 +29,7 @@ import numpy as np
 from . import crammed_checkpoint, ma_checkpoint
 from .errors import UserError, error_summary
 from .inputs import TOKENIZER_FILES
-from .spec import PRESETS, ModelSpec, Variant, real_number, whole_number
+from .spec import PRESETS, ModelSpec, Variant, positive_size, real_number, whole_number
 from .weights import Weights, check_shapes, expected_shapes, refuse_extra_layers, weights_digest
 
 MINILM_ALIAS = "minilm"
@@ -108,6 +108,8 @@ def load(source: str | Path) -> Checkpoint:
         if path.suffix != ".json":
             raise UserError(f"{source}: expected a checkpoint directory or a config.json, got a {path.suffix or 'plain'} file")
         return _from_config(read_config(path), None, path.parent.name, source, None)  # shapes only
+    if not path.is_dir():  # a device or FIFO (/dev/null): neither a checkpoint file nor a directory
+        raise UserError(f"{source}: not a checkpoint directory or file")
     config_path = path / "config.json"
     if not config_path.exists() and (path / crammed_checkpoint.CRAMMING_CONFIG).exists():
         config_path = path / crammed_checkpoint.CRAMMING_CONFIG
@@ -218,13 +220,13 @@ def spec_from_config(config: dict, name: str, has_pooler: bool = True, num_label
     try:
         return ModelSpec(
             name=name,
-            vocab_size=whole_number(config["vocab_size"], "vocab_size"),
-            hidden=whole_number(config["hidden_size"], "hidden_size"),
-            layers=whole_number(config["num_hidden_layers"], "num_hidden_layers"),
-            heads=whole_number(config["num_attention_heads"], "num_attention_heads"),
-            intermediate=whole_number(config["intermediate_size"], "intermediate_size"),
-            max_positions=whole_number(config.get("max_position_embeddings", 512), "max_position_embeddings"),
-            type_vocab_size=whole_number(config.get("type_vocab_size", 2), "type_vocab_size"),
+            vocab_size=positive_size(config["vocab_size"], "vocab_size"),
+            hidden=positive_size(config["hidden_size"], "hidden_size"),
+            layers=positive_size(config["num_hidden_layers"], "num_hidden_layers"),
+            heads=positive_size(config["num_attention_heads"], "num_attention_heads"),
+            intermediate=positive_size(config["intermediate_size"], "intermediate_size"),
+            max_positions=positive_size(config.get("max_position_embeddings", 512), "max_position_embeddings"),
+            type_vocab_size=positive_size(config.get("type_vocab_size", 2), "type_vocab_size"),
             eps=real_number(config.get("layer_norm_eps", 1e-12), "layer_norm_eps"),
             has_pooler=has_pooler,
             num_labels=num_labels,
@@ -370,6 +372,10 @@ def check_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> Weights:
     refuse_extra_layers(spec, state)
     shapes = expected_shapes(spec)
     check_shapes(state, shapes)
+    for key in shapes:  # integers would be read as float values: a quantized file's codes, not the weights
+        if not np.issubdtype(state[key].dtype, np.floating):
+            raise UserError(f"weight {key} is {state[key].dtype}, not floating point: quantized or "
+                            "integer checkpoints are not supported")
     return {key: np.ascontiguousarray(state[key], dtype=np.float32) for key in shapes}
 
 

@@ -58,7 +58,7 @@ import numpy as np
 
 from .errors import UserError
 from .fff import crammed_fff_key, fff_shapes, n_nodes
-from .spec import ModelSpec, Variant, real_number, whole_number
+from .spec import ModelSpec, Variant, positive_size, real_number, whole_number
 from .weights import FINAL_NORM, Weights, check_shapes, layer_prefix
 
 MODEL_TYPE = "crammedBERT"  # crammedBertConfig.model_type
@@ -150,10 +150,10 @@ def parse_arch(config: dict) -> CrammedArch:
     vocab = get("embedding.vocab_size", None)
     try:
         def whole(path: str) -> int:
-            return whole_number(get(path), f"arch.{path}")
+            return positive_size(get(path), f"arch.{path}")
 
         hidden = whole("hidden_size")
-        depth = whole("intermed_depth") if ffn == "fff" else 0
+        depth = whole_number(get("intermed_depth"), "arch.intermed_depth") if ffn == "fff" else 0
         if depth < 0:  # else n_nodes is 0 or fractional, and the spec blames a width the config never names
             raise UserError(f"crammed arch.intermed_depth must be >= 0, got {depth}")
         if whole("embedding.embedding_dim") != hidden:

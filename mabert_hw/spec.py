@@ -189,6 +189,15 @@ def whole_number(value, key: str) -> int:
     return int(value)
 
 
+def positive_size(value, key: str) -> int:
+    """A size read from a config (a whole_number) that must be at least 1, refused under the config's
+    own key (ModelSpec's check would name its field: `intermediate` for `intermediate_size`)."""
+    size = whole_number(value, key)
+    if size <= 0:
+        raise ValueError(f"{key} must be positive, got {size}")
+    return size
+
+
 def real_number(value, key: str) -> float:
     """A real number read from a config (layer_norm_eps): an int or a float. The string "1e-12" is
     refused, as transformers refuses it, not parsed; raises ValueError like whole_number."""

@@ -31,8 +31,8 @@ def refuse_extra_layers(spec: ModelSpec, state: dict) -> None:
     and the model that runs is then a truncated one, whatever its figures say."""
     extra = sorted({int(m.group(1)) for key in state if (m := ENCODER_LAYER_KEY.match(key))} - set(range(spec.layers)))
     if extra:
-        raise UserError(f"the weights hold encoder layer {extra[0]}, but the config has num_hidden_layers = "
-                        f"{spec.layers}: do the config and the weights match?")
+        raise UserError(f"the weights hold {extra[-1] + 1} encoder layers (up to encoder.layer.{extra[-1]}), but the "
+                        f"config has num_hidden_layers = {spec.layers}: do the config and the weights match?")
 
 
 def check_shapes(state: dict, shapes: dict[str, tuple[int, ...]]) -> None:

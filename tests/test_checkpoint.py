@@ -78,6 +78,7 @@ def error_of(source) -> str:
 def test_missing_file(tmp_path):
     assert "no such file or directory" in error_of(tmp_path / "nope")
     assert "missing config.json" in error_of(tmp_path)
+    assert error_of("/dev/null") == "/dev/null: not a checkpoint directory or file"  # was "missing config.json"
 
 
 def test_unsupported_model_type(tmp_path):
@@ -224,7 +225,7 @@ def test_weights_with_more_layers_than_the_config_are_refused(tmp_path, capsys):
         "num_attention_heads": spec.heads, "intermediate_size": spec.intermediate,
         "max_position_embeddings": spec.max_positions}))
     assert main(["profile", str(tmp_path)]) == 2
-    assert "the weights hold encoder layer 1, but the config has num_hidden_layers = 1" in capsys.readouterr().err
+    assert "the weights hold 2 encoder layers (up to encoder.layer.1), but the config has num_hidden_layers = 1" in capsys.readouterr().err
 
 
 # hidden_act gelu_python is HF's exact GELU and is read as such; gelu_accurate is the tanh form, refused

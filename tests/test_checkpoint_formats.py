@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 
 from mabert_hw import checkpoint
@@ -57,6 +58,17 @@ def test_bf16_safetensors_without_torch_is_a_one_line_error(tmp_path, monkeypatc
     tiny().to(torch.bfloat16).save_pretrained(tmp_path)
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # importing it now raises ImportError
     assert "BF16 safetensors needs torch" in error_of(tmp_path)
+
+
+def test_integer_weights_are_refused(tmp_path):
+    """int32 codes used to be widened to float32 and run as if they were the weights."""
+    tiny().save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    key = "encoder.layer.0.output.dense.weight"
+    state[key] = state[key].round().astype(np.int32)
+    save_file(state, tmp_path / "model.safetensors")
+    assert error_of(tmp_path) == (f"weight {key} is int32, not floating point: quantized or integer "
+                                  "checkpoints are not supported")
 
 
 def test_bf16_safetensors_profile_exits_0(tmp_path):
@@ -190,6 +202,10 @@ def test_classifier_without_pooler_or_architectures_is_refused(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"type_vocab_size": 0}, "type_vocab_size must be positive, got 0"),
     ({"type_vocab_size": -1}, "type_vocab_size must be positive, got -1"),
+    # named by the config's key, not the spec's field (was "intermediate must be positive")
+    ({"intermediate_size": 0}, "intermediate_size must be positive, got 0"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be positive, got 0"),
+    ({"max_position_embeddings": -3}, "max_position_embeddings must be positive, got -3"),
     ({"num_hidden_layers": 10_001}, "10001 layers is past the 10,000 this tool traces"),  # profile grew without bound
     ({"architectures": 5}, "config 'architectures' must be a list of class names, got 5"),
     ({"architectures": "BertForSequenceClassification"}, "config 'architectures' must be a list of class names"),

@@ -75,6 +75,13 @@ def test_arch_section_without_its_layer_count_names_the_key(tmp_path):
         checkpoint.load(directory)
 
 
+@pytest.mark.parametrize("key", ["num_transformer_layers", "attention.num_attention_heads", "embedding.max_seq_length"])
+def test_a_zero_size_is_named_by_its_arch_key(key):
+    """Was ModelSpec's field name ("layers must be positive"), a name the crammed config never uses."""
+    with pytest.raises(UserError, match=f"crammed config has a bad value: arch.{key} must be positive, got 0"):
+        parse_arch(arch_config(**{key: 0}))
+
+
 def test_fractional_sizes_are_refused():
     arch = arch_config()
     arch["intermed_depth"] = 3.5

@@ -282,7 +282,8 @@ def test_ma_weights_with_more_layers_than_the_config_are_refused():
     spec = dataclasses.replace(TINY_SPECS[0], variant=variant)
     state = dict(random_weights(spec, 3))
     state["encoder.layer.2.output.dense.bias"] = np.zeros(spec.hidden, np.float32)
-    with pytest.raises(UserError, match="the weights hold encoder layer 2, but the config has num_hidden_layers = 2"):
+    message = r"the weights hold 3 encoder layers \(up to encoder.layer.2\), but the config has num_hidden_layers = 2"
+    with pytest.raises(UserError, match=message):
         ma_weights(spec, state)
 
 
