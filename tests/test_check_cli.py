@@ -38,3 +38,41 @@ def test_check_fails_a_nan_row(tmp_path, capsys, config_json, monkeypatch):
     monkeypatch.setattr(check, "compare_with_hf", lambda *args: [("layer 0", 1e-13), ("layer 1", float("nan"))])
     assert main(["check", str(config_json)]) == 1
     assert "FAIL: max |diff| nan" in capsys.readouterr().out
+
+
+def batch_checked(monkeypatch, capsys, *argv) -> tuple[tuple[int, int], str]:
+    """The (B, T) shape of the batch `check ARGV` compares (HF's side stubbed) and what it printed."""
+    from mabert_hw.torch_ref import check
+
+    shapes = []
+    monkeypatch.setattr(check, "compare_with_hf", lambda ck, weights, batch, directory: shapes.append(batch.shape)
+                        or [("layer 0", 0.0)])
+    assert main(["check", *map(str, argv)]) == 0
+    return shapes[0], capsys.readouterr().out
+
+
+def test_check_batch_is_the_number_of_sequences(classifier, tmp_path, monkeypatch, capsys):
+    # --batch 6 ran the 4 built-in sentences, and --batch 3 on a file of one text ran that text once
+    (rows, _), out = batch_checked(monkeypatch, capsys, classifier, "--batch", "6")
+    assert rows == 6 and "inputs: 6 tokenised texts (repeating 4 in turn)" in out
+    one = tmp_path / "one.txt"
+    one.write_text("a single sentence\n")
+    (rows, _), out = batch_checked(monkeypatch, capsys, classifier, "--texts", one, "--batch", "3")
+    assert rows == 3 and "inputs: 3 tokenised texts (repeating 1 in turn)" in out
+    (rows, _), out = batch_checked(monkeypatch, capsys, classifier, "--batch", "2")
+    assert rows == 2 and "inputs: 2 tokenised texts," in out
+
+
+def test_check_cycled_texts():
+    from mabert_hw.cli.check import cycled
+
+    assert cycled(["a", "b", "c"], 2) == ["a", "b"]
+    assert cycled(["a", "b"], 5) == ["a", "b", "a", "b", "a"]
+
+
+def test_check_refuses_an_empty_texts_path(classifier, capsys):
+    # was: the built-in sentences, silently
+    from .helpers import refused
+
+    assert refused(capsys, ["check", str(classifier), "--texts", ""]) == "mabert-hw: error: --texts is empty: " \
+        "give a file of texts"

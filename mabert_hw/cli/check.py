@@ -41,7 +41,9 @@ def register(subparsers) -> None:
     add_checkpoint(parser)
     parser.add_argument("--texts", metavar="FILE", help="one text per line, or a GLUE .tsv (its sentence columns) "
                         "(default: built-in sentences)")
-    parser.add_argument("--batch", type=positive_int, default=4, help="number of sequences (default 4)")
+    parser.add_argument("--batch", type=positive_int, default=4,
+                        help="number of sequences (default 4): the first BATCH texts, taken again in turn where "
+                        "there are fewer")
     parser.add_argument("--seq-len", type=positive_int,
                         help="pad/truncate to T tokens (default: longest text, or 64 (at most the model "
                         "positions and an MA-BERT approximator's inputs) for random ids)")
@@ -82,18 +84,26 @@ def run(args) -> int:
 
 def check_inputs(args, ck: checkpoint.Checkpoint) -> Batch:
     """Tokenised text when the checkpoint has a tokenizer, seeded random ids with padding otherwise."""
+    if args.texts == "":  # a file name left empty (an unset shell variable): not the built-in sentences
+        raise UserError("--texts is empty: give a file of texts")
     if ck.tokenizer_dir is not None:
         if args.seq_len:
             check_seq_len(ck.spec, args.seq_len)
         texts = data_texts(args.texts) if args.texts else list(SAMPLE_TEXTS)
-        batch = tokenize(ck.tokenizer_dir, texts[: args.batch], args.seq_len)
-        print(f"inputs: {len(texts[: args.batch])} tokenised texts, {batch.shape[1]} tokens")
+        batch = tokenize(ck.tokenizer_dir, cycled(texts, args.batch), args.seq_len)
+        repeated = f" (repeating {len(texts)} in turn)" if len(texts) < args.batch else ""
+        print(f"inputs: {args.batch} tokenised texts{repeated}, {batch.shape[1]} tokens")
         return batch
     if args.texts:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt): cannot use --texts")
     batch = random_batch(ck.spec, args.batch, args.seq_len or default_random_length(ck.spec), args.seed)
     print(f"inputs: random ids {batch.shape[0]} x {batch.shape[1]} with padding (seed {args.seed})")
     return batch
+
+
+def cycled(texts: list[str], count: int) -> list[str]:
+    """`count` texts: the first `count`, or all of them taken again in turn where there are fewer."""
+    return [texts[i % len(texts)] for i in range(count)]
 
 
 def default_random_length(spec) -> int:
