@@ -136,8 +136,42 @@ def test_infer_multi_label_prints_sigmoids(tmp_path, capsys):
     records = infer_json(capsys, tmp_path, TEXTS)
     expected = torch.sigmoid(torch.from_numpy(hf_logits(tmp_path, TEXTS))).numpy()
     np.testing.assert_allclose([r["probabilities"] for r in records], expected, atol=INFER_ATOL, rtol=0)
-    assert [r["labels"] for r in records] == [np.flatnonzero(p > 0.5).tolist() for p in expected]
+    assert [r["label_ids"] for r in records] == [np.flatnonzero(p > 0.5).tolist() for p in expected]
+    assert [r["labels"] for r in records] == [[f"LABEL_{i}" for i in r["label_ids"]] for r in records]
     assert np.abs(expected.sum(axis=1) - 1.0).max() > 0.1  # sigmoids, not a softmax
+
+
+NAMES = {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def test_infer_names_the_label_by_id2label(tmp_path, capsys):
+    """The label was its output index alone (`label 0`), whatever config.json's id2label called it."""
+    save_model(BertForSequenceClassification, tmp_path, num_labels=3, id2label=NAMES,
+               label2id={v: k for k, v in NAMES.items()})
+    records = infer_json(capsys, tmp_path, TEXTS)
+    expected = hf_logits(tmp_path, TEXTS).argmax(axis=1).tolist()
+    assert [(r["label"], r["label_id"]) for r in records] == [(NAMES[i], i) for i in expected]
+    assert len(set(expected)) > 1  # the texts get different labels: no constant passes
+    code, out, _ = run_cli(capsys, "infer", tmp_path, *[a for t in TEXTS for a in ("--text", t)])
+    assert code == 0 and [line.split()[-2:] for line in out.splitlines()[2:]] == [[NAMES[i], str(i)] for i in expected]
+
+
+def test_multi_label_records_name_the_labels_above_one_half():
+    from mabert_hw.cli.infer import classifier_records
+
+    logits = np.array([[2.0, -2.0, 1.0], [-1.0, -1.0, -1.0]])
+    records = classifier_records(["a", "b"], logits, "multi_label_classification", ["x", "y", "z"])
+    assert [(r["labels"], r["label_ids"]) for r in records] == [(["x", "z"], [0, 2]), ([], [])]
+
+
+def test_id2label_without_a_label_for_an_output_is_one_line():
+    from mabert_hw.cli.infer import label_names
+
+    assert label_names({}, 2) == ["LABEL_0", "LABEL_1"]
+    with pytest.raises(UserError, match="config 'id2label' names no label for output 1"):
+        label_names({"id2label": {"0": "a", "2": "c"}}, 2)
+    with pytest.raises(UserError, match="config 'id2label' must map output indices to labels"):
+        label_names({"id2label": {"first": "a"}}, 1)
 
 
 def test_infer_explicit_regression_with_several_outputs(tmp_path, capsys):

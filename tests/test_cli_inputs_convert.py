@@ -94,6 +94,21 @@ def test_resume_with_other_model_shaping_flags_lists_them(tmp_path, capsys, teac
     assert message in err
 
 
+def test_resume_with_fewer_steps_than_were_run_is_refused(tmp_path, capsys, teacher_dir, corpus):
+    # was: the model written again without a word, its config.json saying "steps": 1 beside "steps_run": 2
+    out = tmp_path / "out"
+    assert convert(teacher_dir, out, corpus, "--steps", "2") == 0
+    written = {name: (out / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    capsys.readouterr()
+    line = refused(capsys, ["convert", str(teacher_dir), "--out", str(out), "--data", str(corpus), *SMALL,
+                            "--steps", "1", "--resume"])
+    assert line == (f"mabert-hw: error: {out / 'train_state.pt'} has made 2 knowledge-transfer steps, more than "
+                    "--steps 1 (with --resume, the total): give --steps 2 or more, or choose another --out to start "
+                    "over")
+    assert {name: (out / name).read_bytes() for name in written} == written
+    assert convert(teacher_dir, out, corpus, "--steps", "2", "--resume") == 0  # as many: the model written again
+
+
 def test_prefit_mse_survives_an_interrupted_run(tmp_path, capsys, teacher_dir, corpus):
     out = tmp_path / "out"
     assert convert(teacher_dir, out, corpus, "--steps", "1") == 0
@@ -140,9 +155,36 @@ def test_softmax_error_truncates_long_texts_to_the_approximator_width(tmp_path, 
     data.write_text(" ".join(["the approximator sees at most sixteen columns"] * 12) + "\nShort one.\n")
     assert main(["softmax-error", str(ma16), "--data", str(data), "--pad-to", "16", "64",
                  "--output-dir", str(tmp_path / "err")]) == 0
-    assert "--pad-to 64 skipped: above the approximator's n = 16" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--pad-to 64 skipped: above the approximator's n = 16" in err
+    assert "mabert-hw: warning: 1 of 2 texts truncated to the model's 16 tokens" in err  # as `infer` warns
     padding = json.loads((tmp_path / "err" / "softmax_error_padding.json").read_text())
-    assert [row["padded_to"] for row in padding] == [16, 16]
+    assert [row["padded_to"] for row in padding] == [16]  # --pad-to 16 is the first batch's own width: once
+
+
+def test_softmax_error_measures_exactly_max_rows(ma16, corpus, capsys):
+    # was: every row of the batch that reached --max-rows (all 12 texts' rows for --max-rows 7)
+    assert main(["softmax-error", str(ma16), "--data", str(corpus), "--max-rows", "7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("7 query rows x 2 layers x 3 heads;")
+    header, _, layer0 = lines[1:4]
+    assert layer0.split()[header.split().index("rows")] == str(7 * 3)  # each of the 3 heads' rows
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_interrupted_softmax_error_removes_only_the_empty_output_dir_it_made(tmp_path, capsys, monkeypatch,
+                                                                          ma16, corpus, before):
+    from mabert_hw.torch_ref import softmax_error
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(softmax_error, "row_errors", interrupted)
+    folder = tmp_path / "new" / "se"
+    if before:
+        folder.mkdir(parents=True)
+    assert main(["softmax-error", str(ma16), "--data", str(corpus), "--output-dir", str(folder)]) == 130
+    assert folder.is_dir() == before and (tmp_path / "new").is_dir() == before
 
 
 def test_softmax_error_refuses_a_non_baseline_teacher(tmp_path, capsys, ma16, corpus):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from .. import checkpoint
 from ..backends import make_backend
 from ..errors import UserError
 from ..eval.tasks import token_limit
-from ..inputs import tokenize
+from ..inputs import Batch, tokenize
 from ..model import forward
 from ..report.tables import text_table
 from .common import add_checkpoint
@@ -27,7 +28,8 @@ def register(subparsers) -> None:
         description="Tokenise the texts, run the reference backend and print, per text, the pooled "
         "sentence vector (its norm and first values) or, for a classifier, what its problem_type makes of "
         "the logits as HF's loss does: softmax probabilities (single label), sigmoid per label (multi-label) or "
-        "the raw scores (regression, and any one-output head without a problem_type).",
+        "the raw scores (regression, and any one-output head without a problem_type). A label is shown by its "
+        "name in config.json's id2label (HF's LABEL_i without one) and its output index (label_id).",
     )
     add_checkpoint(parser)
     parser.add_argument("--text", action="append", required=True, help="a text (repeat for several)")
@@ -53,23 +55,35 @@ def run(args) -> int:
                         f"({ck.spec.num_labels} outputs from its pooled [CLS] row)")
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt)")
-    batch = tokenize(ck.tokenizer_dir, args.text)
     longest = token_limit(ck.spec, ck.spec.max_positions)  # MA-BERT: also the approximator's n inputs
-    if batch.shape[1] > longest:
-        truncated = int((batch.attention_mask.sum(axis=1) > longest).sum())
-        print(f"mabert-hw: warning: {truncated} of {len(args.text)} texts truncated to the model's {longest} tokens",
-              file=sys.stderr)
-        batch = tokenize(ck.tokenizer_dir, args.text, longest)
+    batch, truncated = tokenize_cut(ck.tokenizer_dir, args.text, longest)
+    warn_truncated(truncated, len(args.text), longest)
     out = forward(ck.spec, weights, batch.input_ids, make_backend("reference"),
                   batch.attention_mask, batch.token_type_ids)
     if out.logits is not None:
-        problem = problem_type(checkpoint_config(args.ckpt), ck.spec.num_labels)
-        records = classifier_records(args.text, out.logits, problem)
+        config = checkpoint_config(args.ckpt)
+        problem = problem_type(config, ck.spec.num_labels)
+        records = classifier_records(args.text, out.logits, problem, label_names(config, ck.spec.num_labels))
     else:
         records = vector_records(args.text, sentence_vectors(out.last_hidden_state, batch.attention_mask,
                                                              args.pooling or "mean"))
     print(json.dumps(records, indent=2) if args.format == "json" else text_table(shortened(records)))
     return 0
+
+
+def tokenize_cut(directory: Path, texts: list[str], limit: int) -> tuple[Batch, int]:
+    """tokenize_within(directory, texts, limit), and how many texts it cut to `limit` tokens (for warn_truncated)."""
+    batch = tokenize(directory, texts)
+    if batch.shape[1] <= limit:
+        return batch, 0
+    return tokenize(directory, texts, limit), int((batch.attention_mask.sum(axis=1) > limit).sum())
+
+
+def warn_truncated(truncated: int, total: int, limit: int) -> None:
+    """The warning of a command that cut `truncated` of its `total` texts to the `limit` tokens the model takes."""
+    if truncated:
+        print(f"mabert-hw: warning: {truncated} of {total} texts truncated to the model's {limit} tokens",
+              file=sys.stderr)
 
 
 TABLE_TEXT_CHARS = 60  # a table row stays on one line of a wide terminal; json keeps the whole text
@@ -107,19 +121,37 @@ def problem_type(config: dict, num_labels: int) -> str:
     return declared
 
 
-def classifier_records(texts: list[str], logits: np.ndarray, problem: str) -> list[dict]:
+def label_names(config: dict, num_labels: int) -> list[str]:
+    """The name of each output, as HF's config resolves it: id2label (keys are output indices as strings),
+    else LABEL_0, LABEL_1, ..."""
+    id2label = config.get("id2label")
+    if id2label is None:
+        return [f"LABEL_{i}" for i in range(num_labels)]
+    try:
+        names = {int(key): str(name) for key, name in id2label.items()}
+    except (AttributeError, ValueError):
+        raise UserError(f"config 'id2label' must map output indices to labels, got {id2label!r:.60}") from None
+    missing = [i for i in range(num_labels) if i not in names]
+    if missing:
+        raise UserError(f"config 'id2label' names no label for output {missing[0]} (the head has {num_labels})")
+    return [names[i] for i in range(num_labels)]
+
+
+def classifier_records(texts: list[str], logits: np.ndarray, problem: str, names: list[str]) -> list[dict]:
     """Per text: raw scores (regression), sigmoid probabilities and the labels above one half (multi-label),
-    or softmax probabilities and the argmax label (single label)."""
+    or softmax probabilities and the argmax label (single label); labels by name (`names`) and output index."""
     from scipy.special import expit, softmax
 
     if problem == "regression":
         return [{"text": text, "scores": rounded(row)} for text, row in zip(texts, logits)]
     if problem == "multi_label_classification":
         probs = expit(logits)
-        return [{"text": text, "probabilities": rounded(p),
-                 "labels": np.flatnonzero(p > MULTI_LABEL_THRESHOLD).tolist()} for text, p in zip(texts, probs)]
+        chosen = [np.flatnonzero(p > MULTI_LABEL_THRESHOLD).tolist() for p in probs]
+        return [{"text": text, "probabilities": rounded(p), "labels": [names[i] for i in ids], "label_ids": ids}
+                for text, p, ids in zip(texts, probs, chosen)]
     probs = softmax(logits, axis=-1)
-    return [{"text": text, "probabilities": rounded(p), "label": int(p.argmax())} for text, p in zip(texts, probs)]
+    return [{"text": text, "probabilities": rounded(p), "label": names[int(p.argmax())], "label_id": int(p.argmax())}
+            for text, p in zip(texts, probs)]
 
 
 def rounded(values: np.ndarray) -> list[float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from .. import checkpoint
@@ -10,9 +11,9 @@ from ..errors import UserError
 from ..inputs import data_texts, tokenize_within
 from ..report.tables import text_table
 from ..spec import PRESETS
-from .common import add_checkpoint, make_output_dir, positive_int
-from .convert import conversion_record
-from .infer import checkpoint_config
+from .common import add_checkpoint, positive_int
+from .convert import conversion_record, output_dir
+from .infer import checkpoint_config, tokenize_cut, warn_truncated
 
 COLUMNS = ("rows", "max_abs", "mean_abs", "negative_%", "sum_off_%", "kl", "argmax_agree_%", "topk_overlap_%")
 
@@ -31,16 +32,18 @@ def register(subparsers) -> None:
                         help="text file, one text per line, or a GLUE .tsv (its sentence columns)")
     parser.add_argument("--teacher", help="baseline checkpoint (default: the one CKPT was converted from)")
     parser.add_argument("--max-rows", type=positive_int, default=20000,
-                        help="stop after this many query rows (default %(default)s)")
+                        help="measure the first this many query rows (real tokens, in the texts' order; all, "
+                        "where there are fewer): stop after this many rows (default %(default)s)")
     parser.add_argument("--batch", type=positive_int, default=16, help="texts per batch (default %(default)s)")
     parser.add_argument("--pad-to", type=positive_int, nargs="*", default=[64, 128],
                         help="also pad the first batch to these lengths (padding dependence: KL and argmax "
                         "agreement of layer 0, mean |p - q| over all layers and all key columns of the padded batch; "
                         "default %(default)s); lengths above CKPT's approximator input n or its positions, or below "
-                        "the batch's own length, are skipped with a warning")
+                        "the batch's own length, are skipped with a warning, and its own length is not measured twice")
     parser.add_argument("--by", choices=("layer", "head", "length"), default="layer",
                         help="group the main table by this (default %(default)s)")
-    parser.add_argument("--output-dir", help="write CSV/JSON tables and PNG plots here")
+    parser.add_argument("--output-dir", help="write CSV/JSON tables and PNG plots here (created if missing, and "
+                        "removed again if the run fails or is interrupted while it is still empty)")
     parser.set_defaults(run=run)
 
 
@@ -51,10 +54,11 @@ def input_limit(ma_spec, teacher_spec) -> tuple[int, str]:
 
 
 def padding_lengths(requested: list[int], width: int, widest: int, what: str) -> list[int]:
-    """The --pad-to lengths that pad the first batch's sentences without cutting them and fit input_limit."""
-    kept = [p for p in requested if width <= p <= widest]
-    for p in requested:
-        if p not in kept:
+    """The --pad-to lengths that pad the first batch's sentences without cutting them and fit input_limit,
+    each once; the first batch's own width is measured already (it is the table's first row)."""
+    kept = [p for p in dict.fromkeys(requested) if width < p <= widest]
+    for p in dict.fromkeys(requested):
+        if p not in kept and p != width:
             why = f"above {what}" if p > widest else f"below the first batch's length {width}"
             print(f"mabert-hw: warning: --pad-to {p} skipped: {why}", file=sys.stderr)
     return kept
@@ -91,7 +95,6 @@ def padding_table(padding: list[dict]) -> list[dict]:
 
 def run(args) -> int:
     try:
-        from ..torch_ref import softmax_error as se
         from ..torch_ref.ma_bert import load_official
     except ImportError as error:
         raise UserError(f"`softmax-error` needs torch ({error.name} is not installed)") from None
@@ -104,8 +107,16 @@ def run(args) -> int:
         raise UserError(f"teacher {teacher_ck.source} is not a baseline BERT (variant "
                         f"{teacher_ck.spec.variant.describe()}): give the checkpoint CKPT was converted from")
     check_teacher_shape(ck.spec, teacher_ck)
-    output_dir = make_output_dir(args.output_dir) if args.output_dir else None
     teacher = load_official(teacher_ck.spec, teacher_ck.require_weights("softmax-error"))
+    # a run that fails or is stopped before it writes leaves no empty --output-dir, as `convert` leaves no --out
+    with output_dir(args.output_dir) if args.output_dir else nullcontext() as folder:
+        return measure(args, ck, teacher_ck, teacher, teacher_source, folder)
+
+
+def measure(args, ck, teacher_ck, teacher, teacher_source: str, folder: Path | None) -> int:
+    """`run`'s tables, on the teacher's torch module: printed and, with a folder, written there."""
+    from ..torch_ref import softmax_error as se
+
     weights = ck.require_weights("softmax-error")
     tokenizer_dir = ck.tokenizer_dir or teacher_ck.tokenizer_dir
     if tokenizer_dir is None:
@@ -114,27 +125,30 @@ def run(args) -> int:
     first = tokenize_within(tokenizer_dir, texts[:args.batch], widest)  # never wider than input_limit
     padded = [first] + [tokenize_within(tokenizer_dir, texts[:args.batch], widest, p)
                         for p in padding_lengths(args.pad_to, first.shape[1], widest, what)]
-    parts, rows = [], 0
+    parts, rows, truncated, read = [], 0, 0, 0
     for start in range(0, len(texts), args.batch):
-        batch = tokenize_within(tokenizer_dir, texts[start:start + args.batch], widest)
+        batch, cut = tokenize_cut(tokenizer_dir, texts[start:start + args.batch], widest)
+        truncated, read = truncated + cut, read + batch.shape[0]
         parts.append(se.row_errors(teacher, ck.spec, weights, batch))
         rows += int(batch.attention_mask.sum())
         if rows >= args.max_rows:
             break
-    errors = se.merge(parts)
+    warn_truncated(truncated, read, widest)
+    errors = se.first_rows(se.merge(parts), args.max_rows)
     table = se.summary_rows(errors, args.by)
     padding = []
     for batch in padded:
         e = se.row_errors(teacher, ck.spec, weights, batch)
         padding.append({"padded_to": batch.shape[1], **se.summary_rows(e, "layer")[0],
                         "mean_abs_all_layers": float(e["mean_abs"].mean())})
-    print(f"{rows} query rows x {ck.spec.layers} layers x {ck.spec.heads} heads; teacher {teacher_source}")
+    print(f"{errors['length'].size} query rows x {ck.spec.layers} layers x {ck.spec.heads} heads; "
+          f"teacher {teacher_source}")
     print(text_table(table, [c for c in table[0] if c not in COLUMNS] + list(COLUMNS)))
     print("\npadding dependence (first batch, same sentences; mean |p - q| over all layers and all key columns "
           "of the padded batch, KL and argmax agreement of layer 0):")
     print(text_table(padding_table(padding)))
-    if output_dir:
+    if folder:
         from ..report.ma_plots import write_softmax_error
 
-        write_softmax_error(output_dir, errors, padding)
+        write_softmax_error(folder, errors, padding)
     return 0

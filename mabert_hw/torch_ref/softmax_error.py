@@ -70,6 +70,11 @@ def merge(parts: list[dict]) -> dict:
     return {k: np.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]}
 
 
+def first_rows(errors: dict, count: int) -> dict:
+    """The metrics of the first `count` rows (all, where there are fewer): rows run along the last axis."""
+    return {k: v[..., :count] for k, v in errors.items()}
+
+
 METRICS = ("max_abs", "mean_abs", "negative", "sum_off", "kl", "argmax_agree", "topk_overlap")
 PERCENT = ("negative", "sum_off", "argmax_agree", "topk_overlap")  # fractions of rows, shown in %
 
