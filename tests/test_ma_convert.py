@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,23 @@ def test_convert_resume_load_and_softmax_error(tmp_path, teacher_dir, corpus, ca
     printed = capsys.readouterr().out
     assert "argmax_agree_%" in printed and "padding dependence" in printed
     assert (tmp_path / "err" / "softmax_error_heatmap.png").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_the_saved_model_gets_the_mode_of_any_file(tmp_path, umask):
+    # safetensors' save_file wrote model.safetensors 0o600 while config.json and the rest were 0o644
+    from mabert_hw.spec import VARIANTS
+    from mabert_hw.torch_ref.export import save_ma_dir
+
+    spec = TINY_TEACHER.with_variant(**{**VARIANTS["ma"].__dict__, "softmax_input": 16, "softmax_hidden": 4})
+    previous = os.umask(umask)
+    try:
+        out = save_ma_dir(MABertModel(spec), tmp_path / "ma", None)
+    finally:
+        os.umask(previous)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == \
+        {"config.json": 0o666 & ~umask, "model.safetensors": 0o666 & ~umask}
+    assert checkpoint.load(out).spec.variant.softmax == "mlp"
 
 
 def test_ablation_conversion_is_loadable(tmp_path, teacher_dir, corpus):
@@ -172,8 +191,9 @@ def test_softmax_error_defaults_on_a_model_with_64_positions(ma_wide, tmp_path, 
     assert main(["softmax-error", str(ma_wide), "--data", str(data), "--output-dir", str(tmp_path / "err")]) == 0
     captured = capsys.readouterr()
     assert "--pad-to 128 skipped: above the model's 64 positions" in captured.err
+    assert "1 of 3 texts truncated to the model's 64 tokens" in captured.err
     padding = json.loads((tmp_path / "err" / "softmax_error_padding.json").read_text())
-    assert [row["padded_to"] for row in padding] == [64, 64]
+    assert [row["padded_to"] for row in padding] == [64]  # --pad-to 64, the first batch's own width: not twice
     # the padding table's KL and argmax agreement are layer 0's, and labelled so
     table = captured.out.split("padding dependence")[1]
     assert "KL and argmax agreement of layer 0" in table

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                         help="single-technique ablation instead of the full MA conversion")
     parser.add_argument("--steps", type=non_negative_int, default=1000,
                         help="knowledge-transfer steps (default %(default)s; 0 = none); with --resume, the "
-                        "total including the steps the earlier run made")
+                        "total including the steps the earlier run made (so not fewer than those)")
     parser.add_argument("--batch", type=positive_int, default=16, help="texts per batch (default %(default)s)")
     parser.add_argument("--max-len", type=positive_int, default=64, help="max tokens per text (default %(default)s)")
     parser.add_argument("--lr", type=positive_float, default=1e-4,
@@ -126,6 +126,17 @@ def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
         earlier = conversion_record(checkpoint.read_config(config_path))
         saved = saved | {k: earlier[k] for k in ("prefit_mse",) if k in earlier}
     return saved | record
+
+
+def refuse_fewer_steps(state_path: Path, steps: int) -> None:
+    """With --resume, --steps counts the saved run's steps too: fewer than it made would write its model again
+    under a config.json whose "steps" is below its "steps_run"."""
+    from ..torch_ref import train
+
+    done = train.read_state(state_path)["step"]
+    if steps < done:
+        raise UserError(f"{state_path} has made {done} knowledge-transfer steps, more than --steps {steps} (with "
+                        f"--resume, the total): give --steps {done} or more, or choose another --out to start over")
 
 
 def saved_lr(state_path: Path) -> float:
@@ -252,6 +263,7 @@ def convert_into(out: Path, args) -> int:
     record = {"flags": shaping_flags(args), "teacher_weights": weights_digest(weights)}
     if resuming:
         record = resumed_record(state_path, out / "config.json", record)
+        refuse_fewer_steps(state_path, args.steps)
     lr = saved_lr(state_path) if resuming else args.lr
     if lr != args.lr:
         print(f"mabert-hw: note: the resumed run keeps the first run's learning rate {lr:g} (--lr {args.lr:g} "

@@ -8,8 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from ..atomic import atomic_write
 from ..inputs import TOKENIZER_FILES
 from ..spec import ModelSpec
 from .ma_bert import MABertModel
@@ -34,7 +35,10 @@ def ma_config(spec: ModelSpec) -> dict:
 def save_ma_dir(model: MABertModel, out: Path, tokenizer_dir: Path | None, extra: dict | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}  # shared copies apart
-    save_file(state, str(out / "model.safetensors"))
+    # save_file writes through a private temporary (mode 0o600) that it renames: serialised here and written
+    # by atomic_write, the file gets the mode any file gets (0o666 less the umask), at the cost of a copy in memory
+    with atomic_write(out / "model.safetensors", "wb") as handle:
+        handle.write(save(state))
     (out / "config.json").write_text(json.dumps({**ma_config(model.spec), **(extra or {})}, indent=2))
     for name in COPIED_TOKENIZER_FILES:
         if tokenizer_dir is not None and (tokenizer_dir / name).exists():

@@ -225,22 +225,35 @@ def knowledge_transfer(student: MABertModel, teacher: MABertModel, stream: Itera
             next(stream)
         log(f"resumed at step {start}")
     teacher.eval()
-    started = time.monotonic()
-    steps = range(start, cfg.steps)
+    started, out_of_time, stopped = time.monotonic(), False, []
     with stop_requests() as requested:
+        steps = steps_until(start, cfg.steps, stopped)
         for step in progress(steps, initial=start, total=cfg.steps) if progress else steps:
             _step(student, teacher, next(stream), optimizer, scheduler, step, history)
             out_of_time = cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time or requested:
+            # read once, so that a stop always follows its save; a signal after this stops the run a step later
+            stopping = bool(requested) or out_of_time
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or stopping:
                 save_state(state_path, student, optimizer, scheduler, history, record)
                 parts = {k: v for k, v in history[-1].items() if k not in ("step", "loss")}
                 log(f"step {step + 1}: loss {history[-1]['loss']:.4f} {parts}")
-            if requested:
-                raise Interrupted(step + 1)
-            if out_of_time:
-                log(f"stopped after {cfg.max_minutes} minutes at step {step + 1} of {cfg.steps}")
-                break
+            if stopping:
+                stopped.append(True)
+    if requested:  # the loop ended after a step whose state is saved
+        raise Interrupted(history[-1]["step"])
+    if out_of_time:
+        log(f"stopped after {cfg.max_minutes} minutes at step {history[-1]['step']} of {cfg.steps}")
     return history
+
+
+def steps_until(start: int, end: int, stopped: list) -> Iterator[int]:
+    """The step indices start .. end - 1, ending early once `stopped` is not empty after a step. The loop
+    over them ends by running out, not by break or raise: a progress bar (tqdm) counts a step when the
+    loop asks for the next one, so one left by break showed a step fewer than had run."""
+    for step in range(start, end):
+        yield step
+        if stopped:
+            return
 
 
 def _step(student: MABertModel, teacher: MABertModel, batch: Batch, optimizer, scheduler, step: int,
