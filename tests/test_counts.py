@@ -159,7 +159,15 @@ def test_params_are_the_checkpoints_at_any_length_and_schedule(capsys, tmp_path)
         assert code == 0
         totals.append(json.loads(out)["totals"])
     assert [t["params"] for t in totals] == [tensors] * 3
-    assert totals[0]["weight_bytes"] > totals[1]["weight_bytes"]
+    ops = {}
+    for seq_len in (128, 64):
+        code, out, _ = run_cli(capsys, "profile", str(path), "--seq-len", str(seq_len), "--format", "json")
+        ops[seq_len] = {op["name"]: op for op in json.loads(out)["ops"]}
+    first, second = (f"encoder.layer.0.attention.self.softmax.linear_relu_stack.{i}" for i in (0, 2))
+    n, h = 128, 128  # the config's approximator: Linear(n->h), Linear(h->n); read at T of its n
+    for T in (128, 64):
+        assert ops[T][first]["weight_bytes"] == 4 * (h * T + h) and ops[T][first]["params"] == h * n + h
+        assert ops[T][second]["weight_bytes"] == 4 * (T * h + T) and ops[T][second]["params"] == n * h + n
 
 
 def test_embedding_bytes_are_distinct_rows_capped_at_the_table():

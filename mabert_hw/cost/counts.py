@@ -212,8 +212,8 @@ def count_op(op: Op, bytes_per_element: float = 4) -> OpCount:
     elif op.kind == "fff":  # reads the visited nodes' rows, each once, as a dense layer reads its weights
         weight_elements = fff_walk_counts(op)["distinct_elements"]
         activation_elements = sum(prod(s) for s in op.inputs) + prod(op.output)
-    else:
-        weight_elements = params
+    else:  # the weights as read: an approximator's first T rows, not the params it holds
+        weight_elements = sum(prod(w) for w in op.weights)
         activation_elements = sum(prod(s) for s in op.inputs) + prod(op.output)
     return OpCount(
         op=op,
