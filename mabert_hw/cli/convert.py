@@ -72,6 +72,8 @@ def read_corpus(paths: list[str]) -> list[str]:
     texts: list[str] = []
     for name in paths:
         path = Path(name)
+        if path.is_dir():
+            raise UserError(f"--data {name} is a directory: give its text or TSV files")
         if not path.is_file():
             raise UserError(f"no such data file: {name}")
         if path.suffix == ".tsv":
