@@ -7,6 +7,7 @@ op's inputs + output exceed the activation SRAM), and "on-chip" (activation SRAM
 weights cross DRAM, an upper bound on what fusion/tiling buys). Also MA-BERT's speedup as T grows.
 
     python analysis/accelerator_cost.py            # -> reports/accelerator/ (~10 s)
+    python analysis/accelerator_cost.py --out DIR  # -> DIR
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from mabert_hw.cost.hw_summary import NONLINEAR_KINDS, category, shares
 from mabert_hw.report import plots
 from mabert_hw.report.tables import csv_table, markdown_table
 from mabert_hw.spec import PRESETS
-from mabert_hw.cli.common import script_description
+from mabert_hw.cli.common import run_script, script_description, script_output_dir
 
-OUT = Path(__file__).resolve().parents[1] / "reports" / "accelerator"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "reports" / "accelerator"  # --out's default
 MODEL = "bert-base-uncased"
 SEQ_LENS = (128, 512)
 SWEEP_SEQ_LENS = (32, 64, 128, 192, 256, 384, 512)
@@ -109,7 +111,7 @@ def sweep_rows(spec) -> list[dict]:
     return rows
 
 
-def write_plots(outcomes_by_case: dict, sweep: list[dict]) -> list[str]:
+def write_plots(outcomes_by_case: dict, sweep: list[dict], out: Path) -> list[str]:
     names = []
     for name in hardware.preset_names():
         bars = {}
@@ -117,16 +119,16 @@ def write_plots(outcomes_by_case: dict, sweep: list[dict]) -> list[str]:
             for variant, o in outcomes_by_case[name, "layer-by-layer", seq_len].items():
                 if o.estimate is not None:
                     bars[f"{variant}\nT={seq_len}"] = {k: v[0] for k, v in by_category(o.estimate).items()}
-        path = OUT / f"cycles_by_kind_{name}.png"
+        path = out / f"cycles_by_kind_{name}.png"
         plots.stacked_cycles(bars, path, f"{MODEL} B=1 on {name} (layer-by-layer memory)")
         names.append(path.name)
         done = {v: o.estimate for v, o in outcomes_by_case[name, "layer-by-layer", 128].items() if o.estimate}
-        path = OUT / f"roofline_{name}_T128.png"
+        path = out / f"roofline_{name}_T128.png"
         plots.roofline(done, hardware.load(name), path, f"{MODEL} B=1 T=128 on {name}")
         names.append(path.name)
     series = {name: [(r["T"], r["ma_speedup"]) for r in sweep if r["hardware"] == name and r["status"] == "ok"]
               for name in hardware.preset_names()}
-    path = OUT / "ma_speedup_vs_T.png"
+    path = out / "ma_speedup_vs_T.png"
     plots.lines(series, path, f"MA-BERT speedup over BERT ({MODEL}, B=1)", "tokens T", "BERT cycles / MA-BERT cycles",
                 reference=1.0)
     names.append(path.name)
@@ -270,17 +272,22 @@ multiply, the folded norms). Energy columns in ma_breakdown.csv.
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=script_description(__doc__)).parse_args(argv)
-    OUT.mkdir(parents=True, exist_ok=True)
+    parser = argparse.ArgumentParser(description=script_description(__doc__))
+    parser.add_argument("--out", type=Path, default=OUT, metavar="DIR",
+                        help=f"report folder (default {OUT.relative_to(ROOT)}); made if missing")
+    return run_script(parser, lambda args: run(script_output_dir(parser, args.out)), argv)
+
+
+def run(out: Path) -> int:
     spec = PRESETS[MODEL]
     rows, breakdown, outcomes = main_rows(spec)
     sweep = sweep_rows(spec)
-    write_text_whole(OUT / "results.csv", csv_table(rows))
-    write_text_whole(OUT / "ma_breakdown.csv", csv_table(breakdown))
-    write_text_whole(OUT / "ma_vs_seq_len.csv", csv_table(sweep))
-    pngs = write_plots(outcomes, sweep)
-    write_text_whole(OUT / "README.md", render_readme(rows, breakdown, sweep, pngs))
-    print(f"wrote {OUT}", file=sys.stderr)
+    write_text_whole(out / "results.csv", csv_table(rows))
+    write_text_whole(out / "ma_breakdown.csv", csv_table(breakdown))
+    write_text_whole(out / "ma_vs_seq_len.csv", csv_table(sweep))
+    pngs = write_plots(outcomes, sweep, out)
+    write_text_whole(out / "README.md", render_readme(rows, breakdown, sweep, pngs))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

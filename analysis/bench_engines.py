@@ -36,7 +36,8 @@ from mabert_hw import checkpoint
 from mabert_hw.atomic import write_text_whole
 from mabert_hw.bench.profile import FAST_CALL_MEANING, numpy_gemm_gflops, time_by_call
 from mabert_hw.bench.timing import bench, blas_kernels, machine_threads
-from mabert_hw.cli.common import positive_int, script_description, script_output_dir
+from mabert_hw.cli.common import interruptible, positive_int, run_script, script_description, script_output_dir
+from mabert_hw.errors import UserError
 from mabert_hw.inputs import random_batch
 from mabert_hw.machine import cpu_model
 from mabert_hw.report import engine_plots
@@ -50,6 +51,7 @@ SHAPES = ((1, 128), (8, 128), (32, 128), (8, 512))
 SMALL_TOKENS = 8 * 128  # the reference engine and the 1-thread runs only up to B*T = 1024 (time)
 TARGET_RATIO = 0.70  # issue 3: fast <= 0.70 x torch eager on MiniLM
 TARGET_GEMM_FRACTION = 0.80  # issue 3: fast >= 80% of one large NumPy GEMM's GFLOP/s on bert-base
+NOT_MEASURED = "not measured"  # a target whose shape --shapes left out (or whose engine was skipped)
 FIRST_CALL = textwrap.dedent("""
     import json, time
     t0 = time.perf_counter()
@@ -90,13 +92,24 @@ def first_call() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def check_positions(shapes, specs) -> None:
+    """Every T of --shapes within every model's positions, before the GEMM yardstick and the first runs (bench
+    refuses it only when that model's turn comes, naming a --seq-len flag this script does not have)."""
+    longest = max((seq_len for _, seq_len in shapes), default=0)
+    for spec in specs:
+        if longest > spec.max_positions:
+            raise UserError(f"argument --shapes: T = {longest} exceeds {spec.name}'s {spec.max_positions} positions")
+
+
 def run(repeat: int, base_repeat: int, shapes) -> dict:
+    chosen = models()
+    check_positions(shapes, [spec for spec, *_ in chosen])
     record = {"load_before": os.getloadavg(), "threads": machine_threads(), "rows": [], "profiles": {},
               "cpu_profiles": {}}
     record["cpu"] = cpu_model()
     record["gemm_gflops_before"] = numpy_gemm_gflops()
     record["first_call"] = first_call()
-    for spec, weights, engines, thread_counts in models():
+    for spec, weights, engines, thread_counts in chosen:
         for threads in thread_counts:
             for batch, seq_len in shapes:
                 if threads == 1 and batch * seq_len > SMALL_TOKENS:
@@ -144,24 +157,48 @@ def targets(record: dict) -> list[dict]:
                             "measured": f"{fast['median_ms']:.1f} ms vs {ort['median_ms']:.1f} ms",
                             "met": fast["median_ms"] <= ort["median_ms"]})
     gemm = max(record["gemm_gflops_before"], record["gemm_gflops_after"])
-    fast_base = rows.get(("bert-base-uncased", record["threads"], 8, 128, "fast"), {}).get("gflops_per_s", 0.0)
+    fast_base = bert_base_gflops(record)
     out.append({"target": f"bert-base B=8 T=128: fast >= {TARGET_GEMM_FRACTION:.0%} of one NumPy GEMM",
-                "measured": f"{fast_base:.1f} / {gemm:.1f} GFLOP/s = {fast_base / gemm:.0%}",
-                "met": fast_base >= TARGET_GEMM_FRACTION * gemm})
-    per_core = bert_base_fraction_of_per_core(record)
+                **verdict(None if fast_base is None else fast_base / gemm,
+                          lambda fraction: f"{fast_base:.1f} / {gemm:.1f} GFLOP/s = {fraction:.0%}")})
     out.append({"target": f"bert-base B=8 T=128: fast >= {TARGET_GEMM_FRACTION:.0%} of {record['threads']} x one "
-                          "single-threaded NumPy GEMM", "measured": f"{per_core:.0%}",
-                "met": per_core >= TARGET_GEMM_FRACTION})
+                          "single-threaded NumPy GEMM",
+                **verdict(bert_base_fraction_of_per_core(record), lambda fraction: f"{fraction:.0%}")})
     out.append({"target": "first MiniLM forward in a fresh process < 3 s",
                 "measured": f"{record['first_call']['first_call_s']:.2f} s",
                 "met": record["first_call"]["first_call_s"] < 3.0})
     return out
 
 
-def bert_base_fraction_of_per_core(record: dict) -> float:
-    rows = {(r["model"], r["threads"], r["batch"], r["seq_len"], r["engine"]): r for r in record["rows"]}
-    fast = rows.get(("bert-base-uncased", record["threads"], 8, 128, "fast"), {}).get("gflops_per_s", 0.0)
-    return fast / (record["threads"] * record["gemm_gflops_1_thread"])
+def verdict(fraction: float | None, measured) -> dict:
+    """The measured and met cells of a GEMM-fraction target: NOT_MEASURED (not 0%, not unmet) when the
+    shape did not run."""
+    if fraction is None:
+        return {"measured": NOT_MEASURED, "met": "n/a"}
+    return {"measured": measured(fraction), "met": fraction >= TARGET_GEMM_FRACTION}
+
+
+def bert_base_gflops(record: dict) -> float | None:
+    """The fast engine's GFLOP/s on bert-base B=8 T=128 at the machine's threads; None when it did not run
+    (--shapes without 8x128, or the fast engine skipped)."""
+    for row in record["rows"]:
+        if (row["model"], row["threads"], row["batch"], row["seq_len"], row["engine"]) == (
+                "bert-base-uncased", record["threads"], 8, 128, "fast"):
+            return row.get("gflops_per_s")
+    return None
+
+
+def bert_base_fraction_of_per_core(record: dict) -> float | None:
+    fast = bert_base_gflops(record)
+    return None if fast is None else fast / (record["threads"] * record["gemm_gflops_1_thread"])
+
+
+def per_core_reach(record: dict) -> str:
+    """The README's sentence end on the per-core yardstick."""
+    fraction = bert_base_fraction_of_per_core(record)
+    if fraction is None:
+        return f"which bert-base B=8 T=128 would be held to ({NOT_MEASURED} in this run)"
+    return f"of which bert-base B=8 T=128 reaches {fraction:.0%}"
 
 
 def write(record: dict, out: Path, command: str) -> None:
@@ -198,7 +235,7 @@ One large NumPy GEMM (1024 x 768 x 3072 float32), best of 5: {record['gemm_gflop
 before the engine runs, {record['gemm_gflops_after']:.1f} GFLOP/s after.
 The same GEMM on one BLAS thread: {record['gemm_gflops_1_thread']:.1f} GFLOP/s; x {record['threads']} threads =
 {record['threads'] * record['gemm_gflops_1_thread']:.1f} GFLOP/s, one single-threaded GEMM per core (what the fast
-engine runs), of which bert-base B=8 T=128 reaches {bert_base_fraction_of_per_core(record):.0%}.
+engine runs), {per_core_reach(record)}.
 
 First fast forward in a fresh process (MiniLM, B=8, T=128; numba's cache already written):
 {first['first_call_s']:.2f} s = import of the fast backend (numba, kernels) {first['import_fast_s']:.2f} s
@@ -251,7 +288,7 @@ def shape_list(text: str) -> list[tuple[int, int]]:
     return shapes
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=script_description(__doc__))
     parser.add_argument("--repeat", type=positive_int, default=7, help="timed calls per engine, MiniLM (default 7)")
     parser.add_argument("--base-repeat", type=positive_int, default=3,
@@ -259,13 +296,25 @@ def main() -> None:
     parser.add_argument("--shapes", type=shape_list, default=",".join(f"{b}x{t}" for b, t in SHAPES),
                         help="BxT list, e.g. 1x128,8x128 (default: the issue's four shapes)")
     parser.add_argument("--out", type=Path, default=OUT, help=f"report folder (default {OUT.relative_to(ROOT)})")
-    args = parser.parse_args()
+    return run_script(parser, lambda args: study(args, parser, sys.argv[1:] if argv is None else argv), argv)
+
+
+def study(args, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     script_output_dir(parser, args.out)
-    record = run(args.repeat, args.base_repeat, args.shapes)
     script = Path(__file__).resolve().relative_to(ROOT).as_posix()  # as run from the repository root
-    write(record, args.out, "python " + " ".join([script] + sys.argv[1:]))
-    print(f"wrote {args.out}", file=sys.stderr)
+    writing = []  # the report is written only at the end: before it, nothing of this run to keep
+
+    def measure_and_write() -> None:
+        record = run(args.repeat, args.base_repeat, args.shapes)
+        writing.append(True)
+        write(record, args.out, "python " + " ".join([script] + argv))
+
+    stopped = interruptible(parser.prog, measure_and_write, lambda: f"{args.out} " + (
+        "may hold some of this run's files beside an earlier run's" if writing else "is as it was"))
+    if not stopped:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return stopped
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

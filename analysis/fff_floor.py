@@ -37,14 +37,15 @@ from numba import njit, prange
 
 from mabert_hw.atomic import write_text_whole
 from mabert_hw.bench.timing import THREADS_IDLE_S, blas_kernels, machine_threads, time_calls
-from mabert_hw.cli.bench_ffn import PAPER_CPU_SPEEDUP
-from mabert_hw.cli.common import non_negative_int, positive_int, script_description, script_output_dir
-from mabert_hw.fff import aligned_empty, walk_layout
+from mabert_hw.cli.bench_ffn import MAX_DEPTH, PAPER_CPU_SPEEDUP
+from mabert_hw.cli.common import (interruptible, non_negative_int, positive_int, run_script, script_description,
+                                  script_output_dir)
+from mabert_hw.fff import aligned_empty, n_nodes, walk_layout
 from mabert_hw.bench.ffn import DENSE_FFS, Problem, implementations, random_fff
 from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_rows
 from mabert_hw.kernels.fff import FASTMATH, GROUP, L2_BYTES, ZERO, _accumulate, _child, _dot, fff_apply
 from mabert_hw.kernels.threads import set_threads
-from mabert_hw.machine import describe
+from mabert_hw.machine import describe, memory_bytes
 from mabert_hw.report.tables import csv_table
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "fff"
@@ -53,6 +54,8 @@ L1_LEVELS = 2  # levels whose rows (3 nodes x 6 KiB) fit in L1 beside the group'
 HUGE_PAGE = 2 * 1024 * 1024
 TOKEN_STRIDE = 7919  # a prime: token t's rows are shifted by t * 7919 in the set, so tokens do not share
 # paths (with x held to the group's own rows, tokens would otherwise repeat the same few paths)
+TREE_COPIES = 5  # the tree's (N, C) float32 weights held at once while bench.ffn.implementations builds the dense
+# forms' data: w_in, w_out, walk_layout's rows_in and rows_out, and the gather form's w_out rows
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -186,38 +189,62 @@ def measure(problem: Problem, threads: int, rounds: int, seed: int) -> list[dict
 
 
 def thread_counts(text: str) -> list[int]:
-    return [positive_int(t) for t in text.split(",")]  # 0 would mean "one per core" to set_threads
+    """--threads: distinct counts >= 1 (0 would mean "one per core" to set_threads; a repeated count would
+    give floor.csv two rows of each piece at that count, with different values)."""
+    counts = [positive_int(t) for t in text.split(",")]
+    if len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"repeated thread count in {text!r}")
+    return counts
+
+
+def check_sizes(parser: argparse.ArgumentParser, args) -> None:
+    """Flags that cannot run, refused before the work: a tree deeper than bench-ffn takes, or one whose
+    weights alone exceed the machine's memory (an allocation traceback, or the OOM killer, once built)."""
+    if args.hidden % LINE_FLOATS:
+        parser.error(f"--hidden must be a multiple of {LINE_FLOATS}: the stream probe writes whole cache lines")
+    if not 0 <= args.depth <= MAX_DEPTH:
+        parser.error(f"--depth must be 0..{MAX_DEPTH}, got {args.depth}")
+    need, have = 4 * TREE_COPIES * n_nodes(args.depth) * args.hidden, memory_bytes()
+    if need > have:
+        parser.error(f"--depth {args.depth} with --hidden {args.hidden}: the tree's weights alone take "
+                     f"{need / 2**30:.3g} GiB, more than this machine's {have / 2**30:.3g} GiB of memory")
+    if max(args.threads) > machine_threads():  # set_threads would run fewer than the record names
+        parser.error(f"argument --threads: {max(args.threads)} threads, but this process may run on "
+                     f"{machine_threads()} cores")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=script_description(__doc__))
     parser.add_argument("--tokens", type=positive_int, default=16384)
     parser.add_argument("--hidden", type=positive_int, default=768)
-    parser.add_argument("--depth", type=non_negative_int, default=11)
+    parser.add_argument("--depth", type=non_negative_int, default=11, help=f"tree depth, at most {MAX_DEPTH}")
     parser.add_argument("--dense-width", type=positive_int, default=3072)
     parser.add_argument("--threads", type=thread_counts, default="1,2",
                         help="thread counts, comma-separated (default 1,2; each at most the cores this process may run on)")
     parser.add_argument("--rounds", type=positive_int, default=9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
-    if args.hidden % LINE_FLOATS:
-        parser.error(f"--hidden must be a multiple of {LINE_FLOATS}: the stream probe writes whole cache lines")
-    if max(args.threads) > machine_threads():  # set_threads would run fewer than the record names
-        parser.error(f"argument --threads: {max(args.threads)} threads, but this process may run on "
-                     f"{machine_threads()} cores")
+    return run_script(parser, lambda args: run(args, parser, sys.argv[1:] if argv is None else argv), argv)
+
+
+def run(args, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    check_sizes(parser, args)
     script_output_dir(parser, args.out)
     problem = Problem(args.hidden, args.depth, 1, args.tokens, args.dense_width)
-    rows = [row for threads in args.threads for row in
-            measure(problem, threads, args.rounds, args.seed)]
-    rounded = [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
-    write_text_whole(args.out / "floor.csv", csv_table(rounded))
-    meta = {"command": "python analysis/fff_floor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    rows: list[dict] = []
+    stopped = interruptible(parser.prog, lambda: rows.extend(row for threads in args.threads for row in
+                                                             measure(problem, threads, args.rounds, args.seed)),
+                            f"{args.out / 'floor.csv'} and floor.json are as they were")  # written only at the end
+    if stopped:
+        return stopped
+    significant = [{k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+    write_text_whole(args.out / "floor.csv", csv_table(significant))  # 4 figures: a 78x budget is well under 1 ms
+    meta = {"command": "python analysis/fff_floor.py " + " ".join(argv),
             "date": time.strftime("%Y-%m-%d %H:%M"), "load_average": [round(v, 2) for v in os.getloadavg()],
             "problem": vars(args) | {"out": str(args.out)}, "machine": describe(), "blas": blas_kernels(), "rows": rows}
     write_text_whole(args.out / "floor.json", json.dumps(meta, indent=1))
     for row in rows:
-        print(f"{row['threads']} {row['piece']:36s} {row['median_ms']:8.2f} ms {row['ns_per_token_per_core']:7.0f} "
+        print(f"{row['threads']} {row['piece']:36s} {row['median_ms']:8.3g} ms {row['ns_per_token_per_core']:7.0f} "
               f"ns/token/core {row['share_of_78x_budget']:6.2f} x budget")
     return 0
 

@@ -45,13 +45,14 @@ from mabert_hw import checkpoint
 from mabert_hw.atomic import atomic_path, write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.checkpoint import Checkpoint
-from mabert_hw.cli.common import (INTERRUPTED_EXIT, non_negative_float, non_negative_int, output_file, positive_float,
-                                  positive_int, run_script, script_description, script_output_dir)
+from mabert_hw.cli.common import (INTERRUPTED_EXIT, interruptible, non_negative_float, non_negative_int, output_file,
+                                  positive_float, positive_int, run_script, script_description, script_output_dir)
 from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX, n_nodes
 from mabert_hw.interrupts import sigterm_interrupts
 from mabert_hw.inputs import DATA_DIR, random_batch, tokenize
+from mabert_hw.machine import memory_bytes
 from mabert_hw.model import forward
 from mabert_hw.report.tables import csv_table
 from mabert_hw.torch_ref.fff import FFF, hf_fff_model
@@ -297,7 +298,7 @@ def check_memory(parser: argparse.ArgumentParser, spec, depths: list[int], trees
     depths or --trees whose FFF weights alone exceed the machine's memory are refused before the work,
     which would otherwise end in an allocation failure (or the OOM killer) minutes in."""
     need = 4 * spec.layers * trees * (2 * spec.hidden + 1) * sum(n_nodes(d) for d in depths)  # float32
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    have = memory_bytes()
     if need > have:
         parser.error(f"argument --depths: depths {','.join(map(str, depths))} with --trees {trees}: the FFF weights "
                      f"alone take {need / 2**30:.3g} GiB, more than this machine's {have / 2**30:.3g} GiB of memory")
@@ -322,12 +323,8 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     check_out(parser, args.out, (TIMING,) if args.timing_only else RESULTS)
     torch.set_num_threads(2)
     if args.timing_only:
-        try:
-            with sigterm_interrupts():
-                return timing_only(ck, args.depths, args.trees, args.out)
-        except KeyboardInterrupt:
-            print(f"{parser.prog}: interrupted; {args.out / TIMING} is as it was", file=sys.stderr)
-            return INTERRUPTED_EXIT
+        return interruptible(parser.prog, lambda: timing_only(ck, args.depths, args.trees, args.out),
+                             f"{args.out / TIMING} is as it was")
     return study(args, ck, parser.prog)
 
 

@@ -29,13 +29,12 @@ from mabert_hw import checkpoint
 from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
-from mabert_hw.cli.common import INTERRUPTED_EXIT, positive_int, run_script, script_description, script_output_dir
+from mabert_hw.cli.common import interruptible, positive_int, run_script, script_description, script_output_dir
 from mabert_hw.errors import UserError
 from mabert_hw.eval.sweep import (Job, config_key, done_keys, prepare_calibration, recorded_run, run_differences,
                                   run_record, run_sweep, write_run_record)
 from mabert_hw.eval.tasks import TASK_FILES, load_stsb, resolve, stsb_spearman
 from mabert_hw.inputs import DATA_DIR
-from mabert_hw.interrupts import sigterm_interrupts
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "int8"  # --out's default
@@ -137,14 +136,8 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         return 0
     dev = str(resolve(args.data / TASK_FILES["stsb"], "stsb"))  # a missing data root: one line, before any work
     out = script_output_dir(parser, args.out)
-    try:
-        with sigterm_interrupts():
-            study(out, dev, args.subset)
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; {out}'s CSVs keep every row finished (if any): run the same command "
-              "to continue", file=sys.stderr)
-        return INTERRUPTED_EXIT
-    return 0
+    return interruptible(parser.prog, lambda: study(out, dev, args.subset),
+                         f"{out}'s CSVs keep every row finished (if any): run the same command to continue")
 
 
 def study(out: Path, dev: str, subset: int) -> None:
@@ -357,8 +350,22 @@ def write_report(out: Path, subset: int) -> None:
 SPEED_RECORDS = {"CPU time": "speed_cpu.json", "wall time": "speed.json"}  # analysis/int8_speed.py's outputs
 
 
+def _speed_batches(records: dict[str, dict]) -> tuple[str, dict[str, str]]:
+    """What the records timed, in words, and each clock's column label: the clock alone when every record
+    timed the same batch, else the clock and its batch x tokens (a rerun of one clock with another --batch)."""
+    shapes = {clock: (record["batch"], record["seq_len"]) for clock, record in records.items()}
+    if len(set(shapes.values())) == 1:
+        batch, seq_len = next(iter(shapes.values()))
+        return (f"one batch (the first {batch} STS-B dev sentences, padded to {seq_len} tokens)",
+                {clock: clock for clock in records})
+    return ("one batch of the first STS-B dev sentences per record, **of different sizes** (each column names its "
+            "batch x tokens: the clocks timed different work)",
+            {clock: f"{clock} ({batch} x {seq_len})" for clock, (batch, seq_len) in shapes.items()})
+
+
 def _speed(out: Path) -> list[str]:
-    """The Speed section: analysis/int8_speed.py's records (CPU and wall clock), when present."""
+    """The Speed section: analysis/int8_speed.py's records (CPU and wall clock), when present, each with the
+    batch it timed (int8_speed.py --batch): records of different batches are marked in the table's columns."""
     import json
 
     from mabert_hw.report.tables import markdown_table
@@ -367,11 +374,12 @@ def _speed(out: Path) -> list[str]:
                if (out / name).exists()}
     if not records:
         return []
+    timed, labels = _speed_batches(records)
     lines = ["## Speed\n",
-             ("The fixed backend against the fast fp32 engine on one batch (the first 8 STS-B dev sentences, "
-              "padded to 128 tokens): medians of interleaved calls in one process, after a warm-up call each; the "
-              "issue's target is <= 3x the fast engine. CPU time, one thread each for Numba and BLAS (the work "
-              "done, which the shared machine's load moves least): `env -u OPENBLAS_CORETYPE -u "
+             (f"The fixed backend against the fast fp32 engine on {timed}: medians of interleaved calls in one "
+              "process, after a warm-up call each; the issue's target is <= 3x the fast engine. CPU time, one "
+              "thread each for Numba and BLAS (the work done, which the shared machine's load moves least): "
+              "`env -u OPENBLAS_CORETYPE -u "
               "OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python analysis/int8_speed.py "
               "--clock cpu`. Wall time, default threads (2): `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
               "python analysis/int8_speed.py` (numpy's OpenBLAS on its AVX-512 kernels, as in "
@@ -380,12 +388,13 @@ def _speed(out: Path) -> list[str]:
     for name in next(iter(records.values()))["median_ms"]:
         row = {"configuration": name}
         for clock, record in records.items():
-            row[f"{clock} ms"] = f"{record['median_ms'][name]:.0f}"
-            row[f"{clock} x fast"] = f"{record['ratio_vs_fast'][name]:.2f}"
+            row[f"{labels[clock]} ms"] = f"{record['median_ms'][name]:.0f}"
+            row[f"{labels[clock]} x fast"] = f"{record['ratio_vs_fast'][name]:.2f}"
         rows.append(row)
     lines += [markdown_table(rows), ""]
-    lines += [f"- {clock}: {r['rounds']} rounds, {r.get('numba_threads', '?')} Numba thread(s), load average "
-              f"{r['load_average_before']:.1f} before, {r['load_average_after']:.1f} after." for clock, r in records.items()]
+    lines += [f"- {clock}: batch {r['batch']} x {r['seq_len']} tokens, {r['rounds']} rounds, "
+              f"{r.get('numba_threads', '?')} Numba thread(s), load average {r['load_average_before']:.1f} before, "
+              f"{r['load_average_after']:.1f} after." for clock, r in records.items()]
     note = out / "speed.md"
     return lines + ["", note.read_text(), ""] if note.exists() else lines + [""]
 

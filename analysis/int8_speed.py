@@ -32,7 +32,7 @@ from mabert_hw.backends import make_backend
 from mabert_hw.backends.fixed import FixedBackend
 from mabert_hw.bench.timing import time_calls
 from mabert_hw.cache import CACHE_ROOT
-from mabert_hw.cli.common import output_file, positive_int, run_script
+from mabert_hw.cli.common import interruptible, output_file, positive_int, run_script
 from mabert_hw.eval.sweep import prepare_calibration
 from mabert_hw.eval.tasks import load_stsb
 from mabert_hw.inputs import DATA_DIR, tokenize
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=positive_int, default=7)
     parser.add_argument("--clock", choices=CLOCKS, default="wall")
     parser.add_argument("--out", type=output_file, help="default: reports/int8/" + ", ".join(CLOCKS.values()))
-    return run_script(parser, run, argv)
+    return run_script(parser, lambda args: interruptible(  # the record is written only at the end
+        parser.prog, lambda: run(args), f"{args.out or OUT / CLOCKS[args.clock]} is as it was"), argv)
 
 
 def run(args) -> int:

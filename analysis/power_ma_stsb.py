@@ -5,7 +5,8 @@
     python analysis/power_ma_stsb.py --model "MA-MiniLM=$HOME/.cache/mabert-hw/ma-minilm"
 
 One --model LABEL=CKPT per run keeps each run near 5-8 min on 1 thread; a run replaces the rows of
-its labels in the CSV and keeps the others.
+its labels in the CSV and keeps the others. Every checkpoint is loaded before any is scored. Ctrl-C or
+SIGTERM writes the rows finished so far (those of the model cut short marked "interrupted") and exits 130.
 
 STS-B as `mabert-hw eval --task stsb` scores it: length-sorted batches of 32 texts, each padded to its
 longest (dynamic padding), cosine of the mean of the last layer's real tokens (under elimination, the
@@ -35,9 +36,10 @@ from mabert_hw import checkpoint
 from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT as CACHE
-from mabert_hw.cli.common import positive_int, run_script
+from mabert_hw.cli.common import INTERRUPTED_EXIT, positive_int, run_script
 from mabert_hw.eval.tasks import length_batches, load_stsb, stsb_spearman
 from mabert_hw.inputs import DATA_DIR
+from mabert_hw.interrupts import sigterm_interrupts
 from mabert_hw.power import geometric_retention, parse_retention
 from mabert_hw.power_search import subset_flops
 from mabert_hw.report.tables import csv_table
@@ -97,51 +99,79 @@ def main(argv: list[str] | None = None) -> int:
                         + "; ".join(f"{name} = {','.join(map(str, r))}" for name, r in SCHEDULES.items()) + ")")
     parser.add_argument("--seed", type=int, default=0, help="random-selection control's seed")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "power_bert" / "power_ma_stsb.csv")
-    return run_script(parser, run, argv)
+    return run_script(parser, lambda args: run(args, parser.prog), argv)
 
 
-def run(args) -> int:
-
+def run(args, prog: str) -> int:
     schedules = SCHEDULES if args.schedules is None else {s: parse_retention(s, LAYERS) for s in args.schedules}
-    task = load_stsb(args.data, args.limit)
-    texts = task.first + task.second
-    options = {"threads": 1} if args.engine == "fast" else {}
-    models = dict(text.split("=", 1) for text in args.model or DEFAULT_MODELS)
-    baseline = checkpoint.load(args.baseline_ckpt)
-    real = np.concatenate([b.attention_mask.sum(1) for _, b in length_batches(baseline, texts)])  # (N,) tokens
-    minilm_flops = dataset_flops(baseline, texts)
-
-    rows = []
-    for model, source in models.items():
-        ck = checkpoint.load(source)
-        plain_flops = dataset_flops(ck, texts)
-        runs = [("none", None, "significance")] + [(name, retention, selection) for name, retention in schedules.items()
-                                                    for selection in ("significance", "random")]
-        for name, retention, selection in runs:
-            eliminating = replace(ck, spec=ck.spec.with_variant(retention=retention))
-            backend = (make_backend(args.engine, **options) if selection == "significance"
-                       else random_selection(args.engine, options, args.seed))
-            started = time.perf_counter()
-            spearman = stsb_spearman(eliminating, task, backend, batch_size=BATCH_SIZE, max_len=MAX_LEN)
-            seconds = time.perf_counter() - started
-            flops = dataset_flops(eliminating, texts)
-            row = {"model": model, "checkpoint": source, "schedule": name,
-                   "retention": "none" if retention is None else ",".join(map(str, retention)),
-                   "selection": selection if retention else "", "pairs": len(task.scores),
-                   "spearman": round(spearman, 2), "flops": flops, "flops_ratio": round(plain_flops / flops, 3),
-                   "flops_vs_minilm": round(minilm_flops / flops, 3),
-                   "tokens_in_mean": round(float(real.mean()), 2),
-                   "tokens_pooled_mean": round(pooled_tokens(real, retention), 2), "engine": args.engine}
-            rows.append(row)
-            print(row, f"({seconds:.1f} s, 1 thread)", flush=True)  # one run under shared load: not a speed figure
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    kept = []
-    if args.out.exists():
-        with open(args.out, newline="") as f:
-            kept = [row for row in csv.DictReader(f) if row["model"] not in models]
-    write_text_whole(args.out, csv_table(kept + rows))
+    sources = dict(text.split("=", 1) for text in args.model or DEFAULT_MODELS)
+    rows, label = [], None
+    try:
+        with sigterm_interrupts():
+            task = load_stsb(args.data, args.limit)
+            texts = task.first + task.second
+            models = {name: checkpoint.load(source) for name, source in sources.items()}  # all, before any scoring
+            baseline = checkpoint.load(args.baseline_ckpt)
+            real = np.concatenate([b.attention_mask.sum(1) for _, b in length_batches(baseline, texts)])  # (N,)
+            minilm_flops = dataset_flops(baseline, texts)
+            for label, ck in models.items():
+                for row in model_rows(args, label, sources[label], ck, schedules, task, real, minilm_flops):
+                    rows.append(row)
+    except KeyboardInterrupt:  # the finished rows replace those of their models; a model cut short is marked
+        cut = [{**row, "interrupted": True} if row["model"] == label else row for row in rows]
+        if cut:
+            save(args.out, {row["model"] for row in cut}, cut)
+        print(said_interrupted(prog, args.out, cut, label), file=sys.stderr)
+        return INTERRUPTED_EXIT
+    save(args.out, set(sources), rows)
     print(f"wrote {args.out}; load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     return 0
+
+
+def model_rows(args, model: str, source: str, ck, schedules: dict, task, real: np.ndarray, minilm_flops: int):
+    """One model's rows, each yielded once scored: without elimination, then each schedule by significance
+    and by random selection. real: the baseline's real tokens per text."""
+    texts = task.first + task.second
+    options = {"threads": 1} if args.engine == "fast" else {}
+    plain_flops = dataset_flops(ck, texts)
+    runs = [("none", None, "significance")] + [(name, retention, selection) for name, retention in schedules.items()
+                                                for selection in ("significance", "random")]
+    for name, retention, selection in runs:
+        eliminating = replace(ck, spec=ck.spec.with_variant(retention=retention))
+        backend = (make_backend(args.engine, **options) if selection == "significance"
+                   else random_selection(args.engine, options, args.seed))
+        started = time.perf_counter()
+        spearman = stsb_spearman(eliminating, task, backend, batch_size=BATCH_SIZE, max_len=MAX_LEN)
+        seconds = time.perf_counter() - started
+        flops = dataset_flops(eliminating, texts)
+        row = {"model": model, "checkpoint": source, "schedule": name,
+               "retention": "none" if retention is None else ",".join(map(str, retention)),
+               "selection": selection if retention else "", "pairs": len(task.scores),
+               "spearman": round(spearman, 2), "flops": flops, "flops_ratio": round(plain_flops / flops, 3),
+               "flops_vs_minilm": round(minilm_flops / flops, 3),
+               "tokens_in_mean": round(float(real.mean()), 2),
+               "tokens_pooled_mean": round(pooled_tokens(real, retention), 2), "engine": args.engine}
+        print(row, f"({seconds:.1f} s, 1 thread)", flush=True)  # one run under shared load: not a speed figure
+        yield row
+
+
+def save(out: Path, models: set[str], rows: list[dict]) -> None:
+    """`rows` in place of the CSV's rows of `models`, the other models' rows kept."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if out.exists():
+        with open(out, newline="") as f:
+            kept = [row for row in csv.DictReader(f) if row["model"] not in models]
+    write_text_whole(out, csv_table(kept + rows))
+
+
+def said_interrupted(prog: str, out: Path, rows: list[dict], model: str | None) -> str:
+    """What an interrupted run left in `out` (rows: the finished ones, `model`'s marked interrupted)."""
+    if not rows:
+        return f"{prog}: interrupted; no row was finished: {out} is as it was"
+    cut = sum(row["model"] == model for row in rows)
+    return (f"{prog}: interrupted while scoring {model}; {out} holds the {len(rows)} finished rows of this run"
+            + (f", {model}'s {cut} marked interrupted (rerun its label for the rest)" if cut else ""))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from power_sst2 import ROOT, speedups
 
 from mabert_hw import checkpoint
 from mabert_hw.backends import make_backend
+from mabert_hw.bench.timing import check_threads
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import output_file, positive_int, run_script
 from mabert_hw.eval.tasks import load_sst2
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", default=str(CACHE_ROOT / "minilm-sst2"))
     parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--engine", default="fast")
-    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="the fast engine's threads (default 1; at most one per core this process may run on)")
     parser.add_argument("--seq-len", type=positive_int, default=64)
     parser.add_argument("--sentences", type=positive_int, default=256)
     parser.add_argument("--repeats", type=positive_int, default=5)
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    check_threads(args.threads)  # the fast engine would hold the cores there are; the record names --threads
     ck = checkpoint.load(args.ckpt)
     schedules = {text: parse_retention(text, ck.spec.layers, args.seq_len) for text in args.schedules}
     options = {"threads": args.threads} if args.engine == "fast" else {}

