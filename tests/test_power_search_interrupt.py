@@ -1,6 +1,7 @@
 """`power-search` saves the schedules scored to --out as it goes (marked interrupted, with no schedule
 chosen, until it ends), says so when Ctrl-C or SIGTERM stops it, and --resume continues the search to the
-document an uninterrupted search writes."""
+document an uninterrupted search writes, but for the file's schedules it does not ask for, kept apart. Without
+--resume, --out may replace a finished search's document only."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import signal
 
+import numpy as np
 import pytest
 
 from mabert_hw import power_search
@@ -154,6 +156,67 @@ def test_an_interrupted_search_is_not_overwritten_without_resume(tmp_path, capsy
     assert out.read_text() == saved
 
 
+@pytest.mark.parametrize("kind", ["weights", "a sweep's run record", "a JSON list"])
+def test_an_out_that_is_no_search_document_is_refused_before_the_work(tmp_path, capsys, monkeypatch, search,
+                                                                       classifier, data, kind):
+    # review: such a file (another checkpoint's model.safetensors, a sweep's OUT.run.json) used to be replaced
+    from mabert_hw.eval.sweep import run_record
+
+    content = {"weights": (classifier / "model.safetensors").read_bytes(),
+               "a sweep's run record": json.dumps(run_record(str(classifier), "tiny", "sst2", data, None)).encode(),
+               "a JSON list": b"[1, 2]\n"}[kind]
+    out = tmp_path / "other"
+    out.write_bytes(content)
+    calls = counting_predict(monkeypatch)
+    assert refused(capsys, search(out)) == (f"mabert-hw: error: {out} is not a power-search --out document: choose "
+                                            "another --out (a new search replaces only a finished search's document)")
+    assert calls == [] and out.read_bytes() == content
+
+
+@pytest.mark.parametrize("before", ["a finished search", "an empty file"])
+def test_a_finished_search_or_an_empty_file_is_replaced_without_resume(tmp_path, capsys, search, before):
+    out, fresh = tmp_path / "search.json", tmp_path / "fresh.json"
+    if before == "an empty file":
+        out.touch()
+    else:
+        assert main([*search(out), "--budget-loss", "0"]) == 0
+    assert main([*search(out), "--budget-loss", "50"]) == 0
+    assert main([*search(fresh), "--budget-loss", "50"]) == 0
+    assert json.loads(out.read_text()) == json.loads(fresh.read_text())
+
+
+def test_a_resume_with_a_smaller_budget_keeps_the_schedules_it_does_not_ask_for(tmp_path, capsys, monkeypatch,
+                                                                                search):
+    """Review: a finished search resumed with a smaller budget dropped the rest of its greedy path from --out,
+    and resuming it with the first budget again scored those schedules again. They are kept apart, under
+    scored_not_asked: the decision is the fresh search's, and nothing paid for is lost."""
+    def command(out, budget):
+        return [*search(out), "--method", "both", "--budget-loss", budget]
+
+    # the random classifier gives every example one class: each schedule would score as the baseline does, and
+    # every budget walk one greedy path. Here each layer keeping fewer than 12 of the 16 slots costs one example
+    def predict(ck, retention, batches, backend):
+        labels = np.array([1, 0, 1, 0])  # data's
+        wrong = sum(n < 12 for n in retention or ())
+        return np.where(np.arange(len(labels)) < wrong, 1 - labels, labels)
+
+    monkeypatch.setattr(power_search, "predict", predict)
+    out, fresh = tmp_path / "search.json", tmp_path / "fresh.json"
+    assert main(command(out, "30")) == 0  # one example (25 points) may be lost
+    whole = json.loads(out.read_text())
+    assert main(command(fresh, "0")) == 0
+    calls = counting_predict(monkeypatch)
+    assert main([*command(out, "0"), "--resume"]) == 0
+    small = json.loads(out.read_text())
+    assert small["scored_not_asked"]  # the case: the smaller budget's greedy path is shorter
+    assert {**small, "scored_not_asked": []} == json.loads(fresh.read_text())
+    assert sorted(s["retention"] or [] for s in small["scored"] + small["scored_not_asked"]) == sorted(
+        s["retention"] or [] for s in whole["scored"])
+    assert main([*command(out, "30"), "--resume"]) == 0
+    assert calls == []  # neither resume scored anything
+    assert json.loads(out.read_text()) == whole
+
+
 @pytest.mark.parametrize("change, named", [(["--seq-len", "12"], "seq_len: 16 there, 12 now"),
                                            (["--limit", "3"], "examples: 4 there, 3 now"),
                                            (["--batch-size", "2"], "batch_size: 32 there, 2 now")])
@@ -188,6 +251,7 @@ def test_resume_needs_an_out_file(tmp_path, capsys, search, out):
     ('{"scored": [{"retention": "9,4", "accuracy": 50.0, "flops": 10, "family": "greedy"}]}',
      "does not record what its scores depend on"),
     ('[1, 2]', "is not a power-search --out document"),
+    ('{"scored": [], "scored_not_asked": 3}', "is not a power-search --out document"),
     ("not json", "is not a power-search --out document"),
 ])
 def test_a_resume_from_a_file_that_is_no_search_is_refused(tmp_path, capsys, search, text, said):
@@ -208,9 +272,13 @@ def test_a_damaged_score_is_refused_in_one_line(tmp_path, capsys, search):
     assert "a scored entry is not a power-search score: {'retention': '16,8'" in refusal
 
 
-def test_a_resume_without_a_file_starts_the_search(tmp_path, capsys, search):
+@pytest.mark.parametrize("empty", [False, True])
+def test_a_resume_without_a_file_starts_the_search_and_says_so(tmp_path, capsys, search, empty):
     out = tmp_path / "new.json"
+    if empty:  # made by mktemp, say: nothing in it to resume either
+        out.touch()
     assert main([*search(out), "--resume"]) == 0
+    assert f"mabert-hw: nothing to resume in {out}: starting a new search\n" in capsys.readouterr().err
     assert main(search(tmp_path / "plain.json")) == 0
     assert json.loads(out.read_text()) == json.loads((tmp_path / "plain.json").read_text())
 
@@ -234,9 +302,9 @@ def test_a_fixed_engine_search_records_its_calibration_and_resumes_on_that_engin
 
 def test_a_resume_chooses_among_the_schedules_this_search_asks_for_as_a_fresh_search(tmp_path, capsys, search):
     """A document resumed with another budget or method holds schedules this search would never score. The
-    choice is made among those it asks for, so the resumed document is the fresh search's: here a schedule
-    the geometric search never asks for, cheaper than any and as accurate as the baseline, stays unchosen
-    (choosing among everything in the file took it)."""
+    choice is made among those it asks for, so the resumed document is the fresh search's, but for the
+    schedules kept apart: here a schedule the geometric search never asks for, cheaper than any and as
+    accurate as the baseline, stays unchosen (choosing among everything in the file took it)."""
     fresh_out, resumed = tmp_path / "fresh.json", tmp_path / "resumed.json"
     assert main(search(fresh_out)) == 0
     fresh = json.loads(fresh_out.read_text())
@@ -244,7 +312,7 @@ def test_a_resume_chooses_among_the_schedules_this_search_asks_for_as_a_fresh_se
     assert planted["retention"] not in [s["retention"] for s in fresh["scored"]]
     resumed.write_text(json.dumps({**fresh, "scored": [*fresh["scored"], planted]}))
     assert main([*search(resumed), "--resume"]) == 0
-    assert json.loads(resumed.read_text()) == fresh
+    assert json.loads(resumed.read_text()) == {**fresh, "scored_not_asked": [planted]}
 
 
 def test_a_resumed_finished_search_interrupted_before_a_new_score_is_left_as_it_was(tmp_path, capsys, monkeypatch,
@@ -375,5 +443,7 @@ def test_an_interrupted_resume_keeps_the_scores_it_did_not_ask_for(tmp_path, cap
     assert main([*search(out), "--resume"]) == 130  # geometric: asks for few of the greedy path's schedules
     kept = json.loads(out.read_text())
     assert kept["interrupted"] is True
-    assert all(r in [s["retention"] for s in kept["scored"]] for r in greedy)
-    assert len(kept["scored"]) == len(greedy) + 1
+    asked, not_asked = ([s["retention"] for s in kept[key]] for key in ("scored", "scored_not_asked"))
+    new = [r for r in asked if r not in greedy]
+    assert len(new) == 1 and not_asked  # the geometric search asked for some of the greedy path only
+    assert sorted(asked + not_asked, key=str) == sorted(greedy + new, key=str)  # none lost

@@ -13,9 +13,9 @@ from .. import checkpoint
 from ..errors import UserError
 from ..eval import tasks
 from ..interrupts import sigterm_interrupts
-from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scorer, choose, encode, frontier, geometric_search,
-                            greedy_search)
-from ..power_search_record import document, refuse_overwriting_interrupted, resumed_scores, save, scores_depend_on
+from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scored, Scorer, choose, encode, frontier,
+                            geometric_search, greedy_search)
+from ..power_search_record import document, refuse_overwriting, resumed_scores, save, scores_depend_on
 from ..report.tables import FORMATS, render
 from .common import (INTERRUPTED_EXIT, STANDARD_STREAMS, add_checkpoint, add_task_engine, emit, non_negative_float,
                      output_file, positive_int, task_backend, task_calibration)
@@ -37,12 +37,15 @@ def register(subparsers) -> None:
     parser.add_argument("--out", metavar="CONFIG.json", type=output_file,
                         help="write the chosen configuration, the frontier and every schedule scored here; a "
                         "file is rewritten after each schedule (marked interrupted, none chosen, until the search "
-                        "ends), so a stopped search keeps what it scored")
+                        "ends), so a stopped search keeps what it scored. Without --resume, an existing file must "
+                        "be empty or a finished search's document, which is replaced")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the search saved in --out: score only the schedules it lacks, and write what "
-                        "a search that scored everything would (the same checkpoint, data, --limit, --seq-len, "
-                        "--engine and --batch-size; --budget-loss and --method may differ: a finished search "
-                        "resumed with another budget re-scores none of the schedules it asks for that the file has)")
+                        help="continue the search saved in --out (none yet: a new search): score only the schedules "
+                        "it lacks, and choose as a search that scored everything would (the same checkpoint, data, "
+                        "--limit, --seq-len, --engine and --batch-size; --budget-loss and --method may differ, and "
+                        "re-score none of the schedules the file has). The file's schedules this search does not "
+                        "ask for (another budget's or method's) are kept apart, under scored_not_asked, outside "
+                        "the frontier and the choice, for the next --resume")
     parser.add_argument("--method", choices=("geometric", "greedy", "both"), default="both",
                         help=f"geometric: l_j = round(T r^j) for r in {GEOMETRIC_RATIOS[0]} .. {GEOMETRIC_RATIOS[-1]}; "
                         "greedy: from no elimination, cut one layer's count (and the later ones) by "
@@ -60,7 +63,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     out = saved_file(args)
     if out and not args.resume:
-        refuse_overwriting_interrupted(out)
+        refuse_overwriting(out)
     ck = checkpoint.load(args.ckpt)
     ck.require_weights("power-search")
     tasks.require_sst2_classifier(ck, "power-search")
@@ -75,22 +78,22 @@ def run(args) -> int:
               "budget_loss": args.budget_loss, "method": args.method, "scores_depend_on": depends_on}
     if args.resume:
         print(f"mabert-hw: resuming: {len(earlier)} schedules scored in {out}" if earlier else
-              f"mabert-hw: --resume: no {out} yet, the search starts from nothing", file=sys.stderr)
+              f"mabert-hw: nothing to resume in {out}: starting a new search", file=sys.stderr)
     backend = task_backend(args.engine, calibration)
     with tqdm(desc="schedules scored", unit="schedule") as bar:
         def scored_one(_):
             bar.update(1)
             if out:  # after every schedule: a kill loses at most the one under way
-                save(out, partial_document(fields, scorer))
+                save(out, scorer_document(fields, scorer))
 
         scorer = Scorer(ck, task.labels, batches, backend, progress=scored_one, known=earlier)
         finished = search(scorer, args)
     scored = list(scorer.scored.values())
     if not finished:
         if scorer.new and out:  # again: a Ctrl-C during the last save left the one before it
-            save(out, partial_document(fields, scorer))
+            save(out, scorer_document(fields, scorer))
         elif scorer.new and args.out:  # a stream or device: written once, here
-            emit(json.dumps(partial_document(fields, scorer), indent=2), args.out)
+            emit(json.dumps(scorer_document(fields, scorer), indent=2), args.out)
         return said_interrupted(scorer, args.out, resumable=bool(out))
     baseline = scorer.scored[None]
     chosen = choose(scored, baseline, args.budget_loss)
@@ -99,7 +102,7 @@ def run(args) -> int:
              "flops_ratio": round(baseline.flops / s.flops, 3), "chosen": s is chosen} for s in frontier(scored)]
     emit(render(rows, args.format), None)
     if args.out:
-        emit(json.dumps(document(fields, scored, chosen), indent=2), args.out)
+        emit(json.dumps(scorer_document(fields, scorer, chosen), indent=2), args.out)
     return 0
 
 
@@ -129,10 +132,10 @@ def search(scorer: Scorer, args) -> bool:
     return True
 
 
-def partial_document(fields: dict, scorer: Scorer) -> dict:
-    """The document of a search under way: the schedules it has asked for, then those of the resumed
-    document it has not asked for yet (kept for the next --resume); marked interrupted, none chosen."""
-    return document(fields, [*scorer.scored.values(), *scorer.known.values()], None)
+def scorer_document(fields: dict, scorer: Scorer, chosen: Scored | None = None) -> dict:
+    """The document of the schedules the search has asked for, and apart, those of the resumed document it
+    has not (kept for the next --resume); with `chosen` None, a search under way (marked interrupted)."""
+    return document(fields, scorer.scored.values(), chosen, scorer.known.values())
 
 
 def said_interrupted(scorer: Scorer, out: str | None, resumable: bool) -> int:
