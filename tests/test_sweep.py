@@ -1,6 +1,6 @@
 """`mabert-hw sweep` runs: grids (repeated values and empty grids refused, rules alone one configuration), a
-failing configuration losing no other row, the dask client and the pool's workers closed with the sweep, and
-the metric-vs-bits plot of its results."""
+failing configuration losing no other row, the dask client and the pool's workers closed with the sweep, what
+an interrupted sweep says it kept, and the metric-vs-bits plot of its results."""
 
 from __future__ import annotations
 
@@ -183,3 +183,33 @@ def test_a_checkpoint_the_task_cannot_run_on_is_refused_before_any_work(tmp_path
                  "--out", str(out)]) == 2
     assert message in error_line(capsys)
     assert not out.exists() and not sweep.record_path(out).exists()
+
+
+# a Ctrl-C'd sweep says what it kept and how to go on
+
+def test_an_interrupted_sweep_says_how_many_rows_it_kept_and_how_to_resume(tmp_path, capsys, monkeypatch, classifier):
+    # review: it said only "mabert-hw: interrupted", although its finished rows are kept for --resume
+    from mabert_hw.cli import main
+
+    from .helpers import sst2_file
+
+    evaluated = []
+
+    def evaluate(job):  # a Ctrl-C as the second configuration runs
+        evaluated.append(job.config["act_bits"])
+        if len(evaluated) == 2:
+            raise KeyboardInterrupt
+        return {**job.config, "key": config_key(job.config), "metric": 50.0, "seconds": 0.1, "overflows": 0}
+
+    monkeypatch.setattr(sweep, "evaluate", evaluate)
+    monkeypatch.setattr(sweep, "prepare_calibration", lambda *args: tmp_path / "calibration.npz")
+    (tmp_path / "grid.toml").write_text("act_bits = [4, 6, 8]\n")
+    data = sst2_file(tmp_path / "dev.tsv", ["a gripping film\t1", "dull\t0"])
+    out = tmp_path / "results.csv"
+    argv = ["sweep", str(classifier), "--task", "sst2", "--data", str(data), "--grid", str(tmp_path / "grid.toml"),
+            "--out", str(out)]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.endswith(f"mabert-hw: interrupted after 1 configurations; {out} holds them: run "
+                                            "the same command with --resume to continue\n")
+    assert main([*argv, "--resume"]) == 0
+    assert evaluated == [4, 6, 6, 8]  # the row kept is not run again

@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import checkpoint
 from ..cache import CACHE_ROOT
 from ..quant import config as qconfig
-from .common import add_checkpoint, output_file, plot_file, positive_int, check_configs_for_model
+from .common import INTERRUPTED_EXIT, add_checkpoint, check_configs_for_model, output_file, plot_file, positive_int
 
 
 def register(subparsers) -> None:
@@ -61,7 +61,11 @@ def run(args) -> int:
     if todo:
         calibration = str(prepare_calibration(ck, args.task, data, CACHE_ROOT))
         jobs = [Job(args.ckpt, args.task, data, args.limit, p, calibration) for p in todo]
-        run_sweep(jobs, out, args.workers, args.scheduler, progress=lambda it: tqdm(it, total=len(jobs), desc="sweep"))
+        try:
+            run_sweep(jobs, out, args.workers, args.scheduler,
+                      progress=lambda it: tqdm(it, total=len(jobs), desc="sweep"))
+        except KeyboardInterrupt:
+            return said_interrupted(out, done)
     if args.plot:
         from ..report.quant_plots import plot_metric_vs_bits
 
@@ -78,6 +82,18 @@ def require_task(ck, task: str) -> None:
     ck.require_weights("sweep")
     if task == "sst2":
         require_sst2_classifier(ck, "sweep")
+
+
+def said_interrupted(out: Path, done: set[str]) -> int:
+    """Say what a Ctrl-C (or SIGTERM, with a local pool) kept: the rows finished before it, which --resume skips.
+    Counted as --resume reads OUT (a row the interruption cut short is dropped)."""
+    from ..eval.sweep import done_keys
+
+    finished = len(done_keys(out) - done)
+    held = f"{out} holds them" if finished else f"no row written to {out}"
+    print(f"mabert-hw: interrupted after {finished} configurations; {held}: run the same command with --resume to "
+          "continue", file=sys.stderr)
+    return INTERRUPTED_EXIT
 
 
 def start_record(out: Path, record: dict, resuming: bool) -> None:
