@@ -303,30 +303,28 @@ def speed_section(out: Path) -> str:
     return readme[readme.index("## Speed"):readme.index("![metric vs bits]")]
 
 
-def test_report_only_names_the_batch_each_speed_record_timed(tmp_path, monkeypatch, capsys):
-    """The Speed section said "the first 8 STS-B dev sentences" whatever int8_speed.py --batch had timed."""
-    script = int8_minilm()
+def speed_report(tmp_path: Path, cpu_batch: int, wall_batch: int) -> str:
+    """The Speed section --report-only writes from a CPU-time and a wall-clock record of these batches."""
     out = tmp_path / "out"
     write_results(out, {1500: 86.9, 3: 90.25})
-    speed_record(out, "speed_cpu.json", "cpu", batch=4)
-    speed_record(out, "speed.json", "wall", batch=4)
-    assert script.main(["--report-only", "--out", str(out), "--subset", "3"]) == 0
-    section = speed_section(out)
+    speed_record(out, "speed_cpu.json", "cpu", batch=cpu_batch)
+    speed_record(out, "speed.json", "wall", batch=wall_batch)
+    assert int8_minilm().main(["--report-only", "--out", str(out), "--subset", "3"]) == 0
+    return speed_section(out)
+
+
+def test_report_only_names_the_batch_each_speed_record_timed(tmp_path):
+    """The Speed section said "the first 8 STS-B dev sentences" whatever int8_speed.py --batch had timed."""
+    section = speed_report(tmp_path, 4, 4)
     assert "on one batch (the first 4 STS-B dev sentences, padded to 128 tokens):" in section
     assert "first 8" not in section
     assert "| configuration | CPU time ms | CPU time x fast | wall time ms | wall time x fast |" in section
     assert "- CPU time: batch 4 x 128 tokens, 7 rounds" in section
 
 
-def test_report_only_marks_speed_records_of_different_batches(tmp_path, monkeypatch, capsys):
+def test_report_only_marks_speed_records_of_different_batches(tmp_path):
     """One table mixed a batch-1 wall-clock record with a batch-8 CPU-time one, under one batch's words."""
-    script = int8_minilm()
-    out = tmp_path / "out"
-    write_results(out, {1500: 86.9, 3: 90.25})
-    speed_record(out, "speed_cpu.json", "cpu", batch=8)
-    speed_record(out, "speed.json", "wall", batch=1)
-    assert script.main(["--report-only", "--out", str(out), "--subset", "3"]) == 0
-    section = speed_section(out)
+    section = speed_report(tmp_path, 8, 1)
     assert "per record, **of different sizes**" in section and "the first 8 STS-B" not in section
     assert ("| configuration | CPU time (8 x 128) ms | CPU time (8 x 128) x fast | wall time (1 x 128) ms "
             "| wall time (1 x 128) x fast |") in section
