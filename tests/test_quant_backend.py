@@ -207,7 +207,7 @@ def test_cli_quant_error_and_sweep_guard(tmp_path, minilm, capsys):
     assert main(["quant-error", "minilm", "--config", str(cfg), "--data", str(texts), "--no-sensitivity",
                  "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("tensor,kind,sqnr_db") and any("output.LayerNorm" in line for line in lines)
+    assert lines[0].startswith("section,tensor,kind,sqnr_db") and any("output.LayerNorm" in line for line in lines)
     out = tmp_path / "done.csv"
     out.write_text("key,metric\n")
     grid = tmp_path / "grid.toml"

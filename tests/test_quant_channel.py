@@ -270,7 +270,7 @@ def test_cli_quant_error_baseline_shows_sqnr_change(tmp_path, minilm, capsys):
     assert main(["quant-error", "minilm", "--config", str(cfg), "--baseline", "default", "--data", str(texts),
                  "--no-sensitivity", "--format", "csv"]) == 0
     out = capsys.readouterr().out
-    rows = list(csv.DictReader(io.StringIO(out.split("\n", 1)[1])))
+    rows = list(csv.DictReader(io.StringIO(out)))
     for row in rows:
         assert float(row["delta_db"]) == round(float(row["sqnr_db"]) - float(row["baseline_sqnr_db"]), 2)
     residual = [float(r["delta_db"]) for r in rows if r["kind"] in ("add", "layernorm")]

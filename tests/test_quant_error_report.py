@@ -38,8 +38,33 @@ def test_sensitivity_ranks_only_ops_the_config_quantizes(tmp_path, texts, minilm
     cfg.write_text('quantize = false\n[[rule]]\nname = "encoder.layer.5.output.dense"\nquantize = true\n')
     assert main(["quant-error", "minilm", "--config", str(cfg), "--data", str(texts), "--limit", "2",
                  "--top", "5", "--format", "csv"]) == 0
-    ranking = capsys.readouterr().out.split("sensitivity", 1)[1].split("\n", 1)[1]
-    assert [row["tensor"] for row in csv.DictReader(io.StringIO(ranking))] == ["encoder.layer.5.output.dense"]
+    rows = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert [row["tensor"] for row in rows if row["section"] == "sensitivity"] == ["encoder.layer.5.output.dense"]
+
+
+def test_quant_error_csv_is_one_table(tmp_path, texts, minilm, capsys):
+    """It was two titled tables of different columns (the title line read as the header: 1 column)."""
+    cfg = tmp_path / "first.toml"
+    cfg.write_text('quantize = false\n[[rule]]\nname = "encoder.layer.0.*"\nquantize = true\n')
+    assert main(["quant-error", "minilm", "--config", str(cfg), "--baseline", "default", "--data", str(texts),
+                 "--limit", "2", "--top", "3", "--format", "csv"]) == 0
+    header, *rows = csv.reader(io.StringIO(capsys.readouterr().out))
+    assert header == ["section", "tensor", "kind", "sqnr_db", "cosine", "max_abs_err", "overflows",
+                      "baseline_sqnr_db", "delta_db"]
+    assert all(len(row) == len(header) for row in rows)
+    sections = [row[0] for row in rows]
+    assert sections.count("sensitivity") == 3 and set(sections) == {"per_tensor", "sensitivity"}
+    assert sections.index("sensitivity") == len(rows) - 3  # the ranking after the per-tensor rows
+    ranked = rows[-3:]
+    assert all(row[6:] == ["", "", ""] for row in ranked)  # no overflows or baseline columns of its own
+
+
+def test_quant_error_help_says_what_each_format_holds(capsys):
+    with pytest.raises(SystemExit):
+        main(["quant-error", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "csv: one table, its first column `section` per_tensor or sensitivity" in text
+    assert "table or md: a titled table per section" in text and "json: {title: rows} per section" in text
 
 
 def test_top_without_the_ranking_is_refused(tmp_path, texts, capsys):

@@ -39,9 +39,9 @@ def test_head_ops_are_measured_but_not_ranked():
     assert not [name for name, _ in ops if name in head]
     assert ("encoder.layer.0.attention.self.query", "linear") in ops
     # what leaving them out rests on: alone, a head op leaves the final hidden state exact
-    alone = sensitivity(run, config, calibration, [("pooler.dense", "linear"), ("classifier", "linear")])
+    alone = sensitivity([(run, None)], config, calibration, [("pooler.dense", "linear"), ("classifier", "linear")])
     assert all(math.isinf(r["sqnr_db"]) for r in alone), alone
-    ranked = sensitivity(run, config, calibration, ops)
+    ranked = sensitivity([(run, None)], config, calibration, ops)
     assert all(math.isfinite(r["sqnr_db"]) for r in ranked), [r for r in ranked if not math.isfinite(r["sqnr_db"])]
 
 

@@ -13,18 +13,19 @@ from ..report.tables import FORMATS, csv_table, markdown_table, text_table
 from .common import add_checkpoint, add_output, emit, plot_file, positive_int, check_configs_for_model
 
 DEFAULT_TOP = 10  # sensitivity rows shown: one screen, past MiniLM's six worst ops (its FFN outputs, reports/int8)
+CALIBRATION_SENTENCES = 128  # as the sweep's (eval/sweep.py). Capped: the observers keep a sample of every batch
+# until the ranges are estimated (quant/calibrate.py), so calibrating on all of a large --limit would hold them all
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "quant-error",
         help="per-tensor SQNR / cosine / max error of a quantization config vs float, and sensitivity",
-        description="Calibrate on the texts, run the fixed backend with the config and the float reference "
-        "on one batch of them, and report per tensor (real tokens only, padding left out) the SQNR (dB), cosine, "
-        "max abs error and accumulator "
-        "overflows; then quantize each op the config quantizes alone (all others float) and rank them by the "
-        "final-layer SQNR they leave. A tensor with no "
-        "error has an infinite SQNR: inf in the table and CSV, null in JSON.",
+        description=f"Calibrate on the texts (the first {CALIBRATION_SENTENCES}), run the fixed backend with the "
+        "config and the float reference on them, --batch-size at a time, and report per tensor (real tokens "
+        "only, padding left out) the SQNR (dB), cosine, max abs error and accumulator overflows over all of them; "
+        "then quantize each op the config quantizes alone (all others float) and rank them by the final-layer "
+        "SQNR they leave. A tensor with no error has an infinite SQNR: inf in the table and CSV, null in JSON.",
     )
     add_checkpoint(parser)
     parser.add_argument("--config", help="QuantConfig TOML (default: W8A8, per-channel weights, float "
@@ -33,13 +34,22 @@ def register(subparsers) -> None:
                         "per-tensor SQNR is shown beside the config's, with the change (delta_db)")
     parser.add_argument("--data", required=True, help="text file, one sentence per line, or a GLUE .tsv (its "
                         "sentence columns); each text cut to the model's positions and an MA-BERT approximator's n")
-    parser.add_argument("--limit", type=positive_int, default=16, help="sentences in the batch (default 16)")
+    parser.add_argument("--limit", type=positive_int, default=16, metavar="N", help="measure the first N "
+                        "sentences of --data (default 16); calibration runs on the batches holding the first "
+                        f"{CALIBRATION_SENTENCES}")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass, each "
+                        "batch padded to its longest (default 32, as eval's); every figure is over all N sentences, "
+                        "summed batch by batch (an SQNR is a ratio of sums, not a mean of the batches'); "
+                        "MA-BERT's depend on the padding, which its approximator sees")
     parser.add_argument("--top", type=positive_int, help=f"sensitivity rows shown (default {DEFAULT_TOP})")
     parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking (of "
                         "the ops the config quantizes)")
     parser.add_argument("--plot", type=plot_file, help="write a bar chart of per-tensor SQNR here (.png, .svg, .pdf "
                         "...; tensors with no error drawn as high as the best finite bar, labelled '(exact)')")
-    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="table or md: a titled table per "
+                        "section (per tensor, then the sensitivity ranking); csv: one table, its first column "
+                        "`section` per_tensor or sensitivity (a ranking row leaves the columns it lacks empty); json: "
+                        "{title: rows} per section (default table)")
     add_output(parser, "write the report to FILE instead of standard output")
     parser.set_defaults(run=run)
 
@@ -51,7 +61,7 @@ def run(args) -> int:
 
     from ..eval.tasks import token_limit
     from ..quant.calibrate import calibrate
-    from ..quant.error import ranked_ops, sensitivity, tensor_errors, with_baseline
+    from ..quant.error import batched_tensor_errors, ranked_ops, sensitivity, with_baseline
 
     config = qconfig.load(args.config) if args.config else qconfig.QuantConfig()
     baseline = None
@@ -66,35 +76,59 @@ def run(args) -> int:
         check_configs_for_model([baseline], args.baseline, ck.spec)
     texts = data_texts(args.data)[: args.limit]
     limit = token_limit(ck.spec, ck.spec.max_positions)  # the positions, and an MA approximator's n inputs
-    batch = tokenize_within(ck.tokenizer_dir, texts, limit)
+    batches = [tokenize_within(ck.tokenizer_dir, texts[i:i + args.batch_size], limit)
+               for i in range(0, len(texts), args.batch_size)]
+    runs = [(_forward(ck.spec, weights, batch), batch.attention_mask) for batch in batches]  # padding: left out
+    calibrating = runs[: math.ceil(CALIBRATION_SENTENCES / args.batch_size)]  # the batches holding the first 128
 
-    def run_forward(backend):
-        out = forward(ck.spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
-        return out.last_hidden_state
+    def run_calibration(backend) -> None:
+        for forward_batch, _ in tqdm(calibrating, desc="calibration", leave=False):
+            forward_batch(backend)
 
-    calibration = calibrate(run_forward)
-    mask = batch.attention_mask  # padding positions are left out of every comparison
-    rows = tensor_errors(run_forward, config, calibration, mask)
-    table = rows if baseline is None else with_baseline(rows, tensor_errors(run_forward, baseline, calibration, mask))
-    sections = [("per tensor" if baseline is None else f"per tensor (baseline: {args.baseline})", table)]
+    calibration = calibrate(run_calibration)
+
+    def errors(cfg):
+        return batched_tensor_errors(runs, cfg, calibration, progress=lambda it: tqdm(it, desc="per tensor",
+                                                                                     leave=False))
+
+    rows = errors(config)
+    table = rows if baseline is None else with_baseline(rows, errors(baseline))
+    sections = [("per_tensor", "per tensor" if baseline is None else f"per tensor (baseline: {args.baseline})", table)]
     if not args.no_sensitivity:
-        ranked = sensitivity(run_forward, config, calibration, ranked_ops(rows, config), progress=lambda it: tqdm(it, desc="sensitivity"),
-                             token_mask=mask)
+        ops = ranked_ops(rows, config)
+        ranked = sensitivity(runs, config, calibration, ops,
+                             progress=lambda it: tqdm(it, total=len(runs) * len(ops), desc="sensitivity", leave=False))
         top = args.top or DEFAULT_TOP
-        sections.append((f"sensitivity (final hidden state SQNR, op quantized alone; worst {top})", ranked[:top]))
-    render = {"table": text_table, "md": markdown_table, "csv": csv_table}.get(args.format)
-    if render is None:
-        import json
-
-        emit(json.dumps({title: _json_numbers(part) for title, part in sections}, indent=2, allow_nan=False),
-             args.output)
-    else:
-        emit("\n\n".join(f"{title}\n{render(part)}" for title, part in sections), args.output)
+        sections.append(("sensitivity", f"sensitivity (final hidden state SQNR, op quantized alone; worst {top})",
+                         ranked[:top]))
+    emit(_report(sections, args.format), args.output)
     if args.plot:  # after the report, which a failed plot must not cost
         from ..report.quant_plots import plot_tensor_errors
 
         plot_tensor_errors(_chart_rows(rows), args.plot)
     return 0
+
+
+def _forward(spec, weights, batch):
+    """The run of one batch on a backend, returning its final hidden state."""
+    def run(backend):
+        out = forward(spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
+        return out.last_hidden_state
+
+    return run
+
+
+def _report(sections: list[tuple[str, str, list[dict]]], fmt: str) -> str:
+    """sections: (name, title, rows). table and md: each section's table under its title; csv: one table, the
+    section's name its first column (a spreadsheet or pandas reads one header); json: {title: rows}."""
+    if fmt == "json":
+        import json
+
+        return json.dumps({title: _json_numbers(rows) for _, title, rows in sections}, indent=2, allow_nan=False)
+    if fmt == "csv":
+        return csv_table([{"section": name, **row} for name, _, rows in sections for row in rows])
+    render = {"table": text_table, "md": markdown_table}[fmt]
+    return "\n\n".join(f"{title}\n{render(rows)}" for _, title, rows in sections)
 
 
 def _json_numbers(rows: list[dict]) -> list[dict]:

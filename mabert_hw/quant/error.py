@@ -1,6 +1,6 @@
 """Per-tensor quantization error of the fixed backend against the float reference, and sensitivity.
 
-For one batch, every op's output is captured from both backends (the fixed one carries the error
+For a batch, every op's output is captured from both backends (the fixed one carries the error
 accumulated up to that op). Per tensor: SQNR = 10 log10(sum ref^2 / sum (ref - fixed)^2) dB, cosine
 similarity, max |ref - fixed|, accumulator overflows. Sensitivity: each quantizable op is quantized
 alone (all others float) and ranked by the SQNR of the final hidden state it leaves (lowest first).
@@ -8,11 +8,15 @@ Additive-mask entries (finfo.min) are excluded from the comparison, and, given t
 mask, so are padding positions (their hidden states reach no pooled output; left in, their error swamps
 the real tokens': e.g. 3 dB instead of 17 dB on a MiniLM residual sum). `with_baseline` sets the rows of
 one config beside another's (e.g. per-channel vs per-tensor residual scales): the SQNR change per tensor.
+Over several batches every figure is accumulated (`Agreement`): SQNR and cosine are ratios of sums over the
+compared entries, the max error a max, overflows a count, so they are those of one batch holding every text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,15 +27,19 @@ from ..model import HEAD_OPS, indexes_keys
 from .calibrate import MASKED, Calibration
 from .config import RULE_KINDS, QuantConfig
 
+Run = Callable[[Backend], object]  # one batch's forward on a backend (for sensitivity: its final hidden state)
+Batches = Sequence[tuple[Run, np.ndarray | None]]  # (forward, token mask (B, T) or None: all tokens real)
 
 
 def capture(backend: Backend) -> dict[str, np.ndarray]:
     """Make `backend` keep every op's output (by op name) in the returned dict."""
     store: dict[str, np.ndarray] = {}
-    original = backend._log
+    # weak: the backend holds `log`, and a strong reference back would be a cycle, which keeps the backend and
+    # every output captured alive until the garbage collector runs (memory grew with quant-error's batches)
+    original = weakref.WeakMethod(backend._log)
 
     def log(kind, name, inputs, weights, output, **attrs):
-        original(kind, name, inputs, weights, output, **attrs)
+        original()(kind, name, inputs, weights, output, **attrs)
         store[name] = np.asarray(output, np.float64)
 
     backend._log = log
@@ -59,40 +67,74 @@ def real_positions(shape: tuple, token_mask: np.ndarray | None, keys: bool = Fal
     return True
 
 
+@dataclass
+class Agreement:
+    """Running sums of ref against got over the entries compared (real tokens, no mask entries), batch by batch."""
+
+    signal: float = 0.0  # sum ref^2
+    noise: float = 0.0  # sum (ref - got)^2
+    got_power: float = 0.0  # sum got^2
+    dot: float = 0.0  # sum ref * got
+    max_abs_err: float = 0.0
+
+    def add(self, ref: np.ndarray, got: np.ndarray, token_mask: np.ndarray | None = None, keys: bool = False) -> None:
+        keep = (ref > MASKED) & real_positions(ref.shape, token_mask, keys)
+        r, g = ref[keep], got[keep]
+        self.signal += float(np.sum(r ** 2))
+        self.noise += float(np.sum((r - g) ** 2))
+        self.got_power += float(np.sum(g ** 2))
+        self.dot += float(r @ g)
+        self.max_abs_err = max(self.max_abs_err, float(np.abs(r - g).max(initial=0.0)))
+
+    def figures(self) -> dict:
+        sqnr = np.inf if self.noise == 0 else 10 * np.log10(max(self.signal, 1e-300) / self.noise)
+        return {"sqnr_db": round(float(sqnr), 2), "cosine": round(self.cosine(), 6), "max_abs_err": self.max_abs_err}
+
+    def cosine(self) -> float:
+        """Cosine similarity of the flat tensors. Against an all-zero tensor (e.g. every code of a 2-bit
+        output rounded to the zero point) it is 0, as torch's cosine_similarity gives: nothing of ref's
+        direction survives; 1 only when both are all zero, i.e. equal."""
+        denom = np.sqrt(self.signal) * np.sqrt(self.got_power)
+        if denom:
+            return float(self.dot / denom)
+        return 1.0 if self.signal == 0 and self.got_power == 0 else 0.0
+
+
 def compare(ref: np.ndarray, got: np.ndarray, token_mask: np.ndarray | None = None, keys: bool = False) -> dict:
-    keep = (ref > MASKED) & real_positions(ref.shape, token_mask, keys)
-    r, g = ref[keep], got[keep]
-    noise = float(np.sum((r - g) ** 2))
-    signal = float(np.sum(r ** 2))
-    sqnr = np.inf if noise == 0 else 10 * np.log10(max(signal, 1e-300) / noise)
-    return {"sqnr_db": round(float(sqnr), 2), "cosine": round(cosine(r, g), 6),
-            "max_abs_err": float(np.abs(r - g).max(initial=0.0))}
+    agreement = Agreement()
+    agreement.add(ref, got, token_mask, keys)
+    return agreement.figures()
 
 
-def cosine(r: np.ndarray, g: np.ndarray) -> float:
-    """Cosine similarity of two flat tensors. Against an all-zero tensor (e.g. every code of a 2-bit
-    output rounded to the zero point) it is 0, as torch's cosine_similarity gives: nothing of r's
-    direction survives; 1 only when both are all zero, i.e. equal."""
-    denom = float(np.linalg.norm(r) * np.linalg.norm(g))
-    if denom:
-        return float(r @ g) / denom
-    return 1.0 if not np.any(r) and not np.any(g) else 0.0
-
-
-def tensor_errors(run: Callable[[Backend], object], config: QuantConfig, calibration: Calibration,
+def tensor_errors(run: Run, config: QuantConfig, calibration: Calibration,
                   token_mask: np.ndarray | None = None) -> list[dict]:
-    """Rows in forward order: tensor, kind, sqnr_db, cosine, max_abs_err, overflows (real tokens only
-    when the batch's token_mask is given)."""
-    reference = ReferenceBackend()
-    ref_out = capture(reference)
-    run(reference)
-    fixed = FixedBackend(config=config, calibration=calibration)
-    fixed_out = capture(fixed)
-    run(fixed)
-    kinds = {op.name: op.kind for op in reference.ops}
-    return [{"tensor": name, "kind": kinds[name],
-             **compare(ref_out[name], fixed_out[name], token_mask, indexes_keys(name)),
-             "overflows": fixed.overflows.get(name, 0)} for name in ref_out]
+    """batched_tensor_errors of one batch."""
+    return batched_tensor_errors([(run, token_mask)], config, calibration)
+
+
+def batched_tensor_errors(batches: Batches, config: QuantConfig, calibration: Calibration,
+                          progress: Callable[[Batches], Iterable] | None = None) -> list[dict]:
+    """Rows in forward order: tensor, kind, sqnr_db, cosine, max_abs_err, overflows over every batch (real
+    tokens only where a batch's token mask is given). Each batch's op outputs are compared and let go before
+    the next is run: memory holds one batch's."""
+    agreements: dict[str, Agreement] = {}
+    kinds: dict[str, str] = {}
+    overflows: dict[str, int] = {}
+    for run, token_mask in progress(batches) if progress else batches:
+        reference = ReferenceBackend()
+        ref_out = capture(reference)
+        run(reference)
+        fixed = FixedBackend(config=config, calibration=calibration)
+        fixed_out = capture(fixed)
+        run(fixed)
+        kinds.update((op.name, op.kind) for op in reference.ops)
+        for name in ref_out:
+            agreements.setdefault(name, Agreement()).add(ref_out[name], fixed_out[name], token_mask,
+                                                         indexes_keys(name))
+        for name, count in fixed.overflows.items():
+            overflows[name] = overflows.get(name, 0) + count
+    return [{"tensor": name, "kind": kinds[name], **agreement.figures(), "overflows": overflows.get(name, 0)}
+            for name, agreement in agreements.items()]
 
 
 def with_baseline(rows: list[dict], baseline: list[dict]) -> list[dict]:
@@ -118,15 +160,26 @@ def ranked_ops(rows: list[dict], config: QuantConfig) -> list[tuple[str, str]]:
             and config.settings(r["tensor"], r["kind"]).quantize]
 
 
-def sensitivity(run: Callable[[Backend], np.ndarray], config: QuantConfig, calibration: Calibration,
-                ops: list[tuple[str, str]], progress=None, token_mask: np.ndarray | None = None) -> list[dict]:
-    """Quantize one op at a time; `run` returns the final hidden state. Most damaging first."""
-    reference = run(ReferenceBackend())
-    rows = []
-    for name, kind in progress(ops) if progress else ops:
-        alone = config.with_fields(rule=[*map(dict, config.rules), {"name": "*", "quantize": False},
-                                         {"name": name, "quantize": True}])
-        got = run(FixedBackend(config=alone, calibration=calibration))
-        error = compare(np.asarray(reference, np.float64), np.asarray(got, np.float64), token_mask)
-        rows.append({"tensor": name, "kind": kind, **error})
+def sensitivity(batches: Batches, config: QuantConfig, calibration: Calibration, ops: list[tuple[str, str]],
+                progress: Callable[[Iterator], Iterable] | None = None) -> list[dict]:
+    """Quantize one op at a time (all others float); each batch's run returns the final hidden state, compared
+    with the reference's over every batch. Most damaging first. `progress` wraps the len(batches) * len(ops)
+    steps."""
+    alone = {name: config.with_fields(rule=[*map(dict, config.rules), {"name": "*", "quantize": False},
+                                            {"name": name, "quantize": True}]) for name, _ in ops}
+    agreements = {name: Agreement() for name in alone}
+    steps = _against_reference(batches, list(alone))
+    for run, token_mask, reference, name in progress(steps) if progress else steps:
+        got = run(FixedBackend(config=alone[name], calibration=calibration))
+        agreements[name].add(reference, np.asarray(got, np.float64), token_mask)
+    rows = [{"tensor": name, "kind": kind, **agreements[name].figures()} for name, kind in ops]
     return sorted(rows, key=lambda r: r["sqnr_db"])
+
+
+def _against_reference(batches: Batches, names: list[str]) -> Iterator[tuple]:
+    """(run, token mask, reference final state, op name) for each batch and op, batch by batch: the reference
+    runs once per batch, and only one batch's final state is held."""
+    for run, token_mask in batches:
+        reference = np.asarray(run(ReferenceBackend()), np.float64)
+        for name in names:
+            yield run, token_mask, reference, name
