@@ -68,6 +68,8 @@ BAD_SST2 = [
     (b"sentence\tlabel\ngood\tpositive\n", r"dev\.tsv, line 2: label 'positive' is not 0 or 1"),
     (b"sentence\tlabel\ngood\t7\n", r"dev\.tsv, line 2: label '7' is not 0 or 1"),
     (b"sentence\tlabel\ngood\t1\ncaf\xe9\t0\n", r"dev\.tsv, line 3: not UTF-8 text"),
+    (b"sentence\tlabel\ngood\t1\n\t0\n", r"dev\.tsv, line 3: sentence is blank"),  # was scored as [CLS] [SEP]
+    (b"sentence\tlabel\ngood\t1\n  \t0\n", r"dev\.tsv, line 3: sentence is blank"),
 ]
 
 
@@ -90,6 +92,9 @@ def test_power_search_bad_sst2_file(tiny_classifier, tmp_path, capsys):
     (stsb_row("n/a"), r"dev\.tsv, line 2: score 'n/a' is not a finite number"),
     (stsb_row("nan"), r"dev\.tsv, line 2: score 'nan' is not a finite number"),
     (stsb_row("2.5") + "0\tmain-captions\ta man plays\n", r"dev\.tsv, line 3: no sentence1"),
+    (stsb_row("2.5") + stsb_row("9.5"), r"dev\.tsv, line 3: score '9\.5' is outside the STS-B range 0 to 5"),
+    (stsb_row("-0.1"), r"dev\.tsv, line 2: score '-0\.1' is outside the STS-B range 0 to 5"),
+    (stsb_row("2.5", second=" "), r"dev\.tsv, line 2: sentence2 is blank"),
     ("", r"no examples in .*dev\.tsv"),
 ])
 def test_bad_stsb_file(tmp_path, rows, message):
@@ -97,6 +102,28 @@ def test_bad_stsb_file(tmp_path, rows, message):
     path.write_text(STSB_HEADER + rows)
     with pytest.raises(UserError, match=message):
         tasks.load_stsb(path)
+
+
+def test_the_scores_at_the_ends_of_the_range_are_read(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_text(STSB_HEADER + stsb_row("0") + stsb_row("5.000"))
+    assert tasks.load_stsb(path).scores.tolist() == [0.0, 5.0]
+
+
+def test_data_may_be_the_tasks_own_folder(tmp_path, tiny_classifier, capsys):
+    """--data glue/STS-B was looked for at glue/STS-B/glue/STS-B/dev.tsv."""
+    root = tmp_path / "data"
+    folder = root / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    (folder / "dev.tsv").write_text(STSB_HEADER + stsb_row("2.5") + stsb_row("4.0", "a cat sleeps"))
+    assert tasks.resolve(folder, "stsb") == tasks.resolve(root, "stsb") == folder / "dev.tsv"
+    assert tasks.load_stsb(folder).scores.tolist() == [2.5, 4.0]
+    with pytest.raises(UserError, match=f"no sst2 data in {root / 'glue'}: it holds neither glue/SST-2/dev.tsv "
+                                        r"\(a data root\) nor dev\.tsv \(the task's folder\)"):
+        tasks.resolve(root / "glue", "sst2")
+    output = folder / "dev.tsv"  # an output over the dev file it reads is refused, as under a data root
+    assert main(["eval", tiny_classifier, "--task", "stsb", "--data", str(folder), "--output", str(output)]) == 2
+    assert "is an input of this command" in error_line(capsys)
 
 
 def test_line_numbers_count_skipped_blank_lines(tmp_path):

@@ -100,3 +100,37 @@ def test_power_search_out_is_checked_before_the_search(classifier, sst2_file, tm
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "no such directory" in err and "schedules scored" not in err
+
+
+def test_eval_help_says_seq_len_is_sst2_only(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "--seq-len SEQ_LEN SST-2 only (STS-B pads each batch to its longest)" in " ".join(
+        capsys.readouterr().out.split())
+
+
+def test_eval_warns_when_a_retention_config_was_searched_elsewhere(classifier, sst2_file, tmp_path, capsys):
+    """A schedule searched on another checkpoint, task or length was applied without a word."""
+    digest = checkpoint.load(classifier).hasher().hexdigest()
+    config = tmp_path / "config.json"
+
+    def warnings(searched: dict, *argv) -> list[str]:
+        config.write_text(json.dumps({"checkpoint": "ckpt", "task": "sst2", "seq_len": 8, "retention": [6, 3],
+                                      "scores_depend_on": {"model": digest}, **searched}))
+        assert main(["eval", str(classifier), "--retention", str(config), *map(str, argv)]) == 0
+        return [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+
+    sst2 = ["--task", "sst2", "--data", sst2_file]
+    assert warnings({}, *sst2) == []
+    assert warnings({}, *sst2, "--seq-len", 12) == [
+        f"mabert-hw: warning: {config} was searched at --seq-len 8, this run pads to 12"]
+    assert warnings({"checkpoint": "other", "scores_depend_on": {"model": "0123456789abcdef"}}, *sst2) == [
+        f"mabert-hw: warning: {config} was searched on another model (other, digest 0123456789abcdef), not "
+        f"{classifier}"]
+    stsb = tmp_path / "stsb.tsv"
+    stsb.write_text(STSB_HEADER + "".join(f"0\tmain\tf\t2012\t1\tnone\tnone\t{a}\t{b}\t{s}\n" for a, b, s in [
+        ("a man plays a guitar", "a man sings", "1.0"), ("a dog runs", "a dog is running", "4.5"),
+        ("the sky is blue", "stocks fell sharply today", "0.2")]))
+    assert warnings({}, "--task", "stsb", "--data", stsb) == [
+        f"mabert-hw: warning: {config} was searched on sst2, this run evaluates stsb",
+        f"mabert-hw: warning: {config} was searched at --seq-len 8, this run pads each batch to its longest text"]

@@ -244,6 +244,10 @@ def check_configs_for_model(configs, where: str, spec) -> None:
             raise UserError(f"{where}: {misfits[0]}{more}")
 
 
+TASK_DATA_HELP = ("the task's TSV, the folder holding it (glue/STS-B), or a data root (holding "
+                  "glue/<TASK>/dev.tsv)")  # what eval.tasks.task_file accepts
+
+
 def add_task_engine(parser) -> None:
     """--engine of the commands that evaluate a task (task_calibration and task_backend build it)."""
     from ..backends import BACKENDS

@@ -3,6 +3,7 @@ PoWER-BERT retention configuration."""
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 
@@ -13,18 +14,18 @@ from ..errors import UserError
 from ..eval import tasks
 from ..power_search import encode, predict
 from ..report.tables import FORMATS, render
-from .common import (add_checkpoint, add_output, add_task_engine, emit, positive_int, task_backend,
+from .common import (TASK_DATA_HELP, add_checkpoint, add_output, add_task_engine, emit, positive_int, task_backend,
                      task_calibration)
-from .retention import add_retention_argument, read_retention, searched_seq_len
+from .retention import add_retention_argument, read_retention, searched_record, searched_seq_len
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="SST-2 accuracy or STS-B Spearman of a checkpoint on an engine",
-        description="Evaluate a checkpoint on a GLUE dev file (or a data root holding glue/SST-2/dev.tsv, "
-        "glue/STS-B/dev.tsv). SST-2 needs a classifier (BertForSequenceClassification); STS-B scores "
-        "cosine similarity of mean-pooled vectors. --retention applies PoWER-BERT elimination (STS-B "
+        description="Evaluate a checkpoint on a GLUE dev file (or its folder, or a data root holding "
+        "glue/SST-2/dev.tsv, glue/STS-B/dev.tsv). SST-2 needs a classifier (BertForSequenceClassification); "
+        "STS-B scores cosine similarity of mean-pooled vectors. --retention applies PoWER-BERT elimination (STS-B "
         "then pools the tokens the last layer kept). MA-BERT results depend on padding: as in the official "
         "code, its softmax approximator also sees the padded keys (score 0), so an MA score depends on "
         "--seq-len or, with each batch padded to its longest text, on --batch-size and on which texts "
@@ -33,13 +34,14 @@ def register(subparsers) -> None:
     add_checkpoint(parser)
     parser.add_argument("--task", choices=("sst2", "stsb"), required=True,
                         help="sst2: SST-2 dev accuracy; stsb: STS-B dev Spearman x 100")
-    parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
+    parser.add_argument("--data", required=True, help=TASK_DATA_HELP)
     add_task_engine(parser)
     add_retention_argument(parser)
     parser.add_argument("--seq-len", type=positive_int,
-                        help="pad/truncate every text to this many tokens (default: the length a --retention "
-                        "CONFIG.json was searched at; else pad each batch to its longest text, cutting texts to "
-                        "min(128, the model's positions, an MA approximator's n) tokens)")
+                        help="SST-2 only (STS-B pads each batch to its longest): pad/truncate every text to this "
+                        "many tokens (default: the length a --retention CONFIG.json was searched at; else pad each "
+                        "batch to its longest text, cutting texts to min(128, the model's positions, an MA "
+                        "approximator's n) tokens)")
     parser.add_argument("--limit", type=positive_int, help="only the first N examples")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default 32)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
@@ -56,6 +58,7 @@ def run(args) -> int:
     if args.task == "sst2":  # before any calibration or data work
         tasks.require_sst2_classifier(ck)
     retention = read_retention(args.retention, ck.spec.layers, seq_len)
+    warn_other_search(args.retention, ck, args.task, seq_len)
     if retention is not None and seq_len is None:
         refuse_idle_retention(retention, tasks.token_limit(ck.spec))
     backend = task_backend(args.engine, task_calibration(args.engine, ck, args.task, args.data))
@@ -88,6 +91,25 @@ def refuse_idle_retention(retention: tuple[int, ...], longest: int) -> None:
         shown = ",".join(map(str, retention))
         raise UserError(f"retention {shown} keeps at least {longest} tokens at every layer, and texts are cut to "
                         f"{longest} here: it eliminates nothing (keep fewer at some layer)")
+
+
+def warn_other_search(retention: str | None, ck: checkpoint.Checkpoint, task: str, seq_len: int | None) -> None:
+    """A warning per setting a `power-search --out` config was searched under that this run does not share (its
+    task, its model's digest, its padded length): the schedule is applied, but its recorded accuracy and
+    FLOPs were measured elsewhere. A setting the config does not record is not compared."""
+    searched = searched_record(retention)
+    differences = []
+    if searched.get("task") not in (None, task):
+        differences.append(f"was searched on {searched['task']}, this run evaluates {task}")
+    model = (searched.get("scores_depend_on") or {}).get("model")
+    if model is not None and model != ck.hasher().hexdigest():
+        differences.append(f"was searched on another model ({searched.get('checkpoint')}, digest {model}), not "
+                           f"{ck.source}")
+    if searched.get("seq_len") not in (None, seq_len):
+        here = f"pads to {seq_len}" if seq_len else "pads each batch to its longest text"
+        differences.append(f"was searched at --seq-len {searched['seq_len']}, this run {here}")
+    for difference in differences:
+        print(f"mabert-hw: warning: {retention} {difference}", file=sys.stderr)
 
 
 def padding_rule(seq_len: int | None) -> str:

@@ -48,11 +48,11 @@ def _existing(paths) -> set[Path]:
 
 
 def _data_files(path: Path, task: str | None) -> set[Path]:
-    """A data file, or under a data root the task's dev file and the train split calibration reads."""
+    """A data file, or in a data root or a task's folder the task's dev file and the train split calibration reads."""
     if path.is_dir() and task is not None:
-        from ..eval.tasks import TASK_FILES
+        from ..eval.tasks import task_file
 
-        dev = path / TASK_FILES[task]
+        dev = task_file(path, task)
         return _existing([dev, dev.parent / "train.tsv"])
     return _existing([path, path.parent / "train.tsv"] if path.suffix == ".tsv" else [path])
 

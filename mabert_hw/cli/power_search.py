@@ -17,8 +17,8 @@ from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scored, Scorer, cho
                             geometric_search, greedy_search)
 from ..power_search_record import document, refuse_overwriting, resumed_scores, save, scores_depend_on
 from ..report.tables import FORMATS, render
-from .common import (INTERRUPTED_EXIT, STANDARD_STREAMS, add_checkpoint, add_task_engine, emit, non_negative_float,
-                     output_file, positive_int, task_backend, task_calibration)
+from .common import (INTERRUPTED_EXIT, STANDARD_STREAMS, TASK_DATA_HELP, add_checkpoint, add_task_engine, emit,
+                     non_negative_float, output_file, positive_int, task_backend, task_calibration)
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     )
     add_checkpoint(parser)
     parser.add_argument("--task", choices=("sst2",), required=True, help="sst2: SST-2 dev accuracy (a classifier CKPT)")
-    parser.add_argument("--data", required=True, help="the task's TSV, or a data root")
+    parser.add_argument("--data", required=True, help=TASK_DATA_HELP)
     parser.add_argument("--budget-loss", type=non_negative_float, default=1.0,
                         help="accuracy points allowed to lose (default 1.0)")
     parser.add_argument("--out", metavar="CONFIG.json", type=output_file,

@@ -51,6 +51,13 @@ def read_retention(text: str | None, layers: int, seq_len: int | None = None) ->
     return check_retention(counts, layers, seq_len)
 
 
+def searched_record(text: str | None) -> dict:
+    """The `power-search --out` config --retention names, as recorded ({} for an inline schedule or none)."""
+    if text is None or Path(text).suffix != ".json":
+        return {}
+    return _config(Path(text))
+
+
 def searched_seq_len(text: str | None) -> int | None:
     """The padded length N a `power-search --out` config was searched at (None for inline schedules)."""
     if text is None or Path(text).suffix != ".json":

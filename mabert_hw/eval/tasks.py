@@ -23,6 +23,8 @@ from ..model import forward
 from ..spec import ModelSpec
 
 TASK_FILES = {"stsb": "glue/STS-B/dev.tsv", "sst2": "glue/SST-2/dev.tsv"}
+DEV_FILE = "dev.tsv"  # a task's own folder holds it
+SCORE_RANGE = (0.0, 5.0)  # STS-B gold similarity
 MAX_TOKENS = 128  # texts are cut to at most this many tokens (the official MA-BERT n)
 
 
@@ -40,13 +42,24 @@ class ClassificationTask:
 
 
 def resolve(path: str | Path, task: str) -> Path:
-    """A task file, or a data root holding it at the standard GLUE place."""
+    """A task file, or a folder holding it: a data root (at the standard GLUE place) or the task's own folder."""
+    file = task_file(path, task)
+    if Path(path).is_dir() and not file.is_file():
+        raise UserError(f"no {task} data in {path}: it holds neither {TASK_FILES[task]} (a data root) nor "
+                        f"{DEV_FILE} (the task's folder)")
+    if not file.is_file():
+        raise UserError(f"no {task} data at {file}")
+    return file
+
+
+def task_file(path: str | Path, task: str) -> Path:
+    """The file `resolve` reads for `path`, found or not: in a folder the standard GLUE place under it, else
+    its own dev.tsv (--data glue/STS-B) when that is a file."""
     path = Path(path)
-    if path.is_dir():
-        path = path / TASK_FILES[task]
-    if not path.is_file():
-        raise UserError(f"no {task} data at {path}")
-    return path
+    if not path.is_dir():
+        return path
+    standard, own = path / TASK_FILES[task], path / DEV_FILE
+    return own if not standard.is_file() and own.is_file() else standard
 
 
 def _rows(path: Path, limit: int | None) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -68,14 +81,26 @@ def _field(path: Path, line: int, row: list[str], column: int, name: str) -> str
 
 
 def _score(path: Path, line: int, text: str) -> float:
-    """A finite number: 'nan' and 'inf' parse as floats but are no similarity score."""
+    """A gold similarity in SCORE_RANGE: 'nan' and 'inf' parse as floats but are no score, and one outside the
+    range is a column mixed up or a file on another scale."""
     try:
         score = float(text)
     except ValueError:
         score = math.nan
     if not math.isfinite(score):
         raise UserError(f"{path}, line {line}: score {text!r} is not a finite number")
+    low, high = SCORE_RANGE
+    if not low <= score <= high:
+        raise UserError(f"{path}, line {line}: score {text!r} is outside the STS-B range {low:g} to {high:g}")
     return score
+
+
+def _sentence(path: Path, line: int, row: list[str], column: int, name: str) -> str:
+    """A text that is not blank: a blank one would be scored as [CLS] [SEP] alone."""
+    text = _field(path, line, row, column, name)
+    if not text.strip():
+        raise UserError(f"{path}, line {line}: {name} is blank")
+    return text
 
 
 def _label(path: Path, line: int, text: str) -> int:
@@ -92,8 +117,8 @@ def load_stsb(path: str | Path, limit: int | None = None) -> PairTask:
     except ValueError:
         raise UserError(f"{file}: not an STS-B file (header {header[:4]}...)") from None
     _require_examples(file, rows)
-    return PairTask([_field(file, n, r, i1, "sentence1") for n, r in rows],
-                    [_field(file, n, r, i2, "sentence2") for n, r in rows],
+    return PairTask([_sentence(file, n, r, i1, "sentence1") for n, r in rows],
+                    [_sentence(file, n, r, i2, "sentence2") for n, r in rows],
                     np.array([_score(file, n, _field(file, n, r, js, "score")) for n, r in rows]))
 
 
@@ -103,7 +128,7 @@ def load_sst2(path: str | Path, limit: int | None = None) -> ClassificationTask:
     if header[:2] != ["sentence", "label"]:
         raise UserError(f"{file}: not an SST-2 file (header {header})")
     _require_examples(file, rows)
-    return ClassificationTask([r[0].strip() for _, r in rows],
+    return ClassificationTask([_sentence(file, n, r, 0, "sentence").strip() for n, r in rows],
                               np.array([_label(file, n, _field(file, n, r, 1, "label")) for n, r in rows]))
 
 
