@@ -46,7 +46,8 @@ def test_bad_data_file_is_named_in_one_line(tmp_path, capsys, teacher_dir, name,
 
 def test_data_directory_is_named_a_directory(tmp_path, capsys, teacher_dir):
     assert convert(teacher_dir, tmp_path / "out", tmp_path) == 2  # was "no such data file"
-    assert capsys.readouterr().err == f"mabert-hw: error: --data {tmp_path} is a directory: give its text or TSV files\n"
+    err = capsys.readouterr().err
+    assert err == f"mabert-hw: error: --data {tmp_path} is a directory: give its text or TSV files\n"
 
 
 def test_out_that_cannot_be_a_directory_is_refused_before_the_work(tmp_path, capsys, teacher_dir):

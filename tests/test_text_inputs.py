@@ -32,7 +32,7 @@ def test_a_glue_tsv_gives_its_sentences_not_its_lines(tmp_path, capsys, minilm):
     # now read files as softmax-error does: inputs.data_texts)
     tsv = tmp_path / "dev.tsv"
     tsv.write_text("sentence\tlabel\na gripping film\t1\ndull and lifeless\t0\n")
-    assert main(["check", "minilm", "--texts", str(tsv)]) == 0
+    assert main(["check", "minilm", "--texts", str(tsv), "--batch", "2"]) == 0
     assert "inputs: 2 tokenised texts, 5 tokens" in capsys.readouterr().out  # [CLS] dull and lifeless [SEP]
 
 
