@@ -372,10 +372,6 @@ def check_weights(spec: ModelSpec, state: dict[str, np.ndarray]) -> Weights:
     refuse_extra_layers(spec, state)
     shapes = expected_shapes(spec)
     check_shapes(state, shapes)
-    for key in shapes:  # integers would be read as float values: a quantized file's codes, not the weights
-        if not np.issubdtype(state[key].dtype, np.floating):
-            raise UserError(f"weight {key} is {state[key].dtype}, not floating point: quantized or "
-                            "integer checkpoints are not supported")
     return {key: np.ascontiguousarray(state[key], dtype=np.float32) for key in shapes}
 
 

@@ -31,17 +31,21 @@ def refuse_extra_layers(spec: ModelSpec, state: dict) -> None:
     and the model that runs is then a truncated one, whatever its figures say."""
     extra = sorted({int(m.group(1)) for key in state if (m := ENCODER_LAYER_KEY.match(key))} - set(range(spec.layers)))
     if extra:
-        raise UserError(f"the weights hold {extra[-1] + 1} encoder layers (up to encoder.layer.{extra[-1]}), but the "
-                        f"config has num_hidden_layers = {spec.layers}: do the config and the weights match?")
+        raise UserError(f"the weights hold encoder.layer.{extra[-1]}, past the config's num_hidden_layers = "
+                        f"{spec.layers}: do the config and the weights match?")
 
 
 def check_shapes(state: dict, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Every key of `shapes` is in `state` with that shape (a one-line UserError naming the first that is not)."""
+    """Every key of `shapes` is in `state` with that shape, in floating point (a one-line UserError naming the
+    first that is not). Integers would be read as float values: a quantized file's codes, not the weights."""
     for key, shape in shapes.items():
         if key not in state:
             raise UserError(f"missing key {key}")
         if tuple(state[key].shape) != shape:
             raise UserError(f"shape of key {key} is {tuple(state[key].shape)} expected {shape}")
+        if not np.issubdtype(state[key].dtype, np.floating):
+            raise UserError(f"weight {key} is {state[key].dtype}, not floating point: quantized or integer "
+                            "checkpoints are not supported")
 
 
 def layer_prefix(layer: int) -> str:

@@ -225,7 +225,7 @@ def test_weights_with_more_layers_than_the_config_are_refused(tmp_path, capsys):
         "num_attention_heads": spec.heads, "intermediate_size": spec.intermediate,
         "max_position_embeddings": spec.max_positions}))
     assert main(["profile", str(tmp_path)]) == 2
-    assert ("the weights hold 2 encoder layers (up to encoder.layer.1), but the config has num_hidden_layers = 1"
+    assert ("the weights hold encoder.layer.1, past the config's num_hidden_layers = 1"
             in capsys.readouterr().err)
 
 

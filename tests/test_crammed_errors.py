@@ -82,6 +82,17 @@ def test_a_zero_size_is_named_by_its_arch_key(key):
         parse_arch(arch_config(**{key: 0}))
 
 
+def test_integer_weights_are_refused(tmp_path):
+    """An int32 tensor used to be widened to float32 and run as if it were the weights."""
+    arch = arch_config()
+    state = random_state(arch, 1)
+    key = "encoder.layers.0.ffn.linear_in.weight"
+    state[key] = np.round(state[key] * 100).astype(np.int32)
+    directory = save_hf(tmp_path / "int", arch, state)
+    with pytest.raises(UserError, match=f"weight {key} is int32, not floating point"):
+        checkpoint.load(directory)
+
+
 def test_fractional_sizes_are_refused():
     arch = arch_config()
     arch["intermed_depth"] = 3.5

@@ -281,9 +281,25 @@ def test_ma_weights_with_more_layers_than_the_config_are_refused():
                       softmax_hidden=8)
     spec = dataclasses.replace(TINY_SPECS[0], variant=variant)
     state = dict(random_weights(spec, 3))
-    state["encoder.layer.2.output.dense.bias"] = np.zeros(spec.hidden, np.float32)
-    message = r"the weights hold 3 encoder layers \(up to encoder.layer.2\), but the config has num_hidden_layers = 2"
-    with pytest.raises(UserError, match=message):
+    state["encoder.layer.5.output.dense.bias"] = np.zeros(spec.hidden, np.float32)  # layers 2-4 absent
+    with pytest.raises(UserError, match="the weights hold encoder.layer.5, past the config's num_hidden_layers = 2"):
+        ma_weights(spec, state)
+
+
+def test_ma_weights_in_integers_are_refused():
+    """Checked on every checkpoint path (check_shapes): an int8 tensor used to be widened and run as weights."""
+    from mabert_hw.ma_checkpoint import ma_weights
+    from mabert_hw.spec import Variant
+
+    variant = Variant(softmax="mlp", ffn_activation="relu", norm="powernorm", mask="multiplicative", softmax_input=16,
+                      softmax_hidden=8)
+    spec = dataclasses.replace(TINY_SPECS[0], variant=variant)
+    rng = np.random.default_rng(0)
+    state = {key: rng.uniform(0.5, 1.5, shape).astype(np.float32) for key, shape in raw_shapes(spec).items()}
+    assert ma_weights(spec, state)  # the float state loads
+    key = "encoder.layer.0.attention.self.query.weight"
+    state[key] = state[key].astype(np.int8)
+    with pytest.raises(UserError, match=f"weight {key} is int8, not floating point"):
         ma_weights(spec, state)
 
 
