@@ -206,6 +206,11 @@ def test_an_unknown_flag_gets_its_commands_usage(capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("usage: mabert-hw bench-ffn [-h]")
     assert err.rstrip().endswith("mabert-hw bench-ffn: error: unrecognized arguments: --bogus")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--bogus", "profile", "minilm-l6"])  # before the command: the top level's
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: mabert-hw [-h] COMMAND ...")
+    assert err.rstrip().endswith("mabert-hw: error: unrecognized arguments: --bogus")
 
 
 def test_output_under_a_file_names_the_file(tmp_path, capsys):

@@ -37,9 +37,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     """parse_args, with an unknown flag refused by its command's parser: the error shows that command's
     usage line (argparse's own check, at the top level, shows `mabert-hw [-h] COMMAND ...`)."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # one given before the command is the top level's (`mabert-hw --bogus profile ...`)
+        before_command = unknown[0] in argv[:argv.index(args.command)]
+        (parser if before_command else parser.commands[args.command]).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     return args
 
 
