@@ -118,7 +118,9 @@ def category(cost: OpCost) -> str:
 SHARES_RULE = ("nonlinear_*: softmax, layernorm, gelu and the pooler's tanh, the functions MA-BERT "
                "removes; approximator_*: MA-BERT's softmax MLP; vector_cycles_%: every op of the vector "
                "unit, ReLU and the additions included (a memory-bound ReLU costs what the GELU it "
-               "replaces did). Per cent of the variant's cycles and energy.")
+               "replaces did), and an FFF tree walk, which runs there. Per cent of the variant's cycles and "
+               "energy; the groups overlap (a vector op may also be non-linear or the approximator's ReLU), so "
+               "they do not add up.")
 
 
 def shares(estimate: Estimate) -> dict[str, float]:
