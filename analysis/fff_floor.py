@@ -46,7 +46,7 @@ from mabert_hw.kernels.cache_hints import LINE_FLOATS, line_aligned_row, stream_
 from mabert_hw.kernels.fff import FASTMATH, GROUP, L2_BYTES, ZERO, _accumulate, _child, _dot, fff_apply
 from mabert_hw.kernels.threads import set_threads
 from mabert_hw.machine import describe, memory_bytes
-from mabert_hw.report.tables import csv_table
+from mabert_hw.report.tables import csv_table, figure
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "fff"
 L1_ROWS = 7  # 7 rows of 3 KiB (21 KiB) beside the group's 4 x rows (12 KiB) in the 48 KiB L1
@@ -244,7 +244,7 @@ def run(args, parser: argparse.ArgumentParser, argv: list[str]) -> int:
             "problem": vars(args) | {"out": str(args.out)}, "machine": describe(), "blas": blas_kernels(), "rows": rows}
     write_text_whole(args.out / "floor.json", json.dumps(meta, indent=1))
     for row in rows:
-        print(f"{row['threads']} {row['piece']:36s} {row['median_ms']:8.3g} ms {row['ns_per_token_per_core']:7.0f} "
+        print(f"{row['threads']} {row['piece']:36s} {figure(row['median_ms']):>8} ms {row['ns_per_token_per_core']:7.0f} "
               f"ns/token/core {row['share_of_78x_budget']:6.2f} x budget")
     return 0
 

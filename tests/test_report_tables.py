@@ -8,7 +8,7 @@ import re
 import pytest
 
 from mabert_hw.bench.timing import table_rows
-from mabert_hw.report.tables import render
+from mabert_hw.report.tables import figure, render
 
 
 SKIPPED_FIRST = [{"variant": "ma", "status": "skipped: no trace"}, {"variant": "bert", "status": "ok", "cycles": 7}]
@@ -28,3 +28,10 @@ def test_bench_table_keeps_timing_columns_when_the_first_engine_is_skipped():
     header = render(rows, "table").splitlines()[0].split()
     assert header == ["engine", "median_ms", "min_ms", "max_ms", "tokens_per_s", "gflops_per_s", "ratio_vs_torch",
                       "note"]
+
+
+@pytest.mark.parametrize("value, text", [(0.25, "0.25"), (341.3333, "341.3"), (9999.4, "9999"), (12345.6, "12,346"),
+                                         (2.5e-6, "2.5e-06")])
+def test_figures_keep_four_digits_and_no_exponent_from_ten_thousand(value, text):
+    """bench-ffn's MAC ratio and fff_floor's times print through figure: .4g alone wrote 12345.6 as 1.235e+04."""
+    assert figure(value) == text

@@ -6,7 +6,7 @@ import json
 import os
 
 from ..errors import UserError
-from ..report.tables import FORMATS, render
+from ..report.tables import FORMATS, figure, render
 from .common import add_output, emit, positive_float, positive_int
 
 MAX_DEPTH = 20  # 2^21 - 1 nodes of C floats each: beyond this the weights alone outgrow memory
@@ -132,7 +132,7 @@ def framed(table: str, facts: dict, separator: str, rows: list[dict]) -> str:
         f"F={p['dense_width']}; {facts['rounds']} interleaved rounds on {facts['machine']}, threads "
         f"{facts['threads']}, BLAS {facts['blas']}",
         table,
-        f"theoretical MAC ratio dense/FFF: {facts['mac_ratio']:.4g}x; fff-numba vs fff-numpy-gather maxdiff "
+        f"theoretical MAC ratio dense/FFF: {figure(facts['mac_ratio'])}x; fff-numba vs fff-numpy-gather maxdiff "
         f"{facts['fff_numba_vs_numpy_maxdiff']:.2g}, "
         f"dense-fast vs dense-numpy {facts['dense_fast_vs_numpy_maxdiff']:.2g}",
         said_target(facts["target"]),

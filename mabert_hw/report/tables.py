@@ -10,9 +10,15 @@ from collections.abc import Sequence
 FORMATS = ("table", "csv", "json", "md")
 
 
+def figure(value: float) -> str:
+    """A measured or derived number as the tables print it: 4 significant digits, whole with thousands
+    separators from 10,000 up (where .4g would turn to 1.234e+04)."""
+    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        return figure(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return "" if value is None else str(value)
