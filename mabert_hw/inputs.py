@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,10 +110,26 @@ def tokenize(directory: Path, texts: list[str] | tuple[str, ...], seq_len: int |
 
 def tokenize_within(directory: Path, texts: list[str] | tuple[str, ...], limit: int,
                     seq_len: int | None = None) -> Batch:
-    """tokenize(directory, texts, seq_len), tokenised again cut to `limit` tokens when that batch is wider:
-    no text keeps more than `limit` tokens, and a batch of short texts stays as narrow as its longest."""
+    """tokenize_cut's batch."""
+    return tokenize_cut(directory, texts, limit, seq_len)[0]
+
+
+def tokenize_cut(directory: Path, texts: list[str] | tuple[str, ...], limit: int,
+                 seq_len: int | None = None) -> tuple[Batch, int]:
+    """tokenize(directory, texts, seq_len), tokenised again cut to `limit` tokens when that batch is wider
+    (no text keeps more than `limit` tokens, and a batch of short texts stays as narrow as its longest), and
+    how many texts the cut shortened (for warn_truncated)."""
     batch = tokenize(directory, texts, seq_len)
-    return tokenize(directory, texts, limit) if batch.shape[1] > limit else batch
+    if batch.shape[1] <= limit:
+        return batch, 0
+    return tokenize(directory, texts, limit), int((batch.attention_mask.sum(axis=1) > limit).sum())
+
+
+def warn_truncated(truncated: int, total: int, limit: int) -> None:
+    """The warning of a command that cut `truncated` of its `total` texts to the `limit` tokens the model takes."""
+    if truncated:
+        print(f"mabert-hw: warning: {truncated} of {total} texts truncated to the model's {limit} tokens",
+              file=sys.stderr)
 
 
 def check_positions(spec: ModelSpec, seq_len: int) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..atomic import write_text_whole
@@ -104,6 +106,38 @@ def make_output_dir(text: str) -> Path:
     except OSError as error:
         raise UserError(f"cannot create directory {text}: {error.strerror}") from None
     return path
+
+
+@contextmanager
+def output_dir(text: str) -> Iterator[Path]:
+    """make_output_dir(text) for the run in the with-block. The directories it creates are removed again
+    when the block fails while they are still empty: a failed run used to leave an empty --out behind."""
+    created = missing_prefixes(text)
+    out = make_output_dir(text)
+    try:
+        yield out
+    except BaseException:  # Ctrl-C included: before its first saved state, a run leaves nothing in OUT
+        remove_empty(created)
+        raise
+
+
+def missing_prefixes(text: str) -> list[Path]:
+    """The directories that mkdir(parents=True) of `text` may create, deepest first: each prefix of the
+    path as written, with ".." taken textually ("missing/../out" makes "missing" and "out", never touches
+    an existing "out"), kept where nothing exists yet."""
+    written = Path(text).absolute()
+    prefixes = {Path(os.path.normpath(p)) for p in (written, *written.parents)}
+    return sorted((p for p in prefixes if not p.exists()), key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_empty(directories: list[Path]) -> None:
+    """rmdir each, deepest first; rmdir removes only an empty directory, so one holding files stays (and so
+    do the directories above it)."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty, or not there
+            continue
 
 
 INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT (128 + 2)

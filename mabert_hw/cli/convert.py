@@ -4,10 +4,7 @@ approximator pre-fit and knowledge transfer from the frozen baseline (torch_ref/
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,8 +13,8 @@ from ..errors import UserError
 from ..inputs import SPECIAL_TOKENS, read_utf8, tsv_texts
 from ..spec import PRESETS, VARIANTS
 from ..weights import weights_digest
-from .common import (INTERRUPTED_EXIT, add_checkpoint, make_output_dir, non_negative_float, non_negative_int,
-                     positive_float, positive_int, seed_int)
+from .common import (INTERRUPTED_EXIT, add_checkpoint, non_negative_float, non_negative_int, output_dir, positive_float,
+                     positive_int, seed_int)
 from .infer import checkpoint_config
 
 SHAPING_FLAGS = ("--softmax-input", "--softmax-hidden", "--share-softmax", "--only")  # a resumed run must repeat them
@@ -107,14 +104,14 @@ def conversion_record(config: dict) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
-    """The saved run's record with this run's flags, after checking they shape the same model from the same
-    teacher, by its weights' digest (a record from before digests were kept cannot be checked for it). A state
-    from before records were kept has none: its flags cannot be checked (said on stderr), and its
-    pre-fit MSE is read from the config.json the earlier run wrote, when there is one."""
+def resumed_record(state: dict, state_path: Path, config_path: Path, record: dict) -> dict:
+    """The saved run's record (in `state`, read from state_path) with this run's flags, after checking they
+    shape the same model from the same teacher, by its weights' digest (a record from before digests were kept
+    cannot be checked for it). A state from before records were kept has none: its flags cannot be checked
+    (said on stderr), and its pre-fit MSE is read from the config.json the earlier run wrote, when there is one."""
     from ..torch_ref import train
 
-    saved = train.saved_record(state_path)
+    saved = train.saved_record(state)
     if saved.get("teacher_weights", record["teacher_weights"]) != record["teacher_weights"]:
         raise UserError(f"{state_path} was trained from another teacher (weights digest {saved['teacher_weights']}, "
                         f"CKPT's {record['teacher_weights']}): resume with that teacher, or choose another --out to "
@@ -130,24 +127,20 @@ def resumed_record(state_path: Path, config_path: Path, record: dict) -> dict:
     return saved | record
 
 
-def refuse_fewer_steps(state_path: Path, steps: int) -> None:
+def refuse_fewer_steps(state: dict, state_path: Path, steps: int) -> None:
     """With --resume, --steps counts the saved run's steps too: fewer than it made would write its model again
     under a config.json whose "steps" is below its "steps_run"."""
-    from ..torch_ref import train
-
-    done = train.read_state(state_path)["step"]
+    done = state["step"]
     if steps < done:
         raise UserError(f"{state_path} has made {done} knowledge-transfer steps, more than --steps {steps} (with "
                         f"--resume, the total): give --steps {done} or more, or choose another --out to start over")
 
 
-def saved_lr(state_path: Path) -> float:
+def saved_lr(state: dict, state_path: Path) -> float:
     """The peak learning rate of a saved knowledge-transfer state: its scheduler's base rate, which the
     resumed optimizer and scheduler restore whatever this run's --lr says."""
-    from ..torch_ref import train
-
     try:
-        return float(train.read_state(state_path)["scheduler"]["base_lrs"][0])
+        return float(state["scheduler"]["base_lrs"][0])
     except (KeyError, IndexError, TypeError, ValueError):
         raise UserError(f"{state_path} records no learning rate: delete it, or choose another --out to start over") \
             from None
@@ -203,38 +196,6 @@ def refuse_overwriting_model(out: Path) -> None:
         raise UserError(f"{out} holds a model that `convert` did not write ({config}): choose another --out")
 
 
-@contextmanager
-def output_dir(text: str) -> Iterator[Path]:
-    """make_output_dir(text) for the run in the with-block. The directories it creates are removed again
-    when the block fails while they are still empty: a failed run used to leave an empty --out behind."""
-    created = missing_prefixes(text)
-    out = make_output_dir(text)
-    try:
-        yield out
-    except BaseException:  # Ctrl-C included: before its first saved state, a run leaves nothing in OUT
-        remove_empty(created)
-        raise
-
-
-def missing_prefixes(text: str) -> list[Path]:
-    """The directories that mkdir(parents=True) of `text` may create, deepest first: each prefix of the
-    path as written, with ".." taken textually ("missing/../out" makes "missing" and "out", never touches
-    an existing "out"), kept where nothing exists yet."""
-    written = Path(text).absolute()
-    prefixes = {Path(os.path.normpath(p)) for p in (written, *written.parents)}
-    return sorted((p for p in prefixes if not p.exists()), key=lambda p: len(p.parts), reverse=True)
-
-
-def remove_empty(directories: list[Path]) -> None:
-    """rmdir each, deepest first; rmdir removes only an empty directory, so one holding files stays (and so
-    do the directories above it)."""
-    for directory in directories:
-        try:
-            directory.rmdir()
-        except OSError:  # not empty, or not there
-            continue
-
-
 def run(args) -> int:
     check_max_len(args)
     with output_dir(args.out) as out:
@@ -263,10 +224,12 @@ def convert_into(out: Path, args) -> int:
     if args.max_len > ck.spec.max_positions:
         raise UserError(f"--max-len {args.max_len} exceeds the teacher's {ck.spec.max_positions} positions")
     record = {"flags": shaping_flags(args), "teacher_weights": weights_digest(weights)}
+    lr = args.lr
     if resuming:
-        record = resumed_record(state_path, out / "config.json", record)
-        refuse_fewer_steps(state_path, args.steps)
-    lr = saved_lr(state_path) if resuming else args.lr
+        state = train.read_state(state_path)
+        record = resumed_record(state, state_path, out / "config.json", record)
+        refuse_fewer_steps(state, state_path, args.steps)
+        lr = saved_lr(state, state_path)
     if lr != args.lr:
         print(f"mabert-hw: note: the resumed run keeps the first run's learning rate {lr:g} (--lr {args.lr:g} "
               "is not used)", file=sys.stderr)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -12,7 +10,7 @@ from .. import checkpoint
 from ..backends import make_backend
 from ..errors import UserError
 from ..eval.tasks import token_limit
-from ..inputs import Batch, tokenize
+from ..inputs import tokenize_cut, warn_truncated
 from ..model import forward
 from ..report.tables import text_table
 from .common import add_checkpoint
@@ -69,21 +67,6 @@ def run(args) -> int:
                                                              args.pooling or "mean"))
     print(json.dumps(records, indent=2) if args.format == "json" else text_table(shortened(records)))
     return 0
-
-
-def tokenize_cut(directory: Path, texts: list[str], limit: int) -> tuple[Batch, int]:
-    """tokenize_within(directory, texts, limit), and how many texts it cut to `limit` tokens (for warn_truncated)."""
-    batch = tokenize(directory, texts)
-    if batch.shape[1] <= limit:
-        return batch, 0
-    return tokenize(directory, texts, limit), int((batch.attention_mask.sum(axis=1) > limit).sum())
-
-
-def warn_truncated(truncated: int, total: int, limit: int) -> None:
-    """The warning of a command that cut `truncated` of its `total` texts to the `limit` tokens the model takes."""
-    if truncated:
-        print(f"mabert-hw: warning: {truncated} of {total} texts truncated to the model's {limit} tokens",
-              file=sys.stderr)
 
 
 TABLE_TEXT_CHARS = 60  # a table row stays on one line of a wide terminal; json keeps the whole text

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..errors import UserError
-from ..inputs import data_texts, tokenize_within
+from ..inputs import data_texts, tokenize_cut, tokenize_within, warn_truncated
 from ..report.tables import text_table
 from ..spec import PRESETS
-from .common import add_checkpoint, positive_int
-from .convert import conversion_record, output_dir
-from .infer import checkpoint_config, tokenize_cut, warn_truncated
+from .common import add_checkpoint, output_dir, positive_int
+from .convert import conversion_record
+from .infer import checkpoint_config
 
 COLUMNS = ("rows", "max_abs", "mean_abs", "negative_%", "sum_off_%", "kl", "argmax_agree_%", "topk_overlap_%")
 

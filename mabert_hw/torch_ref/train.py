@@ -302,7 +302,7 @@ def read_state(state_path: Path) -> dict:
     return state
 
 
-def saved_record(state_path: Path) -> dict:
-    """The `record` kept in a knowledge-transfer state file ({} for files written before records existed)."""
-    record = read_state(state_path).get("record", {})
+def saved_record(state: dict) -> dict:
+    """The `record` kept in a knowledge-transfer state (read_state; {} for files written before records existed)."""
+    record = state.get("record", {})
     return record if isinstance(record, dict) else {}
