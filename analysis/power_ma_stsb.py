@@ -6,7 +6,8 @@
 
 One --model LABEL=CKPT per run keeps each run near 5-8 min on 1 thread; a run replaces the rows of
 its labels in the CSV and keeps the others. Every checkpoint is loaded before any is scored. Ctrl-C or
-SIGTERM writes the rows finished so far (those of the model cut short marked "interrupted") and exits 130.
+SIGTERM writes the rows of the models finished so far and exits 130; the model cut short keeps its rows in the
+CSV if it has any, else its rows finished so far are written, marked "interrupted".
 
 STS-B as `mabert-hw eval --task stsb` scores it: length-sorted batches of 32 texts, each padded to its
 longest (dynamic padding), cosine of the mean of the last layer's real tokens (under elimination, the
@@ -117,12 +118,8 @@ def run(args, prog: str) -> int:
             for label, ck in models.items():
                 for row in model_rows(args, label, sources[label], ck, schedules, task, real, minilm_flops):
                     rows.append(row)
-    except KeyboardInterrupt:  # the finished rows replace those of their models; a model cut short is marked
-        cut = [{**row, "interrupted": True} if row["model"] == label else row for row in rows]
-        if cut:
-            save(args.out, {row["model"] for row in cut}, cut)
-        print(said_interrupted(prog, args.out, cut, label), file=sys.stderr)
-        return INTERRUPTED_EXIT
+    except KeyboardInterrupt:
+        return save_interrupted(args.out, prog, rows, label)
     save(args.out, set(sources), rows)
     print(f"wrote {args.out}; load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     return 0
@@ -158,20 +155,50 @@ def model_rows(args, model: str, source: str, ck, schedules: dict, task, real: n
 def save(out: Path, models: set[str], rows: list[dict]) -> None:
     """`rows` in place of the CSV's rows of `models`, the other models' rows kept."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    kept = []
-    if out.exists():
-        with open(out, newline="") as f:
-            kept = [row for row in csv.DictReader(f) if row["model"] not in models]
+    kept = [row for row in saved_rows(out) if row["model"] not in models]
     write_text_whole(out, csv_table(kept + rows))
 
 
-def said_interrupted(prog: str, out: Path, rows: list[dict], model: str | None) -> str:
-    """What an interrupted run left in `out` (rows: the finished ones, `model`'s marked interrupted)."""
-    if not rows:
+def saved_rows(out: Path) -> list[dict]:
+    if not out.exists():
+        return []
+    with open(out, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def save_interrupted(out: Path, prog: str, rows: list[dict], model: str | None) -> int:
+    """Save the rows of an interrupted run: those of the models it finished replace theirs. `model`, the one cut
+    short, keeps its rows in `out` when it has any (a part of its rows would replace a whole set); only when it
+    has none are its rows finished so far written, marked interrupted."""
+    cut = [row for row in rows if row["model"] == model]
+    earlier = any(row["model"] == model for row in saved_rows(out))
+    written = [row for row in rows if row["model"] != model]
+    if not earlier:
+        written += [{**row, "interrupted": True} for row in cut]
+    if written:
+        save(out, {row["model"] for row in written}, written)
+    print(said_interrupted(prog, out, written, model, len(cut), earlier), file=sys.stderr)
+    return INTERRUPTED_EXIT
+
+
+def said_interrupted(prog: str, out: Path, written: list[dict], model: str | None, cut: int, earlier: bool) -> str:
+    """What an interrupted run left in `out`: `written`, the rows it wrote, and when `earlier`, the rows that
+    `model`, cut short after `cut` rows, had there before (its `cut` rows then dropped, else written marked
+    interrupted)."""
+    if not written and not cut:
         return f"{prog}: interrupted; no row was finished: {out} is as it was"
-    cut = sum(row["model"] == model for row in rows)
-    return (f"{prog}: interrupted while scoring {model}; {out} holds the {len(rows)} finished rows of this run"
-            + (f", {model}'s {cut} marked interrupted (rerun its label for the rest)" if cut else ""))
+    held = [f"the {counted(len(written), 'finished row')} of this run"] if written else []
+    if earlier:
+        held.append(f"{model}'s earlier rows")
+    said = f"{prog}: interrupted while scoring {model}; {out} holds {' and '.join(held)}"
+    if not cut:
+        return said
+    fate = f"this run's {counted(cut, 'row')} of {model} dropped" if earlier else f"{model}'s {cut} marked interrupted"
+    return f"{said}, {fate} (rerunning its label scores all its rows again)"
+
+
+def counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 if __name__ == "__main__":

@@ -272,26 +272,41 @@ def csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_power_ma_stsb_interrupted_keeps_the_finished_rows(tmp_path, power_ma_stsb, monkeypatch, capsys, how):
-    """Ctrl-C was a KeyboardInterrupt traceback that discarded every finished row (and SIGTERM killed the run).
-    Now the finished rows replace their models' rows, the model cut short marked interrupted, and the exit
-    status is 130."""
+A_ROWS = [("A", "", ""), ("A", "significance", ""), ("A", "random", "")]  # A scored in full
+RERUN = "(rerunning its label scores all its rows again)"
+
+
+@pytest.mark.parametrize("how,stop,before,after,said", [
+    ("ctrl-c", 5, ["Old", "B"], [("Old", "earlier", ""), ("B", "earlier", ""), *A_ROWS],
+     f"the 3 finished rows of this run and B's earlier rows, this run's 1 row of B dropped {RERUN}"),
+    ("sigterm", 5, ["Old", "B"], [("Old", "earlier", ""), ("B", "earlier", ""), *A_ROWS],
+     f"the 3 finished rows of this run and B's earlier rows, this run's 1 row of B dropped {RERUN}"),
+    ("ctrl-c", 4, ["Old", "B"], [("Old", "earlier", ""), ("B", "earlier", ""), *A_ROWS],
+     "the 3 finished rows of this run and B's earlier rows"),
+    ("ctrl-c", 5, ["Old"], [("Old", "earlier", ""), *A_ROWS, ("B", "", "True")],
+     f"the 4 finished rows of this run, B's 1 marked interrupted {RERUN}"),
+], ids=["ctrl-c", "sigterm", "before-B's-first-row", "B-never-scored"])
+def test_power_ma_stsb_interrupted_keeps_the_finished_rows(tmp_path, power_ma_stsb, monkeypatch, capsys, how, stop,
+                                                           before, after, said):
+    """Ctrl-C was a KeyboardInterrupt traceback that discarded every finished row (and SIGTERM killed the run);
+    then the model cut short had its rows replaced by the few it finished, but kept them when stopped before its
+    first. Now the finished models' rows replace theirs, the model cut short keeps its earlier rows (or, with
+    none, has its finished ones written, marked interrupted), and the exit status is 130."""
     script, model, flags = power_ma_stsb
     real, calls = script.stsb_spearman, []
 
-    def stopping_at_the_fifth(*args, **kwargs):  # A's 3 rows, B's first, then the interruption
+    def stopping(*args, **kwargs):  # A's 3 rows are calls 1-3, B's first is 4
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == stop:
             if how == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(1)  # the handler runs at the next bytecode; the sleep is cut short by it
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(script, "stsb_spearman", stopping_at_the_fifth)
+    monkeypatch.setattr(script, "stsb_spearman", stopping)
     out = tmp_path / "pms.csv"
-    out.write_text("model,spearman\nOld,1.0\nB,2.0\n")  # an earlier run's: Old kept, B's replaced
+    out.write_text("model,selection,spearman\n" + "".join(f"{name},earlier,1.0\n" for name in before))
     previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
     try:
         code = status(script, ["--model", f"A={model}", "--model", f"B={model}", *flags, "--out", str(out)])
@@ -299,13 +314,31 @@ def test_power_ma_stsb_interrupted_keeps_the_finished_rows(tmp_path, power_ma_st
         signal.signal(signal.SIGTERM, previous)
     err = capsys.readouterr().err
     assert code == 130 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].endswith(
-        f": interrupted while scoring B; {out} holds the 4 finished rows of this run, B's 1 marked interrupted "
-        "(rerun its label for the rest)")
+    assert err.strip().splitlines()[-1].endswith(f": interrupted while scoring B; {out} holds {said}")
     rows = csv_rows(out)
-    assert [(row["model"], row["selection"], row["interrupted"]) for row in rows] == [
-        ("Old", "", ""), ("A", "", ""), ("A", "significance", ""), ("A", "random", ""), ("B", "", "True")]
-    assert rows[-1]["spearman"] == rows[1]["spearman"]  # the same model, scored
+    assert [(row["model"], row["selection"], row.get("interrupted", "")) for row in rows] == after
+    plain = next(row["spearman"] for row in rows if row["model"] == "A")
+    assert all(row["spearman"] == plain for row in rows if row.get("interrupted"))  # B's first row: A's model, scored
+
+
+def test_power_ma_stsb_cut_short_first_model_leaves_the_csv(tmp_path, power_ma_stsb, monkeypatch, capsys):
+    """A, cut short after its first row, with rows in the CSV: nothing finished replaces anything."""
+    script, model, flags = power_ma_stsb
+    real, calls = script.stsb_spearman, []
+
+    def stopping_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(script, "stsb_spearman", stopping_at_the_second)
+    out = tmp_path / "pms.csv"
+    out.write_text("model,spearman\nA,1.0\n")
+    assert status(script, ["--model", f"A={model}", *flags, "--out", str(out)]) == 130
+    assert error_line(capsys).endswith(f": interrupted while scoring A; {out} holds A's earlier rows, this run's 1 row "
+                                       f"of A dropped {RERUN}")
+    assert out.read_text() == "model,spearman\nA,1.0\n"
 
 
 def test_power_ma_stsb_interrupted_before_any_row_leaves_the_csv(tmp_path, power_ma_stsb, monkeypatch, capsys):
