@@ -188,28 +188,36 @@ def test_a_checkpoint_the_task_cannot_run_on_is_refused_before_any_work(tmp_path
 # a Ctrl-C'd sweep says what it kept and how to go on
 
 def test_an_interrupted_sweep_says_how_many_rows_it_kept_and_how_to_resume(tmp_path, capsys, monkeypatch, classifier):
-    # review: it said only "mabert-hw: interrupted", although its finished rows are kept for --resume
+    # review: it said only "mabert-hw: interrupted", although its finished rows are kept for --resume; then it
+    # counted this run's rows alone as what OUT held ("interrupted after 0 configurations; no row written to
+    # results.csv" with 2 rows in it), and said "1 configurations"
     from mabert_hw.cli import main
 
     from .helpers import sst2_file
 
     evaluated = []
 
-    def evaluate(job):  # a Ctrl-C as the second configuration runs
+    def evaluate(job):  # a Ctrl-C as the 1st, 4th, 5th and 7th evaluations run
         evaluated.append(job.config["act_bits"])
-        if len(evaluated) == 2:
+        if len(evaluated) in (1, 4, 5, 7):
             raise KeyboardInterrupt
         return {**job.config, "key": config_key(job.config), "metric": 50.0, "seconds": 0.1, "overflows": 0}
 
     monkeypatch.setattr(sweep, "evaluate", evaluate)
     monkeypatch.setattr(sweep, "prepare_calibration", lambda *args: tmp_path / "calibration.npz")
-    (tmp_path / "grid.toml").write_text("act_bits = [4, 6, 8]\n")
+    (tmp_path / "grid.toml").write_text("act_bits = [4, 6, 8, 10]\n")
     data = sst2_file(tmp_path / "dev.tsv", ["a gripping film\t1", "dull\t0"])
     out = tmp_path / "results.csv"
     argv = ["sweep", str(classifier), "--task", "sst2", "--data", str(data), "--grid", str(tmp_path / "grid.toml"),
             "--out", str(out)]
-    assert main(argv) == 130
-    assert capsys.readouterr().err.endswith(f"mabert-hw: interrupted after 1 configurations; {out} holds them: run "
-                                            "the same command with --resume to continue\n")
+    said = []
+    for resume in ([], ["--resume"], ["--resume"], ["--resume"]):
+        assert main([*argv, *resume]) == 130
+        said.append(capsys.readouterr().err.splitlines()[-1])
+    go_on = ": run the same command with --resume to continue"
+    assert said == [f"mabert-hw: interrupted: no configuration finished; {out} holds none{go_on}",
+                    f"mabert-hw: interrupted: 2 configurations finished in this run, 2 in all in {out}{go_on}",
+                    f"mabert-hw: interrupted: 0 configurations finished in this run, 2 in all in {out}{go_on}",
+                    f"mabert-hw: interrupted: 1 configuration finished in this run, 3 in all in {out}{go_on}"]
     assert main([*argv, "--resume"]) == 0
-    assert evaluated == [4, 6, 6, 8]  # the row kept is not run again
+    assert evaluated == [4, 4, 6, 8, 8, 8, 10, 10]  # the rows kept are not run again

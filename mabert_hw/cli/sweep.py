@@ -86,15 +86,20 @@ def require_task(ck, task: str) -> None:
 
 
 def said_interrupted(out: Path, done: set[str]) -> int:
-    """Say what a Ctrl-C (or SIGTERM, with a local pool) kept: the rows finished before it, which --resume skips.
-    Counted as --resume reads OUT (a row the interruption cut short is dropped)."""
+    """Say what a Ctrl-C (or SIGTERM, with a local pool) kept: the rows finished before it, in this run and in the
+    runs it continues (`done`), which --resume skips. Counted as --resume reads OUT (a row the interruption cut
+    short is dropped)."""
     from ..eval.sweep import done_keys
 
-    finished = len(done_keys(out) - done)
-    held = f"{out} holds them" if finished else f"no row written to {out}"
-    print(f"mabert-hw: interrupted after {finished} configurations; {held}: run the same command with --resume to "
-          "continue", file=sys.stderr)
+    held = done_keys(out)
+    kept = (f"{configurations(len(held - done))} finished in this run, {len(held)} in all in {out}" if held
+            else f"no configuration finished; {out} holds none")
+    print(f"mabert-hw: interrupted: {kept}: run the same command with --resume to continue", file=sys.stderr)
     return INTERRUPTED_EXIT
+
+
+def configurations(count: int) -> str:
+    return f"{count} configuration{'' if count == 1 else 's'}"
 
 
 def start_record(out: Path, record: dict, resuming: bool) -> None:
