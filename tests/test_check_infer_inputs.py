@@ -131,17 +131,28 @@ def test_infer_regression_prints_raw_scores(tmp_path, capsys):
     assert np.ptp(expected) > 0.1  # the texts get clearly different scores: no constant passes
 
 
+NAMES = {0: "negative", 1: "neutral", 2: "positive"}
+
+
 def test_infer_multi_label_prints_sigmoids(tmp_path, capsys):
-    save_model(BertForSequenceClassification, tmp_path, num_labels=3, problem_type="multi_label_classification")
+    """The labels printed are id2label's names of the outputs whose HF sigmoid exceeds one half (the test took
+    the expected names from infer's own label_ids, and passed as well with no sigmoid above one half)."""
+    model = save_model(BertForSequenceClassification, tmp_path, num_labels=3, problem_type="multi_label_classification",
+                       id2label=NAMES, label2id={v: k for k, v in NAMES.items()})
+    with torch.no_grad():  # seeded logits -0.8 to 0.1: label 0 above one half for every text, 2 for none
+        model.classifier.bias += torch.tensor([1.0, 0.0, -1.0])
+    model.save_pretrained(tmp_path)
     records = infer_json(capsys, tmp_path, TEXTS)
     expected = torch.sigmoid(torch.from_numpy(hf_logits(tmp_path, TEXTS))).numpy()
     np.testing.assert_allclose([r["probabilities"] for r in records], expected, atol=INFER_ATOL, rtol=0)
-    assert [r["label_ids"] for r in records] == [np.flatnonzero(p > 0.5).tolist() for p in expected]
-    assert [r["labels"] for r in records] == [[f"LABEL_{i}" for i in r["label_ids"]] for r in records]
+    above = expected > 0.5
+    assert above.any(axis=1).all() and not above.all(axis=1).any()  # every text: some labels, not all
+    assert len({tuple(row) for row in above}) > 1  # the texts get different labels: no constant passes
+    assert np.abs(expected - 0.5).min() > 100 * INFER_ATOL  # none so near one half that rounding decides
+    id2label = json.loads((tmp_path / "config.json").read_text())["id2label"]
+    assert [r["labels"] for r in records] == [[id2label[str(i)] for i in np.flatnonzero(row)] for row in above]
+    assert [r["label_ids"] for r in records] == [np.flatnonzero(row).tolist() for row in above]
     assert np.abs(expected.sum(axis=1) - 1.0).max() > 0.1  # sigmoids, not a softmax
-
-
-NAMES = {0: "negative", 1: "neutral", 2: "positive"}
 
 
 def test_infer_names_the_label_by_id2label(tmp_path, capsys):
