@@ -15,6 +15,7 @@ import pytest
 
 from mabert_hw.backends.fixed import FixedBackend
 from mabert_hw.cli.common import check_configs_for_model
+from mabert_hw.cost.counts import trace
 from mabert_hw.errors import UserError
 from mabert_hw.inputs import random_batch
 from mabert_hw.model import forward
@@ -133,3 +134,17 @@ def test_power_selection_is_listed_in_float_ops():
     selection = {op.kind for op in backend.ops if op.name.endswith((".power.significance", ".power.top_tokens"))}
     assert selection == {"significance", "top_tokens"}
     assert backend.float_ops == selection
+
+
+@pytest.mark.parametrize("spec", [*TINY_SPECS, MA_SPEC], ids=lambda s: s.name + "-" + s.variant.describe())
+def test_fixed_backend_executes_the_ops_the_profiler_counts(spec):
+    """README: every backend's executed ops equal the trace (cost.counts), the fixed one included."""
+    weights = random_weights(spec, seed=2)
+    batch = random_batch(spec, batch=2, seq_len=9, seed=4)
+
+    def run(backend):
+        return forward(spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
+
+    fixed = FixedBackend(config=qconfig.QuantConfig(), calibration=calibrate(run), record=True)
+    run(fixed)
+    assert fixed.ops == trace(spec, *batch.shape)
