@@ -9,12 +9,14 @@ from ..errors import UserError
 from ..inputs import data_texts, tokenize_within
 from ..model import forward
 from ..quant import config as qconfig
+from ..quant.config import CALIBRATION_SENTENCES
 from ..report.tables import FORMATS, csv_table, markdown_table, text_table
 from .common import add_checkpoint, add_output, emit, plot_file, positive_int, check_configs_for_model
 
 DEFAULT_TOP = 10  # sensitivity rows shown: one screen, past MiniLM's six worst ops (its FFN outputs, reports/int8)
-CALIBRATION_SENTENCES = 128  # as the sweep's (eval/sweep.py). Capped: the observers keep a sample of every batch
-# until the ranges are estimated (quant/calibrate.py), so calibrating on all of a large --limit would hold them all
+CALIBRATION_BATCH = 32  # calibration's own batches, whatever --batch-size: the observers see padding and keep a
+# sample per call (quant/calibrate.py), so the ranges depend on the batching. 32 is eval's default batch and what
+# quant-error calibrated on before --batch-size existed (the reports' `--limit 32` runs: one batch)
 
 
 def register(subparsers) -> None:
@@ -35,12 +37,13 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="text file, one sentence per line, or a GLUE .tsv (its "
                         "sentence columns); each text cut to the model's positions and an MA-BERT approximator's n")
     parser.add_argument("--limit", type=positive_int, default=16, metavar="N", help="measure the first N "
-                        "sentences of --data (default 16); calibration runs on the batches holding the first "
-                        f"{CALIBRATION_SENTENCES}")
+                        f"sentences of --data (default 16); calibration runs on the first {CALIBRATION_SENTENCES} "
+                        f"of them, {CALIBRATION_BATCH} at a time whatever --batch-size (as the sweep's, capped)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass, each "
                         "batch padded to its longest (default 32, as eval's); every figure is over all N sentences, "
                         "summed batch by batch (an SQNR is a ratio of sums, not a mean of the batches'); "
-                        "MA-BERT's depend on the padding, which its approximator sees")
+                        "MA-BERT's depend on the padding, which its approximator sees, and so do the overflow "
+                        "counts, which count padded positions too")
     parser.add_argument("--top", type=positive_int, help=f"sensitivity rows shown (default {DEFAULT_TOP})")
     parser.add_argument("--no-sensitivity", action="store_true", help="skip the one-op-at-a-time ranking (of "
                         "the ops the config quantizes)")
@@ -76,10 +79,8 @@ def run(args) -> int:
         check_configs_for_model([baseline], args.baseline, ck.spec)
     texts = data_texts(args.data)[: args.limit]
     limit = token_limit(ck.spec, ck.spec.max_positions)  # the positions, and an MA approximator's n inputs
-    batches = [tokenize_within(ck.tokenizer_dir, texts[i:i + args.batch_size], limit)
-               for i in range(0, len(texts), args.batch_size)]
-    runs = [(_forward(ck.spec, weights, batch), batch.attention_mask) for batch in batches]  # padding: left out
-    calibrating = runs[: math.ceil(CALIBRATION_SENTENCES / args.batch_size)]  # the batches holding the first 128
+    runs = _runs(ck, weights, texts, args.batch_size, limit)  # padding: left out of every comparison
+    calibrating = _runs(ck, weights, texts[:CALIBRATION_SENTENCES], CALIBRATION_BATCH, limit)
 
     def run_calibration(backend) -> None:
         for forward_batch, _ in tqdm(calibrating, desc="calibration", leave=False):
@@ -107,6 +108,13 @@ def run(args) -> int:
 
         plot_tensor_errors(_chart_rows(rows), args.plot)
     return 0
+
+
+def _runs(ck, weights, texts: list[str], batch_size: int, limit: int) -> list[tuple]:
+    """(the forward of a batch, its attention mask) for `texts`, batch_size at a time."""
+    batches = [tokenize_within(ck.tokenizer_dir, texts[i:i + batch_size], limit)
+               for i in range(0, len(texts), batch_size)]
+    return [(_forward(ck.spec, weights, batch), batch.attention_mask) for batch in batches]
 
 
 def _forward(spec, weights, batch):

@@ -31,10 +31,10 @@ from ..errors import UserError
 from ..inputs import read_toml
 from ..interrupts import sigterm_interrupts
 from ..quant import config as qconfig
+from ..quant.config import CALIBRATION_SENTENCES
 from ..quant.calibrate import Calibration, calibrate
 from .tasks import load_sst2, load_stsb, run_batches, sst2_accuracy, stsb_spearman
 
-CALIBRATION_SENTENCES = 128
 CALIBRATION_VERSION = 2  # 2: per-channel statistics (calibrate.py); in the cache file name so older files are not reused
 COLUMNS = ("key", "metric", "seconds", "overflows")
 

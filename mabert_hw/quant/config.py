@@ -53,6 +53,8 @@ from .formats import ACT_GRANULARITIES, GRANULARITIES, ROUNDING_MODES
 from .requant import INT32_REQUANT_MODES, REQUANT_MODES
 
 CALIBRATORS = ("minmax", "percentile", "mse", "entropy")
+CALIBRATION_SENTENCES = 128  # texts a sweep or quant-error calibrates on: a cap, as the observers keep a sample of
+# every call until the ranges are estimated (quant/calibrate.py)
 RESIDUAL_KINDS = ("add", "layernorm", "embedding")
 GEMM_KINDS = ("linear",)  # per-channel: the output only
 RESIDUAL_MAX_BITS = 23  # codes travel between ops as float32 (backends/fixed.py _values): beyond 23 bits

@@ -9,7 +9,8 @@ mask, so are padding positions (their hidden states reach no pooled output; left
 the real tokens': e.g. 3 dB instead of 17 dB on a MiniLM residual sum). `with_baseline` sets the rows of
 one config beside another's (e.g. per-channel vs per-tensor residual scales): the SQNR change per tensor.
 Over several batches every figure is accumulated (`Agreement`): SQNR and cosine are ratios of sums over the
-compared entries, the max error a max, overflows a count, so they are those of one batch holding every text.
+compared entries, the max error a max, overflows a count, so under one calibration they are those of one batch
+holding every text (up to float32 rounding), except the overflow counts, which count padded positions too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ Batches = Sequence[tuple[Run, np.ndarray | None]]  # (forward, token mask (B, T)
 
 
 def capture(backend: Backend) -> dict[str, np.ndarray]:
-    """Make `backend` keep every op's output (by op name) in the returned dict."""
+    """Make `backend` keep every op's output (by op name) in the returned dict. Once per backend: its `_log`
+    is then a plain function, which WeakMethod cannot take."""
     store: dict[str, np.ndarray] = {}
     # weak: the backend holds `log`, and a strong reference back would be a cycle, which keeps the backend and
     # every output captured alive until the garbage collector runs (memory grew with quant-error's batches)
