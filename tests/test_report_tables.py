@@ -30,7 +30,8 @@ def test_bench_table_keeps_timing_columns_when_the_first_engine_is_skipped():
                       "note"]
 
 
-@pytest.mark.parametrize("value, text", [(0.25, "0.25"), (341.3333, "341.3"), (9999.4, "9999"), (12345.6, "12,346"),
+@pytest.mark.parametrize("value, text", [(0.25, "0.25"), (341.3333, "341.3"), (9999.4, "9999"), (9999.6, "10,000"),
+                                         (-9999.7, "-10,000"), (12345.6, "12,346"),
                                          (2.5e-6, "2.5e-06")])
 def test_figures_keep_four_digits_and_no_exponent_from_ten_thousand(value, text):
     """bench-ffn's MAC ratio and fff_floor's times print through figure: .4g alone wrote 12345.6 as 1.235e+04."""

@@ -12,8 +12,9 @@ FORMATS = ("table", "csv", "json", "md")
 
 def figure(value: float) -> str:
     """A measured or derived number as the tables print it: 4 significant digits, whole with thousands
-    separators from 10,000 up (where .4g would turn to 1.234e+04)."""
-    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    separators where .4g would write an exponent (from 9999.5 up: 1e+04)."""
+    text = f"{value:.4g}"
+    return f"{value:,.0f}" if "e+" in text else text
 
 
 def _cell(value) -> str:
