@@ -127,6 +127,9 @@ def test_eval_warns_when_a_retention_config_was_searched_elsewhere(classifier, s
     assert warnings({"checkpoint": "other", "scores_depend_on": {"model": "0123456789abcdef"}}, *sst2) == [
         f"mabert-hw: warning: {config} was searched on another model (other, digest 0123456789abcdef), not "
         f"{classifier}"]
+    assert warnings({"scores_depend_on": {"model": digest, "engine": "reference"}}, *sst2, "--engine", "fast") == [
+        f"mabert-hw: warning: {config} was searched on the reference engine, this run uses fast"]
+    assert warnings({"scores_depend_on": {"model": digest, "engine": "fast"}}, *sst2, "--engine", "fast") == []
     stsb = tmp_path / "stsb.tsv"
     stsb.write_text(STSB_HEADER + "".join(f"0\tmain\tf\t2012\t1\tnone\tnone\t{a}\t{b}\t{s}\n" for a, b, s in [
         ("a man plays a guitar", "a man sings", "1.0"), ("a dog runs", "a dog is running", "4.5"),

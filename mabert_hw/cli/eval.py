@@ -58,7 +58,7 @@ def run(args) -> int:
     if args.task == "sst2":  # before any calibration or data work
         tasks.require_sst2_classifier(ck)
     retention = read_retention(args.retention, ck.spec.layers, seq_len)
-    warn_other_search(args.retention, ck, args.task, seq_len)
+    warn_other_search(args.retention, ck, args.task, seq_len, args.engine)
     if retention is not None and seq_len is None:
         refuse_idle_retention(retention, tasks.token_limit(ck.spec))
     backend = task_backend(args.engine, task_calibration(args.engine, ck, args.task, args.data))
@@ -93,21 +93,26 @@ def refuse_idle_retention(retention: tuple[int, ...], longest: int) -> None:
                         f"{longest} here: it eliminates nothing (keep fewer at some layer)")
 
 
-def warn_other_search(retention: str | None, ck: checkpoint.Checkpoint, task: str, seq_len: int | None) -> None:
+def warn_other_search(retention: str | None, ck: checkpoint.Checkpoint, task: str, seq_len: int | None,
+                      engine: str) -> None:
     """A warning per setting a `power-search --out` config was searched under that this run does not share (its
-    task, its model's digest, its padded length): the schedule is applied, but its recorded accuracy and
-    FLOPs were measured elsewhere. A setting the config does not record is not compared."""
+    task, its model's digest, its padded length, its engine): the schedule is applied, but its recorded accuracy
+    and FLOPs were measured elsewhere. A setting the config does not record is not compared; nor are the search's
+    examples and batch size, which an evaluation on other data or batches does not share by design."""
     searched = searched_record(retention)
     differences = []
     if searched.get("task") not in (None, task):
         differences.append(f"was searched on {searched['task']}, this run evaluates {task}")
-    model = (searched.get("scores_depend_on") or {}).get("model")
+    depends_on = searched.get("scores_depend_on") or {}
+    model = depends_on.get("model")
     if model is not None and model != ck.hasher().hexdigest():
         differences.append(f"was searched on another model ({searched.get('checkpoint')}, digest {model}), not "
                            f"{ck.source}")
     if searched.get("seq_len") not in (None, seq_len):
         here = f"pads to {seq_len}" if seq_len else "pads each batch to its longest text"
         differences.append(f"was searched at --seq-len {searched['seq_len']}, this run {here}")
+    if depends_on.get("engine") not in (None, engine):
+        differences.append(f"was searched on the {depends_on['engine']} engine, this run uses {engine}")
     for difference in differences:
         print(f"mabert-hw: warning: {retention} {difference}", file=sys.stderr)
 

@@ -60,9 +60,7 @@ def searched_record(text: str | None) -> dict:
 
 def searched_seq_len(text: str | None) -> int | None:
     """The padded length N a `power-search --out` config was searched at (None for inline schedules)."""
-    if text is None or Path(text).suffix != ".json":
-        return None
-    value = _config(Path(text)).get("seq_len")
+    value = searched_record(text).get("seq_len")
     if value is None:
         return None
     try:  # true, "64" or 0 is no length: refused, not passed on as one
