@@ -97,6 +97,8 @@ def test_a_user_file_loads(tmp_path: Path):
 @pytest.mark.parametrize("edit, message", [
     (('dataflow = "ws"', 'dataflow = "rs"'), "dataflow"),
     (('exp = "lut"', 'exp = "magic"'), "no implementation 'magic'"),
+    (('exp = "lut"', 'expp = "lut"'), "unknown function 'expp' in .vector.functions. .known: exp, div"),  # was
+    # "no implementation 'lut' of 'expp' (known: )"
     (("rows = 32\n", ""), "missing key 'rows'"),
     (("lanes = 32", "lanes = 0"), "lanes must be positive"),
     (('precision = "int8"', 'precision = "int4"'), "precision"),

@@ -48,6 +48,23 @@ def test_profile_hw_csv_columns_sum_to_the_total(capsys, by):
     assert sum(int(r["cycles"]) for r in rows) == json.loads(doc)["hw_totals"]["cycles"]
 
 
+def test_partial_sums_cross_the_ofmap_buffer_at_the_accumulators_width(capsys):
+    """edge-32x32-int8 (WS, 32 x 32, int8 operands, int32 accumulators): MiniLM's query projection at T = 16 is
+    a (16, 384) x (384, 384) GEMM. Its ofmap buffer sees 16*384*(2*ceil(384/32) - 1) partial-sum accesses of
+    4 bytes each; they were priced at the operands' 1 byte."""
+    code, out, _ = run_cli(capsys, "profile", "minilm-l6", "--seq-len", "16", "--hw", "edge-32x32-int8",
+                           "--by", "op", "--format", "json")
+    assert code == 0
+    (op,) = [op for op in json.loads(out)["ops"] if op["name"] == "encoder.layer.0.attention.self.query"]
+    M, K, N, R, C = 16, 384, 384, 32, 32
+    ifmap, weights, partial_sums = M * K * -(-N // C), K * N, M * N * (2 * -(-K // R) - 1)
+    assert op["hw"]["sram_bytes"] == 1 * ifmap + 1 * weights + 4 * partial_sums
+    table = hardware.load("edge-32x32-int8").energy
+    assert op["hw"]["energy_pj"]["sram"] == pytest.approx(
+        ifmap * table.sram_pj_per_byte(256) + weights * table.sram_pj_per_byte(128)
+        + 4 * partial_sums * table.sram_pj_per_byte(128))
+
+
 def test_profile_overlap_off_costs_at_least_as_much(capsys):
     argv = ["profile", "bert-base-uncased", "--seq-len", "32", "--hw", "tpu-256x256-int8", "--format", "json"]
     _, on, _ = run_cli(capsys, *argv, "--overlap", "on")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import checkpoint
-from ..cost.hw_summary import SHARES_RULE
+from ..cost.hw_summary import HW_RULE, SHARES_RULE
 from ..errors import UserError
 from ..inputs import check_positions
 from ..report.tables import FORMATS, render
@@ -62,7 +62,8 @@ def register(subparsers) -> None:
         help="cycles, time and energy of BERT variants side by side on one accelerator",
         description="Trace each variant (shapes only), price every op on the accelerator and print the "
         f"side-by-side table; optionally write plots. Variants: {', '.join(VARIANTS)}, power. {VARIANT_RULE} "
-        f"PoWER-BERT retention default: layer j of L keeps round(T*(1 - 0.9*j/L)) tokens. Columns: {SHARES_RULE}",
+        f"PoWER-BERT retention default: layer j of L keeps round(T*(1 - 0.9*j/L)) tokens. Columns: {SHARES_RULE} "
+        f"{HW_RULE}",
     )
     add_checkpoint(parser)
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated (default {DEFAULT_VARIANTS})")

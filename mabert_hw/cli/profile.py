@@ -9,6 +9,7 @@ import json
 
 from .. import checkpoint
 from ..cost.hardware import PRECISION_BYTES, preset_names
+from ..cost.hw_summary import HW_RULE
 from ..cost.summary import GROUPINGS, document, layer_label, profile_model, rows
 from ..errors import UserError
 from ..inputs import check_positions
@@ -25,7 +26,8 @@ def register(subparsers) -> None:
         "profile",
         help="count MACs, FLOPs, elementwise primitives, params and bytes of one forward pass",
         description="Trace one forward pass (shapes only, no weights needed) and count every op. "
-        "GEMM FLOPs are 2*MACs; elementwise primitives (add, mul, exp, erf, ...) are counted by name.",
+        "GEMM FLOPs are 2*MACs; elementwise primitives (add, mul, exp, erf, ...) are counted by name. "
+        f"With --hw: {HW_RULE}",
     )
     add_checkpoint(parser)
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size B (default 1)")

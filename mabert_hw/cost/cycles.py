@@ -28,6 +28,9 @@ DRAM bytes * DRAM energy per byte. GEMM SRAM traffic per dataflow (padding ignor
     OS: ifmap M*K*ceil(N/C), filter K*N*ceil(M/R), ofmap M*N (written once)
     WS: ifmap M*K*ceil(N/C), filter K*N,             ofmap M*N*(2*ceil(K/R) - 1) (partial sums)
     IS: ifmap M*K,           filter K*N*ceil(M/C),   ofmap M*N*(2*ceil(K/R) - 1)
+ifmap and filter elements are at the array's precision; ofmap accesses are partial sums (or, for OS, the
+finished sums) at its accumulator's (int8 -> int32, bf16 -> fp32: hardware.ACCUMULATOR), requantized on the
+way out.
 A vector op reads its inputs and writes its output once in the activation (ifmap) SRAM. An FFF also
 reads every gathered weight element (w_in row, bias, w_out column of each visit: cost.counts'
 gathered_elements) from the filter SRAM: its rows serve one token each, so, unlike a GEMM's
@@ -166,10 +169,11 @@ def op_cost(op: Op, hw: Hardware) -> OpCost | str:
         useful, peak = elements.macs, hw.rows * hw.cols
         energy["mac"] = elements.macs * hw.mac_pj
         ifmap, filt, ofmap = (groups * e for e in gemm_sram_elements(m, k, n, hw.rows, hw.cols, hw.dataflow))
-        sram_bytes = (ifmap + filt + ofmap) * element_bytes
-        energy["sram"] = element_bytes * (ifmap * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib)
-                                          + filt * hw.energy.sram_pj_per_byte(hw.filter_sram_kib)
-                                          + ofmap * hw.energy.sram_pj_per_byte(hw.ofmap_sram_kib))
+        ofmap_bytes = ofmap * hw.accumulator_bytes  # partial sums, at the accumulator's width
+        sram_bytes = (ifmap + filt) * element_bytes + ofmap_bytes
+        energy["sram"] = (element_bytes * (ifmap * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib)
+                                           + filt * hw.energy.sram_pj_per_byte(hw.filter_sram_kib))
+                          + ofmap_bytes * hw.energy.sram_pj_per_byte(hw.ofmap_sram_kib))
     elif elements.macs and op.kind not in VECTOR_MAC_KINDS:
         return f"kind {op.kind!r} has MACs but no systolic-array mapping"
     elif primitives:

@@ -115,6 +115,11 @@ class Hardware:
         return PRECISION_BYTES[self.array_precision]
 
     @property
+    def accumulator_bytes(self) -> int:
+        """Bytes of a partial sum in the ofmap buffer (int8 products accumulate in int32, bf16 in fp32)."""
+        return PRECISION_BYTES[ACCUMULATOR[self.array_precision]]
+
+    @property
     def vector_bytes(self) -> int:
         return PRECISION_BYTES[self.vector_precision]
 
@@ -253,6 +258,9 @@ def _from_table(t: dict, default_name: str) -> Hardware:
     functions = {}
     named = _table(vector, "functions", "vector.") if "functions" in vector else {}
     for function, implementation in named.items():
+        if function not in SPECIAL_FUNCTIONS:
+            raise ValueError(f"unknown function {function!r} in [vector.functions] "
+                             f"(known: {', '.join(SPECIAL_FUNCTIONS)})")
         if (function, implementation) not in implementations():
             known = sorted(n for f, n in implementations() if f == function)
             raise ValueError(f"no implementation {implementation!r} of {function!r} (known: {', '.join(known)})")

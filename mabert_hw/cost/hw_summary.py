@@ -8,6 +8,12 @@ from .hardware import Hardware
 from .summary import layer_label
 
 HW_COLUMNS = ("cycles", "time_us", "energy_uj", "bound", "util_%")
+HW_RULE = ("util_%: useful work over the peak of the unit an op runs on (MACs / (rows * cols * cycles) on the "
+           "array, lane work / (lanes * cycles) on the vector unit, 0 for a memory-only gather); a row of several "
+           "ops weights each by its cycles, so array and vector ops mix in it. Memory: each op reads its weights "
+           "from DRAM once, whatever filter_sram_kib (which prices SRAM energy only); activations cross DRAM "
+           "only when an op's inputs and output exceed ifmap_sram_kib + ofmap_sram_kib. Hardware TOML: presets "
+           "and their schema in mabert_hw/cost/hw/ (edge-32x32-int8.toml is annotated).")
 
 
 def hw_columns(costs: list[OpCost], hw: Hardware) -> dict:
@@ -115,7 +121,8 @@ def category(cost: OpCost) -> str:
     return "softmax_mlp" if APPROXIMATOR_MARK in cost.op.name else cost.op.kind
 
 
-SHARES_RULE = ("nonlinear_*: softmax, layernorm, gelu and the pooler's tanh, the functions MA-BERT "
+SHARES_RULE = ("memory_bound_%: cycles of the ops whose DRAM time exceeds their compute; "
+               "nonlinear_*: softmax, layernorm, gelu and the pooler's tanh, the functions MA-BERT "
                "removes; approximator_*: MA-BERT's softmax MLP; vector_cycles_%: every op of the vector "
                "unit, ReLU and the additions included (a memory-bound ReLU costs what the GELU it "
                "replaces did), and an FFF tree walk, which runs there. Per cent of the variant's cycles and "
