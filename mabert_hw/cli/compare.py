@@ -230,8 +230,9 @@ def write_plots(outcomes: list[Outcome], hw, folder: Path, title: str) -> list[P
     for o in done:
         for cost in o.estimate.costs:
             by_kind[o.name][category(cost)] = by_kind[o.name].get(category(cost), 0) + cost.cycles
+    unpriced = {o.name: [op.kind for op, _ in o.estimate.unknown] for o in done}  # short bars, marked
     try:
-        paths = [plots.stacked_cycles(by_kind, folder / "cycles_by_kind.png", f"{title} on {hw.name}"),
+        paths = [plots.stacked_cycles(by_kind, folder / "cycles_by_kind.png", f"{title} on {hw.name}", unpriced),
                  plots.roofline({o.name: o.estimate for o in done}, hw, folder / "roofline.png",
                                 f"{title} on {hw.name}")]
     except OSError as error:  # a folder that exists but cannot be written to (read-only, /proc)
