@@ -3,9 +3,18 @@ one folder outside any repository, and file names made safe from model names."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-CACHE_ROOT = Path.home() / ".cache" / "mabert-hw"
+
+def cache_root() -> Path:
+    """$MABERT_HW_CACHE, else $XDG_CACHE_HOME/mabert-hw, else ~/.cache/mabert-hw."""
+    if os.environ.get("MABERT_HW_CACHE"):
+        return Path(os.environ["MABERT_HW_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mabert-hw"
+
+
+CACHE_ROOT = cache_root()
 
 
 def file_safe(name: str) -> str:

@@ -31,3 +31,26 @@ def test_a_cache_folder_the_user_set_is_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "mine"))
     kernel_cache_dir(tmp_path)
     assert config.CACHE_DIR == str(tmp_path / "mine")
+
+
+def test_an_unwritable_cache_root_falls_back_to_the_temporary_directory(tmp_path, monkeypatch, capsys):
+    """A read-only home used to send Numba's cache into the package's __pycache__, or, read-only too, to a
+    RuntimeError traceback ("no locator available")."""
+    from mabert_hw import cache
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(cache, "CACHE_ROOT", tmp_path / "afile" / "mabert-hw")  # no folder can be made there
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    folder = folder_for(tmp_path, monkeypatch)
+    assert folder.startswith(str(tmp_path / "tmp")) and "numba" in folder
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_the_cache_root_follows_the_environment(tmp_path, monkeypatch):
+    from mabert_hw.cache import cache_root
+
+    monkeypatch.delenv("MABERT_HW_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "mabert-hw"
+    monkeypatch.setenv("MABERT_HW_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"

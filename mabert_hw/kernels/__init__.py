@@ -21,9 +21,12 @@ source, so that any edit (or a pull that changes one) compiles afresh.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
+import tempfile
 from pathlib import Path
 
-from ..cache import CACHE_ROOT
+from .. import cache
 
 KERNEL_SOURCES = Path(__file__).parent
 
@@ -32,7 +35,9 @@ def kernel_cache_dir(sources: Path = KERNEL_SOURCES) -> None:
     """Numba's cache folder <CACHE_ROOT>/numba/<digest of kernels/*.py>, unless the user set
     NUMBA_CACHE_DIR. Numba reads config.CACHE_DIR when a cache=True function is defined, i.e. when the
     kernel modules are imported, which is after this package's __init__ ran. Folders of older sources
-    stay until deleted (a few MB each)."""
+    stay until deleted (a few MB each). Where CACHE_ROOT cannot be written (a read-only home), the folder is
+    made under the system's temporary directory, said on stderr: Numba would otherwise write into the
+    package's __pycache__ (keyed by each file alone, the stale-kernel trap above) or, read-only too, fail."""
     try:
         from numba.core import config
     except ImportError:  # no Numba: nothing is compiled
@@ -42,7 +47,22 @@ def kernel_cache_dir(sources: Path = KERNEL_SOURCES) -> None:
     digest = hashlib.sha256()
     for source in sorted(sources.glob("*.py")):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    config.CACHE_DIR = str(CACHE_ROOT / "numba" / digest.hexdigest()[:16])
+    name = digest.hexdigest()[:16]
+    folder = cache.CACHE_ROOT / "numba" / name
+    if not _writable(folder):
+        fallback = Path(tempfile.gettempdir()) / f"mabert-hw-{os.getuid()}" / "numba" / name
+        print(f"mabert-hw: warning: cannot write {folder}: compiled kernels are cached in {fallback} (set "
+              "MABERT_HW_CACHE to keep them)", file=sys.stderr)
+        folder = fallback
+    config.CACHE_DIR = str(folder)
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
 
 
 def prefer_512_bit_vectors() -> None:
