@@ -282,3 +282,16 @@ def test_quant_config_help_lists_every_field(capsys, command):
     text = help_of(capsys, command)
     assert all(f" {field.name}," in text or f" {field.name};" in text for field in fields(OpSettings))
     assert "residual_bits, residual_granularity" in text and text.count("[[rule]]") == 1
+
+
+def test_version_and_python_dash_m(capsys):
+    """`mabert-hw --version` printed usage with exit 2, and `python -m mabert_hw` had no __main__."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"mabert-hw {version('mabert-hw')}\n"
+    done = subprocess.run([sys.executable, "-m", "mabert_hw", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == f"mabert-hw {version('mabert-hw')}\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib import import_module
+from importlib.metadata import version
 
 from ..errors import UserError
 from .common import INTERRUPTED_EXIT
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "all-MiniLM-L6-v2), a checkpoint directory (HF BERT, MA-BERT / MA-DistilBERT, crammed BERT / "
         "UltraFastBERT), an official MA-BERT .pt / .bin state dict, or a config.json (shapes only).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('mabert-hw')}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         import_module(f"{__name__}.{name}").register(subparsers)
