@@ -108,6 +108,43 @@ def test_ort_without_onnx_says_it_needs_onnx(monkeypatch):
     assert document["engines"]["ort"]["skipped"].startswith("needs onnx ("), document["engines"]["ort"]
 
 
+def test_bench_without_numba_skips_the_fast_engine(monkeypatch):
+    """Starting the kernel threads imported numba unguarded (a traceback), and a backend make_backend could not
+    load stopped the whole benchmark with its UserError, where the fast engine should be reported skipped."""
+    import sys
+
+    import mabert_hw.backends as backends
+
+    with monkeypatch.context() as patch:  # undone before the fixture's teardown resets the threads (with numba)
+        patch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError, as when not installed
+        timing._start_kernel_threads(1)
+
+    def without_numba(name, **options):
+        if name == "fast":
+            raise backends.UserError("the fast backend needs numba, which is not installed")
+        return make_backend(name, **options)
+
+    make_backend = backends.make_backend
+    monkeypatch.setattr(backends, "make_backend", without_numba)
+    spec = TINY_SPECS[0]
+    document = bench(spec, random_weights(spec), batch=1, seq_len=4, engines=["reference", "fast"], repeat=1,
+                     threads=1)
+    assert document["engines"]["reference"]["median_ms"] > 0
+    assert document["engines"]["fast"] == {"skipped": "the fast backend needs numba, which is not installed"}
+
+
+def test_a_package_that_refuses_to_load_is_named_with_its_reason(monkeypatch, capsys):
+    """Numba's NumPy-version check raises ImportError without a module name: the message said "needs None"."""
+    import mabert_hw.backends as backends
+
+    def refusing(name):
+        raise ImportError("Numba needs NumPy 2.2 or less. Got NumPy 2.4.")
+
+    monkeypatch.setattr(backends, "import_module", refusing)
+    with pytest.raises(backends.UserError, match="the fast backend cannot load a package it needs: Numba needs NumPy"):
+        backends.make_backend("fast")
+
+
 def test_unavailable_engine_is_skipped_with_its_reason(monkeypatch):
     def unavailable(*args):
         raise EngineUnavailable("no accelerator here")

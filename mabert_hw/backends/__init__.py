@@ -26,6 +26,8 @@ def make_backend(name: str, **options) -> Backend:
     try:
         module = import_module(module_name)
     except ImportError as error:  # numba, for fast
+        if error.name is None:  # installed but refusing to load, e.g. Numba's check of the NumPy version
+            raise UserError(f"the {name} backend cannot load a package it needs: {error}") from None
         package = f"mabert-hw[{OPTIONAL_EXTRA[name]}]" if name in OPTIONAL_EXTRA else error.name
         raise UserError(f"the {name} backend needs {error.name}, which is not installed "
                         f"(pip install '{package}')") from None

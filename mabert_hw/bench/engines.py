@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..errors import UserError
 from ..inputs import Batch
 from ..model import forward
 from ..spec import ModelSpec
@@ -33,8 +34,8 @@ def _backend(name: str):
         options = {"threads": threads} if name == "fast" else {}
         try:
             backend = make_backend(name, **options)
-        except ImportError as error:
-            raise EngineUnavailable(f"{name} backend needs {error.name} (pip install mabert-hw[fast])") from None
+        except UserError as error:  # make_backend's word for a package that is missing or will not load
+            raise EngineUnavailable(str(error)) from None
         if name == "reference":
             _limit_blas(threads)
         return lambda: forward(spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)

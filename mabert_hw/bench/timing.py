@@ -21,6 +21,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 
 from ..cost.summary import profile_model
 from ..errors import UserError
@@ -175,6 +176,7 @@ def _start_kernel_threads(threads: int) -> None:
     torch loads, gives torch eager and the fast engine the same policy in every engine order. Numba
     caps its threads at NUMBA_NUM_THREADS; a count above that is refused, as in check_threads."""
     try:
+        import_module("numba")  # set_threads imports it when called: its absence is found here
         from ..kernels.threads import set_threads
     except ImportError:  # no numba: the fast engine is reported as skipped
         return
