@@ -118,18 +118,21 @@ def tokenize_cut(directory: Path, texts: list[str] | tuple[str, ...], limit: int
                  seq_len: int | None = None) -> tuple[Batch, int]:
     """tokenize(directory, texts, seq_len), tokenised again cut to `limit` tokens when that batch is wider
     (no text keeps more than `limit` tokens, and a batch of short texts stays as narrow as its longest), and
-    how many texts the cut shortened (for warn_truncated)."""
-    batch = tokenize(directory, texts, seq_len)
-    if batch.shape[1] <= limit:
-        return batch, 0
-    return tokenize(directory, texts, limit), int((batch.attention_mask.sum(axis=1) > limit).sum())
+    how many texts the cut shortened, to seq_len or to limit (for warn_truncated)."""
+    whole = tokenize(directory, texts)  # every text at its full length: what a cut shortens
+    width = limit if seq_len is None else min(seq_len, limit)
+    cut = int((whole.attention_mask.sum(axis=1) > width).sum())
+    if seq_len is None and whole.shape[1] <= limit:
+        return whole, 0
+    return tokenize(directory, texts, width), cut
 
 
-def warn_truncated(truncated: int, total: int, limit: int) -> None:
-    """The warning of a command that cut `truncated` of its `total` texts to the `limit` tokens the model takes."""
+def warn_truncated(truncated: int, total: int, limit: int, reason: str | None = None) -> None:
+    """The warning of a command that cut `truncated` of its `total` texts to `limit` tokens: the model's, or
+    those `reason` names."""
     if truncated:
-        print(f"mabert-hw: warning: {truncated} of {total} texts truncated to the model's {limit} tokens",
-              file=sys.stderr)
+        cut = f"the model's {limit} tokens" if reason is None else f"{limit} tokens ({reason})"
+        print(f"mabert-hw: warning: {truncated} of {total} texts truncated to {cut}", file=sys.stderr)
 
 
 def check_positions(spec: ModelSpec, seq_len: int) -> None:

@@ -21,8 +21,8 @@ from .backends import Backend
 from .checkpoint import Checkpoint
 from .cost.counts import count_ops, model_ops
 from .errors import UserError
-from .eval.tasks import token_limit
-from .inputs import Batch, check_seq_len, tokenize_within
+from .eval.tasks import token_cut
+from .inputs import Batch, check_seq_len, tokenize_cut, warn_truncated
 from .model import forward
 from .power import geometric_retention
 
@@ -46,17 +46,21 @@ class Scored:
 
 def encode(ck: Checkpoint, sentences: Sequence[str], seq_len: int | None, batch_size: int = 32) -> list[tuple]:
     """[(row indices, Batch)]: fixed seq_len padding, or length-sorted dynamic padding (seq_len None) with
-    each batch cut to token_limit: what the model's positions and an MA approximator take."""
+    each batch cut to token_cut: what the model's positions and an MA approximator take. Texts cut are said
+    on stderr."""
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer")
     if seq_len is not None:
         check_seq_len(ck.spec, seq_len)
     order = np.argsort([len(s) for s in sentences], kind="stable") if seq_len is None else np.arange(len(sentences))
-    limit = seq_len or token_limit(ck.spec)
-    batches = []
+    limit, what = (seq_len, "--seq-len") if seq_len else token_cut(ck.spec)
+    batches, truncated = [], 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batches.append((idx, tokenize_within(ck.tokenizer_dir, [sentences[i] for i in idx], limit, seq_len)))
+        batch, cut = tokenize_cut(ck.tokenizer_dir, [sentences[i] for i in idx], limit, seq_len)
+        batches.append((idx, batch))
+        truncated += cut
+    warn_truncated(truncated, len(sentences), limit, what)
     return batches
 
 

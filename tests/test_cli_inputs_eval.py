@@ -206,3 +206,11 @@ def test_infer_warns_when_it_truncates(tiny_classifier, capsys):
     warning = f"mabert-hw: warning: 1 of 2 texts truncated to the model's {TINY_MAX_POSITIONS} tokens"
     assert captured.err.strip() == warning
     assert len(json.loads(captured.out)) == 2
+
+
+def test_eval_says_when_it_cuts_texts(classifier, tmp_path, capsys):
+    """infer warned about texts cut to the model's tokens; eval cut at its 128-token default without a word."""
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\n" + "word " * 300 + "\t1\nshort one\t0\n")
+    assert main(["eval", str(classifier), "--task", "sst2", "--data", str(data)]) == 0
+    assert "mabert-hw: warning: 1 of 2 texts truncated to" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import numpy as np
 from ..backends import Backend
 from ..checkpoint import Checkpoint
 from ..errors import UserError
-from ..inputs import SPECIAL_TOKENS, Batch, read_tsv, tokenize_within
+from ..inputs import SPECIAL_TOKENS, Batch, read_tsv, tokenize_cut, warn_truncated
 from ..model import forward
 from ..spec import ModelSpec
 
@@ -133,8 +133,13 @@ def load_sst2(path: str | Path, limit: int | None = None) -> ClassificationTask:
 
 
 def token_limit(spec: ModelSpec, max_len: int = MAX_TOKENS) -> int:
-    """The most tokens a text keeps: max_len, and no more than the model's positions or, on MA-BERT,
-    the softmax approximator's n inputs (a longer batch would be refused by the forward pass). A limit
+    """token_cut's count."""
+    return token_cut(spec, max_len)[0]
+
+
+def token_cut(spec: ModelSpec, max_len: int = MAX_TOKENS) -> tuple[int, str]:
+    """The most tokens a text keeps, and what sets it: max_len, and no more than the model's positions or, on
+    MA-BERT, the softmax approximator's n inputs (a longer batch would be refused by the forward pass). A limit
     below [CLS] + [SEP] is a UserError: the tokenizer cannot cut a text shorter than them."""
     limits = {"the model's positions": spec.max_positions, "the cut of the texts": max_len}  # a tie names the model
     if spec.variant.softmax == "mlp":
@@ -143,21 +148,25 @@ def token_limit(spec: ModelSpec, max_len: int = MAX_TOKENS) -> int:
     if limit < SPECIAL_TOKENS:
         raise UserError(f"{spec.name} takes texts of at most {limit} tokens ({what}): no room for [CLS] and "
                         f"[SEP], which need {SPECIAL_TOKENS}")
-    return limit
+    return limit, what
 
 
 def length_batches(ck: Checkpoint, texts: Sequence[str], batch_size: int = 32,
                    max_len: int = MAX_TOKENS) -> list[tuple[np.ndarray, Batch]]:
     """[(text indices, Batch)]: texts sorted by length in batches of batch_size, each padded to its
-    longest text (truncated to token_limit(spec, max_len) tokens): the batches `run_batches` runs."""
+    longest text (truncated to token_cut(spec, max_len) tokens, said on stderr): the batches `run_batches`
+    runs."""
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer")
-    limit = token_limit(ck.spec, max_len)
+    limit, what = token_cut(ck.spec, max_len)
     order = np.argsort([len(t) for t in texts], kind="stable")
-    batches = []
+    batches, truncated = [], 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batches.append((idx, tokenize_within(ck.tokenizer_dir, [texts[i] for i in idx], limit)))
+        batch, cut = tokenize_cut(ck.tokenizer_dir, [texts[i] for i in idx], limit)
+        batches.append((idx, batch))
+        truncated += cut
+    warn_truncated(truncated, len(texts), limit, what)
     return batches
 
 
