@@ -209,7 +209,7 @@ def test_an_unknown_flag_gets_its_commands_usage(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--bogus", "profile", "minilm-l6"])  # before the command: the top level's
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.startswith("usage: mabert-hw [-h] COMMAND ...")
+    assert exit_.value.code == 2 and err.startswith("usage: mabert-hw [-h] [--version] COMMAND ...")
     assert err.rstrip().endswith("mabert-hw: error: unrecognized arguments: --bogus")
 
 
