@@ -8,10 +8,12 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
-    """$MABERT_HW_CACHE, else $XDG_CACHE_HOME/mabert-hw, else ~/.cache/mabert-hw."""
+    """$MABERT_HW_CACHE (~ expanded), else $XDG_CACHE_HOME/mabert-hw when it is absolute (the XDG spec
+    ignores a relative one), else ~/.cache/mabert-hw."""
     if os.environ.get("MABERT_HW_CACHE"):
-        return Path(os.environ["MABERT_HW_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mabert-hw"
+        return Path(os.environ["MABERT_HW_CACHE"]).expanduser()
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", ""))
+    return (xdg if xdg.is_absolute() else Path.home() / ".cache") / "mabert-hw"
 
 
 CACHE_ROOT = cache_root()

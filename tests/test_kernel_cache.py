@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 config = pytest.importorskip("numba.core.config")
@@ -40,10 +42,15 @@ def test_an_unwritable_cache_root_falls_back_to_the_temporary_directory(tmp_path
 
     (tmp_path / "afile").write_text("")
     monkeypatch.setattr(cache, "CACHE_ROOT", tmp_path / "afile" / "mabert-hw")  # no folder can be made there
+    (tmp_path / "tmp").mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
     folder = folder_for(tmp_path, monkeypatch)
-    assert folder.startswith(str(tmp_path / "tmp")) and "numba" in folder
+    private = tmp_path / "tmp" / f"mabert-hw-{os.getuid()}"
+    assert folder.startswith(str(private / "numba"))
+    assert private.stat().st_mode & 0o777 == 0o700
     assert "cannot write" in capsys.readouterr().err
+    private.chmod(0o777)  # as another user could have made it first, open to all: never used
+    assert not folder_for(tmp_path, monkeypatch).startswith(str(private))
 
 
 def test_the_cache_root_follows_the_environment(tmp_path, monkeypatch):

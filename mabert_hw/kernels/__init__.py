@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -50,19 +51,36 @@ def kernel_cache_dir(sources: Path = KERNEL_SOURCES) -> None:
     name = digest.hexdigest()[:16]
     folder = cache.CACHE_ROOT / "numba" / name
     if not _writable(folder):
-        fallback = Path(tempfile.gettempdir()) / f"mabert-hw-{os.getuid()}" / "numba" / name
+        fallback = _private_temporary() / "numba" / name
         print(f"mabert-hw: warning: cannot write {folder}: compiled kernels are cached in {fallback} (set "
-              "MABERT_HW_CACHE to keep them)", file=sys.stderr)
+              "MABERT_HW_CACHE to a writable folder to keep them)", file=sys.stderr)
         folder = fallback
     config.CACHE_DIR = str(folder)
 
 
 def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK)
+    """Whether `folder` can be made or written: its nearest existing ancestor is a writable directory
+    (nothing is created here; Numba makes the folder when it first saves)."""
+    existing = next(part for part in (folder, *folder.parents) if part.exists())
+    return existing.is_dir() and os.access(existing, os.W_OK)
+
+
+def _private_temporary() -> Path:
+    """<tmp>/mabert-hw-<uid>, made mode 0700 and checked to be this user's alone; else a fresh mkdtemp.
+    Numba's cache files are pickles, run when loaded: a folder another user made first (its name is
+    guessable in a shared /tmp) must not be used."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None:
+        folder = Path(tempfile.gettempdir()) / f"mabert-hw-{getuid()}"
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            status = folder.lstat()
+        except OSError:
+            status = None
+        if status is not None and stat.S_ISDIR(status.st_mode) and status.st_uid == getuid() \
+                and not status.st_mode & 0o077:
+            return folder
+    return Path(tempfile.mkdtemp(prefix="mabert-hw-"))
 
 
 def prefer_512_bit_vectors() -> None:
