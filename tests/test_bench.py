@@ -121,7 +121,7 @@ def test_bench_without_numba_skips_the_fast_engine(monkeypatch):
 
     def without_numba(name, **options):
         if name == "fast":
-            raise backends.UserError("the fast backend needs numba, which is not installed")
+            raise backends.MissingPackage("the fast backend needs numba, which is not installed")
         return make_backend(name, **options)
 
     make_backend = backends.make_backend
@@ -141,7 +141,20 @@ def test_a_package_that_refuses_to_load_is_named_with_its_reason(monkeypatch, ca
         raise ImportError("Numba needs NumPy 2.2 or less. Got NumPy 2.4.")
 
     monkeypatch.setattr(backends, "import_module", refusing)
-    with pytest.raises(backends.UserError, match="the fast backend cannot load a package it needs: Numba needs NumPy"):
+    with pytest.raises(backends.MissingPackage, match="the fast backend cannot load a package it needs: Numba needs"):
+        backends.make_backend("fast")
+
+
+def test_an_import_error_of_this_package_is_not_a_missing_package(monkeypatch):
+    """A broken import inside mabert_hw was reported as "needs mabert_hw.kernels.fff, which is not installed",
+    and bench skipped the engine: it is raised as the bug it is."""
+    import mabert_hw.backends as backends
+
+    def broken(name):
+        raise ModuleNotFoundError("No module named 'mabert_hw.kernels.fffx'", name="mabert_hw.kernels.fffx")
+
+    monkeypatch.setattr(backends, "import_module", broken)
+    with pytest.raises(ModuleNotFoundError):
         backends.make_backend("fast")
 
 

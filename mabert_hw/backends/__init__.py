@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from ..errors import UserError
+from ..errors import MissingPackage, UserError
 from .base import Backend, Op
 
 # name -> "module:Class"; imported lazily so `profile` never pays for numba or scipy it doesn't use.
@@ -26,11 +26,13 @@ def make_backend(name: str, **options) -> Backend:
     try:
         module = import_module(module_name)
     except ImportError as error:  # numba, for fast
+        if (error.name or "").startswith("mabert_hw"):  # this package's own import failing is a bug, not a setup
+            raise
         if error.name is None:  # installed but refusing to load, e.g. Numba's check of the NumPy version
-            raise UserError(f"the {name} backend cannot load a package it needs: {error}") from None
+            raise MissingPackage(f"the {name} backend cannot load a package it needs: {error}") from None
         package = f"mabert-hw[{OPTIONAL_EXTRA[name]}]" if name in OPTIONAL_EXTRA else error.name
-        raise UserError(f"the {name} backend needs {error.name}, which is not installed "
-                        f"(pip install '{package}')") from None
+        raise MissingPackage(f"the {name} backend needs {error.name}, which is not installed "
+                             f"(pip install '{package}')") from None
     return getattr(module, class_name)(**options)
 
 

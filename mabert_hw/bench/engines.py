@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..errors import UserError
+from ..errors import MissingPackage
 from ..inputs import Batch
 from ..model import forward
 from ..spec import ModelSpec
@@ -34,7 +34,7 @@ def _backend(name: str):
         options = {"threads": threads} if name == "fast" else {}
         try:
             backend = make_backend(name, **options)
-        except UserError as error:  # make_backend's word for a package that is missing or will not load
+        except MissingPackage as error:
             raise EngineUnavailable(str(error)) from None
         if name == "reference":
             _limit_blas(threads)
