@@ -90,17 +90,26 @@ def word_piece_options(directory: Path) -> dict:
 
 def tokenize(directory: Path, texts: list[str] | tuple[str, ...], seq_len: int | None = None) -> Batch:
     """Tokenise with [CLS]/[SEP]; pad to the longest text, or pad/truncate to seq_len."""
+    return _batch(_encode(directory, texts, seq_len))
+
+
+def _encode(directory: Path, texts: list[str] | tuple[str, ...], width: int | None) -> list:
+    """The tokenizer's Encodings of `texts`: padded to the longest, or cut and padded to `width`. The
+    tokenizer file's own padding and truncation settings are replaced, not added to."""
     if not texts:
         raise UserError("no texts to tokenise")
     tokenizer = load_tokenizer(directory)
     tokenizer.no_padding()
     tokenizer.no_truncation()
-    if seq_len:
-        tokenizer.enable_truncation(max_length=seq_len)
-        tokenizer.enable_padding(length=seq_len)
+    if width:
+        tokenizer.enable_truncation(max_length=width)
+        tokenizer.enable_padding(length=width)
     else:
         tokenizer.enable_padding()
-    encodings = tokenizer.encode_batch(list(texts))
+    return tokenizer.encode_batch(list(texts))
+
+
+def _batch(encodings: list) -> Batch:
     return Batch(
         np.array([e.ids for e in encodings], np.int64),
         np.array([e.attention_mask for e in encodings], np.int64),
@@ -116,15 +125,15 @@ def tokenize_within(directory: Path, texts: list[str] | tuple[str, ...], limit: 
 
 def tokenize_cut(directory: Path, texts: list[str] | tuple[str, ...], limit: int,
                  seq_len: int | None = None) -> tuple[Batch, int]:
-    """tokenize(directory, texts, seq_len), tokenised again cut to `limit` tokens when that batch is wider
-    (no text keeps more than `limit` tokens, and a batch of short texts stays as narrow as its longest), and
-    how many texts the cut shortened, to seq_len or to limit (for warn_truncated)."""
-    whole = tokenize(directory, texts)  # every text at its full length: what a cut shortens
-    width = limit if seq_len is None else min(seq_len, limit)
-    cut = int((whole.attention_mask.sum(axis=1) > width).sum())
-    if seq_len is None and whole.shape[1] <= limit:
-        return whole, 0
-    return tokenize(directory, texts, width), cut
+    """The texts with [CLS]/[SEP], none longer than `limit` tokens: padded to seq_len (cut to it, and to
+    limit), or to the longest text (so a batch of short texts stays narrow); and how many texts were cut (for
+    warn_truncated). A batch of short texts is tokenised once; a batch with a text past `limit`, twice."""
+    if seq_len is not None:  # one pass: a cut text's Encoding holds the rest in `overflowing`
+        encodings = _encode(directory, texts, min(seq_len, limit))
+        return _batch(encodings), sum(1 for e in encodings if e.overflowing)
+    whole = _encode(directory, texts, None)
+    cut = sum(1 for e in whole if sum(e.attention_mask) > limit)
+    return _batch(whole if not cut else _encode(directory, texts, limit)), cut
 
 
 def warn_truncated(truncated: int, total: int, limit: int, reason: str | None = None) -> None:

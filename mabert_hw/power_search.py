@@ -44,23 +44,25 @@ class Scored:
     family: str
 
 
-def encode(ck: Checkpoint, sentences: Sequence[str], seq_len: int | None, batch_size: int = 32) -> list[tuple]:
+def encode(ck: Checkpoint, sentences: Sequence[str], seq_len: int | None, batch_size: int = 32,
+           warn_cuts: str | None = None) -> list[tuple]:
     """[(row indices, Batch)]: fixed seq_len padding, or length-sorted dynamic padding (seq_len None) with
-    each batch cut to token_cut: what the model's positions and an MA approximator take. Texts cut are said
-    on stderr."""
+    each batch cut to token_cut: what the model's positions and an MA approximator take. warn_cuts: where a
+    command's seq_len came from (e.g. "--seq-len"), to say on stderr how many texts were cut; None: silent."""
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer")
     if seq_len is not None:
         check_seq_len(ck.spec, seq_len)
     order = np.argsort([len(s) for s in sentences], kind="stable") if seq_len is None else np.arange(len(sentences))
-    limit, what = (seq_len, "--seq-len") if seq_len else token_cut(ck.spec)
+    limit, what = (seq_len, warn_cuts) if seq_len else token_cut(ck.spec)
     batches, truncated = [], 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch, cut = tokenize_cut(ck.tokenizer_dir, [sentences[i] for i in idx], limit, seq_len)
         batches.append((idx, batch))
         truncated += cut
-    warn_truncated(truncated, len(sentences), limit, what)
+    if warn_cuts is not None:
+        warn_truncated(truncated, len(sentences), limit, what)
     return batches
 
 

@@ -214,3 +214,21 @@ def test_eval_says_when_it_cuts_texts(classifier, tmp_path, capsys):
     data.write_text("sentence\tlabel\n" + "word " * 300 + "\t1\nshort one\t0\n")
     assert main(["eval", str(classifier), "--task", "sst2", "--data", str(data)]) == 0
     assert "mabert-hw: warning: 1 of 2 texts truncated to" in capsys.readouterr().err
+    assert main(["eval", str(classifier), "--task", "sst2", "--data", str(data), "--seq-len", "8"]) == 0
+    assert "mabert-hw: warning: 1 of 2 texts truncated to 8 tokens (--seq-len)" in capsys.readouterr().err
+
+
+def test_texts_cut_at_a_fixed_length_are_counted(classifier):
+    """tokenize_cut at a seq_len: one tokenizer pass, the same batch as tokenize's, each cut text counted
+    (it counted none when seq_len was at most the limit)."""
+    from mabert_hw import checkpoint
+    from mabert_hw.inputs import tokenize, tokenize_cut
+
+    directory = checkpoint.load(str(classifier)).tokenizer_dir
+    texts = ["word " * 30, "two words", "word " * 6]  # 32, 4 and 8 tokens with [CLS] and [SEP]
+    for seq_len, limit, cut in ((8, 64, 1), (6, 64, 2), (64, 8, 1), (None, 8, 1), (None, 64, 0)):
+        batch, counted = tokenize_cut(directory, texts, limit, seq_len)
+        width = limit if seq_len is None else min(seq_len, limit)
+        expected = tokenize(directory, texts, width if seq_len is not None or cut else None)
+        assert counted == cut, (seq_len, limit)
+        assert (batch.input_ids == expected.input_ids).all() and (batch.attention_mask == expected.attention_mask).all()

@@ -65,13 +65,14 @@ def run(args) -> int:
     started = time.perf_counter()
     if args.task == "sst2":
         task = tasks.load_sst2(args.data, args.limit)
-        batches = encode(ck, task.sentences, seq_len, args.batch_size)
+        batches = encode(ck, task.sentences, seq_len, args.batch_size,
+                         warn_cuts="--seq-len" if args.seq_len else "the retention config's seq_len")
         predictions = predict(ck, retention, tqdm(batches, desc="sst2", leave=False), backend)
         metric, value, n = "accuracy", 100.0 * float((predictions == task.labels).mean()), len(task.labels)
     else:
         task = tasks.load_stsb(args.data, args.limit)
         ck = replace(ck, spec=ck.spec.with_variant(retention=retention))  # mean pools the kept tokens
-        value = tasks.stsb_spearman(ck, task, backend, batch_size=args.batch_size,
+        value = tasks.stsb_spearman(ck, task, backend, batch_size=args.batch_size, warn_cuts=True,
                                     progress=lambda b: tqdm(b, desc="stsb", leave=False))
         metric, n = "spearman", len(task.scores)
     seconds = time.perf_counter() - started

@@ -68,7 +68,7 @@ def run(args) -> int:
     ck.require_weights("power-search")
     tasks.require_sst2_classifier(ck, "power-search")
     task = tasks.load_sst2(args.data, args.limit)
-    batches = encode(ck, task.sentences, args.seq_len, args.batch_size)
+    batches = encode(ck, task.sentences, args.seq_len, args.batch_size, warn_cuts="--seq-len")
     calibration = task_calibration(args.engine, ck, "sst2", args.data)
     depends_on = scores_depend_on(ck, task.sentences, task.labels, args.seq_len, args.engine, calibration,
                                   args.batch_size)

@@ -152,10 +152,10 @@ def token_cut(spec: ModelSpec, max_len: int = MAX_TOKENS) -> tuple[int, str]:
 
 
 def length_batches(ck: Checkpoint, texts: Sequence[str], batch_size: int = 32,
-                   max_len: int = MAX_TOKENS) -> list[tuple[np.ndarray, Batch]]:
+                   max_len: int = MAX_TOKENS, warn_cuts: bool = False) -> list[tuple[np.ndarray, Batch]]:
     """[(text indices, Batch)]: texts sorted by length in batches of batch_size, each padded to its
-    longest text (truncated to token_cut(spec, max_len) tokens, said on stderr): the batches `run_batches`
-    runs."""
+    longest text (truncated to token_cut(spec, max_len) tokens; with warn_cuts, how many is said on stderr,
+    for the texts a command evaluates, not those it calibrates on): the batches `run_batches` runs."""
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer")
     limit, what = token_cut(ck.spec, max_len)
@@ -166,20 +166,21 @@ def length_batches(ck: Checkpoint, texts: Sequence[str], batch_size: int = 32,
         batch, cut = tokenize_cut(ck.tokenizer_dir, [texts[i] for i in idx], limit)
         batches.append((idx, batch))
         truncated += cut
-    warn_truncated(truncated, len(texts), limit, what)
+    if warn_cuts:
+        warn_truncated(truncated, len(texts), limit, what)
     return batches
 
 
 def run_batches(ck: Checkpoint, texts: Sequence[str], backend: Backend,
                 batch_size: int = 32, max_len: int = MAX_TOKENS,
-                progress: Callable | None = None) -> list:
+                progress: Callable | None = None, warn_cuts: bool = False) -> list:
     """Forward every text in batches of similar length; results back in input order.
 
     Returns, per text, (last hidden state (T_i, C) of its real tokens, logits or None); under PoWER-BERT
     retention the real tokens the last layer kept.
     """
     weights = ck.require_weights("evaluation")
-    batches = length_batches(ck, texts, batch_size, max_len)
+    batches = length_batches(ck, texts, batch_size, max_len, warn_cuts)
     results: list = [None] * len(texts)
     for idx, batch in progress(batches) if progress else batches:
         out = forward(ck.spec, weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
