@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib import import_module
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import UserError
 from .common import INTERRUPTED_EXIT
@@ -27,12 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
         "all-MiniLM-L6-v2), a checkpoint directory (HF BERT, MA-BERT / MA-DistilBERT, crammed BERT / "
         "UltraFastBERT), an official MA-BERT .pt / .bin state dict, or a config.json (shapes only).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('mabert-hw')}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         import_module(f"{__name__}.{name}").register(subparsers)
     parser.commands = subparsers.choices  # name -> its parser, for errors found after parsing
     return parser
+
+
+def installed_version() -> str:
+    """The installed distribution's version; "unknown" when run from a source tree pip never installed."""
+    try:
+        return version("mabert-hw")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
