@@ -121,11 +121,12 @@ def roofline(estimates: dict, hw, path: Path, title: str) -> Path:
 
 
 def op_work(cost, hw) -> float:
-    """An op's work in its unit's own measure: FLOPs on the array (cost.counts), lane issue slots on the
+    """An op's work in its unit's own measure: GEMM FLOPs on the array (2 * MACs, so work / (2 * rows * cols *
+    cycles) is the table's util; the bias adds beside them run on the vector unit), lane issue slots on the
     vector unit (the lane-cycles of cost.cycles' util, so work / (lanes * cycles) is that util)."""
     if cost.unit == "vector":
         return cost.utilisation * hw.lanes * cost.cycles
-    return cost.count.flops
+    return cost.count.gemm_flops
 
 
 def lines(series: dict[str, list[tuple[float, float]]], path: Path, title: str, xlabel: str, ylabel: str,
