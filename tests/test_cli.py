@@ -295,3 +295,18 @@ def test_version_and_python_dash_m(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out == f"mabert-hw {version('mabert-hw')}\n"
     done = subprocess.run([sys.executable, "-m", "mabert_hw", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == f"mabert-hw {version('mabert-hw')}\n"
+
+
+def test_version_outside_an_installed_package_is_unknown(monkeypatch, capsys):
+    """Built at every parse: a PackageNotFoundError there would break every command, not only --version."""
+    from importlib.metadata import PackageNotFoundError
+
+    import mabert_hw.cli as cli
+
+    def not_installed(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(cli, "version", not_installed)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == "mabert-hw unknown\n"
