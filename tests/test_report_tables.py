@@ -8,7 +8,7 @@ import re
 import pytest
 
 from mabert_hw.bench.timing import table_rows
-from mabert_hw.report.tables import figure, render
+from mabert_hw.report.tables import figure, render, unpriced_count
 
 
 SKIPPED_FIRST = [{"variant": "ma", "status": "skipped: no trace"}, {"variant": "bert", "status": "ok", "cycles": 7}]
@@ -36,3 +36,7 @@ def test_bench_table_keeps_timing_columns_when_the_first_engine_is_skipped():
 def test_figures_keep_four_digits_and_no_exponent_from_ten_thousand(value, text):
     """bench-ffn's MAC ratio and fff_floor's times print through figure: .4g alone wrote 12345.6 as 1.235e+04."""
     assert figure(value) == text
+
+
+def test_one_unpriced_op_is_singular():
+    assert (unpriced_count(1), unpriced_count(6)) == ("1 op unpriced", "6 ops unpriced")  # was "1 ops unpriced"

@@ -31,7 +31,7 @@ from .. import checkpoint
 from ..cost.hw_summary import HW_RULE, SHARES_RULE
 from ..errors import UserError
 from ..inputs import check_positions
-from ..report.tables import FORMATS, render
+from ..report.tables import FORMATS, render, unpriced_count
 from ..spec import VARIANTS, ModelSpec, Variant
 from .common import add_checkpoint, add_output, emit, make_output_dir, positive_int
 from .profile import DEFAULT_SEQ_LEN, add_hardware_arguments, load_hardware
@@ -139,7 +139,7 @@ def comparison_rows(outcomes: list[Outcome]) -> list[dict]:
         memory_bound = sum(c.cycles for c in e.costs if c.bound == "memory")
         rows.append({
             "variant": o.name,
-            "status": "ok" if not e.unknown else f"{len(e.unknown)} ops unpriced",
+            "status": "ok" if not e.unknown else unpriced_count(len(e.unknown)),
             "gmacs": model_macs(e) / 1e9,
             "cycles": cycles,
             "time_ms": e.seconds * 1e3,

@@ -22,13 +22,16 @@ from matplotlib.patches import Patch
 
 from ..cost.counts import RULES
 from .figures import plt, save_figure
+from .tables import unpriced_count
 
 MARKERS = {"array": "o", "vector": "s", "memory": "^"}
 # Stacking (and colour) order: the kinds that hold most cycles first, then the cost model's other kinds;
 # a kind it does not know comes after, in name order.
 KINDS = ("linear", "matmul", "softmax", "softmax_mlp", "layernorm", "gelu", "relu", "fff", "add", "mask")
 KINDS += tuple(k for k in RULES if k not in KINDS)
-PALETTE = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("tab20")(2 * i + 1) for i in range(10)]
+PALETTE = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("tab20b")(i) for i in (0, 4, 8, 12, 16, 2, 6, 10, 14, 18)]
+# after tab10's ten, tab20b's five hue groups, dark then light: no kind past the tenth shares a hue shade
+# with one of the first ten (tab20's light tab10 shades made scale and matmul look alike)
 
 
 def kind_colour(kind: str, kinds: list[str]):
@@ -69,7 +72,8 @@ def stacked_cycles(cycles_by_kind: dict[str, dict[str, float]], path: Path, titl
 def short_note(kinds: list[str]) -> str:
     """'6 ops unpriced' (the table's words) and their kinds: '(gelu 6)'."""
     counts = ", ".join(f"{k} {n}" for k, n in sorted(Counter(kinds).items()))
-    return f"{len(kinds)} ops unpriced\n({counts})"
+    return f"{unpriced_count(len(kinds))}\n({counts})"
+
 
 
 def roofline(estimates: dict, hw, path: Path, title: str) -> Path:

@@ -17,6 +17,11 @@ def figure(value: float) -> str:
     return f"{value:,.0f}" if "e+" in text else text
 
 
+def unpriced_count(n: int) -> str:
+    """'1 op unpriced', '6 ops unpriced': a variant's status in compare's table and on its bar."""
+    return f"{n} op{'' if n == 1 else 's'} unpriced"
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return figure(value)
