@@ -43,7 +43,7 @@ from mabert_hw.inputs import DATA_DIR
 from mabert_hw.interrupts import sigterm_interrupts
 from mabert_hw.power import geometric_retention, parse_retention
 from mabert_hw.power_search import subset_flops
-from mabert_hw.report.tables import csv_table
+from mabert_hw.report.tables import counted, csv_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZE, MAX_LEN = 32, 128  # as `mabert-hw eval` and analysis/ma_minilm.py (MA's approximator n = 128)
@@ -195,10 +195,6 @@ def said_interrupted(prog: str, out: Path, written: list[dict], model: str | Non
         return said
     fate = f"this run's {counted(cut, 'row')} of {model} dropped" if earlier else f"{model}'s {cut} marked interrupted"
     return f"{said}, {fate} (rerunning its label scores all its rows again)"
-
-
-def counted(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 if __name__ == "__main__":

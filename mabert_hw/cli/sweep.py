@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import checkpoint
 from ..cache import CACHE_ROOT
 from ..quant import config as qconfig
+from ..report.tables import counted
 from .common import (INTERRUPTED_EXIT, TASK_DATA_HELP, add_checkpoint, check_configs_for_model, output_file, plot_file,
                      positive_int)
 
@@ -92,14 +93,10 @@ def said_interrupted(out: Path, done: set[str]) -> int:
     from ..eval.sweep import done_keys
 
     held = done_keys(out)
-    kept = (f"{configurations(len(held - done))} finished in this run, {len(held)} in all in {out}" if held
+    kept = (f"{counted(len(held - done), 'configuration')} finished in this run, {len(held)} in all in {out}" if held
             else f"no configuration finished; {out} holds none")
     print(f"mabert-hw: interrupted: {kept}: run the same command with --resume to continue", file=sys.stderr)
     return INTERRUPTED_EXIT
-
-
-def configurations(count: int) -> str:
-    return f"{count} configuration{'' if count == 1 else 's'}"
 
 
 def start_record(out: Path, record: dict, resuming: bool) -> None:

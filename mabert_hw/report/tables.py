@@ -17,9 +17,14 @@ def figure(value: float) -> str:
     return f"{value:,.0f}" if "e+" in text else text
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 row', '6 rows': a count with its noun, plural unless one."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def unpriced_count(n: int) -> str:
     """'1 op unpriced', '6 ops unpriced': a variant's status in compare's table and on its bar."""
-    return f"{n} op{'' if n == 1 else 's'} unpriced"
+    return f"{counted(n, 'op')} unpriced"
 
 
 def _cell(value) -> str:
