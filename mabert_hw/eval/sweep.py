@@ -25,14 +25,15 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, write_text_whole
 from ..cache import file_safe
 from ..errors import UserError
 from ..inputs import read_toml
 from ..interrupts import sigterm_interrupts
 from ..quant import config as qconfig
-from ..quant.config import CALIBRATION_SENTENCES
+from ..quant.config import CALIBRATION_SENTENCES, SWEEP_CALIBRATION_BATCH
 from ..quant.calibrate import Calibration, calibrate
+from ..report.tables import read_csv_rows
 from .tasks import load_sst2, load_stsb, run_batches, sst2_accuracy, stsb_spearman
 
 CALIBRATION_VERSION = 2  # 2: per-channel statistics (calibrate.py); in the cache file name so older files are not reused
@@ -157,10 +158,7 @@ def run_differences(recorded: dict, record: dict) -> list[str]:
 
 
 def write_run_record(out: str | Path, record: dict) -> None:
-    try:
-        record_path(out).write_text(json.dumps(record, indent=2) + "\n")
-    except OSError as error:
-        raise UserError(f"cannot write {record_path(out)}: {error}") from None
+    write_text_whole(record_path(out), json.dumps(record, indent=2) + "\n")
 
 
 def append_result(out: str | Path, row: dict, fields: list[str]) -> None:
@@ -181,8 +179,7 @@ def _append_row(path: Path, row: dict, fields: list[str]) -> None:
             header = next(csv.reader(f), [])
     wanted = [k for k in fields if k in row or k in COLUMNS]
     if header and not set(wanted) <= set(header):
-        with open(path, newline="") as f:
-            old_rows = list(csv.DictReader(f))
+        old_rows = read_csv_rows(path)
         header = header + [k for k in wanted if k not in header]
         with atomic_write(path, newline="") as f:
             csv.DictWriter(f, fieldnames=header).writeheader()
@@ -228,7 +225,7 @@ def prepare_calibration(ck, task: str, data: str | Path, cache: Path, seed: int 
                 pass
         except OSError as error:
             raise UserError(f"cannot write to the cache directory {path.parent}: {error}") from None
-        calibrate(lambda b: run_batches(ck, texts, b, batch_size=16), seed).save(path)
+        calibrate(lambda b: run_batches(ck, texts, b, batch_size=SWEEP_CALIBRATION_BATCH), seed).save(path)
     return path
 
 

@@ -40,7 +40,7 @@ from scipy.special import rel_entr
 from ..atomic import atomic_write
 from ..backends.reference import ReferenceBackend
 from ..errors import UserError
-from .config import RESIDUAL_KINDS
+from .config import CALIBRATION_SENTENCES, RESIDUAL_KINDS, SWEEP_CALIBRATION_BATCH
 from .formats import IntFormat, choose_qparams, dequantize, quantize
 
 MASKED = -1e30  # additive mask entries are finfo(float32).min ~ -3.4e38
@@ -48,8 +48,8 @@ SAMPLE_CAP = 1 << 16  # values kept per tensor: P(99.99) is then about the 7th l
 # the entropy histogram holds 32 per bin on average. Measured on MiniLM (128 STS-B sentences, 0.5M values per
 # tensor, median), ranges from the sample are those from every value to 0.5 % of max - min (percentile),
 # 0 % (mse), 1 % (entropy), median over 233 tensors; a few outlier-heavy tensors differ by up to 56, 10, 73 %
-SAMPLE_PER_CALL = SAMPLE_CAP // 8  # the sweep calibrates in 8 calls (128 sentences, batches of 16:
-# eval/sweep.py), which fill the cap in equal shares; a call keeps at most this many until the cap's draw
+SAMPLE_PER_CALL = SAMPLE_CAP // (CALIBRATION_SENTENCES // SWEEP_CALIBRATION_BATCH)  # the sweep's 8 calls fill the
+# cap in equal shares; a call keeps at most this many until the cap's draw
 HIST_BINS = 2048  # TensorRT's calibration histogram
 MSE_GRID = np.linspace(0.2, 1.0, 41)  # alpha in steps of 0.02: on MiniLM (233 tensors) the best MSE is within
 # 0.2 % (median; at most 5 %) of a 991-point grid's over [0.01, 1], and no best alpha lies below 0.2 at 6 and

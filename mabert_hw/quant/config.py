@@ -55,6 +55,9 @@ from .requant import INT32_REQUANT_MODES, REQUANT_MODES
 CALIBRATORS = ("minmax", "percentile", "mse", "entropy")
 CALIBRATION_SENTENCES = 128  # texts a sweep or quant-error calibrates on: a cap, as the observers keep a sample of
 # every call until the ranges are estimated (quant/calibrate.py)
+SWEEP_CALIBRATION_BATCH = 16  # sentences per calibration call in a sweep (eval/sweep.py): 8 calls of 128. The
+# observers keep a sample per call, so the batching moves the ranges; quant-error keeps its own 32
+# (cli/quant_error.py CALIBRATION_BATCH, what its reports were calibrated on)
 RESIDUAL_KINDS = ("add", "layernorm", "embedding")
 GEMM_KINDS = ("linear",)  # per-channel: the output only
 RESIDUAL_MAX_BITS = 23  # codes travel between ops as float32 (backends/fixed.py _values): beyond 23 bits

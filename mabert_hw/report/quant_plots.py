@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from .figures import plt, save_figure
+from .tables import read_csv_rows
 
 BIT_FIELDS = ("weight_bits", "act_bits")
-
-
-def _rows(path: str | Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def plot_metric_vs_bits(results_csv: str | Path, png: str | Path, metric_label: str = "metric") -> int:
     """One line per (varied bit field, other fields): the metric against that field's bits. Returns the
     lines drawn; with none (no bit field takes two values among otherwise equal rows) no PNG is written."""
 
-    rows = _rows(results_csv)
+    rows = read_csv_rows(results_csv)
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = 0
     for field in BIT_FIELDS:

@@ -6,6 +6,9 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import UserError
 
 FORMATS = ("table", "csv", "json", "md")
 
@@ -25,6 +28,19 @@ def counted(count: int, noun: str) -> str:
 def unpriced_count(n: int) -> str:
     """'1 op unpriced', '6 ops unpriced': a variant's status in compare's table and on its bar."""
     return f"{counted(n, 'op')} unpriced"
+
+
+def read_csv_rows(path: str | Path) -> list[dict]:
+    """The rows of a CSV file with a header, as dicts of strings ([] when the file is absent); a file
+    that cannot be read or parsed is one UserError line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
 
 
 def _cell(value) -> str:
