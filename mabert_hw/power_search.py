@@ -21,8 +21,8 @@ from .backends import Backend
 from .checkpoint import Checkpoint
 from .cost.counts import count_ops, model_ops
 from .errors import UserError
-from .eval.tasks import token_cut
-from .inputs import Batch, check_seq_len, tokenize_cut, warn_truncated
+from .eval.tasks import accuracy, token_cut, tokenized_batches
+from .inputs import Batch, check_seq_len, warn_truncated
 from .model import forward
 from .power import geometric_retention
 
@@ -55,12 +55,7 @@ def encode(ck: Checkpoint, sentences: Sequence[str], seq_len: int | None, batch_
         check_seq_len(ck.spec, seq_len)
     order = np.argsort([len(s) for s in sentences], kind="stable") if seq_len is None else np.arange(len(sentences))
     limit, what = (seq_len, warn_cuts) if seq_len else token_cut(ck.spec)
-    batches, truncated = [], 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch, cut = tokenize_cut(ck.tokenizer_dir, [sentences[i] for i in idx], limit, seq_len)
-        batches.append((idx, batch))
-        truncated += cut
+    batches, truncated = tokenized_batches(ck, sentences, order, limit, batch_size, seq_len)
     if warn_cuts is not None:
         warn_truncated(truncated, len(sentences), limit, what)
     return batches
@@ -107,8 +102,8 @@ class Scorer:
             self.scored[key] = replace(self.known[key], family=family)
             del self.known[key]
             return self.scored[key]
-        accuracy = 100.0 * float((predict(self.ck, key, self.batches, self.backend) == self.labels).mean())
-        self.scored[key] = Scored(key, accuracy, subset_flops(self.ck, key, self.batches), family)
+        score = accuracy(predict(self.ck, key, self.batches, self.backend), self.labels)
+        self.scored[key] = Scored(key, score, subset_flops(self.ck, key, self.batches), family)
         self.new += 1
         if self.progress:
             self.progress(self.scored[key])

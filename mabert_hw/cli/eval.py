@@ -68,7 +68,7 @@ def run(args) -> int:
         batches = encode(ck, task.sentences, seq_len, args.batch_size,
                          warn_cuts="--seq-len" if args.seq_len else "the retention config's seq_len")
         predictions = predict(ck, retention, tqdm(batches, desc="sst2", leave=False), backend)
-        metric, value, n = "accuracy", 100.0 * float((predictions == task.labels).mean()), len(task.labels)
+        metric, value, n = "accuracy", tasks.accuracy(predictions, task.labels), len(task.labels)
     else:
         task = tasks.load_stsb(args.data, args.limit)
         ck = replace(ck, spec=ck.spec.with_variant(retention=retention))  # mean pools the kept tokens

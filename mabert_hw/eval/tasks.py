@@ -159,16 +159,29 @@ def length_batches(ck: Checkpoint, texts: Sequence[str], batch_size: int = 32,
     if ck.tokenizer_dir is None:
         raise UserError(f"{ck.source} has no tokenizer")
     limit, what = token_cut(ck.spec, max_len)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    batches, truncated = [], 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch, cut = tokenize_cut(ck.tokenizer_dir, [texts[i] for i in idx], limit)
-        batches.append((idx, batch))
-        truncated += cut
+    batches, truncated = tokenized_batches(ck, texts, np.argsort([len(t) for t in texts], kind="stable"), limit,
+                                           batch_size)
     if warn_cuts:
         warn_truncated(truncated, len(texts), limit, what)
     return batches
+
+
+def tokenized_batches(ck: Checkpoint, texts: Sequence[str], order: np.ndarray, limit: int, batch_size: int,
+                      seq_len: int | None = None) -> tuple[list[tuple[np.ndarray, Batch]], int]:
+    """[(text indices, Batch)] of the texts in `order`, batch_size at a time, none longer than `limit` tokens
+    (padded to seq_len, else to each batch's longest: inputs.tokenize_cut), and how many texts were cut."""
+    batches, truncated = [], 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch, cut = tokenize_cut(ck.tokenizer_dir, [texts[i] for i in idx], limit, seq_len)
+        batches.append((idx, batch))
+        truncated += cut
+    return batches, truncated
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Per cent of predicted labels equal to the true ones."""
+    return 100.0 * float((predictions == labels).mean())
 
 
 def run_batches(ck: Checkpoint, texts: Sequence[str], backend: Backend,
@@ -236,4 +249,4 @@ def sst2_accuracy(ck: Checkpoint, task: ClassificationTask, backend: Backend, **
     require_sst2_classifier(ck)
     results = run_batches(ck, task.sentences, backend, **options)
     predictions = np.array([int(np.argmax(logits)) for _, logits in results])
-    return 100.0 * float((predictions == task.labels).mean())
+    return accuracy(predictions, task.labels)
