@@ -1,3 +1,1 @@
 """mabert-hw: what a BERT-like model really costs, and what making it cheaper loses."""
-
-__version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The one exception type the CLI turns into a one-line message and exit status 2."""
+"""The exceptions the CLI turns into a one-line message and exit status 2: UserError, and its MissingPackage."""
 
 
 class UserError(Exception):

@@ -65,7 +65,8 @@ class ForwardResult:
 
 
 def executable_problem(spec: ModelSpec) -> str | None:
-    """Why this variant cannot run yet, or None. Each variant's issue fills in its blocks."""
+    """Why the engines refuse this variant, or None: an MLP softmax under an additive mask, or PowerNorm in
+    pre-LN blocks."""
     v = spec.variant
     if v.softmax == "mlp" and v.mask != "multiplicative":
         return "softmax=mlp needs mask=multiplicative (an additive -inf mask cannot enter a linear layer)"

@@ -41,6 +41,7 @@ STS-B dev it is also no better (0.2-3.5 points worse: reports/power_bert/power_m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 
 from .backends.base import Backend
 from .errors import UserError
@@ -89,8 +90,4 @@ def geometric_retention(seq_len: int, layers: int, ratio: float, floor: int = 1)
 
 def kept_tokens(seq_len: int, retention: Sequence[int]) -> list[int]:
     """T_l after each layer for inputs of seq_len tokens: T_l = min(l_j, T_{l-1})."""
-    kept, current = [], seq_len
-    for keep in retention:
-        current = min(current, keep)
-        kept.append(current)
-    return kept
+    return list(accumulate(retention, min, initial=seq_len))[1:]

@@ -18,6 +18,7 @@ and then either
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
 
 import torch
 from torch import nn
@@ -96,11 +97,7 @@ class PowerBert(nn.Module):
     def soft_retention(self) -> tuple[int, ...]:
         """l_j = floor(sum_t r_j[t]), at least 1, made non-increasing by a running minimum."""
         counts = torch.floor(self.soft.detach().clamp(0, 1).sum(1)).clamp(min=1).int().tolist()
-        retention, current = [], counts[0]
-        for count in counts:
-            current = min(current, count)
-            retention.append(current)
-        return tuple(retention)
+        return tuple(accumulate(counts, min))
 
 
 def train(model: PowerBert, batches: Iterable[dict], steps: int, lr: float, soft_lr: float = 0.0,
