@@ -3,12 +3,14 @@ variant or engine first keeps the others' columns)."""
 
 from __future__ import annotations
 
+import csv
 import re
 
 import pytest
 
 from mabert_hw.bench.timing import table_rows
-from mabert_hw.report.tables import figure, render, unpriced_count
+from mabert_hw.errors import UserError
+from mabert_hw.report.tables import figure, read_csv_rows, render, unpriced_count
 
 
 SKIPPED_FIRST = [{"variant": "ma", "status": "skipped: no trace"}, {"variant": "bert", "status": "ok", "cycles": 7}]
@@ -40,3 +42,25 @@ def test_figures_keep_four_digits_and_no_exponent_from_ten_thousand(value, text)
 
 def test_one_unpriced_op_is_singular():
     assert (unpriced_count(1), unpriced_count(6)) == ("1 op unpriced", "6 ops unpriced")  # was "1 ops unpriced"
+
+
+def test_read_csv_rows_gives_what_the_csv_module_wrote(tmp_path):
+    path = tmp_path / "rows.csv"
+    rows = [{"name": "a, quoted", "value": "1"}, {"name": "b", "value": ""}]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["name", "value"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert read_csv_rows(path) == rows
+    assert read_csv_rows(tmp_path / "absent.csv") == []
+
+
+@pytest.mark.parametrize("bad", ["folder", "bytes"])
+def test_read_csv_rows_refuses_an_unreadable_file_in_one_line(tmp_path, bad):
+    path = tmp_path / "rows.csv"
+    if bad == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b"name\n\xff\xfe\n")
+    with pytest.raises(UserError, match="cannot read .*rows.csv"):
+        read_csv_rows(path)
