@@ -18,11 +18,11 @@ sentences), as `mabert-hw quant-error --baseline` reports it.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
 
+from int8_report import fp32_reference, write_report
 from tqdm import tqdm
 
 from mabert_hw import checkpoint
@@ -45,8 +45,6 @@ RESIDUAL_GEMMS = "encoder.layer.*.output.dense"  # the GEMMs feeding the residua
 # ...and those GEMMs write per-channel codes: their per-column requantization multipliers take per-channel scales
 CHANNEL_GEMM_OUT = {**CHANNEL, "rule": [{"name": RESIDUAL_GEMMS, "act_granularity": "channel"}]}
 SQNR_SENTENCES = 32  # one batch of dev sentences for the per-tensor SQNR table
-SQNR_TITLE = "residual stream SQNR at 8 bits, per-tensor vs per-channel scales (first {} dev sentences, real tokens)"
-FINAL_TITLE = "final hidden state SQNR (first {} dev sentences, real tokens)"
 FINAL_SQNR_CONFIGS = {  # where the error left by per-channel residual scales sits (final hidden state SQNR)
     "all 8 bits, per tensor": {},
     "residual per channel": CHANNEL,
@@ -62,7 +60,6 @@ def residual_rules(**fields) -> list[dict]:
     return [{"kind": kind, **fields} for kind in ("add", "layernorm")]
 
 
-DEV_PAIRS = 1500  # GLUE STS-B dev
 BEST = {"calibrator": "percentile"}  # the scheme rows' calibrator, picked as the best 8-bit one on the subset's
 # calibrator rows before the fixed-engine fix (349925a); mse now scores higher there (study.csv), and the rows
 # keep percentile to compare with the headline's
@@ -93,7 +90,7 @@ HEADLINE = [
     {"nonlinear": "integer", "rule": [{"kind": "add", "act_granularity": "channel"}]},
     {**CHANNEL_GEMM_OUT, "nonlinear": "integer"},
 ]
-# Cut to fit ~40 min of the shared 2-core CPU: bits 4, 6, 8, 12, 16 (not 10, 14); accumulator widths
+# Cut to fit ~40 min of the shared 2-core CPU: BITS without 10 and 14; accumulator widths
 # with one scheme; integer non-linearities with two calibrators.
 BITS = (4, 6, 8, 12, 16)
 STUDY = (
@@ -109,7 +106,7 @@ STUDY = (
 
 
 RESULTS = ("fp32.csv", "headline.csv", "study.csv", "residual_sqnr.csv", "final_sqnr.csv")  # what a run writes
-# and --report-only renders (with sweep24.csv, the notes *.md and the speed records when present)
+# and --report-only renders (int8_report.py; with sweep24.csv, the notes *.md and the speed records when present)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +129,7 @@ def run(args, parser: argparse.ArgumentParser) -> int:
         if args.out.exists():
             script_output_dir(parser, args.out)  # refuses a file; a missing folder is said below, not made
         require_results(args.out, args.subset)
-        write_report(args.out, args.subset)
+        write_report(args.out, args.subset, BITS, SQNR_SENTENCES)
         return 0
     dev = str(resolve(args.data / TASK_FILES["stsb"], "stsb"))  # a missing data root: one line, before any work
     out = script_output_dir(parser, args.out)
@@ -169,7 +166,7 @@ def study(out: Path, dev: str, subset: int) -> None:
         run_sweep(jobs, out / name, progress=lambda it, n=n_jobs, d=name: tqdm(it, total=n, desc=d))
     if not ((out / "final_sqnr.csv").exists() and (out / "residual_sqnr.csv").exists()):
         residual_sqnr(ck, dev, calibration, out)
-    write_report(out, subset)
+    write_report(out, subset, BITS, SQNR_SENTENCES)
 
 
 def reference_record(record: dict) -> dict:
@@ -247,156 +244,6 @@ def residual_sqnr(ck, dev: str, calibration_path: str, out: Path) -> None:
         last = [r for r in errors(config) if r["kind"] == "layernorm"][-1]  # the last hidden state (the pooler follows)
         final.append({"config": label, **{k: last[k] for k in ("tensor", "sqnr_db", "cosine")}})
     write_text_whole(out / "final_sqnr.csv", csv_table(final))
-
-
-ORT_DYNAMIC_INT8 = 86.37  # target: onnxruntime dynamic int8 on this CPU (DESIGN.md anchors, issue 5)
-FP32_MARGIN, INTEGER_MARGIN = 0.3, 1.0  # issue 5 targets: within 0.3 (W8A8) / 1.0 (integer-only) of fp32
-
-
-def _read(out: Path, name: str) -> list[dict]:
-    """The rows of out/name ([] when absent); a file that cannot be read is one line."""
-    path = out / name
-    if not path.exists():
-        return []
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"cannot read {path}: {error}") from None
-    return rows
-
-
-def fp32_reference(out: Path) -> dict[int, float]:
-    """fp32.csv: the float reference's Spearman x 100 by pair count ({} when absent)."""
-    try:
-        return {int(row["pairs"]): float(row["metric"]) for row in _read(out, "fp32.csv")}
-    except (KeyError, TypeError, ValueError):  # TypeError: a short row's missing field (None)
-        raise UserError(f"{out / 'fp32.csv'} is not the study's fp32 reference (rows of pairs,metric,seconds)") \
-            from None
-
-
-def _with_delta(rows: list[dict], fp32: float | None) -> list[dict]:
-    out = []
-    for row in rows:
-        row = {k: v for k, v in row.items() if k != "key"}
-        if fp32 is not None:
-            row["vs_fp32"] = f"{float(row['metric']) - fp32:+.2f}"
-        out.append(row)
-    return out
-
-
-def _targets(headline: list[dict], fp32: float) -> list[str]:
-    lines = [f"## Targets (full dev, fp32 = {fp32:.2f})\n"]
-    for row in headline:
-        changes = {k: v for k, v in row.items() if k not in ("key", "metric", "seconds", "overflows") and v}
-        metric = float(row["metric"])
-        if changes.get("nonlinear") == "integer":
-            verdict = "met" if metric >= fp32 - INTEGER_MARGIN else "NOT met"
-            goal = f"integer-only within {INTEGER_MARGIN} of fp32"
-        else:
-            ok = metric >= ORT_DYNAMIC_INT8 and metric >= fp32 - FP32_MARGIN
-            verdict = "met" if ok else "NOT met"
-            goal = f">= {ORT_DYNAMIC_INT8} and within {FP32_MARGIN} of fp32"
-        lines.append(f"- {changes or 'defaults'}: {metric:.2f} ({metric - fp32:+.2f}); {goal}: **{verdict}**")
-    return lines + [""]
-
-
-def write_report(out: Path, subset: int) -> None:
-    from mabert_hw.report.quant_plots import plot_metric_vs_bits
-    from mabert_hw.report.tables import markdown_table
-
-    plot_metric_vs_bits(out / "study.csv", out / "bits.png", f"STS-B dev Spearman x 100 (first {subset} pairs)")
-    fp32 = fp32_reference(out)
-    full = max(fp32, default=DEV_PAIRS)  # the pairs the dev file held (fp32.csv's rows are keyed by pairs read)
-    studied = min(subset, full)  # a --subset beyond the file ran on the whole file
-    parts = ["# int8 / fixed point: MiniLM-L6 on STS-B dev\n",
-             ("Made by `OPENBLAS_NUM_THREADS=1 python analysis/int8_minilm.py` (then `--report-only`). A "
-              "24-configuration sweep (`sweep24.toml`) runs by `OPENBLAS_NUM_THREADS=1 mabert-hw sweep minilm --task "
-              "stsb --data ../shared/data --grid reports/int8/sweep24.toml --out reports/int8/sweep24.csv "
-              "--workers 2`; its rows appear below when present.\n"),
-             ("Defaults: W8A8, per-channel symmetric int8 weights, asymmetric uint8 activations, min-max "
-              "calibration on 128 STS-B train sentences, onnxruntime (`ort`) requantization, 32-bit accumulators, "
-              "float non-linearities; each row changes the listed fields. `residual_bits` sets the bits of the "
-              "residual stream only (the residual adds, the LayerNorms and the embeddings); every GEMM stays W8A8. "
-              "`residual_granularity = \"channel\"` keeps that stream at 8 bits with one scale and zero point per "
-              "hidden unit; `rule` rows set fields for the ops a rule matches (by `kind` or `name`), e.g. the "
-              "residual tensors' own calibrator, or per-channel output scales for the GEMMs feeding the residual "
-              "adders (`encoder.layer.*.output.dense`). metric = Spearman x 100; vs_fp32 = metric - fp32 on the "
-              "same pairs.\n"),
-             ("Cut to fit ~40 min of the shared 2-core CPU: bits 4, 6, 8, 12, 16 only; accumulator widths and the "
-              "bit sweeps with one scheme (percentile, 16-bit residual); integer non-linearities with two "
-              f"calibrators; the scheme study on the first {subset} dev pairs, the headline rows on all "
-              f"{full}.\n")]
-    headline = _read(out, "headline.csv")
-    if headline and full in fp32:
-        parts += _targets(headline, fp32[full])
-    for name, title, pairs in (("fp32.csv", "float32 reference", None),
-                               ("headline.csv", f"full dev set ({full} pairs)", full),
-                               ("residual_sqnr.csv", SQNR_TITLE.format(SQNR_SENTENCES), None),
-                               ("final_sqnr.csv", FINAL_TITLE.format(SQNR_SENTENCES), None),
-                               ("study.csv", f"scheme study (first {subset} pairs)", studied),
-                               ("sweep24.csv", "24-configuration sweep (full dev, `--workers 2`)", full)):
-        rows = _read(out, name)
-        if rows:
-            parts += [f"## {title}\n", markdown_table(_with_delta(rows, fp32.get(pairs) if pairs else None)), ""]
-            note = out / name.replace(".csv", ".md")
-            if note.exists():
-                parts += [note.read_text(), ""]
-    parts += _speed(out)
-    parts.append("![metric vs bits](bits.png)")
-    write_text_whole(out / "README.md", "\n".join(parts) + "\n")
-
-
-SPEED_RECORDS = {"CPU time": "speed_cpu.json", "wall time": "speed.json"}  # analysis/int8_speed.py's outputs
-
-
-def _speed_batches(records: dict[str, dict]) -> tuple[str, dict[str, str]]:
-    """What the records timed, in words, and each clock's column label: the clock alone when every record
-    timed the same batch, else the clock and its batch x tokens (a rerun of one clock with another --batch)."""
-    shapes = {clock: (record["batch"], record["seq_len"]) for clock, record in records.items()}
-    if len(set(shapes.values())) == 1:
-        batch, seq_len = next(iter(shapes.values()))
-        return (f"one batch (the first {batch} STS-B dev sentences, padded to {seq_len} tokens)",
-                {clock: clock for clock in records})
-    return ("one batch of the first STS-B dev sentences per record, **of different sizes** (each column names its "
-            "batch x tokens: the clocks timed different work)",
-            {clock: f"{clock} ({batch} x {seq_len})" for clock, (batch, seq_len) in shapes.items()})
-
-
-def _speed(out: Path) -> list[str]:
-    """The Speed section: analysis/int8_speed.py's records (CPU and wall clock), when present, each with the
-    batch it timed (int8_speed.py --batch): records of different batches are marked in the table's columns."""
-    import json
-
-    from mabert_hw.report.tables import markdown_table
-
-    records = {clock: json.loads((out / name).read_text()) for clock, name in SPEED_RECORDS.items()
-               if (out / name).exists()}
-    if not records:
-        return []
-    timed, labels = _speed_batches(records)
-    lines = ["## Speed\n",
-             (f"The fixed backend against the fast fp32 engine on {timed}: medians of interleaved calls in one "
-              "process, after a warm-up call each; the issue's target is <= 3x the fast engine. CPU time, one "
-              "thread each for Numba and BLAS (the work done, which the shared machine's load moves least): "
-              "`env -u OPENBLAS_CORETYPE -u "
-              "OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python analysis/int8_speed.py "
-              "--clock cpu`. Wall time, default threads (2): `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
-              "python analysis/int8_speed.py` (numpy's OpenBLAS on its AVX-512 kernels, as in "
-              "reports/engines/).\n")]
-    rows = []
-    for name in next(iter(records.values()))["median_ms"]:
-        row = {"configuration": name}
-        for clock, record in records.items():
-            row[f"{labels[clock]} ms"] = f"{record['median_ms'][name]:.0f}"
-            row[f"{labels[clock]} x fast"] = f"{record['ratio_vs_fast'][name]:.2f}"
-        rows.append(row)
-    lines += [markdown_table(rows), ""]
-    lines += [f"- {clock}: batch {r['batch']} x {r['seq_len']} tokens, {r['rounds']} rounds, "
-              f"{r.get('numba_threads', '?')} Numba thread(s), load average {r['load_average_before']:.1f} before, "
-              f"{r['load_average_after']:.1f} after." for clock, r in records.items()]
-    note = out / "speed.md"
-    return lines + ["", note.read_text(), ""] if note.exists() else lines + [""]
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numba
 from int8_minilm import CHANNEL, CHANNEL_GEMM_OUT, OUT
+from int8_report import SPEED_RECORDS
 
 from mabert_hw import checkpoint
 from mabert_hw.atomic import write_text_whole
@@ -40,7 +41,9 @@ from mabert_hw.model import forward
 from mabert_hw.quant import config as qconfig
 from mabert_hw.quant.calibrate import Calibration
 
-CLOCKS = {"wall": "speed.json", "cpu": "speed_cpu.json"}  # --clock -> record file in reports/int8
+CLOCKS = SPEED_RECORDS  # --clock -> its record in reports/int8, which int8_minilm.py --report-only renders
+SEQ_LEN = 128  # tokens each sentence is padded to: the shape of the fp32 and onnxruntime anchors (batch 8 x 128,
+# ../shared/DESIGN.md) and of reports/engines/
 CONFIGS = {
     "W8A8, float non-linearities, per-tensor residual": {},
     "W8A8, float non-linearities, per-channel residual": CHANNEL,
@@ -64,7 +67,7 @@ def run(args) -> int:
     ck = checkpoint.load("minilm")
     dev = str(Path(args.data) / "glue/STS-B/dev.tsv")
     calibration = Calibration.load(prepare_calibration(ck, "stsb", dev, CACHE_ROOT))
-    batch = tokenize(ck.tokenizer_dir, load_stsb(dev, args.batch).first, 128)
+    batch = tokenize(ck.tokenizer_dir, load_stsb(dev, args.batch).first, SEQ_LEN)
 
     def call(backend):
         return lambda: forward(ck.spec, ck.weights, batch.input_ids, backend, batch.attention_mask,
@@ -79,7 +82,7 @@ def run(args) -> int:
     else:
         samples = time_calls(calls, args.rounds, warmup=1, settle=1, progress=True).wall
     fast = statistics.median(samples["fast fp32"])
-    record = {"clock": args.clock, "batch": args.batch, "seq_len": 128, "rounds": args.rounds,
+    record = {"clock": args.clock, "batch": args.batch, "seq_len": SEQ_LEN, "rounds": args.rounds,
               "numba_threads": numba.get_num_threads(), "load_average_before": load_before,
               "load_average_after": os.getloadavg()[0],
               "median_ms": {k: 1e3 * statistics.median(v) for k, v in samples.items()},
