@@ -44,10 +44,11 @@ from tqdm import tqdm
 from mabert_hw import checkpoint
 from mabert_hw.atomic import atomic_path, write_text_whole
 from mabert_hw.backends import make_backend
+from mabert_hw.bench.timing import time_calls
 from mabert_hw.checkpoint import Checkpoint
 from mabert_hw.cli.common import (INTERRUPTED_EXIT, interruptible, non_negative_float, non_negative_int, output_file,
                                   positive_float, positive_int, run_script, script_description, script_output_dir)
-from mabert_hw.errors import UserError
+from mabert_hw.errors import MissingPackage, UserError
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX, n_nodes
 from mabert_hw.interrupts import sigterm_interrupts
@@ -63,6 +64,15 @@ DATA_FILES = ("glue/STS-B/train.tsv", "glue/STS-B/dev.tsv", "wikitext-2/wiki.val
 OUT = Path(__file__).resolve().parents[1] / "reports" / "fff"
 RESULTS = ("results.json", "results.csv", "stsb_vs_depth.png")  # what the study writes to --out
 TIMING = "timing.json"  # what --timing-only writes
+# The distillation's settings were chosen, not tuned: no sweep of them is recorded (git history, reports/fff),
+# and each is unchanged since the script's first commit (9ef8a7e).
+WIKI_MIN_CHARS = 40  # WikiText lines this short are list items, table labels and verse (107 of the valid split's
+# 1,841 non-heading lines), not running text: skipped
+TEXT_MAX_CHARS = 600  # longer texts dropped, keeping the hidden-state batches short (the longest kept text is 193
+# tokens; every text here would fit the 512 positions: the dropped WikiText paragraphs take 104-467)
+HELD_OUT_ONE_IN = 10  # one in 10 of each layer's token rows held out for the relative MSE
+DISTIL_LR = 3e-3  # Adam, constant rate
+DISTIL_BATCH = 512  # token rows per Adam step
 
 
 def check_data(data: Path) -> None:
@@ -75,9 +85,9 @@ def check_data(data: Path) -> None:
 def training_texts(data: Path, limit: int) -> list[str]:
     train = load_stsb(data / "glue" / "STS-B" / "train.tsv")
     wiki = [line.strip() for line in (data / "wikitext-2" / "wiki.valid.raw").read_text().splitlines()
-            if len(line.strip()) > 40 and not line.strip().startswith("=")]
+            if len(line.strip()) > WIKI_MIN_CHARS and not line.strip().startswith("=")]
     texts = [t for pair in zip(train.first, train.second) for t in pair] + wiki
-    return sorted((t for t in texts[:limit] if len(t) < 600), key=len)  # batches of similar length
+    return sorted((t for t in texts[:limit] if len(t) < TEXT_MAX_CHARS), key=len)  # batches of similar length
 
 
 @torch.no_grad()
@@ -94,7 +104,7 @@ def ffn_pairs(ck: Checkpoint, texts: list[str], batch_size: int = 32) -> list[tu
             lambda m, args, out, layer=layer: outputs[layer].append(out[keep["mask"]]))
     with tqdm(range(0, len(texts), batch_size), desc="hidden states") as starts:  # closed on Ctrl-C too
         for start in starts:
-            batch = tokenize(ck.tokenizer_dir, texts[start:start + batch_size])  # < 600 chars: < 512 tokens
+            batch = tokenize(ck.tokenizer_dir, texts[start:start + batch_size])  # < TEXT_MAX_CHARS: < 512 tokens
             keep["mask"] = torch.from_numpy(batch.attention_mask.astype(bool))
             model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask),
                   token_type_ids=torch.from_numpy(batch.token_type_ids))
@@ -106,13 +116,13 @@ def distill(x: torch.Tensor, y: torch.Tensor, depth: int, trees: int, seconds: f
     """Train one FFF on (x, y) for `seconds`; returns it, held-out relative MSE, and its steps."""
     torch.manual_seed(seed)
     shuffled = torch.randperm(len(x))  # the rows come in text-length order: a plain slice would hold out short texts
-    held = max(len(x) // 10, 1)
+    held = max(len(x) // HELD_OUT_ONE_IN, 1)
     xt, yt, xv, yv = x[shuffled[held:]], y[shuffled[held:]], x[shuffled[:held]], y[shuffled[:held]]
     module = FFF(x.shape[1], depth, trees)
-    optimiser = torch.optim.Adam(module.parameters(), lr=3e-3)
+    optimiser = torch.optim.Adam(module.parameters(), lr=DISTIL_LR)
     start, steps = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
-        idx = torch.randint(0, len(xt), (512,))
+        idx = torch.randint(0, len(xt), (DISTIL_BATCH,))
         loss = torch.nn.functional.mse_loss(module.forward_gather(xt[idx]), yt[idx])
         optimiser.zero_grad()
         loss.backward()
@@ -185,21 +195,20 @@ def engine():
     """The fast backend (its `fff` runs the Numba tree walk) when numba is there, else the reference."""
     try:
         return "fast", make_backend("fast")
-    except ImportError:
+    except MissingPackage:  # make_backend's error for an absent or unloadable numba, as bench's engines catch it
         return "reference", make_backend("reference")
 
 
 def whole_model_ms(cks: dict[str, Checkpoint], backend, rounds: int = 5) -> dict[str, float]:
-    """Median ms of one forward at batch 8 x 128 tokens, models interleaved round by round."""
+    """Median ms of one forward at batch 8 x 128 tokens: one warm-up call per model (compiles, warms), then
+    `rounds` interleaved rounds (bench.timing.time_calls)."""
     batch = random_batch(next(iter(cks.values())).spec, 8, 128, seed=0, padded=False)
-    times: dict[str, list[float]] = {name: [] for name in cks}
-    for r in range(rounds + 1):
-        for name, ck in cks.items():
-            start = time.perf_counter()
-            out = forward(ck.spec, ck.weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
-            np.asarray(out.last_hidden_state)
-            if r:  # round 0 compiles and warms
-                times[name].append(time.perf_counter() - start)
+
+    def call(ck: Checkpoint):
+        return lambda: np.asarray(forward(ck.spec, ck.weights, batch.input_ids, backend, batch.attention_mask,
+                                          batch.token_type_ids).last_hidden_state)
+
+    times = time_calls({name: call(ck) for name, ck in cks.items()}, rounds, warmup=1).wall
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 

@@ -37,6 +37,12 @@ from mabert_hw.inputs import DATA_DIR
 DEFAULT_OUT = CACHE_ROOT / "minilm-sst2"
 TRAIN_PHRASES = 67349  # SST-2 train.tsv (GLUE): labelled phrases
 STATE_FILE = "train_state.pt"
+WEIGHT_DECAY = 0.01  # AdamW, google-research/bert's fine-tuning weight_decay_rate (optimization.py), as in
+# mabert_hw.torch_ref.train.TrainConfig
+DEV_BATCH = 64  # dev sentences per forward when scoring: chosen, not tuned (sets the speed, not the scores)
+# dev is scored at this many times the training --max-len, so that a short training cut does not cut dev
+# sentences too: chosen, not tuned (at the default 64 nothing is cut: SST-2 dev's longest text is 55 tokens)
+DEV_LEN_FACTOR = 2
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -84,7 +90,7 @@ def dev_accuracy(model, tokenizer, task, max_len: int) -> float:
     model.eval()
     order = np.arange(len(task.sentences))
     correct = 0
-    for encoded, labels in batches(tokenizer, task.sentences, task.labels, order, 64, max_len * 2):
+    for encoded, labels in batches(tokenizer, task.sentences, task.labels, order, DEV_BATCH, max_len * DEV_LEN_FACTOR):
         correct += int((model(**encoded).logits.argmax(-1) == labels).sum())
     return 100.0 * correct / len(task.sentences)
 
@@ -107,7 +113,8 @@ def run(args) -> int:
     model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # 30522 x 384: most of the update cost
     order = np.random.default_rng(args.seed).permutation(len(train.sentences))[:args.train_limit]
     total_steps = -(-len(order) // args.batch)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                                  weight_decay=WEIGHT_DECAY)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup * total_steps), total_steps)
     step, elapsed = 0, 0.0
     if resuming:
@@ -148,7 +155,8 @@ def run(args) -> int:
     accuracy = dev_accuracy(model, tokenizer, dev, args.max_len)
     metrics = {"sst2_dev_accuracy": accuracy, "steps": step, "planned_steps": total_steps,
                "train_phrases_seen": min(step * args.batch, len(order)), "batch": args.batch,
-               "max_len": args.max_len, "lr": args.lr, "train_minutes": elapsed / 60, "threads": args.threads}
+               "max_len": args.max_len, "lr": args.lr, "train_minutes": elapsed / 60, "threads": args.threads,
+               "seed": args.seed}  # the shuffle whose first train_phrases_seen phrases it trained on (power_sst2.py)
     write_text_whole(args.out / "metrics.json", json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
     return 0

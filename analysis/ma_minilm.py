@@ -32,6 +32,7 @@ import numpy as np
 from mabert_hw import checkpoint
 from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends import BACKENDS, make_backend
+from mabert_hw.bench.timing import time_calls
 from mabert_hw.cache import CACHE_ROOT as CACHE
 from mabert_hw.cli import build_parser as cli_parser
 from mabert_hw.cli.common import INTERRUPTED_EXIT, positive_int, run_script, script_description, script_output_dir
@@ -251,15 +252,15 @@ def latency(ck_base, ck_ma, texts: list[str], reps: int, backend_name: str) -> d
     non-finite (or denormal) floats run at a different speed, which would time the wrong thing.
     """
     batch = tokenize(ck_base.tokenizer_dir, texts[:LATENCY_BATCH], LATENCY_TOKENS)
-    runs = {"baseline": [], "ma": []}
-    for _ in range(reps + 1):  # the first round warms up (numba compilation, caches)
-        for name, ck in (("baseline", ck_base), ("ma", ck_ma)):
-            backend = make_backend(backend_name)
-            started = time.perf_counter()
-            out = forward(ck.spec, ck.weights, batch.input_ids, backend, batch.attention_mask, batch.token_type_ids)
-            np.asarray(out.last_hidden_state).sum()
-            runs[name].append(1e3 * (time.perf_counter() - started))
-    return {name: statistics.median(times[1:]) for name, times in runs.items()} | {"reps": reps}
+    backend = make_backend(backend_name)  # built once, as bench's engines are: its set-up is not timed
+
+    def call(ck):
+        return lambda: np.asarray(forward(ck.spec, ck.weights, batch.input_ids, backend, batch.attention_mask,
+                                          batch.token_type_ids).last_hidden_state).sum()
+
+    # one warm-up call each (numba compilation, caches), then `reps` interleaved rounds
+    runs = time_calls({"baseline": call(ck_base), "ma": call(ck_ma)}, reps, warmup=1).wall
+    return {name: 1e3 * statistics.median(times) for name, times in runs.items()} | {"reps": reps}
 
 
 def latencies(ck_base, ck_ma, texts: list[str], reps: int, backends: list[str]) -> dict:

@@ -4,7 +4,9 @@
     export OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1
     python analysis/power_ma_columns.py --ckpt ~/.cache/mabert-hw/ma-minilm   # ~3 min per checkpoint
 
-A run replaces its checkpoint's rows in the CSV and keeps the others.
+A run replaces its checkpoint's rows in the CSV and keeps the others. A checkpoint is named by its path, which
+a later conversion can overwrite: each row also records the knowledge-transfer steps of the model it scored
+(kd_steps, from the conversion record `mabert-hw convert` writes into config.json; empty where there is none).
 
 The softmax approximator is position-wise: column t of W_1 (and row t of W_2, entry t of b_2) belongs
 to key position t. After elimination model.py compacts the T_l kept tokens to positions 0..T_l-1 and
@@ -18,23 +20,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-import csv
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from power_ma_stsb import BATCH_SIZE, MAX_LEN
 
 from mabert_hw import checkpoint
 from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends.reference import ReferenceBackend
+from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import positive_int, run_script
+from mabert_hw.cli.convert import conversion_record
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.inputs import DATA_DIR
 from mabert_hw.power import parse_retention
-from mabert_hw.report.tables import csv_table
+from mabert_hw.report.tables import csv_table, read_csv_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES = ("16,16,16,16,16,16", "22,16,11,8,5,4")  # "cap 16" and "geometric N=32 r=0.7" of power_ma_stsb.py
+COLUMNS = ("checkpoint", "kd_steps", "retention", "pairs", "spearman_compacted", "spearman_original")
 
 
 @dataclass
@@ -66,9 +71,21 @@ class OriginalColumns(ReferenceBackend):
         return super()._linear(x, weight, bias)
 
 
+def kd_steps(source: str) -> int | str:
+    """The knowledge-transfer steps of the MA checkpoint at `source`, as its config.json's conversion record
+    says (steps_run; records written before steps_run have final_loss's step); "" where it records none."""
+    config = checkpoint.source_path(source) / "config.json"
+    if not config.is_file():
+        return ""
+    record = conversion_record(checkpoint.read_config(config))
+    final = record.get("final_loss")
+    steps = record.get("steps_run", final.get("step") if isinstance(final, dict) else None)
+    return steps if isinstance(steps, int) else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", default=str(Path.home() / ".cache" / "mabert-hw" / "ma-minilm"),
+    parser.add_argument("--ckpt", default=str(CACHE_ROOT / "ma-minilm"),
                         help="an MA-BERT checkpoint (default: ~/.cache/mabert-hw/ma-minilm, which `mabert-hw convert` "
                         "writes as analysis/ma_minilm.py's docstring says)")
     parser.add_argument("--data", type=Path, default=DATA_DIR)
@@ -79,20 +96,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args) -> int:
     ck = checkpoint.load(args.ckpt)
+    steps = kd_steps(args.ckpt)
     task = load_stsb(args.data, args.limit)
     rows = []
     for schedule in SCHEDULES:
         eliminating = replace(ck, spec=ck.spec.with_variant(retention=parse_retention(schedule, ck.spec.layers)))
-        row = {"checkpoint": args.ckpt, "retention": schedule, "pairs": len(task.scores)}
+        row = {"checkpoint": args.ckpt, "kd_steps": steps, "retention": schedule, "pairs": len(task.scores)}
         for columns, backend in (("compacted", ReferenceBackend()), ("original", OriginalColumns())):
-            row[f"spearman_{columns}"] = round(stsb_spearman(eliminating, task, backend, batch_size=32, max_len=128), 2)
+            spearman = stsb_spearman(eliminating, task, backend, batch_size=BATCH_SIZE, max_len=MAX_LEN)
+            row[f"spearman_{columns}"] = round(spearman, 2)
         rows.append(row)
         print(row, flush=True)
-    kept = []
-    if args.out.exists():
-        with open(args.out, newline="") as f:
-            kept = [row for row in csv.DictReader(f) if row["checkpoint"] != args.ckpt]
-    write_text_whole(args.out, csv_table(kept + rows))
+    kept = [row for row in read_csv_rows(args.out) if row["checkpoint"] != args.ckpt]
+    write_text_whole(args.out, csv_table(kept + rows, COLUMNS))  # rows from before kd_steps: left empty
     print(f"wrote {args.out}")
     return 0
 

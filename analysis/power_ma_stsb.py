@@ -24,9 +24,8 @@ still kept, padding still dropped first): what the significance ranking is worth
 from __future__ import annotations
 
 import argparse
-import sys
-import csv
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +42,7 @@ from mabert_hw.inputs import DATA_DIR
 from mabert_hw.interrupts import sigterm_interrupts
 from mabert_hw.power import geometric_retention, parse_retention
 from mabert_hw.power_search import subset_flops
-from mabert_hw.report.tables import counted, csv_table
+from mabert_hw.report.tables import counted, csv_table, read_csv_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZE, MAX_LEN = 32, 128  # as `mabert-hw eval` and analysis/ma_minilm.py (MA's approximator n = 128)
@@ -155,15 +154,8 @@ def model_rows(args, model: str, source: str, ck, schedules: dict, task, real: n
 def save(out: Path, models: set[str], rows: list[dict]) -> None:
     """`rows` in place of the CSV's rows of `models`, the other models' rows kept."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    kept = [row for row in saved_rows(out) if row["model"] not in models]
+    kept = [row for row in read_csv_rows(out) if row["model"] not in models]
     write_text_whole(out, csv_table(kept + rows))
-
-
-def saved_rows(out: Path) -> list[dict]:
-    if not out.exists():
-        return []
-    with open(out, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def save_interrupted(out: Path, prog: str, rows: list[dict], model: str | None) -> int:
@@ -171,7 +163,7 @@ def save_interrupted(out: Path, prog: str, rows: list[dict], model: str | None) 
     short, keeps its rows in `out` when it has any (a part of its rows would replace a whole set); only when it
     has none are its rows finished so far written, marked interrupted."""
     cut = [row for row in rows if row["model"] == model]
-    earlier = any(row["model"] == model for row in saved_rows(out))
+    earlier = any(row["model"] == model for row in read_csv_rows(out))
     written = [row for row in rows if row["model"] != model]
     if not earlier:
         written += [{**row, "interrupted": True} for row in cut]

@@ -5,10 +5,11 @@ Training-free schedules that remove many tokens lose accuracy (reports/power_ber
 paper fine-tunes the model with the chosen schedule before measuring. So that the extra training
 itself is not counted as a PoWER gain, the baseline gets the same: first the classifier is trained on
 without elimination for --steps (the new baseline), then each schedule's model is trained from that
-baseline for --steps with the schedule's hard extract in the forward. Training: AdamW (lr 2e-5) on
+baseline for --steps with the schedule's hard extract in the forward. Training: AdamW (--lr, default 2e-5) on
 sentence-like SST-2 training texts that the first fine-tuning did not see, every input padded to
 N = 64. Weights go to ~/.cache/mabert-hw/power-retrained/<name>.npz, the name a schedule (or "baseline")
-and a digest of the starting weights, spec, data and training settings (what is there is not retrained).
+and a digest of the starting model (weights, spec, tokenizer files), data and training settings (what is
+there is not retrained).
 
     OPENBLAS_NUM_THREADS=1 python analysis/power_retrain.py 38,23,14,8,5,3 36,20,20,15,11,1 --steps 300
 """
@@ -16,7 +17,6 @@ and a digest of the starting weights, spec, data and training settings (what is 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from power_sst2 import ROOT, training_stream
+from power_sst2 import BERT_LR, ROOT, training_stream
 from tqdm import tqdm
 
 from mabert_hw import checkpoint
@@ -33,13 +33,12 @@ from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.cli.common import output_file, positive_float, positive_int, run_script
-from mabert_hw.eval.tasks import load_sst2
+from mabert_hw.eval.tasks import accuracy, load_sst2
 from mabert_hw.inputs import DATA_DIR
 from mabert_hw.power import parse_retention
 from mabert_hw.power_search import encode, predict, subset_flops
 from mabert_hw.torch_ref.hf import hf_model
 from mabert_hw.torch_ref.power_bert import PowerBert, train
-from mabert_hw.weights import weights_digest
 
 CACHE = CACHE_ROOT / "power-retrained"
 
@@ -48,8 +47,8 @@ def cache_name(ck, retention, args) -> str:
     """The cache file stem of ck trained on with `retention`: the schedule (or "baseline"), then a digest of
     all the training depends on, so that another checkpoint, data or settings are trained, not read back
     from another run's file. A schedule starts from the retrained baseline: its weights carry the chain."""
-    digest = hashlib.blake2b(weights_digest(ck.weights).encode(), digest_size=8)
-    digest.update(repr((ck.spec, str(args.data.resolve()), args.steps, args.lr, args.batch, args.seq_len)).encode())
+    digest = ck.hasher()  # the weights, spec and tokenizer files
+    digest.update(repr((str(args.data.resolve()), args.steps, args.lr, args.batch, args.seq_len)).encode())
     return f"{'baseline' if retention is None else '-'.join(map(str, retention))}-{digest.hexdigest()}"
 
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--steps", type=positive_int, default=300)
     parser.add_argument("--batch", type=positive_int, default=16)
-    parser.add_argument("--lr", type=positive_float, default=2e-5)
+    parser.add_argument("--lr", type=positive_float, default=BERT_LR)
     parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--seq-len", type=positive_int, default=64)
     parser.add_argument("--out", type=output_file, default=str(ROOT / "reports" / "power_bert" / "retrain.json"))
@@ -98,18 +97,18 @@ def run(args) -> int:
     dev = load_sst2(args.data)
     full = encode(ck, dev.sentences, args.seq_len)
 
-    def accuracy(model_ck, retention) -> float:
-        return 100.0 * float((predict(model_ck, retention, full, backend) == dev.labels).mean())
+    def dev_accuracy(model_ck, retention) -> float:
+        return accuracy(predict(model_ck, retention, full, backend), dev.labels)
 
-    original = accuracy(ck, None)
+    original = dev_accuracy(ck, None)
     base_ck, base_record = retrained(ck, None, args, ck)
-    baseline = accuracy(base_ck, None)
+    baseline = dev_accuracy(base_ck, None)
     print(f"SST-2 dev: fine-tuned classifier {original:.2f}, trained on for {base_record['steps']} steps {baseline:.2f}")
     rows = []
     for retention in schedules:
         model_ck, record = retrained(base_ck, retention, args, ck)
-        rows.append({"retention": list(retention), "dev_accuracy_before": accuracy(base_ck, retention),
-                     "dev_accuracy_retrained": accuracy(model_ck, retention),
+        rows.append({"retention": list(retention), "dev_accuracy_before": dev_accuracy(base_ck, retention),
+                     "dev_accuracy_retrained": dev_accuracy(model_ck, retention),
                      "flops_ratio": subset_flops(ck, None, full) / subset_flops(ck, retention, full),
                      "steps": record["steps"], "batch": record["batch"], "train_seconds": record["seconds"]})
         print(json.dumps(rows[-1]))

@@ -49,8 +49,20 @@ from mabert_hw.weights import weights_digest
 ROOT = Path(__file__).resolve().parents[1]
 # Goyal et al. 2020, Table 2 (GLUE test, K80 GPU): BERT-base SST-2 93.0, PoWER-BERT 92.1, 2.4x faster.
 PAPER_SST2 = {"baseline": 93.0, "power": 92.1, "speedup": 2.4}
-TRAIN_PHRASES = 67349  # SST-2 train.tsv (GLUE): labelled phrases
-FINETUNE_SEED = 0  # analysis/finetune_sst2.py's default seed: its training phrases are a prefix of this permutation
+SST2_TRAIN = "glue/SST-2/train.tsv"  # under --data
+# The fine-tuning's --seed picks the shuffle whose first train_phrases_seen phrases it trained on. A metrics.json
+# written before analysis/finetune_sst2.py recorded its seed is read as made with the default, 0, as the
+# classifier of reports/power_bert was (its command there passes no --seed).
+UNRECORDED_FINETUNE_SEED = 0
+# AdamW rate of the BERT weights in soft extract and hard retraining (and power_retrain.py's default): the low
+# end of the official LR_BERT range, 2e-5 to 6e-5 (IBM/PoWER-BERT README; its SST-2 runs used 3e-5). Chosen,
+# not tuned: these runs train for tens to hundreds of steps, not the official epochs.
+BERT_LR = 2e-5
+# Soft extract trains on SST-2 training phrases of at least this many words. train.tsv holds phrases cut from
+# the treebank's parse trees, most of them sentence fragments (median 7 words; 46,991 of 67,349 under 12), while
+# dev holds whole sentences (median 19 words; yet 179 of its 872 are under 12, the shortest 2): the cut drops
+# most fragments and keeps 20,358 phrases. Chosen, not tuned.
+MIN_TRAINING_WORDS = 12
 SOFT_CACHE = CACHE_ROOT / "power-soft"
 
 
@@ -108,21 +120,23 @@ def speedups(ck, schedules: dict, batches, backend, repeats: int) -> dict:
 def training_pool(ckpt: str, phrases: int) -> tuple[np.ndarray, str]:
     """Indices of the SST-2 training phrases for soft extract, and which they are: those the fine-tuning
     (analysis/finetune_sst2.py, its metrics.json) did not see, or all of them when it saw every one
-    (as in the paper, which trains its soft masks on the fine-tuning's own training set)."""
-    order = np.random.default_rng(FINETUNE_SEED).permutation(phrases)
-    metrics = Path(ckpt) / "metrics.json"
-    seen = json.loads(metrics.read_text())["train_phrases_seen"] if metrics.exists() else 0
+    (as in the paper, which trains its soft masks on the fine-tuning's own training set). The fine-tuning
+    trained on the first train_phrases_seen phrases of its seed's shuffle, rebuilt here."""
+    path = Path(ckpt) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    order = np.random.default_rng(metrics.get("seed", UNRECORDED_FINETUNE_SEED)).permutation(phrases)
+    seen = metrics.get("train_phrases_seen", 0)
     if seen >= phrases:
         return order, "all training phrases (the fine-tuning saw every one)"
     return order[seen:], f"the {phrases - seen} training phrases the fine-tuning did not see"
 
 
 def training_stream(data: Path, ck, seq_len: int, batch: int, seed: int = 1):
-    """Endless labelled SST-2 training batches (torch tensors) of sentence-like texts (>= 12 words, as
-    dev's are) from training_pool, padded to seq_len."""
-    trainset = load_sst2(data / "glue/SST-2/train.tsv")
-    pool, _ = training_pool(ck.source, len(trainset.sentences))  # len == TRAIN_PHRASES
-    long = [i for i in pool if len(trainset.sentences[i].split()) >= 12]
+    """Endless labelled SST-2 training batches (torch tensors) of sentence-like texts (at least
+    MIN_TRAINING_WORDS words) from training_pool, padded to seq_len."""
+    trainset = load_sst2(data / SST2_TRAIN)
+    pool, _ = training_pool(ck.source, len(trainset.sentences))
+    long = [i for i in pool if len(trainset.sentences[i].split()) >= MIN_TRAINING_WORDS]
     rng = np.random.default_rng(seed)
     while True:
         idx = rng.choice(long, batch, replace=False)
@@ -137,11 +151,11 @@ def soft_extract(args, ck, seq_len: int) -> tuple[tuple[int, ...], dict, list[fl
     torch.manual_seed(0)
     batches = training_stream(args.data, ck, seq_len, args.soft_batch)
     soft = PowerBert(hf_model(ck.spec, ck.weights), mode="soft", max_len=seq_len)
-    soft_losses = train(soft, batches, args.soft_steps, lr=2e-5, soft_lr=args.soft_lr, lam=args.lam,
+    soft_losses = train(soft, batches, args.soft_steps, lr=BERT_LR, soft_lr=args.soft_lr, lam=args.lam,
                         progress=lambda r: tqdm(r, desc="soft extract"))
     retention = soft.soft_retention()
     hard = PowerBert(soft.hf, retention, mode="hard")
-    hard_losses = train(hard, batches, args.retrain_steps, lr=2e-5,
+    hard_losses = train(hard, batches, args.retrain_steps, lr=BERT_LR,
                         progress=lambda r: tqdm(r, desc="hard retrain"))
     state = {k: v.detach().numpy() for k, v in hard.hf.state_dict().items()}
     weights = checkpoint.check_weights(ck.spec, checkpoint.strip_prefixes(state))
@@ -181,7 +195,7 @@ def cached_soft_extract(args, ck) -> tuple[tuple[int, ...], dict, dict]:
             np.savez(weights_file, **weights)
             run_file.write_text(json.dumps({"retention": list(retention), "soft_losses": soft_losses,
                                             "hard_losses": hard_losses, **soft_settings(args, ck),
-                                            "training_texts": training_pool(ck.source, TRAIN_PHRASES)[1]}))
+                                            "training_texts": training_texts(args.data, ck)}))
         finally:  # a failed run must not leave the main stage waiting on it
             running.unlink(missing_ok=True)
     run = json.loads(run_file.read_text())
@@ -189,6 +203,11 @@ def cached_soft_extract(args, ck) -> tuple[tuple[int, ...], dict, dict]:
     with np.load(weights_file) as stored:
         weights = checkpoint.check_weights(ck.spec, dict(stored))
     return tuple(run["retention"]), weights, run
+
+
+def training_texts(data: Path, ck) -> str:
+    """Which SST-2 training phrases soft extract drew from (training_pool's account), for run.json."""
+    return training_pool(ck.source, len(load_sst2(data / SST2_TRAIN).sentences))[1]
 
 
 def soft_settings(args, ck) -> dict:

@@ -29,6 +29,9 @@ from .requant import dyadic_drop, dyadic_fit, dyadic_terms
 
 ROUNDINGS = tuple(introws.ROUNDINGS)  # the rounding modes the kernels implement
 SHIFT_LIMIT = 63  # int64 shifts by 0..63 bits mean the same in NumPy and Numba (C leaves larger ones undefined)
+# |c| of the i-exp and i-GELU polynomials stays below this, so that no int64 term wraps: i-GELU's
+# sign * (d^2 + c) + c reaches 2c; i-exp's r (r + b) + c stays within (0, c], with room to spare
+POLY_CONSTANT_LIMIT = 2 ** 62
 
 
 def fusable(dtype, rounding: str) -> bool:
@@ -89,7 +92,7 @@ def softmax(x, qp: QParams, out_bits: int, divide32: bool, rounding: str):
     """intops.int_softmax over the last axis of quantize(x) (entries <= MASKED are masked keys), as
     float32 codes * 2^-out_bits."""
     extra, ln2, b, c, cut, _ = exp_constants(float(qp.scale))
-    if not (ln2 >= 1 and c < 2 ** 62 and EXP_RANGE + cut <= SHIFT_LIMIT):
+    if not (ln2 >= 1 and c < POLY_CONSTANT_LIMIT and EXP_RANGE + cut <= SHIFT_LIMIT):
         return None
     rows, y = _rows(x)
     introws.softmax_rows(rows, np.float32(MASKED), _codec(qp, x.shape[-1], divide32, rounding),
@@ -102,7 +105,7 @@ def gelu(x, qp: QParams, out: QParams, divide32: bool, rounding: str):
     """intops.int_gelu(quantize(x)) requantized to `out` (dyadic), dequantized."""
     C = x.shape[-1]
     b, c, code_scale = gelu_constants(float(qp.scale))
-    if not -2 ** 62 < c < 0:
+    if not -POLY_CONSTANT_LIMIT < c < 0:
         return None
     rows, y = _rows(x)
     codec = _codec(qp, C, divide32, rounding)

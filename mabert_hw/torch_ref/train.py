@@ -34,6 +34,9 @@ from ..weights import Weights
 from .ma_bert import POWERNORM_BUFFERS, MABertModel, PowerNorm, load_official
 
 TEMPERATURE, ALPHA, BETA, GAMMA = 15.0, 0.9, 1.0, 100.0  # MA-BERT paper's knowledge-transfer loss
+# The approximator pre-fit's settings: chosen, not tuned (no sweep is recorded; unchanged since 7654840 added them)
+PREFIT_LR = 1e-3  # Adam, constant: torch.optim.Adam's default rate
+PREFIT_ROWS = 4096  # attention rows drawn (with replacement) per pre-fit step; as many as there are, when fewer
 
 
 @dataclass
@@ -153,11 +156,11 @@ def prefit_approximators(student: MABertModel, teacher: MABertModel, stream: Ite
         parts = [attention_rows(teacher, b, i, v.softmax_input) for b in data for i in group]
         x, y, cols = (torch.cat([p[j] for p in parts]) for j in range(3))
         approximator = student.encoder.layer[group[0]].attention.self.softmax.linear_relu_stack
-        optimizer = torch.optim.Adam(approximator.parameters(), lr=1e-3)
+        optimizer = torch.optim.Adam(approximator.parameters(), lr=PREFIT_LR)
         generator = torch.Generator().manual_seed(cfg.seed)
         loss = torch.tensor(float("nan"))
         for _ in progress(range(cfg.prefit_steps)) if progress else range(cfg.prefit_steps):
-            pick = torch.randint(0, x.shape[0], (min(4096, x.shape[0]),), generator=generator)
+            pick = torch.randint(0, x.shape[0], (min(PREFIT_ROWS, x.shape[0]),), generator=generator)
             loss = (((approximator(x[pick]) - y[pick]) ** 2) * cols[pick]).sum() / cols[pick].sum()
             optimizer.zero_grad()
             loss.backward()
