@@ -147,6 +147,71 @@ def _vector_cycles(primitives: Counter, hw: Hardware) -> tuple[int, int] | str:
     return ceil(work / hw.lanes), work
 
 
+@dataclass(frozen=True)
+class _UnitCost:
+    """What one unit's rule decides about an op: the shared DRAM tail of op_cost prices the rest."""
+
+    unit: str  # "array" | "vector" | "memory"
+    element_bytes: int  # an operand's bytes on that unit
+    compute_cycles: int
+    useful: int  # work done, in the unit's peak units (MACs, lane-cycles)
+    peak: int  # that work per cycle at full use
+    sram_bytes: int
+    sram_pj: float
+
+
+def _array_cost(op: Op, hw: Hardware, elements: OpCount, vector_cycles: int) -> _UnitCost:
+    """A GEMM kind on the systolic array; its bias adds run on the vector unit alongside."""
+    element_bytes = hw.array_bytes
+    groups, m, k, n = gemm_dims(op)
+    array_cycles = groups * gemm_cycles(m, k, n, hw.rows, hw.cols, hw.dataflow)
+    ifmap, filt, ofmap = (groups * e for e in gemm_sram_elements(m, k, n, hw.rows, hw.cols, hw.dataflow))
+    ofmap_bytes = ofmap * hw.accumulator_bytes  # partial sums, at the accumulator's width
+    sram_pj = (element_bytes * (ifmap * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib)
+                                + filt * hw.energy.sram_pj_per_byte(hw.filter_sram_kib))
+               + ofmap_bytes * hw.energy.sram_pj_per_byte(hw.ofmap_sram_kib))
+    return _UnitCost("array", element_bytes, max(array_cycles, vector_cycles), elements.macs, hw.rows * hw.cols,
+                     (ifmap + filt) * element_bytes + ofmap_bytes, sram_pj)
+
+
+def _vector_cost(op: Op, hw: Hardware, elements: OpCount, vector: tuple[int, int]) -> _UnitCost:
+    """Elementwise primitives (and an FFF's MACs) on the vector lanes."""
+    element_bytes = hw.vector_bytes
+    vector_cycles, vector_work = vector
+    sram_bytes = elements.activation_bytes * element_bytes
+    sram_pj = sram_bytes * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib)
+    if op.kind == "fff":
+        gathered = fff_walk_counts(op)["gathered_elements"] * element_bytes
+        sram_bytes += gathered
+        sram_pj += gathered * hw.energy.sram_pj_per_byte(hw.filter_sram_kib)
+    return _UnitCost("vector", element_bytes, vector_cycles, vector_work, hw.lanes, sram_bytes, sram_pj)
+
+
+def _memory_cost(op: Op, hw: Hardware) -> _UnitCost:
+    """A gather or slice: no compute, the gathered rows land in SRAM."""
+    element_bytes = hw.vector_bytes
+    sram_bytes = prod(op.output) * element_bytes
+    return _UnitCost("memory", element_bytes, 0, 0, 1, sram_bytes,
+                     sram_bytes * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib))
+
+
+def _dram_bytes(hw: Hardware, elements: OpCount, element_bytes: int) -> float:
+    """Weights once per op; activations too when they do not fit in the activation SRAM."""
+    activation_bytes = elements.activation_bytes * element_bytes
+    dram_bytes = elements.weight_bytes * element_bytes
+    if activation_bytes > hw.activation_sram_bytes:
+        dram_bytes += activation_bytes
+    return dram_bytes
+
+
+def _memory_cycles(op: Op, hw: Hardware, dram_bytes: float) -> int:
+    memory = dram_bytes / hw.dram_bytes_per_cycle
+    if not memory < MAX_CYCLES:
+        raise UserError(f"{op.name} moves {dram_bytes:.4g} DRAM bytes, more than 2^63 cycles at {hw.name}'s "
+                        f"{hw.dram_gb_per_s:g} GB/s and {hw.clock_ghz:g} GHz: is the DRAM rate a typo?")
+    return ceil(memory)
+
+
 def op_cost(op: Op, hw: Hardware) -> OpCost | str:
     """The cost of one op, or the reason it has no cycle rule."""
     if op.kind not in RULES:
@@ -158,52 +223,27 @@ def op_cost(op: Op, hw: Hardware) -> OpCost | str:
     vector = _vector_cycles(primitives, hw)
     if isinstance(vector, str):
         return vector
-    vector_cycles, vector_work = vector
-    energy = dict.fromkeys(ENERGY_PARTS, 0.0)
-    energy["vector"] = sum(n * hw.primitive_pj(p) for p, n in primitives.items())
     if op.kind in GEMM_KINDS:
-        unit, element_bytes = "array", hw.array_bytes
-        groups, m, k, n = gemm_dims(op)
-        array_cycles = groups * gemm_cycles(m, k, n, hw.rows, hw.cols, hw.dataflow)
-        compute = max(array_cycles, vector_cycles)
-        useful, peak = elements.macs, hw.rows * hw.cols
-        energy["mac"] = elements.macs * hw.mac_pj
-        ifmap, filt, ofmap = (groups * e for e in gemm_sram_elements(m, k, n, hw.rows, hw.cols, hw.dataflow))
-        ofmap_bytes = ofmap * hw.accumulator_bytes  # partial sums, at the accumulator's width
-        sram_bytes = (ifmap + filt) * element_bytes + ofmap_bytes
-        energy["sram"] = (element_bytes * (ifmap * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib)
-                                           + filt * hw.energy.sram_pj_per_byte(hw.filter_sram_kib))
-                          + ofmap_bytes * hw.energy.sram_pj_per_byte(hw.ofmap_sram_kib))
+        cost = _array_cost(op, hw, elements, vector[0])
     elif elements.macs and op.kind not in VECTOR_MAC_KINDS:
         return f"kind {op.kind!r} has MACs but no systolic-array mapping"
     elif primitives:
-        unit, element_bytes, compute = "vector", hw.vector_bytes, vector_cycles
-        useful, peak = vector_work, hw.lanes
-        sram_bytes = elements.activation_bytes * element_bytes
-        energy["sram"] = sram_bytes * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib)
-        if op.kind == "fff":
-            gathered = fff_walk_counts(op)["gathered_elements"] * element_bytes
-            sram_bytes += gathered
-            energy["sram"] += gathered * hw.energy.sram_pj_per_byte(hw.filter_sram_kib)
+        cost = _vector_cost(op, hw, elements, vector)
     elif op.kind in MEMORY_ONLY_KINDS:
-        unit, element_bytes, compute, useful, peak = "memory", hw.vector_bytes, 0, 0, 1
-        sram_bytes = prod(op.output) * element_bytes  # the gathered rows land in SRAM
-        energy["sram"] = sram_bytes * hw.energy.sram_pj_per_byte(hw.ifmap_sram_kib)
+        cost = _memory_cost(op, hw)
     else:
         return f"no cycle rule for kind {op.kind!r} (no MACs, no elementwise primitives)"
-    activation_bytes = elements.activation_bytes * element_bytes
-    dram_bytes = elements.weight_bytes * element_bytes
-    if activation_bytes > hw.activation_sram_bytes:
-        dram_bytes += activation_bytes
-    memory = dram_bytes / hw.dram_bytes_per_cycle
-    if not memory < MAX_CYCLES:
-        raise UserError(f"{op.name} moves {dram_bytes:.4g} DRAM bytes, more than 2^63 cycles at {hw.name}'s "
-                        f"{hw.dram_gb_per_s:g} GB/s and {hw.clock_ghz:g} GHz: is the DRAM rate a typo?")
-    memory = ceil(memory)
+    dram_bytes = _dram_bytes(hw, elements, cost.element_bytes)
+    memory = _memory_cycles(op, hw, dram_bytes)
+    compute = cost.compute_cycles
     cycles = max(compute, memory) if hw.overlap else compute + memory
-    utilisation = useful / (peak * cycles) if cycles else 0.0
-    energy["dram"] = dram_bytes * hw.energy.dram_pj_per_byte
-    return OpCost(elements, unit, compute, memory, cycles, int(dram_bytes), int(sram_bytes), utilisation, energy)
+    utilisation = cost.useful / (cost.peak * cycles) if cycles else 0.0
+    energy = {"mac": elements.macs * hw.mac_pj if cost.unit == "array" else 0.0,
+              "vector": sum(n * hw.primitive_pj(p) for p, n in primitives.items()),
+              "sram": cost.sram_pj,
+              "dram": dram_bytes * hw.energy.dram_pj_per_byte}
+    return OpCost(elements, cost.unit, compute, memory, cycles, int(dram_bytes), int(cost.sram_bytes), utilisation,
+                  energy)
 
 
 def estimate(ops: Iterable[Op], hw: Hardware) -> Estimate:
