@@ -19,6 +19,7 @@ from mabert_hw.bench import timing  # noqa: E402
 from mabert_hw.bench.engines import EngineUnavailable  # noqa: E402
 from mabert_hw.bench.timing import bench, machine_threads, time_calls  # noqa: E402
 from mabert_hw.cli import main  # noqa: E402
+from mabert_hw.cost.counts import count_ops, trace  # noqa: E402
 from mabert_hw.inputs import random_batch  # noqa: E402
 from mabert_hw.torch_ref.hf import hf_config, hf_forward, hf_model  # noqa: E402
 from mabert_hw.weights import random_weights  # noqa: E402
@@ -84,6 +85,9 @@ def test_bench_document_has_every_engine_in_the_issue_schema():
     assert {k: document[k] for k in ("batch", "seq_len", "threads", "model")} == {
         "batch": 2, "seq_len": 8, "threads": 1, "model": spec.name}
     assert list(document["engines"]) == ["fast", "reference", "torch", "ort"]
+    counted = count_ops(trace(spec, 2, 8))  # the benched shape: batch 2, 8 tokens
+    assert not counted.unknown
+    forward_gflops = counted.total("flops") / 1e9
     for name, result in document["engines"].items():
         if name == "ort" and not ORT_IMPORTABLE:
             assert set(result) == {"skipped"}, result
@@ -91,6 +95,8 @@ def test_bench_document_has_every_engine_in_the_issue_schema():
         assert set(result) == ENGINE_KEYS, name
         assert 0 < result["min_ms"] <= result["median_ms"] <= result["max_ms"]
         assert result["tokens_per_s"] * result["median_ms"] / 1e3 == pytest.approx(2 * 8)
+        # GFLOP/s x seconds = the forward's counted GFLOPs (cost.counts: 2 x MACs + elementwise primitives)
+        assert result["gflops_per_s"] * result["median_ms"] / 1e3 == pytest.approx(forward_gflops, rel=1e-12)
     torch_result = document["engines"]["torch"]
     assert torch_result["ratio_vs_torch"] == 1.0
     fast = document["engines"]["fast"]
@@ -189,9 +195,9 @@ def test_unrotated_rounds_keep_the_given_order():
 def test_cpu_seconds_count_work_and_not_sleep():
     import time
 
-    def busy():
-        end = time.process_time() + 0.02
-        while time.process_time() < end:
+    def busy():  # 0.02 s of this thread's CPU: at least 0.02 s of wall time, whatever other threads of the
+        end = time.thread_time() + 0.02  # process burn (process_time counts them too, and ended the loop early)
+        while time.thread_time() < end:
             pass
 
     samples = time_calls({"sleep": lambda: time.sleep(0.02), "busy": busy}, repeat=2, warmup=0)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,7 +20,7 @@ from mabert_hw.checkpoint import minilm_dir
 from mabert_hw.cli import main
 from mabert_hw.cost.counts import count_ops, trace
 from mabert_hw.spec import PRESETS
-from mabert_hw.torch_ref.hf import hf_config
+from mabert_hw.torch_ref.hf import hf_config, hf_model
 
 from .conftest import TINY_SPECS
 from .helpers import CONFIG, error_line, run_cli
@@ -35,22 +38,74 @@ def test_profile_json_schema_and_totals(capsys):
     totals = doc["totals"]
     assert totals["macs"] == sum(o["macs"] for o in doc["ops"])
     assert totals["flops"] == sum(o["flops"] for o in doc["ops"])
-    assert totals["params"] == 109_482_240  # bert-base-uncased, as HF reports it (test_counts checks HF)
+    with torch.device("meta"):  # shapes only: the parameter count without allocating or initialising them
+        hf_params = sum(p.numel() for p in hf_model(PRESETS["bert-base-uncased"]).parameters())
+    assert totals["params"] == hf_params  # HF's BertModel built from the same preset
     assert set(totals["by_kind"]) >= {"linear", "matmul", "softmax", "layernorm", "gelu"}
     assert totals["by_kind"]["linear"]["macs"] + totals["by_kind"]["matmul"]["macs"] == totals["macs"]
+
+
+def parse_profile(out: str, fmt: str) -> tuple[list[str], list[dict[str, str]]]:
+    """(columns, rows) of `profile`'s csv, md or text table, cells as printed."""
+    lines = out.strip().splitlines()
+    if fmt == "csv":
+        reader = csv.DictReader(io.StringIO(out))
+        return list(reader.fieldnames), list(reader)
+    if fmt == "md":
+        table = [line for line in lines if line.startswith("|")]
+        assert set(table[1]) <= set("|-"), table[1]  # the separator row
+
+        def cells(line):
+            return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+        columns = cells(table[0])
+        return columns, [dict(zip(columns, cells(line), strict=True)) for line in table[2:]]
+    # text: a title, the column names, a dashed rule whose runs give each column's span, the rows, a total line
+    rule = next(i for i, line in enumerate(lines) if line and set(line) <= set("- "))
+    spans = [m.span() for m in re.finditer(r"-+", lines[rule])]
+    spans[-1] = (spans[-1][0], None)
+
+    def cut(line):
+        return [line[a:b].strip() for a, b in spans]
+
+    columns = cut(lines[rule - 1])
+    body = lines[rule + 1:]
+    assert body[-1].startswith("total: ")
+    return columns, [dict(zip(columns, cut(line))) for line in body[:-1]]
 
 
 @pytest.mark.parametrize("by", ["op", "layer", "kind"])
 @pytest.mark.parametrize("fmt", ["table", "csv", "md"])
 def test_profile_groupings_and_formats(capsys, by, fmt):
+    """Every format's rows are the ops of the trace grouped by `by`: one row per group, each with its ops and
+    MACs; the MACs column adds up to MiniLM-L6's closed form at B = 1, T = 128."""
     code, out, _ = run_cli(capsys, "profile", "minilm-l6", "--by", by, "--format", fmt)
     assert code == 0
     profile = count_ops(trace(PRESETS["minilm-l6"], 1, 128))
-    if fmt == "csv":
-        lines = out.strip().splitlines()
-        expected_rows = {"op": len(profile.counts), "layer": 6 + 2, "kind": len({c.op.kind for c in profile.counts})}
-        assert len(lines) == 1 + expected_rows[by]
-        assert lines[0].split(",")[0] == ("name" if by == "op" else by)
+
+    def label(c):  # the --by key of an op, written out: MiniLM has no op that closes the encoder
+        if by == "op":
+            return c.op.name
+        if by == "kind":
+            return c.op.kind
+        return str(c.op.layer) if c.op.layer is not None else "embeddings" if c.op.name.startswith("embeddings.") \
+            else "head"
+
+    groups: dict[str, list] = {}
+    for c in profile.counts:
+        groups.setdefault(label(c), []).append(c)
+    columns, rows = parse_profile(out, fmt)
+    assert columns[0] == ("name" if by == "op" else by) and "macs" in columns
+    assert [row[columns[0]] for row in rows] == list(groups)  # one row per group, in trace order
+    number = lambda cell: int(cell.replace(",", ""))  # noqa: E731  (text and md print thousands separators)
+    for row in rows:
+        counts = groups[row[columns[0]]]
+        assert number(row["macs"]) == sum(c.macs for c in counts), row
+        if by != "op":
+            assert number(row["ops"]) == len(counts), row
+    B, T, C, F, L = 1, 128, 384, 1536, 6
+    closed_form = L * B * (4 * T * C * C + 2 * T * T * C + 2 * T * C * F) + B * C * C  # Q,K,V,O; QK^T, PV; FFN; pooler
+    assert sum(number(row["macs"]) for row in rows) == closed_form
 
 
 def test_profile_output_file(tmp_path, capsys):

@@ -6,8 +6,9 @@ import csv
 import dataclasses
 import io
 import json
+from collections import Counter
 from dataclasses import replace
-from math import prod
+from math import ceil, log2, prod
 
 import pytest
 import torch
@@ -109,6 +110,76 @@ def test_elementwise_primitives_by_name():
                                     + 2 * rows * C + rows * F + rows * F + 2 * rows * C)  # out bias+residual, FFN
                              + norm_rows * (4 * C - 1) + B * C)  # LayerNorms, pooler bias
     assert set(totals) == {"erf", "exp", "rsqrt", "tanh", "max", "div", "mul", "add"}
+
+
+def test_power_bert_elimination_primitives_by_name():
+    """PoWER-BERT on tiny-c (L = 3), B = 2, T = 11, retention (7, 7, 3): layer 1 keeps 7 of 11 tokens, layer 2
+    keeps all 7 (no elimination ops), layer 3 keeps 3 of 7. Attention runs at the tokens a layer receives, its
+    feed-forward at the tokens it keeps. Counting convention (counts.py's): a reduction over n values is n - 1
+    adds, a subtraction is an add, masking padded queries and keys is a select (not counted).
+    - Significance, s[k] = (1/H) sum_h sum_{q != k} A_h[q, k] (PoWER-BERT eq. 1; the official code sums every
+      query row and subtracts the diagonal): per key, a sum of the H*T probabilities it receives (H*T - 1 adds),
+      minus its H diagonal ones A_h[k, k] (H adds), times 1/H (1 mul): B*T keys.
+    - Top tokens: CLS stays; the keep - 1 largest of the other T - 1 by a bounded heap, whose ceil(log2(keep))
+      levels are one comparison each per value offered (at least one), then the keep indices sorted back into
+      order, keep * ceil(log2(keep)) comparisons: B * ((T - 1) + keep) * ceil(log2(keep)) `cmp`."""
+    spec = TINY_SPECS[2].with_variant(retention=(7, 7, 3))
+    B, T, C, F, H = 2, 11, spec.hidden, spec.intermediate, spec.heads
+    heap_levels = {7: 3, 3: 2}  # ceil(log2(keep)): 2^2 < 7 <= 2^3, 2^1 < 3 <= 2^2
+    assert all(heap_levels[k] == ceil(log2(k)) for k in heap_levels)
+    # (tokens in, tokens kept) per layer; an elimination where fewer are kept
+    layers = [(11, 7), (7, 7), (7, 3)]
+    profile = count_ops(trace(spec, B, T))
+    power = Counter()
+    for c in profile.counts:
+        if ".power." in c.op.name:
+            power.update(c.elementwise)
+    significance = {"add": sum(B * t * (H * t - 1 + H) for t, kept in layers if kept < t),
+                    "mul": sum(B * t for t, kept in layers if kept < t)}
+    top_tokens = sum(B * ((t - 1) + kept) * heap_levels[kept] for t, kept in layers if kept < t)
+    assert top_tokens == 2 * (10 + 7) * 3 + 2 * (6 + 3) * 2
+    assert power == Counter(add=significance["add"], mul=significance["mul"], cmp=top_tokens)
+    assert [c.op.kind for c in profile.counts if ".power." in c.op.name] == [
+        "significance", "top_tokens", "gather", "gather"] * 2  # layers 1 and 3 only: the gathers are free
+
+    # The whole model: every other op at the token count it sees (the layout of test_elementwise_primitives_by_name)
+    norm_rows = B * T + sum(B * t + B * kept for t, kept in layers)  # embeddings; each layer's two LayerNorms
+    totals = profile.elementwise()
+    assert totals["cmp"] == top_tokens
+    assert totals["max"] == sum(B * H * t * (t - 1) for t, _ in layers)  # softmax row maxima
+    assert totals["mul"] == (sum(B * H * t * t for t, _ in layers)  # 1/sqrt(D) scale
+                             + sum(3 * B * kept * F for _, kept in layers)  # GELU
+                             + norm_rows * (3 * C + 2) + significance["mul"])
+    assert totals["add"] == (2 * B * T * C  # token type and position embeddings
+                             + sum(3 * B * t * C + B * H * t * t + B * H * t * (2 * t - 1)  # QKV bias, mask, softmax
+                                   + 2 * B * t * C  # attention output bias, residual (before elimination)
+                                   + 2 * B * kept * F  # FFN input bias, GELU's 1 + erf
+                                   + 2 * B * kept * C  # FFN output bias, residual
+                                   for t, kept in layers)
+                             + norm_rows * (4 * C - 1) + B * C + significance["add"])  # LayerNorms, pooler bias
+    assert set(totals) == {"erf", "exp", "rsqrt", "tanh", "max", "div", "mul", "add", "cmp"}
+
+
+def test_ma_bert_elementwise_primitives_by_name():
+    """MA-BERT on tiny-a (approximator n = 16, h = 6), B = 2, T = 9. Per MA-BERT: the 0/1 mask multiplies the
+    scores (one mul each); the approximator is Linear(n->h) (bias: one add per hidden value), ReLU = max(0, x)
+    (one `max` each), Linear(h->n) (one bias add per output); PowerNorm and the 1/sqrt(D) are folded into the
+    linears (no norm op, no scale op), and one read-out affine x * scale + shift (one mul and one add per
+    element) undoes the folded basis on the last hidden state; the FFN activation is ReLU (one max each)."""
+    spec = TINY_SPECS[0].with_variant(**{**VARIANTS["ma"].__dict__, "softmax_input": 16, "softmax_hidden": 6})
+    B, T, C, F, H, L, h = 2, 9, spec.hidden, spec.intermediate, spec.heads, spec.layers, 6
+    rows, score_rows = B * T, B * H * T
+    totals = count_ops(trace(spec, B, T)).elementwise()
+    assert totals["mul"] == L * score_rows * T + rows * C  # the 0/1 mask; the read-out's scale
+    assert totals["max"] == L * (score_rows * h + rows * F)  # the approximator's ReLU; the FFN's ReLU
+    assert totals["add"] == (2 * rows * C  # token type and position embeddings
+                             + L * (3 * rows * C  # QKV bias
+                                    + score_rows * h + score_rows * T  # approximator biases
+                                    + 2 * rows * C  # attention output bias, residual
+                                    + rows * F + 2 * rows * C)  # FFN biases, residual
+                             + rows * C + B * C)  # read-out shift, pooler bias
+    assert totals["tanh"] == B * C  # pooler
+    assert set(totals) == {"mul", "max", "add", "tanh"}  # no exp, div, rsqrt, erf: matrix arithmetic only
 
 
 # Parameters and bytes the model really has: a shared approximator once, the embedding rows and gathered

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from math import ceil
 from pathlib import Path
 
@@ -199,3 +200,69 @@ def test_dram_time_past_a_cycle_counter_is_refused(tmp_path):
     path.write_text(EDGE_TOML.replace("dram_gb_per_s = 17.1", "dram_gb_per_s = 1e-300"))
     with pytest.raises(UserError, match="more than 2\\^63 cycles"):
         estimate(trace(PRESETS["minilm-l6"], 1, 8), hardware.load(path))
+
+
+# pJ per byte of a 64-bit SRAM read (Horowitz 2014, ISSCC, the table energy-horowitz45.toml cites: 8 KB 10 pJ,
+# 32 KB 20 pJ, 1 MB 100 pJ per 64 bits), at the smallest listed capacity at least the buffer's
+SRAM_PJ_PER_BYTE = {8: 10.0 / 8, 32: 20.0 / 8, 1024: 100.0 / 8}
+
+
+def sram_traffic_closed_form(dataflow, G, M, K, N, R, C):
+    """(ifmap reads, filter reads, ofmap accesses) of G GEMMs (M, K) x (K, N) on an R x C array, from the
+    mapping SCALE-Sim's compute cycles describe (what stays in the PEs, what streams past them):
+    - OS: an R x C tile of the output (R rows of M, C columns of N) stays; each of the ceil(M/R) * ceil(N/C)
+      tiles streams its R x K ifmap rows and K x C filter columns in, and writes its sums once:
+      ifmap M*K*ceil(N/C), filter K*N*ceil(M/R), ofmap M*N.
+    - WS: an R x C filter tile (R of K, C of N) stays, each loaded once (K*N); for each of the ceil(N/C)
+      column tiles all M ifmap rows stream past (M*K*ceil(N/C)). Each of the ceil(K/R) folds leaves M x C
+      partial sums: the first fold writes them, every later one reads and writes them back.
+    - IS: an R x C ifmap tile (R of K, C of M) stays, each loaded once (M*K); for each of the ceil(M/C)
+      tiles all N filter columns stream past (K*N*ceil(M/C)); partial sums over the K folds as in WS."""
+    folds = -(-K // R)
+    partial_sums = M * N * (1 + 2 * (folds - 1))
+    per_gemm = {"os": (M * K * -(-N // C), K * N * -(-M // R), M * N),
+                "ws": (M * K * -(-N // C), K * N, partial_sums),
+                "is": (M * K, K * N * -(-M // C), partial_sums)}[dataflow]
+    return tuple(G * e for e in per_gemm)
+
+
+GEMM_OPS = {  # (op, (G, M, K, N)) with M, K, N not multiples of the array and M != N
+    "linear": (Op("encoder.layer.0.attention.self.query", "linear", ((1, 50, 200),), ((72, 200), (72,)), (1, 50, 72)),
+               (1, 50, 200, 72)),
+    "matmul": (Op("encoder.layer.0.attention.self.scores", "matmul", ((2, 3, 50, 40), (2, 3, 70, 40)), (),
+                  (2, 3, 50, 70), (("transpose_b", True),)), (6, 50, 40, 70)),
+}
+
+
+@pytest.mark.parametrize("op_name", list(GEMM_OPS))
+@pytest.mark.parametrize("array", ["edge", "rectangular"])
+@pytest.mark.parametrize("dataflow", ["os", "ws", "is"])
+def test_gemm_sram_bytes_and_energy_per_dataflow_closed_form(dataflow, array, op_name):
+    """edge-32x32-int8 with its dataflow replaced: int8 ifmap and filter reads are 1 byte, ofmap accesses (partial
+    sums, or OS's finished sums) are at the int32 accumulator's 4 bytes. "rectangular" makes the array 32 x 16 (so
+    ceil(M/R) != ceil(M/C)) and gives each buffer its own price (8, 32, 1024 KiB), so a swapped R and C or a read
+    priced at another buffer's energy shows; the edge preset's 256/128/128 KiB buffers all price at 1 MB's."""
+    hw = replace(hardware.load("edge-32x32-int8"), dataflow=dataflow)
+    if array == "rectangular":
+        hw = replace(hw, cols=16, ifmap_sram_kib=8, filter_sram_kib=32, ofmap_sram_kib=1024)
+        R, C, prices = 32, 16, (SRAM_PJ_PER_BYTE[8], SRAM_PJ_PER_BYTE[32], SRAM_PJ_PER_BYTE[1024])
+    else:
+        R, C, prices = 32, 32, (SRAM_PJ_PER_BYTE[1024],) * 3  # 256, 128, 128 KiB: above 32 KB, priced at 1 MB's
+    assert hw.array_precision == "int8"
+    operand_bytes, accumulator_bytes = 1, 4  # int8 operands, int32 accumulators
+    op, dims = GEMM_OPS[op_name]
+    ifmap, filt, ofmap = sram_traffic_closed_form(dataflow, *dims, R, C)
+    cost = op_cost(op, hw)
+    assert cost.unit == "array"
+    assert cost.sram_bytes == operand_bytes * (ifmap + filt) + accumulator_bytes * ofmap
+    expected_pj = (operand_bytes * ifmap * prices[0] + operand_bytes * filt * prices[1]
+                   + accumulator_bytes * ofmap * prices[2])
+    assert cost.energy_pj["sram"] == pytest.approx(expected_pj, rel=1e-12)
+
+
+def test_dataflow_sram_traffic_differs_on_a_case_that_tells_them_apart():
+    """The three closed forms above are not one formula in disguise: on the linear of GEMM_OPS each dataflow moves
+    a different number of SRAM bytes (so a dataflow branch priced as another's fails the test above)."""
+    op, _ = GEMM_OPS["linear"]
+    edge = hardware.load("edge-32x32-int8")
+    assert len({op_cost(op, replace(edge, dataflow=d)).sram_bytes for d in ("os", "ws", "is")}) == 3
