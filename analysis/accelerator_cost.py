@@ -18,9 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from mabert_hw.atomic import write_text_whole
-from mabert_hw.cli.compare import POWER_LAST_LAYER_FRACTION, evaluate
+from mabert_hw.cli.compare import POWER_LAST_LAYER_FRACTION, comparison_rows, evaluate
 from mabert_hw.cost import hardware
-from mabert_hw.cost.hw_summary import NONLINEAR_KINDS, category, shares
+from mabert_hw.cost.hw_summary import NONLINEAR_KINDS, category_totals, shares
 from mabert_hw.report import plots
 from mabert_hw.report.tables import csv_table, markdown_table
 from mabert_hw.spec import PRESETS
@@ -41,37 +41,17 @@ def hardware_for(name: str, memory_model: str):
     return hw if memory_model == "layer-by-layer" else replace(hw, ifmap_sram_kib=float("inf"))
 
 
-def by_category(estimate) -> dict[str, tuple[float, float]]:
-    out: dict[str, list[float]] = {}
-    for cost in estimate.costs:
-        entry = out.setdefault(category(cost), [0.0, 0.0])
-        entry[0] += cost.cycles
-        entry[1] += cost.energy
-    return {k: (v[0], v[1]) for k, v in out.items()}
-
-
 def main_rows(spec) -> tuple[list[dict], list[dict], dict]:
     rows, breakdown, outcomes_by_case = [], [], {}
     for name in hardware.preset_names():
         for memory_model in MEMORY_MODELS:
             hw = hardware_for(name, memory_model)
             for seq_len in SEQ_LENS:
-                outcomes = {o.name: o for o in evaluate(spec, VARIANT_NAMES, 1, seq_len, hw)}
+                case = evaluate(spec, VARIANT_NAMES, 1, seq_len, hw)
+                outcomes = {o.name: o for o in case}
                 outcomes_by_case[name, memory_model, seq_len] = outcomes
                 base = outcomes["bert"].estimate
-                for variant, o in outcomes.items():
-                    row = {"hardware": name, "memory": memory_model, "T": seq_len, "variant": variant}
-                    if o.estimate is None:
-                        rows.append({**row, "status": f"skipped: {o.skipped}"})
-                        continue
-                    e = o.estimate
-                    rows.append({**row, "status": "ok" if not e.unknown else f"{len(e.unknown)} unpriced",
-                                 "gmacs": sum(c.count.macs for c in e.costs) / 1e9,
-                                 "cycles": e.total("cycles"), "time_ms": e.seconds * 1e3,
-                                 "energy_uj": e.total("energy") / 1e6,
-                                 "speedup": base.total("cycles") / e.total("cycles"),
-                                 "energy_saved_%": 100 * (1 - e.total("energy") / base.total("energy")),
-                                 **shares(e)})
+                rows += [{"hardware": name, "memory": memory_model, "T": seq_len, **row} for row in comparison_rows(case)]
                 if outcomes["ma"].estimate is not None:
                     breakdown.append(ma_breakdown(name, memory_model, seq_len, base, outcomes["ma"].estimate))
     return rows, breakdown, outcomes_by_case
@@ -79,14 +59,13 @@ def main_rows(spec) -> tuple[list[dict], list[dict], dict]:
 
 def ma_breakdown(name, memory_model, seq_len, bert, ma) -> dict:
     """Cycles and energy MA-BERT removes (softmax, LayerNorm, GELU) and adds (approximator, ReLU, affine)."""
-    b, m = by_category(bert), by_category(ma)
     out = {"hardware": name, "memory": memory_model, "T": seq_len}
-    for index, unit in ((0, "cycles"), (1, "energy_uj")):
-        scale = 1 if index == 0 else 1e-6
-        removed = sum(b.get(k, (0, 0))[index] for k in NONLINEAR_KINDS if k != "tanh") * scale
-        approximator = m.get("softmax_mlp", (0, 0))[index] * scale
-        replacements = sum(m.get(k, (0, 0))[index] for k in MA_REPLACEMENTS) * scale
-        net = (sum(v[index] for v in b.values()) - sum(v[index] for v in m.values())) * scale
+    for field, unit, scale in (("cycles", "cycles", 1), ("energy", "energy_uj", 1e-6)):
+        b, m = category_totals(bert, field), category_totals(ma, field)
+        removed = sum(b.get(k, 0) for k in NONLINEAR_KINDS if k != "tanh") * scale
+        approximator = m.get("softmax_mlp", 0) * scale
+        replacements = sum(m.get(k, 0) for k in MA_REPLACEMENTS) * scale
+        net = (sum(b.values()) - sum(m.values())) * scale
         out |= {f"removed_{unit}": removed, f"approximator_{unit}": approximator,
                 f"relu_affine_{unit}": replacements, f"other_{unit}": net - removed + approximator + replacements,
                 f"net_saved_{unit}": net,
@@ -118,7 +97,7 @@ def write_plots(outcomes_by_case: dict, sweep: list[dict], out: Path) -> list[st
         for seq_len in SEQ_LENS:
             for variant, o in outcomes_by_case[name, "layer-by-layer", seq_len].items():
                 if o.estimate is not None:
-                    bars[f"{variant}\nT={seq_len}"] = {k: v[0] for k, v in by_category(o.estimate).items()}
+                    bars[f"{variant}\nT={seq_len}"] = category_totals(o.estimate, "cycles")
         path = out / f"cycles_by_kind_{name}.png"
         plots.stacked_cycles(bars, path, f"{MODEL} B=1 on {name} (layer-by-layer memory)")
         names.append(path.name)
@@ -259,7 +238,9 @@ cycles as a fraction of the softmax + LayerNorm + GELU cycles MA-BERT removes: a
 ## MA-BERT: cycles removed (softmax, LayerNorm, GELU) and added (approximator; ReLU + PowerNorm affine)
 
 "other" is the rest of the difference (no separate score-scaling op in MA-BERT's trace, the 0/1 mask
-multiply, the folded norms). Energy columns in ma_breakdown.csv.
+multiply, the folded norms), signed as a saving: every row has net_saved = removed - approximator -
+relu_affine + other, so a positive "other" is cycles (or energy) MA-BERT saves beyond the named ops, a
+negative one cycles it adds. Energy columns in ma_breakdown.csv.
 
 {markdown_table(ma)}
 

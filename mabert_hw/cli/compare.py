@@ -219,17 +219,14 @@ def check_retention_flag(retention: str, names: list[str], spec: ModelSpec, seq_
 
 def write_plots(outcomes: list[Outcome], hw, folder: Path, title: str) -> list[Path]:
     """cycles_by_kind.png and roofline.png in `folder`, an existing directory (make_output_dir)."""
-    from ..cost.hw_summary import category
+    from ..cost.hw_summary import category_totals
     from ..report import plots
 
     done = [o for o in outcomes if o.estimate is not None]
     if not done:  # nothing to draw: empty axes (and a legend warning) would pass for a result
         print(f"mabert-hw: warning: every variant was skipped: no plots written to {folder}", file=sys.stderr)
         return []
-    by_kind = {o.name: {} for o in done}
-    for o in done:
-        for cost in o.estimate.costs:
-            by_kind[o.name][category(cost)] = by_kind[o.name].get(category(cost), 0) + cost.cycles
+    by_kind = {o.name: category_totals(o.estimate, "cycles") for o in done}
     unpriced = {o.name: [op.kind for op, _ in o.estimate.unknown] for o in done}  # short bars, marked
     try:
         paths = [plots.stacked_cycles(by_kind, folder / "cycles_by_kind.png", f"{title} on {hw.name}", unpriced),

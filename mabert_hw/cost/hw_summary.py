@@ -121,6 +121,14 @@ def category(cost: OpCost) -> str:
     return "softmax_mlp" if APPROXIMATOR_MARK in cost.op.name else cost.op.kind
 
 
+def category_totals(estimate: Estimate, field: str) -> dict[str, float]:
+    """Sum of an OpCost field ("cycles", "energy") per category, in first-seen order."""
+    totals: dict[str, float] = {}
+    for cost in estimate.costs:
+        totals[category(cost)] = totals.get(category(cost), 0) + getattr(cost, field)
+    return totals
+
+
 SHARES_RULE = ("memory_bound_%: cycles of the ops whose DRAM time exceeds their compute; "
                "nonlinear_*: softmax, layernorm, gelu and the pooler's tanh, the functions MA-BERT "
                "removes; approximator_*: MA-BERT's softmax MLP; vector_cycles_%: every op of the vector "
