@@ -223,10 +223,20 @@ def test_forward_refuses_ids_outside_the_tables(ids, types, message):
 
 
 def test_forward_accepts_the_last_ids():
+    """The last row of each table is used, and is the right row: the output is HF's on the same weights."""
+    from mabert_hw.inputs import Batch
+    from mabert_hw.torch_ref.hf import hf_forward, hf_model
+
     spec = TINY_SPECS[1]  # vocab 50, 3 token types
-    ids = np.array([[0, spec.vocab_size - 1]])
-    types = np.array([[0, spec.type_vocab_size - 1]])
-    forward(spec, random_weights(spec, seed=1), ids, make_backend("reference"), None, types)
+    weights = random_weights(spec, seed=1, std=0.2)  # rows far enough apart that a neighbouring row shows
+    ids = np.array([[0, spec.vocab_size - 1, spec.vocab_size - 2], [spec.vocab_size - 1, 1, 0]], np.int64)
+    types = np.array([[0, spec.type_vocab_size - 1, spec.type_vocab_size - 2], [spec.type_vocab_size - 1, 0, 1]],
+                     np.int64)
+    ours = forward(spec, weights, ids, make_backend("reference"), None, types)
+    with torch.no_grad():
+        theirs = hf_forward(hf_model(spec, weights), Batch(ids, np.ones_like(ids), types))
+    assert np.abs(ours.last_hidden_state - theirs["hidden_states"][-1]).max() <= REFERENCE_VS_TORCH_ATOL
+    assert np.abs(ours.hidden_states[0] - theirs["hidden_states"][0]).max() <= REFERENCE_VS_TORCH_ATOL
 
 
 @pytest.mark.parametrize("command", ["infer", "check"])

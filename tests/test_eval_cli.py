@@ -63,12 +63,43 @@ def test_dynamic_batches_are_cut_to_the_positions(teacher_dir):
 
 
 def test_eval_stsb_on_an_approximator_narrower_than_128(ma_narrow, tmp_path, capsys):
+    """The Spearman is torch's: the MA module on HF's tokenizer cutting every text to n = 16 tokens, all texts in
+    one batch padded to the longest (16, as eval's one batch of 16 texts), mean pooling over the real tokens."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file
+    from scipy.stats import spearmanr
+    from transformers import BertTokenizer
+
+    from mabert_hw.torch_ref.ma_bert import load_official
+
     data = tmp_path / "stsb.tsv"
     rows = [("a man plays a guitar", LONG_TEXT, "1.0"), ("a dog runs", "a dog is running", "4.5"),
-            ("the sky is blue", "stocks fell sharply today", "0.2")]
+            ("the sky is blue", "stocks fell sharply today", "0.2"),
+            ("a woman slices an onion", "a man cuts a leek", "2.6"),
+            ("two cats sleep on a sofa", "a cat is sleeping", "3.1"),
+            ("the market rallied", "the stock market rose", "4.0"),
+            ("a child reads a book", "rain fell all day in the valley below the hills", "0.5"),
+            ("a plane is taking off", "an airplane takes off from the runway", "4.8")]  # 8 pairs: 3 rank little
     data.write_text(STSB_HEADER + "".join(f"0\tmain\tf\t2012\t1\tnone\tnone\t{a}\t{b}\t{s}\n" for a, b, s in rows))
     row = eval_row(capsys, ma_narrow, "--task", "stsb", "--data", data)
-    assert row["examples"] == 3 and row["padding"] == "batch-longest"
+    assert row["examples"] == len(rows) and row["padding"] == "batch-longest"
+
+    first, second, gold = [r[0] for r in rows], [r[1] for r in rows], [float(r[2]) for r in rows]
+    tokenizer = BertTokenizer.from_pretrained(ma_narrow)  # on the checkpoint's vocab.txt
+    encoded = tokenizer(first + second, truncation=True, max_length=16, padding="longest", return_tensors="pt")
+    assert encoded["input_ids"].shape[1] == 16  # LONG_TEXT is cut to the approximator's n
+    model = load_official(checkpoint.load(ma_narrow).spec, load_file(str(ma_narrow / "model.safetensors")))
+    with torch.no_grad():
+        hidden = model(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])["hidden_states"][-1]
+    real = encoded["attention_mask"][..., None].to(hidden.dtype)
+    vectors = ((hidden * real).sum(1) / real.sum(1)).double().numpy()
+    n = len(rows)
+    norms = np.linalg.norm(vectors, axis=1)
+    cosines = (vectors[:n] * vectors[n:]).sum(1) / (norms[:n] * norms[n:])
+    assert np.diff(np.sort(cosines)).min() > 1e-5  # ranks that float32 rounding (~1e-7 here) cannot swap
+    theirs = 100.0 * spearmanr(cosines, gold).statistic
+    assert row["spearman"] == round(theirs, 2)
 
 
 def test_eval_retention_config_defaults_to_its_searched_length(classifier, sst2_file, tmp_path, capsys):

@@ -178,10 +178,8 @@ def tiny_study(tmp_path, monkeypatch):
     return script, ckpt
 
 
-def independent_spearman(ckpt: Path, pairs) -> float:
-    """Spearman x 100 of cosine(mean of each sentence's last hidden state, run alone) against the scores."""
-    from scipy.stats import spearmanr
-
+def independent_similarities(ckpt: Path, pairs) -> np.ndarray:
+    """cosine(mean of each sentence's last hidden state, run alone) per pair."""
     from mabert_hw import checkpoint
     from mabert_hw.backends import make_backend
     from mabert_hw.inputs import tokenize
@@ -195,8 +193,14 @@ def independent_spearman(ckpt: Path, pairs) -> float:
                          batch.token_type_ids).last_hidden_state[0]
         return hidden.mean(axis=0) / np.linalg.norm(hidden.mean(axis=0))
 
-    similarities = [float(vector(a) @ vector(b)) for a, b, _ in pairs]
-    return 100 * spearmanr(similarities, [s for _, _, s in pairs]).statistic
+    return np.array([float(vector(a) @ vector(b)) for a, b, _ in pairs])
+
+
+def independent_spearman(ckpt: Path, pairs) -> float:
+    """Spearman x 100 of independent_similarities against the scores."""
+    from scipy.stats import spearmanr
+
+    return 100 * spearmanr(independent_similarities(ckpt, pairs), [s for _, _, s in pairs]).statistic
 
 
 def fp32_rows(out: Path) -> dict[int, float]:
@@ -245,6 +249,32 @@ def test_the_fp32_reference_belongs_to_its_data(tmp_path, tiny_study, capsys):
     assert "data_sha256:" in line
     assert (out / "fp32.csv").read_bytes() == before
     assert not (out / "study.csv").exists()  # refused before the sweeps
+
+
+SENTENCES = [f"{who} {what}" for who in ("A man", "A woman", "The child", "Two dogs", "An old farmer", "The team")
+             for what in ("is playing a flute.", "rides a horse.", "is slicing an onion.", "plays the guitar.",
+                          "is cooking pasta.", "runs on the beach.")]
+# 24 pairs of distinct sentences, no pair twice (either way round), distinct gold scores: with 3 or 4 pairs
+# Spearman takes a handful of values, so a wrong fp32 reference would often match by chance
+PAIRS_MANY = [(SENTENCES[i], SENTENCES[(5 * i + 7) % 36], round((i * 11 % 24) * 5 / 23, 3)) for i in range(24)]
+
+
+def test_the_fp32_reference_is_the_spearman_of_24_and_of_20_pairs(tmp_path, tiny_study):
+    script, ckpt = tiny_study
+    assert len({frozenset((a, b)) for a, b, _ in PAIRS_MANY}) == 24 and len({s for *_, s in PAIRS_MANY}) == 24
+    out = tmp_path / "out"
+    assert script.main(["--data", str(stsb_root(tmp_path / "a", PAIRS_MANY)), "--out", str(out),
+                        "--subset", "20"]) == 0
+    reference = fp32_rows(out)
+    assert set(reference) == {24, 20}
+    for n in (24, 20):
+        similarities = independent_similarities(ckpt, PAIRS_MANY[:n])
+        # ranks that float32 rounding (~1e-7 between a batch and a sentence run alone) cannot swap
+        assert np.diff(np.sort(similarities)).min() > 1e-5
+        expected = independent_spearman(ckpt, PAIRS_MANY[:n])
+        assert abs(expected) < 95  # not a degenerate ranking that many wrong engines would share
+        assert reference[n] == pytest.approx(expected, abs=1e-3), n
+    assert reference[24] != pytest.approx(reference[20], abs=1e-3)
 
 
 def test_ctrl_c_before_any_row_exits_130_and_binds_no_later_run(tmp_path, tiny_study, monkeypatch, capsys):

@@ -102,21 +102,35 @@ def test_reference_keeps_the_same_tokens_as_torch_and_matches_it(spec):
 
 
 def test_padding_never_beats_a_real_token():
+    """At every cut each row keeps min(keep, its real tokens) real tokens: in torch PoWER-BERT and in the
+    reference backend (its picks mapped back to original positions)."""
     spec = TINY_SPECS[0]
     weights = random_weights(spec, seed=13, std=PEAKED_STD)
     batch = random_batch(spec, batch=6, seq_len=SEQ_LEN, seed=14)
     real = batch.attention_mask.sum(1)
+    assert np.all(batch.attention_mask == (np.arange(SEQ_LEN) < real[:, None])), "padding sits at the end"
     retention = (9, 5)
+    assert any(n < keep for n in real for keep in retention), "some row must have fewer real tokens than kept"
+    assert any(n > keep for n in real for keep in retention), "some row must drop real tokens"
+
+    def check(kept, j, keep, engine):  # kept: (B, l_j) original positions
+        assert kept.shape == (len(real), keep), (engine, j, kept.shape)
+        for row, n_real in enumerate(real):
+            assert len(set(kept[row].tolist())) == keep and kept[row][0] == 0, (engine, j, row, kept[row])
+            assert (kept[row] < n_real).sum() == min(keep, n_real), (engine, j, row, kept[row], n_real)
+
     out = torch_power(spec, weights, batch, retention)
     for j, keep in enumerate(retention):
-        kept = out["kept"][j].numpy()  # (B, l_j) original positions
-        for row, n_real in enumerate(real):
-            expected_real = min(keep, n_real)
-            assert (kept[row] < n_real).sum() == expected_real, (j, row, kept[row], n_real)
+        check(out["kept"][j].numpy(), j, keep, "torch")
     spy = IndexSpy()
     result = forward(spec.with_variant(retention=retention), weights, batch.input_ids, spy,
                      batch.attention_mask, batch.token_type_ids)
     assert result.hidden_states[-1].shape[1] == retention[-1]
+    assert len(spy.picked) == len(retention)  # both layers cut (9 < 14, 5 < 9)
+    positions = np.broadcast_to(np.arange(SEQ_LEN), batch.shape)
+    for j, (keep, picked) in enumerate(zip(retention, spy.picked, strict=True)):
+        positions = np.take_along_axis(positions, picked, axis=1)
+        check(positions, j, keep, "reference")
 
 
 def test_significance_is_attention_received_from_other_real_queries():
@@ -204,7 +218,7 @@ def test_soft_extract_with_full_masks_is_the_plain_model_and_penalty_is_closed_f
     assert soft.soft_retention() == (7, 7)
 
 
-def test_soft_extract_training_shrinks_late_layers_most_and_hard_retraining_runs():
+def test_soft_extract_training_shrinks_late_layers_most_and_hard_retraining_lowers_the_loss():
     spec = dataclasses.replace(TINY_SPECS[2], num_labels=2)
     batch = random_batch(spec, batch=4, seq_len=12, seed=22)
     inputs = {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask),
@@ -216,8 +230,15 @@ def test_soft_extract_training_shrinks_late_layers_most_and_hard_retraining_runs
     assert losses[-1] < losses[0] and bool((mass[1:] <= mass[:-1] + 1e-6).all()) and float(mass[0]) < 12
     retention = soft.soft_retention()
     assert list(retention) == sorted(retention, reverse=True) and retention[0] == int(mass[0])
-    hard = PowerBert(soft.hf, retention)
-    assert len(train(hard, iter([inputs] * 2), steps=2, lr=1e-4)) == 2
+    hard = PowerBert(soft.hf, retention).eval()
+    with torch.no_grad():  # the loss before any step, computed here
+        logits = hard(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])["logits"]
+        before = float(torch.nn.functional.cross_entropy(logits, inputs["labels"]))
+    hard_losses = train(hard, iter([inputs] * 3), steps=3, lr=1e-4)
+    assert len(hard_losses) == 3 and all(np.isfinite(hard_losses))
+    assert hard_losses[0] == pytest.approx(before, rel=1e-6)
+    # one batch again and again, no dropout: each step lowers its loss (by ~8e-4 at lr 1e-4, float32 noise ~1e-7)
+    assert all(b < a for a, b in pairwise(hard_losses)), hard_losses
 
 
 def test_hardware_cycles_price_every_elimination_op_and_each_layer_gemm_at_its_kept_tokens():

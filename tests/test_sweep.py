@@ -94,6 +94,86 @@ def test_a_sweep_given_a_scheduler_address_closes_its_client(tmp_path, monkeypat
             distributed.default_client()
 
 
+
+# the real sweep, on a tiny teacher and made-up STS-B pairs (no shared data needed): each row's metric is its own
+# configuration's, recomputed here outside the sweep on the fixed backend with that config and the calibration
+
+SWEEP_PAIRS, SWEEP_LIMIT = 24, 20  # --limit below the file's pairs: a sweep that read them all would differ
+SWEEP_POINTS = [{"act_bits": 4}, {"act_bits": 6}, {"act_bits": 8}]
+
+
+def _synthetic_stsb(root):
+    from .test_quant_calibration_cache import many_pairs_stsb_dir
+
+    return many_pairs_stsb_dir(root, SWEEP_PAIRS) / "glue" / "STS-B" / "dev.tsv"
+
+
+def _expected_metrics(teacher_dir, data, calibration, batch_size) -> dict[str, float]:
+    """config_key -> Spearman x 100 of that config, computed without the sweep."""
+    from mabert_hw import checkpoint
+    from mabert_hw.backends.fixed import FixedBackend
+    from mabert_hw.eval.tasks import load_stsb, stsb_spearman
+    from mabert_hw.quant import config as qconfig
+    from mabert_hw.quant.calibrate import Calibration
+
+    ck, task = checkpoint.load(str(teacher_dir)), load_stsb(data, SWEEP_LIMIT)
+    assert len(task.first) == SWEEP_LIMIT
+    expected = {}
+    for point in SWEEP_POINTS:
+        backend = FixedBackend(config=qconfig.from_dict(point), calibration=Calibration.load(calibration))
+        expected[config_key(point)] = round(stsb_spearman(ck, task, backend, batch_size=batch_size), 4)
+    assert len(set(expected.values())) == len(SWEEP_POINTS)  # the configurations are told apart by their metric
+    full = load_stsb(data)
+    backend = FixedBackend(config=qconfig.from_dict(SWEEP_POINTS[0]), calibration=Calibration.load(calibration))
+    assert round(stsb_spearman(ck, full, backend, batch_size=batch_size), 4) != expected[config_key(SWEEP_POINTS[0])]
+    return expected
+
+
+@pytest.mark.parametrize("workers", [1, 2, "dask"])
+def test_sweep_rows_hold_their_own_configurations_metric(tmp_path, teacher_dir, workers):
+    from mabert_hw import checkpoint
+
+    data = _synthetic_stsb(tmp_path / "data")
+    calibration = sweep.prepare_calibration(checkpoint.load(str(teacher_dir)), "stsb", data, tmp_path / "cache")
+    jobs = [sweep.Job(str(teacher_dir), "stsb", str(data), SWEEP_LIMIT, p, str(calibration)) for p in SWEEP_POINTS]
+    out = tmp_path / "results.csv"
+    with ExitStack() as stack:
+        if workers == "dask":
+            distributed = pytest.importorskip("dask.distributed")
+            cluster = stack.enter_context(distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False))
+            rows = sweep.run_sweep(jobs, out, scheduler=stack.enter_context(distributed.Client(cluster)))
+        else:
+            rows = sweep.run_sweep(jobs, out, workers=workers)
+    expected = _expected_metrics(teacher_dir, data, calibration, jobs[0].batch_size)
+    assert {row["key"]: row["metric"] for row in rows} == expected
+    assert {row["key"]: row["act_bits"] for row in rows} == {config_key(p): p["act_bits"] for p in SWEEP_POINTS}
+    with open(out, newline="") as f:  # the CSV holds the same rows
+        written = {(row["key"], int(row["act_bits"])): float(row["metric"]) for row in csv.DictReader(f)}
+    assert written == {(config_key(p), p["act_bits"]): expected[config_key(p)] for p in SWEEP_POINTS}
+    assert sweep.done_keys(out) == set(expected)
+
+
+def test_sweep_command_scores_each_configuration_with_the_cached_calibration(tmp_path, teacher_dir, monkeypatch,
+                                                                              capsys):
+    """`mabert-hw sweep` end to end (calibration, jobs, the pool): the rows are recomputed from the calibration
+    file it cached."""
+    from mabert_hw.cli import main
+
+    monkeypatch.setattr("mabert_hw.cli.sweep.CACHE_ROOT", tmp_path / "cache")
+    data = _synthetic_stsb(tmp_path / "data")
+    grid = tmp_path / "grid.toml"
+    grid.write_text("act_bits = [4, 6, 8]\n")
+    out = tmp_path / "results.csv"
+    assert main(["sweep", str(teacher_dir), "--task", "stsb", "--data", str(data), "--grid", str(grid), "--out",
+                 str(out), "--limit", str(SWEEP_LIMIT), "--workers", "2"]) == 0
+    capsys.readouterr()
+    cached = list((tmp_path / "cache").glob("calibration-*.npz"))
+    assert len(cached) == 1
+    expected = _expected_metrics(teacher_dir, data, cached[0], sweep.Job.batch_size)
+    with open(out, newline="") as f:
+        assert {row["key"]: float(row["metric"]) for row in csv.DictReader(f)} == expected
+
+
 # a sweep's pool workers after SIGTERM
 
 SLOW_SWEEP = """
