@@ -22,13 +22,14 @@ def plot_frontier(results: dict, path: Path) -> None:
             rows = [r for r in results["rows"] if r["method"] == method and key in r]
             if rows:
                 ax.scatter([r[key] for r in rows], [r["loss"] for r in rows], marker=marker, label=method)
-        ax.scatter([paper["speedup"]], [paper["baseline"] - paper["power"]], marker="*", s=160, color="black",
-                   label="paper SST-2 (BERT-base, K80)")
+        if key.startswith("speedup"):  # the paper's 2.4x is a measured speed-up, not a FLOPs reduction
+            ax.scatter([paper["speedup"]], [paper["baseline"] - paper["power"]], marker="*", s=160, color="black",
+                       label="paper SST-2 (BERT-base, K80, measured)")
+            ax.axvline(paper["speedup"], color="grey", linestyle=":", linewidth=0.8)
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
-        ax.axvline(paper["speedup"], color="grey", linestyle=":", linewidth=0.8)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"SST-2 dev accuracy loss (points, baseline {results['baseline_dev_accuracy']:.2f})")
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)  # the panel with every marker, the paper's star included
     fig.suptitle("PoWER-BERT on fine-tuned MiniLM-L6 (SST-2 dev)")
     save_figure(fig, path)
