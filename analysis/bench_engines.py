@@ -203,6 +203,9 @@ def per_core_reach(record: dict) -> str:
 
 def write(record: dict, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    made = time.strftime('%Y-%m-%d %H:%M')
+    # everything measured, the README's prose figures (GEMM rates, first call, loads, BLAS kernels) included
+    write_text_whole(out / "record.json", json.dumps({"command": command, "made": made, **record}, indent=2) + "\n")
     write_text_whole(out / "engines.csv", csv_table(record["rows"], COLUMNS))
     profile_rows = [{"model": m, "clock": clock, **r, "work": FAST_CALL_MEANING.get(r["call"], "")}
                     for clock, profiles in ((f"wall, {record['threads']} threads", record["profiles"]),
@@ -221,7 +224,7 @@ def write(record: dict, out: Path, command: str) -> None:
                         for b in record["blas"]) or "none found"
     readme = f"""# Engine benchmark: fast (Numba) vs reference vs torch eager vs onnxruntime fp32
 
-Made by `{command}` (one run, {time.strftime('%Y-%m-%d %H:%M')}), {record['threads']} threads per engine
+Made by `{command}` (one run, {made}), {record['threads']} threads per engine
 (MiniLM up to B*T = {SMALL_TOKENS} also on one: the `threads` column), on {record['cpu']}. BLAS kernels in the process (threadpoolctl): {kernels}.
 Load average (1, 5, 15 min) before: {load(record['load_before'])}; after: {load(record['load_after'])}
 (the 2-core machine was shared with other jobs: absolute times are noisy, ratios from one
@@ -271,7 +274,8 @@ and Python overhead; calls under 0.1% are left out.
 
 {markdown_table(profile_rows)}
 
-Files: engines.csv (every engine x shape), fast_profile.csv, engines.png.
+Files: record.json (everything this run measured), engines.csv (every engine x shape), fast_profile.csv,
+engines.png.
 """
     write_text_whole(out / "README.md", readme)
 

@@ -4,6 +4,7 @@ model's turn came), and Ctrl-C or SIGTERM ends the run in one line with status 1
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -45,6 +46,9 @@ def test_a_target_whose_shape_did_not_run_is_not_measured(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert "= 0%" not in readme and "reaches 0%" not in readme and "| False |" not in readme
     assert "which bert-base B=8 T=128 would be held to (not measured in this run)" in " ".join(readme.split())
+    saved = json.loads((tmp_path / "record.json").read_text())  # the README's prose figures have a file too
+    assert saved["command"] == "python analysis/bench_engines.py --shapes 1x16"
+    assert {k: saved[k] for k in record} == json.loads(json.dumps(record))
 
 
 def test_a_measured_target_keeps_its_figures():
