@@ -9,7 +9,8 @@ not exact above 2^24).
   i-exp      x = -ln2 * z + r, r in (-ln2, 0]: exp(r) ~ 0.35815147 r^2 + 0.96963238 r + 1, then >> z
   i-softmax  exp codes of 16 bits, factor = floor(2^32 / sum), out = round((e * factor) / 2^(32 - out_bits))
   i-GELU     erf(u) ~ sign(u) [a (min(|u|, -b) + b)^2 + 1], a = -0.2888, b = -1.769, u = x / sqrt(2)
-  i-LN       mean and variance in integers, std = integer Newton sqrt, y * 2^16 // std, then a per-channel
+  i-LN       mean (rounded half up; I-BERT's torch.round rounds ties to even) and variance in integers (the
+             sum of squares exact past int64 too), std = integer Newton sqrt, y * 2^16 // std, then a per-channel
              dyadic requantization folds gamma, beta and sqrt(C). Per-channel input codes are first
              brought to one scale (to_common_scale).
 Residual add, LayerNorm and rescale take scales and zero points as scalars or per-channel arrays (C,)
@@ -141,6 +142,22 @@ def layernorm_constants(C: int, eps: float, scale: float, gain: np.ndarray) -> t
     return round(C * eps / scale ** 2), math.sqrt(C) / 2.0 ** LN_FRACTION_BITS, np.asarray(gain, np.float64)
 
 
+def _layernorm_std(y: np.ndarray, eps_codes: int) -> tuple[np.ndarray, int]:
+    """max(isqrt(sum y^2 + eps_codes), 1) per row (keepdims), and the rows whose sum reaches VARIANCE_LIMIT.
+    int64 sums where C * max|y|^2 < 2^62; a row past that (codes near 2^31, as to_common_scale makes of
+    16-bit per-channel residuals, y up to 2^32) would wrap, so its sum is taken in Python integers. Such a
+    row's sum is >= max|y|^2 >= 2^62 / C, at or past VARIANCE_LIMIT for any C <= 2^31: counted."""
+    peak = np.abs(y).max(axis=-1, keepdims=True, initial=0).astype(np.float64)
+    wide = peak * peak * y.shape[-1] >= 2.0 ** 62  # float64's rounding of the bound is far inside 2^62 -> 2^63
+    squares = np.where(wide, 0, (np.where(wide, 0, y) ** 2).sum(axis=-1, keepdims=True))
+    overflow = int(np.count_nonzero(squares >= VARIANCE_LIMIT)) + int(np.count_nonzero(wide))
+    std = np.maximum(isqrt(squares + eps_codes), 1)
+    for index in zip(*np.nonzero(wide)):
+        exact = sum(int(v) * int(v) for v in y[index[:-1]]) + int(eps_codes)
+        std[index] = max(math.isqrt(exact), 1)
+    return std, overflow
+
+
 def int_layernorm(q: np.ndarray, zero_point, scale, gain: np.ndarray, bias: np.ndarray,
                   eps: float, out_scale, out_zp, fmt: IntFormat) -> tuple[np.ndarray, int]:
     """LayerNorm over the last axis of codes q -> output codes; also the rows whose variance sum
@@ -151,12 +168,9 @@ def int_layernorm(q: np.ndarray, zero_point, scale, gain: np.ndarray, bias: np.n
     x = np.asarray(q, np.int64) - zero_point
     C = x.shape[-1]
     eps_codes, unit, gain = layernorm_constants(C, eps, scale, gain)
-    mean = (x.sum(axis=-1, keepdims=True) + C // 2) // C
+    mean = (x.sum(axis=-1, keepdims=True) + C // 2) // C  # ties up (I-BERT's torch.round: to even)
     y = x - mean
-    var = (y * y).sum(axis=-1, keepdims=True)
-    overflow = int(np.count_nonzero(var >= VARIANCE_LIMIT))
-    var = var + eps_codes
-    std = np.maximum(isqrt(var), 1)
+    std, overflow = _layernorm_std(y, eps_codes)
     normalised = (y << LN_FRACTION_BITS) // std  # (y / std) * 2^16; the real value is that * sqrt(C)
     out = requantize(normalised, "dyadic", unit, gain, out_scale, out_zp, fmt, bias=np.asarray(bias, np.float64))
     return out, overflow

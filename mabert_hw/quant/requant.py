@@ -78,9 +78,12 @@ def multiply_by_quantized_multiplier(x, q31, shift, single_rounding: bool = Fals
 
 
 def dyadic_multiplier(M) -> tuple[np.ndarray, np.ndarray]:
-    """I-BERT batch_frexp: M ~ m / 2^e, m = round-half-up(mantissa * 2^31), e = 31 - exponent."""
+    """I-BERT batch_frexp: M ~ m / 2^e, m = round-half-up(mantissa * 2^31), e = 31 - exponent. Half-up as
+    Decimal's ROUND_HALF_UP: a tie goes away from zero, for negative multipliers (gains) too. mantissa * 2^31
+    and |v| + 0.5 are exact in float64 (|v| < 2^31 leaves 22 fraction bits)."""
     mantissa, exponent = np.frexp(np.asarray(M, np.float64))
-    m = np.floor(mantissa * 2.0 ** 31 + 0.5).astype(np.int64)
+    v = mantissa * 2.0 ** 31
+    m = np.copysign(np.floor(np.abs(v) + 0.5), v).astype(np.int64)
     return m, (31 - exponent).astype(np.int64)
 
 
