@@ -120,3 +120,22 @@ def test_ort_requant_of_an_accumulator_wider_than_32_bits_is_kept_exact():
     y_scale = 2 ** 32 * 1e-5 / 100  # acc * x_s * w_s / y_s = 100 * acc / 2^32
     got = requantize(acc, "ort", 0.01, np.full(3, 1e-3), y_scale, 0, IntFormat(16, True))
     assert got.tolist() == [[100, -100, 0]]
+
+
+def test_dyadic_fit_rounds_the_dropped_bits_half_away_from_zero():
+    """m' = round-half-away(m / 2^drop), from exact Decimal arithmetic, for M and -M alike: on a tie (the
+    dropped bits exactly half) -M gives -m', as I-BERT's ROUND_HALF_UP does with the mantissa itself."""
+    from mabert_hw.quant.requant import dyadic_drop, dyadic_fit, dyadic_multiplier
+
+    peak = 2 ** 32  # 33 bits: dyadic_drop drops 33 + 31 - 62 = 2 low bits of m
+    drop = dyadic_drop(peak)
+    assert drop == 2
+    ties = [(2 ** 30 + 2) / 2 ** 31 * 2.0 ** -3, (2 ** 30 + 6) / 2 ** 31 * 2.0 ** -7]  # m = ...10 in binary
+    others = list(np.random.default_rng(3).uniform(1e-4, 1.0, 40))
+    for M in ties + others:
+        for signed in (M, -M):
+            m, e = dyadic_multiplier(signed)
+            fitted, fitted_e = dyadic_fit(signed, peak)
+            expected = int((Decimal(int(m)) / 2 ** drop).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+            assert (int(fitted), int(fitted_e)) == (expected, int(e) - drop)
+    assert [int(dyadic_multiplier(M)[0]) % 4 for M in ties] == [2, 2]  # the ties are ties

@@ -144,18 +144,22 @@ def layernorm_constants(C: int, eps: float, scale: float, gain: np.ndarray) -> t
 
 def _layernorm_std(y: np.ndarray, eps_codes: int) -> tuple[np.ndarray, int]:
     """max(isqrt(sum y^2 + eps_codes), 1) per row (keepdims), and the rows whose sum reaches VARIANCE_LIMIT.
-    int64 sums where C * max|y|^2 < 2^62; a row past that (codes near 2^31, as to_common_scale makes of
-    16-bit per-channel residuals, y up to 2^32) would wrap, so its sum is taken in Python integers. Such a
-    row's sum is >= max|y|^2 >= 2^62 / C, at or past VARIANCE_LIMIT for any C <= 2^31: counted."""
-    peak = np.abs(y).max(axis=-1, keepdims=True, initial=0).astype(np.float64)
-    wide = peak * peak * y.shape[-1] >= 2.0 ** 62  # float64's rounding of the bound is far inside 2^62 -> 2^63
-    squares = np.where(wide, 0, (np.where(wide, 0, y) ** 2).sum(axis=-1, keepdims=True))
+    int64 sums where C * max|y|^2 < 2^62. A row past that (codes near 2^31, as to_common_scale makes of
+    16-bit per-channel residuals: |y| < 2^32) would wrap: its y = a 2^16 + b (0 <= b < 2^16, |a| <= 2^16)
+    gives y^2 = a^2 2^32 + a b 2^17 + b^2, three int64 sums (each term < 2^33, exact for C < 2^30) joined
+    in Python integers. Such a row's sum is >= max|y|^2 >= 2^62 / C > VARIANCE_LIMIT for C < 2^31: counted."""
+    flat = y.reshape(-1, y.shape[-1])  # (rows, C)
+    peak = np.abs(flat).max(axis=-1, initial=0).astype(np.float64)  # (rows,)
+    wide = peak * peak * flat.shape[-1] >= 2.0 ** 62  # float64's rounding of the bound is far inside 2^62 -> 2^63
+    squares = (np.where(wide[:, None], 0, flat) ** 2).sum(axis=-1)  # (rows,)
     overflow = int(np.count_nonzero(squares >= VARIANCE_LIMIT)) + int(np.count_nonzero(wide))
     std = np.maximum(isqrt(squares + eps_codes), 1)
-    for index in zip(*np.nonzero(wide)):
-        exact = sum(int(v) * int(v) for v in y[index[:-1]]) + int(eps_codes)
-        std[index] = max(math.isqrt(exact), 1)
-    return std, overflow
+    if wide.any():
+        high, low = flat[wide] >> 16, flat[wide] & 0xFFFF  # (n, C): y = high 2^16 + low
+        parts = [(high * high).sum(-1), (high * low).sum(-1), (low * low).sum(-1)]
+        exact = [(int(a) << 32) + (int(ab) << 17) + int(b) + int(eps_codes) for a, ab, b in zip(*parts)]
+        std[wide] = [max(math.isqrt(v), 1) for v in exact]
+    return std.reshape(y.shape[:-1] + (1,)), overflow
 
 
 def int_layernorm(q: np.ndarray, zero_point, scale, gain: np.ndarray, bias: np.ndarray,

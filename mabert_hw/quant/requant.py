@@ -107,12 +107,13 @@ def dyadic_drop(peak: int) -> int:
 
 
 def dyadic_fit(M, peak: int) -> tuple[np.ndarray, np.ndarray]:
-    """dyadic_multiplier(M) for accumulators up to |peak|, with dyadic_drop(peak) low bits of m rounded off."""
+    """dyadic_multiplier(M) for accumulators up to |peak|, with dyadic_drop(peak) low bits of m rounded off,
+    half away from zero as dyadic_multiplier rounds (so -M gives -m)."""
     m, e = dyadic_multiplier(M)
     drop = dyadic_drop(peak)
     if drop:
         drop = np.minimum(drop, e - 1)
-        m, e = (m + (np.int64(1) << (drop - 1))) >> drop, e - drop
+        m, e = np.sign(m) * ((np.abs(m) + (np.int64(1) << (drop - 1))) >> drop), e - drop
     return m, e
 
 
