@@ -20,7 +20,7 @@ from pathlib import Path
 from mabert_hw.atomic import write_text_whole
 from mabert_hw.cli.compare import POWER_LAST_LAYER_FRACTION, comparison_rows, evaluate
 from mabert_hw.cost import hardware
-from mabert_hw.cost.hw_summary import NONLINEAR_KINDS, category_totals, shares
+from mabert_hw.cost.hw_summary import NONLINEAR_KINDS, SHARES_RULE, category_totals, shares
 from mabert_hw.report import plots
 from mabert_hw.report.tables import csv_table, markdown_table
 from mabert_hw.spec import PRESETS
@@ -51,7 +51,8 @@ def main_rows(spec) -> tuple[list[dict], list[dict], dict]:
                 outcomes = {o.name: o for o in case}
                 outcomes_by_case[name, memory_model, seq_len] = outcomes
                 base = outcomes["bert"].estimate
-                rows += [{"hardware": name, "memory": memory_model, "T": seq_len, **row} for row in comparison_rows(case)]
+                rows += [{"hardware": name, "memory": memory_model, "T": seq_len, **row}
+                         for row in comparison_rows(case)]
                 if outcomes["ma"].estimate is not None:
                     breakdown.append(ma_breakdown(name, memory_model, seq_len, base, outcomes["ma"].estimate))
     return rows, breakdown, outcomes_by_case
@@ -232,6 +233,9 @@ cycles as a fraction of the softmax + LayerNorm + GELU cycles MA-BERT removes: a
 {markdown_table(bert)}
 
 ## Side by side (speedup = BERT cycles / variant cycles; energy saved vs BERT)
+
+results.csv has every column `mabert-hw compare` prints, memory_bound_% and vector_cycles_% included
+({SHARES_RULE})
 
 {markdown_table(side)}
 

@@ -41,3 +41,22 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, monkeypatch,
         script.main(["--out", str(file)])
     assert exit_.value.code == 2
     assert f"error: argument --out: {file} exists and is not a directory" in capsys.readouterr().err
+
+
+def test_ma_breakdown_sums_each_field_from_the_op_costs():
+    """Cycles and energy alike: removed = BERT's softmax, LayerNorm and GELU ops, approximator = MA's
+    softmax-MLP ops, net = the totals' difference, each summed here straight from the op costs."""
+    from mabert_hw.cost.counts import APPROXIMATOR_MARK
+
+    script = analysis_script("accelerator_cost")
+    hw = script.hardware.load(script.hardware.preset_names()[0])
+    outcomes = {o.name: o.estimate for o in script.evaluate(script.PRESETS["minilm-l6"], ["bert", "ma"], 1, 32, hw)}
+    bert, ma = outcomes["bert"], outcomes["ma"]
+    row = script.ma_breakdown("preset", "layer-by-layer", 32, bert, ma)
+    for field, unit, scale in (("cycles", "cycles", 1), ("energy", "energy_uj", 1e-6)):
+        removed = sum(getattr(c, field) for c in bert.costs if c.op.kind in ("softmax", "layernorm", "gelu"))
+        approximator = sum(getattr(c, field) for c in ma.costs if APPROXIMATOR_MARK in c.op.name)
+        assert removed > 0 and approximator > 0
+        assert row[f"removed_{unit}"] == pytest.approx(removed * scale, rel=1e-12)
+        assert row[f"approximator_{unit}"] == pytest.approx(approximator * scale, rel=1e-12)
+        assert row[f"net_saved_{unit}"] == pytest.approx((bert.total(field) - ma.total(field)) * scale, rel=1e-9)

@@ -62,7 +62,8 @@ def register(subparsers) -> None:
         help="cycles, time and energy of BERT variants side by side on one accelerator",
         description="Trace each variant (shapes only), price every op on the accelerator and print the "
         f"side-by-side table; optionally write plots. Variants: {', '.join(VARIANTS)}, power. {VARIANT_RULE} "
-        f"PoWER-BERT retention default: layer j of L keeps round(T*(1 - {1 - POWER_LAST_LAYER_FRACTION:g}*j/L)) tokens. Columns: {SHARES_RULE} "
+        f"PoWER-BERT retention default: layer j of L keeps round(T*(1 - {1 - POWER_LAST_LAYER_FRACTION:g}*j/L)) "
+        f"tokens. Columns: {SHARES_RULE} "
         f"{HW_RULE}",
     )
     add_checkpoint(parser)

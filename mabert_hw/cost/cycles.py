@@ -238,10 +238,11 @@ def op_cost(op: Op, hw: Hardware) -> OpCost | str:
     compute = cost.compute_cycles
     cycles = max(compute, memory) if hw.overlap else compute + memory
     utilisation = cost.useful / (cost.peak * cycles) if cycles else 0.0
-    energy = {"mac": elements.macs * hw.mac_pj if cost.unit == "array" else 0.0,
-              "vector": sum(n * hw.primitive_pj(p) for p, n in primitives.items()),
-              "sram": cost.sram_pj,
-              "dram": dram_bytes * hw.energy.dram_pj_per_byte}
+    parts = {"mac": elements.macs * hw.mac_pj if cost.unit == "array" else 0.0,
+             "vector": sum(n * hw.primitive_pj(p) for p, n in primitives.items()),
+             "sram": cost.sram_pj,
+             "dram": dram_bytes * hw.energy.dram_pj_per_byte}
+    energy = {part: parts[part] for part in ENERGY_PARTS}  # a part without a rule here fails at once
     return OpCost(elements, cost.unit, compute, memory, cycles, int(dram_bytes), int(cost.sram_bytes), utilisation,
                   energy)
 
