@@ -252,7 +252,7 @@ def latency(ck_base, ck_ma, texts: list[str], reps: int, backend_name: str) -> d
     non-finite (or denormal) floats run at a different speed, which would time the wrong thing.
     """
     batch = tokenize(ck_base.tokenizer_dir, texts[:LATENCY_BATCH], LATENCY_TOKENS)
-    backend = make_backend(backend_name)  # built once, as bench's engines are: its set-up is not timed
+    backend = make_backend(backend_name)  # one backend for every timed call, as bench's engines have
 
     def call(ck):
         return lambda: np.asarray(forward(ck.spec, ck.weights, batch.input_ids, backend, batch.attention_mask,

@@ -94,7 +94,6 @@ def test_a_sweep_given_a_scheduler_address_closes_its_client(tmp_path, monkeypat
             distributed.default_client()
 
 
-
 # the real sweep, on a tiny teacher and made-up STS-B pairs (no shared data needed): each row's metric is its own
 # configuration's, recomputed here outside the sweep on the fixed backend with that config and the calibration
 
