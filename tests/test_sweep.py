@@ -5,6 +5,7 @@ an interrupted sweep says it kept, and the metric-vs-bits plot of its results.""
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import re
 import signal
@@ -59,6 +60,16 @@ def _evaluate_or_fail(job):
     time.sleep(0.5)
     return {**job.config, "key": config_key(job.config), "metric": 10.0 * job.config["act_bits"], "seconds": 0.5,
             "overflows": 0}
+
+
+def test_a_finished_pool_sweep_leaves_no_worker_running(tmp_path, monkeypatch):
+    # the pool was shut down without waiting, so its idle workers could outlive the sweep and race the
+    # interpreter's exit hook: "Exception ignored ... OSError: Bad file descriptor" after a good run
+    monkeypatch.setattr(sweep, "evaluate", _evaluate_or_fail)
+    before = set(multiprocessing.active_children())
+    jobs = [sweep.Job("minilm", "stsb", "d", None, {"act_bits": bits}, "c") for bits in (6, 8)]
+    assert len(sweep.run_sweep(jobs, tmp_path / "results.csv", workers=2)) == 2
+    assert [p for p in set(multiprocessing.active_children()) - before if p.is_alive()] == []
 
 
 @pytest.mark.parametrize("workers", [1, 2, "dask"])

@@ -285,8 +285,7 @@ def _outcomes(jobs: list[Job], workers: int, scheduler, connect_timeout: float,
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         pool = ProcessPoolExecutor(workers)
-        # not waiting: after Ctrl-C the queued jobs are cancelled at once (the running ones got the signal)
-        stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+        stack.push(partial(_shut_down, pool))
         others = set(multiprocessing.active_children())
         futures = {pool.submit(evaluate, job): job for job in jobs}  # starts the workers
         stack.push(partial(_stop_workers_on_error, set(multiprocessing.active_children()) - others))
@@ -297,6 +296,14 @@ def _outcomes(jobs: list[Job], workers: int, scheduler, connect_timeout: float,
     else:
         return (_outcome(job, lambda job=job: evaluate(job)) for job in jobs)
     return (_outcome(futures[future], future.result) for future in as_completed(list(futures)))
+
+
+def _shut_down(pool, exc_type, exc, traceback) -> bool:
+    """A loop that finished waits for its idle workers to exit: left running at interpreter exit, they race
+    the executor's exit hook ("OSError: Bad file descriptor", printed as an ignored exception). After Ctrl-C
+    or an error, the queued jobs are cancelled without waiting (the running ones got the signal)."""
+    pool.shutdown(wait=exc_type is None, cancel_futures=True)
+    return False
 
 
 def _stop_workers_on_error(workers, exc_type, exc, traceback) -> bool:
