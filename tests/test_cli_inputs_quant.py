@@ -4,6 +4,7 @@ what is wrong, checked before the work; and a resumed sweep that must be the sam
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -56,6 +57,14 @@ def test_cli_config_type_error_is_one_line(tmp_path, texts, minilm, data_dir, ca
     assert "error: " + str(cfg) + ": act_bits = 'eight'; expected an integer" in capsys.readouterr().err
     assert _sweep(data_dir, _grid(tmp_path, "act_bits = [8, 8.5]\n"), tmp_path / "o.csv") == 2
     assert "act_bits = 8.5; expected an integer" in capsys.readouterr().err
+
+
+def test_an_unknown_field_lists_every_field_a_config_takes():
+    # the list used to leave out the whole-config fields (residual_bits, residual_granularity)
+    with pytest.raises(UserError) as error:
+        qconfig.from_dict({"act_bitz": 8})
+    listed = set(re.findall(r"\w+", str(error.value).split("unknown field 'act_bitz';")[1]))
+    assert set(qconfig.SETTING_NAMES) | {"residual_bits", "residual_granularity"} <= listed
 
 
 def test_rule_with_unknown_kind_is_refused():

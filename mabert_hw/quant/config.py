@@ -152,7 +152,7 @@ def _check(values: dict, where: str) -> None:
             _check_selector(key, value, where)
             continue
         if key not in SETTING_NAMES:
-            raise UserError(f"{where}: unknown field {key!r}; fields: {', '.join(SETTING_NAMES)}")
+            raise UserError(f"{where}: unknown field {key!r}; {fields_help()}")
         if not _has_type(value, SETTING_TYPES[key]):
             raise UserError(f"{where}: {key} = {value!r}; expected {TYPE_WORDS[SETTING_TYPES[key]]}")
         if key in CHOICES and value not in CHOICES[key]:
