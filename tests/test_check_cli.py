@@ -76,3 +76,21 @@ def test_check_refuses_an_empty_texts_path(classifier, capsys):
 
     assert refused(capsys, ["check", str(classifier), "--texts", ""]) == "mabert-hw: error: --texts is empty: " \
         "give a file of texts"
+
+
+def test_check_refuses_a_missing_texts_file_before_loading_torch(tmp_path, monkeypatch, capsys):
+    # the file was read after torch and the checkpoint had loaded, seconds in
+    import builtins
+
+    from .helpers import refused
+
+    real_import = builtins.__import__
+
+    def no_torch_yet(name, *args, **kwargs):
+        assert not name.endswith("torch_ref.check") and name != "torch", f"{name} imported before the texts were read"
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch_yet)
+    missing = tmp_path / "absent.txt"
+    assert refused(capsys, ["check", "minilm", "--texts", str(missing)]) == \
+        f"mabert-hw: error: cannot read {missing}: No such file or directory"

@@ -56,6 +56,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    texts = given_texts(args)  # before torch loads (seconds): a missing or bad file is one line at once
     try:
         from ..torch_ref.check import compare_with_crammed_torch, compare_with_hf, compare_with_ma_torch
     except ImportError as error:
@@ -65,7 +66,7 @@ def run(args) -> int:
     if weights is None:
         weights = random_weights(ck.spec, args.seed)
         print(f"{ck.source} has no weights: using random weights (seed {args.seed})")
-    batch = check_inputs(args, ck)
+    batch = check_inputs(args, ck, texts)
     if ck.unfolded is not None:
         print("MA-BERT checkpoint: comparing with torch_ref.ma_bert on the stored (unfolded) weights")
         diffs, atol = compare_with_ma_torch(ck.spec, ck.unfolded, batch), FLOAT32_ATOL
@@ -82,19 +83,25 @@ def run(args) -> int:
     return 0 if ok else 1
 
 
-def check_inputs(args, ck: checkpoint.Checkpoint) -> Batch:
-    """Tokenised text when the checkpoint has a tokenizer, seeded random ids with padding otherwise."""
+def given_texts(args) -> list[str] | None:
+    """The texts of --texts, None without it."""
     if args.texts == "":  # a file name left empty (an unset shell variable): not the built-in sentences
         raise UserError("--texts is empty: give a file of texts")
+    return data_texts(args.texts) if args.texts else None
+
+
+def check_inputs(args, ck: checkpoint.Checkpoint, texts: list[str] | None) -> Batch:
+    """Tokenised texts (--texts', else the built-in sentences) when the checkpoint has a tokenizer, seeded
+    random ids with padding otherwise."""
     if ck.tokenizer_dir is not None:
         if args.seq_len:
             check_seq_len(ck.spec, args.seq_len)
-        texts = data_texts(args.texts) if args.texts else list(SAMPLE_TEXTS)
+        texts = list(SAMPLE_TEXTS) if texts is None else texts
         batch = tokenize(ck.tokenizer_dir, cycled(texts, args.batch), args.seq_len)
         repeated = f" (repeating {len(texts)} in turn)" if len(texts) < args.batch else ""
         print(f"inputs: {args.batch} tokenised texts{repeated}, {batch.shape[1]} tokens")
         return batch
-    if args.texts:
+    if texts is not None:
         raise UserError(f"{ck.source} has no tokenizer (tokenizer.json or vocab.txt): cannot use --texts")
     batch = random_batch(ck.spec, args.batch, args.seq_len or default_random_length(ck.spec), args.seed)
     print(f"inputs: random ids {batch.shape[0]} x {batch.shape[1]} with padding (seed {args.seed})")
