@@ -36,8 +36,12 @@ def analysis_script(name: str):
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of `mabert-hw ARGV` (arguments given as any objects, passed as str)."""
-    code = main([str(a) for a in argv])
+    """Exit status, stdout and stderr of `mabert-hw ARGV` (arguments given as any objects, passed as str); a
+    usage error's status is argparse's SystemExit code."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -224,9 +224,26 @@ def test_cli_bench_json_on_a_weightless_config(tmp_path, capsys):
     assert all(set(r) == ENGINE_KEYS for r in document["engines"].values())
 
 
-def test_cli_bench_unknown_engine_is_a_user_error(capsys):
-    assert main(["bench", "minilm-l6", "--engines", "fast,tpu"]) == 2
-    assert "unknown engine(s) tpu" in capsys.readouterr().err
+@pytest.mark.parametrize("engines, message", [
+    ("fast,tpu", "unknown engine(s) tpu; engines: fast, reference, torch, ort"),
+    (" , ", "unknown engine(s) (none given); engines: fast, reference, torch, ort"),
+])
+def test_cli_bench_unknown_engine_gets_the_usage(capsys, engines, message):
+    """Checked as the flag is parsed, as --engine's choices are: the usage line, then the error (it was a
+    one-line error without the usage, after the flags were parsed)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "minilm-l6", "--engines", engines])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: mabert-hw bench [-h]")
+    assert err.rstrip().endswith(f"mabert-hw bench: error: argument --engines: {message}")
+
+
+def test_cli_bench_engines_parse_to_a_list_each_once():
+    from mabert_hw.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["bench", "minilm-l6"]).engines == list(bench_engines.ENGINES)  # the string default, parsed
+    assert parse(["bench", "minilm-l6", "--engines", "fast, torch,fast"]).engines == ["fast", "torch"]
 
 
 # an MA-BERT checkpoint: a length above the approximator's n is refused before any engine is prepared, and
@@ -285,3 +302,38 @@ def test_bench_default_threads_follow_numba_num_threads(monkeypatch):
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
     assert timing.default_threads(["fast", "torch"]) == 1
     assert timing.default_threads(["torch"]) == 4
+
+
+# bench-ffn's header: the machine, threads and BLAS as `key value` text (the json output keeps the objects)
+
+FFN_FACTS = {"problem": {"hidden": 16, "depth": 3, "trees": 1, "tokens": 64, "dense_width": 32}, "rounds": 2,
+             "machine": {"cpu": "Some CPU", "cores": 2, "l1_bytes": 49152, "l2_bytes": None},
+             "threads": {"numba_threads": 2, "blas_threads": 2, "kernel_blas_pinned": True},
+             "blas": [{"library": "openblas", "architecture": "SkylakeX", "threads": 2, "file": "a.so"},
+                      {"library": "openblas", "architecture": "Haswell", "threads": 1, "file": "b.so"}]}
+
+
+def test_bench_ffn_header_reads_as_key_value_text():
+    """It printed the records as Python reprs: {'cpu': ...}, [{'library': 'openblas', ...}]."""
+    from mabert_hw.cli.bench_ffn import header
+
+    assert header(FFN_FACTS) == [
+        "FFN layer: C=16 d=3 K=1 M=64 tokens vs dense F=32; 2 interleaved rounds",
+        "machine: cpu Some CPU, cores 2, l1_bytes 49152, l2_bytes unknown",
+        "threads: numba_threads 2, blas_threads 2, kernel_blas_pinned True",
+        "BLAS: library openblas, architecture SkylakeX, threads 2, file a.so; "
+        "library openblas, architecture Haswell, threads 1, file b.so"]
+    assert header({**FFN_FACTS, "blas": []})[-1] == "BLAS: unknown"  # no threadpoolctl: nothing to name
+
+
+@pytest.mark.parametrize("fmt", ["table", "md"])
+def test_bench_ffn_prints_no_python_reprs(capsys, fmt):
+    pytest.importorskip("numba")
+    assert main(["bench-ffn", "--hidden", "16", "--depth", "2", "--tokens", "32", "--dense-width", "32",
+                 "--rounds", "1", "--no-torch", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    above_table = out.split("impl")[0]
+    assert "{" not in above_table and "[" not in above_table, above_table
+    assert above_table.startswith("FFN layer: C=16 d=2 K=1 M=32 tokens vs dense F=32; 1 interleaved rounds")
+    for line in ("machine: cpu ", "threads: numba_threads ", "BLAS: "):
+        assert f"\n{line}" in above_table

@@ -182,7 +182,7 @@ BAD_INPUTS = [
     (["profile", "no-such-model"], "no such file or directory"),
     (["profile", "bert-base-uncased", "--seq-len", "600"], "exceeds the model's 512 positions"),
     (["infer", "bert-base-uncased", "--text", "x"], "has no weights"),
-    (["check", "bert-base-uncased", "--texts", "/nonexistent/texts.txt"], "cannot use --texts"),
+    (["check", "bert-base-uncased", "--texts", __file__], "cannot use --texts"),  # a preset has no tokenizer
 ]
 
 
@@ -266,6 +266,61 @@ def test_an_unknown_flag_gets_its_commands_usage(capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("usage: mabert-hw [-h] [--version] COMMAND ...")
     assert err.rstrip().endswith("mabert-hw: error: unrecognized arguments: --bogus")
+
+
+@pytest.mark.parametrize("argv, message", [
+    # each was a one-line error without the usage line, raised after the flags were parsed
+    (["compare", "bert-base-uncased", "--variants", "bert,foo"],
+     "argument --variants: unknown variant 'foo'; variants: bert, ma, fff, power"),
+    (["compare", "bert-base-uncased", "--variants", "bert,ma,bert"], "argument --variants: 'bert' named twice"),
+    (["compare", "bert-base-uncased", "--variants", " , "], "argument --variants: no variant named in ' , '"),
+    (["bench", "minilm-l6", "--engines", "fast,gpu"], "argument --engines: unknown engine(s) gpu"),
+    (["bench-ffn", "--depth", "40"], "argument --depth: expected an integer in 0..20, got 40"),
+    (["bench-ffn", "--depth", "-1"], "argument --depth: expected an integer in 0..20, got -1"),
+    (["profile", "bert-base-uncased", "--hw", "nope"], "argument --hw: unknown hardware 'nope'; presets: "),
+    (["compare", "bert-base-uncased", "--hw", "missing.toml"], "argument --hw: no such hardware file: missing.toml"),
+])
+def test_list_range_and_hardware_flags_get_the_usage(argv, message, capsys):
+    """Flag values argparse can check (a name list, a range, a preset's name or a file's existence) are refused as
+    the flags are parsed, with the command's usage line first, as `--by head` or `--batch 0` are."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"usage: mabert-hw {argv[0]} [-h]")
+    assert err.splitlines()[-1].startswith(f"mabert-hw {argv[0]}: error: {message}")
+
+
+def test_a_hardware_file_whose_contents_are_wrong_stays_one_line(tmp_path, capsys):
+    """The file exists, so --hw passes the parser; what it holds is read when the command runs."""
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    assert main(["profile", "bert-base-uncased", "--hw", str(path)]) == 2
+    assert "missing key" in error_line(capsys)
+
+
+def test_list_flags_parse_to_names_defaults_included():
+    from mabert_hw.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["compare", "minilm-l6"]).variants == ["bert", "ma", "power", "fff"]  # the string default, parsed
+    assert parse(["compare", "minilm-l6", "--variants", " power , bert"]).variants == ["power", "bert"]
+    assert parse(["bench-ffn", "--depth", "0"]).depth == 0 and parse(["bench-ffn"]).depth == 11
+    assert parse(["profile", "minilm-l6", "--hw", "edge-32x32-int8"]).hw == "edge-32x32-int8"
+
+
+def test_top_level_help_names_every_checkpoint_form(capsys):
+    """`mabert-hw --help` and README describe the same sources checkpoint.load reads."""
+    from mabert_hw.checkpoint import OFFICIAL_MA_SUFFIXES
+    from mabert_hw.crammed_checkpoint import CRAMMING_CONFIG
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for form in ("bert-base-uncased", "'minilm'", "model.safetensors or pytorch_model.bin", "a bare config.json",
+                 "MA-DistilBERT", " / ".join(OFFICIAL_MA_SUFFIXES), "written by `convert`", "crammedBERT config.json",
+                 f"{CRAMMING_CONFIG} + model.pth"):
+        assert form in text, form
 
 
 def test_output_under_a_file_names_the_file(tmp_path, capsys):

@@ -66,6 +66,8 @@ def test_out_that_cannot_be_a_directory_is_refused_before_the_work(tmp_path, cap
     ("--steps", "-5", "expected a non-negative integer"),
     ("--prefit-steps", "-3", "expected a non-negative integer"),
     ("--max-minutes", "-1", "expected a non-negative number"),
+    # was a one-line error without the usage, after the flags were parsed
+    ("--max-len", "1", "expected an integer of at least 2 (room for [CLS] and [SEP]), got 1"),
 ])
 def test_bad_numbers_are_argparse_errors(tmp_path, capsys, teacher_dir, corpus, flag, value, message):
     with pytest.raises(SystemExit) as exit_:
@@ -309,8 +311,7 @@ def test_convert_refuses_out_holding_another_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("max_len, message", [
-    ("1", "--max-len 1 leaves no room for [CLS] and [SEP]: give at least 2"),
-    ("100", "--max-len 100 exceeds the teacher's 64 positions"),
+    ("100", "--max-len 100 exceeds the teacher's 64 positions"),  # --max-len 1: test_bad_numbers_are_argparse_errors
 ])
 def test_convert_max_len_outside_what_the_teacher_takes(tmp_path, capsys, teacher_dir, corpus, max_len, message):
     assert main(["convert", str(teacher_dir), "--out", str(tmp_path / "out"), "--data", str(corpus),

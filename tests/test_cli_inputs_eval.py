@@ -147,15 +147,22 @@ def test_eval_stsb_refuses_an_undefined_spearman(minilm, tmp_path, capsys, rows,
 
 
 @pytest.mark.parametrize("command", [["eval"], ["power-search", "--method", "greedy"]])
-@pytest.mark.parametrize("seq_len, message", [
-    ("1", "--seq-len 1 leaves no room for [CLS] and [SEP]: give at least 2"),
-    (str(TINY_MAX_POSITIONS + 1),
-     f"--seq-len {TINY_MAX_POSITIONS + 1} exceeds the model's {TINY_MAX_POSITIONS} positions"),
-])
-def test_seq_len_outside_what_the_model_takes(tiny_classifier, sst2_file, capsys, command, seq_len, message):
-    argv = [command[0], tiny_classifier, "--task", "sst2", "--data", sst2_file, "--seq-len", seq_len, *command[1:]]
-    assert main(argv) == 2
+def test_seq_len_past_the_models_positions_is_one_line(tiny_classifier, sst2_file, capsys, command):
+    argv = [command[0], tiny_classifier, "--task", "sst2", "--data", sst2_file, "--seq-len",
+            str(TINY_MAX_POSITIONS + 1), *command[1:]]
+    assert main(argv) == 2  # the model's limit: known once the checkpoint is read
+    message = f"--seq-len {TINY_MAX_POSITIONS + 1} exceeds the model's {TINY_MAX_POSITIONS} positions"
     assert message in error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["eval", "power-search"])
+def test_seq_len_without_room_for_cls_and_sep_gets_the_usage(capsys, command):
+    """Every text holds [CLS] and [SEP]: a --seq-len below 2 is refused as the flag is parsed (it was a
+    one-line error without the usage line, after the checkpoint was loaded)."""
+    err = usage_error(capsys, [command, "minilm", "--task", "sst2", "--data", "dev.tsv", "--seq-len", "1"])
+    assert err.startswith(f"usage: mabert-hw {command} [-h]")
+    assert err.rstrip().endswith(f"mabert-hw {command}: error: argument --seq-len: expected an integer of at "
+                                 "least 2 (room for [CLS] and [SEP]), got 1")
 
 
 def test_check_seq_len_1_with_a_tokenizer(minilm, capsys):
@@ -180,6 +187,23 @@ def test_check_flags(capsys, flag, value, message):
 def test_power_search_budget_loss(capsys, value, message):
     argv = ["power-search", "minilm-l6", "--task", "sst2", "--data", "x.tsv", "--budget-loss", value]
     assert message in usage_error(capsys, argv)
+
+
+@pytest.mark.parametrize("command, shown, absent", [
+    # power-search's text was eval's, whose example folder is glue/STS-B: its one task is SST-2
+    ("power-search", "--data DATA the SST-2 dev TSV, the folder holding it (glue/SST-2), or a data root (holding "
+                     "glue/SST-2/dev.tsv)", "STS-B"),
+    ("eval", "--data DATA the task's dev TSV, the folder holding it (glue/SST-2 or glue/STS-B), or a data root "
+             "(holding glue/<TASK>/dev.tsv)", None),
+])
+def test_data_help_names_the_commands_tasks(capsys, command, shown, absent):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    data = re.search(r"\n  --data DATA .*?(?=\n  --)", capsys.readouterr().out, re.S).group()
+    text = " ".join(data.split())  # argparse wraps lines
+    assert shown in text
+    assert absent is None or absent not in text
 
 
 def test_power_search_batch_size_has_help(capsys):

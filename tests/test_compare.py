@@ -159,5 +159,7 @@ def test_compare_plots_write_error_is_a_one_line_error(tmp_path, capsys, monkeyp
 
 def test_compare_refuses_a_variant_named_twice(capsys):
     """bert,bert printed the same row twice."""
-    assert main(["compare", "bert-base-uncased", "--seq-len", "16", "--variants", "bert,ma,bert"]) == 2
-    assert capsys.readouterr().err == "mabert-hw: error: --variants names 'bert' twice\n"
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "bert-base-uncased", "--seq-len", "16", "--variants", "bert,ma,bert"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith("mabert-hw compare: error: argument --variants: 'bert' named twice\n")

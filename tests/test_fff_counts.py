@@ -69,7 +69,9 @@ def test_bench_ffn_runs_small_and_reports_json(capsys):
     assert report["fff_numba_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
     assert report["dense_fast_vs_numpy_maxdiff"] < FFF_LAYER_VS_TORCH_ATOL
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]  # which CPU the record is from
-    assert main(["bench-ffn", "--depth", "40"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # a usage error
+        main(["bench-ffn", "--depth", "40"])
+    assert exit_.value.code == 2 and "argument --depth: expected an integer in 0..20, got 40" in capsys.readouterr().err
 
 
 def test_bench_ffn_table_prints_the_mac_ratio_unrounded(capsys):

@@ -223,7 +223,7 @@ def test_bench_ffn_csv_and_md_carry_the_run_context(capsys):
     md = _bench_ffn(capsys, "md")
     assert f"fff-numba vs fff-numpy-gather maxdiff {facts['fff_numba_vs_numpy_maxdiff']:.2g}" in md
     assert f"dense-fast vs dense-numpy {facts['dense_fast_vs_numpy_maxdiff']:.2g}" in md
-    assert f"'numba_threads': {facts['threads']['numba_threads']}" in md
+    assert f"threads: numba_threads {facts['threads']['numba_threads']}," in md
     assert "load average (1, 5, 15 min) before [" in md and "\n\n| impl | median_ms |" in md
 
 
@@ -251,8 +251,8 @@ def test_bench_ffn_table_and_md_name_the_machine(capsys, monkeypatch, fmt):
     monkeypatch.setattr(machine, "describe", lambda: {"cpu": "Review CPU 9000", "cores": 3})
     assert main(["bench-ffn", "--hidden", "16", "--depth", "1", "--tokens", "8", "--dense-width", "16",
                  "--rounds", "1", "--threads", "1", "--no-torch", "--format", fmt]) == 0
-    first = capsys.readouterr().out.splitlines()[0]
-    assert "'cpu': 'Review CPU 9000', 'cores': 3" in first
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("FFN layer: C=16 d=1") and "machine: cpu Review CPU 9000, cores 3" in lines
 
 
 def _data(tmp_path) -> Path:

@@ -88,8 +88,9 @@ def test_profile_table_with_a_user_hardware_file(capsys, tmp_path):
     (["compare", "bert-base-uncased", "--variants", "bert,nope"], "unknown variant 'nope'"),
 ])
 def test_bad_input_exits_2(capsys, argv, message):
-    code, _, err = run_cli(capsys, *argv)
-    assert code == 2 and message in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, *argv)  # flag values argparse checks: the usage line, then the message
+    assert code == 2 and err.startswith("usage: mabert-hw") and "error: argument " in err and message in err
+    assert "Traceback" not in err
 
 
 def test_compare_table_csv_and_plots(capsys, tmp_path):

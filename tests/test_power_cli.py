@@ -4,6 +4,7 @@ checked against torch (HF BertForSequenceClassification and the torch PoWER mode
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -95,7 +96,8 @@ def test_power_search_writes_a_config_within_budget_that_eval_reproduces(tiny_cl
                  "--seq-len", str(SEQ_LEN), "--budget-loss", "100", "--method", "geometric",
                  "--out", str(out), "--format", "json"])
     assert code == 0
-    capsys.readouterr()
+    progress = capsys.readouterr().err  # tqdm's bar: "schedules scored: 9schedule [..." lacked the space
+    assert re.search(r"schedules scored: \d+ schedules \[", progress) and not re.search(r"\dschedule", progress)
     config = json.loads(out.read_text())
     assert config["baseline_accuracy"] == torch_accuracy(root, spec, weights, labels, None)
     retention = tuple(config["retention"])

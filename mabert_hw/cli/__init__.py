@@ -16,6 +16,14 @@ COMMANDS = ("profile", "check", "infer", "bench", "bench_ffn", "convert", "softm
             "quant_error", "sweep")
 
 
+# The checkpoint forms mabert_hw.checkpoint.load accepts (README.md says the same)
+CHECKPOINT_FORMS = (
+    "a preset (bert-base-uncased, bert-large-uncased, minilm-l6: architecture only); 'minilm' (the packaged "
+    "all-MiniLM-L6-v2 weights and tokenizer); a HF BERT checkpoint directory (config.json + model.safetensors "
+    "or pytorch_model.bin, sharded or not; BertModel, BertForSequenceClassification or BertForMaskedLM keys); "
+    "a bare config.json (architecture only); an MA-BERT or MA-DistilBERT checkpoint (an official state dict "
+    "file, .pt / .pth / .bin, or a directory written by `convert`); or a crammed BERT / UltraFastBERT "
+    "checkpoint directory (crammedBERT config.json, or cramming's model_config.json + model.pth).")
 NUMPY_SIZE_ERRORS = ("Maximum allowed dimension exceeded", "Maximum allowed size exceeded", "array is too big")  # NumPy's words for such shapes
 
 
@@ -23,9 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mabert-hw",
         description="What a BERT-like model really costs, and what making it cheaper loses. "
-        "CKPT is a preset (bert-base-uncased, bert-large-uncased, minilm-l6), 'minilm' (the packaged "
-        "all-MiniLM-L6-v2), a checkpoint directory (HF BERT, MA-BERT / MA-DistilBERT, crammed BERT / "
-        "UltraFastBERT), an official MA-BERT .pt / .bin state dict, or a config.json (shapes only).",
+        f"CKPT is {CHECKPOINT_FORMS}",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -18,6 +18,14 @@ from .common import add_checkpoint, add_output, emit, non_negative_float, non_ne
 MAX_PAUSE_S = 60.0  # 400 times THREADS_IDLE_S, far past any engine's spinning threads; more only stalls the run
 
 
+def engine_list(text: str) -> list[str]:
+    """--engines: known engine names, each once (a repeated one is dropped), checked as the flag is parsed."""
+    try:
+        return parse_engines(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def pause_seconds(text: str) -> float:
     value = non_negative_float(text)
     if value > MAX_PAUSE_S:
@@ -37,7 +45,7 @@ def register(subparsers) -> None:
     add_checkpoint(parser)
     parser.add_argument("--batch", type=positive_int, default=8, help="batch size B (default 8)")
     parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence T (default 128)")
-    parser.add_argument("--engines", default=",".join(ENGINES),
+    parser.add_argument("--engines", type=engine_list, default=",".join(ENGINES),
                         help=f"comma-separated engines (default {','.join(ENGINES)})")
     parser.add_argument("--repeat", type=positive_int, default=10, help="timed calls per engine (default 10)")
     parser.add_argument("--threads", type=positive_int,
@@ -56,7 +64,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    engines = parse_engines(args.engines)
+    engines = args.engines
     ck = checkpoint.load(args.ckpt)
     check_seq_len(ck.spec, args.seq_len)
     weights = ck.weights if ck.weights is not None else random_weights(ck.spec)

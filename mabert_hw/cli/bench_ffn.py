@@ -7,7 +7,7 @@ import os
 
 from ..errors import UserError
 from ..report.tables import FORMATS, figure, render
-from .common import add_output, emit, positive_float, positive_int
+from .common import add_output, emit, int_between, positive_float, positive_int
 
 MAX_DEPTH = 20  # 2^21 - 1 nodes of C floats each: beyond this the weights alone outgrow memory
 PAPER_CPU_SPEEDUP = 78  # UltraFastBERT's CPU claim over an optimised dense FF: --target's default
@@ -28,7 +28,8 @@ def register(subparsers) -> None:
         "row; the machine and BLAS kernels only in table, md and json).",
     )
     parser.add_argument("--hidden", type=positive_int, default=768, help="C (default 768)")
-    parser.add_argument("--depth", type=int, default=11, help="FFF tree depth d (default 11: 4095 nodes)")
+    parser.add_argument("--depth", type=int_between(0, MAX_DEPTH), default=11,
+                        help=f"FFF tree depth d, 0..{MAX_DEPTH} (default 11: 4095 nodes)")
     parser.add_argument("--trees", type=positive_int, default=1, help="parallel trees K (default 1)")
     parser.add_argument("--tokens", type=positive_int, default=16384, help="tokens M (default 16384)")
     parser.add_argument("--dense-width", type=positive_int, default=3072, help="dense FF width F (default 3072)")
@@ -57,8 +58,6 @@ def run(args) -> int:
     from ..kernels.threads import set_threads
     from ..machine import describe
 
-    if not 0 <= args.depth <= MAX_DEPTH:
-        raise UserError(f"--depth must be 0..{MAX_DEPTH}, got {args.depth}")
     if args.threads is not None:
         check_threads(args.threads)  # set_threads would quietly hold fewer: the record names the count held
     threads = set_threads(args.threads)
@@ -123,14 +122,27 @@ def ceiling(rows: list[dict]) -> list[str]:
             f"{floor['speedup_vs_dense']:.3g}x over the dense FF here"]
 
 
-def framed(table: str, facts: dict, separator: str, rows: list[dict]) -> str:
-    """The table (text or Markdown) between the run's context: sizes, machine, threads and BLAS above; the
-    MAC ratio, agreement checks and load averages below (Markdown needs blank lines between paragraphs)."""
+def key_values(record: dict) -> str:
+    """A record of the run's context as text: `key value` pairs, comma-separated (None read as unknown)."""
+    return ", ".join(f"{key} {'unknown' if value is None else value}" for key, value in record.items())
+
+
+def header(facts: dict) -> list[str]:
+    """The lines above the table: sizes and rounds, then the machine, the threads and each BLAS library
+    loaded, as `key value` text (the json format keeps them as objects)."""
     p = facts["problem"]
+    return [f"FFN layer: C={p['hidden']} d={p['depth']} K={p['trees']} M={p['tokens']} tokens vs dense "
+            f"F={p['dense_width']}; {facts['rounds']} interleaved rounds",
+            f"machine: {key_values(facts['machine'])}",
+            f"threads: {key_values(facts['threads'])}",
+            f"BLAS: {'; '.join(key_values(library) for library in facts['blas']) or 'unknown'}"]
+
+
+def framed(table: str, facts: dict, separator: str, rows: list[dict]) -> str:
+    """The table (text or Markdown) between the run's context: sizes, machine, threads and BLAS above (header);
+    the MAC ratio, agreement checks and load averages below (Markdown needs blank lines between paragraphs)."""
     return separator.join([
-        f"FFN layer: C={p['hidden']} d={p['depth']} K={p['trees']} M={p['tokens']} tokens vs dense "
-        f"F={p['dense_width']}; {facts['rounds']} interleaved rounds on {facts['machine']}, threads "
-        f"{facts['threads']}, BLAS {facts['blas']}",
+        *header(facts),
         table,
         f"theoretical MAC ratio dense/FFF: {figure(facts['mac_ratio'])}x; fff-numba vs fff-numpy-gather maxdiff "
         f"{facts['fff_numba_vs_numpy_maxdiff']:.2g}, "

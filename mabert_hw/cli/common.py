@@ -30,6 +30,46 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "positive")
 
 
+def int_between(least: int, most: int | None = None, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer least..most (most None: no upper bound). why: what the bound is for,
+    said in the error, e.g. "room for [CLS] and [SEP]"."""
+    bounds = f"of at least {least}" if most is None else f"in {least}..{most}"
+    reason = f" ({why})" if why else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text!r}") from None
+        if value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}{reason}, got {value}")
+        return value
+
+    parse.__name__ = f"integer {bounds}"  # argparse names the type by it in some messages
+    return parse
+
+
+def name_list(choices, what: str, repeats: str = "refuse") -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated names (spaces around them ignored), each one of `choices`; `what`
+    names one ("variant"). repeats: "refuse" a name given twice, or "drop" the later copies."""
+    shown = ", ".join(choices)
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"no {what} named in {text!r}; {what}s: {shown}")
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown[0]!r}; {what}s: {shown}")
+        repeated = next((name for i, name in enumerate(names) if name in names[:i]), None)
+        if repeated is not None and repeats == "refuse":
+            raise argparse.ArgumentTypeError(f"{repeated!r} named twice")
+        return list(dict.fromkeys(names))
+
+    parse.__name__ = f"{what} list"
+    return parse
+
+
 def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
 
@@ -220,8 +260,8 @@ def add_output(parser: argparse.ArgumentParser, what: str = "write to FILE inste
 
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ckpt", metavar="CKPT", help="preset name, 'minilm', checkpoint directory (HF, MA-BERT, crammed), MA-BERT .pt / .bin "
-                        "file or config.json (see mabert-hw --help)")
+    parser.add_argument("ckpt", metavar="CKPT", help="preset name, 'minilm', checkpoint directory (HF, MA-BERT, "
+                        "crammed), MA-BERT .pt / .pth / .bin file or config.json (see mabert-hw --help)")
 
 
 def emit(text: str, output: str | None) -> None:
@@ -278,8 +318,17 @@ def check_configs_for_model(configs, where: str, spec) -> None:
             raise UserError(f"{where}: {misfits[0]}{more}")
 
 
-TASK_DATA_HELP = ("the task's TSV, the folder holding it (glue/STS-B), or a data root (holding "
-                  "glue/<TASK>/dev.tsv)")  # what eval.tasks.task_file accepts
+def task_data_help(*tasks: str) -> str:
+    """--data's help for commands that evaluate `tasks` (eval.tasks names): what eval.tasks.task_file accepts,
+    with the GLUE folder of each task."""
+    from ..eval.tasks import TASK_FILES
+
+    folders = [str(Path(TASK_FILES[task]).parent) for task in tasks]  # glue/SST-2, glue/STS-B
+    if len(tasks) == 1:
+        return (f"the {Path(folders[0]).name} dev TSV, the folder holding it ({folders[0]}), or a data root "
+                f"(holding {TASK_FILES[tasks[0]]})")
+    return (f"the task's dev TSV, the folder holding it ({' or '.join(folders)}), or a data root (holding "
+            f"glue/<TASK>/dev.tsv)")
 
 
 def add_task_engine(parser) -> None:

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..inputs import check_positions
 from ..report.tables import FORMATS, render, unpriced_count
 from ..spec import VARIANTS, ModelSpec, Variant
-from .common import add_checkpoint, add_output, emit, make_output_dir, positive_int
+from .common import add_checkpoint, add_output, emit, make_output_dir, name_list, positive_int
 from .profile import DEFAULT_SEQ_LEN, add_hardware_arguments, load_hardware
 from .retention import add_retention_argument, read_retention, searched_seq_len
 
@@ -67,7 +67,8 @@ def register(subparsers) -> None:
         f"{HW_RULE}",
     )
     add_checkpoint(parser)
-    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated (default {DEFAULT_VARIANTS})")
+    parser.add_argument("--variants", type=name_list([*VARIANTS, "power"], "variant"), default=DEFAULT_VARIANTS,
+                        help=f"comma-separated, each once (default {DEFAULT_VARIANTS})")
     parser.add_argument("--batch", type=positive_int, default=1, help="batch size B (default 1)")
     parser.add_argument("--seq-len", type=positive_int,
                         help=f"tokens per sequence T (default {DEFAULT_SEQ_LEN}, or the N a --retention "
@@ -164,15 +165,7 @@ def run(args) -> int:
     spec = checkpoint.load(args.ckpt).spec
     seq_len = args.seq_len or searched_seq_len(args.retention) or DEFAULT_SEQ_LEN
     check_positions(spec, seq_len)
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    if not names:
-        raise UserError("--variants is empty")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise UserError(f"--variants names {repeated[0]!r} twice")
-    unknown = [n for n in names if n not in VARIANTS and n != "power"]
-    if unknown:
-        raise UserError(f"unknown variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}, power")
+    names = args.variants  # known names, each once: checked as the flag was parsed (name_list)
     retention = None if args.retention is None else check_retention_flag(args.retention, names, spec, seq_len)
     hw = load_hardware(args)
     plots_dir = make_output_dir(args.plots) if args.plots else None

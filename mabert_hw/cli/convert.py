@@ -13,8 +13,8 @@ from ..errors import UserError
 from ..inputs import SPECIAL_TOKENS, read_utf8, tsv_texts
 from ..spec import PRESETS, VARIANTS
 from ..weights import weights_digest
-from .common import (INTERRUPTED_EXIT, add_checkpoint, non_negative_float, non_negative_int, output_dir, positive_float,
-                     positive_int, seed_int)
+from .common import (INTERRUPTED_EXIT, add_checkpoint, int_between, non_negative_float, non_negative_int, output_dir,
+                     positive_float, positive_int, seed_int)
 from .infer import checkpoint_config
 
 SHAPING_FLAGS = ("--softmax-input", "--softmax-hidden", "--share-softmax", "--only")  # a resumed run must repeat them
@@ -46,7 +46,8 @@ def register(subparsers) -> None:
                         help="knowledge-transfer steps (default %(default)s; 0 = none); with --resume, the "
                         "total including the steps the earlier run made (so not fewer than those)")
     parser.add_argument("--batch", type=positive_int, default=16, help="texts per batch (default %(default)s)")
-    parser.add_argument("--max-len", type=positive_int, default=64, help="max tokens per text (default %(default)s)")
+    parser.add_argument("--max-len", type=int_between(SPECIAL_TOKENS, why="room for [CLS] and [SEP]"), default=64,
+                        help="max tokens per text (default %(default)s)")
     parser.add_argument("--lr", type=positive_float, default=1e-4,
                         help="peak AdamW learning rate of the knowledge transfer (default %(default)s)")
     parser.add_argument("--prefit-steps", type=non_negative_int, default=300,
@@ -167,10 +168,8 @@ def target_variant(args):
 
 
 def check_max_len(args) -> None:
-    """--max-len must hold [CLS] and [SEP] (the tokenizer cannot cut below them) and fit the approximator,
-    when the student has one (not under --only relu / powernorm)."""
-    if args.max_len < SPECIAL_TOKENS:
-        raise UserError(f"--max-len {args.max_len} leaves no room for [CLS] and [SEP]: give at least {SPECIAL_TOKENS}")
+    """--max-len must fit the approximator, when the student has one (not under --only relu / powernorm); that
+    it holds [CLS] and [SEP] (the tokenizer cannot cut below them) is checked as the flag is parsed."""
     if target_variant(args).softmax == "mlp" and args.max_len > args.softmax_input:
         raise UserError(f"--max-len {args.max_len} exceeds --softmax-input {args.softmax_input}")
 

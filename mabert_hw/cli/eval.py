@@ -14,8 +14,9 @@ from ..errors import UserError
 from ..eval import tasks
 from ..power_search import encode, predict
 from ..report.tables import FORMATS, render
-from .common import (TASK_DATA_HELP, add_checkpoint, add_output, add_task_engine, emit, positive_int, task_backend,
-                     task_calibration)
+from ..inputs import SPECIAL_TOKENS
+from .common import (add_checkpoint, add_output, add_task_engine, emit, int_between, positive_int, task_backend,
+                     task_calibration, task_data_help)
 from .retention import add_retention_argument, read_retention, searched_record, searched_seq_len
 
 
@@ -34,10 +35,10 @@ def register(subparsers) -> None:
     add_checkpoint(parser)
     parser.add_argument("--task", choices=("sst2", "stsb"), required=True,
                         help="sst2: SST-2 dev accuracy; stsb: STS-B dev Spearman x 100")
-    parser.add_argument("--data", required=True, help=TASK_DATA_HELP)
+    parser.add_argument("--data", required=True, help=task_data_help("sst2", "stsb"))
     add_task_engine(parser)
     add_retention_argument(parser)
-    parser.add_argument("--seq-len", type=positive_int,
+    parser.add_argument("--seq-len", type=int_between(SPECIAL_TOKENS, why="room for [CLS] and [SEP]"),
                         help="SST-2 only (STS-B pads each batch to its longest): pad/truncate every text to this "
                         "many tokens (default: the length a --retention CONFIG.json was searched at; else pad each "
                         "batch to its longest text, cutting texts to min(128, the model's positions, an MA "

@@ -17,8 +17,9 @@ from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scored, Scorer, cho
                             geometric_search, greedy_search)
 from ..power_search_record import document, refuse_overwriting, resumed_scores, save, scores_depend_on
 from ..report.tables import FORMATS, render
-from .common import (INTERRUPTED_EXIT, STANDARD_STREAMS, TASK_DATA_HELP, add_checkpoint, add_task_engine, emit,
-                     non_negative_float, output_file, positive_int, task_backend, task_calibration)
+from ..inputs import SPECIAL_TOKENS
+from .common import (INTERRUPTED_EXIT, STANDARD_STREAMS, add_checkpoint, add_task_engine, emit, int_between,
+                     non_negative_float, output_file, positive_int, task_backend, task_calibration, task_data_help)
 
 
 def register(subparsers) -> None:
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
     )
     add_checkpoint(parser)
     parser.add_argument("--task", choices=("sst2",), required=True, help="sst2: SST-2 dev accuracy (a classifier CKPT)")
-    parser.add_argument("--data", required=True, help=TASK_DATA_HELP)
+    parser.add_argument("--data", required=True, help=task_data_help("sst2"))
     parser.add_argument("--budget-loss", type=non_negative_float, default=1.0,
                         help="accuracy points allowed to lose (default 1.0)")
     parser.add_argument("--out", metavar="CONFIG.json", type=output_file,
@@ -52,7 +53,7 @@ def register(subparsers) -> None:
                         f"{GREEDY_SHRINK} at a time, taking the cut that loses least "
                         "accuracy per FLOP saved, while within --budget-loss; both (default)")
     add_task_engine(parser)
-    parser.add_argument("--seq-len", type=positive_int, default=64,
+    parser.add_argument("--seq-len", type=int_between(SPECIAL_TOKENS, why="room for [CLS] and [SEP]"), default=64,
                         help="padded length N (default 64, the paper's SST-2 N)")
     parser.add_argument("--limit", type=positive_int, default=400, help="dev examples scored (default 400)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass (default 32)")
@@ -80,7 +81,7 @@ def run(args) -> int:
         print(f"mabert-hw: resuming: {len(earlier)} schedules scored in {out}" if earlier else
               f"mabert-hw: nothing to resume in {out}: starting a new search", file=sys.stderr)
     backend = task_backend(args.engine, calibration)
-    with tqdm(desc="schedules scored", unit="schedule") as bar:
+    with tqdm(desc="schedules scored", unit=" schedules") as bar:  # "3 schedules", not "3schedule"
         def scored_one(_):
             bar.update(1)
             if out:  # after every schedule: a kill loses at most the one under way

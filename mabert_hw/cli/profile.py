@@ -5,7 +5,9 @@ savings against the same model without elimination are printed (FLOPs, MACs and,
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 from .. import checkpoint
 from ..cost.hardware import PRECISION_BYTES, preset_names
@@ -48,9 +50,23 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+def hardware_source(text: str) -> str:
+    """--hw: a preset's name or the path of an existing FILE.toml, checked as the flag is parsed (the file's
+    contents are read, and refused in one line, when the command runs: cost.hardware.load)."""
+    if not text.endswith(".toml"):
+        if text not in preset_names():
+            raise argparse.ArgumentTypeError(f"unknown hardware {text!r}; presets: {', '.join(preset_names())}, "
+                                             "or a FILE.toml")
+    elif not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"no such hardware file: {text}")
+    elif Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a hardware file")
+    return text
+
+
 def add_hardware_arguments(parser, what: str, extra_help: str = "") -> None:
     """--hw and --overlap; `what` says what --hw does in this command (profile: adds columns)."""
-    parser.add_argument("--hw", metavar="PRESET|FILE.toml",
+    parser.add_argument("--hw", metavar="PRESET|FILE.toml", type=hardware_source,
                         help=f"{what} (presets: {', '.join(preset_names())}){extra_help}")
     parser.add_argument("--overlap", choices=("on", "off"),
                         help="DRAM transfers overlap compute (default: the hardware file's setting)")

@@ -9,8 +9,8 @@ from .. import checkpoint
 from ..cache import CACHE_ROOT
 from ..quant import config as qconfig
 from ..report.tables import counted
-from .common import (INTERRUPTED_EXIT, TASK_DATA_HELP, add_checkpoint, check_configs_for_model, output_file, plot_file,
-                     positive_int)
+from .common import (INTERRUPTED_EXIT, add_checkpoint, check_configs_for_model, output_file, plot_file, positive_int,
+                     task_data_help)
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     add_checkpoint(parser)
     parser.add_argument("--task", choices=("stsb", "sst2"), required=True,
                         help="stsb: STS-B dev Spearman x 100; sst2: SST-2 dev accuracy")
-    parser.add_argument("--data", required=True, help=TASK_DATA_HELP)
+    parser.add_argument("--data", required=True, help=task_data_help("stsb", "sst2"))
     parser.add_argument("--grid", required=True, help=f"TOML grid of QuantConfig fields ({qconfig.fields_help()}); "
                         "a field given a list of values is an axis of the grid (e.g. act_bits = [4, 8]), and every "
                         "configuration of the grid takes the same rules")
