@@ -309,7 +309,7 @@ def test_list_flags_parse_to_names_defaults_included():
 
 
 def test_top_level_help_names_every_checkpoint_form(capsys):
-    """`mabert-hw --help` and README describe the same sources checkpoint.load reads."""
+    """`mabert-hw --help` names every source checkpoint.load reads, and README says each as --help does."""
     from mabert_hw.checkpoint import OFFICIAL_MA_SUFFIXES
     from mabert_hw.crammed_checkpoint import CRAMMING_CONFIG
 
@@ -317,10 +317,16 @@ def test_top_level_help_names_every_checkpoint_form(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+    def plain(words: str) -> str:  # README sets names in `code`; --help quotes 'minilm'
+        return " ".join(words.replace("`", "").replace("'", "").split())
+
     for form in ("bert-base-uncased", "'minilm'", "model.safetensors or pytorch_model.bin", "a bare config.json",
                  "MA-DistilBERT", " / ".join(OFFICIAL_MA_SUFFIXES), "written by `convert`", "crammedBERT config.json",
-                 f"{CRAMMING_CONFIG} + model.pth"):
+                 f"{CRAMMING_CONFIG} + model.pth", "a directory holding only one"):
         assert form in text, form
+        assert plain(form) in plain(readme), form
 
 
 def test_output_under_a_file_names_the_file(tmp_path, capsys):

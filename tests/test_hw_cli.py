@@ -191,3 +191,8 @@ def test_profile_retention_gives_no_cycles_ratio_when_ops_are_unpriced(capsys, t
     _, out, _ = run_cli(capsys, *argv, "--hw", "edge-32x32-int8", "--format", "json")
     power = json.loads(out)["power"]
     assert power["cycles_ratio"] == power["cycles_without_elimination"] / power["cycles"]
+
+
+def test_a_hardware_file_name_too_long_for_the_file_system_is_a_usage_error(capsys):
+    code, _, err = run_cli(capsys, "profile", "minilm-l6", "--hw", "a" * 300 + ".toml")  # was: OSError traceback
+    assert code == 2 and "error: argument --hw: cannot read hardware file a" in err and "Traceback" not in err

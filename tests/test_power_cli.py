@@ -10,9 +10,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tqdm import tqdm
 
 from mabert_hw.checkpoint import minilm_dir
 from mabert_hw.cli import main
+from mabert_hw.cli.power_search import SCORED_BAR
 from mabert_hw.inputs import tokenize
 from mabert_hw.spec import ModelSpec
 from mabert_hw.torch_ref.hf import hf_model
@@ -98,6 +100,9 @@ def test_power_search_writes_a_config_within_budget_that_eval_reproduces(tiny_cl
     assert code == 0
     progress = capsys.readouterr().err  # tqdm's bar: "schedules scored: 9schedule [..." lacked the space
     assert re.search(r"schedules scored: \d+ schedules \[", progress) and not re.search(r"\dschedule", progress)
+    # a schedule scored past a second: tqdm's own meter wrote "1.20s/ schedules"
+    slow = tqdm.format_meter(3, None, 3.6, prefix="schedules scored", unit="schedule", bar_format=SCORED_BAR)
+    assert slow == "schedules scored: 3 schedules [00:03,  1.20s/schedule]"
     config = json.loads(out.read_text())
     assert config["baseline_accuracy"] == torch_accuracy(root, spec, weights, labels, None)
     retention = tuple(config["retention"])

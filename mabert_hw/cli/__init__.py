@@ -21,7 +21,7 @@ CHECKPOINT_FORMS = (
     "a preset (bert-base-uncased, bert-large-uncased, minilm-l6: architecture only); 'minilm' (the packaged "
     "all-MiniLM-L6-v2 weights and tokenizer); a HF BERT checkpoint directory (config.json + model.safetensors "
     "or pytorch_model.bin, sharded or not; BertModel, BertForSequenceClassification or BertForMaskedLM keys); "
-    "a bare config.json (architecture only); an MA-BERT or MA-DistilBERT checkpoint (an official state dict "
+    "a bare config.json, or a directory holding only one (architecture only); an MA-BERT or MA-DistilBERT checkpoint (an official state dict "
     "file, .pt / .pth / .bin, or a directory written by `convert`); or a crammed BERT / UltraFastBERT "
     "checkpoint directory (crammedBERT config.json, or cramming's model_config.json + model.pth).")
 NUMPY_SIZE_ERRORS = ("Maximum allowed dimension exceeded", "Maximum allowed size exceeded", "array is too big")  # NumPy's words for such shapes

@@ -40,7 +40,7 @@ def int_between(least: int, most: int | None = None, why: str = "") -> Callable[
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}{reason}, got {text!r}") from None
         if value < least or (most is not None and value > most):
             raise argparse.ArgumentTypeError(f"expected an integer {bounds}{reason}, got {value}")
         return value

@@ -21,6 +21,9 @@ from ..inputs import SPECIAL_TOKENS
 from .common import (INTERRUPTED_EXIT, STANDARD_STREAMS, add_checkpoint, add_task_engine, emit, int_between,
                      non_negative_float, output_file, positive_int, task_backend, task_calibration, task_data_help)
 
+SCORED_BAR = "{desc}: {n_fmt} schedules [{elapsed}, {rate_inv_fmt}]"  # "3 schedules [00:03, 1.20s/schedule]":
+# tqdm's own meter glues the unit to the count ("3schedule") or, past a second each, writes "1.20s/ schedules"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -81,7 +84,7 @@ def run(args) -> int:
         print(f"mabert-hw: resuming: {len(earlier)} schedules scored in {out}" if earlier else
               f"mabert-hw: nothing to resume in {out}: starting a new search", file=sys.stderr)
     backend = task_backend(args.engine, calibration)
-    with tqdm(desc="schedules scored", unit=" schedules") as bar:  # "3 schedules", not "3schedule"
+    with tqdm(desc="schedules scored", unit="schedule", bar_format=SCORED_BAR) as bar:
         def scored_one(_):
             bar.update(1)
             if out:  # after every schedule: a kill loses at most the one under way

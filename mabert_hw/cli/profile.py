@@ -57,10 +57,14 @@ def hardware_source(text: str) -> str:
         if text not in preset_names():
             raise argparse.ArgumentTypeError(f"unknown hardware {text!r}; presets: {', '.join(preset_names())}, "
                                              "or a FILE.toml")
-    elif not Path(text).exists():
-        raise argparse.ArgumentTypeError(f"no such hardware file: {text}")
-    elif Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a directory, not a hardware file")
+        return text
+    try:
+        if not Path(text).exists():
+            raise argparse.ArgumentTypeError(f"no such hardware file: {text}")
+        if Path(text).is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a directory, not a hardware file")
+    except OSError as error:  # a name too long for the file system, and the like
+        raise argparse.ArgumentTypeError(f"cannot read hardware file {text}: {error.strerror or error}") from None
     return text
 
 
