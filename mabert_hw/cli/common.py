@@ -49,9 +49,9 @@ def int_between(least: int, most: int | None = None, why: str = "") -> Callable[
     return parse
 
 
-def name_list(choices, what: str, repeats: str = "refuse") -> Callable[[str], list[str]]:
-    """An argparse type: comma-separated names (spaces around them ignored), each one of `choices`; `what`
-    names one ("variant"). repeats: "refuse" a name given twice, or "drop" the later copies."""
+def name_list(choices, what: str) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated names (spaces around them ignored), each one of `choices` and named
+    once; `what` names one ("variant")."""
     shown = ", ".join(choices)
 
     def parse(text: str) -> list[str]:
@@ -62,9 +62,9 @@ def name_list(choices, what: str, repeats: str = "refuse") -> Callable[[str], li
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown {what} {unknown[0]!r}; {what}s: {shown}")
         repeated = next((name for i, name in enumerate(names) if name in names[:i]), None)
-        if repeated is not None and repeats == "refuse":
+        if repeated is not None:
             raise argparse.ArgumentTypeError(f"{repeated!r} named twice")
-        return list(dict.fromkeys(names))
+        return names
 
     parse.__name__ = f"{what} list"
     return parse
