@@ -46,12 +46,12 @@ from mabert_hw.atomic import atomic_path, write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.bench.timing import time_calls
 from mabert_hw.checkpoint import Checkpoint
-from mabert_hw.cli.common import (INTERRUPTED_EXIT, interruptible, non_negative_float, non_negative_int, output_file,
+from mabert_hw.cli.common import (interruptible, non_negative_float, non_negative_int, output_file,
                                   positive_float, positive_int, run_script, script_description, script_output_dir)
 from mabert_hw.errors import MissingPackage, UserError
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX, n_nodes
-from mabert_hw.interrupts import sigterm_interrupts
+from mabert_hw.interrupts import sigterm_interrupts, stopped_status
 from mabert_hw.inputs import DATA_DIR, random_batch, tokenize
 from mabert_hw.machine import memory_bytes
 from mabert_hw.model import forward
@@ -262,8 +262,8 @@ def save(out: Path, args, backend_name: str, rows: list[dict], finished: bool) -
         raise UserError(f"cannot write the results to {out}: {error.strerror or error}") from None
 
 
-def said_interrupted(prog: str, out: Path, rows: list[dict], stage: str) -> int:
-    """Say what the interrupted run left in `out`, and exit as a process stopped by SIGINT."""
+def said_interrupted(prog: str, out: Path, rows: list[dict], stage: str, stop: KeyboardInterrupt) -> int:
+    """Say what the interrupted run left in `out`, and exit as a process stopped by the signal of `stop`."""
     if rows:
         names = ", ".join(row["model"] for row in rows)
         kept = (f"{out} holds the {len(rows)} finished rows ({names}), without timings, in results.json "
@@ -271,7 +271,7 @@ def said_interrupted(prog: str, out: Path, rows: list[dict], stage: str) -> int:
     else:
         kept = f"no row was finished: {out} is as it was (any results files there are an earlier run's)"
     print(f"{prog}: interrupted while {stage}; {kept}", file=sys.stderr)
-    return INTERRUPTED_EXIT
+    return stopped_status(stop)
 
 
 def depth_list(text: str) -> list[int]:
@@ -394,10 +394,10 @@ def study(args, ck: Checkpoint, prog: str) -> int:
                      for row, name in zip(rows, models)]
             stage = "saving the results"
             save(args.out, args, backend_name, timed, finished=True)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if rows:  # again: the interruption may have come between a row and its save, or cut the save short
             save(args.out, args, backend_name, rows, finished=False)
-        return said_interrupted(prog, args.out, rows, stage)
+        return said_interrupted(prog, args.out, rows, stage, stop)
     print(json.dumps(timed, indent=2))
     return 0
 

@@ -30,9 +30,10 @@ from transformers import AutoTokenizer, BertForSequenceClassification, get_linea
 from mabert_hw.atomic import atomic_path, write_text_whole
 from mabert_hw.cache import CACHE_ROOT
 from mabert_hw.checkpoint import minilm_dir
-from mabert_hw.cli.common import INTERRUPTED_EXIT, non_negative_float, positive_float, positive_int, run_script
+from mabert_hw.cli.common import non_negative_float, positive_float, positive_int, run_script
 from mabert_hw.eval.tasks import load_sst2
 from mabert_hw.inputs import DATA_DIR
+from mabert_hw.interrupts import stopped_status
 
 DEFAULT_OUT = CACHE_ROOT / "minilm-sst2"
 TRAIN_PHRASES = 67349  # SST-2 train.tsv (GLUE): labelled phrases
@@ -144,10 +145,10 @@ def run(args) -> int:
             elapsed = time.perf_counter() - started
             if step % args.save_every == 0:
                 save(model, tokenizer, optimizer, scheduler, args.out, step, elapsed)
-    except KeyboardInterrupt:  # the steps since the last save are kept: a rerun resumes from here
+    except KeyboardInterrupt as stop:  # the steps since the last save are kept: a rerun resumes from here
         save(model, tokenizer, optimizer, scheduler, args.out, step, elapsed)
         print(f"interrupted at step {step}/{total_steps}; saved to {args.out}: run again to resume", file=sys.stderr)
-        return INTERRUPTED_EXIT
+        return stopped_status(stop)
     finally:
         progress.close()
     save(model, tokenizer, optimizer, scheduler, args.out, step, elapsed)

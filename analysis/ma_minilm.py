@@ -35,12 +35,13 @@ from mabert_hw.backends import BACKENDS, make_backend
 from mabert_hw.bench.timing import time_calls
 from mabert_hw.cache import CACHE_ROOT as CACHE
 from mabert_hw.cli import build_parser as cli_parser
-from mabert_hw.cli.common import INTERRUPTED_EXIT, positive_int, run_script, script_description, script_output_dir
+from mabert_hw.cli.common import name_list, positive_int, run_script, script_description, script_output_dir
 from mabert_hw.cli.softmax_error import check_teacher_shape
 from mabert_hw.cost.counts import count_ops, model_ops
 from mabert_hw.errors import UserError
 from mabert_hw.eval.tasks import load_stsb, resolve, stsb_spearman
 from mabert_hw.inputs import DATA_DIR, tokenize
+from mabert_hw.interrupts import stopped_status
 from mabert_hw.model import forward
 from mabert_hw.report.ma_plots import plot_history
 from mabert_hw.report.tables import csv_table
@@ -52,16 +53,6 @@ LATENCY_BATCH, LATENCY_TOKENS = 8, 128  # MiniLM shapes of the latency compariso
 # engines that score a model: trace computes no values, fixed needs a calibration (`mabert-hw eval --engine fixed`)
 ENGINES = [name for name in BACKENDS if name not in ("trace", "fixed")]
 STUDY = ("baseline", "ma", "ma_with_exact_softmax")  # the names results.json scores the study's models under
-
-
-def engine_list(text: str) -> list[str]:
-    names = text.split(",")
-    unknown = [name for name in names if name not in ENGINES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown engine {unknown[0]!r} (engines: {', '.join(ENGINES)})")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"repeated engine in {text!r}")
-    return names
 
 
 def named_checkpoint(text: str) -> tuple[str, str]:
@@ -91,7 +82,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=positive_int, default=5,
                         help="timed rounds per model and engine after one warm-up round (default 5)")
     parser.add_argument("--backend", choices=ENGINES, default="fast", help="engine of the STS-B scores (default fast)")
-    parser.add_argument("--latency-backends", type=engine_list, default="fast,reference",
+    parser.add_argument("--latency-backends", type=name_list(ENGINES, "engine"), default="fast,reference",
                         help="engines to time MA vs baseline in (comma-separated; default fast,reference)")
     parser.add_argument("--latency-only", action="store_true",
                         help="re-measure only the latency (results.json's latency_ms)")
@@ -120,9 +111,9 @@ def checked(parser: argparse.ArgumentParser, args):
 def run(args) -> int:
     try:
         study(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"{PROG}: interrupted; {args.out / 'results.json'} keeps the scores finished", file=sys.stderr)
-        return INTERRUPTED_EXIT
+        return stopped_status(stop)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -6,8 +6,8 @@
 
 One --model LABEL=CKPT per run keeps each run near 5-8 min on 1 thread; a run replaces the rows of
 its labels in the CSV and keeps the others. Every checkpoint is loaded before any is scored. Ctrl-C or
-SIGTERM writes the rows of the models finished so far and exits 130; the model cut short keeps its rows in the
-CSV if it has any, else its rows finished so far are written, marked "interrupted".
+SIGTERM writes the rows of the models finished so far and exits 130 (143 on SIGTERM); the model cut short
+keeps its rows in the CSV if it has any, else its rows finished so far are written, marked "interrupted".
 
 STS-B as `mabert-hw eval --task stsb` scores it: length-sorted batches of 32 texts, each padded to its
 longest (dynamic padding), cosine of the mean of the last layer's real tokens (under elimination, the
@@ -36,10 +36,10 @@ from mabert_hw import checkpoint
 from mabert_hw.atomic import write_text_whole
 from mabert_hw.backends import make_backend
 from mabert_hw.cache import CACHE_ROOT as CACHE
-from mabert_hw.cli.common import INTERRUPTED_EXIT, positive_int, run_script
+from mabert_hw.cli.common import positive_int, run_script
 from mabert_hw.eval.tasks import length_batches, load_stsb, stsb_spearman
 from mabert_hw.inputs import DATA_DIR
-from mabert_hw.interrupts import sigterm_interrupts
+from mabert_hw.interrupts import sigterm_interrupts, stopped_status
 from mabert_hw.power import geometric_retention, parse_retention
 from mabert_hw.power_search import subset_flops
 from mabert_hw.report.tables import counted, csv_table, read_csv_rows
@@ -117,8 +117,9 @@ def run(args, prog: str) -> int:
             for label, ck in models.items():
                 for row in model_rows(args, label, sources[label], ck, schedules, task, real, minilm_flops):
                     rows.append(row)
-    except KeyboardInterrupt:
-        return save_interrupted(args.out, prog, rows, label)
+    except KeyboardInterrupt as stop:
+        save_interrupted(args.out, prog, rows, label)
+        return stopped_status(stop)
     save(args.out, set(sources), rows)
     print(f"wrote {args.out}; load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     return 0
@@ -158,7 +159,7 @@ def save(out: Path, models: set[str], rows: list[dict]) -> None:
     write_text_whole(out, csv_table(kept + rows))
 
 
-def save_interrupted(out: Path, prog: str, rows: list[dict], model: str | None) -> int:
+def save_interrupted(out: Path, prog: str, rows: list[dict], model: str | None) -> None:
     """Save the rows of an interrupted run: those of the models it finished replace theirs. `model`, the one cut
     short, keeps its rows in `out` when it has any (a part of its rows would replace a whole set); only when it
     has none are its rows finished so far written, marked interrupted."""
@@ -170,7 +171,6 @@ def save_interrupted(out: Path, prog: str, rows: list[dict], model: str | None) 
     if written:
         save(out, {row["model"] for row in written}, written)
     print(said_interrupted(prog, out, written, model, len(cut), earlier), file=sys.stderr)
-    return INTERRUPTED_EXIT
 
 
 def said_interrupted(prog: str, out: Path, written: list[dict], model: str | None, cut: int, earlier: bool) -> str:

@@ -7,10 +7,12 @@ import json
 import os
 import re
 import signal
+import time
 
 import pytest
 
 from mabert_hw.cli import main
+from mabert_hw.interrupts import Terminated, stopped_status
 from mabert_hw.torch_ref import train
 
 STEPS, STOP_DURING = 5, 2  # the signal arrives during step index 2 (the third step)
@@ -37,7 +39,7 @@ def test_an_interrupted_conversion_saves_its_step_and_resumes_to_the_same_histor
 
     monkeypatch.setattr(train, "_step", step_with_a_signal)
     out = tmp_path / "cut"
-    assert main(command(out)) == 130
+    assert main(command(out)) == 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports the signal
     err = capsys.readouterr().err
     assert f"interrupted after step {STOP_DURING + 1} of {STEPS}" in err
     # the bar counts the step the message names (it showed one fewer: the loop left it by raising)
@@ -48,3 +50,18 @@ def test_an_interrupted_conversion_saves_its_step_and_resumes_to_the_same_histor
     resumed = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in resumed] == list(range(1, STEPS + 1))
     assert resumed == whole  # the same losses, bit for bit: nothing lost, nothing repeated
+
+
+@pytest.mark.parametrize("signum, stop", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_a_second_signal_stops_at_once_as_the_signal_it_is(signum, stop):
+    # a second SIGTERM raised a plain KeyboardInterrupt: the command then exited 130, as for Ctrl-C
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as raised, train.stop_requests() as requested:
+            os.kill(os.getpid(), signum)
+            assert requested == [signum]  # the first is only noted, for the loop to stop after its step
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler runs at the next bytecode; the sleep is cut short by it
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert type(raised.value) is stop and stopped_status(raised.value) == 128 + signum

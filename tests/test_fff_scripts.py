@@ -136,7 +136,7 @@ def test_fff_floor_interrupted_says_so_in_one_line(tmp_path, capsys, monkeypatch
         code = _run(floor, [*FLOOR_TINY, "--threads", "1", "--out", str(out)])
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert code == 130
+    assert code == STATUS[how]
     assert error_line(capsys).endswith(f": interrupted; {out / 'floor.csv'} and floor.json are as they were")
     assert list(out.iterdir()) == []
 
@@ -311,6 +311,9 @@ def _run(script, argv) -> int | str:
         return "KeyboardInterrupt escaped"
 
 
+STATUS = {"ctrl-c": 130, "sigterm": 143}  # 128 + the signal's number, as a shell reports it
+
+
 def _interrupt(how: str):
     if how == "sigterm":
         os.kill(os.getpid(), signal.SIGTERM)
@@ -327,8 +330,8 @@ def _interrupt(how: str):
 def test_fff_minilm_interrupted_leaves_results_that_agree(tmp_path, capsys, monkeypatch, where, how, finished):
     """Ctrl-C was a traceback that left this run's rows in results.json beside an earlier run's results.csv and
     plot (and SIGTERM killed the run as it stood). Now results.json, results.csv and the plot hold the same
-    finished rows, results.json marked interrupted, the message says so, and the exit status is 130; stopped
-    before any row, the folder is left as it was."""
+    finished rows, results.json marked interrupted, the message says so, and the exit status is 130 (143 for
+    SIGTERM); stopped before any row, the folder is left as it was."""
     script = _fake_study(monkeypatch)
     real = getattr(script, where)
 
@@ -346,7 +349,7 @@ def test_fff_minilm_interrupted_leaves_results_that_agree(tmp_path, capsys, monk
     finally:
         signal.signal(signal.SIGTERM, previous)
     err = capsys.readouterr().err
-    assert code == 130 and "interrupted while" in err and "Traceback" not in err
+    assert code == STATUS[how] and "interrupted while" in err and "Traceback" not in err
     if not finished:
         assert {name: (out / name).read_bytes() for name in STALE} == STALE
         assert f"no row was finished: {out} is as it was" in err

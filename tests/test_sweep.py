@@ -215,7 +215,7 @@ def test_sigterm_stops_the_pool_workers_with_the_sweep(tmp_path):
         process.wait(timeout=20)
         time.sleep(0.5)
         assert [pid for pid in workers if os.path.exists(f"/proc/{pid}")] == []
-        assert process.returncode != 0 and b"KeyboardInterrupt" in process.stdout.read()
+        assert process.returncode != 0 and b"mabert_hw.interrupts.Terminated" in process.stdout.read()  # as Ctrl-C
     finally:  # whatever is left of the child's session (the sweep, its workers) after a failure
         for pid in subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True).stdout.split():
             os.kill(int(pid), signal.SIGKILL)
@@ -311,3 +311,45 @@ def test_an_interrupted_sweep_says_how_many_rows_it_kept_and_how_to_resume(tmp_p
                     f"mabert-hw: interrupted: 1 configuration finished in this run, 3 in all in {out}{go_on}"]
     assert main([*argv, "--resume"]) == 0
     assert evaluated == [4, 4, 6, 8, 8, 8, 10, 10]  # the rows kept are not run again
+
+
+@pytest.mark.parametrize("scheduler", [False, True], ids=["one-process", "dask"])
+def test_sigterm_stops_a_sweep_without_a_pool_as_ctrl_c_does(tmp_path, capsys, monkeypatch, classifier, scheduler):
+    # SIGTERM was taken as Ctrl-C with a local pool only: with --workers 1 or a dask scheduler it ended the
+    # process without the hint (exit -15); it now says what was kept and exits 143 (128 + SIGTERM)
+    from mabert_hw.cli import main
+
+    from .helpers import sst2_file
+
+    evaluated = []
+
+    def evaluate(job):  # SIGTERM as the second evaluation runs
+        evaluated.append(job.config["act_bits"])
+        if len(evaluated) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode; the sleep is cut short by it
+        return {**job.config, "key": config_key(job.config), "metric": 50.0, "seconds": 0.1, "overflows": 0}
+
+    monkeypatch.setattr(sweep, "evaluate", evaluate)
+    monkeypatch.setattr(sweep, "prepare_calibration", lambda *args: tmp_path / "calibration.npz")
+    argv = []
+    if scheduler:  # a client in this process: its jobs run in its threads, evaluate(job) patched as here
+        distributed = pytest.importorskip("dask.distributed")
+        client = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+        monkeypatch.setattr(sweep, "_connect", lambda *_: client)
+        argv = ["--scheduler", "inproc://test"]
+    (tmp_path / "grid.toml").write_text("act_bits = [4, 6, 8]\n")
+    data = sst2_file(tmp_path / "dev.tsv", ["a gripping film\t1", "dull\t0"])
+    out = tmp_path / "results.csv"
+    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
+    try:
+        code = main(["sweep", str(classifier), "--task", "sst2", "--data", str(data), "--grid",
+                     str(tmp_path / "grid.toml"), "--out", str(out), *argv])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 143
+    # in this process, the first row is written before the second job starts; dask may not have handed it back
+    kept = (f"1 configuration finished in this run, 1 in all in {out}", f"no configuration finished; {out} holds none")
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said in [f"mabert-hw: interrupted: {k}: run the same command with --resume to continue"
+                    for k in (kept if scheduler else kept[:1])]

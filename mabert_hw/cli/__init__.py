@@ -8,7 +8,7 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import UserError
-from .common import INTERRUPTED_EXIT
+from ..interrupts import stopped_status
 from .overwrite import refuse_outputs_over_inputs
 
 # Each module defines register(subparsers), which adds its parser and sets `run`.
@@ -78,6 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mabert-hw: error: these sizes are past what NumPy can index ({error})", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("mabert-hw: interrupted", file=sys.stderr)
-        return INTERRUPTED_EXIT
+        return stopped_status(stop)

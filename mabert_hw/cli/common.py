@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..atomic import write_text_whole
 from ..errors import UserError
-from ..interrupts import sigterm_interrupts
+from ..interrupts import sigterm_interrupts, stopped_status
 
 
 def _int_at_least(text: str, least: int, what: str) -> int:
@@ -180,19 +180,16 @@ def remove_empty(directories: list[Path]) -> None:
             continue
 
 
-INTERRUPTED_EXIT = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
-
-
 def interruptible(prog: str, work: Callable[[], int | None], kept: str | Callable[[], str]) -> int:
     """work() (its status, 0 for None), with SIGTERM taken as Ctrl-C and either said in one line,
-    `PROG: interrupted; KEPT`, exit INTERRUPTED_EXIT. kept says what the outputs hold: a callable is asked
-    after the stop, for work whose outputs change as it goes."""
+    `PROG: interrupted; KEPT`, exit stopped_status (130, or 143 for SIGTERM). kept says what the outputs
+    hold: a callable is asked after the stop, for work whose outputs change as it goes."""
     try:
         with sigterm_interrupts():
             return work() or 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"{prog}: interrupted; {kept() if callable(kept) else kept}", file=sys.stderr)
-        return INTERRUPTED_EXIT
+        return stopped_status(stop)
 
 
 # --output names that mean this process's own streams ("-" as in most Unix tools): written to the stream, so

@@ -11,9 +11,10 @@ from pathlib import Path
 from .. import checkpoint
 from ..errors import UserError
 from ..inputs import SPECIAL_TOKENS, read_utf8, tsv_texts
+from ..interrupts import signal_status
 from ..spec import PRESETS, VARIANTS
 from ..weights import weights_digest
-from .common import (INTERRUPTED_EXIT, add_checkpoint, int_between, non_negative_float, non_negative_int, output_dir,
+from .common import (add_checkpoint, int_between, non_negative_float, non_negative_int, output_dir,
                      positive_float, positive_int, seed_int)
 from .infer import checkpoint_config
 
@@ -258,7 +259,7 @@ def convert_into(out: Path, args) -> int:
         except train.Interrupted as error:
             print(f"mabert-hw: interrupted after step {error.step} of {cfg.steps}; {state_path} holds that step: "
                   "run the same command with --resume to continue", file=sys.stderr)
-            return INTERRUPTED_EXIT
+            return signal_status(error.signum)
         except train.Diverged as error:
             kept = f"{state_path} keeps the last state saved before it" if state_path.exists() else "nothing was saved"
             raise UserError(f"training diverged at step {error.step} (loss {error.loss}); {kept}. Start again with "

@@ -12,13 +12,13 @@ from tqdm import tqdm
 from .. import checkpoint
 from ..errors import UserError
 from ..eval import tasks
-from ..interrupts import sigterm_interrupts
+from ..interrupts import sigterm_interrupts, stopped_status
 from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scored, Scorer, choose, encode, frontier,
                             geometric_search, greedy_search)
 from ..power_search_record import document, refuse_overwriting, resumed_scores, save, scores_depend_on
 from ..report.tables import FORMATS, render
 from ..inputs import SPECIAL_TOKENS
-from .common import (INTERRUPTED_EXIT, STANDARD_STREAMS, add_checkpoint, add_task_engine, emit, int_between,
+from .common import (STANDARD_STREAMS, add_checkpoint, add_task_engine, emit, int_between,
                      non_negative_float, output_file, positive_int, task_backend, task_calibration, task_data_help)
 
 SCORED_BAR = "{desc}: {n_fmt} schedules [{elapsed}, {rate_inv_fmt}]"  # "3 schedules [00:03, 1.20s/schedule]":
@@ -91,14 +91,14 @@ def run(args) -> int:
                 save(out, scorer_document(fields, scorer))
 
         scorer = Scorer(ck, task.labels, batches, backend, progress=scored_one, known=earlier)
-        finished = search(scorer, args)
+        stop = search(scorer, args)
     scored = list(scorer.scored.values())
-    if not finished:
+    if stop is not None:
         if scorer.new and out:  # again: a Ctrl-C during the last save left the one before it
             save(out, scorer_document(fields, scorer))
         elif scorer.new and args.out:  # a stream or device: written once, here
             emit(json.dumps(scorer_document(fields, scorer), indent=2), args.out)
-        return said_interrupted(scorer, args.out, resumable=bool(out))
+        return said_interrupted(scorer, args.out, resumable=bool(out), stop=stop)
     baseline = scorer.scored[None]
     chosen = choose(scored, baseline, args.budget_loss)
     rows = [{"family": s.family, "retention": "none" if s.retention is None else ",".join(map(str, s.retention)),
@@ -121,8 +121,8 @@ def saved_file(args) -> Path | None:
     return out
 
 
-def search(scorer: Scorer, args) -> bool:
-    """Score the baseline, then the schedules of --method; False when Ctrl-C or SIGTERM stopped it (the
+def search(scorer: Scorer, args) -> KeyboardInterrupt | None:
+    """Score the baseline, then the schedules of --method; the stop when Ctrl-C or SIGTERM ended it early (the
     schedules scored until then stay in scorer.scored; the one under way is lost)."""
     try:
         with sigterm_interrupts():
@@ -131,9 +131,9 @@ def search(scorer: Scorer, args) -> bool:
                 geometric_search(scorer, args.seq_len)
             if args.method in ("greedy", "both"):
                 greedy_search(scorer, args.seq_len, args.budget_loss)
-    except KeyboardInterrupt:
-        return False
-    return True
+    except KeyboardInterrupt as stop:
+        return stop
+    return None
 
 
 def scorer_document(fields: dict, scorer: Scorer, chosen: Scored | None = None) -> dict:
@@ -142,7 +142,7 @@ def scorer_document(fields: dict, scorer: Scorer, chosen: Scored | None = None) 
     return document(fields, scorer.scored.values(), chosen, scorer.known.values())
 
 
-def said_interrupted(scorer: Scorer, out: str | None, resumable: bool) -> int:
+def said_interrupted(scorer: Scorer, out: str | None, resumable: bool, stop: KeyboardInterrupt) -> int:
     """Say what an interruption kept: the schedules this run scored, in OUT (marked interrupted, none chosen:
     `eval --retention` refuses it), which --resume continues when it is a file. A resumed run stopped before
     it scored anything new leaves OUT as it was (a finished search's document keeps its answer)."""
@@ -157,4 +157,4 @@ def said_interrupted(scorer: Scorer, out: str | None, resumable: bool) -> int:
     else:
         kept_where = "no --out to keep them in"
     print(f"mabert-hw: interrupted after {scorer.new} schedules scored{taken}; {kept_where}", file=sys.stderr)
-    return INTERRUPTED_EXIT
+    return stopped_status(stop)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..cache import CACHE_ROOT
+from ..interrupts import stopped_status
 from ..quant import config as qconfig
 from ..report.tables import counted
-from .common import (INTERRUPTED_EXIT, add_checkpoint, check_configs_for_model, output_file, plot_file, positive_int,
+from .common import (add_checkpoint, check_configs_for_model, output_file, plot_file, positive_int,
                      task_data_help)
 
 
@@ -66,8 +67,8 @@ def run(args) -> int:
         try:
             run_sweep(jobs, out, args.workers, args.scheduler,
                       progress=lambda it: tqdm(it, total=len(jobs), desc="sweep"))
-        except KeyboardInterrupt:
-            return said_interrupted(out, done)
+        except KeyboardInterrupt as stop:
+            return said_interrupted(out, done, stop)
     if args.plot:
         from ..report.quant_plots import plot_metric_vs_bits
 
@@ -86,8 +87,8 @@ def require_task(ck, task: str) -> None:
         require_sst2_classifier(ck, "sweep")
 
 
-def said_interrupted(out: Path, done: set[str]) -> int:
-    """Say what a Ctrl-C (or SIGTERM, with a local pool) kept: the rows finished before it, in this run and in the
+def said_interrupted(out: Path, done: set[str], stop: KeyboardInterrupt) -> int:
+    """Say what a Ctrl-C (or SIGTERM) kept: the rows finished before it, in this run and in the
     runs it continues (`done`), which --resume skips. Counted as --resume reads OUT (a row the interruption cut
     short is dropped)."""
     from ..eval.sweep import done_keys
@@ -96,7 +97,7 @@ def said_interrupted(out: Path, done: set[str]) -> int:
     kept = (f"{counted(len(held - done), 'configuration')} finished in this run, {len(held)} in all in {out}" if held
             else f"no configuration finished; {out} holds none")
     print(f"mabert-hw: interrupted: {kept}: run the same command with --resume to continue", file=sys.stderr)
-    return INTERRUPTED_EXIT
+    return stopped_status(stop)
 
 
 def start_record(out: Path, record: dict, resuming: bool) -> None:

@@ -257,6 +257,10 @@ def run_sweep(jobs: list[Job], out: str | Path, workers: int = 1, scheduler=None
     rows, failures = [], []
     with ExitStack() as stack:  # the local pool is shut down however the loop ends
         outcomes = _outcomes(jobs, workers, scheduler, connect_timeout, stack)
+        # SIGTERM ends the loop as Ctrl-C does, and the ExitStack stops a local pool's workers (killed by
+        # default, the process would leave them running, idle, holding its output pipe) or closes the dask
+        # client. After _outcomes has submitted the jobs: forked workers would inherit the handler
+        stack.enter_context(sigterm_interrupts())
         for job, row in progress(outcomes) if progress else outcomes:
             if isinstance(row, Exception):
                 failures.append(f"{config_key(job.config)}: {type(row).__name__}: {' '.join(str(row).split())}")
@@ -289,10 +293,6 @@ def _outcomes(jobs: list[Job], workers: int, scheduler, connect_timeout: float,
         others = set(multiprocessing.active_children())
         futures = {pool.submit(evaluate, job): job for job in jobs}  # starts the workers
         stack.push(partial(_stop_workers_on_error, set(multiprocessing.active_children()) - others))
-        # SIGTERM ends the loop as Ctrl-C does, and the ExitStack stops the workers (killed by default, the
-        # process would leave them running, idle, holding its output pipe). After the submits: forked
-        # workers would inherit the handler
-        stack.enter_context(sigterm_interrupts())
     else:
         return (_outcome(job, lambda job=job: evaluate(job)) for job in jobs)
     return (_outcome(futures[future], future.result) for future in as_completed(list(futures)))

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_path
 from ..errors import UserError, error_summary
 from ..inputs import Batch, tokenize_within
+from ..interrupts import Terminated
 from ..spec import ModelSpec, Variant
 from ..weights import Weights
 from .ma_bert import POWERNORM_BUFFERS, MABertModel, PowerNorm, load_official
@@ -63,11 +64,12 @@ class Diverged(FloatingPointError):
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM stopped the knowledge transfer; the state after its last whole step is saved."""
+    """SIGINT or SIGTERM (`signum`) stopped the knowledge transfer; the state after its last whole step is
+    saved."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, signum: int):
         super().__init__(f"interrupted after step {step}")
-        self.step = step
+        self.step, self.signum = step, signum
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -83,7 +85,7 @@ def stop_requests():
 
     def request(signum, frame):
         if requested:
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         requested.append(signum)
 
     if threading.current_thread() is not threading.main_thread():
@@ -243,7 +245,7 @@ def knowledge_transfer(student: MABertModel, teacher: MABertModel, stream: Itera
             if stopping:
                 stopped.append(True)
     if requested:  # the loop ended after a step whose state is saved
-        raise Interrupted(history[-1]["step"])
+        raise Interrupted(history[-1]["step"], requested[0])
     if out_of_time:
         log(f"stopped after {cfg.max_minutes} minutes at step {history[-1]['step']} of {cfg.steps}")
     return history
