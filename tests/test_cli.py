@@ -274,7 +274,7 @@ def test_an_unknown_flag_gets_its_commands_usage(capsys):
      "argument --variants: unknown variant 'foo'; variants: bert, ma, fff, power"),
     (["compare", "bert-base-uncased", "--variants", "bert,ma,bert"], "argument --variants: 'bert' named twice"),
     (["compare", "bert-base-uncased", "--variants", " , "], "argument --variants: no variant named in ' , '"),
-    (["bench", "minilm-l6", "--engines", "fast,gpu"], "argument --engines: unknown engine(s) gpu"),
+    (["bench", "minilm-l6", "--engines", "fast,gpu"], "argument --engines: unknown engine 'gpu'"),
     (["bench-ffn", "--depth", "40"], "argument --depth: expected an integer in 0..20, got 40"),
     (["bench-ffn", "--depth", "-1"], "argument --depth: expected an integer in 0..20, got -1"),
     (["profile", "bert-base-uncased", "--hw", "nope"], "argument --hw: unknown hardware 'nope'; presets: "),

@@ -111,8 +111,8 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(script, monkeypatch, c
     (["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
     (["--backend", "numpy"], "argument --backend: invalid choice: 'numpy'"),
     (["--backend", "trace"], "argument --backend: invalid choice: 'trace'"),  # computes no values
-    (["--latency-backends", "fast,gpu"], "argument --latency-backends: unknown engine 'gpu' (engines: "),
-    (["--latency-backends", "reference,reference"], "argument --latency-backends: repeated engine"),
+    (["--latency-backends", "fast,gpu"], "argument --latency-backends: unknown engine 'gpu'; engines: "),
+    (["--latency-backends", "reference,reference"], "argument --latency-backends: 'reference' named twice"),
     (["--extra", "no-equals-sign"], "argument --extra: expected NAME=DIR, got 'no-equals-sign'"),
     (["--extra", "ma=elsewhere"], "argument --extra: the name 'ma' is taken"),  # would overwrite the study's own
 ])

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..inputs import random_batch
 from ..spec import ModelSpec
 from ..weights import Weights
-from .engines import ENGINES, EngineUnavailable, prepare
+from .engines import EngineUnavailable, prepare
 
 BASELINE = "torch"
 TIMING_KEYS = ("median_ms", "min_ms", "max_ms", "tokens_per_s", "gflops_per_s", "ratio_vs_torch")
@@ -132,14 +132,6 @@ def summarise(samples: dict[str, list[float]], flops: int, tokens: int) -> dict[
             "ratio_vs_torch": median / baseline if baseline else None,
         }
     return out
-
-
-def parse_engines(text: str) -> list[str]:
-    engines = [e.strip() for e in text.split(",") if e.strip()]
-    unknown = [e for e in engines if e not in ENGINES]
-    if unknown or not engines:
-        raise UserError(f"unknown engine(s) {', '.join(unknown) or '(none given)'}; engines: {', '.join(ENGINES)}")
-    return list(dict.fromkeys(engines))
 
 
 def bench(spec: ModelSpec, weights: Weights, batch: int, seq_len: int, engines: list[str], repeat: int,

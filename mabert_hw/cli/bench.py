@@ -7,23 +7,15 @@ import json
 
 from .. import checkpoint
 from ..bench.engines import ENGINES
-from ..bench.timing import THREADS_IDLE_S, bench, parse_engines, table_rows
+from ..bench.timing import THREADS_IDLE_S, bench, table_rows
 from ..errors import UserError
 from ..report.tables import text_table
 from ..spec import ModelSpec
 from ..weights import random_weights
-from .common import add_checkpoint, add_output, emit, non_negative_float, non_negative_int, positive_int
+from .common import add_checkpoint, add_output, emit, name_list, non_negative_float, non_negative_int, positive_int
 
 
 MAX_PAUSE_S = 60.0  # 400 times THREADS_IDLE_S, far past any engine's spinning threads; more only stalls the run
-
-
-def engine_list(text: str) -> list[str]:
-    """--engines: known engine names, each once (a repeated one is dropped), checked as the flag is parsed."""
-    try:
-        return parse_engines(text)
-    except UserError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def pause_seconds(text: str) -> float:
@@ -45,8 +37,8 @@ def register(subparsers) -> None:
     add_checkpoint(parser)
     parser.add_argument("--batch", type=positive_int, default=8, help="batch size B (default 8)")
     parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence T (default 128)")
-    parser.add_argument("--engines", type=engine_list, default=",".join(ENGINES),
-                        help=f"comma-separated engines (default {','.join(ENGINES)})")
+    parser.add_argument("--engines", type=name_list(ENGINES, "engine"), default=",".join(ENGINES),
+                        help=f"comma-separated, each once (default {','.join(ENGINES)})")
     parser.add_argument("--repeat", type=positive_int, default=10, help="timed calls per engine (default 10)")
     parser.add_argument("--threads", type=positive_int,
                         help="threads for every engine, at most one per core (default: one per core, or "
@@ -56,7 +48,8 @@ def register(subparsers) -> None:
                              "engine's spinning threads have gone quiet (default 1)")
     parser.add_argument("--pause", type=pause_seconds, default=THREADS_IDLE_S,
                         help="seconds of sleep before each engine's turn, so that the previous engine's "
-                             f"spinning BLAS / onnxruntime threads go to sleep (default {THREADS_IDLE_S}, at most {MAX_PAUSE_S:g})")
+                             f"spinning BLAS / onnxruntime threads go to sleep (default {THREADS_IDLE_S}, "
+                             f"at most {MAX_PAUSE_S:g})")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="a table, or the whole JSON record (default table)")
     add_output(parser)
