@@ -3,8 +3,9 @@
 Official files are bare `torch.save(model.state_dict())` pickles (`ma_bert_mlm_ckpt.pt`, keys
 `bert.*` and the MLM head `cls.*`); a directory written by `mabert-hw convert` holds config.json
 (MA config keys) + model.safetensors with the same names. What the official code implies:
-- config keys: ffn_hidden_act, norm_type ("Power" | "Layer"), use_softmax_approx, share_softmax_nn,
-  softmax_input_size, softmax_hidden_layer_size; defaults are MA_BertConfig's (bert-base dims);
+- config keys: ffn_hidden_act (MA_DistilBertConfig: ffn_activation), norm_type ("Power" | "Layer"),
+  use_softmax_approx, share_softmax_nn, softmax_input_size, softmax_hidden_layer_size; defaults are
+  MA_BertConfig's (bert-base dims);
 - the mask is always the unmodified 0/1 mask multiplied into the scaled scores;
 - PowerNorm buffers per norm: running_phi (1, C, 1, 1), ema_gz (1, C, 1, 1), iters (1,),
   accumulated_var (1, C, 1, 1); only running_phi matters at inference;
@@ -95,7 +96,7 @@ def spec_from_ma(config: dict, state: dict[str, np.ndarray] | None, name: str) -
         c.setdefault("max_position_embeddings", shape("embeddings.position_embeddings.weight")[0])
         c.setdefault("type_vocab_size", shape("embeddings.token_type_embeddings.weight")[0])
     distil = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
-              "hidden_dim": "intermediate_size"}
+              "hidden_dim": "intermediate_size", "ffn_activation": "ffn_hidden_act"}
     for old, new in distil.items():
         if old in config:
             c[new] = config[old]

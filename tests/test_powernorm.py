@@ -1,7 +1,9 @@
 """PowerNorm's training-mode statistic, checked against NumPy written from the definition in
 torch_ref/ma_bert.py's docstring: the batch statistic is mean(x^2) per channel over the real tokens
-only, and running_phi <- 0.9 running_phi + 0.1 statistic. (The conversion tests cannot see this: the
-engine and the torch module both read the same saved running_phi.)"""
+only, and in iteration i of the warm-up running_phi <- phi (i - 1) / i + statistic / i, then
+running_phi <- 0.9 running_phi + 0.1 statistic (the official MaskPowerNorm update at accumulation_step = 1;
+test_ma_official_reference.py checks it against a transcription of that code). (The conversion tests cannot
+see this: the engine and the torch module both read the same saved running_phi.)"""
 
 from __future__ import annotations
 
@@ -19,6 +21,13 @@ from mabert_hw.torch_ref.train import calibrate_powernorm
 from .conftest import TINY_SPECS
 
 ALPHA = 0.9  # the MaskPowerNorm default alpha_fwd (MA-BERT); written here, not read from the module
+
+
+def updated(phi: np.ndarray, stat: np.ndarray, step: int) -> np.ndarray:
+    """running_phi after warm-up iteration `step` (counted from 1) saw the statistic `stat`."""
+    return ALPHA * (phi * (step - 1) / step + stat / step) + (1 - ALPHA) * stat
+
+
 B, T, C = 3, 7, 5
 LENGTHS = (7, 4, 2)  # real tokens per row: rows 1 and 2 are padded
 
@@ -61,7 +70,7 @@ def test_training_forward_updates_running_phi_with_the_masked_statistic():
     out = norm(torch.from_numpy(x), torch.from_numpy(mask))
 
     phi = masked_phi(x, mask)
-    expected = ALPHA * phi0 + (1 - ALPHA) * phi
+    expected = updated(phi0, phi, step=1)
     got = norm.running_phi.detach().numpy().reshape(-1)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert norm.running_phi.shape == (1, C, 1, 1)
@@ -84,7 +93,7 @@ def test_padding_values_do_not_change_the_statistic():
         out = norm(torch.from_numpy(x), torch.from_numpy(mask))
         got.append((norm.running_phi.detach().numpy().reshape(-1), out.detach().numpy()[mask.astype(bool)]))
     x, mask = padded_batch(pad_value=0.0)
-    np.testing.assert_allclose(got[0][0], ALPHA * phi0 + (1 - ALPHA) * masked_phi(x, mask), rtol=1e-5)
+    np.testing.assert_allclose(got[0][0], updated(phi0, masked_phi(x, mask), step=1), rtol=1e-5)
     for phi, real_out in got[1:]:
         np.testing.assert_allclose(phi, got[0][0], rtol=1e-6)
         np.testing.assert_allclose(real_out, got[0][1], rtol=1e-5, atol=1e-6)
@@ -94,10 +103,10 @@ def test_two_training_forwards_compound_the_moving_average():
     phi0 = np.array([2.0, 0.5, 1.0, 3.0, 1.0])
     norm = fresh_norm(phi0).train()
     expected = phi0.copy()
-    for seed in (1, 2):
-        x, mask = padded_batch(seed=seed)
+    for step in (1, 2):
+        x, mask = padded_batch(seed=step)
         norm(torch.from_numpy(x), torch.from_numpy(mask))
-        expected = ALPHA * expected + (1 - ALPHA) * masked_phi(x, mask)
+        expected = updated(expected, masked_phi(x, mask), step)
     np.testing.assert_allclose(norm.running_phi.numpy().reshape(-1), expected, rtol=1e-5)
     assert int(norm.iters.item()) == 2
 
@@ -141,7 +150,7 @@ def test_calibrate_powernorm_feeds_every_norm_its_masked_statistic():
         calls = seen[id(norm)]
         assert len(calls) == 2
         expected = calls[0][1]
-        for x, before in calls:
+        for step, (x, before) in enumerate(calls, start=1):
             np.testing.assert_allclose(before, expected, rtol=1e-6)
-            expected = ALPHA * expected + (1 - ALPHA) * masked_phi(x, mask)
+            expected = updated(expected, masked_phi(x, mask), step)
         np.testing.assert_allclose(norm.running_phi.numpy().reshape(-1), expected, rtol=1e-5, atol=1e-7)

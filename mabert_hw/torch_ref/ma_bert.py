@@ -10,8 +10,12 @@ T < n for the approximator: the row is zero-padded to n and the extra outputs dr
 PowerNorm: eval is the official fixed affine weight * x / sqrt(running_phi + eps) + bias. Training
 normalises by the batch statistic mean(x^2) per channel over the real tokens (the official code
 uses every token, padding included) with plain autograd (the official backward approximates the
-gradient with ema_gz), and updates running_phi <- 0.9 running_phi + 0.1 batch statistic
-(alpha_fwd = 0.9, no gradient accumulation). ema_gz and accumulated_var are kept for the key set.
+gradient with ema_gz). running_phi follows the official MaskPowerNorm update at accumulation_step = 1
+(no gradient accumulation here): in iteration i (the `iters` buffer, counted from 1) of the warm-up,
+first the running mean of the statistics so far, phi <- phi (i - 1) / i + stat / i, which drops the
+initial 1 at i = 1, then in every iteration phi <- 0.9 phi + 0.1 stat (alpha_fwd = 0.9). After the
+warm-up (WARMUP_UPDATES iterations) the training forward too normalises by running_phi, as the
+official one does. ema_gz and accumulated_var are kept for the key set.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ..model import check_ids
 from ..spec import ModelSpec
 
 ALPHA_FWD = 0.9  # MaskPowerNorm default alpha_fwd
+WARMUP_UPDATES = 997120  # MA_BertConfig.warmup_updates, which NormSelect passes as warmup_iters
 TRAINING_ONLY_BUFFERS = ("ema_gz", "iters", "accumulated_var")
 POWERNORM_BUFFERS = ("running_phi", *TRAINING_ONLY_BUFFERS)
 
@@ -45,11 +50,17 @@ class PowerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, C)
         if self.training:
+            self.iters.add_(1)
+            step = int(self.iters.item())
             m = torch.ones_like(x[..., :1]) if mask is None else mask[..., None].to(x.dtype)  # (B, T, 1)
-            phi = (x * x * m).sum(dim=(0, 1)) / m.sum()  # (C,)
+            batch_phi = (x * x * m).sum(dim=(0, 1)) / m.sum()  # (C,)
+            # a copy: running_phi is updated in place below, and the official normalises by the value before
+            phi = batch_phi if step <= WARMUP_UPDATES else self.running_phi.view(-1).clone()
             with torch.no_grad():
-                self.running_phi.mul_(ALPHA_FWD).add_((1 - ALPHA_FWD) * phi.detach().view(1, -1, 1, 1))
-                self.iters.add_(1)
+                stat = batch_phi.detach().view(1, -1, 1, 1)
+                if step < WARMUP_UPDATES:
+                    self.running_phi.mul_((step - 1) / step).add_(stat / step)
+                self.running_phi.mul_(ALPHA_FWD).add_((1 - ALPHA_FWD) * stat)
         else:
             phi = self.running_phi.view(-1)
         return self.weight * (x / torch.sqrt(phi + self.eps)) + self.bias

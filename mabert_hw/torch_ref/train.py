@@ -8,7 +8,10 @@ Stage 2: knowledge transfer (MA-BERT paper), student = teacher weights with the 
 with t = 15, a = 0.9, b = 1, g = 100; H^i: embeddings + every layer's output, over real tokens;
 A^i: attention probabilities vs approximator outputs over real query rows. Text corpora carry no
 labels, so L_task is absent; the logit term exists only when the model has a classifier.
-AdamW with linear warm-up and linear decay.
+AdamW with linear warm-up and linear decay. Unlike the official recipe, whose student keeps BERT's 0.1
+hidden and attention dropout (its attention maps are compared after dropout), the student here has no
+dropout: MABertModel has none, and the step is then a function of the saved state and the seeded data
+alone, which is what lets a resumed run repeat an uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
