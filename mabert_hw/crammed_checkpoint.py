@@ -43,7 +43,10 @@ What the layout needs beyond HF BERT, and how it lands in model.py:
   (cost.counts.built_ops) count neither those zeros nor the sinusoid table as parameters, nor the bias
   adds and the token-type gather + add as work;
 - the mask: crammed adds (1 - m) * -10000 to padded keys' scores, HF (and model.py) finfo.min; after the
-  row maximum is subtracted both underflow exp to exactly 0 in float32, so the outputs agree.
+  row maximum is subtracted both underflow exp to exactly 0 in float32, so the outputs agree whenever a
+  sequence has a real token. A sequence of padding alone (an all-zero mask row) differs: -10000 shifts all
+  its scores alike, so crammed attends as if unmasked, while finfo.min + score rounds every score to
+  finfo.min and model.py attends uniformly; such a sequence has no token to read out.
 Unsupported (one-line UserError): other attention types, rotary embeddings, non-softmax sequence ops,
 causal attention, no embedding norm or final norm, GLU or other non-linearities than GELU (ReLU for
 dense FFNs), norms other than LayerNorm, and sequence-classification heads (pooler.*, head.*).
