@@ -51,7 +51,7 @@ from mabert_hw.cli.common import (interruptible, non_negative_float, non_negativ
 from mabert_hw.errors import MissingPackage, UserError
 from mabert_hw.eval.tasks import load_stsb, stsb_spearman
 from mabert_hw.fff import FFF_PREFIX, n_nodes
-from mabert_hw.interrupts import sigterm_interrupts, stopped_status
+from mabert_hw.interrupts import stopped_status
 from mabert_hw.inputs import DATA_DIR, random_batch, tokenize
 from mabert_hw.machine import memory_bytes
 from mabert_hw.model import forward
@@ -352,48 +352,47 @@ def study(args, ck: Checkpoint, prog: str) -> int:
 
     stage = "reading the hidden states"
     try:
-        with sigterm_interrupts():
-            texts = training_texts(args.data, args.texts)
-            pairs = ffn_pairs(ck, texts)
-            print(f"{len(pairs[0][0])} real tokens per layer", file=sys.stderr, flush=True)
-            dev = load_stsb(args.data)
-            stage = "scoring the dense model"
-            finished("dense", ck, {"model": "dense (all-MiniLM-L6-v2)", "depth": None, "trees": None,
-                                   "stsb_spearman": stsb_spearman(ck, dev, backend), "mean_rel_mse": 0.0,
-                                   "train_steps_per_layer": 0})
-            stage = "scoring the no-FFN control"
-            zero = [FFF(ck.spec.hidden, 0, args.trees) for _ in range(ck.spec.layers)]
-            for module in zero:  # the control: every FFN block outputs 0, each layer is LN(x + attention) alone
-                torch.nn.init.zeros_(module.linear_out.weight)
-            control = fff_checkpoint(ck, zero, 0, args.trees)
-            finished("no FFN (control)", control, {"model": "no FFN (control)", "depth": None, "trees": None,
-                                                   "stsb_spearman": stsb_spearman(control, dev, backend),
-                                                   "mean_rel_mse": 1.0, "train_steps_per_layer": 0})
-            seconds = 60 * args.minutes / (len(args.depths) * ck.spec.layers)
-            for depth in args.depths:
-                name = f"fff {args.trees}x{depth}"
-                stage = f"distilling {name}"
-                with tqdm(pairs, desc=f"distil depth {depth}") as layers:  # closed on Ctrl-C too
-                    trained = [distill(x, y, depth, args.trees, seconds, seed=layer)
-                               for layer, (x, y) in enumerate(layers)]
-                fck = fff_checkpoint(ck, [m for m, _, _ in trained], depth, args.trees)
-                stage = f"scoring {name}"
-                finished(name, fck, {"model": name, "depth": depth, "trees": args.trees,
-                                     "stsb_spearman": stsb_spearman(fck, dev, backend),
-                                     "mean_rel_mse": float(np.mean([rel for _, rel, _ in trained])),
-                                     "train_steps_per_layer": int(np.mean([s for _, _, s in trained]))})
-                if args.kd_minutes > 0:
-                    stage = f"knowledge transfer of {name}"
-                    kck, kd_steps, kd_loss = end_to_end_kd(ck, fck, texts, 60 * args.kd_minutes, seed=depth)
-                    finished(f"{name} + kd", kck, {**rows[-1], "model": f"{name} + kd",
-                                                   "stsb_spearman": stsb_spearman(kck, dev, backend),
-                                                   "kd_steps": kd_steps, "kd_final_loss": kd_loss})
-            stage = "timing the models"
-            speed = whole_model_ms(models, backend)
-            timed = [{**row, "forward_ms_8x128": speed[name], "speedup_vs_dense": speed["dense"] / speed[name]}
-                     for row, name in zip(rows, models)]
-            stage = "saving the results"
-            save(args.out, args, backend_name, timed, finished=True)
+        texts = training_texts(args.data, args.texts)
+        pairs = ffn_pairs(ck, texts)
+        print(f"{len(pairs[0][0])} real tokens per layer", file=sys.stderr, flush=True)
+        dev = load_stsb(args.data)
+        stage = "scoring the dense model"
+        finished("dense", ck, {"model": "dense (all-MiniLM-L6-v2)", "depth": None, "trees": None,
+                               "stsb_spearman": stsb_spearman(ck, dev, backend), "mean_rel_mse": 0.0,
+                               "train_steps_per_layer": 0})
+        stage = "scoring the no-FFN control"
+        zero = [FFF(ck.spec.hidden, 0, args.trees) for _ in range(ck.spec.layers)]
+        for module in zero:  # the control: every FFN block outputs 0, each layer is LN(x + attention) alone
+            torch.nn.init.zeros_(module.linear_out.weight)
+        control = fff_checkpoint(ck, zero, 0, args.trees)
+        finished("no FFN (control)", control, {"model": "no FFN (control)", "depth": None, "trees": None,
+                                               "stsb_spearman": stsb_spearman(control, dev, backend),
+                                               "mean_rel_mse": 1.0, "train_steps_per_layer": 0})
+        seconds = 60 * args.minutes / (len(args.depths) * ck.spec.layers)
+        for depth in args.depths:
+            name = f"fff {args.trees}x{depth}"
+            stage = f"distilling {name}"
+            with tqdm(pairs, desc=f"distil depth {depth}") as layers:  # closed on Ctrl-C too
+                trained = [distill(x, y, depth, args.trees, seconds, seed=layer)
+                           for layer, (x, y) in enumerate(layers)]
+            fck = fff_checkpoint(ck, [m for m, _, _ in trained], depth, args.trees)
+            stage = f"scoring {name}"
+            finished(name, fck, {"model": name, "depth": depth, "trees": args.trees,
+                                 "stsb_spearman": stsb_spearman(fck, dev, backend),
+                                 "mean_rel_mse": float(np.mean([rel for _, rel, _ in trained])),
+                                 "train_steps_per_layer": int(np.mean([s for _, _, s in trained]))})
+            if args.kd_minutes > 0:
+                stage = f"knowledge transfer of {name}"
+                kck, kd_steps, kd_loss = end_to_end_kd(ck, fck, texts, 60 * args.kd_minutes, seed=depth)
+                finished(f"{name} + kd", kck, {**rows[-1], "model": f"{name} + kd",
+                                               "stsb_spearman": stsb_spearman(kck, dev, backend),
+                                               "kd_steps": kd_steps, "kd_final_loss": kd_loss})
+        stage = "timing the models"
+        speed = whole_model_ms(models, backend)
+        timed = [{**row, "forward_ms_8x128": speed[name], "speedup_vs_dense": speed["dense"] / speed[name]}
+                 for row, name in zip(rows, models)]
+        stage = "saving the results"
+        save(args.out, args, backend_name, timed, finished=True)
     except KeyboardInterrupt as stop:
         if rows:  # again: the interruption may have come between a row and its save, or cut the save short
             save(args.out, args, backend_name, rows, finished=False)

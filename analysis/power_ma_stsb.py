@@ -39,7 +39,7 @@ from mabert_hw.cache import CACHE_ROOT as CACHE
 from mabert_hw.cli.common import positive_int, run_script
 from mabert_hw.eval.tasks import length_batches, load_stsb, stsb_spearman
 from mabert_hw.inputs import DATA_DIR
-from mabert_hw.interrupts import sigterm_interrupts, stopped_status
+from mabert_hw.interrupts import stopped_status
 from mabert_hw.power import geometric_retention, parse_retention
 from mabert_hw.power_search import subset_flops
 from mabert_hw.report.tables import counted, csv_table, read_csv_rows
@@ -107,16 +107,15 @@ def run(args, prog: str) -> int:
     sources = dict(text.split("=", 1) for text in args.model or DEFAULT_MODELS)
     rows, label = [], None
     try:
-        with sigterm_interrupts():
-            task = load_stsb(args.data, args.limit)
-            texts = task.first + task.second
-            models = {name: checkpoint.load(source) for name, source in sources.items()}  # all, before any scoring
-            baseline = checkpoint.load(args.baseline_ckpt)
-            real = np.concatenate([b.attention_mask.sum(1) for _, b in length_batches(baseline, texts)])  # (N,)
-            minilm_flops = dataset_flops(baseline, texts)
-            for label, ck in models.items():
-                for row in model_rows(args, label, sources[label], ck, schedules, task, real, minilm_flops):
-                    rows.append(row)
+        task = load_stsb(args.data, args.limit)
+        texts = task.first + task.second
+        models = {name: checkpoint.load(source) for name, source in sources.items()}  # all, before any scoring
+        baseline = checkpoint.load(args.baseline_ckpt)
+        real = np.concatenate([b.attention_mask.sum(1) for _, b in length_batches(baseline, texts)])  # (N,)
+        minilm_flops = dataset_flops(baseline, texts)
+        for label, ck in models.items():
+            for row in model_rows(args, label, sources[label], ck, schedules, task, real, minilm_flops):
+                rows.append(row)
     except KeyboardInterrupt as stop:
         save_interrupted(args.out, prog, rows, label)
         return stopped_status(stop)

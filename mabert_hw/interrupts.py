@@ -1,6 +1,6 @@
-"""SIGTERM as Ctrl-C, for the commands that keep their finished work when stopped (sweep, power-search),
-and the exit status of a stopped command. A module of its own: the CLI imports it while building its
-parser, so it must stay light."""
+"""SIGTERM as Ctrl-C (every mabert-hw command and analysis script runs under sigterm_interrupts, so those that
+keep their finished work on Ctrl-C keep it on SIGTERM), and the exit status of a stopped command. A module of
+its own: the CLI imports it while building its parser, so it must stay light."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from contextlib import contextmanager
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt: handled the same way, told apart only by the
-    exit status (stopped_status)."""
+    exit status (stopped_status). One that escapes to the interpreter ends it with status 1 and a traceback
+    (Python exits as killed by SIGINT only for KeyboardInterrupt itself): the CLI and the scripts catch it."""
+
+
+def interrupt_for(signum: int) -> KeyboardInterrupt:
+    """The exception a stop by signal `signum` raises: Terminated for SIGTERM, KeyboardInterrupt for SIGINT."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def signal_status(signum: int) -> int:
@@ -26,6 +32,12 @@ def stopped_status(stop: KeyboardInterrupt) -> int:
     return signal_status(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
 
 
+def default_sigterm() -> None:
+    """SIGTERM back to its default (the process ends): for worker processes forked while sigterm_interrupts
+    runs, which must die when their parent terminates them, not raise inside their job loop."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM to this process acts as Ctrl-C while the block runs (raises Terminated, a KeyboardInterrupt),
@@ -36,10 +48,11 @@ def sigterm_interrupts() -> Iterator[None]:
         return
 
     def interrupt(signum, frame):
-        raise Terminated
+        raise interrupt_for(signum)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
+    previous = signal.getsignal(signal.SIGTERM)
+    try:  # set inside the try: a SIGTERM right after it is set still finds the previous handler restored
+        signal.signal(signal.SIGTERM, interrupt)
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -1,6 +1,7 @@
 """analysis/bench_engines.py: a target whose shape --shapes left out is said to be not measured (it read
 "0% | False"), a T past the models' positions is refused before any work (it was a traceback once the
-model's turn came), and Ctrl-C or SIGTERM ends the run in one line with status 130 (143 for SIGTERM; it was a traceback)."""
+model's turn came), and Ctrl-C or SIGTERM ends the run in one line with status 130 (143 for SIGTERM; it was a
+traceback)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,10 @@ they are still empty, and never a directory that was there before or that holds 
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 from mabert_hw.cli import convert, main
@@ -66,4 +70,23 @@ def test_an_interrupted_or_crashed_conversion_removes_its_empty_out(tmp_path, ca
     else:
         with pytest.raises(RuntimeError):
             run_convert(config_json, out, corpus)
+    assert not out.exists()
+
+
+def test_sigterm_before_the_knowledge_transfer_removes_the_empty_out_and_exits_143(tmp_path, capsys, monkeypatch,
+                                                                                   config_json, corpus):
+    # SIGTERM was taken as Ctrl-C only inside the knowledge transfer: earlier (reading, loading, pre-fit) it
+    # killed the process without a word and left the new, empty --out behind
+    def terminated(paths):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs at the next bytecode; the sleep is cut short by it
+
+    monkeypatch.setattr(convert, "read_corpus", terminated)
+    out = tmp_path / "out"
+    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
+    try:
+        assert run_convert(config_json, out, corpus) == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert error_line(capsys) == "mabert-hw: interrupted"
     assert not out.exists()

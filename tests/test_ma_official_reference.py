@@ -275,8 +275,7 @@ def test_short_inputs_differ_from_the_official_padding_to_n_tokens(tmp_path):
 @pytest.mark.parametrize("layout,key", [("bert", "ffn_hidden_act"), ("distilbert", "ffn_activation")])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_official_config_keys_give_the_variant(layout, key, activation):
-    config = official_config(layout, True, activation, None)
-    assert config[key] == activation
+    config = official_config(layout, True, activation, None)  # the activation under `key`, as the official names it
     spec = spec_from_ma(config, None, "x")
     v = spec.variant
     assert (v.softmax, v.norm, v.mask, v.ffn_activation) == ("mlp", "powernorm", "multiplicative", activation)
@@ -343,7 +342,7 @@ def test_powernorm_training_follows_the_official_update(start):
 
 def test_the_first_official_update_replaces_the_initial_running_phi():
     """Why the comparison above can fail: a plain moving average (0.9 phi + 0.1 stat) keeps 90 % of the initial
-    running_phi after one step; the official warm-up average keeps none of it."""
+    running_phi after one step; the official warm-up average keeps none of it, and nor does the project's."""
     ours, official, weight, bias = norm_pair(0)
     x = batch(0, scale=5.0).reshape(-1, C)
     official(x, weight, bias, 1e-5)
@@ -351,6 +350,8 @@ def test_the_first_official_update_replaces_the_initial_running_phi():
     np.testing.assert_allclose(official.running_phi, stat, rtol=1e-12)
     phi0 = ours.running_phi.numpy().reshape(-1).astype(np.float64)
     assert not np.allclose(ALPHA_FWD * phi0 + (1 - ALPHA_FWD) * stat, stat, rtol=SENSITIVITY * STATS_RTOL)
+    ours(torch.from_numpy(x[None]).float())  # (1, N, C): one batch of the same rows
+    np.testing.assert_allclose(ours.running_phi.numpy().reshape(-1), stat, rtol=STATS_RTOL)
 
 
 def test_powernorm_statistic_is_the_official_one_over_the_real_tokens():

@@ -5,7 +5,10 @@ results.json written whole."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -255,6 +258,28 @@ def test_an_interrupted_run_keeps_its_finished_scores_and_a_whole_results_json(s
     assert script.main(study_argv(models, data, out)) == 130
     assert json.loads((out / "results.json").read_text()) == kept  # the previous file, whole
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]  # no temporary left
+
+
+def test_sigterm_keeps_the_finished_scores_as_ctrl_c_does(script, models, scores_only, monkeypatch, capsys,
+                                                         tmp_path):
+    # the study took only Ctrl-C: SIGTERM killed it without a word
+    data, out = stsb_file(tmp_path / "dev.tsv"), tmp_path / "out"
+    real_spearman = script.spearman
+
+    def sigterm_on_ma(ck, task, backend):
+        if ck.spec.variant.softmax == "mlp":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode; the sleep is cut short by it
+        return real_spearman(ck, task, backend)
+
+    monkeypatch.setattr(script, "spearman", sigterm_on_ma)
+    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
+    try:
+        assert script.main(study_argv(models, data, out)) == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "interrupted" in capsys.readouterr().err
+    assert list(json.loads((out / "results.json").read_text())["stsb_spearman"]) == ["baseline"]
 
 
 def test_out_holds_the_whole_report_and_nothing_goes_to_reports(script, models, capsys, tmp_path):

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 
@@ -215,7 +216,9 @@ def test_sigterm_stops_the_pool_workers_with_the_sweep(tmp_path):
         process.wait(timeout=20)
         time.sleep(0.5)
         assert [pid for pid in workers if os.path.exists(f"/proc/{pid}")] == []
-        assert process.returncode != 0 and b"mabert_hw.interrupts.Terminated" in process.stdout.read()  # as Ctrl-C
+        # run_sweep raised Terminated (as Ctrl-C raises KeyboardInterrupt); left uncaught by this script, it
+        # ends the interpreter with status 1 and its traceback
+        assert process.returncode == 1 and b"mabert_hw.interrupts.Terminated" in process.stdout.read()
     finally:  # whatever is left of the child's session (the sweep, its workers) after a failure
         for pid in subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True).stdout.split():
             os.kill(int(pid), signal.SIGKILL)
@@ -313,6 +316,32 @@ def test_an_interrupted_sweep_says_how_many_rows_it_kept_and_how_to_resume(tmp_p
     assert evaluated == [4, 4, 6, 8, 8, 8, 10, 10]  # the rows kept are not run again
 
 
+def test_sigterm_during_the_calibration_gives_the_resume_hint(tmp_path, capsys, monkeypatch, classifier):
+    # SIGTERM was taken as Ctrl-C from the evaluations on only: during the calibration it killed a resumed run
+    # without the hint
+    from mabert_hw.cli import main
+
+    from .helpers import sst2_file
+
+    def calibration(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs at the next bytecode; the sleep is cut short by it
+
+    monkeypatch.setattr(sweep, "prepare_calibration", calibration)
+    (tmp_path / "grid.toml").write_text("act_bits = [4, 6]\n")
+    data = sst2_file(tmp_path / "dev.tsv", ["a gripping film\t1", "dull\t0"])
+    out = tmp_path / "results.csv"
+    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
+    try:
+        code = main(["sweep", str(classifier), "--task", "sst2", "--data", str(data), "--grid",
+                     str(tmp_path / "grid.toml"), "--out", str(out)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 143
+    assert capsys.readouterr().err.splitlines()[-1] == (f"mabert-hw: interrupted: no configuration finished; {out} "
+                                                        "holds none: run the same command with --resume to continue")
+
+
 @pytest.mark.parametrize("scheduler", [False, True], ids=["one-process", "dask"])
 def test_sigterm_stops_a_sweep_without_a_pool_as_ctrl_c_does(tmp_path, capsys, monkeypatch, classifier, scheduler):
     # SIGTERM was taken as Ctrl-C with a local pool only: with --workers 1 or a dask scheduler it ended the
@@ -327,7 +356,8 @@ def test_sigterm_stops_a_sweep_without_a_pool_as_ctrl_c_does(tmp_path, capsys, m
         evaluated.append(job.config["act_bits"])
         if len(evaluated) == 2:
             os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler runs at the next bytecode; the sleep is cut short by it
+            if threading.current_thread() is threading.main_thread():  # dask runs jobs in its worker threads
+                time.sleep(5)  # the handler runs at the next bytecode; the sleep is cut short by it
         return {**job.config, "key": config_key(job.config), "metric": 50.0, "seconds": 0.1, "overflows": 0}
 
     monkeypatch.setattr(sweep, "evaluate", evaluate)

@@ -8,12 +8,12 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import UserError
-from ..interrupts import stopped_status
+from ..interrupts import sigterm_interrupts, stopped_status
 from .overwrite import refuse_outputs_over_inputs
 
 # Each module defines register(subparsers), which adds its parser and sets `run`.
-COMMANDS = ("profile", "check", "infer", "bench", "bench_ffn", "convert", "softmax_error", "compare", "eval", "power_search",
-            "quant_error", "sweep")
+COMMANDS = ("profile", "check", "infer", "bench", "bench_ffn", "convert", "softmax_error", "compare", "eval",
+            "power_search", "quant_error", "sweep")
 
 
 # The checkpoint forms mabert_hw.checkpoint.load accepts (README.md says the same)
@@ -21,10 +21,12 @@ CHECKPOINT_FORMS = (
     "a preset (bert-base-uncased, bert-large-uncased, minilm-l6: architecture only); 'minilm' (the packaged "
     "all-MiniLM-L6-v2 weights and tokenizer); a HF BERT checkpoint directory (config.json + model.safetensors "
     "or pytorch_model.bin, sharded or not; BertModel, BertForSequenceClassification or BertForMaskedLM keys); "
-    "a bare config.json, or a directory holding only one (architecture only); an MA-BERT or MA-DistilBERT checkpoint (an official state dict "
-    "file, .pt / .pth / .bin, or a directory written by `convert`); or a crammed BERT / UltraFastBERT "
-    "checkpoint directory (crammedBERT config.json, or cramming's model_config.json + model.pth).")
-NUMPY_SIZE_ERRORS = ("Maximum allowed dimension exceeded", "Maximum allowed size exceeded", "array is too big")  # NumPy's words for such shapes
+    "a bare config.json, or a directory holding only one (architecture only); an MA-BERT or MA-DistilBERT "
+    "checkpoint (an official state dict file, .pt / .pth / .bin, or a directory written by `convert`); or a "
+    "crammed BERT / UltraFastBERT checkpoint directory (crammedBERT config.json, or cramming's "
+    "model_config.json + model.pth).")
+# NumPy's words for a shape past its index range
+NUMPY_SIZE_ERRORS = ("Maximum allowed dimension exceeded", "Maximum allowed size exceeded", "array is too big")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         refuse_outputs_over_inputs(args)
-        return args.run(args) or 0
+        with sigterm_interrupts():  # every command stops on SIGTERM as on Ctrl-C, keeping what Ctrl-C keeps
+            return args.run(args) or 0
     except UserError as error:
         print(f"mabert-hw: error: {error}", file=sys.stderr)
         return 2

@@ -112,13 +112,19 @@ def positive_float(text: str) -> float:
 
 def run_script(parser: argparse.ArgumentParser, run, argv: list[str] | None) -> int:
     """An analysis script's main: run(parsed args), a UserError (bad checkpoint, data or schedule) printed
-    in one line with exit 2, as the mabert-hw commands report it."""
+    in one line with exit 2, as the mabert-hw commands report it. SIGTERM is taken as Ctrl-C (cli.main's
+    rule): a script that keeps its finished work on Ctrl-C keeps it on SIGTERM; a stop it does not handle
+    is said in one line, with exit stopped_status (130, or 143 for SIGTERM)."""
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        with sigterm_interrupts():
+            return run(args)
     except UserError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return stopped_status(stop)
 
 
 def script_description(doc: str) -> str:
@@ -181,12 +187,11 @@ def remove_empty(directories: list[Path]) -> None:
 
 
 def interruptible(prog: str, work: Callable[[], int | None], kept: str | Callable[[], str]) -> int:
-    """work() (its status, 0 for None), with SIGTERM taken as Ctrl-C and either said in one line,
+    """work() (its status, 0 for None); Ctrl-C, or SIGTERM under run_script, said in one line,
     `PROG: interrupted; KEPT`, exit stopped_status (130, or 143 for SIGTERM). kept says what the outputs
     hold: a callable is asked after the stop, for work whose outputs change as it goes."""
     try:
-        with sigterm_interrupts():
-            return work() or 0
+        return work() or 0
     except KeyboardInterrupt as stop:
         print(f"{prog}: interrupted; {kept() if callable(kept) else kept}", file=sys.stderr)
         return stopped_status(stop)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from .. import checkpoint
 from ..errors import UserError
 from ..eval import tasks
-from ..interrupts import sigterm_interrupts, stopped_status
+from ..interrupts import stopped_status
 from ..power_search import (GEOMETRIC_RATIOS, GREEDY_SHRINK, Scored, Scorer, choose, encode, frontier,
                             geometric_search, greedy_search)
 from ..power_search_record import document, refuse_overwriting, resumed_scores, save, scores_depend_on
@@ -124,13 +124,12 @@ def saved_file(args) -> Path | None:
 def search(scorer: Scorer, args) -> KeyboardInterrupt | None:
     """Score the baseline, then the schedules of --method; the stop when Ctrl-C or SIGTERM ended it early (the
     schedules scored until then stay in scorer.scored; the one under way is lost)."""
-    try:
-        with sigterm_interrupts():
-            scorer(None, "baseline")
-            if args.method in ("geometric", "both"):
-                geometric_search(scorer, args.seq_len)
-            if args.method in ("greedy", "both"):
-                greedy_search(scorer, args.seq_len, args.budget_loss)
+    try:  # SIGTERM raises Terminated, a KeyboardInterrupt, here too (cli.main)
+        scorer(None, "baseline")
+        if args.method in ("geometric", "both"):
+            geometric_search(scorer, args.seq_len)
+        if args.method in ("greedy", "both"):
+            greedy_search(scorer, args.seq_len, args.budget_loss)
     except KeyboardInterrupt as stop:
         return stop
     return None

@@ -62,9 +62,9 @@ def run(args) -> int:
     todo = [p for p in points if config_key(p) not in done]
     print(f"{len(points)} configurations, {len(points) - len(todo)} already done", flush=True)
     if todo:
-        calibration = str(prepare_calibration(ck, args.task, data, CACHE_ROOT))
-        jobs = [Job(args.ckpt, args.task, data, args.limit, p, calibration) for p in todo]
-        try:
+        try:  # from the calibration on: a resumed run's hint is worth giving there too
+            calibration = str(prepare_calibration(ck, args.task, data, CACHE_ROOT))
+            jobs = [Job(args.ckpt, args.task, data, args.limit, p, calibration) for p in todo]
             run_sweep(jobs, out, args.workers, args.scheduler,
                       progress=lambda it: tqdm(it, total=len(jobs), desc="sweep"))
         except KeyboardInterrupt as stop:

@@ -29,14 +29,15 @@ from ..atomic import atomic_write, write_text_whole
 from ..cache import file_safe
 from ..errors import UserError
 from ..inputs import read_toml
-from ..interrupts import sigterm_interrupts
+from ..interrupts import default_sigterm, sigterm_interrupts
 from ..quant import config as qconfig
 from ..quant.config import CALIBRATION_SENTENCES, SWEEP_CALIBRATION_BATCH
 from ..quant.calibrate import Calibration, calibrate
 from ..report.tables import read_csv_rows
 from .tasks import load_sst2, load_stsb, run_batches, sst2_accuracy, stsb_spearman
 
-CALIBRATION_VERSION = 2  # 2: per-channel statistics (calibrate.py); in the cache file name so older files are not reused
+# 2: per-channel statistics (calibrate.py); in the cache file name so older files are not reused
+CALIBRATION_VERSION = 2
 COLUMNS = ("key", "metric", "seconds", "overflows")
 
 
@@ -217,7 +218,8 @@ def prepare_calibration(ck, task: str, data: str | Path, cache: Path, seed: int 
     texts = calibration_texts(task, data)
     digest = ck.hasher()
     digest.update("\n".join(texts).encode())
-    path = cache / f"calibration-{file_safe(ck.spec.name)}-{task}-{len(texts)}-{seed}-{digest.hexdigest()}-v{CALIBRATION_VERSION}.npz"
+    path = cache / (f"calibration-{file_safe(ck.spec.name)}-{task}-{len(texts)}-{seed}-{digest.hexdigest()}"
+                    f"-v{CALIBRATION_VERSION}.npz")
     if not path.exists():
         try:  # before the work: a cache that cannot be written is said in one line before calibrating, not after
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,11 +258,11 @@ def run_sweep(jobs: list[Job], out: str | Path, workers: int = 1, scheduler=None
     fields = list(COLUMNS) + sorted({k for j in jobs for k in j.config})
     rows, failures = [], []
     with ExitStack() as stack:  # the local pool is shut down however the loop ends
-        outcomes = _outcomes(jobs, workers, scheduler, connect_timeout, stack)
         # SIGTERM ends the loop as Ctrl-C does, and the ExitStack stops a local pool's workers (killed by
         # default, the process would leave them running, idle, holding its output pipe) or closes the dask
-        # client. After _outcomes has submitted the jobs: forked workers would inherit the handler
+        # client. Entered first, so left last: a second SIGTERM during that cleanup is still taken as Ctrl-C
         stack.enter_context(sigterm_interrupts())
+        outcomes = _outcomes(jobs, workers, scheduler, connect_timeout, stack)
         for job, row in progress(outcomes) if progress else outcomes:
             if isinstance(row, Exception):
                 failures.append(f"{config_key(job.config)}: {type(row).__name__}: {' '.join(str(row).split())}")
@@ -288,7 +290,7 @@ def _outcomes(jobs: list[Job], workers: int, scheduler, connect_timeout: float,
     elif workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        pool = ProcessPoolExecutor(workers)
+        pool = ProcessPoolExecutor(workers, initializer=default_sigterm)  # forked with this process's handler
         stack.push(partial(_shut_down, pool))
         others = set(multiprocessing.active_children())
         futures = {pool.submit(evaluate, job): job for job in jobs}  # starts the workers

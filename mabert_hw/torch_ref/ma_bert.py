@@ -12,8 +12,8 @@ normalises by the batch statistic mean(x^2) per channel over the real tokens (th
 uses every token, padding included) with plain autograd (the official backward approximates the
 gradient with ema_gz). running_phi follows the official MaskPowerNorm update at accumulation_step = 1
 (no gradient accumulation here): in iteration i (the `iters` buffer, counted from 1) of the warm-up,
-first the running mean of the statistics so far, phi <- phi (i - 1) / i + stat / i, which drops the
-initial 1 at i = 1, then in every iteration phi <- 0.9 phi + 0.1 stat (alpha_fwd = 0.9). After the
+first a running-mean step, phi <- phi (i - 1) / i + stat / i, which drops the initial 1 at i = 1, then in
+every iteration phi <- 0.9 phi + 0.1 stat (alpha_fwd = 0.9). After the
 warm-up (WARMUP_UPDATES iterations) the training forward too normalises by running_phi, as the
 official one does. ema_gz and accumulated_var are kept for the key set.
 """

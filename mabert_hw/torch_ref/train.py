@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_path
 from ..errors import UserError, error_summary
 from ..inputs import Batch, tokenize_within
-from ..interrupts import Terminated
+from ..interrupts import interrupt_for
 from ..spec import ModelSpec, Variant
 from ..weights import Weights
 from .ma_bert import POWERNORM_BUFFERS, MABertModel, PowerNorm, load_official
@@ -88,14 +88,16 @@ def stop_requests():
 
     def request(signum, frame):
         if requested:
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            raise interrupt_for(signum)
         requested.append(signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield requested
         return
-    previous = {s: signal.signal(s, request) for s in STOP_SIGNALS}
-    try:
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:  # set inside the try: a signal right after one is set still finds every handler restored
+        for s in STOP_SIGNALS:
+            signal.signal(s, request)
         yield requested
     finally:
         for s, handler in previous.items():
