@@ -316,28 +316,33 @@ def test_an_interrupted_sweep_says_how_many_rows_it_kept_and_how_to_resume(tmp_p
     assert evaluated == [4, 4, 6, 8, 8, 8, 10, 10]  # the rows kept are not run again
 
 
-def test_sigterm_during_the_calibration_gives_the_resume_hint(tmp_path, capsys, monkeypatch, classifier):
-    # SIGTERM was taken as Ctrl-C from the evaluations on only: during the calibration it killed a resumed run
-    # without the hint
+def sweep_under_a_sigterm_guard(classifier, tmp_path, out, bits: list[int], argv=()) -> int:
+    """`mabert-hw sweep` over act_bits = `bits` on a two-sentence SST-2 file; a SIGTERM the sweep does not take
+    fails the test instead of killing the test run."""
     from mabert_hw.cli import main
 
     from .helpers import sst2_file
 
+    (tmp_path / "grid.toml").write_text(f"act_bits = {bits}\n")
+    data = sst2_file(tmp_path / "dev.tsv", ["a gripping film\t1", "dull\t0"])
+    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
+    try:
+        return main(["sweep", str(classifier), "--task", "sst2", "--data", str(data), "--grid",
+                     str(tmp_path / "grid.toml"), "--out", str(out), *argv])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_during_the_calibration_gives_the_resume_hint(tmp_path, capsys, monkeypatch, classifier):
+    # SIGTERM was taken as Ctrl-C from the evaluations on only: during the calibration it killed a resumed run
+    # without the hint
     def calibration(*args):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler runs at the next bytecode; the sleep is cut short by it
 
     monkeypatch.setattr(sweep, "prepare_calibration", calibration)
-    (tmp_path / "grid.toml").write_text("act_bits = [4, 6]\n")
-    data = sst2_file(tmp_path / "dev.tsv", ["a gripping film\t1", "dull\t0"])
     out = tmp_path / "results.csv"
-    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
-    try:
-        code = main(["sweep", str(classifier), "--task", "sst2", "--data", str(data), "--grid",
-                     str(tmp_path / "grid.toml"), "--out", str(out)])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert code == 143
+    assert sweep_under_a_sigterm_guard(classifier, tmp_path, out, [4, 6]) == 143
     assert capsys.readouterr().err.splitlines()[-1] == (f"mabert-hw: interrupted: no configuration finished; {out} "
                                                         "holds none: run the same command with --resume to continue")
 
@@ -346,10 +351,6 @@ def test_sigterm_during_the_calibration_gives_the_resume_hint(tmp_path, capsys, 
 def test_sigterm_stops_a_sweep_without_a_pool_as_ctrl_c_does(tmp_path, capsys, monkeypatch, classifier, scheduler):
     # SIGTERM was taken as Ctrl-C with a local pool only: with --workers 1 or a dask scheduler it ended the
     # process without the hint (exit -15); it now says what was kept and exits 143 (128 + SIGTERM)
-    from mabert_hw.cli import main
-
-    from .helpers import sst2_file
-
     evaluated = []
 
     def evaluate(job):  # SIGTERM as the second evaluation runs
@@ -368,16 +369,8 @@ def test_sigterm_stops_a_sweep_without_a_pool_as_ctrl_c_does(tmp_path, capsys, m
         client = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
         monkeypatch.setattr(sweep, "_connect", lambda *_: client)
         argv = ["--scheduler", "inproc://test"]
-    (tmp_path / "grid.toml").write_text("act_bits = [4, 6, 8]\n")
-    data = sst2_file(tmp_path / "dev.tsv", ["a gripping film\t1", "dull\t0"])
     out = tmp_path / "results.csv"
-    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM reached the test's handler"))
-    try:
-        code = main(["sweep", str(classifier), "--task", "sst2", "--data", str(data), "--grid",
-                     str(tmp_path / "grid.toml"), "--out", str(out), *argv])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert code == 143
+    assert sweep_under_a_sigterm_guard(classifier, tmp_path, out, [4, 6, 8], argv) == 143
     # in this process, the first row is written before the second job starts; dask may not have handed it back
     kept = (f"1 configuration finished in this run, 1 in all in {out}", f"no configuration finished; {out} holds none")
     said = capsys.readouterr().err.splitlines()[-1]
