@@ -52,6 +52,38 @@ def test_an_interrupted_conversion_saves_its_step_and_resumes_to_the_same_histor
     assert resumed == whole  # the same losses, bit for bit: nothing lost, nothing repeated
 
 
+def test_a_second_sigterm_mid_step_says_what_is_kept_and_resumes_to_the_same_history(tmp_path, teacher_dir, corpus,
+                                                                                      monkeypatch, capsys):
+    # the second signal's stop was said as a bare "mabert-hw: interrupted", without the state that --resume reads
+    def command(out):
+        return ["convert", str(teacher_dir), "--out", str(out), "--data", str(corpus), "--softmax-input", "32",
+                "--softmax-hidden", "16", "--max-len", "24", "--batch", "4", "--prefit-steps", "2",
+                "--checkpoint-every", "1", "--steps", str(STEPS)]
+
+    assert main(command(tmp_path / "whole")) == 0
+    whole = json.loads((tmp_path / "whole" / "history.json").read_text())
+    real_step = train._step
+
+    def step_with_two_signals(*args):
+        if args[5] == STOP_DURING:  # the first asks for a stop after this step, the second stops it at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode; the sleep is cut short by it
+        real_step(*args)
+
+    monkeypatch.setattr(train, "_step", step_with_two_signals)
+    out = tmp_path / "cut"
+    assert main(command(out)) == 143
+    state = out / "train_state.pt"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mabert-hw: interrupted in the middle of a step; {state} holds the last step saved before it: run the same "
+        "command with --resume to continue")
+    assert train.read_state(state)["step"] == STOP_DURING  # steps 1..STOP_DURING, saved after each
+    monkeypatch.setattr(train, "_step", real_step)
+    assert main([*command(out), "--resume"]) == 0
+    assert json.loads((out / "history.json").read_text()) == whole
+
+
 @pytest.mark.parametrize("signum, stop", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
 def test_a_second_signal_stops_at_once_as_the_signal_it_is(signum, stop):
     # a second SIGTERM raised a plain KeyboardInterrupt: the command then exited 130, as for Ctrl-C

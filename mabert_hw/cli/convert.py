@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import checkpoint
 from ..errors import UserError
 from ..inputs import SPECIAL_TOKENS, read_utf8, tsv_texts
-from ..interrupts import signal_status
+from ..interrupts import signal_status, stopped_status
 from ..spec import PRESETS, VARIANTS
 from ..weights import weights_digest
 from .common import (add_checkpoint, int_between, non_negative_float, non_negative_int, output_dir,
@@ -260,6 +260,12 @@ def convert_into(out: Path, args) -> int:
             print(f"mabert-hw: interrupted after step {error.step} of {cfg.steps}; {state_path} holds that step: "
                   "run the same command with --resume to continue", file=sys.stderr)
             return signal_status(error.signum)
+        except KeyboardInterrupt as stop:  # a second signal: the step under way is dropped
+            if not state_path.exists():
+                raise  # nothing to resume from: an --out this run made is removed
+            print(f"mabert-hw: interrupted in the middle of a step; {state_path} holds the last step saved before it: "
+                  "run the same command with --resume to continue", file=sys.stderr)
+            return stopped_status(stop)
         except train.Diverged as error:
             kept = f"{state_path} keeps the last state saved before it" if state_path.exists() else "nothing was saved"
             raise UserError(f"training diverged at step {error.step} (loss {error.loss}); {kept}. Start again with "
